@@ -1,0 +1,53 @@
+"""pyro-vae: variational autoencoders in Pyro where the maths is the code.
+
+    from pyro_vae import VAE, MixturePrior, Config, Trainer
+    vae = VAE(prior=MixturePrior(components=10), likelihood="bernoulli", latent_dim=16)
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
+"""
+
+__version__ = "0.1.0"
+
+from .config import (  # noqa: E402
+    DATASETS,
+    GUIDES,
+    LIKELIHOODS,
+    NETWORKS,
+    OBJECTIVES,
+    PRIORS,
+    REGISTRIES,
+    Config,
+)
+from .data import DataSplits, FashionMNIST, KMNIST, MNIST, MNIST5k, Synthetic  # noqa: E402
+from .errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PyroVAEError,
+    RunDirError,
+    TrainingDiverged,
+)
+from .guides import DiagonalGaussianGuide  # noqa: E402
+from .likelihoods import (  # noqa: E402
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    GaussianLikelihood,
+    LaplaceLikelihood,
+)
+from .metrics import Evaluation, elbo_terms, evaluate, log_evidence  # noqa: E402
+from .networks import MLPNetwork  # noqa: E402
+from .objectives import AnalyticKLELBO, IWAEBound, MonteCarloELBO, RenyiBound  # noqa: E402
+from .priors import LearnedGaussianPrior, MixturePrior, StandardNormalPrior  # noqa: E402
+from .training import Run, Trainer, finish_run, load_run  # noqa: E402
+from .vae import VAE  # noqa: E402
+
+__all__ = [
+    "VAE", "Config", "Trainer", "Run", "load_run", "finish_run",
+    "evaluate", "elbo_terms", "log_evidence", "Evaluation",
+    "StandardNormalPrior", "LearnedGaussianPrior", "MixturePrior",
+    "BernoulliLikelihood", "ContinuousBernoulliLikelihood", "GaussianLikelihood", "LaplaceLikelihood",
+    "DiagonalGaussianGuide", "MLPNetwork",
+    "MonteCarloELBO", "AnalyticKLELBO", "IWAEBound", "RenyiBound",
+    "MNIST5k", "MNIST", "FashionMNIST", "KMNIST", "Synthetic", "DataSplits",
+    "PRIORS", "LIKELIHOODS", "GUIDES", "NETWORKS", "OBJECTIVES", "DATASETS", "REGISTRIES",
+    "PyroVAEError", "ConfigError", "DataError", "RunDirError", "CheckpointError", "TrainingDiverged",
+]

@@ -1,0 +1,193 @@
+"""``pyro-vae``: train, evaluate, sample, list and show configs from the command line.
+
+    pyro-vae train [CONFIG.toml] [--set KEY=VALUE ...] [--out RUN_DIR] [--overwrite]
+    pyro-vae train --resume RUN_DIR [--set train.epochs=N]
+    pyro-vae evaluate RUN_DIR [--samples K] [--seed S]
+    pyro-vae sample RUN_DIR [--n 64] [--seed S]
+    pyro-vae list [KIND]
+    pyro-vae config [CONFIG.toml] [--set KEY=VALUE ...]
+
+Errors meant for the user print one paragraph and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import REGISTRIES, Config, apply_overrides, read_toml
+from .errors import ConfigError, PyroVAEError, RunDirError
+from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, config_differences, default_run_dir
+
+
+def _config_from(path: str | None, overrides: list[str]) -> Config:
+    raw = read_toml(path) if path else {}
+    return Config.from_dict(apply_overrides(raw, overrides))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import finish_run, load_run
+
+    if args.resume:
+        if args.config:
+            raise ConfigError("give either a CONFIG file or --resume RUN_DIR, not both: a resumed run keeps its own config.")
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG).is_file() or not (run_dir / CHECKPOINT).is_file():
+            raise RunDirError(f"cannot resume {run_dir}: it needs {CONFIG} and {CHECKPOINT} (a run that finished at least one epoch).")
+        saved = Config.load(run_dir / CONFIG)
+        config = Config.load(run_dir / CONFIG, args.set)
+        changed = [d for d in config_differences(saved.to_dict(), config.to_dict()) if d[0] not in RESUMABLE_CHANGES]
+        if changed:
+            keys = ", ".join(".".join(p) for p, _, _ in changed)
+            raise ConfigError(f"--resume can only change train.epochs; these overrides would change the run: {keys}.")
+    else:
+        config = _config_from(args.config, args.set)
+        run_dir = Path(args.out) if args.out else default_run_dir(config)
+
+    args.run_dir_used = run_dir  # for the interrupt message
+    trainer = Trainer(config, run_dir, progress=not args.no_progress)
+    if not args.resume:
+        print(f"training into {run_dir}  (config: {run_dir / CONFIG})")
+    trainer.fit(resume=bool(args.resume), overwrite=args.overwrite)
+    run = load_run(run_dir)
+    result = finish_run(run)
+    print(result.table(f"test set of {config.data['name']}: {result.n} datapoints, epoch {run.epoch}"))
+    print(f"run folder: {run_dir}  (metrics.jsonl, checkpoint.pt, evaluation.json, samples.png, "
+          f"reconstructions.png, curves.png, latent.png)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import evaluate
+    from .training import load_run, write_evaluation
+
+    run = load_run(args.run_dir, device=args.device)
+    cfg = run.config
+    samples = cfg.eval.samples if args.samples is None else args.samples
+    seed = cfg.seed if args.seed is None else args.seed
+    if samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {samples}.")
+    result = evaluate(
+        run.vae, run.data.test, samples=samples, seed=seed,
+        batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs,
+    )
+    print(result.table(f"{run.run_dir} — test set of {cfg.data['name']}: {result.n} datapoints, epoch {run.epoch}, seed {seed}"))
+    stem = f"evaluation-K{samples}-seed{seed}"
+    path = write_evaluation(run, result, stem + ".json")
+    _write_per_datapoint(result, run.run_dir / f"{stem}.csv")
+    print(f"wrote {path} and {stem}.csv (per datapoint)")
+    return 0
+
+
+def _write_per_datapoint(result, path: Path) -> None:
+    columns = {"elbo": result.elbo, "reconstruction": result.reconstruction, "kl": result.kl}
+    if result.log_px is not None:
+        columns |= {"log_px": result.log_px, "gap": result.gap}
+    header = "index," + ",".join(f"{k}_nats" for k in columns)
+    rows = [f"{i}," + ",".join(f"{v[i].item():.6f}" for v in columns.values()) for i in range(result.n)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .plots import prior_samples, save_grid
+    from .training import load_run
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}.")
+    run = load_run(args.run_dir, device=args.device, with_data=False)
+    seed = run.config.seed if args.seed is None else args.seed
+    out = Path(args.out) if args.out else run.run_dir / f"samples-n{args.n}-seed{seed}-{args.pixels}.png"
+    if args.out and out.exists() and not args.overwrite:
+        raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    images = prior_samples(run.vae, args.n, seed, args.pixels)
+    what = "E[x|z]" if args.pixels == "mean" else "x ~ p(x|z)"
+    save_grid(images, out, int(max(1, round(args.n**0.5))), f"{args.n} samples: {what}, z ~ p(z) (seed {seed})")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    for kind in kinds:
+        if kind not in REGISTRIES:
+            raise ConfigError(f"unknown kind '{kind}'; valid kinds: {', '.join(REGISTRIES)}.")
+        print(REGISTRIES[kind].describe())
+        print()
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(_config_from(args.config, args.set).to_toml(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae",
+        description="Variational autoencoders in Pyro: declared priors, likelihoods and ELBO estimators. "
+        "All numbers are nats per datapoint (summed over pixels).",
+    )
+    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set model.prior=mixture --set model.prior.components=10 "
+                       "(values use TOML syntax: 10, 1e-3, true, [400, 200], or a bare word)")
+
+    p = sub.add_parser("train", help="train a VAE by SVI and write a run folder")
+    p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults, MNIST subset)")
+    overrides(p)
+    p.add_argument("--out", help="run folder to create (default: runs/<time>-<data>-<prior>-<likelihood>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="ELBO, its terms, importance-sampled log p(x), gap, active units, bits/dim")
+    p.add_argument("run_dir")
+    p.add_argument("--samples", "-k", type=int, help="importance samples K per datapoint (default: eval.samples, 1000)")
+    p.add_argument("--seed", type=int, help="seed of the estimates (default: the run's seed)")
+    p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="decode samples z ~ p(z) into a picture")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--seed", type=int, help="seed (default: the run's seed)")
+    p.add_argument("--pixels", choices=["mean", "sample"], default="mean",
+                   help="show E[x|z] (default) or a draw x ~ p(x|z)")
+    p.add_argument("--out", help="picture path (default: RUN_DIR/samples-n<N>-seed<S>-<pixels>.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("list", help="every registered component with its options and defaults")
+    p.add_argument("kind", nargs="?", help=f"only one kind: {', '.join(REGISTRIES)}")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("config", help="print the resolved config (defaults filled in) as TOML")
+    p.add_argument("config", nargs="?")
+    overrides(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PyroVAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        run = getattr(args, "run_dir_used", None)
+        where = f" Resume with `pyro-vae train --resume {run}`." if run else ""
+        print(f"\ninterrupted: the last finished epoch's checkpoint is kept.{where}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

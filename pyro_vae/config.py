@@ -1,0 +1,574 @@
+"""Typed options, the component registries, and the run configuration.
+
+One code path builds every component. A TOML table, a CLI override (``--set model.prior=mixture``)
+and a Python argument (``VAE(prior=MixturePrior(components=10))``) all end in
+:meth:`Registry.build`, which checks the name, then the option names, types and ranges, and
+returns the component. A component's resolved options (defaults filled in) are read back from the
+object itself, so a run folder's ``config.toml`` always says exactly what was built.
+
+A component is a class with keyword-only, annotated options::
+
+    @PRIORS.register("mixture")
+    class MixturePrior(Prior):
+        '''sum_k pi_k N(mu_k, diag sigma_k^2).
+
+        Options:
+            components: number of mixture components K.
+        '''
+        def __init__(self, *, components: int = 10): ...
+
+and it keeps each option as an attribute of the same name.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+import inspect
+import json
+import re
+import sys
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Typed values
+
+
+def describe_type(annotation: Any) -> str:
+    """A short human name for an option's type annotation."""
+    origin = get_origin(annotation)
+    if annotation is bool:
+        return "bool"
+    if annotation is int:
+        return "int"
+    if annotation is float:
+        return "float"
+    if annotation is str:
+        return "str"
+    if annotation is type(None):
+        return "none"
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(annotation))
+    if origin in (list, tuple):
+        return f"list of {describe_type(get_args(annotation)[0])}"
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe_type(a) for a in get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against ``annotation`` and return it in canonical form.
+
+    ints are accepted where floats are expected (and become floats); lists are checked element by
+    element; ``bool`` is never accepted as a number. Anything else raises :class:`ConfigError`.
+    """
+    origin = get_origin(annotation)
+
+    def fail() -> typing.NoReturn:
+        raise ConfigError(
+            f"{where} must be {describe_type(annotation)}, got {value!r} ({type(value).__name__})."
+        )
+
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        fail()
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail()
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        fail()
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        fail()
+    if annotation is type(None):
+        if value is None:
+            return None
+        fail()
+    if origin is Literal:
+        if isinstance(value, str) and value in get_args(annotation):
+            return value
+        fail()
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            fail()
+        (item,) = get_args(annotation)[:1]
+        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (Union, types.UnionType):
+        for option in get_args(annotation):
+            try:
+                return coerce(value, option, where)
+            except ConfigError:
+                continue
+        fail()
+    raise TypeError(f"unsupported option annotation {annotation!r} at {where}")  # a library bug
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds (range checks)."""
+    if not condition:
+        raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Components and registries
+
+
+@dataclass(frozen=True)
+class Option:
+    """One typed, documented option of a component."""
+
+    name: str
+    annotation: Any
+    default: Any
+    help: str = ""
+
+    @property
+    def type_name(self) -> str:
+        return describe_type(self.annotation)
+
+
+_OPTION_LINE = re.compile(r"^\s{4,}(\w+):\s*(.+)$")
+
+
+def _option_help(doc: str | None) -> dict[str, str]:
+    """Parse the ``Options:`` section of a docstring into {option: one-line help}."""
+    if not doc or "Options:" not in doc:
+        return {}
+    helps: dict[str, str] = {}
+    current = None
+    for line in doc.split("Options:", 1)[1].splitlines()[1:]:
+        if not line.strip():
+            break
+        m = _OPTION_LINE.match(line)
+        if m and len(line) - len(line.lstrip()) <= 8:
+            current = m.group(1)
+            helps[current] = m.group(2).strip()
+        elif current:
+            helps[current] += " " + line.strip()
+    return helps
+
+
+class Component:
+    """A registered, typed building block: a prior, a likelihood, a guide, a network, ...
+
+    Subclasses declare their options as keyword-only ``__init__`` arguments with annotations and
+    defaults, and store each one as an attribute of the same name.
+    """
+
+    kind: ClassVar[str] = "component"
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def option_specs(cls) -> dict[str, Option]:
+        init = getattr(cls.__init__, "__wrapped__", cls.__init__)
+        if init is object.__init__:
+            return {}
+        hints = typing.get_type_hints(init)
+        helps: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):  # a subclass may document only what it changes
+            helps.update(_option_help(klass.__doc__))
+        specs = {}
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+                continue
+            specs[p.name] = Option(p.name, hints.get(p.name, Any), p.default, helps.get(p.name, ""))
+        return specs
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the docstring: the component's maths in one line."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def options(self) -> dict[str, Any]:
+        """The options this object was built with, defaults included."""
+        return {k: copy.deepcopy(getattr(self, k)) for k in self.option_specs()}
+
+    def spec(self) -> dict[str, Any]:
+        """``{"name": ..., **options}``: the table that rebuilds this component."""
+        return {"name": self.name, **self.options()}
+
+    def extra_repr(self) -> str:  # used by nn.Module's repr for module components
+        return ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+
+
+def _validated_init(cls: type[Component]) -> None:
+    """Wrap ``cls.__init__`` so options are type-checked however the object is built."""
+    init = cls.__init__
+    if getattr(init, "_validates_options", False):  # already checked (it reads type(self)'s options)
+        return
+
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        specs = type(self).option_specs()
+        label = f"{type(self).kind} '{type(self).name}'"
+        for key in kwargs:
+            if key not in specs:
+                raise ConfigError(_unknown_option_message(type(self), key, label))
+        kwargs = {k: coerce(v, specs[k].annotation, f"{label} option '{k}'") for k, v in kwargs.items()}
+        for k, opt in specs.items():  # canonical defaults too (tuples become lists, ints floats)
+            if k not in kwargs and opt.default is not inspect.Parameter.empty:
+                kwargs[k] = coerce(opt.default, opt.annotation, f"{label} option '{k}'")
+        init(self, *args, **kwargs)
+
+    checked_init._validates_options = True  # type: ignore[attr-defined]
+    cls.__init__ = checked_init  # type: ignore[method-assign]
+
+
+def _unknown_option_message(cls: type[Component], key: str, label: str) -> str:
+    specs = cls.option_specs()
+    if not specs:
+        return f"{label} takes no options, got '{key}'."
+    valid = ", ".join(f"{o.name} ({o.type_name}, default {o.default!r})" for o in specs.values())
+    hint = difflib.get_close_matches(key, list(specs), n=1)
+    hint_text = f" Did you mean '{hint[0]}'?" if hint else ""
+    return f"unknown option '{key}' for {label}.{hint_text} Valid options: {valid}."
+
+
+class Registry:
+    """Names -> component classes of one kind, and the one place components are built."""
+
+    def __init__(self, kind: str, plural: str, description: str):
+        self.kind = kind
+        self.plural = plural
+        self.description = description
+        self._classes: dict[str, type[Component]] = {}
+
+    def register(self, name: str):
+        """Class decorator: register ``cls`` under ``name`` and validate its options on init."""
+
+        def decorate(cls: type[Component]) -> type[Component]:
+            if name in self._classes:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            cls.name = name
+            cls.kind = self.kind
+            _validated_init(cls)
+            self._classes[name] = cls
+            return cls
+
+        return decorate
+
+    def names(self) -> list[str]:
+        return list(self._classes)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._classes
+
+    def get(self, name: str, where: str = "") -> type[Component]:
+        if name not in self._classes:
+            hint = difflib.get_close_matches(name, self.names(), n=1)
+            hint_text = f" Did you mean '{hint[0]}'?" if hint else ""
+            at = f" (at {where})" if where else ""
+            raise ConfigError(
+                f"unknown {self.kind} '{name}'{at}.{hint_text} Valid {self.plural}: "
+                f"{', '.join(self.names())}. `pyro-vae list` shows each with its options."
+            )
+        return self._classes[name]
+
+    def build(self, spec: Any, where: str = "") -> Component:
+        """Build a component from a name, a ``{"name": ..., **options}`` table, or an instance."""
+        where = where or self.kind
+        if isinstance(spec, Component):
+            if spec.kind != self.kind:
+                raise ConfigError(f"{where} must be a {self.kind}, got a {spec.kind} ('{spec.name}').")
+            return spec
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"{where} must be a {self.kind} name, a table with a 'name' key, or a {self.kind} "
+                f"object; got {spec!r}."
+            )
+        options = dict(spec)
+        name = options.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"{where} needs a 'name' naming the {self.kind}; valid {self.plural}: "
+                f"{', '.join(self.names())}."
+            )
+        cls = self.get(name, where)
+        label = f"{where} ({self.kind} '{name}')"
+        specs = cls.option_specs()
+        for key, value in options.items():
+            if key not in specs:
+                raise ConfigError(_unknown_option_message(cls, key, label))
+            options[key] = coerce(value, specs[key].annotation, f"{where}.{key}")
+        try:
+            return cls(**options)
+        except ConfigError as e:
+            raise ConfigError(f"{label}: {e}") from None
+
+    def resolve(self, spec: Any, where: str = "") -> dict[str, Any]:
+        """The full table (defaults filled in) of the component ``spec`` builds."""
+        return self.build(spec, where).spec()
+
+    def describe(self) -> str:
+        """Every registered name with its maths line and options (for ``pyro-vae list``)."""
+        lines = [f"{self.plural} — {self.description}"]
+        for name, cls in self._classes.items():
+            lines.append(f"  {name:<22} {cls.summary()}")
+            for opt in cls.option_specs().values():
+                default = "" if opt.default is inspect.Parameter.empty else f" = {format_value(opt.default)}"
+                lines.append(f"      {opt.name}{default}   ({opt.type_name})")
+                if opt.help:
+                    lines += textwrap.wrap(opt.help, 100, initial_indent=" " * 10, subsequent_indent=" " * 10)
+        return "\n".join(lines)
+
+
+def format_value(value: Any) -> str:
+    """A value as it would be written in TOML (``none`` for an unset option)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+PRIORS = Registry("prior", "priors", "p(z)")
+LIKELIHOODS = Registry("likelihood", "likelihoods", "p(x|z), the decoder's distribution over every pixel")
+GUIDES = Registry("guide", "guides", "q(z|x), the amortized posterior")
+NETWORKS = Registry("network", "networks", "encoder and decoder bodies (no probability in them)")
+OBJECTIVES = Registry("objective", "objectives", "the training objective, a pyro.infer.ELBO")
+DATASETS = Registry("dataset", "datasets", "where x comes from")
+
+REGISTRIES = {r.kind: r for r in (PRIORS, LIKELIHOODS, GUIDES, NETWORKS, OBJECTIVES, DATASETS)}
+
+
+# --------------------------------------------------------------------------------------------
+# The run configuration
+
+
+def component(kind: str, default: str):
+    """A config field holding a component table of ``kind``."""
+    return field(default_factory=lambda: {"name": default}, metadata={"registry": kind})
+
+
+@dataclass
+class ModelConfig:
+    """The generative model p(z) p(x|z) and the guide q(z|x)."""
+
+    latent_dim: int = 50
+    prior: dict = component("prior", "standard-normal")
+    likelihood: dict = component("likelihood", "bernoulli")
+    guide: dict = component("guide", "diagonal-gaussian")
+    network: dict = component("network", "mlp")
+
+    def check(self, where: str) -> None:
+        require(self.latent_dim >= 1, f"{where}.latent_dim must be >= 1, got {self.latent_dim}.")
+
+
+@dataclass
+class TrainConfig:
+    """Stochastic variational inference: the objective, its optimizer and schedule."""
+
+    objective: dict = component("objective", "elbo")
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    kl_warmup_epochs: float = 0.0
+    kl_warmup_start: float = 0.01
+    validate: bool = False
+
+    def check(self, where: str) -> None:
+        require(self.epochs >= 1, f"{where}.epochs must be >= 1, got {self.epochs}.")
+        require(self.batch_size >= 1, f"{where}.batch_size must be >= 1, got {self.batch_size}.")
+        require(self.lr > 0, f"{where}.lr must be > 0, got {self.lr}.")
+        require(
+            self.kl_warmup_epochs >= 0,
+            f"{where}.kl_warmup_epochs must be >= 0 (0 turns warm-up off), got {self.kl_warmup_epochs}.",
+        )
+        require(
+            0.0 < self.kl_warmup_start <= 1.0,
+            f"{where}.kl_warmup_start must be in (0, 1], got {self.kl_warmup_start}: the KL weight scales "
+            f"the latent site (poutine.scale), which must stay positive; 0.01 is a usual start.",
+        )
+
+
+@dataclass
+class EvalConfig:
+    """How the evidence and the ELBO are estimated on held-out data."""
+
+    samples: int = 1000
+    batch_size: int = 250
+    chunk_pairs: int = 16384
+    train_subset: int = 1000
+
+    def check(self, where: str) -> None:
+        require(self.samples >= 1, f"{where}.samples must be >= 1, got {self.samples}.")
+        require(self.batch_size >= 1, f"{where}.batch_size must be >= 1, got {self.batch_size}.")
+        require(self.chunk_pairs >= 1, f"{where}.chunk_pairs must be >= 1, got {self.chunk_pairs}.")
+        require(self.train_subset >= 0, f"{where}.train_subset must be >= 0, got {self.train_subset}.")
+
+
+@dataclass
+class Config:
+    """Everything that defines a run; ``config.toml`` in a run folder is this, resolved."""
+
+    seed: int = 0
+    device: str = "auto"
+    data: dict = component("dataset", "mnist5k")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self, where: str) -> None:
+        require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}.",
+        )
+
+    # -- conversions -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None = None) -> "Config":
+        """Validate a nested dict (from TOML, overrides or Python) into a resolved Config."""
+        return _section_from_dict(cls, raw or {}, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+    @classmethod
+    def load(cls, path: Path | str, overrides: list[str] | None = None) -> "Config":
+        return cls.from_dict(apply_overrides(read_toml(path), overrides or []))
+
+
+def dumps_toml(table: dict[str, Any], prefix: tuple[str, ...] = ()) -> str:
+    """Write a config dict as TOML: plain values first, then sub-tables. None values are left out
+    (TOML has no null; an option that is None is at its default)."""
+    lines = [f"{k} = {format_value(v)}" for k, v in table.items() if v is not None and not isinstance(v, dict)]
+    for key, sub in table.items():
+        if isinstance(sub, dict):
+            path = (*prefix, key)
+            lines += ["", f"[{'.'.join(path)}]", dumps_toml(sub, path).rstrip("\n")]
+    return "\n".join(line for line in lines).lstrip("\n") + "\n"
+
+
+def _section_from_dict(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'the config'} must be a table, got {raw!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        key = unknown[0]
+        hint = difflib.get_close_matches(key, list(fields), n=1)
+        hint_text = f" Did you mean '{hint[0]}'?" if hint else ""
+        at = f"[{where}]" if where else "the top level"
+        raise ConfigError(
+            f"unknown key '{key}' in {at} of the config.{hint_text} Valid keys: {', '.join(fields)}."
+        )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        path = f"{where}.{name}" if where else name
+        if "registry" in f.metadata:
+            spec = raw.get(name, f.default_factory())  # type: ignore[misc]
+            values[name] = REGISTRIES[f.metadata["registry"]].resolve(spec, path)
+        elif dataclasses.is_dataclass(hints[name]):
+            values[name] = _section_from_dict(hints[name], raw.get(name, {}), path)
+        elif name in raw:
+            values[name] = coerce(raw[name], hints[name], path)
+    section = cls(**values)
+    section.check(where)
+    return section
+
+
+# --------------------------------------------------------------------------------------------
+# TOML files and CLI overrides
+
+
+def read_toml(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist.")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}.") from None
+
+
+def parse_value(text: str) -> Any:
+    """A CLI override's value: TOML syntax (``10``, ``1e-3``, ``true``, ``[400, 200]``) or a bare word."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _component_paths(cls: type = Config, prefix: str = "") -> dict[str, dict]:
+    """{"model.prior": {"name": "standard-normal"}, ...}: every component path with its default table."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if "registry" in f.metadata:
+            out[path] = f.default_factory()  # type: ignore[misc]
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out.update(_component_paths(hints[f.name], path + "."))
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides, in order, to a raw config dict (returns a copy).
+
+    Setting a component path to a name (``model.prior=mixture``) replaces that component's whole
+    table, so options of the previous choice do not leak into the new one; set options after it
+    (``model.prior.components=10``).
+    """
+    raw = copy.deepcopy(raw)
+    components = _component_paths()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override {item!r} must look like KEY=VALUE, e.g. model.prior=mixture or train.lr=3e-4."
+            )
+        key, text = (s.strip() for s in item.split("=", 1))
+        value = parse_value(text)
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"override key {key!r} is not a dotted path like model.prior.components.")
+        if key in components and isinstance(value, str):
+            value = {"name": value}
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            sub = ".".join(parts[: i + 1])
+            child = node.get(part)
+            if isinstance(child, str) and sub in components:
+                child = {"name": child}
+            if child is None:
+                child = dict(components.get(sub, {}))  # a component's options go into its default table
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {key}: {sub} is {child!r}, not a table.")
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return raw

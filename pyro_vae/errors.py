@@ -1,0 +1,32 @@
+"""Errors that speak to the user.
+
+Every error the library raises on purpose is a :class:`PyroVAEError`: its message is one paragraph
+that says what is wrong and how to fix it. The CLI prints it and exits with status 2, never a bare
+traceback. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class PyroVAEError(Exception):
+    """Base class of the errors whose message is meant for the user."""
+
+
+class ConfigError(PyroVAEError):
+    """An unknown component or option, a wrong type or a value out of range."""
+
+
+class DataError(PyroVAEError):
+    """Data that cannot be loaded, or that does not fit the chosen likelihood."""
+
+
+class RunDirError(PyroVAEError):
+    """A run folder that is missing, incomplete, or that would be overwritten."""
+
+
+class CheckpointError(PyroVAEError):
+    """A checkpoint that is missing, unreadable, or written for another configuration."""
+
+
+class TrainingDiverged(PyroVAEError):
+    """The training loss or the parameters stopped being finite."""

@@ -1,0 +1,224 @@
+"""Likelihoods p(x|z): the decoder's output read as a distribution over every pixel.
+
+A likelihood owns three things:
+
+* the decoder head: ``head_shape = (params_per_pixel, C, H, W)``; the decoder emits that many
+  numbers per image and ``forward(head)`` turns them into a distribution whose event covers the
+  whole image (``event_shape == (C, H, W)``), so ``log_prob(x)`` is log p(x|z) summed over pixels,
+  in nats, one number per datapoint;
+* the data contract: ``check_data`` refuses data the distribution cannot score (grey pixels under
+  a Bernoulli, values outside [0, 1] under a continuous Bernoulli, NaN anywhere) with the fix named;
+* input preparation: binarization, done once for evaluation sets (with a fixed seed) and, for
+  dynamic binarization, afresh for every training batch.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pyro import distributions as dist
+from torch import nn
+
+from .config import LIKELIHOODS, Component, require
+from .errors import DataError
+from .priors import inverse_softplus
+
+# Binarization seeds are constants, not the run's seed, so every run scores the same binary test set.
+TRAIN_BINARIZATION_SEED = 1
+EVAL_BINARIZATION_SEED = 2
+
+
+class Likelihood(Component, nn.Module):
+    """Base class. Subclasses set ``params_per_pixel`` and implement ``forward(head)``."""
+
+    params_per_pixel: ClassVar[int] = 1
+    #: True when log p(x|z) is a log-probability mass (discrete data); False for densities.
+    discrete: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        self.event_shape: tuple[int, ...] = ()
+
+    def setup(self, event_shape: tuple[int, ...]) -> "Likelihood":
+        self.event_shape = tuple(event_shape)
+        return self
+
+    @property
+    def head_shape(self) -> tuple[int, ...]:
+        """What the decoder must output per datapoint: ``(params_per_pixel, *event_shape)``."""
+        return (self.params_per_pixel, *self.event_shape)
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def mean(self, head: torch.Tensor) -> torch.Tensor:
+        """E[x|z], shaped like the data (used for pictures)."""
+        return self(head).mean
+
+    # -- data contract -------------------------------------------------------------------------
+
+    def check_data(self, x: torch.Tensor, split: str) -> None:
+        """Refuse data this likelihood cannot score. Default: any finite real number."""
+
+    def prepare_train_set(self, x: torch.Tensor) -> torch.Tensor:
+        """The training set as the model will see it (e.g. statically binarized), done once."""
+        return x
+
+    def prepare_eval_set(self, x: torch.Tensor) -> torch.Tensor:
+        """An evaluation set as the model will see it, done once with a fixed seed."""
+        return x
+
+    def prepare_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A training batch, drawn afresh each time (e.g. dynamic binarization)."""
+        return x
+
+
+def _require_unit_interval(x: torch.Tensor, split: str, who: str, fixes: str) -> None:
+    low, high = x.min().item(), x.max().item()
+    if low < 0.0 or high > 1.0:
+        raise DataError(
+            f"the {split} data has values in [{low:g}, {high:g}], but the {who} likelihood needs "
+            f"pixel intensities in [0, 1]. {fixes}"
+        )
+
+
+def _binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    return torch.bernoulli(x, generator=generator)
+
+
+@LIKELIHOODS.register("bernoulli")
+class BernoulliLikelihood(Likelihood):
+    """p(x|z) = prod_i Bern(x_i; sigmoid(f(z)_i)); log p(x|z) = -binary cross-entropy, summed over pixels.
+
+    Options:
+        binarize: "dynamic" draws x ~ Bern(intensity) afresh for every training batch (evaluation sets are binarized once, with a fixed seed); "static" binarizes train and evaluation sets once, with fixed seeds; "none" takes data that is already exactly 0/1.
+    """
+
+    discrete = True
+
+    def __init__(self, *, binarize: Literal["dynamic", "static", "none"] = "dynamic") -> None:
+        super().__init__()
+        self.binarize = binarize
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Bernoulli(logits=head[..., 0, :, :, :]).to_event(3)
+
+    def mean(self, head: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(head[..., 0, :, :, :])
+
+    def check_data(self, x: torch.Tensor, split: str) -> None:
+        if self.binarize == "none":
+            grey = ((x != 0) & (x != 1)).sum().item()
+            if grey:
+                raise DataError(
+                    f"the {split} data has {grey} pixel values that are not exactly 0 or 1, but the "
+                    f"bernoulli likelihood with binarize = \"none\" scores only binary data. Either "
+                    f"binarize it: set model.likelihood.binarize = \"dynamic\" (a fresh draw each "
+                    f"batch) or \"static\" (one fixed draw); or keep the grey levels and use a "
+                    f"likelihood for [0, 1] intensities: model.likelihood = \"continuous-bernoulli\"."
+                )
+        else:
+            _require_unit_interval(
+                x, split, "bernoulli",
+                "Rescale the data to [0, 1] (binarization treats each value as a probability).",
+            )
+
+    def prepare_train_set(self, x: torch.Tensor) -> torch.Tensor:
+        return _binarize(x, TRAIN_BINARIZATION_SEED) if self.binarize == "static" else x
+
+    def prepare_eval_set(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.binarize == "none" else _binarize(x, EVAL_BINARIZATION_SEED)
+
+    def prepare_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.bernoulli(x, generator=generator) if self.binarize == "dynamic" else x
+
+
+@LIKELIHOODS.register("continuous-bernoulli")
+class ContinuousBernoulliLikelihood(Likelihood):
+    """p(x|z) = prod_i CB(x_i; sigmoid(f(z)_i)), the normalized density on [0, 1] (Loaiza-Ganem & Cunningham 2019)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=head[..., 0, :, :, :]).to_event(3)
+
+    def check_data(self, x: torch.Tensor, split: str) -> None:
+        _require_unit_interval(x, split, "continuous-bernoulli", "Rescale the data to [0, 1].")
+
+
+class _LocationScaleLikelihood(Likelihood):
+    """Shared by Gaussian and Laplace: the decoder gives the location; the scale is fixed or learned."""
+
+    family: ClassVar[type[dist.TorchDistribution]]
+
+    def __init__(
+        self,
+        *,
+        scale: float = 1.0,
+        learn_scale: Literal["none", "global", "per-pixel"] = "none",
+        min_scale: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        require(scale > 0, f"scale must be > 0, got {scale}.")
+        require(min_scale >= 0, f"min_scale must be >= 0, got {min_scale}.")
+        require(
+            learn_scale == "none" or scale > min_scale,
+            f"scale (the initial learned scale, {scale}) must exceed min_scale ({min_scale}).",
+        )
+        self.scale = scale
+        self.learn_scale = learn_scale
+        self.min_scale = min_scale
+
+    def setup(self, event_shape: tuple[int, ...]) -> "_LocationScaleLikelihood":
+        super().setup(event_shape)
+        if self.learn_scale == "none":
+            self.register_buffer("fixed_scale", torch.tensor(self.scale))
+        else:
+            shape = (1,) * len(event_shape) if self.learn_scale == "global" else event_shape
+            start = inverse_softplus(self.scale - self.min_scale)
+            self.raw_scale = nn.Parameter(start.expand(shape).clone())
+        return self
+
+    def pixel_scale(self) -> torch.Tensor:
+        """The scale of every pixel: fixed, or min_scale + softplus(raw) when learned."""
+        if self.learn_scale == "none":
+            return self.fixed_scale
+        return self.min_scale + F.softplus(self.raw_scale)
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        loc = head[..., 0, :, :, :]
+        return self.family(loc, self.pixel_scale().expand(loc.shape)).to_event(3)
+
+    def mean(self, head: torch.Tensor) -> torch.Tensor:
+        return head[..., 0, :, :, :]
+
+
+@LIKELIHOODS.register("gaussian")
+class GaussianLikelihood(_LocationScaleLikelihood):
+    """p(x|z) = prod_i N(x_i; f(z)_i, s^2); scale 1 fixed is the seeds' identity covariance, -log p = squared error / 2 + const.
+
+    Options:
+        scale: the fixed scale s, or the starting value of a learned one.
+        learn_scale: "none" keeps s fixed; "global" learns one s; "per-pixel" learns one s per pixel.
+        min_scale: learned scales are min_scale + softplus(r), so the density stays bounded on pixels that never vary.
+    """
+
+    family = dist.Normal
+
+
+@LIKELIHOODS.register("laplace")
+class LaplaceLikelihood(_LocationScaleLikelihood):
+    """p(x|z) = prod_i Laplace(x_i; f(z)_i, b); -log p = |x - f(z)| / b + log 2b, summed over pixels.
+
+    Options:
+        scale: the fixed scale b, or the starting value of a learned one.
+        learn_scale: "none" keeps b fixed; "global" learns one b; "per-pixel" learns one b per pixel.
+        min_scale: learned scales are min_scale + softplus(r), so the density stays bounded on pixels that never vary.
+    """
+
+    family = dist.Laplace
+

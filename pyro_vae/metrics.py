@@ -1,0 +1,230 @@
+"""Evidence and its bounds, estimated: the intractable half of the VAE, in numbers.
+
+Per datapoint x, in nats:
+
+* ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))       (reconstruction term minus KL to the prior;
+  the KL in closed form where a formula exists for the guide/prior pair, else by Monte Carlo);
+* log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),  z_k ~ q(z|x)   (importance sampling,
+  Burda et al. 2016: a lower bound in expectation that tightens to log p(x) as K grows);
+* gap(x) = log p(x) - ELBO(x), an estimate of KL(q(z|x) || p(z|x)), the term the ELBO drops;
+* active units: latent coordinates u whose posterior mean moves with the data,
+  Var_x(E_q[z_u]) > 0.01 (Burda et al. 2016);
+* bits/dim = -log p(x) / (D log 2) for D pixels.
+
+All estimates run under a seed of their own (``torch.random.fork_rng``), so the same seed gives the
+same numbers and evaluation never disturbs the training random stream. Memory is bounded by
+``chunk_pairs`` (datapoint, sample) pairs at a time, whatever K and the dataset size: the importance
+weights are reduced chunk by chunk with a streaming log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.distributions import kl_divergence
+
+from .vae import VAE
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def kl_to_prior(q, p, z: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """KL(q(z|x) || p(z)) per datapoint: closed form if registered, else the Monte-Carlo average over ``z``.
+
+    ``z`` holds samples from q with shape (S, batch, latent_dim). Returns (kl, analytic).
+    """
+    try:
+        return kl_divergence(q, p), True
+    except NotImplementedError:
+        return (q.log_prob(z) - p.log_prob(z)).mean(0), False
+
+
+def analytic_kl_available(vae: VAE) -> bool:
+    """Whether KL(q(z|x) || p(z)) has a closed form for this VAE's guide family and prior."""
+    with torch.no_grad():
+        x = torch.zeros(1, *vae.data_shape, device=next(vae.parameters()).device)
+        q = vae.q_z_given_x(x)
+        return kl_to_prior(q, vae.p_z(), q.sample((1,)))[1]
+
+
+@torch.no_grad()
+def elbo_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> dict[str, torch.Tensor]:
+    """Per-datapoint reconstruction E_q[log p(x|z)], KL(q||p(z)) and ELBO, with ``num_samples`` z's."""
+    q = vae.q_z_given_x(x)
+    z = q.rsample((num_samples,))
+    reconstruction = vae.p_x_given_z(z).log_prob(x).mean(0)
+    kl, analytic = kl_to_prior(q, vae.p_z(), z)
+    return {
+        "reconstruction": reconstruction,
+        "kl": kl,
+        "elbo": reconstruction - kl,
+        "posterior_mean": _posterior_mean(q, z),
+        "kl_analytic": torch.tensor(analytic),
+    }
+
+
+def _posterior_mean(q, z: torch.Tensor) -> torch.Tensor:
+    try:
+        return q.mean
+    except NotImplementedError:  # e.g. a flow guide: use the samples at hand
+        return z.mean(0)
+
+
+def log_importance_weights(vae: VAE, x: torch.Tensor, q, num_samples: int) -> torch.Tensor:
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); shape (num_samples, batch)."""
+    z = q.sample((num_samples,))
+    return vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - q.log_prob(z)
+
+
+@torch.no_grad()
+def log_evidence(vae: VAE, x: torch.Tensor, num_samples: int = 1000, chunk_pairs: int = 16384) -> torch.Tensor:
+    """Importance-sampled log p(x) per datapoint with K = ``num_samples`` draws from q(z|x).
+
+    The K weights are drawn in chunks of at most ``chunk_pairs // batch`` samples and combined by a
+    streaming log-sum-exp, so memory does not grow with K.
+    """
+    q = vae.q_z_given_x(x)
+    per_chunk = max(1, chunk_pairs // x.shape[0])
+    total = torch.full(x.shape[:1], -math.inf, device=x.device)
+    done = 0
+    while done < num_samples:
+        k = min(per_chunk, num_samples - done)
+        total = torch.logaddexp(total, log_importance_weights(vae, x, q, k).logsumexp(0))
+        done += k
+    return total - math.log(num_samples)
+
+
+def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+    """Number of latent coordinates with Var_x(E_q[z_u | x]) > threshold (Burda et al. 2016)."""
+    return int((posterior_means.var(dim=0) > threshold).sum().item())
+
+
+def bits_per_dim(log_px: torch.Tensor, num_pixels: int) -> torch.Tensor:
+    """-log p(x) / (D log 2): nats per datapoint as bits per pixel."""
+    return -log_px / (num_pixels * math.log(2.0))
+
+
+@dataclass
+class Evaluation:
+    """Per-datapoint estimates on one dataset, and their means with standard errors."""
+
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    elbo: torch.Tensor
+    posterior_mean: torch.Tensor
+    kl_analytic: bool
+    num_pixels: int
+    discrete: bool
+    seed: int
+    log_px: torch.Tensor | None = None
+    samples: int = 0
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.elbo.shape[0]
+
+    @property
+    def gap(self) -> torch.Tensor | None:
+        return None if self.log_px is None else self.log_px - self.elbo
+
+    def summary(self) -> dict:
+        """Means over datapoints (nats per datapoint) with standard errors, for JSON and tables."""
+
+        def stat(v: torch.Tensor) -> dict:
+            se = v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+            return {"mean": v.mean().item(), "stderr": se}
+
+        out = {
+            "units": "nats per datapoint (sums over pixels, means over datapoints)",
+            "datapoints": self.n,
+            "seed": self.seed,
+            "elbo": stat(self.elbo),
+            "reconstruction": stat(self.reconstruction),
+            "kl": stat(self.kl),
+            "kl_estimator": "closed form" if self.kl_analytic else "monte carlo",
+            "active_units": active_units(self.posterior_mean),
+            "latent_dim": self.posterior_mean.shape[-1],
+        }
+        if self.log_px is not None:
+            out["importance_samples"] = self.samples
+            out["log_px"] = stat(self.log_px)
+            out["gap"] = stat(self.gap)
+            out["bits_per_dim"] = stat(bits_per_dim(self.log_px, self.num_pixels))
+            out["bits_per_dim_is_discrete"] = self.discrete
+        return out
+
+    def table(self, title: str = "") -> str:
+        """The summary as aligned text lines."""
+        s = self.summary()
+        kl_how = "closed form" if self.kl_analytic else "Monte Carlo"
+        rows = [
+            ("ELBO", s["elbo"]),
+            ("  reconstruction  E_q[log p(x|z)]", s["reconstruction"]),
+            (f"  KL(q(z|x) || p(z))  [{kl_how}]", s["kl"]),
+        ]
+        if self.log_px is not None:
+            rows += [
+                (f"log p(x)  [importance sampled, K={self.samples}]", s["log_px"]),
+                ("gap log p(x) - ELBO  ~ KL(q(z|x) || p(z|x))", s["gap"]),
+            ]
+        lines = [title] if title else []
+        lines.append(f"{'nats per datapoint':<48} {'mean':>11} {'std. err.':>10}")
+        lines += [f"{label:<48} {v['mean']:>11.3f} {v['stderr']:>10.3f}" for label, v in rows]
+        lines.append(f"{'active units (Var_x E_q[z_u] > 0.01)':<48} {s['active_units']:>7} / {s['latent_dim']}")
+        if self.log_px is not None:
+            kind = "" if self.discrete else "  (of a density, not a discrete likelihood)"
+            lines.append(f"{'bits/dim':<48} {s['bits_per_dim']['mean']:>11.4f}{kind}")
+        return "\n".join(lines)
+
+
+def _rng_devices(x: torch.Tensor) -> list:
+    return [x.device] if x.device.type == "cuda" else []
+
+
+@torch.no_grad()
+def evaluate(
+    vae: VAE,
+    x: torch.Tensor,
+    *,
+    samples: int = 0,
+    seed: int = 0,
+    batch_size: int = 250,
+    chunk_pairs: int = 16384,
+) -> Evaluation:
+    """ELBO terms for every datapoint of ``x`` and, if ``samples`` > 0, importance-sampled log p(x).
+
+    ``x`` must already be prepared for the likelihood (e.g. binarized). Runs under its own seed.
+    """
+    was_training = vae.training
+    vae.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    analytic = True
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(x)):
+            torch.manual_seed(seed)
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size]
+                terms = elbo_terms(vae, xb)
+                analytic &= bool(terms.pop("kl_analytic"))
+                if samples > 0:
+                    terms["log_px"] = log_evidence(vae, xb, samples, chunk_pairs)
+                for k, v in terms.items():
+                    parts.setdefault(k, []).append(v.float().cpu())
+    finally:
+        vae.train(was_training)
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    return Evaluation(
+        reconstruction=cat["reconstruction"],
+        kl=cat["kl"],
+        elbo=cat["elbo"],
+        posterior_mean=cat["posterior_mean"],
+        kl_analytic=analytic,
+        num_pixels=math.prod(vae.data_shape),
+        discrete=vae.likelihood.discrete,
+        seed=seed,
+        log_px=cat.get("log_px"),
+        samples=samples,
+    )

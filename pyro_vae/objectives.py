@@ -1,0 +1,91 @@
+"""Training objectives: each registered name is a ``pyro.infer.ELBO`` subclass with typed options.
+
+Every objective here is an ELBO object a Pyro user can hand to ``pyro.infer.SVI`` as it is. Losses
+are summed over the datapoints of a batch (Pyro's convention); the library divides by the batch
+size when it reports nats per datapoint. Particles are vectorized (one batched pass), which needs
+``max_plate_nesting = 1``: the model's only plate is the data plate.
+
+``supports_kl_weight`` says whether the objective honours a KL weight beta applied by scaling the
+latent site ``z`` in both model and guide (``poutine.scale``): for the ELBO that scales exactly the
+KL term, E_q[log p(x|z)] - beta KL(q||p). In an importance-weighted bound the KL is not a separate
+term, so scaling would change the bound into something else; those objectives refuse warm-up.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+
+from .config import OBJECTIVES, Component, require
+
+
+class Objective(Component):
+    """Mixin for registered objectives."""
+
+    supports_kl_weight: ClassVar[bool] = False
+    #: True when the KL(q||p) term is computed in closed form where a formula exists.
+    analytic_kl: ClassVar[bool] = False
+
+
+def _particle_options(num_particles: int) -> dict:
+    require(num_particles >= 1, f"num_particles must be >= 1, got {num_particles}.")
+    return dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+
+
+@OBJECTIVES.register("elbo")
+class MonteCarloELBO(Trace_ELBO, Objective):
+    """ELBO = E_q[log p(x|z) + log p(z) - log q(z|x)], all by Monte Carlo (Pyro's Trace_ELBO).
+
+    Options:
+        num_particles: samples z ~ q(z|x) per datapoint; their average is the estimate.
+    """
+
+    supports_kl_weight = True
+
+    def __init__(self, *, num_particles: int = 1) -> None:
+        super().__init__(**_particle_options(num_particles))
+
+
+@OBJECTIVES.register("elbo-analytic-kl")
+class AnalyticKLELBO(TraceMeanField_ELBO, Objective):
+    """ELBO = E_q[log p(x|z)] - KL(q(z|x)||p(z)), the KL in closed form where one exists (TraceMeanField_ELBO).
+
+    Where no closed form exists for the chosen guide and prior (e.g. a mixture prior) Pyro falls back
+    to a Monte-Carlo KL; the trainer warns when that happens.
+
+    Options:
+        num_particles: samples z ~ q(z|x) per datapoint for the reconstruction term.
+    """
+
+    supports_kl_weight = True
+    analytic_kl = True
+
+    def __init__(self, *, num_particles: int = 1) -> None:
+        super().__init__(**_particle_options(num_particles))
+
+
+@OBJECTIVES.register("iwae")
+class IWAEBound(RenyiELBO, Objective):
+    """IWAE bound L_K = E[log (1/K) sum_k p(x, z_k) / q(z_k|x)] (Burda et al. 2016; RenyiELBO with alpha = 0).
+
+    Options:
+        num_particles: K, the number of importance samples per datapoint (K = 1 is the ELBO).
+    """
+
+    def __init__(self, *, num_particles: int = 10) -> None:
+        super().__init__(alpha=0.0, **_particle_options(num_particles))
+
+
+@OBJECTIVES.register("renyi")
+class RenyiBound(RenyiELBO, Objective):
+    """Renyi bound L_alpha = E[log (1/K) sum_k w_k^(1-alpha)] / (1 - alpha), w = p(x, z)/q(z|x) (Li & Turner 2016).
+
+    Options:
+        alpha: the order; alpha = 0 is the IWAE bound, alpha -> 1 the ELBO (use "elbo" for alpha = 1).
+        num_particles: K, samples per datapoint.
+    """
+
+    def __init__(self, *, alpha: float = 0.5, num_particles: int = 10) -> None:
+        require(alpha != 1.0, "alpha = 1 is the ELBO itself: use objective \"elbo\" instead.")
+        super().__init__(alpha=alpha, **_particle_options(num_particles))

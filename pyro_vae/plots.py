@@ -1,0 +1,146 @@
+"""Pictures of a run: prior samples, reconstructions, learning curves, the latent space.
+
+Images show E[x|z], the likelihood's mean, clamped to [0, 1] for display only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .metrics import Evaluation
+    from .training import Run
+    from .vae import VAE
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int, title: str) -> Path:
+    """Save images (N, C, H, W) as one grid picture with a title."""
+    from torchvision.utils import make_grid
+
+    plt = _pyplot()
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    height, width = grid.shape[1:]
+    fig = plt.figure(figsize=(max(3.0, width / 60), max(3.0, height / 60) + 0.4))
+    plt.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    plt.axis("off")
+    plt.title(title, fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def prior_samples(vae: "VAE", n: int, seed: int, pixels: str = "mean") -> torch.Tensor:
+    """n images decoded from z ~ p(z): the mean E[x|z], or a draw x ~ p(x|z) if pixels == 'sample'."""
+    device = next(vae.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        z = vae.p_z().sample((n,))
+        head = vae.decoder(z)
+        return vae.likelihood(head).sample() if pixels == "sample" else vae.likelihood.mean(head)
+
+
+@torch.no_grad()
+def reconstructions(vae: "VAE", x: torch.Tensor) -> torch.Tensor:
+    """E[x|z] at z = E_q[z|x], the posterior mean."""
+    q = vae.q_z_given_x(x)
+    return vae.likelihood.mean(vae.decoder(q.mean))
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    epochs = [m["epoch"] for m in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(epochs, [m["objective"] for m in history], label="training objective (running mean)")
+    ax1.plot(epochs, [m["train"]["elbo"] for m in history], label="train ELBO")
+    ax1.plot(epochs, [m["test"]["elbo"] for m in history], label="test ELBO")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("nats per datapoint")
+    ax1.set_title("bounds on log p(x)")
+    ax1.legend()
+    for split, style in (("train", "--"), ("test", "-")):
+        ax2.plot(epochs, [m[split]["reconstruction"] for m in history], style, color="C0",
+                 label=f"{split} E_q[log p(x|z)]")
+        ax2.plot(epochs, [-m[split]["kl"] for m in history], style, color="C3",
+                 label=f"{split} -KL(q(z|x) || p(z))")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("nats per datapoint")
+    ax2.set_title("ELBO = reconstruction - KL")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) -> Path:
+    """Posterior means E_q[z|x] in 2-D: as they are if latent_dim <= 2, else their top-2 PCA projection."""
+    plt = _pyplot()
+    means = means.detach().float().cpu()
+    d = means.shape[1]
+    if d == 1:
+        xy = torch.stack([means[:, 0], torch.zeros_like(means[:, 0])], 1)
+        xlabel, ylabel, title = "z", "", "posterior means E_q[z|x] (1-D latent)"
+    elif d == 2:
+        xy, xlabel, ylabel, title = means, "z_1", "z_2", "posterior means E_q[z|x]"
+    else:
+        centred = means - means.mean(0)
+        _, s, v = torch.linalg.svd(centred, full_matrices=False)
+        xy = centred @ v[:2].T
+        share = (s**2 / (s**2).sum())[:2].tolist()
+        xlabel, ylabel = f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})"
+        title = f"posterior means E_q[z|x], {d}-D, projected on their top-2 principal components"
+    fig = plt.figure(figsize=(6.5, 5.5))
+    if labels is None:
+        plt.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7)
+    else:
+        labels = labels.cpu()
+        classes = labels.unique().tolist()
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "viridis", len(classes))
+        for i, c in enumerate(classes):
+            pick = labels == c
+            plt.scatter(xy[pick, 0], xy[pick, 1], s=6, alpha=0.8, color=cmap(i), label=str(c))
+        if len(classes) <= 20:
+            plt.legend(title="label", markerscale=2, fontsize=8, loc="best")
+    plt.xlabel(xlabel)
+    plt.ylabel(ylabel)
+    plt.title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[Path]:
+    """samples.png, reconstructions.png, curves.png and latent.png in the run folder."""
+    vae, out, seed = run.vae, run.run_dir, run.config.seed
+    vae.eval()
+    paths = [
+        save_grid(prior_samples(vae, 64, seed), out / "samples.png", 8,
+                  "64 samples: E[x|z], z ~ p(z)"),
+    ]
+    n_test = run.data.test.shape[0]
+    ncol = min(8, n_test)
+    spread = torch.linspace(0, n_test - 1, (min(32, n_test) // ncol) * ncol).long()  # across the (often sorted) set
+    x = run.data.test[spread.to(run.data.test.device)]
+    recon = reconstructions(vae, x)
+    rows = lambda t: t.reshape(-1, ncol, *t.shape[1:])  # noqa: E731
+    pairs = torch.stack([rows(x), rows(recon)], 1).flatten(0, 2)  # input row, reconstruction row, ...
+    paths.append(save_grid(pairs, out / "reconstructions.png", ncol,
+                           "test inputs (odd rows) and reconstructions E[x|z], z = E_q[z|x] (even rows)"))
+    if history:
+        paths.append(plot_curves(history, out / "curves.png"))
+    paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png"))
+    return paths

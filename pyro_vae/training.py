@@ -1,0 +1,476 @@
+"""The SVI loop: seeds, data preparation, KL warm-up, checkpoints, resume and run folders.
+
+A run folder holds everything needed to re-run, resume or evaluate it:
+
+    config.toml          the resolved config (every default written out)
+    metrics.jsonl        one JSON line per epoch: training objective, train/test ELBO terms, seconds
+    checkpoint.pt        parameters, optimizer and random states (tensors and plain values only,
+                         read with torch.load(weights_only=True): it cannot run code)
+    evaluation.json      the final test evaluation; samples.png, reconstructions.png,
+                         curves.png, latent.png
+
+Each step is one SVI step: the objective's ``loss_and_grads`` (the same call ``pyro.infer.SVI.step``
+makes) followed by one ``torch.optim.Adam`` step over all parameters of the VAE. Losses are summed
+over a batch, then divided by its size for the numbers we print: nats per datapoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyro
+import torch
+
+from . import metrics
+from .config import OBJECTIVES, Config
+from .data import DATASETS, DataSplits
+from .errors import CheckpointError, ConfigError, RunDirError, TrainingDiverged
+from .vae import VAE
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+EVALUATION = "evaluation.json"
+CHECKPOINT_FORMAT = 1
+# Keys that may differ between a checkpoint and the config that resumes it.
+RESUMABLE_CHANGES = {("train", "epochs")}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device = {name!r} but CUDA is not available here; use device = \"auto\" or \"cpu\".")
+    return torch.device(name)
+
+
+def build_vae(config: Config, data_shape: tuple[int, ...]) -> VAE:
+    m = config.model
+    return VAE(
+        data_shape=data_shape, latent_dim=m.latent_dim, prior=m.prior,
+        likelihood=m.likelihood, guide=m.guide, network=m.network,
+    )
+
+
+def kl_weight(config: Config, epoch_progress: float) -> float:
+    """beta at a point in training measured in epochs: start -> 1 linearly over kl_warmup_epochs."""
+    t = config.train
+    if t.kl_warmup_epochs <= 0:
+        return 1.0
+    return t.kl_warmup_start + (1.0 - t.kl_warmup_start) * min(1.0, epoch_progress / t.kl_warmup_epochs)
+
+
+@dataclass
+class PreparedData:
+    """The dataset on the training device, prepared for the likelihood once."""
+
+    splits: DataSplits
+    train: torch.Tensor  # what batches are drawn from (e.g. statically binarized)
+    test: torch.Tensor  # fixed evaluation form (e.g. binarized with a fixed seed)
+    train_eval: torch.Tensor  # a fixed subset of train, in evaluation form
+
+
+def prepare_data(config: Config, vae: VAE, device: torch.device, splits: DataSplits | None = None) -> PreparedData:
+    """Load (unless given), validate at the boundary, prepare for the likelihood, move to device."""
+    splits = splits or DATASETS.build(config.data, "data").load()
+    splits.check_finite()
+    lik = vae.likelihood
+    for split, x in (("train", splits.train), ("test", splits.test)):
+        lik.check_data(x, split)
+    train = splits.train.to(device)
+    n_sub = min(config.eval.train_subset, train.shape[0])
+    return PreparedData(
+        splits=splits,
+        train=lik.prepare_train_set(train),
+        test=lik.prepare_eval_set(splits.test.to(device)),
+        train_eval=lik.prepare_eval_set(train[:n_sub]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: a crash mid-write leaves the previous checkpoint intact."""
+    _atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``: tensors and plain values only, no code."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: the run has not finished an epoch yet.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} safely ({type(e).__name__}: {e}). Only checkpoints "
+            f"written by pyro-vae (tensors and plain values) are accepted."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {CHECKPOINT_FORMAT}).")
+    return state
+
+
+def config_differences(a: dict, b: dict, prefix: tuple = ()) -> list[tuple[tuple, Any, Any]]:
+    """Paths where two nested config dicts differ, with both values."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = (*prefix, key)
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, path)
+        elif va != vb:
+            out.append((path, va, vb))
+    return out
+
+
+def check_same_config(checkpoint: dict, config: Config, allowed: set[tuple], source: str) -> None:
+    diffs = [d for d in config_differences(checkpoint["config"], config.to_dict()) if d[0] not in allowed]
+    if diffs:
+        listed = "; ".join(f"{'.'.join(p)}: {old!r} in the checkpoint, {new!r} now" for p, old, new in diffs[:5])
+        raise CheckpointError(
+            f"the checkpoint in {source} was written for a different config ({listed}). "
+            f"Restore those values, or train a new run with the new config."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# run folders
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists():
+        if run_dir.is_file():
+            raise RunDirError(f"{run_dir} is a file, not a run folder.")
+        contents = list(run_dir.iterdir())
+        if contents and not overwrite:
+            raise RunDirError(
+                f"run folder {run_dir} already exists. Pass --overwrite to replace it, "
+                f"--resume {run_dir} to continue it, or --out to choose another folder."
+            )
+        if contents and not (run_dir / CONFIG).is_file():
+            raise RunDirError(
+                f"{run_dir} is not empty and is not a pyro-vae run folder (no {CONFIG}); "
+                f"refusing to delete it even with --overwrite. Choose another --out."
+            )
+        if contents:
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def default_run_dir(config: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    m = config.model
+    return Path("runs") / f"{stamp}-{config.data['name']}-{m.prior['name']}-{m.likelihood['name']}"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Run:
+    """A loaded run folder: its config, its VAE with trained parameters, its checkpoint state."""
+
+    run_dir: Path
+    config: Config
+    vae: VAE
+    checkpoint: dict
+    device: torch.device
+    data: PreparedData | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.checkpoint["epoch"]
+
+
+def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = True) -> Run:
+    """Rebuild a run from its folder: config.toml + checkpoint.pt (checked against each other)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
+    config = Config.load(run_dir / CONFIG)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    check_same_config(state, config, RESUMABLE_CHANGES | _eval_keys(config), str(run_dir))
+    dev = resolve_device(device or config.device)
+    torch.manual_seed(config.seed)
+    splits = DATASETS.build(config.data, "data").load() if with_data else None
+    shape = splits.event_shape if splits is not None else tuple(state["data_shape"])
+    vae = build_vae(config, shape).to(dev)
+    vae.load_state_dict(state["model"])
+    data = prepare_data(config, vae, dev, splits) if with_data else None
+    return Run(run_dir, config, vae, state, dev, data)
+
+
+def _eval_keys(config: Config) -> set[tuple]:
+    return {("eval", k) for k in config.to_dict()["eval"]} | {("device",)}
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def svi_step(vae: VAE, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> float:
+    """One SVI step on batch x; returns the loss summed over the batch (nats).
+
+    ``objective.loss_and_grads`` is what ``pyro.infer.SVI.step`` calls; one torch optimizer then
+    updates every parameter of the VAE (encoder, guide head, decoder, prior, likelihood).
+    A non-finite loss is returned without stepping, so the parameters stay as they were.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss = objective.loss_and_grads(vae.model, vae.guide, x)
+    if math.isfinite(loss):
+        optimizer.step()
+    return loss
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    step: int
+    objective: float
+    kl_weight: float
+    train_seconds: float
+    train: dict
+    test: dict
+    eval_seconds: float
+
+    def line(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "units": "nats per datapoint",
+            "objective": self.objective,
+            "kl_weight": self.kl_weight,
+            "train": self.train,
+            "test": self.test,
+            "seconds": {"train": self.train_seconds, "eval": self.eval_seconds},
+        }
+
+
+def _terms(ev: metrics.Evaluation) -> dict:
+    return {k: v.mean().item() for k, v in (("elbo", ev.elbo), ("reconstruction", ev.reconstruction), ("kl", ev.kl))}
+
+
+@dataclass
+class Trainer:
+    """Trains ``config`` into ``run_dir``; ``fit()`` runs or resumes it to ``train.epochs``."""
+
+    config: Config
+    run_dir: Path
+    progress: bool = True
+    log: Callable[[str], None] = print
+    splits: DataSplits | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.device = resolve_device(self.config.device)
+        self.objective = OBJECTIVES.build(self.config.train.objective, "train.objective")
+        if self.config.train.kl_warmup_epochs > 0 and not self.objective.supports_kl_weight:
+            raise ConfigError(
+                f"train.kl_warmup_epochs = {self.config.train.kl_warmup_epochs} needs an objective with "
+                f"a separate KL term, but '{self.objective.name}' is an importance-weighted bound whose "
+                f"KL cannot be scaled on its own. Use objective \"elbo\" or \"elbo-analytic-kl\" for "
+                f"warm-up, or set train.kl_warmup_epochs = 0."
+            )
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        pyro.clear_param_store()
+        torch.manual_seed(self.config.seed)
+        splits = self.splits or DATASETS.build(self.config.data, "data").load()
+        self.vae = build_vae(self.config, splits.event_shape).to(self.device)
+        self.data = prepare_data(self.config, self.vae, self.device, splits)
+        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=self.config.train.lr)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.epoch = 0
+        self.step = 0
+        if getattr(self.objective, "analytic_kl", False) and not metrics.analytic_kl_available(self.vae):
+            message = (
+                f"elbo-analytic-kl: KL(q(z|x) || p(z)) has no closed form for guide "
+                f"'{self.vae.posterior.name}' and prior '{self.vae.prior.name}'; the KL term is "
+                f"estimated by Monte Carlo instead (as objective \"elbo\" would)."
+            )
+            warnings.warn(message, stacklevel=2)
+            self.log(f"warning: {message}")
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "data_shape": list(self.data.splits.event_shape),
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.vae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
+            | ({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["data"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch, self.step = state["epoch"], state["step"]
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self, *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None) -> "Trainer":
+        """Train to ``train.epochs`` (or stop after ``stop_after`` epochs in this call)."""
+        if resume:
+            state = load_checkpoint(self.run_dir / CHECKPOINT)
+            check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
+            self._build()
+            self._restore(state)
+            self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.epoch]
+            self._write_metrics()
+            self.config.save(self.run_dir / CONFIG)
+            if self.epoch >= self.config.train.epochs:
+                self.log(
+                    f"{self.run_dir} already finished its {self.epoch} epochs; to train further, "
+                    f"resume with --set train.epochs=N for some N > {self.epoch}."
+                )
+            else:
+                self.log(f"resuming {self.run_dir} from epoch {self.epoch} (step {self.step})")
+        else:
+            prepare_run_dir(self.run_dir, overwrite)
+            self.config.save(self.run_dir / CONFIG)
+            self._build()
+            self.history = []
+
+        last = self.config.train.epochs if stop_after is None else min(self.config.train.epochs, self.epoch + stop_after)
+        with pyro.validation_enabled(self.config.train.validate):
+            self._train_epochs(last)
+        return self
+
+    def _batches(self) -> list[torch.Tensor]:
+        n = self.data.train.shape[0]
+        order = torch.randperm(n, generator=self.generator, device=self.device)
+        return list(order.split(self.config.train.batch_size))
+
+    def _train_epochs(self, last_epoch: int) -> None:
+        from tqdm.auto import tqdm
+
+        steps_per_epoch = math.ceil(self.data.train.shape[0] / self.config.train.batch_size)
+        bar = tqdm(
+            total=(last_epoch - self.epoch) * steps_per_epoch, disable=not self.progress,
+            unit="step", dynamic_ncols=True, leave=False,
+        )
+        lik, vae, elbo = self.vae.likelihood, self.vae, self.objective
+        try:
+            while self.epoch < last_epoch:
+                started = time.perf_counter()
+                total, count = 0.0, 0
+                vae.train()
+                for i, index in enumerate(self._batches()):
+                    vae.kl_weight = kl_weight(self.config, self.epoch + i / steps_per_epoch)
+                    x = lik.prepare_batch(self.data.train[index], self.generator)
+                    loss = svi_step(vae, elbo, self.optimizer, x)
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "
+                            f"{self._last_good()} Try a smaller train.lr, or KL warm-up."
+                        )
+                    self.step += 1
+                    total += loss
+                    count += x.shape[0]
+                    bar.update(1)
+                    if self.progress:
+                        bar.set_postfix_str(
+                            f"epoch {self.epoch + 1}/{last_epoch} loss {loss / x.shape[0]:.2f} nats/datapoint",
+                            refresh=False,
+                        )
+                train_seconds = time.perf_counter() - started
+                self._check_parameters()
+                self.epoch += 1
+                self._end_epoch(total / count, vae.kl_weight, train_seconds, bar)
+        finally:
+            bar.close()
+            vae.kl_weight = 1.0
+
+    def _last_good(self) -> str:
+        if (self.run_dir / CHECKPOINT).is_file():
+            return f"The last good checkpoint (epoch {self.epoch}) in {self.run_dir} is intact."
+        return "No epoch had finished, so there is no checkpoint."
+
+    def _check_parameters(self) -> None:
+        bad = [n for n, p in self.vae.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"parameters {', '.join(bad[:3])} stopped being finite during epoch {self.epoch + 1}. "
+                f"{self._last_good()} Try a smaller train.lr."
+            )
+
+    def _end_epoch(self, mean_loss: float, beta: float, train_seconds: float, bar) -> None:
+        started = time.perf_counter()
+        ev = self.config.eval
+        test = metrics.evaluate(self.vae, self.data.test, seed=self.config.seed, batch_size=ev.batch_size)
+        train = metrics.evaluate(self.vae, self.data.train_eval, seed=self.config.seed, batch_size=ev.batch_size)
+        log = EpochLog(
+            self.epoch, self.step, -mean_loss, beta, train_seconds,
+            _terms(train), _terms(test), time.perf_counter() - started,
+        )
+        self.history.append(log.line())
+        with open(self.run_dir / METRICS, "a") as f:  # metrics first: resume drops lines past the checkpoint
+            f.write(json.dumps(log.line()) + "\n")
+        save_checkpoint(self.run_dir / CHECKPOINT, self._state())
+        message = (
+            f"epoch {self.epoch:>3}  objective {-mean_loss:9.2f}  train ELBO {log.train['elbo']:9.2f}  "
+            f"test ELBO {log.test['elbo']:9.2f} (recon {log.test['reconstruction']:8.2f}, KL {log.test['kl']:6.2f})"
+            f"  [nats/datapoint]  {train_seconds:.1f}s"
+        )
+        if self.progress:
+            bar.write(message)
+        else:
+            self.log(message)
+
+    def _write_metrics(self) -> None:
+        (self.run_dir / METRICS).write_text("".join(json.dumps(m) + "\n" for m in self.history))
+
+
+def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None = None) -> metrics.Evaluation:
+    """Final test evaluation (with importance-sampled log p(x)) and the run's pictures."""
+    from . import plots
+
+    cfg = run.config
+    k = cfg.eval.samples if samples is None else samples
+    log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
+    result = metrics.evaluate(
+        run.vae, run.data.test, samples=k, seed=cfg.seed,
+        batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs,
+    )
+    write_evaluation(run, result)
+    plots.run_pictures(run, result, read_metrics(run.run_dir))
+    return result
+
+
+def write_evaluation(run: Run, result: metrics.Evaluation, name: str = EVALUATION) -> Path:
+    summary = {"epoch": run.epoch, "dataset": run.config.data["name"], "split": "test", **result.summary()}
+    path = run.run_dir / name
+    _atomic_write(path, lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    return path

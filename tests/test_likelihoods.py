@@ -1,0 +1,116 @@
+"""Likelihoods p(x|z): each is a normalized mass or density over whole images, and guards its data."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from pyro_vae import DataError
+from pyro_vae.likelihoods import (
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    GaussianLikelihood,
+    LaplaceLikelihood,
+)
+
+
+def trapezoid_mass(log_prob, grid: torch.Tensor) -> float:
+    density = log_prob(grid).double().exp()
+    return torch.trapezoid(density, grid.double()).item()
+
+
+def test_bernoulli_sums_to_one_over_all_binary_images():
+    lik = BernoulliLikelihood().setup((1, 2, 2))
+    head = torch.randn(1, 1, 2, 2) * 2  # (params_per_pixel, C, H, W)
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4))).reshape(16, 1, 2, 2)
+    total = lik(head).log_prob(images).exp().sum()
+    assert total.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bernoulli_log_likelihood_is_minus_binary_cross_entropy_summed():
+    lik = BernoulliLikelihood().setup((1, 3, 3))
+    head = torch.randn(4, 1, 1, 3, 3)
+    x = torch.bernoulli(torch.full((4, 1, 3, 3), 0.5))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(head[:, 0], x, reduction="none").sum((1, 2, 3))
+    torch.testing.assert_close(lik(head).log_prob(x), -bce)
+
+
+@pytest.mark.parametrize("logit", [-6.0, -1.0, 0.0, 1e-3, 2.0, 7.0])
+def test_continuous_bernoulli_integrates_to_one_on_the_unit_interval(logit):
+    lik = ContinuousBernoulliLikelihood().setup((1, 1, 1))
+    head = torch.full((1, 1, 1, 1), logit)
+    grid = torch.linspace(0, 1, 20001)
+    mass = trapezoid_mass(lambda x: lik(head).log_prob(x.reshape(-1, 1, 1, 1)), grid)
+    assert mass == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("cls", [GaussianLikelihood, LaplaceLikelihood])
+@pytest.mark.parametrize("scale, learn", [(1.0, "none"), (0.3, "global"), (0.05, "per-pixel")])
+def test_location_scale_likelihoods_integrate_to_one(cls, scale, learn):
+    lik = cls(scale=scale, learn_scale=learn).setup((1, 1, 1))
+    head = torch.full((1, 1, 1, 1), 0.4)
+    grid = torch.linspace(0.4 - 40 * scale, 0.4 + 40 * scale, 200001)
+    mass = trapezoid_mass(lambda x: lik(head).log_prob(x.reshape(-1, 1, 1, 1)), grid)
+    assert mass == pytest.approx(1.0, abs=1e-4)
+
+
+def test_unit_gaussian_is_half_squared_error_plus_a_constant():
+    lik = GaussianLikelihood().setup((1, 2, 3))
+    head, x = torch.randn(5, 1, 1, 2, 3), torch.randn(5, 1, 2, 3)
+    expected = -0.5 * ((x - head[:, 0]) ** 2).sum((1, 2, 3)) - 6 * 0.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(lik(head).log_prob(x), expected)
+
+
+def test_learned_scales_have_the_declared_shape_and_floor():
+    glob = GaussianLikelihood(scale=0.5, learn_scale="global").setup((1, 4, 4))
+    per_pixel = LaplaceLikelihood(scale=0.5, learn_scale="per-pixel", min_scale=0.01).setup((1, 4, 4))
+    fixed = GaussianLikelihood(scale=0.5).setup((1, 4, 4))
+    assert glob.raw_scale.shape == (1, 1, 1) and per_pixel.raw_scale.shape == (1, 4, 4)
+    assert list(fixed.parameters()) == []
+    torch.testing.assert_close(glob.pixel_scale(), torch.full((1, 1, 1), 0.5))
+    with torch.no_grad():
+        per_pixel.raw_scale.fill_(-50.0)
+    assert per_pixel.pixel_scale().min().item() == pytest.approx(0.01)
+
+
+def test_bernoulli_none_refuses_grey_pixels_and_names_both_fixes():
+    with pytest.raises(DataError) as e:
+        BernoulliLikelihood(binarize="none").check_data(torch.tensor([0.0, 0.5, 1.0]), "train")
+    message = str(e.value)
+    assert "not exactly 0 or 1" in message
+    assert 'binarize = "dynamic"' in message and "continuous-bernoulli" in message
+    BernoulliLikelihood(binarize="none").check_data(torch.tensor([0.0, 1.0]), "train")
+
+
+@pytest.mark.parametrize("lik", [BernoulliLikelihood(), ContinuousBernoulliLikelihood()])
+def test_unit_interval_likelihoods_refuse_data_outside_it(lik):
+    with pytest.raises(DataError, match=r"values in \[0, 255\]"):
+        lik.check_data(torch.tensor([0.0, 255.0]), "test")
+
+
+def test_dynamic_binarization_draws_afresh_each_batch_and_fixes_evaluation_sets():
+    lik = BernoulliLikelihood(binarize="dynamic")
+    x = torch.full((2000,), 0.3)
+    g = torch.Generator().manual_seed(0)
+    a, b = lik.prepare_batch(x, g), lik.prepare_batch(x, g)
+    assert set(a.unique().tolist()) <= {0.0, 1.0} and not torch.equal(a, b)
+    assert a.mean().item() == pytest.approx(0.3, abs=0.05)
+    assert torch.equal(lik.prepare_eval_set(x), lik.prepare_eval_set(x))
+    assert torch.equal(lik.prepare_train_set(x), x)
+
+
+def test_static_binarization_happens_once():
+    lik = BernoulliLikelihood(binarize="static")
+    x = torch.full((500,), 0.5)
+    train = lik.prepare_train_set(x)
+    assert set(train.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(train, lik.prepare_train_set(x))
+    assert torch.equal(lik.prepare_batch(train, torch.Generator()), train)
+
+
+def test_head_shape_sizes_the_decoder():
+    assert BernoulliLikelihood().setup((1, 28, 28)).head_shape == (1, 1, 28, 28)
+    assert GaussianLikelihood().setup((3, 8, 8)).head_shape == (1, 3, 8, 8)

@@ -1,0 +1,151 @@
+"""Evidence estimates checked against closed forms: Gaussian KLs and probabilistic PCA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pyro import distributions as dist
+
+from pyro_vae import VAE, AnalyticKLELBO
+from pyro_vae.metrics import active_units, elbo_terms, evaluate, kl_to_prior, log_evidence
+from pyro_vae.priors import inverse_softplus
+
+from conftest import tiny_vae
+
+# ---------------------------------------------------------------------------------------------
+# Probabilistic PCA: x = W z + b + s * noise, z ~ N(0, I). Then p(x) = N(b, W W^T + s^2 I) and
+# p(z|x) = N(M^-1 W^T (x - b), s^2 M^-1) with M = W^T W + s^2 I: both in closed form.
+
+D, L, S = 6, 2, 0.5
+
+
+def ppca_vae(posterior_shift: float = 0.0, posterior_scale_factor: float = 1.0) -> tuple[VAE, torch.Tensor, torch.Tensor]:
+    """A linear-Gaussian VAE whose guide is the exact posterior (optionally shifted / widened).
+
+    W has orthogonal columns, so the exact posterior is diagonal and the guide family contains it.
+    """
+    g = torch.Generator().manual_seed(3)
+    q_mat, _ = torch.linalg.qr(torch.randn(D, L, generator=g))
+    d = torch.tensor([2.0, 0.8])
+    w = q_mat * d  # (D, L), orthogonal columns with norms d
+    b = torch.randn(D, generator=g)
+    vae = VAE(data_shape=(1, 1, D), latent_dim=L, network={"name": "mlp", "hidden": []},
+              likelihood={"name": "gaussian", "scale": S})
+    post_var = S**2 / (d**2 + S**2)
+    gain = (d / (d**2 + S**2))[:, None] * q_mat.T  # (L, D): posterior mean = gain (x - b)
+    with torch.no_grad():
+        vae.decoder.body[0].weight.copy_(w)
+        vae.decoder.body[0].bias.copy_(b)
+        vae.posterior.loc.weight.copy_(gain)
+        vae.posterior.loc.bias.copy_(-gain @ b + posterior_shift)
+        vae.posterior.raw_scale.weight.zero_()
+        vae.posterior.raw_scale.bias.copy_(inverse_softplus(post_var.sqrt() * posterior_scale_factor))
+    return vae, w, b
+
+
+def ppca_data(w, b, n: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(n, L, generator=g)
+    return (z @ w.T + b + S * torch.randn(n, D, generator=g)).reshape(n, 1, 1, D)
+
+
+def exact_log_evidence(w, b, x) -> torch.Tensor:
+    cov = w @ w.T + S**2 * torch.eye(D)
+    return dist.MultivariateNormal(b, covariance_matrix=cov).log_prob(x.reshape(-1, D))
+
+
+def test_importance_weights_equal_the_evidence_when_q_is_the_exact_posterior():
+    vae, w, b = ppca_vae()
+    x = ppca_data(w, b)
+    exact = exact_log_evidence(w, b, x)
+    for k in (1, 7):
+        torch.testing.assert_close(log_evidence(vae, x, k), exact, atol=2e-4, rtol=0)
+    # ... and then the gap log p(x) - ELBO, i.e. KL(q || p(z|x)), is zero.
+    terms = elbo_terms(vae, x, num_samples=2000)
+    assert (exact - terms["elbo"]).abs().max().item() < 0.1
+
+
+def test_importance_sampled_evidence_converges_to_the_closed_form():
+    vae, w, b = ppca_vae(posterior_shift=0.2, posterior_scale_factor=1.3)  # a deliberately imperfect q
+    x = ppca_data(w, b)
+    exact = exact_log_evidence(w, b, x)
+    errors = {}
+    for k in (1, 10, 100, 1000, 5000):
+        torch.manual_seed(0)
+        errors[k] = (log_evidence(vae, x, k, chunk_pairs=4096) - exact).abs().mean().item()
+    assert errors[1] > errors[10] > errors[100] > errors[1000] > errors[5000]
+    assert errors[1] > 0.3  # one sample is the ELBO-like estimate: far off
+    assert errors[5000] < 0.02  # the stated tolerance at K = 5000 (nats per datapoint)
+
+
+def test_chunking_over_samples_keeps_memory_bounded_and_the_estimate_unchanged():
+    vae, w, b = ppca_vae(posterior_shift=0.2, posterior_scale_factor=1.3)
+    x = ppca_data(w, b, n=8)
+    exact = exact_log_evidence(w, b, x)
+    small = log_evidence(vae, x, 5000, chunk_pairs=64)  # 8 samples per chunk: 625 chunks
+    large = log_evidence(vae, x, 5000, chunk_pairs=10**6)  # one chunk
+    assert (small - exact).abs().max().item() < 0.05
+    assert (large - exact).abs().max().item() < 0.05
+
+
+def test_closed_form_gaussian_kl_matches_the_formula_and_monte_carlo():
+    mu, sigma = torch.tensor([[0.5, -1.0, 0.0]]), torch.tensor([[0.3, 1.5, 1.0]])
+    q = dist.Normal(mu, sigma).to_event(1)
+    p = dist.Normal(torch.zeros(3), torch.ones(3)).to_event(1)
+    formula = 0.5 * (sigma**2 + mu**2 - 1 - 2 * sigma.log()).sum(-1)
+    z = q.rsample((200_000,))
+    closed, analytic = kl_to_prior(q, p, z)
+    assert analytic
+    torch.testing.assert_close(closed, formula)
+    samples = q.log_prob(z) - p.log_prob(z)
+    stderr = samples.std(0) / math.sqrt(z.shape[0])
+    assert ((samples.mean(0) - formula).abs() < 4 * stderr).all()
+
+
+def test_elbo_analytic_kl_uses_the_closed_form_kl():
+    vae = tiny_vae()
+    x = torch.rand(5, 1, 6, 6).bernoulli()
+    torch.manual_seed(11)
+    loss = AnalyticKLELBO().loss(vae.model, vae.guide, x)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        q = vae.q_z_given_x(x)
+        z = q.rsample()
+        recon = vae.p_x_given_z(z).log_prob(x)
+        mu, sigma = q.base_dist.loc, q.base_dist.scale
+        kl = 0.5 * (sigma**2 + mu**2 - 1 - 2 * sigma.log()).sum(-1)
+    assert loss == pytest.approx(-(recon - kl).sum().item(), rel=1e-5)
+
+
+def test_mixture_prior_kl_falls_back_to_monte_carlo():
+    vae = tiny_vae(prior={"name": "mixture", "components": 3})
+    x = torch.rand(20, 1, 6, 6).bernoulli()
+    terms = elbo_terms(vae, x)
+    assert not bool(terms["kl_analytic"])
+    assert torch.isfinite(terms["kl"]).all()
+    result = evaluate(vae, x, batch_size=7)  # several batches, each with a Monte-Carlo KL
+    assert not result.kl_analytic and result.kl.shape == (20,)
+
+
+def test_active_units_count_posterior_means_that_vary_with_the_data():
+    means = torch.randn(5000, 4) * torch.tensor([1.0, 0.5, 0.03, 0.0])
+    assert active_units(means) == 2
+
+
+def test_evaluation_is_reproducible_and_leaves_the_training_random_stream_alone(binary_splits):
+    vae = tiny_vae()
+    x = binary_splits.test
+    state = torch.get_rng_state()
+    a = evaluate(vae, x, samples=20, seed=5, batch_size=7)
+    b = evaluate(vae, x, samples=20, seed=5, batch_size=7)
+    c = evaluate(vae, x, samples=20, seed=6, batch_size=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a.log_px, b.log_px) and torch.equal(a.elbo, b.elbo)
+    assert not torch.equal(a.log_px, c.log_px)
+    summary = a.summary()
+    assert summary["datapoints"] == x.shape[0] and summary["importance_samples"] == 20
+    assert summary["gap"]["mean"] == pytest.approx(summary["log_px"]["mean"] - summary["elbo"]["mean"], abs=1e-4)
+    assert summary["bits_per_dim"]["mean"] == pytest.approx(-summary["log_px"]["mean"] / (36 * math.log(2)), rel=1e-5)
+    assert "log p(x)" in a.table() and "active units" in a.table()

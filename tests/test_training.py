@@ -1,0 +1,228 @@
+"""The SVI loop: every component combination trains; warm-up, divergence, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+
+import pytest
+import torch
+
+from pyro_vae import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    RunDirError,
+    Trainer,
+    TrainingDiverged,
+    load_run,
+)
+from pyro_vae.config import LIKELIHOODS, OBJECTIVES, PRIORS, Config
+from pyro_vae.data import DataSplits
+from pyro_vae.training import CHECKPOINT, CONFIG, METRICS, kl_weight, load_checkpoint, read_metrics, svi_step
+
+from conftest import tiny_config, tiny_vae
+
+LIKELIHOOD_VARIANTS = [
+    {"name": "bernoulli", "binarize": "dynamic"},
+    {"name": "bernoulli", "binarize": "static"},
+    {"name": "bernoulli", "binarize": "none"},
+    {"name": "continuous-bernoulli"},
+    {"name": "gaussian"},
+    {"name": "gaussian", "scale": 0.3, "learn_scale": "global"},
+    {"name": "gaussian", "scale": 0.3, "learn_scale": "per-pixel"},
+    {"name": "laplace"},
+    {"name": "laplace", "scale": 0.3, "learn_scale": "per-pixel"},
+]
+
+
+def train_steps(vae, objective, splits, steps: int = 60, lr: float = 1e-2) -> list[float]:
+    """Run the library's SVI step on 32-image batches; return per-datapoint losses."""
+    lik = vae.likelihood
+    lik.check_data(splits.train, "train")
+    x_all = lik.prepare_train_set(splits.train)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for i in range(steps):
+        x = lik.prepare_batch(x_all[(i % 4) * 32 : (i % 4 + 1) * 32], g)
+        losses.append(svi_step(vae, objective, optimizer, x) / x.shape[0])
+    return losses
+
+
+def assert_trains(losses: list[float]) -> None:
+    assert all(math.isfinite(v) for v in losses), losses
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first, (first, last)
+
+
+def _splits_for(likelihood: dict, grey_splits, binary_splits) -> DataSplits:
+    return binary_splits if likelihood.get("binarize") == "none" else grey_splits
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES.names())
+@pytest.mark.parametrize("likelihood", LIKELIHOODS.names())
+@pytest.mark.parametrize("prior", PRIORS.names())
+def test_every_prior_likelihood_objective_combination_trains(prior, likelihood, objective, grey_splits, binary_splits):
+    vae = tiny_vae(prior=prior, likelihood=likelihood)
+    options = {"num_particles": 3} if objective in ("iwae", "renyi") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pyro's own notes on the analytic-KL fallback
+        losses = train_steps(vae, OBJECTIVES.build({"name": objective, **options}), grey_splits)
+    assert_trains(losses)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOOD_VARIANTS, ids=lambda d: "-".join(map(str, d.values())))
+def test_every_likelihood_variant_trains(likelihood, grey_splits, binary_splits):
+    vae = tiny_vae(likelihood=likelihood)
+    assert_trains(train_steps(vae, OBJECTIVES.build("elbo"), _splits_for(likelihood, grey_splits, binary_splits)))
+
+
+def test_kl_warmup_schedule_is_linear_from_start_to_one():
+    config = tiny_config(train={"kl_warmup_epochs": 2, "kl_warmup_start": 0.2})
+    assert [kl_weight(config, e) for e in (0, 0.5, 1, 2, 5)] == pytest.approx([0.2, 0.4, 0.6, 1.0, 1.0])
+    assert kl_weight(tiny_config(), 0) == 1.0
+
+
+def test_warmup_is_logged_and_reaches_one(tmp_path):
+    config = tiny_config(train={"epochs": 3, "kl_warmup_epochs": 2, "kl_warmup_start": 0.01})
+    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None).fit()
+    weights = [m["kl_weight"] for m in trainer.history]
+    assert weights[0] < weights[1] < 1.0 and weights[2] == 1.0
+    assert trainer.vae.kl_weight == 1.0  # never left scaled after training
+
+
+@pytest.mark.parametrize("objective", ["iwae", "renyi"])
+def test_warmup_is_refused_where_the_objective_cannot_honour_it(objective, tmp_path):
+    config = tiny_config(train={"kl_warmup_epochs": 2, "objective": objective})
+    with pytest.raises(ConfigError, match="importance-weighted bound"):
+        Trainer(config, tmp_path / "run")
+
+
+def test_analytic_kl_fallback_is_announced(tmp_path):
+    config = tiny_config(model={"prior": "mixture"}, train={"epochs": 1, "objective": "elbo-analytic-kl"})
+    lines = []
+    with pytest.warns(UserWarning, match="estimated by Monte Carlo"):
+        Trainer(config, tmp_path / "run", progress=False, log=lines.append).fit()
+    assert any("no closed form" in line for line in lines)
+
+
+def test_a_run_folder_holds_config_metrics_and_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(), run_dir, progress=False, log=lambda s: None).fit()
+    assert Config.load(run_dir / CONFIG) == trainer.config
+    lines = read_metrics(run_dir)
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for m in lines:
+        assert m["units"] == "nats per datapoint"
+        for split in ("train", "test"):
+            assert m[split]["elbo"] == pytest.approx(m[split]["reconstruction"] - m[split]["kl"], abs=1e-3)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    assert state["epoch"] == 2 and state["step"] == 8
+    assert not list(run_dir.glob("*.tmp"))
+
+
+def test_resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(tmp_path):
+    config = tiny_config(train={"epochs": 4}, model={"prior": "mixture"})
+    quiet = dict(progress=False, log=lambda s: None)
+    Trainer(config, tmp_path / "whole", **quiet).fit()
+    Trainer(config, tmp_path / "parts", **quiet).fit(stop_after=2)
+    assert load_checkpoint(tmp_path / "parts" / CHECKPOINT)["epoch"] == 2
+    Trainer(Config.load(tmp_path / "parts" / CONFIG), tmp_path / "parts", **quiet).fit(resume=True)
+    whole = load_checkpoint(tmp_path / "whole" / CHECKPOINT)
+    parts = load_checkpoint(tmp_path / "parts" / CHECKPOINT)
+    assert whole["step"] == parts["step"]
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, parts["model"][name]), name
+    drop = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    assert [drop(m) for m in read_metrics(tmp_path / "whole")] == [drop(m) for m in read_metrics(tmp_path / "parts")]
+
+
+def test_resume_drops_metric_lines_written_after_the_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    quiet = dict(progress=False, log=lambda s: None)
+    Trainer(tiny_config(train={"epochs": 3}), run_dir, **quiet).fit(stop_after=1)
+    with open(run_dir / METRICS, "a") as f:  # as if the process died between metrics and checkpoint
+        f.write(json.dumps({"epoch": 2, "stale": True}) + "\n")
+    trainer = Trainer(Config.load(run_dir / CONFIG), run_dir, **quiet).fit(resume=True)
+    assert [m["epoch"] for m in read_metrics(run_dir)] == [1, 2, 3]
+    assert not any(m.get("stale") for m in trainer.history)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    quiet = dict(progress=False, log=lambda s: None)
+    Trainer(tiny_config(train={"epochs": 3}), run_dir, **quiet).fit(stop_after=1)
+    before = (run_dir / CHECKPOINT).read_bytes()
+    trainer = Trainer(Config.load(run_dir / CONFIG), run_dir, **quiet)
+    calls = {"n": 0}
+    real = trainer.objective.loss_and_grads
+
+    def flaky(model, guide, x):
+        calls["n"] += 1
+        return float("nan") if calls["n"] == 3 else real(model, guide, x)
+
+    trainer.objective.loss_and_grads = flaky
+    with pytest.raises(TrainingDiverged) as e:
+        trainer.fit(resume=True)
+    assert "epoch 2, step 7" in str(e.value) and "last good checkpoint (epoch 1)" in str(e.value)
+    assert (run_dir / CHECKPOINT).read_bytes() == before
+
+
+def test_checkpoints_cannot_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / CHECKPOINT
+    torch.save({"format": 1, "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_from_another_config_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    Trainer(tiny_config(train={"epochs": 1}), run_dir, progress=False, log=lambda s: None).fit()
+    text = (run_dir / CONFIG).read_text().replace("latent_dim = 2", "latent_dim = 3")
+    (run_dir / CONFIG).write_text(text)
+    with pytest.raises(CheckpointError, match="model.latent_dim: 2 in the checkpoint, 3 now"):
+        load_run(run_dir)
+    with pytest.raises(CheckpointError, match="different config"):
+        Trainer(Config.load(run_dir / CONFIG), run_dir, progress=False).fit(resume=True)
+
+
+def test_existing_run_folders_are_not_overwritten_silently(tmp_path):
+    run_dir = tmp_path / "run"
+    quiet = dict(progress=False, log=lambda s: None)
+    Trainer(tiny_config(train={"epochs": 1}), run_dir, **quiet).fit()
+    with pytest.raises(RunDirError, match="already exists"):
+        Trainer(tiny_config(train={"epochs": 1}), run_dir, **quiet).fit()
+    Trainer(tiny_config(train={"epochs": 1}, seed=1), run_dir, **quiet).fit(overwrite=True)
+    assert Config.load(run_dir / CONFIG).seed == 1
+
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("precious")
+    with pytest.raises(RunDirError, match="not a pyro-vae run folder"):
+        Trainer(tiny_config(), other, **quiet).fit(overwrite=True)
+    assert (other / "notes.txt").read_text() == "precious"
+
+
+def test_nan_in_the_data_is_refused(tmp_path, grey_splits):
+    bad = DataSplits("synthetic", grey_splits.train.clone(), grey_splits.train_labels,
+                     grey_splits.test, grey_splits.test_labels)
+    bad.train[3, 0, 2, 2] = float("nan")
+    with pytest.raises(DataError, match="1 NaN or infinite values"):
+        Trainer(tiny_config(), tmp_path / "run", progress=False, splits=bad).fit()
+
+
+def test_grey_data_under_an_unbinarized_bernoulli_is_refused_before_training(tmp_path):
+    config = tiny_config(model={"likelihood": {"name": "bernoulli", "binarize": "none"}})
+    with pytest.raises(DataError, match="not exactly 0 or 1"):
+        Trainer(config, tmp_path / "run", progress=False).fit()
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
