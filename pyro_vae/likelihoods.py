@@ -84,6 +84,22 @@ def _require_unit_interval(x: torch.Tensor, split: str, who: str, fixes: str) ->
         )
 
 
+class BernoulliImage(dist.Independent):
+    """Independent Bernoulli pixels; log_prob = -(binary cross-entropy summed over the event).
+
+    Identical in value to ``Bernoulli(logits).to_event(k)``; it only negates after summing, which
+    saves one full-image elementwise pass forward and backward (a few percent of a training step).
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.base_dist.logits
+        logits, value = torch.broadcast_tensors(logits, value)
+        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -bce.sum(tuple(range(-self.reinterpreted_batch_ndims, 0)))
+
+
 def _binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     generator = torch.Generator(device=x.device).manual_seed(seed)
     return torch.bernoulli(x, generator=generator)
@@ -104,7 +120,7 @@ class BernoulliLikelihood(Likelihood):
         self.binarize = binarize
 
     def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=head[..., 0, :, :, :]).to_event(3)
+        return BernoulliImage(dist.Bernoulli(logits=head[..., 0, :, :, :]), 3)
 
     def mean(self, head: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(head[..., 0, :, :, :])

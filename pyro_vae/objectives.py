@@ -13,19 +13,48 @@ term, so scaling would change the bound into something else; those objectives re
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch.distributions import kl_divergence
 
 from .config import OBJECTIVES, Component, require
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .vae import VAE
+
 
 class Objective(Component):
-    """Mixin for registered objectives."""
+    """Mixin for registered objectives.
+
+    Besides Pyro's ``loss_and_grads(model, guide, x)``, every objective has a direct form,
+    :meth:`vae_loss`, computed straight from the VAE's three distributions p(z), p(x|z) and
+    q(z|x) without Pyro's effect handlers. It draws the same random numbers in the same order as
+    the Pyro path and has the same value and gradients (``tests/test_objectives.py`` checks both,
+    for every objective, prior and likelihood); it exists only because tracing costs time.
+    """
 
     supports_kl_weight: ClassVar[bool] = False
     #: True when the KL(q||p) term is computed in closed form where a formula exists.
     analytic_kl: ClassVar[bool] = False
+
+    def vae_loss(self, vae: "VAE", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(surrogate, loss) for batch x: ``surrogate.backward()`` gives this objective's gradient;
+        ``loss`` (detached) is minus the objective, summed over the batch, in nats."""
+        raise NotImplementedError  # pragma: no cover
+
+    def particles(self, vae: "VAE", x: torch.Tensor):
+        """q(z|x) and z ~ q: shape (batch, D) for one particle, (K, batch, D) for K vectorized ones."""
+        q = vae.q_z_given_x(x)
+        k = self.num_particles  # type: ignore[attr-defined]
+        return q, (q.rsample() if k == 1 else q.rsample((k,)))
+
+
+def _mean_over_particles(total: torch.Tensor, objective) -> tuple[torch.Tensor, torch.Tensor]:
+    loss = -total / objective.num_particles
+    return loss, loss.detach()
 
 
 def _particle_options(num_particles: int) -> dict:
@@ -46,6 +75,11 @@ class MonteCarloELBO(Trace_ELBO, Objective):
     def __init__(self, *, num_particles: int = 1) -> None:
         super().__init__(**_particle_options(num_particles))
 
+    def vae_loss(self, vae, x):
+        q, z = self.particles(vae, x)
+        log_ratio = vae.p_z().log_prob(z) - q.log_prob(z)  # log p(z) - log q(z|x): minus the KL, one draw
+        return _mean_over_particles((vae.p_x_given_z(z).log_prob(x) + vae.kl_weight * log_ratio).sum(), self)
+
 
 @OBJECTIVES.register("elbo-analytic-kl")
 class AnalyticKLELBO(TraceMeanField_ELBO, Objective):
@@ -64,6 +98,29 @@ class AnalyticKLELBO(TraceMeanField_ELBO, Objective):
     def __init__(self, *, num_particles: int = 1) -> None:
         super().__init__(**_particle_options(num_particles))
 
+    def vae_loss(self, vae, x):
+        q, z = self.particles(vae, x)
+        reconstruction = vae.p_x_given_z(z).log_prob(x).sum()
+        prior = vae.p_z()
+        try:  # closed form, computed once per datapoint and counted once per particle, as Pyro does
+            minus_kl = -kl_divergence(q, prior).sum() * self.num_particles
+        except NotImplementedError:  # Pyro's fallback: the Monte-Carlo estimate log p(z) - log q(z|x)
+            minus_kl = (prior.log_prob(z) - q.log_prob(z)).sum()
+        return _mean_over_particles(reconstruction + vae.kl_weight * minus_kl, self)
+
+
+def _renyi_loss(objective, vae, x, alpha: float):
+    """-(1/(1-alpha)) log (1/K) sum_k w_k^(1-alpha), summed over the batch; its gradient is the
+    self-normalized one Pyro's RenyiELBO uses: sum_k softmax_k((1-alpha) log w) grad log w_k."""
+    q, z = objective.particles(vae, x)
+    log_w = vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - q.log_prob(z)
+    if objective.num_particles == 1:
+        bound = log_w
+    else:
+        bound = (torch.logsumexp((1.0 - alpha) * log_w, 0) - math.log(objective.num_particles)) / (1.0 - alpha)
+    loss = -bound.sum()
+    return loss, loss.detach()
+
 
 @OBJECTIVES.register("iwae")
 class IWAEBound(RenyiELBO, Objective):
@@ -75,6 +132,9 @@ class IWAEBound(RenyiELBO, Objective):
 
     def __init__(self, *, num_particles: int = 10) -> None:
         super().__init__(alpha=0.0, **_particle_options(num_particles))
+
+    def vae_loss(self, vae, x):
+        return _renyi_loss(self, vae, x, 0.0)
 
 
 @OBJECTIVES.register("renyi")
@@ -89,3 +149,6 @@ class RenyiBound(RenyiELBO, Objective):
     def __init__(self, *, alpha: float = 0.5, num_particles: int = 10) -> None:
         require(alpha != 1.0, "alpha = 1 is the ELBO itself: use objective \"elbo\" instead.")
         super().__init__(alpha=alpha, **_particle_options(num_particles))
+
+    def vae_loss(self, vae, x):
+        return _renyi_loss(self, vae, x, self.alpha)

@@ -230,15 +230,22 @@ def _eval_keys(config: Config) -> set[tuple]:
 # training
 
 
-def svi_step(vae: VAE, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> float:
-    """One SVI step on batch x; returns the loss summed over the batch (nats).
+def svi_step(vae: VAE, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, engine: str = "direct") -> float:
+    """One SVI step on batch x; returns the loss (minus the objective) summed over the batch, in nats.
 
-    ``objective.loss_and_grads`` is what ``pyro.infer.SVI.step`` calls; one torch optimizer then
-    updates every parameter of the VAE (encoder, guide head, decoder, prior, likelihood).
-    A non-finite loss is returned without stepping, so the parameters stay as they were.
+    The gradient comes from ``objective.loss_and_grads(vae.model, vae.guide, x)`` (what
+    ``pyro.infer.SVI.step`` calls) with ``engine="pyro"``, or from the objective's direct form
+    ``vae_loss`` (same random draws, same value and gradients, no tracing) with ``"direct"``. One
+    torch optimizer then updates every parameter of the VAE. A non-finite loss is returned without
+    stepping, so the parameters stay as they were.
     """
     optimizer.zero_grad(set_to_none=True)
-    loss = objective.loss_and_grads(vae.model, vae.guide, x)
+    if engine == "pyro":
+        loss = objective.loss_and_grads(vae.model, vae.guide, x)
+    else:
+        surrogate, value = objective.vae_loss(vae, x)
+        surrogate.backward()
+        loss = value.item()  # the one host sync per step: the logged loss
     if math.isfinite(loss):
         optimizer.step()
     return loss
@@ -390,7 +397,7 @@ class Trainer:
                 for i, index in enumerate(self._batches()):
                     vae.kl_weight = kl_weight(self.config, self.epoch + i / steps_per_epoch)
                     x = lik.prepare_batch(self.data.train[index], self.generator)
-                    loss = svi_step(vae, elbo, self.optimizer, x)
+                    loss = svi_step(vae, elbo, self.optimizer, x, self.config.train.engine)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "

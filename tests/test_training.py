@@ -151,20 +151,25 @@ def test_resume_drops_metric_lines_written_after_the_checkpoint(tmp_path):
     assert not any(m.get("stale") for m in trainer.history)
 
 
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("engine", ["direct", "pyro"])
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path, engine):
     run_dir = tmp_path / "run"
     quiet = dict(progress=False, log=lambda s: None)
-    Trainer(tiny_config(train={"epochs": 3}), run_dir, **quiet).fit(stop_after=1)
+    Trainer(tiny_config(train={"epochs": 3, "engine": engine}), run_dir, **quiet).fit(stop_after=1)
     before = (run_dir / CHECKPOINT).read_bytes()
     trainer = Trainer(Config.load(run_dir / CONFIG), run_dir, **quiet)
     calls = {"n": 0}
-    real = trainer.objective.loss_and_grads
+    name = "vae_loss" if engine == "direct" else "loss_and_grads"
+    real = getattr(trainer.objective, name)
 
-    def flaky(model, guide, x):
+    def flaky(*args):
         calls["n"] += 1
-        return float("nan") if calls["n"] == 3 else real(model, guide, x)
+        out = real(*args)
+        if calls["n"] != 3:
+            return out
+        return float("nan") if engine == "pyro" else (out[0], torch.tensor(float("nan")))
 
-    trainer.objective.loss_and_grads = flaky
+    setattr(trainer.objective, name, flaky)
     with pytest.raises(TrainingDiverged) as e:
         trainer.fit(resume=True)
     assert "epoch 2, step 7" in str(e.value) and "last good checkpoint (epoch 1)" in str(e.value)
