@@ -7,12 +7,53 @@ returns a distribution with ``has_rsample`` true and event shape ``(latent_dim,)
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
 from torch import nn
 
+from torch.distributions import register_kl
+from torch.distributions.utils import _standard_normal
+
 from .config import GUIDES, Component
+from .priors import StandardNormal
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class DiagonalNormal(dist.Independent):
+    """N(loc, diag scale^2) over the last dimension, reparameterized: z = loc + scale * eps.
+
+    It remembers the noise eps of its latest ``rsample``; ``log_prob`` at exactly that sample is
+    then sum(-eps^2/2 - log scale) - (D/2) log 2 pi. The value is the Gaussian log-density and the
+    gradient its total derivative, as from the general formula, in fewer operations.
+    """
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        base = self.base_dist
+        eps = _standard_normal(base._extended_shape(sample_shape), dtype=base.loc.dtype, device=base.loc.device)
+        z = base.loc + eps * base.scale
+        self._own_sample = (z, eps)
+        return z
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        own = getattr(self, "_own_sample", None)
+        if own is None or value is not own[0]:
+            return super().log_prob(value)
+        eps = own[1]
+        return (-0.5 * eps.pow(2) - self.base_dist.scale.log()).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
+
+
+@register_kl(DiagonalNormal, StandardNormal)
+def _kl_diagonal_normal_standard_normal(q: DiagonalNormal, p: StandardNormal) -> torch.Tensor:
+    """KL(N(mu, diag sigma^2) || N(0, I)) = sum_i (sigma_i^2 + mu_i^2 - 1) / 2 - log sigma_i."""
+    loc, scale = q.base_dist.loc, q.base_dist.scale
+    kl = 0.5 * (scale.pow(2) + loc.pow(2) - 1).sum(-1) - scale.log().sum(-1)
+    if p.batch_shape == q.batch_shape or not p.batch_shape:
+        return kl
+    return kl.expand(torch.broadcast_shapes(q.batch_shape, p.batch_shape))
 
 
 class Guide(Component, nn.Module):
@@ -41,4 +82,4 @@ class DiagonalGaussianGuide(Guide):
         return self
 
     def forward(self, features: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(self.loc(features), F.softplus(self.raw_scale(features))).to_event(1)
+        return DiagonalNormal(dist.Normal(self.loc(features), F.softplus(self.raw_scale(features))), 1)

@@ -53,6 +53,13 @@ class Likelihood(Component, nn.Module):
     def forward(self, head: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def split_head(self, head: torch.Tensor) -> list[torch.Tensor]:
+        """The head (*batch, P, *event_shape) as P tensors shaped (*batch, *event_shape).
+
+        (A squeeze for P = 1, whose backward is a view; indexing would zero-fill a copy.)"""
+        dim = -1 - len(self.event_shape)
+        return [head.squeeze(dim)] if self.params_per_pixel == 1 else list(head.unbind(dim))
+
     def mean(self, head: torch.Tensor) -> torch.Tensor:
         """E[x|z], shaped like the data (used for pictures)."""
         return self(head).mean
@@ -95,7 +102,8 @@ class BernoulliImage(dist.Independent):
         if self._validate_args:
             self._validate_sample(value)
         logits = self.base_dist.logits
-        logits, value = torch.broadcast_tensors(logits, value)
+        if logits.shape != value.shape:
+            logits, value = torch.broadcast_tensors(logits, value)
         bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
         return -bce.sum(tuple(range(-self.reinterpreted_batch_ndims, 0)))
 
@@ -120,10 +128,11 @@ class BernoulliLikelihood(Likelihood):
         self.binarize = binarize
 
     def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
-        return BernoulliImage(dist.Bernoulli(logits=head[..., 0, :, :, :]), 3)
+        (logits,) = self.split_head(head)
+        return BernoulliImage(dist.Bernoulli(logits=logits), len(self.event_shape))
 
     def mean(self, head: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(head[..., 0, :, :, :])
+        return torch.sigmoid(self.split_head(head)[0])
 
     def check_data(self, x: torch.Tensor, split: str) -> None:
         if self.binarize == "none":
@@ -149,7 +158,10 @@ class BernoulliLikelihood(Likelihood):
         return x if self.binarize == "none" else _binarize(x, EVAL_BINARIZATION_SEED)
 
     def prepare_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return torch.bernoulli(x, generator=generator) if self.binarize == "dynamic" else x
+        if self.binarize != "dynamic":
+            return x
+        # x_i = [u_i < intensity_i], u ~ U(0, 1): a Bern(intensity) draw (faster than torch.bernoulli on CPU)
+        return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).lt_(x)
 
 
 @LIKELIHOODS.register("continuous-bernoulli")
@@ -160,7 +172,8 @@ class ContinuousBernoulliLikelihood(Likelihood):
         super().__init__()
 
     def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
-        return dist.ContinuousBernoulli(logits=head[..., 0, :, :, :]).to_event(3)
+        (logits,) = self.split_head(head)
+        return dist.ContinuousBernoulli(logits=logits).to_event(len(self.event_shape))
 
     def check_data(self, x: torch.Tensor, split: str) -> None:
         _require_unit_interval(x, split, "continuous-bernoulli", "Rescale the data to [0, 1].")
@@ -206,11 +219,11 @@ class _LocationScaleLikelihood(Likelihood):
         return self.min_scale + F.softplus(self.raw_scale)
 
     def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
-        loc = head[..., 0, :, :, :]
-        return self.family(loc, self.pixel_scale().expand(loc.shape)).to_event(3)
+        (loc,) = self.split_head(head)
+        return self.family(loc, self.pixel_scale().expand(loc.shape)).to_event(len(self.event_shape))
 
     def mean(self, head: torch.Tensor) -> torch.Tensor:
-        return head[..., 0, :, :, :]
+        return self.split_head(head)[0]
 
 
 @LIKELIHOODS.register("gaussian")

@@ -53,8 +53,12 @@ class Objective(Component):
 
 
 def _mean_over_particles(total: torch.Tensor, objective) -> tuple[torch.Tensor, torch.Tensor]:
-    loss = -total / objective.num_particles
+    loss = -total if objective.num_particles == 1 else -total / objective.num_particles
     return loss, loss.detach()
+
+
+def _kl_weighted(kl_weight: float, term: torch.Tensor) -> torch.Tensor:
+    return term if kl_weight == 1.0 else kl_weight * term
 
 
 def _particle_options(num_particles: int) -> dict:
@@ -78,7 +82,7 @@ class MonteCarloELBO(Trace_ELBO, Objective):
     def vae_loss(self, vae, x):
         q, z = self.particles(vae, x)
         log_ratio = vae.p_z().log_prob(z) - q.log_prob(z)  # log p(z) - log q(z|x): minus the KL, one draw
-        return _mean_over_particles((vae.p_x_given_z(z).log_prob(x) + vae.kl_weight * log_ratio).sum(), self)
+        return _mean_over_particles((vae.p_x_given_z(z).log_prob(x) + _kl_weighted(vae.kl_weight, log_ratio)).sum(), self)
 
 
 @OBJECTIVES.register("elbo-analytic-kl")
@@ -106,7 +110,7 @@ class AnalyticKLELBO(TraceMeanField_ELBO, Objective):
             minus_kl = -kl_divergence(q, prior).sum() * self.num_particles
         except NotImplementedError:  # Pyro's fallback: the Monte-Carlo estimate log p(z) - log q(z|x)
             minus_kl = (prior.log_prob(z) - q.log_prob(z)).sum()
-        return _mean_over_particles(reconstruction + vae.kl_weight * minus_kl, self)
+        return _mean_over_particles(reconstruction + _kl_weighted(vae.kl_weight, minus_kl), self)
 
 
 def _renyi_loss(objective, vae, x, alpha: float):

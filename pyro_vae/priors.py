@@ -7,12 +7,16 @@ Its parameters (if any) are trained with everything else.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
 from torch import nn
 
 from .config import PRIORS, Component, require
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 def inverse_softplus(y: torch.Tensor | float) -> torch.Tensor:
@@ -36,6 +40,16 @@ class Prior(Component, nn.Module):
         raise NotImplementedError
 
 
+class StandardNormal(dist.Independent):
+    """N(0, I) over the last dimension; log_prob = -|z|^2 / 2 - (D/2) log 2 pi, without the
+    (z - 0) / 1 arithmetic of a general Normal (same value, fewer operations per step)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return -0.5 * value.pow(2).sum(-1) - 0.5 * value.shape[-1] * LOG_2PI
+
+
 @PRIORS.register("standard-normal")
 class StandardNormalPrior(Prior):
     """p(z) = N(0, I), fixed by fiat (the seeds' choice); no parameters."""
@@ -47,10 +61,19 @@ class StandardNormalPrior(Prior):
         super().setup(latent_dim)
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
+        self._distribution: tuple | None = None
         return self
 
+    def _apply(self, fn, *args, **kwargs):  # .to(device) etc.: the buffers change, rebuild
+        self._distribution = None
+        return super()._apply(fn, *args, **kwargs)
+
     def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        # Nothing here is trained, so one distribution object serves every step (per validation mode).
+        validate = torch.distributions.Distribution._validate_args
+        if self._distribution is None or self._distribution[0] != validate:
+            self._distribution = (validate, StandardNormal(dist.Normal(self.loc, self.scale), 1))
+        return self._distribution[1]
 
 
 @PRIORS.register("learned-gaussian")

@@ -1,0 +1,248 @@
+"""Training-step time: hand-written PyTorch vs stock Pyro vs pyro-vae, interleaved in one process.
+
+The model is the standard MLP VAE: 784-400-50 with softplus, Bernoulli likelihood, Adam (lr 1e-3),
+on real binarized digits from the embedded MNIST subset. For each objective, the hand-written step
+does the same maths as pyro-vae's (MC-KL ELBO against the MC-KL ELBO, analytic KL against analytic
+KL, vectorized IWAE against vectorized IWAE), with one torch Adam over the same parameters. Every
+contestant runs ``--steps`` steps per round, in an order that rotates each round, after a warm-up;
+the table gives the median time per step and its ratio to the hand-written step.
+
+    python benchmarks/step_overhead.py                      # batch 128 and 1024, all objectives
+    python benchmarks/step_overhead.py --batch-sizes 128 --rounds 10 --objectives elbo
+
+Data handling (indexing a batch out of the in-memory training tensor, dynamic binarization) is
+timed separately and reported as a share of pyro-vae's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pyro
+import pyro.optim
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI, RenyiELBO, Trace_ELBO
+from torch import nn
+
+from pyro_vae import VAE, BernoulliLikelihood
+from pyro_vae.config import OBJECTIVES
+from pyro_vae.data import MNIST5k
+from pyro_vae.training import svi_step
+
+LOG_2PI = math.log(2 * math.pi)
+OBJECTIVE_CHOICES = ["elbo", "elbo-analytic-kl", "iwae", "renyi"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-written PyTorch: the same networks, the same maths, no probabilistic library.
+
+
+class HandVAE(nn.Module):
+    def __init__(self, latent: int = 50, hidden: int = 400, pixels: int = 784):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(pixels, hidden), nn.Softplus())
+        self.mu = nn.Linear(hidden, latent)
+        self.raw_sigma = nn.Linear(hidden, latent)
+        self.dec = nn.Sequential(nn.Linear(latent, hidden), nn.Softplus(), nn.Linear(hidden, pixels))
+
+    def encode(self, x):
+        h = self.enc(x)
+        return self.mu(h), F.softplus(self.raw_sigma(h))
+
+
+def hand_log_weights(model: HandVAE, x: torch.Tensor, k: int) -> torch.Tensor:
+    """log p(x|z) + log p(z) - log q(z|x) for k vectorized samples: shape (k, batch)."""
+    mu, sigma = model.encode(x)
+    eps = torch.randn((k, *mu.shape))
+    z = mu + sigma * eps
+    log_q = (-0.5 * eps**2 - sigma.log()).sum(-1)
+    log_p = (-0.5 * z**2).sum(-1)
+    log_px = -F.binary_cross_entropy_with_logits(model.dec(z), x.expand(k, *x.shape), reduction="none").sum(-1)
+    return log_px + log_p - log_q  # the two -D/2 log 2 pi constants cancel
+
+
+def hand_loss(objective: str, model: HandVAE, x: torch.Tensor, k: int, alpha: float) -> torch.Tensor:
+    if objective == "elbo":  # Monte-Carlo KL, one sample
+        mu, sigma = model.encode(x)
+        eps = torch.randn_like(mu)
+        z = mu + sigma * eps
+        log_q = (-0.5 * eps**2 - sigma.log()).sum()
+        log_p = (-0.5 * z**2).sum()
+        recon = -F.binary_cross_entropy_with_logits(model.dec(z), x, reduction="sum")
+        return -(recon + log_p - log_q)
+    if objective == "elbo-analytic-kl":
+        mu, sigma = model.encode(x)
+        z = mu + sigma * torch.randn_like(mu)
+        recon = -F.binary_cross_entropy_with_logits(model.dec(z), x, reduction="sum")
+        kl = 0.5 * (sigma**2 + mu**2 - 1).sum() - sigma.log().sum()
+        return -(recon - kl)
+    log_w = hand_log_weights(model, x, k)
+    a = 0.0 if objective == "iwae" else alpha
+    return -((torch.logsumexp((1 - a) * log_w, 0) - math.log(k)) / (1 - a)).sum()
+
+
+def hand_step(objective: str, model: HandVAE, optimizer, x_flat: torch.Tensor, k: int, alpha: float) -> Callable[[], float]:
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = hand_loss(objective, model, x_flat, k, alpha)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# Contestants
+
+
+@dataclass
+class Contestant:
+    name: str
+    objective: str
+    step: Callable[[], float]
+    validate: bool = False
+
+
+def objective_spec(name: str, k: int, alpha: float) -> dict:
+    return {
+        "elbo": {"name": "elbo"},
+        "elbo-analytic-kl": {"name": "elbo-analytic-kl"},
+        "iwae": {"name": "iwae", "num_particles": k},
+        "renyi": {"name": "renyi", "alpha": alpha, "num_particles": k},
+    }[name]
+
+
+def contestants_for(objective: str, x: torch.Tensor, k: int, alpha: float, with_pyro: bool) -> list[Contestant]:
+    torch.manual_seed(0)
+    vae = VAE(latent_dim=50)  # the defaults: 784-400-50 MLP, softplus, N(0, I), Bernoulli
+    hand = HandVAE()
+    with torch.no_grad():  # same starting point for every contestant
+        for dst, src in ((hand.enc[0], vae.encoder.body[0]), (hand.mu, vae.posterior.loc),
+                         (hand.raw_sigma, vae.posterior.raw_scale), (hand.dec[0], vae.decoder.body[0]),
+                         (hand.dec[2], vae.decoder.body[2])):
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+    x_flat = x.flatten(1)
+    out = [Contestant("hand-written PyTorch", objective,
+                      hand_step(objective, hand, torch.optim.Adam(hand.parameters(), lr=1e-3), x_flat, k, alpha))]
+    obj = OBJECTIVES.build(objective_spec(objective, k, alpha))
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    out.append(Contestant("pyro-vae (engine direct)", objective, lambda: svi_step(vae, obj, opt, x, "direct")))
+    if with_pyro:
+        vae_p = VAE(latent_dim=50)
+        opt_p = torch.optim.Adam(vae_p.parameters(), lr=1e-3)
+        out.append(Contestant("pyro-vae (engine pyro)", objective, lambda: svi_step(vae_p, obj, opt_p, x, "pyro")))
+        stock = stock_pyro(objective, x, k, alpha)
+        if stock is not None:
+            out.append(Contestant(f"stock Pyro SVI ({stock[0]}), validation on", objective, stock[1], validate=True))
+            out.append(Contestant(f"stock Pyro SVI ({stock[0]}), validation off", objective, stock_pyro(objective, x, k, alpha)[1]))
+    return out
+
+
+def stock_pyro(objective: str, x: torch.Tensor, k: int, alpha: float):
+    """The recipe from Pyro's VAE tutorial: SVI + pyro.optim.Adam (one optimizer per parameter)."""
+    if objective == "elbo":
+        label, elbo = "Trace_ELBO", Trace_ELBO()
+    elif objective == "iwae":
+        label, elbo = f"RenyiELBO(alpha=0, {k} particles), not vectorized", RenyiELBO(alpha=0, num_particles=k)
+    else:
+        return None
+    vae = VAE(latent_dim=50)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+    return label, lambda: svi.step(x)
+
+
+def measure(contestants: list[Contestant], rounds: int, steps: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each contestant, rounds interleaved in rotating order."""
+    for c in contestants:
+        with pyro.validation_enabled(c.validate):
+            for _ in range(warmup):
+                c.step()
+    times: dict[str, list[float]] = {c.name: [] for c in contestants}
+    for r in range(rounds):
+        shift = r % len(contestants)
+        for c in contestants[shift:] + contestants[:shift]:
+            with pyro.validation_enabled(c.validate):
+                start = time.perf_counter()
+                for _ in range(steps):
+                    c.step()
+                times[c.name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def data_share(train: torch.Tensor, batch: int, step_seconds: float, rounds: int) -> float:
+    """Seconds the trainer spends getting a batch (index the in-memory tensor, dynamic binarization),
+    over the step time."""
+    likelihood = BernoulliLikelihood(binarize="dynamic")
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(rounds):
+        order = torch.randperm(train.shape[0], generator=g)
+        start = time.perf_counter()
+        for index in order.split(batch)[:10]:
+            likelihood.prepare_batch(train[index], g)
+        samples.append((time.perf_counter() - start) / 10)
+    return statistics.median(samples) / step_seconds
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), pyro {pyro.__version__}, python {platform.python_version()}, "
+            f"device cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--objectives", nargs="+", default=OBJECTIVE_CHOICES, choices=OBJECTIVE_CHOICES)
+    parser.add_argument("--particles", type=int, default=10, help="K for iwae and renyi")
+    parser.add_argument("--alpha", type=float, default=0.5, help="alpha for renyi")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=5, help="steps per contestant per round")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--no-pyro", action="store_true", help="skip the stock-Pyro and pyro-engine rows")
+    args = parser.parse_args(argv)
+
+    print(f"# step_overhead: {machine()}")
+    print(f"# {' '.join(sys.argv)}")
+    print(f"# median over {args.rounds} interleaved rounds of {args.steps} steps; ratio = time / hand-written")
+    train = MNIST5k().load().train
+    rows: dict[tuple[str, str], dict[int, float]] = {}
+    shares = {}
+    for batch in args.batch_sizes:
+        x = torch.bernoulli(train[:batch], generator=torch.Generator().manual_seed(0))
+        for objective in args.objectives:
+            contestants = contestants_for(objective, x, args.particles, args.alpha, not args.no_pyro)
+            medians = measure(contestants, args.rounds, args.steps, args.warmup)
+            base = medians["hand-written PyTorch"]
+            for c in contestants:
+                rows.setdefault((objective, c.name), {})[batch] = (medians[c.name], medians[c.name] / base)
+            if objective == "elbo":
+                shares[batch] = data_share(train, batch, medians["pyro-vae (engine direct)"], args.rounds)
+
+    header = "| objective | step | " + " | ".join(f"batch {b}: ms (ratio)" for b in args.batch_sizes) + " |"
+    print(header)
+    print("|" + " --- |" * (2 + len(args.batch_sizes)))
+    for (objective, name), by_batch in rows.items():
+        label = objective if objective in ("elbo", "elbo-analytic-kl") else f"{objective} (K={args.particles}" + (
+            f", alpha={args.alpha})" if objective == "renyi" else ")")
+        cells = " | ".join(f"{by_batch[b][0] * 1e3:.2f} ({by_batch[b][1]:.3f}x)" for b in args.batch_sizes)
+        print(f"| {label} | {name} | {cells} |")
+    for batch, share in shares.items():
+        print(f"# data handling (index a batch + dynamic binarization), batch {batch}: "
+              f"{100 * share:.1f}% of pyro-vae's elbo step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
