@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -108,6 +109,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import Budget, Comparison, parse_objectives
+
+    config = _config_from(args.config, args.set)
+    specs = parse_objectives(args.objectives, args.particles)
+    budget = Budget.parse(args.budget)
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.run_dir_used = None
+    ks = tuple(int(k) for k in args.snr_k.split(",") if k.strip())
+    comparison = Comparison(config, specs, budget, out, particles=args.particles, curve_points=args.curve_points,
+                            curve_samples=args.curve_samples, grad_draws=args.grad_draws,
+                            grad_batch=args.grad_batch, snr_ks=ks, progress=not args.no_progress)
+    print(f"comparing {', '.join(s['name'] for s in specs)} on {config.data['name']}: {budget.describe()} each, "
+          f"seed {config.seed} -> {out}")
+    comparison.run(overwrite=args.overwrite)
+    print(f"\nnats per datapoint, test set of {config.data['name']}; {budget.describe()} per objective\n")
+    print(comparison.markdown())
+    print(f"\ngradient statistics ({args.grad_draws} draws on a fixed batch of {args.grad_batch}):\n")
+    print(comparison.gradient_markdown())
+    snr = comparison.snr_vs_k["encoder_snr"]
+    print("\nencoder gradient SNR against K (" + comparison.snr_vs_k["parameters"] + "): " + "; ".join(
+        f"{name} " + ", ".join(f"K={k}: {v:.3f}" for k, v in by_k.items()) for name, by_k in snr.items()))
+    print(f"\nwrote {out}/results.md, results.csv, results.json, curves.png, snr_vs_k.png and one run folder per objective")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else list(REGISTRIES)
     for kind in kinds:
@@ -163,6 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("compare", help="train one model under several objectives on equal budgets and compare them")
+    p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults)")
+    overrides(p)
+    p.add_argument("--objectives", default="elbo,elbo-analytic-kl,iwae,stl,dreg",
+                   help="comma-separated objective names, each optionally NAME:K (default: %(default)s)")
+    p.add_argument("--particles", "-k", type=int, default=10,
+                   help="samples per datapoint for every objective without its own :K, and the K of the "
+                   "test IWAE bound (default 10)")
+    p.add_argument("--budget", default="1000steps", help="per objective: steps (2000, 2000steps) or training "
+                   "time (90s, 5min); default %(default)s")
+    p.add_argument("--curve-points", type=int, default=10, help="evaluations along training (default 10)")
+    p.add_argument("--curve-samples", type=int, default=100, help="K of log p(x) along training (default 100)")
+    p.add_argument("--grad-draws", type=int, default=100, help="gradient draws per snapshot (default 100)")
+    p.add_argument("--grad-batch", type=int, default=64, help="minibatch of the gradient statistics (default 64)")
+    p.add_argument("--snr-k", default="1,4,16,64", help="K values of the SNR-against-K plot (default %(default)s)")
+    p.add_argument("--out", help="folder to create (default: runs/compare-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing comparison folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("list", help="every registered component with its options and defaults")
     p.add_argument("kind", nargs="?", help=f"only one kind: {', '.join(REGISTRIES)}")

@@ -26,24 +26,17 @@ LOG_2PI = math.log(2 * math.pi)
 class DiagonalNormal(dist.Independent):
     """N(loc, diag scale^2) over the last dimension, reparameterized: z = loc + scale * eps.
 
-    It remembers the noise eps of its latest ``rsample``; ``log_prob`` at exactly that sample is
-    then sum(-eps^2/2 - log scale) - (D/2) log 2 pi. The value is the Gaussian log-density and the
-    gradient its total derivative, as from the general formula, in fewer operations.
+    ``rsample_and_log_prob`` returns z together with log q(z), computed from the noise eps as
+    sum(-eps^2/2 - log scale) - (D/2) log 2 pi: the same value and total gradient as
+    ``log_prob(z)``, in fewer operations. ``log_prob`` itself is the general formula, so that
+    path-derivative estimators (STL, DReG) can differentiate log q with respect to z.
     """
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
         base = self.base_dist
         eps = _standard_normal(base._extended_shape(sample_shape), dtype=base.loc.dtype, device=base.loc.device)
-        z = base.loc + eps * base.scale
-        self._own_sample = (z, eps)
-        return z
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        own = getattr(self, "_own_sample", None)
-        if own is None or value is not own[0]:
-            return super().log_prob(value)
-        eps = own[1]
-        return (-0.5 * eps.pow(2) - self.base_dist.scale.log()).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
+        log_q = (-0.5 * eps.pow(2) - base.scale.log()).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
+        return base.loc + eps * base.scale, log_q
 
 
 @register_kl(DiagonalNormal, StandardNormal)

@@ -228,3 +228,60 @@ def evaluate(
         log_px=cat.get("log_px"),
         samples=samples,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient estimators: variance and signal-to-noise ratio at fixed parameters
+
+
+def parameter_groups(vae: VAE) -> dict[str, list[torch.nn.Parameter]]:
+    """The inference network (encoder + guide head) and the generative model (decoder, prior, likelihood)."""
+    return {
+        "encoder": [*vae.encoder.parameters(), *vae.posterior.parameters()],
+        "decoder": [*vae.decoder.parameters(), *vae.prior.parameters(), *vae.likelihood.parameters()],
+    }
+
+
+def gradient_statistics(vae: VAE, objective, x: torch.Tensor, draws: int = 100, seed: int = 0) -> dict[str, dict]:
+    """Draw ``draws`` independent gradient estimates of the objective (per datapoint, on the fixed
+    batch x, at the current parameters) and summarize each parameter group by
+
+    * ``variance``: the trace of the covariance of the gradient estimator, sum_i Var(g_i);
+    * ``snr``: the mean over coordinates of |E[g_i]| / std(g_i) (Rainforth et al. 2018);
+    * ``norm_snr``: |E[g]| / sqrt(trace Cov), the same for the whole group at once.
+
+    Moments are accumulated in float64, one draw at a time, so memory does not grow with draws.
+    Runs under its own seed; the parameters are not changed.
+    """
+    groups = parameter_groups(vae)
+    sums = {g: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for g, ps in groups.items()}
+    squares = {g: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for g, ps in groups.items()}
+    with torch.random.fork_rng(devices=_rng_devices(x)):
+        torch.manual_seed(seed)
+        for _ in range(draws):
+            vae.zero_grad(set_to_none=True)
+            surrogate, _ = objective.vae_loss(vae, x)
+            (-surrogate / x.shape[0]).backward()  # the gradient of the objective per datapoint
+            for g, ps in groups.items():
+                for s, q, p in zip(sums[g], squares[g], ps):
+                    if p.grad is not None:
+                        grad = p.grad.double()
+                        s += grad
+                        q += grad * grad
+    vae.zero_grad(set_to_none=True)
+    out = {}
+    for g in groups:
+        if not sums[g]:
+            continue
+        mean = torch.cat([s.flatten() for s in sums[g]]) / draws
+        var = (torch.cat([q.flatten() for q in squares[g]]) / draws - mean**2) * draws / max(draws - 1, 1)
+        var = var.clamp_min(0.0)
+        moving = var > 0
+        out[g] = {
+            "variance": var.sum().item(),
+            "snr": (mean[moving].abs() / var[moving].sqrt()).mean().item() if moving.any() else float("nan"),
+            "norm_snr": (mean.norm() / var.sum().sqrt()).item() if var.sum() > 0 else float("inf"),
+            "mean_norm": mean.norm().item(),
+            "coordinates": mean.numel(),
+        }
+    return out

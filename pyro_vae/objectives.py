@@ -17,10 +17,14 @@ import math
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from torch.distributions import kl_divergence
 
 from .config import OBJECTIVES, Component, require
+from .errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .vae import VAE
@@ -39,6 +43,17 @@ class Objective(Component):
     supports_kl_weight: ClassVar[bool] = False
     #: True when the KL(q||p) term is computed in closed form where a formula exists.
     analytic_kl: ClassVar[bool] = False
+    #: Guide families (registry names) the estimator is defined for; None: any reparameterized guide.
+    guide_families: ClassVar[tuple[str, ...] | None] = None
+
+    def check_guide(self, guide_name: str) -> None:
+        """Refuse a guide family this estimator does not support, naming the ones it does."""
+        if self.guide_families is not None and guide_name not in self.guide_families:
+            raise ConfigError(
+                f"objective '{self.name}' supports the guide families {', '.join(self.guide_families)}, "
+                f"not '{guide_name}': its gradient differentiates log q(z|x) through z, which those "
+                f"families are written (and tested) for. Choose one of them, or another objective."
+            )
 
     def vae_loss(self, vae: "VAE", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(surrogate, loss) for batch x: ``surrogate.backward()`` gives this objective's gradient;
@@ -46,10 +61,16 @@ class Objective(Component):
         raise NotImplementedError  # pragma: no cover
 
     def particles(self, vae: "VAE", x: torch.Tensor):
-        """q(z|x) and z ~ q: shape (batch, D) for one particle, (K, batch, D) for K vectorized ones."""
+        """q(z|x), z ~ q and log q(z|x): z has shape (batch, D) for one particle, (K, batch, D) for K
+        vectorized ones. Draws exactly what Pyro's (vectorized) guide would, in the same order."""
         q = vae.q_z_given_x(x)
-        k = self.num_particles  # type: ignore[attr-defined]
-        return q, (q.rsample() if k == 1 else q.rsample((k,)))
+        shape = torch.Size() if self.num_particles == 1 else torch.Size([self.num_particles])  # type: ignore[attr-defined]
+        if hasattr(q, "rsample_and_log_prob"):
+            z, log_q = q.rsample_and_log_prob(shape)
+        else:
+            z = q.rsample(shape)
+            log_q = q.log_prob(z)
+        return q, z, log_q
 
 
 def _mean_over_particles(total: torch.Tensor, objective) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,8 +101,8 @@ class MonteCarloELBO(Trace_ELBO, Objective):
         super().__init__(**_particle_options(num_particles))
 
     def vae_loss(self, vae, x):
-        q, z = self.particles(vae, x)
-        log_ratio = vae.p_z().log_prob(z) - q.log_prob(z)  # log p(z) - log q(z|x): minus the KL, one draw
+        q, z, log_q = self.particles(vae, x)
+        log_ratio = vae.p_z().log_prob(z) - log_q  # log p(z) - log q(z|x): minus the KL, one draw
         return _mean_over_particles((vae.p_x_given_z(z).log_prob(x) + _kl_weighted(vae.kl_weight, log_ratio)).sum(), self)
 
 
@@ -103,21 +124,21 @@ class AnalyticKLELBO(TraceMeanField_ELBO, Objective):
         super().__init__(**_particle_options(num_particles))
 
     def vae_loss(self, vae, x):
-        q, z = self.particles(vae, x)
+        q, z, log_q = self.particles(vae, x)
         reconstruction = vae.p_x_given_z(z).log_prob(x).sum()
         prior = vae.p_z()
         try:  # closed form, computed once per datapoint and counted once per particle, as Pyro does
             minus_kl = -kl_divergence(q, prior).sum() * self.num_particles
         except NotImplementedError:  # Pyro's fallback: the Monte-Carlo estimate log p(z) - log q(z|x)
-            minus_kl = (prior.log_prob(z) - q.log_prob(z)).sum()
+            minus_kl = (prior.log_prob(z) - log_q).sum()
         return _mean_over_particles(reconstruction + _kl_weighted(vae.kl_weight, minus_kl), self)
 
 
 def _renyi_loss(objective, vae, x, alpha: float):
     """-(1/(1-alpha)) log (1/K) sum_k w_k^(1-alpha), summed over the batch; its gradient is the
     self-normalized one Pyro's RenyiELBO uses: sum_k softmax_k((1-alpha) log w) grad log w_k."""
-    q, z = objective.particles(vae, x)
-    log_w = vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - q.log_prob(z)
+    q, z, log_q = objective.particles(vae, x)
+    log_w = vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - log_q
     if objective.num_particles == 1:
         bound = log_w
     else:
@@ -156,3 +177,133 @@ class RenyiBound(RenyiELBO, Objective):
 
     def vae_loss(self, vae, x):
         return _renyi_loss(self, vae, x, self.alpha)
+
+
+def _require_reparameterized(site: dict, who: str) -> None:
+    if not site["fn"].has_rsample:
+        raise NotImplementedError(
+            f"{who} needs a reparameterized guide, but guide site '{site['name']}' "
+            f"({type(site['fn']).__name__}) has no rsample."
+        )
+
+
+def _score_term(site: dict) -> torch.Tensor:
+    """log q(z) at z held fixed: its gradient is the score function d/dphi log q(z; phi)."""
+    return scale_and_mask(site["fn"].log_prob(site["value"].detach()), site["scale"], site["mask"])
+
+
+@OBJECTIVES.register("stl")
+class StickingTheLandingELBO(Trace_ELBO, Objective):
+    """ELBO with the path-derivative ("sticking the landing") gradient: the score term of log q removed (Roeder et al. 2017).
+
+    The value is the ELBO. The gradient treats log q(z|x) as if the guide's parameters were
+    constants while z = mu + sigma * eps keeps its path: the surrogate subtracts
+    log q(z) - log q(stop(z)), whose parameter gradient is exactly the path derivative. At the
+    exact posterior this gradient is zero for every draw (zero variance). Needs a reparameterized
+    guide whose log-density is differentiable in z: diagonal-gaussian.
+
+    Options:
+        num_particles: samples z ~ q(z|x) per datapoint; their average is the estimate.
+    """
+
+    supports_kl_weight = True
+    guide_families = ("diagonal-gaussian",)
+
+    def __init__(self, *, num_particles: int = 1) -> None:
+        super().__init__(**_particle_options(num_particles))
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        elbo, surrogate = 0.0, 0.0
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo + site["log_prob_sum"].item()
+                surrogate = surrogate + site["log_prob_sum"]
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                _require_reparameterized(site, "objective 'stl'")
+                elbo = elbo - site["log_prob_sum"].item()
+                surrogate = surrogate - (site["log_prob_sum"] - _score_term(site).sum())
+        return -elbo, -surrogate
+
+    def vae_loss(self, vae, x):
+        q, z, log_q = self.particles(vae, x)
+        log_px = vae.p_x_given_z(z).log_prob(x)
+        log_pz = vae.p_z().log_prob(z)
+        log_q_path = log_q - q.log_prob(z.detach())  # gradient: total derivative minus score = path only
+        loss, _ = _mean_over_particles((log_px + _kl_weighted(vae.kl_weight, log_pz - log_q_path)).sum(), self)
+        _, value = _mean_over_particles((log_px + _kl_weighted(vae.kl_weight, log_pz - log_q)).detach().sum(), self)
+        return loss, value
+
+
+@OBJECTIVES.register("dreg")
+class DReGIWAE(ELBO, Objective):
+    """IWAE bound with the doubly-reparameterized gradient (Tucker et al. 2018): unbiased, and its guide SNR grows with K.
+
+    Value: the IWAE bound L_K. Model parameters get the usual IWAE gradient sum_k w_k grad log w_k
+    (w = normalized importance weights); guide parameters get sum_k w_k^2 (d log w_k / d z_k)
+    (d z_k / d phi), the path derivative with log q evaluated at stopped parameters. Implemented
+    with one backward pass: the surrogate sum_k stop(w_k) [log p(x, z_k) - log q(z_k) +
+    log q(stop(z_k))] and a hook that multiplies the gradient reaching each z_k by w_k. Needs a
+    reparameterized guide whose log-density is differentiable in z: diagonal-gaussian.
+
+    Options:
+        num_particles: K, the number of importance samples per datapoint (K = 1 gives the STL gradient of the ELBO).
+    """
+
+    guide_families = ("diagonal-gaussian",)
+
+    def __init__(self, *, num_particles: int = 10) -> None:
+        require(num_particles >= 1, f"num_particles must be >= 1, got {num_particles}.")
+        # always vectorized (also K = 1), so every term has its particle dimension first
+        super().__init__(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
+
+    def _terms(self, model, guide, args, kwargs):
+        """log p(x, z_k), log q(z_k|x), log q(stop(z_k)|x), each (K, batch), and the z sites."""
+        model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
+        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+        log_p = sum(torch_sum(s["log_prob"], sum_dims) for s in model_trace.nodes.values() if s["type"] == "sample")
+        log_q, log_q_fixed, zs = 0.0, 0.0, []
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                _require_reparameterized(site, "objective 'dreg'")
+                log_q = log_q + torch_sum(site["log_prob"], sum_dims)
+                log_q_fixed = log_q_fixed + torch_sum(_score_term(site), sum_dims)
+                zs.append(site["value"])
+        if self.num_particles == 1:  # Pyro adds no particle plate for one particle: add the dimension
+            log_p, log_q, log_q_fixed = log_p.unsqueeze(0), log_q.unsqueeze(0), log_q_fixed.unsqueeze(0)
+        return log_p, log_q, log_q_fixed, zs
+
+    def _bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(log_w, 0) - math.log(self.num_particles)
+
+    @torch.no_grad()
+    def loss(self, model, guide, *args, **kwargs):
+        log_p, log_q, _, _ = self._terms(model, guide, args, kwargs)
+        return -self._bound(log_p - log_q).sum().item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        log_p, log_q, log_q_fixed, zs = self._terms(model, guide, args, kwargs)
+        surrogate, value = _dreg_surrogate(log_p, log_q, log_q_fixed, zs, self)
+        surrogate.backward()
+        return value.item()
+
+    def vae_loss(self, vae, x):
+        q = vae.q_z_given_x(x)
+        z = q.rsample((self.num_particles,))
+        log_p = vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z)
+        return _dreg_surrogate(log_p, q.log_prob(z), q.log_prob(z.detach()), [z], self)
+
+
+def _dreg_surrogate(log_p, log_q, log_q_fixed, zs, objective: DReGIWAE) -> tuple[torch.Tensor, torch.Tensor]:
+    log_w = log_p - log_q
+    weights = torch.softmax(log_w.detach(), 0)  # normalized importance weights, (K, batch)
+    for z in zs:  # the second w_k of w_k^2: scale what reaches z_k (the guide's path) by w_k
+        if z.requires_grad and objective.num_particles > 1:  # (one particle: w = 1)
+            shape = weights.shape + (1,) * (z.dim() - weights.dim())
+            z.register_hook(lambda grad, w=weights.reshape(shape): grad * w)
+    surrogate = -(weights * (log_w + log_q_fixed)).sum()
+    value = -objective._bound(log_w.detach()).sum()
+    return surrogate, value

@@ -144,3 +144,47 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
         paths.append(plot_curves(history, out / "curves.png"))
     paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png"))
     return paths
+
+
+def plot_comparison_curves(curves: dict[str, list[dict]], path: Path) -> Path:
+    """Test log p(x) and ELBO against steps and against training seconds, one line per objective."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey="row")
+    for i, (key, name) in enumerate((("test_log_px", "test log p(x) (importance sampled)"), ("test_elbo", "test ELBO"))):
+        for j, (xkey, xlabel) in enumerate((("step", "training steps"), ("train_seconds", "training seconds"))):
+            ax = axes[i][j]
+            for label, points in curves.items():
+                ax.plot([p[xkey] for p in points], [p[key] for p in points], marker=".", label=label)
+            later = [p[key] for points in curves.values() for p in points[1:]]
+            if later:  # zoom on training after the first point; the untrained start is far below
+                lo, hi = min(later), max(later)
+                ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{name}, nats per datapoint")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("objectives on equal budgets: same model, initialization and minibatches")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_snr_vs_k(snr: dict, path: Path) -> Path:
+    """Encoder-gradient SNR against the number of importance samples K, IWAE vs DReG."""
+    plt = _pyplot()
+    fig = plt.figure(figsize=(6, 4.5))
+    for name, by_k in snr["encoder_snr"].items():
+        ks = sorted(int(k) for k in by_k)
+        plt.plot(ks, [by_k[k] for k in ks], marker="o", label=name)
+    plt.xscale("log", base=2)
+    plt.yscale("log")
+    plt.xlabel("K (importance samples per datapoint)")
+    plt.ylabel("encoder gradient SNR, mean |E g| / std g")
+    plt.title(f"inference-network gradient SNR ({snr['parameters']})", fontsize=9)
+    plt.legend()
+    plt.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

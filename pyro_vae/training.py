@@ -230,6 +230,29 @@ def _eval_keys(config: Config) -> set[tuple]:
 # training
 
 
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One epoch of minibatch indices: a fresh permutation of range(n) from ``generator``, split."""
+    return list(torch.randperm(n, generator=generator, device=generator.device).split(batch_size))
+
+
+def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Generator, epoch: int, step: int) -> dict:
+    """Everything a run needs to resume: parameters, optimizer and random states (tensors and plain values)."""
+    device = next(vae.parameters()).device
+    rng = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": config.to_dict(),
+        "data_shape": list(vae.data_shape),
+        "epoch": epoch,
+        "step": step,
+        "model": vae.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng,
+    }
+
+
 def svi_step(vae: VAE, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, engine: str = "direct") -> float:
     """One SVI step on batch x; returns the loss (minus the objective) summed over the batch, in nats.
 
@@ -309,6 +332,7 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         splits = self.splits or DATASETS.build(self.config.data, "data").load()
         self.vae = build_vae(self.config, splits.event_shape).to(self.device)
+        self.objective.check_guide(self.vae.posterior.name)
         self.data = prepare_data(self.config, self.vae, self.device, splits)
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=self.config.train.lr)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
@@ -324,17 +348,7 @@ class Trainer:
             self.log(f"warning: {message}")
 
     def _state(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
-            "data_shape": list(self.data.splits.event_shape),
-            "epoch": self.epoch,
-            "step": self.step,
-            "model": self.vae.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state()}
-            | ({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
-        }
+        return checkpoint_state(self.config, self.vae, self.optimizer, self.generator, self.epoch, self.step)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.vae.load_state_dict(state["model"])
@@ -376,9 +390,7 @@ class Trainer:
         return self
 
     def _batches(self) -> list[torch.Tensor]:
-        n = self.data.train.shape[0]
-        order = torch.randperm(n, generator=self.generator, device=self.device)
-        return list(order.split(self.config.train.batch_size))
+        return epoch_batches(self.data.train.shape[0], self.config.train.batch_size, self.generator)
 
     def _train_epochs(self, last_epoch: int) -> None:
         from tqdm.auto import tqdm

@@ -34,6 +34,11 @@ def test_swap_components_example(tmp_path):
         assert label in out
 
 
+def test_compare_estimators_example(tmp_path):
+    out = run_script("compare_estimators.py", "--smoke", "--out", str(tmp_path / "cmp"), cwd=tmp_path)
+    assert "| dreg | 2 | 10 |" in out and "encoder gradient SNR against K" in out
+
+
 @pytest.mark.parametrize("config", sorted((EXAMPLES / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_example_config_trains(config, tmp_path):
     assert main(["train", str(config), *SMOKE, "--out", str(tmp_path / "run"), "--no-progress"]) == 0

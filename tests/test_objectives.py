@@ -26,6 +26,10 @@ OBJECTIVE_SPECS = [
     {"name": "iwae", "num_particles": 1},
     {"name": "renyi", "alpha": 0.5, "num_particles": 4},
     {"name": "renyi", "alpha": -1.0, "num_particles": 2},
+    {"name": "stl"},
+    {"name": "stl", "num_particles": 3},
+    {"name": "dreg", "num_particles": 4},
+    {"name": "dreg", "num_particles": 1},
 ]
 LIKELIHOODS = [
     {"name": "bernoulli"},
@@ -69,13 +73,13 @@ def test_direct_engine_equals_pyro_for_every_objective_and_prior(spec, prior, gr
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS, ids=lambda s: s["name"])
-@pytest.mark.parametrize("objective", ["elbo", "elbo-analytic-kl", "iwae"])
+@pytest.mark.parametrize("objective", ["elbo", "elbo-analytic-kl", "iwae", "stl", "dreg"])
 def test_direct_engine_equals_pyro_for_every_likelihood(likelihood, objective, grey_splits):
     vae = tiny_vae(likelihood=likelihood)
     assert_same_step(vae, OBJECTIVES.build(objective), grey_splits.train[:16])
 
 
-@pytest.mark.parametrize("objective", ["elbo", "elbo-analytic-kl"])
+@pytest.mark.parametrize("objective", ["elbo", "elbo-analytic-kl", "stl"])
 def test_direct_engine_honours_the_kl_weight_like_pyro(objective, grey_splits):
     vae = tiny_vae(prior="mixture")
     vae.kl_weight = 0.25

@@ -67,7 +67,7 @@ def _splits_for(likelihood: dict, grey_splits, binary_splits) -> DataSplits:
 @pytest.mark.parametrize("prior", PRIORS.names())
 def test_every_prior_likelihood_objective_combination_trains(prior, likelihood, objective, grey_splits, binary_splits):
     vae = tiny_vae(prior=prior, likelihood=likelihood)
-    options = {"num_particles": 3} if objective in ("iwae", "renyi") else {}
+    options = {"num_particles": 3} if objective in ("iwae", "renyi", "dreg") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pyro's own notes on the analytic-KL fallback
         losses = train_steps(vae, OBJECTIVES.build({"name": objective, **options}), grey_splits)
@@ -94,7 +94,7 @@ def test_warmup_is_logged_and_reaches_one(tmp_path):
     assert trainer.vae.kl_weight == 1.0  # never left scaled after training
 
 
-@pytest.mark.parametrize("objective", ["iwae", "renyi"])
+@pytest.mark.parametrize("objective", ["iwae", "renyi", "dreg"])
 def test_warmup_is_refused_where_the_objective_cannot_honour_it(objective, tmp_path):
     config = tiny_config(train={"kl_warmup_epochs": 2, "objective": objective})
     with pytest.raises(ConfigError, match="importance-weighted bound"):

@@ -1,0 +1,367 @@
+"""Compare training objectives on equal terms: same model, initialization, data order and budget.
+
+For each objective the harness trains the VAE of a config from the same seed (so the same initial
+parameters and the same sequence of minibatches) for the same budget, in steps or in seconds of
+training time, and measures:
+
+* test ELBO, the test IWAE bound at K (``--particles``), importance-sampled test log p(x)
+  (``eval.samples``, default 1000), active units, training seconds and ms per step;
+* along the way, at evenly spaced points, test ELBO and log p(x) (``curve_samples`` samples), for
+  curves against steps and against seconds;
+* gradient statistics at fixed parameter snapshots (start, middle, end of training): ``grad_draws``
+  independent gradient estimates on one fixed minibatch, summarized separately for the encoder
+  (inference network) and the decoder (generative model) as the variance (trace of the covariance)
+  and the signal-to-noise ratio |E[g]| / std(g) (Rainforth et al. 2018);
+* the encoder-gradient SNR against K for IWAE and DReG, at the final parameters of the IWAE run
+  (or of the first run, if there is none).
+
+Everything but the timings is deterministic for a seed on CPU with a step budget. A time budget
+makes the number of steps depend on the machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pyro
+import torch
+
+from . import metrics
+from .config import DATASETS, OBJECTIVES, Config
+from .errors import ConfigError
+from .training import (
+    CHECKPOINT,
+    CONFIG,
+    build_vae,
+    checkpoint_state,
+    epoch_batches,
+    prepare_data,
+    prepare_run_dir,
+    resolve_device,
+    save_checkpoint,
+    svi_step,
+)
+
+SNAPSHOTS = ("start", "middle", "end")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long each objective trains: a number of steps, or seconds of training time."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(steps?|s|sec|seconds?|m|min|minutes?)?\s*", text)
+        if not m:
+            raise ConfigError(f"--budget {text!r}: give a number of steps (2000, 2000steps) or a time (90s, 5min).")
+        value, unit = float(m.group(1)), (m.group(2) or "steps")
+        if unit.startswith("step"):
+            if value != int(value) or value < 1:
+                raise ConfigError(f"--budget {text!r}: the number of steps must be a whole number >= 1.")
+            return cls(steps=int(value))
+        seconds = value * 60 if unit.startswith("m") else value
+        if seconds <= 0:
+            raise ConfigError(f"--budget {text!r} must be positive.")
+        return cls(seconds=seconds)
+
+    def describe(self) -> str:
+        return f"{self.steps} steps" if self.steps is not None else f"{self.seconds:g} s of training"
+
+    def fraction(self, step: int, seconds: float) -> float:
+        return step / self.steps if self.steps is not None else seconds / self.seconds  # type: ignore[operator]
+
+
+def parse_objectives(text: str, particles: int) -> list[dict]:
+    """``"elbo,iwae,dreg:64"`` -> objective tables; every objective gets ``particles`` samples per
+    datapoint unless it names its own after a colon."""
+    specs = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        name, _, k = item.partition(":")
+        if k and not k.isdigit():
+            raise ConfigError(f"--objectives: {item!r} should be NAME or NAME:K with K a whole number.")
+        spec = {"name": name, "num_particles": int(k) if k else particles}
+        OBJECTIVES.build(spec, "--objectives")  # refuse unknown names and bad options now
+        specs.append(spec)
+    if not specs:
+        raise ConfigError("--objectives is empty; e.g. --objectives elbo,elbo-analytic-kl,iwae,stl,dreg")
+    labels = [label(s) for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--objectives lists the same objective twice: {', '.join(labels)}.")
+    return specs
+
+
+def label(spec: dict) -> str:
+    return f"{spec['name']} (K={spec['num_particles']})"
+
+
+def folder_name(spec: dict) -> str:
+    return f"{spec['name']}-K{spec['num_particles']}"
+
+
+@dataclass
+class ObjectiveResult:
+    spec: dict
+    steps: int = 0
+    train_seconds: float = 0.0
+    curve: list[dict] = field(default_factory=list)
+    gradients: dict[str, dict] = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+
+    def row(self, iwae_k: int, final_samples: int) -> dict:
+        f = self.final
+        row = {
+            "objective": self.spec["name"],
+            "K": self.spec["num_particles"],
+            "steps": self.steps,
+            "train_seconds": self.train_seconds,
+            "ms_per_step": 1000 * self.train_seconds / max(self.steps, 1),
+            "test_elbo": f["elbo"],
+            f"test_iwae_bound_K{iwae_k}": f["iwae_bound"],
+            f"test_log_px_K{final_samples}": f["log_px"],
+            "test_log_px_stderr": f["log_px_stderr"],
+            "active_units": f["active_units"],
+        }
+        for group in ("encoder", "decoder"):
+            stats = self.gradients.get("end", {}).get(group)
+            row[f"{group}_grad_variance"] = stats["variance"] if stats else float("nan")
+            row[f"{group}_grad_snr"] = stats["snr"] if stats else float("nan")
+        return row
+
+
+@dataclass
+class Comparison:
+    """Runs the comparison; ``run()`` writes everything under ``out`` and returns the results."""
+
+    config: Config
+    specs: list[dict]
+    budget: Budget
+    out: Path
+    particles: int = 10
+    curve_points: int = 10
+    curve_samples: int = 100
+    grad_draws: int = 100
+    grad_batch: int = 64
+    snr_ks: tuple[int, ...] = (1, 4, 16, 64)
+    progress: bool = True
+    log: Callable[[str], None] = print
+    results: list[ObjectiveResult] = field(default_factory=list)
+    snr_vs_k: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.config.train.kl_warmup_epochs > 0:
+            raise ConfigError(
+                "compare trains every objective on its own bound, without KL warm-up: set "
+                "train.kl_warmup_epochs = 0 (warm-up scales only the ELBO-type objectives, which would "
+                "not be equal terms)."
+            )
+        self.objectives = [OBJECTIVES.build(s, "--objectives") for s in self.specs]
+        self._snr_state: tuple[str, dict] | None = None
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self, overwrite: bool = False) -> list[ObjectiveResult]:
+        prepare_run_dir(self.out, overwrite)
+        self.config.save(self.out / CONFIG)
+        self.device = resolve_device(self.config.device)
+        self.splits = DATASETS.build(self.config.data, "data").load()
+        for spec, objective in zip(self.specs, self.objectives):
+            self.log(f"== {label(spec)}: {self.budget.describe()}")
+            self.results.append(self._train(spec, objective))
+        self._snr_against_k()
+        self._write()
+        return self.results
+
+    def _fresh_vae(self):
+        pyro.clear_param_store()
+        torch.manual_seed(self.config.seed)  # the same initial parameters for every objective
+        return build_vae(self.config, self.splits.event_shape).to(self.device)
+
+    def _train(self, spec: dict, objective) -> ObjectiveResult:
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        vae = self._fresh_vae()
+        objective.check_guide(vae.posterior.name)
+        data = prepare_data(cfg, vae, self.device, self.splits)
+        self.data = data
+        grad_x = data.train_eval[: self.grad_batch]
+        optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # the same minibatches
+        result = ObjectiveResult(spec)
+        lik = vae.likelihood
+        next_curve, next_snapshot = 0, 0
+        batches: list[torch.Tensor] = []
+        total = self.budget.steps
+        bar = tqdm(total=total, disable=not self.progress, unit="step", leave=False, dynamic_ncols=True)
+        with pyro.validation_enabled(cfg.train.validate):
+            while True:
+                done = self.budget.fraction(result.steps, result.train_seconds)
+                if next_snapshot < len(SNAPSHOTS) and done >= next_snapshot / 2:
+                    result.gradients[SNAPSHOTS[next_snapshot]] = {
+                        "step": result.steps,
+                        **metrics.gradient_statistics(vae, objective, grad_x, self.grad_draws, seed=cfg.seed),
+                    }
+                    next_snapshot += 1
+                if next_curve <= self.curve_points and done >= next_curve / self.curve_points:
+                    result.curve.append(self._curve_point(vae, data, result))
+                    next_curve += 1
+                if done >= 1.0:
+                    break
+                started = time.perf_counter()  # training time: batch preparation and the SVI step
+                if not batches:
+                    batches = epoch_batches(data.train.shape[0], cfg.train.batch_size, generator)
+                x = lik.prepare_batch(data.train[batches.pop(0)], generator)
+                loss = svi_step(vae, objective, optimizer, x, cfg.train.engine)
+                result.train_seconds += time.perf_counter() - started
+                result.steps += 1
+                if not math.isfinite(loss):
+                    raise ConfigError(
+                        f"objective {label(spec)}: the loss became {loss} at step {result.steps}; lower train.lr."
+                    )
+                bar.update(1)
+                if self.progress:
+                    bar.set_postfix_str(f"{label(spec)} loss {loss / x.shape[0]:.2f} nats/datapoint", refresh=False)
+        bar.close()
+        result.final = self._final(vae, data, spec)
+        self._save_run(spec, vae, optimizer, generator, result)
+        self.log(
+            f"   {result.steps} steps in {result.train_seconds:.1f} s; test ELBO {result.final['elbo']:.2f}, "
+            f"log p(x) {result.final['log_px']:.2f} nats per datapoint"
+        )
+        if spec["name"] == "iwae" or self._snr_state is None:  # SNR against K: at the IWAE run's end if any
+            self._snr_state = (label(spec), {k: v.detach().clone() for k, v in vae.state_dict().items()})
+        return result
+
+    def _curve_point(self, vae, data, result: ObjectiveResult) -> dict:
+        ev = metrics.evaluate(vae, data.test, samples=self.curve_samples, seed=self.config.seed,
+                              batch_size=self.config.eval.batch_size, chunk_pairs=self.config.eval.chunk_pairs)
+        return {"step": result.steps, "train_seconds": result.train_seconds,
+                "test_elbo": ev.elbo.mean().item(), "test_log_px": ev.log_px.mean().item()}
+
+    def _final(self, vae, data, spec: dict) -> dict:
+        cfg = self.config
+        ev = metrics.evaluate(vae, data.test, samples=cfg.eval.samples, seed=cfg.seed,
+                              batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs)
+        iwae = metrics.evaluate(vae, data.test, samples=self.particles, seed=cfg.seed + 1,
+                                batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs)
+        s = ev.summary()
+        return {
+            "elbo": s["elbo"]["mean"],
+            "elbo_stderr": s["elbo"]["stderr"],
+            "iwae_bound": iwae.log_px.mean().item(),
+            "log_px": s["log_px"]["mean"],
+            "log_px_stderr": s["log_px"]["stderr"],
+            "active_units": s["active_units"],
+            "latent_dim": s["latent_dim"],
+        }
+
+    def _save_run(self, spec, vae, optimizer, generator, result: ObjectiveResult) -> None:
+        """Each objective's model as a run folder of its own (``pyro-vae evaluate`` works on it)."""
+        run_dir = self.out / folder_name(spec)
+        run_dir.mkdir()
+        raw = self.config.to_dict()
+        raw["train"]["objective"] = OBJECTIVES.build(spec).spec()
+        config = Config.from_dict(raw)
+        config.save(run_dir / CONFIG)
+        steps_per_epoch = math.ceil(self.data.train.shape[0] / config.train.batch_size)
+        state = checkpoint_state(config, vae, optimizer, generator, result.steps // steps_per_epoch, result.steps)
+        save_checkpoint(run_dir / CHECKPOINT, state)
+
+    def _snr_against_k(self) -> None:
+        """Encoder-gradient SNR of IWAE and DReG for several K, at one set of trained parameters."""
+        where, state = self._snr_state
+        vae = self._fresh_vae()
+        vae.load_state_dict(state)
+        grad_x = self.data.train_eval[: self.grad_batch]
+        table: dict[str, dict[int, float]] = {"iwae": {}, "dreg": {}}
+        with pyro.validation_enabled(self.config.train.validate):
+            for name in table:
+                for k in self.snr_ks:
+                    stats = metrics.gradient_statistics(
+                        vae, OBJECTIVES.build({"name": name, "num_particles": k}), grad_x, self.grad_draws, self.config.seed)
+                    table[name][k] = stats["encoder"]["snr"]
+        self.snr_vs_k = {"parameters": f"end of the {where} run", "encoder_snr": table}
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def rows(self) -> list[dict]:
+        return [r.row(self.particles, self.config.eval.samples) for r in self.results]
+
+    def markdown(self) -> str:
+        k, big = self.particles, self.config.eval.samples
+        lines = [
+            f"| objective | K | steps | train s | ms/step | test ELBO | test IWAE bound (K={k}) | "
+            f"test log p(x) (K={big}) | active units | encoder grad variance | encoder grad SNR | "
+            f"decoder grad variance | decoder grad SNR |",
+            "|" + " --- |" * 13,
+        ]
+        for r in self.results:
+            row = r.row(k, big)
+            lines.append(
+                f"| {row['objective']} | {row['K']} | {row['steps']} | {row['train_seconds']:.1f} | "
+                f"{row['ms_per_step']:.2f} | {row['test_elbo']:.2f} | {row[f'test_iwae_bound_K{k}']:.2f} | "
+                f"{row[f'test_log_px_K{big}']:.2f} ± {row['test_log_px_stderr']:.2f} | "
+                f"{row['active_units']}/{r.final['latent_dim']} | {row['encoder_grad_variance']:.3g} | "
+                f"{row['encoder_grad_snr']:.3f} | {row['decoder_grad_variance']:.3g} | {row['decoder_grad_snr']:.3f} |"
+            )
+        return "\n".join(lines)
+
+    def gradient_markdown(self) -> str:
+        lines = ["| objective | snapshot | encoder variance | encoder SNR | decoder variance | decoder SNR |",
+                 "| --- | --- | --- | --- | --- | --- |"]
+        for r in self.results:
+            for snap in SNAPSHOTS:
+                g = r.gradients.get(snap)
+                if g:
+                    lines.append(f"| {label(r.spec)} | {snap} (step {g['step']}) | "
+                                 f"{g['encoder']['variance']:.3g} | {g['encoder']['snr']:.3f} | "
+                                 f"{g['decoder']['variance']:.3g} | {g['decoder']['snr']:.3f} |")
+        return "\n".join(lines)
+
+    def _write(self) -> None:
+        from . import plots
+
+        settings = {
+            "budget": self.budget.describe(),
+            "particles": self.particles,
+            "eval_samples": self.config.eval.samples,
+            "curve_samples": self.curve_samples,
+            "grad_draws": self.grad_draws,
+            "grad_batch": self.grad_batch,
+            "seed": self.config.seed,
+            "units": "nats per datapoint; gradients of the objective per datapoint",
+        }
+        payload = {
+            "settings": settings,
+            "rows": self.rows(),
+            "objectives": [
+                {"objective": label(r.spec), "curve": r.curve, "gradients": r.gradients, "final": r.final}
+                for r in self.results
+            ],
+            "snr_vs_k": self.snr_vs_k,
+        }
+        (self.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+        rows = self.rows()
+        with open(self.out / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        intro = (f"Budget {self.budget.describe()} per objective, seed {self.config.seed}; "
+                 f"nats per datapoint on the test set of {self.config.data['name']}.")
+        (self.out / "results.md").write_text(
+            f"{intro}\n\n{self.markdown()}\n\nGradient statistics ({self.grad_draws} draws on a fixed batch of "
+            f"{self.grad_batch}):\n\n{self.gradient_markdown()}\n")
+        plots.plot_comparison_curves({label(r.spec): r.curve for r in self.results}, self.out / "curves.png")
+        plots.plot_snr_vs_k(self.snr_vs_k, self.out / "snr_vs_k.png")
+
