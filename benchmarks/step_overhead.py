@@ -39,7 +39,8 @@ from pyro_vae.data import MNIST5k
 from pyro_vae.training import svi_step
 
 LOG_2PI = math.log(2 * math.pi)
-OBJECTIVE_CHOICES = ["elbo", "elbo-analytic-kl", "iwae", "renyi"]
+OBJECTIVE_CHOICES = ["elbo", "elbo-analytic-kl", "iwae", "renyi", "stl", "dreg"]
+CHECKS: dict[tuple[str, int], tuple[float, float]] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +71,13 @@ def hand_log_weights(model: HandVAE, x: torch.Tensor, k: int) -> torch.Tensor:
     return log_px + log_p - log_q  # the two -D/2 log 2 pi constants cancel
 
 
-def hand_loss(objective: str, model: HandVAE, x: torch.Tensor, k: int, alpha: float) -> torch.Tensor:
+def hand_loss(objective: str, model: HandVAE, x: torch.Tensor, k: int, alpha: float):
+    """(surrogate, loss value) of one step; they coincide except for DReG."""
+    surrogate = _hand_surrogate(objective, model, x, k, alpha)
+    return surrogate if isinstance(surrogate, tuple) else (surrogate, surrogate)
+
+
+def _hand_surrogate(objective: str, model: HandVAE, x: torch.Tensor, k: int, alpha: float):
     if objective == "elbo":  # Monte-Carlo KL, one sample
         mu, sigma = model.encode(x)
         eps = torch.randn_like(mu)
@@ -85,6 +92,23 @@ def hand_loss(objective: str, model: HandVAE, x: torch.Tensor, k: int, alpha: fl
         recon = -F.binary_cross_entropy_with_logits(model.dec(z), x, reduction="sum")
         kl = 0.5 * (sigma**2 + mu**2 - 1).sum() - sigma.log().sum()
         return -(recon - kl)
+    if objective == "stl":  # log q at stopped parameters: the gradient keeps only z's path
+        mu, sigma = model.encode(x)
+        z = mu + sigma * torch.randn_like(mu)
+        log_q = (-0.5 * ((z - mu.detach()) / sigma.detach()) ** 2 - sigma.detach().log()).sum()
+        log_p = (-0.5 * z**2).sum()
+        recon = -F.binary_cross_entropy_with_logits(model.dec(z), x, reduction="sum")
+        return -(recon + log_p - log_q)
+    if objective == "dreg":  # Tucker et al.: w^2 on the guide's path derivative, w on the model's gradient
+        mu, sigma = model.encode(x)
+        z = mu + sigma * torch.randn((k, *mu.shape))
+        log_q = (-0.5 * ((z - mu.detach()) / sigma.detach()) ** 2 - sigma.detach().log()).sum(-1)
+        log_px = -F.binary_cross_entropy_with_logits(model.dec(z), x.expand(k, *x.shape), reduction="none").sum(-1)
+        log_w = log_px - 0.5 * z.pow(2).sum(-1) - log_q
+        w = torch.softmax(log_w.detach(), 0)
+        z.register_hook(lambda g: g * w.unsqueeze(-1))
+        bound = torch.logsumexp(log_w.detach(), 0) - math.log(k)  # the value to log: the IWAE bound
+        return -(w * log_w).sum(), -bound.sum()
     log_w = hand_log_weights(model, x, k)
     a = 0.0 if objective == "iwae" else alpha
     return -((torch.logsumexp((1 - a) * log_w, 0) - math.log(k)) / (1 - a)).sum()
@@ -93,8 +117,8 @@ def hand_loss(objective: str, model: HandVAE, x: torch.Tensor, k: int, alpha: fl
 def hand_step(objective: str, model: HandVAE, optimizer, x_flat: torch.Tensor, k: int, alpha: float) -> Callable[[], float]:
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = hand_loss(objective, model, x_flat, k, alpha)
-        loss.backward()
+        surrogate, loss = hand_loss(objective, model, x_flat, k, alpha)
+        surrogate.backward()
         optimizer.step()
         return loss.item()
 
@@ -119,7 +143,34 @@ def objective_spec(name: str, k: int, alpha: float) -> dict:
         "elbo-analytic-kl": {"name": "elbo-analytic-kl"},
         "iwae": {"name": "iwae", "num_particles": k},
         "renyi": {"name": "renyi", "alpha": alpha, "num_particles": k},
+        "stl": {"name": "stl"},
+        "dreg": {"name": "dreg", "num_particles": k},
     }[name]
+
+
+def pairs(hand: HandVAE, vae: VAE):
+    return ((hand.enc[0], vae.encoder.body[0]), (hand.mu, vae.posterior.loc), (hand.raw_sigma, vae.posterior.raw_scale),
+            (hand.dec[0], vae.decoder.body[0]), (hand.dec[2], vae.decoder.body[2]))
+
+
+def same_maths(objective: str, hand: HandVAE, vae: VAE, obj, x: torch.Tensor, k: int, alpha: float) -> tuple[float, float]:
+    """One step's loss and gradients from both, same weights and seed: (relative loss difference,
+    largest relative gradient difference over the parameter tensors)."""
+    hand.zero_grad(set_to_none=True)
+    vae.zero_grad(set_to_none=True)
+    torch.manual_seed(123)
+    hand_surrogate, hand_value = hand_loss(objective, hand, x.flatten(1), k, alpha)
+    hand_surrogate.backward()
+    torch.manual_seed(123)
+    surrogate, value = obj.vae_loss(vae, x)
+    surrogate.backward()
+    worst = 0.0
+    for h, v in pairs(hand, vae):
+        for a, b in ((h.weight.grad, v.weight.grad), (h.bias.grad, v.bias.grad)):
+            worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-12)).item())
+    hand.zero_grad(set_to_none=True)
+    vae.zero_grad(set_to_none=True)
+    return abs(hand_value.item() - value.item()) / abs(value.item()), worst
 
 
 def contestants_for(objective: str, x: torch.Tensor, k: int, alpha: float, with_pyro: bool) -> list[Contestant]:
@@ -127,15 +178,15 @@ def contestants_for(objective: str, x: torch.Tensor, k: int, alpha: float, with_
     vae = VAE(latent_dim=50)  # the defaults: 784-400-50 MLP, softplus, N(0, I), Bernoulli
     hand = HandVAE()
     with torch.no_grad():  # same starting point for every contestant
-        for dst, src in ((hand.enc[0], vae.encoder.body[0]), (hand.mu, vae.posterior.loc),
-                         (hand.raw_sigma, vae.posterior.raw_scale), (hand.dec[0], vae.decoder.body[0]),
-                         (hand.dec[2], vae.decoder.body[2])):
+        for dst, src in pairs(hand, vae):
             dst.weight.copy_(src.weight)
             dst.bias.copy_(src.bias)
     x_flat = x.flatten(1)
     out = [Contestant("hand-written PyTorch", objective,
                       hand_step(objective, hand, torch.optim.Adam(hand.parameters(), lr=1e-3), x_flat, k, alpha))]
     obj = OBJECTIVES.build(objective_spec(objective, k, alpha))
+    with pyro.validation_enabled(False):
+        CHECKS[objective, x.shape[0]] = same_maths(objective, hand, vae, obj, x, k, alpha)
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
     out.append(Contestant("pyro-vae (engine direct)", objective, lambda: svi_step(vae, obj, opt, x, "direct")))
     if with_pyro:
@@ -205,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--objectives", nargs="+", default=OBJECTIVE_CHOICES, choices=OBJECTIVE_CHOICES)
-    parser.add_argument("--particles", type=int, default=10, help="K for iwae and renyi")
+    parser.add_argument("--particles", type=int, default=10, help="K for iwae, renyi and dreg")
     parser.add_argument("--alpha", type=float, default=0.5, help="alpha for renyi")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--steps", type=int, default=5, help="steps per contestant per round")
@@ -234,10 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("|" + " --- |" * (2 + len(args.batch_sizes)))
     for (objective, name), by_batch in rows.items():
-        label = objective if objective in ("elbo", "elbo-analytic-kl") else f"{objective} (K={args.particles}" + (
+        label = objective if objective in ("elbo", "elbo-analytic-kl", "stl") else f"{objective} (K={args.particles}" + (
             f", alpha={args.alpha})" if objective == "renyi" else ")")
         cells = " | ".join(f"{by_batch[b][0] * 1e3:.2f} ({by_batch[b][1]:.3f}x)" for b in args.batch_sizes)
         print(f"| {label} | {name} | {cells} |")
+    for (objective, batch), (loss_diff, grad_diff) in CHECKS.items():
+        print(f"# same maths, {objective} at batch {batch}: relative loss difference {loss_diff:.1e}, largest "
+              f"relative gradient difference {grad_diff:.1e} (hand-written vs pyro-vae, same weights and seed)")
     for batch, share in shares.items():
         print(f"# data handling (index a batch + dynamic binarization), batch {batch}: "
               f"{100 * share:.1f}% of pyro-vae's elbo step")

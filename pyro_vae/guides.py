@@ -32,6 +32,12 @@ class DiagonalNormal(dist.Independent):
     path-derivative estimators (STL, DReG) can differentiate log q with respect to z.
     """
 
+    def detached(self) -> "DiagonalNormal":
+        """The same distribution with its parameters cut from the graph: log_prob(z) then carries
+        gradient only through z (the path derivative used by STL and DReG)."""
+        base = self.base_dist
+        return DiagonalNormal(dist.Normal(base.loc.detach(), base.scale.detach()), self.reinterpreted_batch_ndims)
+
     def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
         base = self.base_dist
         eps = _standard_normal(base._extended_shape(sample_shape), dtype=base.loc.dtype, device=base.loc.device)

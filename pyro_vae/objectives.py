@@ -187,6 +187,16 @@ def _require_reparameterized(site: dict, who: str) -> None:
         )
 
 
+def log_q_path(q, z: torch.Tensor) -> torch.Tensor:
+    """log q(z|x) with the guide's parameters held constant: the value of log q(z), with gradient
+    only along z's reparameterized path. Uses ``q.detached()`` where the family provides it (one
+    evaluation), else log q(z) - log q(stop(z)) + stop(log q(z)) (two)."""
+    if hasattr(q, "detached"):
+        return q.detached().log_prob(z)
+    log_q = q.log_prob(z)
+    return log_q - q.log_prob(z.detach()) + log_q.detach()
+
+
 def _score_term(site: dict) -> torch.Tensor:
     """log q(z) at z held fixed: its gradient is the score function d/dphi log q(z; phi)."""
     return scale_and_mask(site["fn"].log_prob(site["value"].detach()), site["scale"], site["mask"])
@@ -226,13 +236,11 @@ class StickingTheLandingELBO(Trace_ELBO, Objective):
         return -elbo, -surrogate
 
     def vae_loss(self, vae, x):
-        q, z, log_q = self.particles(vae, x)
-        log_px = vae.p_x_given_z(z).log_prob(x)
-        log_pz = vae.p_z().log_prob(z)
-        log_q_path = log_q - q.log_prob(z.detach())  # gradient: total derivative minus score = path only
-        loss, _ = _mean_over_particles((log_px + _kl_weighted(vae.kl_weight, log_pz - log_q_path)).sum(), self)
-        _, value = _mean_over_particles((log_px + _kl_weighted(vae.kl_weight, log_pz - log_q)).detach().sum(), self)
-        return loss, value
+        q = vae.q_z_given_x(x)
+        z = q.rsample(torch.Size() if self.num_particles == 1 else torch.Size([self.num_particles]))
+        log_q = log_q_path(q, z)  # the value of log q(z|x); its gradient is the path derivative only
+        return _mean_over_particles(
+            (vae.p_x_given_z(z).log_prob(x) + _kl_weighted(vae.kl_weight, vae.p_z().log_prob(z) - log_q)).sum(), self)
 
 
 @OBJECTIVES.register("dreg")
@@ -286,24 +294,25 @@ class DReGIWAE(ELBO, Objective):
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         log_p, log_q, log_q_fixed, zs = self._terms(model, guide, args, kwargs)
-        surrogate, value = _dreg_surrogate(log_p, log_q, log_q_fixed, zs, self)
+        log_q_path_only = log_q - log_q_fixed + log_q_fixed.detach()  # value log q; guide gradient along z only
+        surrogate, value = _dreg_surrogate(log_p - log_q_path_only, zs, self)
         surrogate.backward()
         return value.item()
 
     def vae_loss(self, vae, x):
         q = vae.q_z_given_x(x)
         z = q.rsample((self.num_particles,))
-        log_p = vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z)
-        return _dreg_surrogate(log_p, q.log_prob(z), q.log_prob(z.detach()), [z], self)
+        log_w = vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - log_q_path(q, z)
+        return _dreg_surrogate(log_w, [z], self)
 
 
-def _dreg_surrogate(log_p, log_q, log_q_fixed, zs, objective: DReGIWAE) -> tuple[torch.Tensor, torch.Tensor]:
-    log_w = log_p - log_q
-    weights = torch.softmax(log_w.detach(), 0)  # normalized importance weights, (K, batch)
+def _dreg_surrogate(log_w: torch.Tensor, zs, objective: DReGIWAE) -> tuple[torch.Tensor, torch.Tensor]:
+    """log_w (K, batch): log importance weights whose guide gradient is the path derivative only."""
+    weights = torch.softmax(log_w.detach(), 0)  # normalized importance weights
     for z in zs:  # the second w_k of w_k^2: scale what reaches z_k (the guide's path) by w_k
         if z.requires_grad and objective.num_particles > 1:  # (one particle: w = 1)
             shape = weights.shape + (1,) * (z.dim() - weights.dim())
             z.register_hook(lambda grad, w=weights.reshape(shape): grad * w)
-    surrogate = -(weights * (log_w + log_q_fixed)).sum()
+    surrogate = -(weights * log_w).sum()
     value = -objective._bound(log_w.detach()).sum()
     return surrogate, value

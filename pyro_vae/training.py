@@ -142,7 +142,10 @@ def config_differences(a: dict, b: dict, prefix: tuple = ()) -> list[tuple[tuple
 
 
 def check_same_config(checkpoint: dict, config: Config, allowed: set[tuple], source: str) -> None:
-    diffs = [d for d in config_differences(checkpoint["config"], config.to_dict()) if d[0] not in allowed]
+    """Refuse a checkpoint whose config differs from ``config`` outside ``allowed`` keys. The saved
+    config is resolved first, so options added since it was written take their defaults on both sides."""
+    saved = Config.from_dict(checkpoint["config"]).to_dict()
+    diffs = [d for d in config_differences(saved, config.to_dict()) if d[0] not in allowed]
     if diffs:
         listed = "; ".join(f"{'.'.join(p)}: {old!r} in the checkpoint, {new!r} now" for p, old, new in diffs[:5])
         raise CheckpointError(
