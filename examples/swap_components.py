@@ -23,7 +23,7 @@ args = parser.parse_args()
 base = {"model": {"latent_dim": 16}, "train": {"epochs": args.epochs}, "eval": {"samples": 500}}
 if args.smoke:
     base = {"data": {"name": "synthetic", "side": 8}, "model": {"latent_dim": 2, "network": {"name": "mlp", "hidden": [32]}},
-            "train": {"epochs": 1}, "eval": {"samples": 10}}
+            "train": {"epochs": 1}, "eval": {"samples": 10, "exact_points": 4}}
 
 choices = [  # (label, run folder, the [model] entries that change)
     ("N(0, I)", "standard-normal", {"prior": "standard-normal"}),

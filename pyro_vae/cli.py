@@ -3,7 +3,9 @@
     pyro-vae train [CONFIG.toml] [--set KEY=VALUE ...] [--out RUN_DIR] [--overwrite]
     pyro-vae train --resume RUN_DIR [--set train.epochs=N]
     pyro-vae evaluate RUN_DIR [--samples K] [--seed S]
+    pyro-vae explain RUN_DIR [--index I ...] [--samples K]
     pyro-vae sample RUN_DIR [--n 64] [--seed S]
+    pyro-vae compare [CONFIG.toml] --objectives elbo,iwae,dreg --budget 2000steps
     pyro-vae list [KIND]
     pyro-vae config [CONFIG.toml] [--set KEY=VALUE ...]
 
@@ -70,9 +72,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seed = cfg.seed if args.seed is None else args.seed
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}.")
+    exact_points = cfg.eval.exact_points if args.exact_points is None else args.exact_points
     result = evaluate(
         run.vae, run.data.test, samples=samples, seed=seed,
-        batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs,
+        batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs, exact_points=exact_points,
     )
     print(result.table(f"{run.run_dir} — test set of {cfg.data['name']}: {result.n} datapoints, epoch {run.epoch}, seed {seed}"))
     stem = f"evaluation-K{samples}-seed{seed}"
@@ -89,6 +92,44 @@ def _write_per_datapoint(result, path: Path) -> None:
     header = "index," + ",".join(f"{k}_nats" for k in columns)
     rows = [f"{i}," + ",".join(f"{v[i].item():.6f}" for v in columns.values()) for i in range(result.n)]
     path.write_text("\n".join([header, *rows]) + "\n")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from .exact import decomposition, format_decomposition
+    from .plots import plot_posteriors
+    from .training import load_run
+
+    run = load_run(args.run_dir, device=args.device)
+    cfg, test = run.config, run.data.test
+    n = test.shape[0]
+    indices = args.index or torch.linspace(0, n - 1, 4).long().tolist()
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise ConfigError(f"--index {bad[0]} is out of range: the test set has {n} datapoints (0 to {n - 1}).")
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {args.samples}.")
+    seed = cfg.seed if args.seed is None else args.seed
+    run.vae.eval()
+    x = test[torch.tensor(indices, device=test.device)]
+    rows, exact = decomposition(run.vae, x, samples=args.samples, seed=seed, chunk_pairs=cfg.eval.chunk_pairs)
+    labels = run.data.splits.test_labels
+    titles = [f"test datapoint {i}" + (f" (label {labels[i].item()})" if labels is not None else "") for i in indices]
+    print(f"{run.run_dir}: log p(x) = ELBO + KL(q(z|x) || p(z|x)),  ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)); "
+          f"nats, seed {seed}")
+    for row, title in zip(rows, titles):
+        print()
+        print(format_decomposition(row, title))
+    if exact is not None and exact.grids:
+        out = Path(args.out) if args.out else run.run_dir / "posterior.png"
+        if args.out and out.exists() and not args.overwrite:
+            raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+        plot_posteriors(run.vae, x, exact.grids, out, titles, seed=seed)
+        print(f"\nwrote {out}: p(z|x) (exact, by quadrature) against q(z|x), and decoded images")
+    elif args.out:
+        print("\n(no posterior picture: it needs a 2-D latent)")
+    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -177,8 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--samples", "-k", type=int, help="importance samples K per datapoint (default: eval.samples, 1000)")
     p.add_argument("--seed", type=int, help="seed of the estimates (default: the run's seed)")
+    p.add_argument("--exact-points", type=int, help="test datapoints given exact values by 2-D quadrature "
+                   "(default: eval.exact_points, 100; linear-Gaussian models get closed forms on all; 0: none)")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("explain", help="log p(x) = ELBO + KL(q || p(z|x)) term by term for chosen test points; "
+                       "a picture of q(z|x) against p(z|x) for 2-D latents")
+    p.add_argument("run_dir")
+    p.add_argument("--index", "-i", type=int, action="append", help="a test datapoint (repeatable; default: 4 spread "
+                   "over the test set)")
+    p.add_argument("--samples", "-k", type=int, default=5000, help="samples for the estimated terms (default 5000)")
+    p.add_argument("--seed", type=int, help="seed of the estimates (default: the run's seed)")
+    p.add_argument("--out", help="posterior picture path (default: RUN_DIR/posterior.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("sample", help="decode samples z ~ p(z) into a picture")
     p.add_argument("run_dir")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
 from torch import nn
+from torch.distributions import constraints
 
 from .config import LIKELIHOODS, Component, require
 from .errors import DataError
@@ -91,21 +92,56 @@ def _require_unit_interval(x: torch.Tensor, split: str, who: str, fixes: str) ->
         )
 
 
-class BernoulliImage(dist.Independent):
-    """Independent Bernoulli pixels; log_prob = -(binary cross-entropy summed over the event).
+class BernoulliImage(dist.TorchDistribution):
+    """Independent Bernoulli pixels over the rightmost ``event_dim`` dimensions, from logits.
 
-    Identical in value to ``Bernoulli(logits).to_event(k)``; it only negates after summing, which
-    saves one full-image elementwise pass forward and backward (a few percent of a training step).
+    The same distribution as ``Bernoulli(logits=logits).to_event(event_dim)``, in one object:
+    log_prob = -(binary cross-entropy summed over the event), negated after the sum. (Fewer objects
+    and full-image passes per step than the composed form; ``tests/test_likelihoods.py`` checks
+    that both agree.)
     """
+
+    arg_constraints = {"logits": constraints.real}
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, event_dim: int, validate_args: bool | None = None) -> None:
+        self.logits = logits
+        cut = logits.dim() - event_dim
+        super().__init__(logits.shape[:cut], logits.shape[cut:], validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.independent(constraints.boolean, len(self.event_shape))
+
+    def expand(self, batch_shape, _instance=None) -> "BernoulliImage":
+        new = self._get_checked_instance(BernoulliImage, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self.event_shape)
+        super(BernoulliImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        p = torch.sigmoid(self.logits)
+        return p * (1 - p)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.bernoulli(torch.sigmoid(self.logits).expand(self._extended_shape(sample_shape)))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        logits = self.base_dist.logits
+        logits = self.logits
         if logits.shape != value.shape:
             logits, value = torch.broadcast_tensors(logits, value)
         bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-        return -bce.sum(tuple(range(-self.reinterpreted_batch_ndims, 0)))
+        return -bce.sum(tuple(range(-len(self.event_shape), 0)))
 
 
 def _binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -129,7 +165,7 @@ class BernoulliLikelihood(Likelihood):
 
     def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
         (logits,) = self.split_head(head)
-        return BernoulliImage(dist.Bernoulli(logits=logits), len(self.event_shape))
+        return BernoulliImage(logits, len(self.event_shape))
 
     def mean(self, head: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.split_head(head)[0])

@@ -20,7 +20,7 @@ weights are reduced chunk by chunk with a streaming log-sum-exp.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.distributions import kl_divergence
@@ -78,6 +78,23 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, q, num_samples: int) -> to
     return vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - q.log_prob(z)
 
 
+def _streamed_log_sums(vae: VAE, x: torch.Tensor, num_samples: int, chunk_pairs: int, squares: bool):
+    """log sum_k w_k (and log sum_k w_k^2 if ``squares``) over K = num_samples draws, chunk by chunk."""
+    q = vae.q_z_given_x(x)
+    per_chunk = max(1, chunk_pairs // x.shape[0])
+    total = torch.full(x.shape[:1], -math.inf, device=x.device)
+    total_sq = total.clone() if squares else None
+    done = 0
+    while done < num_samples:
+        k = min(per_chunk, num_samples - done)
+        log_w = log_importance_weights(vae, x, q, k)
+        total = torch.logaddexp(total, log_w.logsumexp(0))
+        if squares:
+            total_sq = torch.logaddexp(total_sq, (2 * log_w).logsumexp(0))
+        done += k
+    return total, total_sq
+
+
 @torch.no_grad()
 def log_evidence(vae: VAE, x: torch.Tensor, num_samples: int = 1000, chunk_pairs: int = 16384) -> torch.Tensor:
     """Importance-sampled log p(x) per datapoint with K = ``num_samples`` draws from q(z|x).
@@ -85,15 +102,27 @@ def log_evidence(vae: VAE, x: torch.Tensor, num_samples: int = 1000, chunk_pairs
     The K weights are drawn in chunks of at most ``chunk_pairs // batch`` samples and combined by a
     streaming log-sum-exp, so memory does not grow with K.
     """
-    q = vae.q_z_given_x(x)
-    per_chunk = max(1, chunk_pairs // x.shape[0])
-    total = torch.full(x.shape[:1], -math.inf, device=x.device)
-    done = 0
-    while done < num_samples:
-        k = min(per_chunk, num_samples - done)
-        total = torch.logaddexp(total, log_importance_weights(vae, x, q, k).logsumexp(0))
-        done += k
+    total, _ = _streamed_log_sums(vae, x, num_samples, chunk_pairs, squares=False)
     return total - math.log(num_samples)
+
+
+@torch.no_grad()
+def log_evidence_diagnostics(vae: VAE, x: torch.Tensor, num_samples: int = 1000,
+                             chunk_pairs: int = 16384) -> dict[str, torch.Tensor]:
+    """log p(x) as in :func:`log_evidence`, with, per datapoint, its standard error and the
+    effective sample size of the importance weights.
+
+    With normalized weights v_k = w_k / sum_j w_j: ESS = 1 / sum_k v_k^2, and by the delta method
+    Var(log p_hat) ~= Var(w) / (K E[w]^2), estimated as (K sum_k v_k^2 - 1) / K. (The estimator's
+    bias, about -Var/2, is of the same order; both shrink like 1/K.)
+    """
+    total, total_sq = _streamed_log_sums(vae, x, num_samples, chunk_pairs, squares=True)
+    sum_sq_normalized = (total_sq - 2 * total).exp()
+    return {
+        "log_px": total - math.log(num_samples),
+        "stderr": ((num_samples * sum_sq_normalized - 1).clamp_min(0) / num_samples).sqrt(),
+        "ess": 1.0 / sum_sq_normalized,
+    }
 
 
 def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -120,7 +149,8 @@ class Evaluation:
     seed: int
     log_px: torch.Tensor | None = None
     samples: int = 0
-    extras: dict = field(default_factory=dict)
+    exact: object | None = None  # exact.ExactEvidence where a method exists ...
+    exact_index: torch.Tensor | None = None  # ... on these datapoints
 
     @property
     def n(self) -> int:
@@ -154,6 +184,22 @@ class Evaluation:
             out["gap"] = stat(self.gap)
             out["bits_per_dim"] = stat(bits_per_dim(self.log_px, self.num_pixels))
             out["bits_per_dim_is_discrete"] = self.discrete
+        if self.exact is not None:
+            ex = self.exact
+            out["exact"] = {
+                "method": ex.method,
+                "datapoints": ex.n,
+                "log_px": stat(ex.log_px.float()),
+                "elbo": stat(ex.elbo.float()),
+                "kl_q_posterior": stat(ex.kl_q_posterior.float()),
+                "largest_quadrature_error": ex.log_px_error.max().item(),
+            }
+            out["exact"]["datapoint_indices"] = self.exact_index.tolist()
+            if self.log_px is not None:
+                error = self.log_px[self.exact_index].double() - ex.log_px.cpu()
+                out["exact"]["importance_sampling_error"] = {
+                    "mean": error.mean().item(), "mean_absolute": error.abs().mean().item(),
+                    "note": f"importance-sampled (K={self.samples}) minus exact log p(x), same datapoints"}
         return out
 
     def table(self, title: str = "") -> str:
@@ -177,6 +223,19 @@ class Evaluation:
         if self.log_px is not None:
             kind = "" if self.discrete else "  (of a density, not a discrete likelihood)"
             lines.append(f"{'bits/dim':<48} {s['bits_per_dim']['mean']:>11.4f}{kind}")
+        if self.exact is not None:
+            ex = s["exact"]
+            lines.append(f"exact, by {ex['method']}, on {ex['datapoints']} datapoints:")
+            lines.append(f"{'  log p(x)  [exact]':<48} {ex['log_px']['mean']:>11.3f} {ex['log_px']['stderr']:>10.3f}")
+            lines.append(f"{'  ELBO  [exact]':<48} {ex['elbo']['mean']:>11.3f} {ex['elbo']['stderr']:>10.3f}")
+            lines.append(f"{'  KL(q(z|x) || p(z|x))  [exact]':<48} {ex['kl_q_posterior']['mean']:>11.3f} "
+                         f"{ex['kl_q_posterior']['stderr']:>10.3f}")
+            if "importance_sampling_error" in ex:
+                err = ex["importance_sampling_error"]
+                lines.append(f"{f'  importance sampled - exact log p(x), K={self.samples}':<48} {err['mean']:>11.4f}"
+                             f"   (mean |error| {err['mean_absolute']:.4f})")
+            if ex["largest_quadrature_error"] > 0:
+                lines.append(f"{'  quadrature error estimate, largest':<48} {ex['largest_quadrature_error']:>11.1e}")
         return "\n".join(lines)
 
 
@@ -193,10 +252,14 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 250,
     chunk_pairs: int = 16384,
+    exact_points: int = 0,
 ) -> Evaluation:
     """ELBO terms for every datapoint of ``x`` and, if ``samples`` > 0, importance-sampled log p(x).
 
-    ``x`` must already be prepared for the likelihood (e.g. binarized). Runs under its own seed.
+    With ``exact_points`` > 0, also the exact log p(x), ELBO and KL(q(z|x) || p(z|x)) where a method
+    exists (``exact.py``): the closed form of a linear-Gaussian model on every datapoint, or 2-D
+    grid quadrature on ``exact_points`` datapoints spread evenly over x. ``x`` must already be
+    prepared for the likelihood (e.g. binarized). Runs under its own seed.
     """
     was_training = vae.training
     vae.eval()
@@ -216,6 +279,21 @@ def evaluate(
     finally:
         vae.train(was_training)
     cat = {k: torch.cat(v) for k, v in parts.items()}
+    exact, exact_index = None, None
+    if exact_points > 0:
+        from .exact import LinearGaussian, exact_evidence
+
+        n = x.shape[0]
+        if LinearGaussian.of(vae) is not None or exact_points >= n:
+            exact_index = torch.arange(n)
+        else:  # spread over the dataset (which may be sorted by class)
+            exact_index = torch.linspace(0, n - 1, exact_points).round().long().unique()
+        was_training = vae.training
+        vae.eval()
+        try:
+            exact = exact_evidence(vae, x[exact_index.to(x.device)], chunk_pairs=chunk_pairs)
+        finally:
+            vae.train(was_training)
     return Evaluation(
         reconstruction=cat["reconstruction"],
         kl=cat["kl"],
@@ -227,6 +305,8 @@ def evaluate(
         seed=seed,
         log_px=cat.get("log_px"),
         samples=samples,
+        exact=exact,
+        exact_index=exact_index if exact is not None else None,
     )
 
 

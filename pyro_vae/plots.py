@@ -5,6 +5,7 @@ Images show E[x|z], the likelihood's mean, clamped to [0, 1] for display only.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -188,3 +189,63 @@ def plot_snr_vs_k(snr: dict, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+@torch.no_grad()
+def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles: list[str], seed: int = 0) -> Path:
+    """For each datapoint: the input, the true posterior p(z|x) (filled contours, from the grid) with
+    q(z|x) overlaid (lines), and decoded images E[x|z] at q's mean, the posterior mode and two draws
+    z ~ p(z|x). Contours sit where the density falls to exp(-r^2/2) of its peak, r = 1, 2, 3 (the
+    1-2-3 standard-deviation ellipses of a Gaussian)."""
+    import numpy as np
+
+    plt = _pyplot()
+    rows = len(grids)
+    fig = plt.figure(figsize=(12, 3.1 * rows))
+    spec = fig.add_gridspec(rows, 6, width_ratios=[1, 2.3, 1, 1, 1, 1], wspace=0.45, hspace=0.6)
+    generator = torch.Generator().manual_seed(seed)
+    levels = [math.exp(-0.5 * r * r) for r in (3, 2, 1)]
+    for i, (g, title) in enumerate(zip(grids, titles)):
+        z1, z2 = (a.cpu().numpy() for a in g.axes)
+        post = g.log_posterior.exp().cpu()
+        q = g.log_q.exp().cpu()
+        flat = post.flatten()
+        mode = torch.stack(torch.meshgrid(*g.axes, indexing="ij"), -1).reshape(-1, 2)[flat.argmax()]
+        draws = torch.stack(torch.meshgrid(*g.axes, indexing="ij"), -1).reshape(-1, 2)[
+            torch.multinomial(flat / flat.sum(), 2, generator=generator)]
+        q_mean = vae.q_z_given_x(x[i : i + 1]).mean[0]
+        ax = fig.add_subplot(spec[i, 0])
+        _show(ax, x[i], "input x")
+        ax = fig.add_subplot(spec[i, 1])
+        ax.contourf(z1, z2, post.T.numpy(), levels=[post.max().item() * v for v in levels] + [post.max().item() * 1.01],
+                    cmap="Blues", alpha=0.8)
+        ax.contour(z1, z2, q.T.numpy(), levels=[q.max().item() * v for v in levels], colors="C3", linewidths=1)
+        ax.plot(*mode.cpu().numpy(), "kx", label="mode of p(z|x)")
+        ax.plot(*q_mean.cpu().numpy(), "+", color="C3", markersize=10, label="mean of q(z|x)")
+        mass = (post > post.max() * 1e-3) | (q > q.max() * 1e-3)
+        span = [np.asarray(a)[np.nonzero(mass.any(dim=d).numpy())[0]] for d, a in ((1, z1), (0, z2))]
+        pad = [0.15 * (s.max() - s.min() + 1e-6) for s in span]
+        ax.set_xlim(span[0].min() - pad[0], span[0].max() + pad[0])
+        ax.set_ylim(span[1].min() - pad[1], span[1].max() + pad[1])
+        ax.set_xlabel("z_1", fontsize=8)
+        ax.set_ylabel("z_2", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{title}\np(z|x) blue, q(z|x) red", fontsize=8)
+        if i == 0:
+            ax.legend(fontsize=7, loc="best")
+        zs = torch.stack([q_mean, mode.to(q_mean.device), *draws.to(q_mean.device)])
+        images = vae.likelihood.mean(vae.decoder(zs))
+        for j, (img, name) in enumerate(zip(images, ("E[x|z], z = mean of q", "z = mode of p(z|x)",
+                                                     "z ~ p(z|x)", "z ~ p(z|x)"))):
+            _show(fig.add_subplot(spec[i, 2 + j]), img, name)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _show(ax, image: torch.Tensor, title: str) -> None:
+    img = image.detach().float().clamp(0, 1).cpu()
+    img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
+    ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")

@@ -484,7 +484,7 @@ def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None
     log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
     result = metrics.evaluate(
         run.vae, run.data.test, samples=k, seed=cfg.seed,
-        batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs,
+        batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs, exact_points=cfg.eval.exact_points,
     )
     write_evaluation(run, result)
     plots.run_pictures(run, result, read_metrics(run.run_dir))

@@ -39,6 +39,12 @@ def test_compare_estimators_example(tmp_path):
     assert "| dreg | 2 | 10 |" in out and "encoder gradient SNR against K" in out
 
 
+def test_posterior_2d_example(tmp_path):
+    out = run_script("posterior_2d.py", "--smoke", "--out", str(tmp_path / "p2d"), cwd=tmp_path)
+    assert "+ KL(q(z|x) || p(z|x))" in out and "exact: quadrature" in out
+    assert (tmp_path / "p2d" / "posterior.png").is_file()
+
+
 @pytest.mark.parametrize("config", sorted((EXAMPLES / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_example_config_trains(config, tmp_path):
     assert main(["train", str(config), *SMOKE, "--out", str(tmp_path / "run"), "--no-progress"]) == 0

@@ -1,0 +1,353 @@
+"""Exact evidence and exact posteriors, in the cases where the intractable becomes tractable.
+
+In general log p(x) = log \\int p(x|z) p(z) dz and p(z|x) = p(x|z) p(z) / p(x) have no closed form;
+``metrics.py`` estimates them. Two cases are exact, and we use them to check those estimates:
+
+* **Linear-Gaussian models**: decoder x = W z + b (the ``mlp`` network with ``hidden = []``),
+  Gaussian likelihood with diagonal noise covariance Psi (a fixed, global or per-pixel scale), and a
+  Gaussian prior N(m, diag s^2) (``standard-normal`` or ``learned-gaussian``). Then
+
+      p(x)   = N(x; W m + b, W diag(s^2) W^T + Psi)
+      p(z|x) = N(mu, Sigma),  Sigma = (diag(s^-2) + W^T Psi^-1 W)^-1,  mu = Sigma (W^T Psi^-1 (x - b) + m / s^2)
+
+  and, for a diagonal-Gaussian q, the ELBO and KL(q(z|x) || p(z|x)) are closed forms too.
+
+* **Any model with a 2-D latent**: log p(x, z) is evaluated on a grid of z and normalized
+  numerically: log p(x) = log sum_ij p(x, z_ij) h_1 h_2 (midpoint rule) and p(z|x) on the grid.
+  The grid adapts to each x: a coarse pass over the prior's and the guide's high-mass regions finds
+  where p(x, z) lives; a fine grid over that box resolves both q(z|x) and the posterior (cells of
+  at most a quarter of their standard deviations). The quadrature reports its own error estimate,
+  the change between the fine grid and one of half its resolution; the resolution doubles while
+  that change exceeds ``tolerance``.
+
+Everything is in nats per datapoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.distributions import LowRankMultivariateNormal, MultivariateNormal, kl_divergence
+
+from .likelihoods import GaussianLikelihood
+from .networks import MLPNetwork
+from .priors import LearnedGaussianPrior, StandardNormalPrior
+from .vae import VAE
+
+
+@dataclass
+class ExactEvidence:
+    """Exact (or quadrature) values per datapoint, with the method and its error estimate."""
+
+    method: str
+    log_px: torch.Tensor
+    elbo: torch.Tensor
+    kl_q_posterior: torch.Tensor
+    log_px_error: torch.Tensor  # 0 for closed forms; the quadrature's own error estimate otherwise
+    grids: list = field(default_factory=list)  # 2-D: one PosteriorGrid per datapoint, for pictures
+
+    @property
+    def n(self) -> int:
+        return self.log_px.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear-Gaussian models
+
+
+@dataclass
+class LinearGaussian:
+    """x = W z + b + noise, noise ~ N(0, diag psi), z ~ N(m, diag s^2): all in closed form."""
+
+    w: torch.Tensor  # (D, L)
+    b: torch.Tensor  # (D,)
+    psi: torch.Tensor  # (D,) noise variances
+    m: torch.Tensor  # (L,)
+    s: torch.Tensor  # (L,) prior scales
+
+    @classmethod
+    def of(cls, vae: VAE) -> "LinearGaussian | None":
+        """The closed-form model of ``vae`` if it is linear-Gaussian, else None."""
+        if not (isinstance(vae.network, MLPNetwork) and vae.network.hidden == []):
+            return None
+        if not isinstance(vae.likelihood, GaussianLikelihood):
+            return None
+        if not isinstance(vae.prior, (StandardNormalPrior, LearnedGaussianPrior)):
+            return None
+        (layer,) = vae.decoder.body
+        d = math.prod(vae.data_shape)
+        with torch.no_grad():
+            psi = vae.likelihood.pixel_scale().expand(vae.data_shape).reshape(d) ** 2
+            prior = vae.p_z().base_dist
+            m = prior.loc.expand(vae.latent_dim)
+            s = prior.scale.expand(vae.latent_dim)
+            return cls(layer.weight.detach(), layer.bias.detach(), psi.detach(), m.detach(), s.detach())
+
+    def marginal(self) -> LowRankMultivariateNormal:
+        """p(x) = N(W m + b, (W diag s)(W diag s)^T + diag psi)."""
+        return LowRankMultivariateNormal(self.w @ self.m + self.b, self.w * self.s, self.psi)
+
+    def posterior(self, x: torch.Tensor) -> MultivariateNormal:
+        """p(z|x) for flattened x (batch, D)."""
+        precision = torch.diag(self.s**-2) + (self.w.T / self.psi) @ self.w
+        cov = torch.linalg.inv(precision)
+        cov = 0.5 * (cov + cov.T)
+        mean = ((x - self.b) / self.psi @ self.w + self.m / self.s**2) @ cov
+        return MultivariateNormal(mean, covariance_matrix=cov.expand(x.shape[0], -1, -1))
+
+    def elbo(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """ELBO for q = N(loc, diag scale^2): E_q log N(x; W z + b, Psi) - KL(q || p(z)), in closed form."""
+        mean_x = loc @ self.w.T + self.b
+        expected = (-0.5 * ((x - mean_x) ** 2 + (scale**2) @ (self.w**2).T) / self.psi
+                    - 0.5 * torch.log(2 * math.pi * self.psi)).sum(-1)
+        kl_prior = (torch.log(self.s / scale) + (scale**2 + (loc - self.m) ** 2) / (2 * self.s**2) - 0.5).sum(-1)
+        return expected - kl_prior
+
+
+def _diagonal_gaussian(q) -> tuple[torch.Tensor, torch.Tensor] | None:
+    base = getattr(q, "base_dist", None)
+    if isinstance(base, torch.distributions.Normal) and getattr(q, "reinterpreted_batch_ndims", 0) == 1:
+        return base.loc, base.scale
+    return None
+
+
+@torch.no_grad()
+def linear_gaussian_evidence(vae: VAE, x: torch.Tensor) -> ExactEvidence | None:
+    model = LinearGaussian.of(vae)
+    if model is None:
+        return None
+    flat = x.flatten(1)
+    log_px = model.marginal().log_prob(flat)
+    q = vae.q_z_given_x(x)
+    diag = _diagonal_gaussian(q)
+    if diag is None:  # another guide family: the ELBO by quadrature over samples is not exact; say so
+        return None
+    loc, scale = diag
+    q_mvn = MultivariateNormal(loc, scale_tril=torch.diag_embed(scale))
+    kl = kl_divergence(q_mvn, model.posterior(flat))
+    return ExactEvidence("closed form (linear-Gaussian)", log_px, model.elbo(flat, loc, scale), kl,
+                         torch.zeros_like(log_px))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-D latents: adaptive grid quadrature
+
+
+@dataclass
+class PosteriorGrid:
+    """log p(x, z) of one datapoint on a regular 2-D grid, and what follows from it."""
+
+    axes: tuple[torch.Tensor, torch.Tensor]  # cell midpoints along z_1 and z_2
+    log_joint: torch.Tensor  # (n1, n2)
+    log_q: torch.Tensor  # (n1, n2)
+    log_px: float
+    error: float
+
+    @property
+    def log_posterior(self) -> torch.Tensor:
+        return self.log_joint - self.log_px
+
+    @property
+    def cell(self) -> float:
+        return float((self.axes[0][1] - self.axes[0][0]) * (self.axes[1][1] - self.axes[1][0]))
+
+
+def _grid(box: torch.Tensor, n: tuple[int, int]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Midpoints of an n1 x n2 grid over box (2, 2) = [[lo1, hi1], [lo2, hi2]], and the points (n1*n2, 2)."""
+    axes = tuple(lo + (hi - lo) * (torch.arange(k, dtype=box.dtype, device=box.device) + 0.5) / k
+                 for (lo, hi), k in zip(box, n))
+    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    return axes, points
+
+
+def _log_joint(vae: VAE, x: torch.Tensor, points: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log p(x|z) + log p(z) for one datapoint x (1, *shape) at points (P, 2): shape (P,)."""
+    out = []
+    prior = vae.p_z()
+    for start in range(0, points.shape[0], chunk):
+        z = points[start : start + chunk].unsqueeze(1)  # (p, 1, 2): grid points as a sample dimension
+        out.append((vae.p_x_given_z(z).log_prob(x) + prior.log_prob(z)).squeeze(1))
+    return torch.cat(out)
+
+
+def _quadrature(vae, x, q, box, n, chunk) -> PosteriorGrid:
+    axes, points = _grid(box, n)
+    log_joint = _log_joint(vae, x, points, chunk)
+    cell = float((box[0, 1] - box[0, 0]) * (box[1, 1] - box[1, 0])) / (n[0] * n[1])
+    log_px = (torch.logsumexp(log_joint, 0) + math.log(cell)).item()
+    log_q = q.log_prob(points.unsqueeze(1)).squeeze(1)
+    return PosteriorGrid(axes, log_joint.reshape(n), log_q.reshape(n), log_px, float("nan"))
+
+
+def _prior_box(vae: VAE, seed: int = 0) -> torch.Tensor:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        z = vae.p_z().sample((20000,)).cpu()
+    lo, hi = torch.quantile(z, 1e-4, dim=0), torch.quantile(z, 1 - 1e-4, dim=0)
+    pad = 0.1 * (hi - lo)
+    return torch.stack([lo - pad, hi + pad], 1)
+
+
+@torch.no_grad()
+def grid_posterior(vae: VAE, x: torch.Tensor, *, tolerance: float = 1e-3, max_points: int = 512,
+                   chunk_pairs: int = 16384) -> PosteriorGrid:
+    """Adaptive quadrature of p(x, z) over z in R^2 for one datapoint x of shape (1, *data_shape)."""
+    if vae.latent_dim != 2:
+        raise ValueError(f"grid quadrature needs a 2-D latent, this model's is {vae.latent_dim}-D")
+    q = vae.q_z_given_x(x)
+    device = x.device
+    try:
+        q_mean, q_sd = q.mean[0], q.stddev[0]
+    except NotImplementedError:  # a guide without closed-form moments: estimate them
+        z = q.sample((4000,))[:, 0]
+        q_mean, q_sd = z.mean(0), z.std(0)
+    q_box = torch.stack([q_mean - 8 * q_sd, q_mean + 8 * q_sd], 1)
+    prior_box = _prior_box(vae).to(device)
+    coarse_box = torch.stack([torch.minimum(q_box[:, 0], prior_box[:, 0]), torch.maximum(q_box[:, 1], prior_box[:, 1])], 1)
+    # coarse pass: where does p(x, z) have mass?
+    axes, points = _grid(coarse_box, (96, 96))
+    log_joint = _log_joint(vae, x, points, chunk_pairs)
+    keep = points[log_joint > log_joint.max() - 30.0]
+    step = (coarse_box[:, 1] - coarse_box[:, 0]) / 96
+    mass_box = torch.stack([keep.min(0).values - 2 * step, keep.max(0).values + 2 * step], 1)
+    weights = torch.softmax(log_joint, 0)
+    post_sd = ((weights[:, None] * (points - (weights[:, None] * points).sum(0)) ** 2).sum(0)).sqrt()
+    fine_q_box = torch.stack([q_mean - 7 * q_sd, q_mean + 7 * q_sd], 1)
+    box = torch.stack([torch.minimum(mass_box[:, 0], fine_q_box[:, 0]), torch.maximum(mass_box[:, 1], fine_q_box[:, 1])], 1)
+    # fine grid: cells of at most a quarter of q's and the (coarsely resolved) posterior's sd
+    width = box[:, 1] - box[:, 0]
+    target = torch.minimum(q_sd, torch.maximum(post_sd, step / 4)) / 4
+    n = [int(min(max_points, max(32, math.ceil(w / t)))) for w, t in zip(width.tolist(), target.tolist())]
+    n = [k + k % 2 for k in n]
+    while True:
+        fine = _quadrature(vae, x, q, box, (n[0], n[1]), chunk_pairs)
+        half = _quadrature(vae, x, q, box, (n[0] // 2, n[1] // 2), chunk_pairs)
+        fine.error = abs(fine.log_px - half.log_px)
+        if fine.error <= tolerance or max(n) >= max_points:
+            return fine
+        n = [min(max_points, 2 * k) for k in n]
+
+
+@torch.no_grad()
+def grid_evidence(vae: VAE, x: torch.Tensor, **options) -> ExactEvidence:
+    """Quadrature log p(x), ELBO and KL(q(z|x) || p(z|x)) for every datapoint of x (2-D latents)."""
+    log_px, elbo, kl, err, grids = [], [], [], [], []
+    for i in range(x.shape[0]):
+        g = grid_posterior(vae, x[i : i + 1], **options)
+        q_mass = (g.log_q.exp() * g.cell)
+        # E_q[log p(x, z) - log q(z|x)] on the grid (q renormalized to the grid's cells)
+        elbo_i = (q_mass * (g.log_joint - g.log_q)).sum() / q_mass.sum()
+        log_px.append(g.log_px)
+        elbo.append(elbo_i.item())
+        kl.append(g.log_px - elbo_i.item())
+        err.append(g.error)
+        grids.append(g)
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return ExactEvidence("quadrature on an adaptive 2-D grid", t(log_px), t(elbo), t(kl), t(err), grids)
+
+
+def exact_evidence(vae: VAE, x: torch.Tensor, **grid_options) -> ExactEvidence | None:
+    """Exact values where a method exists: closed form for linear-Gaussian models, quadrature for
+    2-D latents; None otherwise."""
+    result = linear_gaussian_evidence(vae, x)
+    if result is not None:
+        return result
+    if vae.latent_dim == 2:
+        return grid_evidence(vae, x, **grid_options)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The decomposition log p(x) = ELBO + KL(q || p(z|x)), ELBO = E_q[log p(x|z)] - KL(q || p(z))
+
+
+def _moments(chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over samples (dim 0) and its standard error."""
+    v = torch.cat(chunks).double()
+    return v.mean(0), v.std(0) / math.sqrt(v.shape[0])
+
+
+@torch.no_grad()
+def monte_carlo_terms(vae: VAE, x: torch.Tensor, samples: int, chunk_pairs: int = 16384) -> dict:
+    """E_q[log p(x|z)], KL(q(z|x) || p(z)) and the ELBO per datapoint from ``samples`` draws z ~ q,
+    each as (mean, standard error); the KL in closed form (standard error 0) where one exists."""
+    q = vae.q_z_given_x(x)
+    prior = vae.p_z()
+    per_chunk = max(1, chunk_pairs // x.shape[0])
+    recon, ratio, done = [], [], 0
+    while done < samples:
+        z = q.sample((min(per_chunk, samples - done),))
+        recon.append(vae.p_x_given_z(z).log_prob(x))
+        ratio.append(q.log_prob(z) - prior.log_prob(z))
+        done += z.shape[0]
+    recon_mean, recon_se = _moments(recon)
+    try:
+        kl_mean, kl_se, kl_how = kl_divergence(q, prior).double(), torch.zeros(x.shape[0], dtype=torch.float64), "closed form"
+        elbo_mean, elbo_se = recon_mean - kl_mean, recon_se
+    except NotImplementedError:
+        kl_mean, kl_se = _moments(ratio)
+        kl_how = "Monte Carlo"
+        elbo_mean, elbo_se = _moments([r - k for r, k in zip(recon, ratio)])
+    return {"reconstruction": (recon_mean, recon_se), "kl_prior": (kl_mean, kl_se), "kl_how": kl_how,
+            "elbo": (elbo_mean, elbo_se)}
+
+
+@torch.no_grad()
+def decomposition(vae: VAE, x: torch.Tensor, *, samples: int = 5000, seed: int = 0, chunk_pairs: int = 16384,
+                  **grid_options) -> tuple[list[dict], ExactEvidence | None]:
+    """Every term of log p(x) = ELBO + KL(q||p(z|x)) and ELBO = E_q[log p(x|z)] - KL(q||p(z)) for
+    each datapoint of x: exact where a method exists, otherwise estimated with a standard error."""
+    from .metrics import _rng_devices, log_evidence_diagnostics
+
+    with torch.random.fork_rng(devices=_rng_devices(x)):
+        torch.manual_seed(seed)
+        importance = log_evidence_diagnostics(vae, x, samples, chunk_pairs)
+        mc = monte_carlo_terms(vae, x, samples, chunk_pairs)
+    exact = exact_evidence(vae, x, chunk_pairs=chunk_pairs, **grid_options) if vae.latent_dim == 2 else \
+        linear_gaussian_evidence(vae, x)
+    rows = []
+    for i in range(x.shape[0]):
+        row = {
+            "importance": {"log_px": importance["log_px"][i].item(), "stderr": importance["stderr"][i].item(),
+                           "ess": importance["ess"][i].item(), "samples": samples},
+            "reconstruction": [v[i].item() for v in mc["reconstruction"]],
+            "kl_prior": [v[i].item() for v in mc["kl_prior"]],
+            "kl_prior_how": mc["kl_how"],
+            "elbo_mc": [v[i].item() for v in mc["elbo"]],
+        }
+        if exact is not None:
+            row["exact"] = {"method": exact.method, "log_px": exact.log_px[i].item(),
+                            "error": exact.log_px_error[i].item(), "elbo": exact.elbo[i].item(),
+                            "kl_posterior": exact.kl_q_posterior[i].item()}
+        rows.append(row)
+    return rows, exact
+
+
+def format_decomposition(row: dict, title: str) -> str:
+    """One datapoint's decomposition as aligned text (nats)."""
+    imp, ex = row["importance"], row.get("exact")
+    lines = [title]
+
+    def line(label: str, value: float, note: str, se: float | None = None) -> None:
+        error = f" ± {se:.3f}" if se is not None else ""
+        lines.append(f"  {label:<34} {value:>11.3f}{error:<10} {note}")
+
+    if ex:
+        line("log p(x)", ex["log_px"], f"exact: {ex['method']}" + (
+            f" (quadrature error ~{ex['error']:.1e})" if ex["error"] else ""))
+        line("  importance sampled", imp["log_px"], f"K = {imp['samples']}, ESS {imp['ess']:.0f}", imp["stderr"])
+        line("= ELBO", ex["elbo"], "exact")
+        line("+ KL(q(z|x) || p(z|x))", ex["kl_posterior"], "exact (the term the ELBO leaves out)")
+    else:
+        line("log p(x)", imp["log_px"], f"importance sampled, K = {imp['samples']}, ESS {imp['ess']:.0f}", imp["stderr"])
+        line("= ELBO", row["elbo_mc"][0], f"Monte Carlo, {imp['samples']} samples", row["elbo_mc"][1])
+        gap_se = math.hypot(imp["stderr"], row["elbo_mc"][1])
+        line("+ KL(q(z|x) || p(z|x))", imp["log_px"] - row["elbo_mc"][0], "estimated as log p(x) - ELBO", gap_se)
+    line("ELBO", row["elbo_mc"][0], f"Monte Carlo, {imp['samples']} samples" + (
+        f"; exact {ex['elbo']:.3f}" if ex else ""), row["elbo_mc"][1])
+    line("= E_q[log p(x|z)]", row["reconstruction"][0], "Monte Carlo", row["reconstruction"][1])
+    kl_se = row["kl_prior"][1] if row["kl_prior_how"] != "closed form" else None
+    line("- KL(q(z|x) || p(z))", row["kl_prior"][0], row["kl_prior_how"], kl_se)
+    return "\n".join(lines)
