@@ -32,11 +32,12 @@ class DiagonalNormal(dist.Independent):
     path-derivative estimators (STL, DReG) can differentiate log q with respect to z.
     """
 
-    def detached(self) -> "DiagonalNormal":
-        """The same distribution with its parameters cut from the graph: log_prob(z) then carries
+    def log_prob_detached(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z) with the parameters cut from the graph: the value of ``log_prob(z)``, with
         gradient only through z (the path derivative used by STL and DReG)."""
         base = self.base_dist
-        return DiagonalNormal(dist.Normal(base.loc.detach(), base.scale.detach()), self.reinterpreted_batch_ndims)
+        loc, scale = base.loc.detach(), base.scale.detach()
+        return (-0.5 * ((z - loc) / scale).pow(2) - scale.log()).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
 
     def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
         base = self.base_dist

@@ -143,6 +143,15 @@ class BernoulliImage(dist.TorchDistribution):
         bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
         return -bce.sum(tuple(range(-len(self.event_shape), 0)))
 
+    def log_prob_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """``log_prob(value).sum()`` (over the batch too), with the sum fused into the cross-entropy."""
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits
+        if logits.shape != value.shape:
+            logits, value = torch.broadcast_tensors(logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="sum")
+
 
 def _binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     generator = torch.Generator(device=x.device).manual_seed(seed)

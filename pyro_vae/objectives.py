@@ -73,6 +73,12 @@ class Objective(Component):
         return q, z, log_q
 
 
+def log_prob_sum(distribution, value: torch.Tensor) -> torch.Tensor:
+    """sum of log_prob(value) over every batch dimension (fused where the distribution offers it)."""
+    fused = getattr(distribution, "log_prob_sum", None)
+    return fused(value) if fused is not None else distribution.log_prob(value).sum()
+
+
 def _mean_over_particles(total: torch.Tensor, objective) -> tuple[torch.Tensor, torch.Tensor]:
     loss = -total if objective.num_particles == 1 else -total / objective.num_particles
     return loss, loss.detach()
@@ -102,8 +108,8 @@ class MonteCarloELBO(Trace_ELBO, Objective):
 
     def vae_loss(self, vae, x):
         q, z, log_q = self.particles(vae, x)
-        log_ratio = vae.p_z().log_prob(z) - log_q  # log p(z) - log q(z|x): minus the KL, one draw
-        return _mean_over_particles((vae.p_x_given_z(z).log_prob(x) + _kl_weighted(vae.kl_weight, log_ratio)).sum(), self)
+        log_ratio = (vae.p_z().log_prob(z) - log_q).sum()  # log p(z) - log q(z|x): minus the KL, one draw
+        return _mean_over_particles(log_prob_sum(vae.p_x_given_z(z), x) + _kl_weighted(vae.kl_weight, log_ratio), self)
 
 
 @OBJECTIVES.register("elbo-analytic-kl")
@@ -124,13 +130,16 @@ class AnalyticKLELBO(TraceMeanField_ELBO, Objective):
         super().__init__(**_particle_options(num_particles))
 
     def vae_loss(self, vae, x):
-        q, z, log_q = self.particles(vae, x)
-        reconstruction = vae.p_x_given_z(z).log_prob(x).sum()
+        q = vae.q_z_given_x(x)
+        z = q.rsample(torch.Size() if self.num_particles == 1 else torch.Size([self.num_particles]))
+        reconstruction = log_prob_sum(vae.p_x_given_z(z), x)
         prior = vae.p_z()
         try:  # closed form, computed once per datapoint and counted once per particle, as Pyro does
-            minus_kl = -kl_divergence(q, prior).sum() * self.num_particles
+            minus_kl = -kl_divergence(q, prior).sum()
+            if self.num_particles > 1:
+                minus_kl = minus_kl * self.num_particles
         except NotImplementedError:  # Pyro's fallback: the Monte-Carlo estimate log p(z) - log q(z|x)
-            minus_kl = (prior.log_prob(z) - log_q).sum()
+            minus_kl = (prior.log_prob(z) - q.log_prob(z)).sum()
         return _mean_over_particles(reconstruction + _kl_weighted(vae.kl_weight, minus_kl), self)
 
 
@@ -189,10 +198,10 @@ def _require_reparameterized(site: dict, who: str) -> None:
 
 def log_q_path(q, z: torch.Tensor) -> torch.Tensor:
     """log q(z|x) with the guide's parameters held constant: the value of log q(z), with gradient
-    only along z's reparameterized path. Uses ``q.detached()`` where the family provides it (one
-    evaluation), else log q(z) - log q(stop(z)) + stop(log q(z)) (two)."""
-    if hasattr(q, "detached"):
-        return q.detached().log_prob(z)
+    only along z's reparameterized path. Uses ``q.log_prob_detached`` where the family provides it
+    (one evaluation), else log q(z) - log q(stop(z)) + stop(log q(z)) (two)."""
+    if hasattr(q, "log_prob_detached"):
+        return q.log_prob_detached(z)
     log_q = q.log_prob(z)
     return log_q - q.log_prob(z.detach()) + log_q.detach()
 
@@ -239,8 +248,8 @@ class StickingTheLandingELBO(Trace_ELBO, Objective):
         q = vae.q_z_given_x(x)
         z = q.rsample(torch.Size() if self.num_particles == 1 else torch.Size([self.num_particles]))
         log_q = log_q_path(q, z)  # the value of log q(z|x); its gradient is the path derivative only
-        return _mean_over_particles(
-            (vae.p_x_given_z(z).log_prob(x) + _kl_weighted(vae.kl_weight, vae.p_z().log_prob(z) - log_q)).sum(), self)
+        log_ratio = (vae.p_z().log_prob(z) - log_q).sum()
+        return _mean_over_particles(log_prob_sum(vae.p_x_given_z(z), x) + _kl_weighted(vae.kl_weight, log_ratio), self)
 
 
 @OBJECTIVES.register("dreg")

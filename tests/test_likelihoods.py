@@ -114,3 +114,20 @@ def test_static_binarization_happens_once():
 def test_head_shape_sizes_the_decoder():
     assert BernoulliLikelihood().setup((1, 28, 28)).head_shape == (1, 1, 28, 28)
     assert GaussianLikelihood().setup((3, 8, 8)).head_shape == (1, 3, 8, 8)
+
+
+def test_bernoulli_image_is_the_independent_bernoulli_it_replaces():
+    from pyro import distributions as dist
+
+    from pyro_vae.likelihoods import BernoulliImage
+
+    logits = torch.randn(4, 1, 3, 3)
+    fast, plain = BernoulliImage(logits, 3), dist.Bernoulli(logits=logits).to_event(3)
+    x = torch.rand(4, 1, 3, 3).bernoulli()
+    assert fast.batch_shape == plain.batch_shape and fast.event_shape == plain.event_shape
+    torch.testing.assert_close(fast.log_prob(x), plain.log_prob(x))
+    torch.testing.assert_close(fast.log_prob_sum(x), plain.log_prob(x).sum())
+    torch.testing.assert_close(fast.mean, plain.mean)
+    expanded = fast.expand((2, 4))
+    assert expanded.batch_shape == (2, 4) and expanded.sample().shape == (2, 4, 1, 3, 3)
+    torch.testing.assert_close(expanded.log_prob(x), plain.expand((2, 4)).log_prob(x))
