@@ -196,8 +196,9 @@ class Comparison:
         data = prepare_data(cfg, vae, self.device, self.splits)
         self.data = data
         grad_x = data.train_eval[: self.grad_batch]
-        optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # the same minibatches
+        vae.prior.fit_to_data(data.train, generator)
+        optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
         result = ObjectiveResult(spec)
         lik = vae.likelihood
         next_curve, next_snapshot = 0, 0

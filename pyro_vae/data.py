@@ -198,22 +198,27 @@ class IDXDataset(Dataset):
 
     def load(self) -> DataSplits:
         folder = self._folder()
-        arrays = {}
-        for split, stems in IDX_FILES.items():
-            for stem, key in zip(stems, ("images", "labels")):
-                path = find_idx(folder, stem)
-                if path is None:
-                    raise DataError(
-                        f"dataset '{self.name}': no {stem}(.gz) in {folder}. The folder needs "
-                        f"{', '.join(s for pair in IDX_FILES.values() for s in pair)} (each optionally .gz)."
-                    )
-                arrays[split, key] = read_idx(path)
-        images = {s: torch.from_numpy(arrays[s, "images"].copy()).float().div_(255.0).unsqueeze(1) for s in IDX_FILES}
-        labels = {s: torch.from_numpy(arrays[s, "labels"].astype(np.int64)) for s in IDX_FILES}
+        train, train_labels = load_idx_split(folder, "train", self.name)
+        test, test_labels = load_idx_split(folder, "test", self.name)
         return DataSplits(
-            self.name, images["train"], labels["train"], images["test"], labels["test"],
-            f"{self.name} from {folder}: {len(labels['train'])} train / {len(labels['test'])} test",
+            self.name, train, train_labels, test, test_labels,
+            f"{self.name} from {folder}: {len(train_labels)} train / {len(test_labels)} test",
         )
+
+
+def load_idx_split(folder: Path, split: str, name: str = "IDX") -> tuple[torch.Tensor, torch.Tensor]:
+    """One split ("train" or "test") of an IDX folder: images (N, 1, H, W) in [0, 1] and labels."""
+    arrays = []
+    for stem in IDX_FILES[split]:
+        path = find_idx(Path(folder), stem)
+        if path is None:
+            raise DataError(
+                f"dataset '{name}': no {stem}(.gz) in {folder}. The folder needs "
+                f"{', '.join(s for pair in IDX_FILES.values() for s in pair)} (each optionally .gz)."
+            )
+        arrays.append(read_idx(path))
+    images = torch.from_numpy(arrays[0].copy()).float().div_(255.0).unsqueeze(1)
+    return images, torch.from_numpy(arrays[1].astype(np.int64))
 
 
 @DATASETS.register("mnist")
@@ -250,13 +255,16 @@ class Synthetic(Dataset):
         n_test: number of test images.
         side: images are 1 x side x side.
         binary: draw each pixel ~ Bern(intensity) once (data exactly 0/1) instead of keeping grey levels.
+        quantize: round the grey levels to 8-bit values k/255 (for likelihoods of 8-bit data).
         seed: seed of the random generating model and draws.
     """
 
-    def __init__(self, *, n_train: int = 256, n_test: int = 64, side: int = 8, binary: bool = False, seed: int = 0) -> None:
+    def __init__(self, *, n_train: int = 256, n_test: int = 64, side: int = 8, binary: bool = False,
+                 quantize: bool = False, seed: int = 0) -> None:
         require(n_train >= 1 and n_test >= 1, f"n_train and n_test must be >= 1, got {n_train}, {n_test}.")
         require(side >= 1, f"side must be >= 1, got {side}.")
         self.n_train, self.n_test, self.side, self.binary, self.seed = n_train, n_test, side, binary, seed
+        self.quantize = quantize
 
     def load(self) -> DataSplits:
         g = torch.Generator().manual_seed(self.seed)
@@ -271,6 +279,8 @@ class Synthetic(Dataset):
         x = torch.sigmoid(torch.tanh(z @ b) @ a + c)
         if self.binary:
             x = torch.bernoulli(x, generator=g)
+        if self.quantize:
+            x = (x * 255).round() / 255
         x = x.reshape(n, 1, self.side, self.side)
         return DataSplits(
             "synthetic", x[: self.n_train], labels[: self.n_train], x[self.n_train :], labels[self.n_train :],

@@ -14,6 +14,7 @@ A likelihood owns three things:
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import torch
@@ -296,3 +297,279 @@ class LaplaceLikelihood(_LocationScaleLikelihood):
 
     family = dist.Laplace
 
+
+
+# ---------------------------------------------------------------------------------------------
+# 8-bit data: discrete likelihoods over the 256 grey levels, and a dequantized density
+
+
+def _require_8bit(x: torch.Tensor, split: str, who: str) -> None:
+    _require_unit_interval(x, split, who, "Rescale 8-bit images by /255.")
+    levels = x * 255
+    off = (levels - levels.round()).abs()
+    if off.max().item() > 1e-4:
+        example = x.flatten()[off.flatten().argmax()].item()
+        raise DataError(
+            f"the {who} likelihood scores 8-bit data (the 256 grey levels k/255), but the {split} data "
+            f"has values between levels (e.g. {example:.6f}). Use it on 8-bit image data (mnist5k, "
+            f"mnist, fashion-mnist, kmnist; synthetic with quantize = true), or choose a likelihood for "
+            f"continuous values (gaussian, laplace, continuous-bernoulli, or beta with dequantize = \"none\")."
+        )
+
+
+def _log1mexp(d: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(d)) for d < 0, accurate near 0 and far from it (Maechler 2012)."""
+    return torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+
+
+class DiscretizedLogisticMixtureImage(dist.TorchDistribution):
+    """Per pixel, a mixture of K logistics discretized to the 256 levels of 8-bit data (PixelCNN++).
+
+    A level k is y = 2k/255 - 1 in [-1, 1]; its bin is [y - 1/255, y + 1/255], except that the
+    first and last bins extend to -inf and +inf, so the 256 probabilities sum to one. With F the
+    logistic CDF, P(k) = sum_j pi_j [F((y + 1/255 - mu_j)/s_j) - F((y - 1/255 - mu_j)/s_j)], computed
+    as log sigma(a) + log sigma(-b) + log(1 - exp(b - a)) (stable in both tails).
+    ``params`` is (*batch, 3K, *event): K mixture logits, K locations, K log-scales.
+    """
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, params: torch.Tensor, components: int, event_dim: int, min_log_scale: float = -7.0,
+                 validate_args: bool | None = None) -> None:
+        self.components, self.min_log_scale = components, min_log_scale
+        k_dim = params.dim() - event_dim - 1
+        self.logit_weights, self.locs, raw_log_scales = params.split(components, dim=k_dim)
+        self.log_scales = min_log_scale + F.softplus(raw_log_scales - min_log_scale)
+        super().__init__(params.shape[:k_dim], params.shape[k_dim + 1 :], validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiscretizedLogisticMixtureImage, _instance)
+        batch_shape = torch.Size(batch_shape)
+        shape = batch_shape + (self.components,) + self.event_shape
+        new.components, new.min_log_scale = self.components, self.min_log_scale
+        new.logit_weights = self.logit_weights.expand(shape)
+        new.locs = self.locs.expand(shape)
+        new.log_scales = self.log_scales.expand(shape)
+        super(DiscretizedLogisticMixtureImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _k_dim(self) -> int:
+        return -1 - len(self.event_shape)
+
+    def level_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """log P(x) per pixel (summed over nothing): x in [0, 1] on the 8-bit levels."""
+        y = (2 * x - 1).unsqueeze(self._k_dim())
+        centred = y - self.locs
+        inv_scale = torch.exp(-self.log_scales)
+        upper = inv_scale * (centred + 1 / 255)
+        lower = inv_scale * (centred - 1 / 255)
+        middle = F.logsigmoid(upper) + F.logsigmoid(-lower) + _log1mexp(lower - upper)
+        log_p = torch.where(y < -0.999, F.logsigmoid(upper), torch.where(y > 0.999, F.logsigmoid(-lower), middle))
+        weights = torch.log_softmax(self.logit_weights, self._k_dim())
+        return torch.logsumexp(weights + log_p, self._k_dim())
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.level_log_probs(value).sum(tuple(range(-len(self.event_shape), 0)))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """sum_j pi_j mu_j mapped back to [0, 1] and kept there: the mixture's location (for pictures)."""
+        weights = torch.softmax(self.logit_weights, self._k_dim())
+        y = (weights * self.locs).sum(self._k_dim())
+        return ((y + 1) / 2).clamp(0, 1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            shape = torch.Size(sample_shape) + self.locs.shape
+            gumbel = -torch.log(-torch.log(torch.rand(shape, device=self.locs.device).clamp_min(1e-12)))
+            pick = (self.logit_weights + gumbel).argmax(self._k_dim(), keepdim=True)
+            loc = self.locs.expand(shape).gather(self._k_dim(), pick).squeeze(self._k_dim())
+            log_scale = self.log_scales.expand(shape).gather(self._k_dim(), pick).squeeze(self._k_dim())
+            u = torch.rand(loc.shape, device=loc.device).clamp(1e-6, 1 - 1e-6)
+            y = loc + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
+            # the edge bins are open: everything below the first level's bin is level 0, above the last is 255
+            return ((y + 1) / 2 * 255).round().clamp(0, 255) / 255
+
+
+@LIKELIHOODS.register("discretized-logistic")
+class DiscretizedLogisticLikelihood(Likelihood):
+    """p(x_i|z) = a K-component logistic mixture discretized to the 256 levels of 8-bit data, edge bins open (PixelCNN++); a true probability mass.
+
+    The decoder gives, per pixel, K mixture logits, K locations and K log-scales (log-scales are
+    min_log_scale + softplus(.), bounded below as in PixelCNN++). Needs 8-bit data (levels k/255).
+
+    Options:
+        components: K, the number of logistic components per pixel.
+        min_log_scale: lower bound of the components' log-scales (in units of the [-1, 1] data range).
+    """
+
+    discrete = True
+
+    def __init__(self, *, components: int = 5, min_log_scale: float = -7.0) -> None:
+        super().__init__()
+        require(components >= 1, f"components must be >= 1, got {components}.")
+        self.components = components
+        self.min_log_scale = min_log_scale
+        self.params_per_pixel = 3 * components
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        return DiscretizedLogisticMixtureImage(head, self.components, len(self.event_shape), self.min_log_scale)
+
+    def check_data(self, x: torch.Tensor, split: str) -> None:
+        _require_8bit(x, split, "discretized-logistic")
+
+
+class CategoricalImage(dist.TorchDistribution):
+    """Per pixel, a 256-way categorical over the 8-bit levels; ``logits`` is (*batch, 256, *event)."""
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, event_dim: int, validate_args: bool | None = None) -> None:
+        self.logits = logits
+        cut = logits.dim() - event_dim - 1
+        super().__init__(logits.shape[:cut], logits.shape[cut + 1 :], validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(CategoricalImage, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + (256,) + self.event_shape)
+        super(CategoricalImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _level_dim(self) -> int:
+        return -1 - len(self.event_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        levels = (value * 255).round().long().unsqueeze(self._level_dim())
+        log_p = torch.log_softmax(self.logits, self._level_dim())
+        levels = levels.expand(*log_p.shape[: self._level_dim()], 1, *self.event_shape)
+        return log_p.gather(self._level_dim(), levels).squeeze(self._level_dim()).sum(
+            tuple(range(-len(self.event_shape), 0)))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        levels = torch.arange(256, dtype=self.logits.dtype, device=self.logits.device) / 255
+        levels = levels.reshape((256,) + (1,) * len(self.event_shape))
+        return (torch.softmax(self.logits, self._level_dim()) * levels).sum(self._level_dim())
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.logits.movedim(self._level_dim(), -1)
+            k = torch.distributions.Categorical(logits=logits).sample(sample_shape)
+            return k.to(self.logits.dtype) / 255
+
+
+@LIKELIHOODS.register("categorical")
+class CategoricalLikelihood(Likelihood):
+    """p(x_i|z) = Cat(x_i; softmax(f(z)_i)) over the 256 levels of 8-bit data: one logit per level per pixel; a true probability mass.
+
+    The decoder's head has 256 outputs per pixel (for an MLP decoder, a 256-times larger last layer).
+    Needs 8-bit data (levels k/255).
+    """
+
+    discrete = True
+    params_per_pixel = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        return CategoricalImage(head, len(self.event_shape))
+
+    def check_data(self, x: torch.Tensor, split: str) -> None:
+        _require_8bit(x, split, "categorical")
+
+
+class _ShiftedImage(dist.Independent):
+    """An image distribution whose log_prob is shifted by a constant: a change of units, e.g. the
+    log-Jacobian of squeezing the data, or -D log 256 for uniformly dequantized 8-bit data."""
+
+    def __init__(self, base, event_dim: int, shift: float) -> None:
+        super().__init__(base, event_dim)
+        self.shift = shift
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(_ShiftedImage, _instance)
+        new = super().expand(batch_shape, new)
+        new.shift = self.shift
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return super().log_prob(value) + self.shift
+
+
+@LIKELIHOODS.register("beta")
+class BetaLikelihood(Likelihood):
+    """p(x_i|z) = Beta(x'_i; a(z)_i, b(z)_i) on data moved into the open interval (0, 1); reported in the units of the original data.
+
+    With dequantize = "uniform" (8-bit data): x' = (255 x + u) / 256, u ~ U(0, 1) drawn afresh for
+    every training batch and once, with a fixed seed, for evaluation sets; the log-density is
+    reported minus D log 256, which makes it (in expectation) a lower bound on the log-probability
+    of the 256 levels (Theis et al. 2016), comparable in bits/dim with discrete likelihoods. With
+    dequantize = "none" (continuous data in [0, 1]): x' = eps + (1 - 2 eps) x, eps = squeeze, and
+    the log-density is reported plus D log(1 - 2 eps): the density of x under the change of
+    variables, which integrates to the Beta's mass on [eps, 1 - eps] (at most 1: conservative
+    numbers). a, b = softplus(.) + 1e-6.
+
+    Options:
+        dequantize: "uniform" for 8-bit data (a bound on the discrete log-likelihood), "none" for continuous data in [0, 1].
+        squeeze: eps of the squeeze x' = eps + (1 - 2 eps) x used when dequantize = "none".
+    """
+
+    params_per_pixel = 2
+
+    def __init__(self, *, dequantize: Literal["uniform", "none"] = "uniform", squeeze: float = 1e-3) -> None:
+        super().__init__()
+        require(0 < squeeze < 0.5, f"squeeze must be in (0, 0.5), got {squeeze}.")
+        self.dequantize = dequantize
+        self.squeeze = squeeze
+        self.discrete = dequantize == "uniform"
+
+    def setup(self, event_shape: tuple[int, ...]) -> "BetaLikelihood":
+        super().setup(event_shape)
+        pixels = math.prod(event_shape)
+        # log dx'/dx per pixel, summed: what turns the density of x' into the reported units
+        self.log_jacobian = -pixels * math.log(256) if self.dequantize == "uniform" else pixels * math.log1p(-2 * self.squeeze)
+        return self
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        a, b = self.split_head(head)
+        base = dist.Beta(F.softplus(a) + 1e-6, F.softplus(b) + 1e-6)
+        return _ShiftedImage(base, len(self.event_shape), self.log_jacobian)
+
+    def mean(self, head: torch.Tensor) -> torch.Tensor:
+        m = self(head).mean
+        return (256 * m - 0.5) / 255 if self.dequantize == "uniform" else (m - self.squeeze) / (1 - 2 * self.squeeze)
+
+    def check_data(self, x: torch.Tensor, split: str) -> None:
+        if self.dequantize == "uniform":
+            _require_8bit(x, split, "beta (dequantize = \"uniform\")")
+        else:
+            _require_unit_interval(x, split, "beta", "Rescale the data to [0, 1].")
+
+    def _dequantized(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (255 * x + u) / 256
+
+    def prepare_train_set(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.dequantize == "uniform" else self.squeeze + (1 - 2 * self.squeeze) * x
+
+    def prepare_eval_set(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dequantize == "uniform":
+            return self._dequantized(x, torch.Generator(device=x.device).manual_seed(EVAL_BINARIZATION_SEED))
+        return self.squeeze + (1 - 2 * self.squeeze) * x
+
+    def prepare_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self._dequantized(x, generator) if self.dequantize == "uniform" else x

@@ -60,16 +60,21 @@ def elbo_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> dict[str, tor
         "reconstruction": reconstruction,
         "kl": kl,
         "elbo": reconstruction - kl,
-        "posterior_mean": _posterior_mean(q, z),
+        "posterior_mean": posterior_mean(q),
         "kl_analytic": torch.tensor(analytic),
     }
 
 
-def _posterior_mean(q, z: torch.Tensor) -> torch.Tensor:
+POSTERIOR_MEAN_SAMPLES = 64
+
+
+def posterior_mean(q, samples: int = POSTERIOR_MEAN_SAMPLES) -> torch.Tensor:
+    """E_q[z]: exact where the family has it, else the mean of ``samples`` draws (e.g. an IAF guide)."""
     try:
         return q.mean
-    except NotImplementedError:  # e.g. a flow guide: use the samples at hand
-        return z.mean(0)
+    except NotImplementedError:
+        with torch.no_grad():
+            return q.sample((samples,)).mean(0)
 
 
 def log_importance_weights(vae: VAE, x: torch.Tensor, q, num_samples: int) -> torch.Tensor:

@@ -95,3 +95,95 @@ class MLPNetwork(Network):
 
     def decoder(self, latent_dim: int, head_shape: tuple[int, ...]) -> MLPDecoder:
         return MLPDecoder(latent_dim, head_shape, list(reversed(self.hidden)), self.activation)
+
+
+class ConvEncoder(nn.Module):
+    """x (*batch, C, H, W) -> [Conv 4x4 stride 2 -> activation] per channel count -> flatten ->
+    Linear -> activation -> features. H and W must be divisible by 2^(number of conv layers)."""
+
+    def __init__(self, data_shape: tuple[int, ...], channels: list[int], hidden: int, activation: str):
+        super().__init__()
+        c, h, w = data_shape
+        layers: list[nn.Module] = []
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 4, stride=2, padding=1), ACTIVATIONS[activation]()]
+            c, h, w = out, h // 2, w // 2
+        self.convs = nn.Sequential(*layers)
+        self.dense = nn.Sequential(nn.Linear(c * h * w, hidden), ACTIVATIONS[activation]())
+        self.out_features = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-3]
+        features = self.convs(x.reshape(-1, *x.shape[-3:])).flatten(1)
+        return self.dense(features).reshape(*batch, -1)
+
+
+class ConvDecoder(nn.Module):
+    """z (*batch, L) -> Linear -> activation -> Linear -> activation -> reshape (C_last, H/2^n, W/2^n)
+    -> [ConvTranspose 4x4 stride 2 -> activation] per channel count, reversed -> ConvTranspose to
+    P * C channels -> head (*batch, P, C, H, W)."""
+
+    def __init__(self, latent_dim: int, head_shape: tuple[int, ...], channels: list[int], hidden: int, activation: str):
+        super().__init__()
+        p, c, h, w = head_shape
+        self.head_shape = tuple(head_shape)
+        scale = 2 ** len(channels)
+        self.start = (channels[-1], h // scale, w // scale)
+        self.dense = nn.Sequential(
+            nn.Linear(latent_dim, hidden), ACTIVATIONS[activation](),
+            nn.Linear(hidden, math.prod(self.start)), ACTIVATIONS[activation](),
+        )
+        layers: list[nn.Module] = []
+        widths = list(reversed(channels))
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), ACTIVATIONS[activation]()]
+        layers.append(nn.ConvTranspose2d(widths[-1], p * c, 4, stride=2, padding=1))
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        maps = self.dense(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
+        return self.deconvs(maps).reshape(*batch, *self.head_shape)
+
+
+@NETWORKS.register("conv")
+class ConvNetwork(Network):
+    """Convolutional encoder (4x4 stride-2 convolutions, then a dense layer) and its mirror decoder (transposed convolutions), for images like 28x28 or 32x32.
+
+    Each convolution halves the height and width, so they must be divisible by 2^len(channels)
+    (28 and 32 are, for two layers). The decoder's last layer has P * C channels, P the number of
+    parameters the likelihood needs per pixel (1 for a Bernoulli, 3K for a K-component discretized
+    logistic, 256 for a categorical).
+
+    Options:
+        channels: output channels of the encoder's convolutions, in order (the decoder mirrors them).
+        hidden: width of the dense layer between the convolutions and the latent.
+        activation: nonlinearity after each layer.
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: list[int] = (32, 64),
+        hidden: int = 256,
+        activation: Literal["relu", "softplus", "tanh", "elu", "gelu", "leaky-relu"] = "elu",
+    ) -> None:
+        require(len(channels) >= 1 and all(c >= 1 for c in channels), f"channels must be positive, got {channels}.")
+        require(hidden >= 1, f"hidden must be >= 1, got {hidden}.")
+        self.channels, self.hidden, self.activation = channels, hidden, activation
+
+    def _check(self, data_shape: tuple[int, ...]) -> None:
+        scale = 2 ** len(self.channels)
+        require(
+            len(data_shape) == 3 and data_shape[1] % scale == 0 and data_shape[2] % scale == 0,
+            f"the conv network needs images (C, H, W) with H and W divisible by {scale} "
+            f"(2 per convolution, {len(self.channels)} convolutions); got {tuple(data_shape)}.",
+        )
+
+    def encoder(self, data_shape: tuple[int, ...]) -> ConvEncoder:
+        self._check(data_shape)
+        return ConvEncoder(tuple(data_shape), self.channels, self.hidden, self.activation)
+
+    def decoder(self, latent_dim: int, head_shape: tuple[int, ...]) -> ConvDecoder:
+        self._check(head_shape[1:])
+        return ConvDecoder(latent_dim, tuple(head_shape), self.channels, self.hidden, self.activation)

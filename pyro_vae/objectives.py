@@ -219,14 +219,15 @@ class StickingTheLandingELBO(Trace_ELBO, Objective):
     constants while z = mu + sigma * eps keeps its path: the surrogate subtracts
     log q(z) - log q(stop(z)), whose parameter gradient is exactly the path derivative. At the
     exact posterior this gradient is zero for every draw (zero variance). Needs a reparameterized
-    guide whose log-density is differentiable in z: diagonal-gaussian.
+    guide whose log-density is differentiable in z: diagonal-gaussian or iaf (for iaf, log q at
+    the stopped sample inverts the flow: D sequential passes per step).
 
     Options:
         num_particles: samples z ~ q(z|x) per datapoint; their average is the estimate.
     """
 
     supports_kl_weight = True
-    guide_families = ("diagonal-gaussian",)
+    guide_families = ("diagonal-gaussian", "iaf")
 
     def __init__(self, *, num_particles: int = 1) -> None:
         super().__init__(**_particle_options(num_particles))
@@ -261,13 +262,13 @@ class DReGIWAE(ELBO, Objective):
     (d z_k / d phi), the path derivative with log q evaluated at stopped parameters. Implemented
     with one backward pass: the surrogate sum_k stop(w_k) [log p(x, z_k) - log q(z_k) +
     log q(stop(z_k))] and a hook that multiplies the gradient reaching each z_k by w_k. Needs a
-    reparameterized guide whose log-density is differentiable in z: diagonal-gaussian.
+    reparameterized guide whose log-density is differentiable in z: diagonal-gaussian or iaf.
 
     Options:
         num_particles: K, the number of importance samples per datapoint (K = 1 gives the STL gradient of the ELBO).
     """
 
-    guide_families = ("diagonal-gaussian",)
+    guide_families = ("diagonal-gaussian", "iaf")
 
     def __init__(self, *, num_particles: int = 10) -> None:
         require(num_particles >= 1, f"num_particles must be >= 1, got {num_particles}.")

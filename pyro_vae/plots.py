@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .metrics import posterior_mean
+
 if TYPE_CHECKING:  # pragma: no cover
     from .metrics import Evaluation
     from .training import Run
@@ -55,9 +57,9 @@ def prior_samples(vae: "VAE", n: int, seed: int, pixels: str = "mean") -> torch.
 
 @torch.no_grad()
 def reconstructions(vae: "VAE", x: torch.Tensor) -> torch.Tensor:
-    """E[x|z] at z = E_q[z|x], the posterior mean."""
+    """E[x|z] at z = E_q[z|x], the posterior mean (estimated from samples where q has no closed form)."""
     q = vae.q_z_given_x(x)
-    return vae.likelihood.mean(vae.decoder(q.mean))
+    return vae.likelihood.mean(vae.decoder(posterior_mean(q)))
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -213,7 +215,7 @@ def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles
         mode = torch.stack(torch.meshgrid(*g.axes, indexing="ij"), -1).reshape(-1, 2)[flat.argmax()]
         draws = torch.stack(torch.meshgrid(*g.axes, indexing="ij"), -1).reshape(-1, 2)[
             torch.multinomial(flat / flat.sum(), 2, generator=generator)]
-        q_mean = vae.q_z_given_x(x[i : i + 1]).mean[0]
+        q_mean = posterior_mean(vae.q_z_given_x(x[i : i + 1]))[0]
         ax = fig.add_subplot(spec[i, 0])
         _show(ax, x[i], "input x")
         ax = fig.add_subplot(spec[i, 1])

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
 from torch import nn
+from torch.distributions import constraints
 
 from .config import PRIORS, Component, require
 
@@ -25,8 +28,61 @@ def inverse_softplus(y: torch.Tensor | float) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
+class DiagonalGaussianMixture(dist.TorchDistribution):
+    """sum_k pi_k N(z; mu_k, diag sigma_k^2) over the last dimension.
+
+    log_prob expands the squares, -1/2 (z - mu)^2 / sigma^2 = -1/2 (z^2 / sigma^2 - 2 z mu / sigma^2
+    + mu^2 / sigma^2), so the (points x components) table is two matrix products and memory holds
+    no (points x components x D) tensor: what makes a 500-component VampPrior affordable when
+    log p(z) is evaluated for thousands of importance samples.
+    """
+
+    arg_constraints = {"logits": constraints.real, "locs": constraints.real, "scales": constraints.positive}
+    support = constraints.independent(constraints.real, 1)
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor,
+                 batch_shape: torch.Size = torch.Size(), validate_args: bool | None = None) -> None:
+        self.logits, self.locs, self.scales = logits, locs, scales
+        super().__init__(torch.Size(batch_shape), locs.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> "DiagonalGaussianMixture":
+        new = self._get_checked_instance(DiagonalGaussianMixture, _instance)
+        new.logits, new.locs, new.scales = self.logits, self.locs, self.scales
+        super(DiagonalGaussianMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def component_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; mu_k, diag sigma_k^2) for every component: shape (*z.shape[:-1], K)."""
+        precision = self.scales.pow(-2)  # (K, D)
+        quadratic = z.pow(2) @ precision.T - 2 * z @ (self.locs * precision).T + (self.locs.pow(2) * precision).sum(-1)
+        return -0.5 * quadratic - self.scales.log().sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(z)
+        return torch.logsumexp(self.component_log_probs(z) + torch.log_softmax(self.logits, -1), -1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            k = torch.distributions.Categorical(logits=self.logits).sample(shape[:-1])
+            return self.locs[k] + self.scales[k] * torch.randn(shape, dtype=self.locs.dtype, device=self.locs.device)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (torch.softmax(self.logits, -1)[:, None] * self.locs).sum(0).expand(self._extended_shape())
+
+
 class Prior(Component, nn.Module):
-    """Base class: ``setup(latent_dim)`` allocates parameters, ``forward()`` returns p(z)."""
+    """Base class: ``setup(latent_dim)`` allocates parameters, ``forward()`` returns p(z).
+
+    A prior that needs the rest of the model (the VampPrior calls the guide's encoder) receives the
+    VAE in ``attach(vae)``, once its networks exist; one that learns from the training data (its
+    range, initial pseudo-inputs) receives the prepared training set in ``fit_to_data(x, generator)``
+    before training starts.
+    """
 
     def __init__(self) -> None:
         nn.Module.__init__(self)
@@ -35,6 +91,12 @@ class Prior(Component, nn.Module):
     def setup(self, latent_dim: int) -> "Prior":
         self.latent_dim = latent_dim
         return self
+
+    def attach(self, vae) -> None:
+        """Called by the VAE once its encoder, guide and decoder exist."""
+
+    def fit_to_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        """Called by the trainer with the prepared training set before the first step."""
 
     def forward(self) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -130,5 +192,174 @@ class MixturePrior(Prior):
         return self
 
     def forward(self) -> dist.TorchDistribution:
-        components = dist.Normal(self.locs, F.softplus(self.raw_scales)).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagonalGaussianMixture(self.logits, self.locs, F.softplus(self.raw_scales))
+
+
+@PRIORS.register("vamp")
+class VampPrior(Prior):
+    """p(z) = (1/K) sum_k q(z | u_k): the guide's own posterior at K learnable pseudo-inputs u_k (Tomczak & Welling 2018).
+
+    The pseudo-inputs live in the data's range: u = lo + (hi - lo) sigmoid(eta), with [lo, hi] the
+    range of the prepared training data ([0, 1] until the trainer sets it). With init = "data" they
+    start as K random training images (squeezed into [lo + 0.01 (hi - lo), hi - 0.01 (hi - lo)] so
+    that eta is finite); with "random", at uniform noise. The prior calls the same encoder and guide
+    head as q(z|x), so training moves both. With the diagonal-gaussian guide it is a
+    DiagonalGaussianMixture (two matrix products per evaluation); with other guide families (iaf)
+    a uniform mixture of their distributions, whose log-density inverts the flow for every (z,
+    pseudo-input) pair: exact, but slow.
+
+    Options:
+        components: K, the number of pseudo-inputs.
+        init: "data" starts the pseudo-inputs at random training images, "random" at uniform noise in the data range.
+    """
+
+    def __init__(self, *, components: int = 500, init: Literal["data", "random"] = "data") -> None:
+        super().__init__()
+        require(components >= 1, f"components must be >= 1, got {components}.")
+        self.components = components
+        self.init = init
+        self._model: tuple = ()  # (encoder, posterior), held without registering them twice
+
+    def attach(self, vae) -> None:
+        self._model = (vae.encoder, vae.posterior)
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.ones(()))
+        u = torch.rand(self.components, *vae.data_shape)  # uniform noise in (0, 1) until data arrives
+        self.raw_inputs = nn.Parameter(torch.logit(u.clamp(0.01, 0.99)))
+
+    def fit_to_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        with torch.no_grad():
+            self.low.copy_(x.min())
+            self.high.copy_(torch.maximum(x.max(), x.min() + 1e-6))
+            if self.init == "data":
+                pick = torch.randint(0, x.shape[0], (self.components,), generator=generator, device=x.device)
+                unit = ((x[pick] - self.low) / (self.high - self.low)).clamp(0.01, 0.99)
+                self.raw_inputs.copy_(torch.logit(unit))
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        """u_k = lo + (hi - lo) sigmoid(eta_k), shape (K, *data_shape)."""
+        return self.low + (self.high - self.low) * torch.sigmoid(self.raw_inputs)
+
+    def forward(self) -> dist.TorchDistribution:
+        encoder, posterior = self._model
+        q = posterior(encoder(self.pseudo_inputs()))  # batch (K,), event (D,)
+        base = getattr(q, "base_dist", None)
+        if isinstance(base, torch.distributions.Normal) and getattr(q, "reinterpreted_batch_ndims", 0) == 1:
+            return DiagonalGaussianMixture(torch.zeros(self.components, device=base.loc.device), base.loc, base.scale)
+        return UniformMixture(q)
+
+
+class UniformMixture(dist.TorchDistribution):
+    """(1/K) sum_k q_k(z) for a distribution q with batch shape (K,): log_prob evaluates every q_k at
+    every z (z expanded against the K components explicitly, which flows need)."""
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, components, batch_shape: torch.Size = torch.Size(), validate_args: bool | None = None) -> None:
+        self.component_distribution = components
+        super().__init__(torch.Size(batch_shape), components.event_shape, validate_args=validate_args)
+
+    @property
+    def support(self):
+        return self.component_distribution.support
+
+    def expand(self, batch_shape, _instance=None) -> "UniformMixture":
+        new = self._get_checked_instance(UniformMixture, _instance)
+        new.component_distribution = self.component_distribution
+        super(UniformMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        return new
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        k = self.component_distribution.batch_shape[-1]
+        expanded = z.unsqueeze(-2).expand(*z.shape[:-1], k, z.shape[-1])
+        return torch.logsumexp(self.component_distribution.log_prob(expanded), -1) - math.log(k)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            draws = self.component_distribution.sample(shape[:-1])  # (*shape[:-1], K, D)
+            pick = torch.randint(0, draws.shape[-2], shape[:-1], device=draws.device)
+            return draws.gather(-2, pick[..., None, None].expand(*shape[:-1], 1, shape[-1])).squeeze(-2)
+
+
+class _BoundedScaleNet(nn.Module):
+    """A coupling layer's network: (mean, log-scale) with the log-scale bounded smoothly to (-b, b)."""
+
+    def __init__(self, net: nn.Module, bound: float) -> None:
+        super().__init__()
+        self.net, self.bound = net, bound
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, raw = self.net(x)
+        return mean, self.bound * torch.tanh(raw / self.bound)
+
+
+@PRIORS.register("flow")
+class FlowPrior(Prior):
+    """p(z) = N(0, I) pushed through `depth` coupling layers (affine or spline) with permutations; exact log-density.
+
+    Each layer keeps half of z and transforms the other half elementwise, with parameters computed
+    from the kept half: affine (RealNVP; log-scales bounded smoothly to (-3, 3) by a tanh) or
+    rational-quadratic spline (Durkan et al. 2019; 8 bins on [-3, 3], identity outside). Both are
+    invertible in one pass, so sampling (forward) and log p(z) (inverse, plus the log-determinant)
+    are both cheap. A fixed random permutation (from the run's seed) follows every layer. Every
+    layer starts as the identity, so training starts from N(0, I). Needs a latent of at least 2
+    dimensions.
+
+    Options:
+        depth: number of coupling layers.
+        hidden: width of the hidden layer of each coupling network.
+        kind: "affine" (RealNVP) or "spline" (neural spline coupling).
+    """
+
+    def __init__(self, *, depth: int = 4, hidden: int = 64, kind: Literal["affine", "spline"] = "affine") -> None:
+        super().__init__()
+        require(depth >= 1, f"depth must be >= 1, got {depth}.")
+        require(hidden >= 1, f"hidden must be >= 1, got {hidden}.")
+        self.depth, self.hidden, self.kind = depth, hidden, kind
+
+    def setup(self, latent_dim: int) -> "FlowPrior":
+        require(latent_dim >= 2, f"the flow prior's coupling layers need latent_dim >= 2, got {latent_dim}.")
+        super().setup(latent_dim)
+        from pyro.distributions.transforms import AffineCoupling, SplineCoupling
+        from pyro.nn import DenseNN
+
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+        split = latent_dim // 2
+        rest = latent_dim - split
+        layers = []
+        bins = 8
+        # every layer starts as the identity map (the prior starts as N(0, I)); training bends it
+        unit_slope = inverse_softplus(1.0 - 1e-3).item()  # Pyro's spline slopes are 1e-3 + softplus(.)
+        for _ in range(self.depth):
+            if self.kind == "affine":
+                dense = DenseNN(split, [self.hidden], param_dims=[rest, rest])
+                layers.append(AffineCoupling(split, _BoundedScaleNet(dense, bound=3.0),
+                                             log_scale_min_clip=-3.0, log_scale_max_clip=3.0))
+                bias = torch.zeros(2 * rest)
+            else:
+                dense = DenseNN(split, [self.hidden], param_dims=[rest * bins, rest * bins, rest * (bins - 1)])
+                layer = SplineCoupling(latent_dim, split, dense, count_bins=bins, bound=3.0, order="quadratic")
+                with torch.no_grad():
+                    layer.lower_spline.unnormalized_widths.zero_()
+                    layer.lower_spline.unnormalized_heights.zero_()
+                    layer.lower_spline.unnormalized_derivatives.fill_(unit_slope)
+                layers.append(layer)
+                bias = torch.cat([torch.zeros(2 * rest * bins), torch.full((rest * (bins - 1),), unit_slope)])
+            with torch.no_grad():
+                dense.layers[-1].weight.zero_()
+                dense.layers[-1].bias.copy_(bias)
+        self.layers = nn.ModuleList(layers)
+        for i in range(self.depth):
+            self.register_buffer(f"permutation_{i}", torch.randperm(latent_dim))
+        return self
+
+    def forward(self) -> dist.TorchDistribution:
+        from pyro.distributions.transforms import Permute
+
+        transforms = []
+        for i, layer in enumerate(self.layers):
+            transforms += [layer, Permute(getattr(self, f"permutation_{i}"))]
+        return dist.TransformedDistribution(StandardNormal(dist.Normal(self.loc, self.scale), 1), transforms)

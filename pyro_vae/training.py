@@ -337,8 +337,9 @@ class Trainer:
         self.vae = build_vae(self.config, splits.event_shape).to(self.device)
         self.objective.check_guide(self.vae.posterior.name)
         self.data = prepare_data(self.config, self.vae, self.device, splits)
-        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=self.config.train.lr)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.vae.prior.fit_to_data(self.data.train, self.generator)  # e.g. VampPrior pseudo-inputs
+        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=self.config.train.lr)
         self.epoch = 0
         self.step = 0
         if getattr(self.objective, "analytic_kl", False) and not metrics.analytic_kl_available(self.vae):

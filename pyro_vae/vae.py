@@ -47,6 +47,7 @@ class VAE(nn.Module):
         self.encoder = self.network.encoder(self.data_shape)
         self.posterior = GUIDES.build(guide, "model.guide").setup(self.encoder.out_features, latent_dim)
         self.decoder = self.network.decoder(latent_dim, self.likelihood.head_shape)
+        self.prior.attach(self)  # e.g. the VampPrior calls the guide's encoder
         self.kl_weight = 1.0  # beta of KL warm-up; 1.0 is the true ELBO
 
     # The three tractable distributions.

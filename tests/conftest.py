@@ -25,6 +25,11 @@ def grey_splits():
 
 
 @pytest.fixture(scope="session")
+def eight_bit_splits():
+    return Synthetic(n_train=128, n_test=32, side=6, quantize=True).load()
+
+
+@pytest.fixture(scope="session")
 def binary_splits():
     return Synthetic(n_train=128, n_test=32, side=6, binary=True).load()
 

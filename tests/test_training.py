@@ -19,12 +19,13 @@ from pyro_vae import (
     TrainingDiverged,
     load_run,
 )
-from pyro_vae.config import LIKELIHOODS, OBJECTIVES, PRIORS, Config
+from pyro_vae.config import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS, Config
 from pyro_vae.data import DataSplits
 from pyro_vae.training import CHECKPOINT, CONFIG, METRICS, kl_weight, load_checkpoint, read_metrics, svi_step
 
 from conftest import tiny_config, tiny_vae
 
+EIGHT_BIT = {"discretized-logistic", "categorical", "beta"}
 LIKELIHOOD_VARIANTS = [
     {"name": "bernoulli", "binarize": "dynamic"},
     {"name": "bernoulli", "binarize": "static"},
@@ -35,6 +36,10 @@ LIKELIHOOD_VARIANTS = [
     {"name": "gaussian", "scale": 0.3, "learn_scale": "per-pixel"},
     {"name": "laplace"},
     {"name": "laplace", "scale": 0.3, "learn_scale": "per-pixel"},
+    {"name": "discretized-logistic", "components": 2},
+    {"name": "categorical"},
+    {"name": "beta", "dequantize": "uniform"},
+    {"name": "beta", "dequantize": "none"},
 ]
 
 
@@ -58,26 +63,60 @@ def assert_trains(losses: list[float]) -> None:
     assert last < first, (first, last)
 
 
-def _splits_for(likelihood: dict, grey_splits, binary_splits) -> DataSplits:
-    return binary_splits if likelihood.get("binarize") == "none" else grey_splits
+def _splits_for(likelihood, grey_splits, binary_splits, eight_bit_splits) -> DataSplits:
+    likelihood = {"name": likelihood} if isinstance(likelihood, str) else likelihood
+    if likelihood.get("binarize") == "none":
+        return binary_splits
+    if likelihood["name"] in EIGHT_BIT and likelihood.get("dequantize") != "none":
+        return eight_bit_splits
+    return grey_splits
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES.names())
 @pytest.mark.parametrize("likelihood", LIKELIHOODS.names())
 @pytest.mark.parametrize("prior", PRIORS.names())
-def test_every_prior_likelihood_objective_combination_trains(prior, likelihood, objective, grey_splits, binary_splits):
-    vae = tiny_vae(prior=prior, likelihood=likelihood)
+def test_every_prior_likelihood_objective_combination_trains(prior, likelihood, objective, grey_splits, binary_splits,
+                                                             eight_bit_splits):
+    vae = tiny_vae(prior=small(prior), likelihood=likelihood)
     options = {"num_particles": 3} if objective in ("iwae", "renyi", "dreg") else {}
+    splits = _splits_for(likelihood, grey_splits, binary_splits, eight_bit_splits)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pyro's own notes on the analytic-KL fallback
-        losses = train_steps(vae, OBJECTIVES.build({"name": objective, **options}), grey_splits)
+        losses = train_steps(vae, OBJECTIVES.build({"name": objective, **options}), splits, steps=40)
     assert_trains(losses)
 
 
+def small(prior: str) -> dict:
+    """Registry defaults, made small where they are large for a 6x6 test image."""
+    return {"name": prior, "components": 20} if prior == "vamp" else {"name": prior}
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES.names())
+@pytest.mark.parametrize("guide", GUIDES.names())
+@pytest.mark.parametrize("prior", PRIORS.names())
+def test_every_guide_trains_under_every_prior_and_objective(prior, guide, objective, binary_splits):
+    spec = {"name": guide, "hidden": 8, "context": 4} if guide == "iaf" else guide
+    vae = tiny_vae(prior=small(prior), guide=spec, likelihood={"name": "bernoulli", "binarize": "none"})
+    options = {"num_particles": 3} if objective in ("iwae", "renyi", "dreg") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_trains(train_steps(vae, OBJECTIVES.build({"name": objective, **options}), binary_splits, steps=40))
+
+
+@pytest.mark.parametrize("network", NETWORKS.names())
+@pytest.mark.parametrize("likelihood", LIKELIHOODS.names())
+def test_every_network_trains_with_every_likelihood(network, likelihood, grey_splits, binary_splits, eight_bit_splits):
+    spec = {"name": "conv", "channels": [4], "hidden": 16} if network == "conv" else {"name": "mlp", "hidden": [16]}
+    splits = _splits_for(likelihood, grey_splits, binary_splits, eight_bit_splits)  # 6x6: one conv halves it
+    vae = tiny_vae(likelihood=likelihood, network=spec)
+    assert_trains(train_steps(vae, OBJECTIVES.build("elbo"), splits, steps=40))
+
+
 @pytest.mark.parametrize("likelihood", LIKELIHOOD_VARIANTS, ids=lambda d: "-".join(map(str, d.values())))
-def test_every_likelihood_variant_trains(likelihood, grey_splits, binary_splits):
+def test_every_likelihood_variant_trains(likelihood, grey_splits, binary_splits, eight_bit_splits):
     vae = tiny_vae(likelihood=likelihood)
-    assert_trains(train_steps(vae, OBJECTIVES.build("elbo"), _splits_for(likelihood, grey_splits, binary_splits)))
+    splits = _splits_for(likelihood, grey_splits, binary_splits, eight_bit_splits)
+    assert_trains(train_steps(vae, OBJECTIVES.build("elbo"), splits))
 
 
 def test_kl_warmup_schedule_is_linear_from_start_to_one():
