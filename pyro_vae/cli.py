@@ -2,6 +2,7 @@
 
     pyro-vae train [CONFIG.toml] [--set KEY=VALUE ...] [--out RUN_DIR] [--overwrite]
     pyro-vae train --resume RUN_DIR [--set train.epochs=N]
+    pyro-vae train CONFIG --nproc N                      (data-parallel; or torchrun -m pyro_vae train ...)
     pyro-vae evaluate RUN_DIR [--samples K] [--seed S]
     pyro-vae explain RUN_DIR [--index I ...] [--samples K]
     pyro-vae sample RUN_DIR [--n 64] [--seed S]
@@ -15,12 +16,14 @@ Errors meant for the user print one paragraph and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
 from .config import REGISTRIES, Config, apply_overrides, read_toml
+from .distributed import DEFAULT_TIMEOUT
 from .errors import ConfigError, PyroVAEError, RunDirError
 from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, config_differences, default_run_dir
 
@@ -30,8 +33,38 @@ def _config_from(path: str | None, overrides: list[str]) -> Config:
     return Config.from_dict(apply_overrides(raw, overrides))
 
 
+def launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """``pyro-vae train --nproc N ...``: run the same command under torchrun, N processes on this
+    machine (torchrun's --standalone rendezvous), and return its exit status."""
+    import subprocess
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}.")
+    rest, skip = [], False
+    for i, item in enumerate(argv):
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    if not args.resume and not args.out:  # every process must use the same default folder
+        config = _config_from(args.config, args.set)
+        rest += ["--out", str(default_run_dir(config))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "pyro_vae", *rest]
+    return subprocess.call(command)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import Distributed
     from .training import finish_run, load_run
+
+    if args.nproc is not None and "WORLD_SIZE" not in os.environ:
+        return launch(args, args.argv)
+    dist = Distributed.from_environment(args.timeout)
+    args.dist = dist
+    say = print if dist.main else (lambda *a, **k: None)
 
     if args.resume:
         if args.config:
@@ -47,18 +80,26 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume can only change train.epochs; these overrides would change the run: {keys}.")
     else:
         config = _config_from(args.config, args.set)
-        run_dir = Path(args.out) if args.out else default_run_dir(config)
+        if args.out:
+            run_dir = Path(args.out)
+        elif dist.active:
+            raise ConfigError("under torchrun, give --out RUN_DIR: every process must write to the same run folder "
+                              "(or launch with `pyro-vae train --nproc N`, which picks one for all).")
+        else:
+            run_dir = default_run_dir(config)
 
     args.run_dir_used = run_dir  # for the interrupt message
-    trainer = Trainer(config, run_dir, progress=not args.no_progress)
+    trainer = Trainer(config, run_dir, progress=not args.no_progress, dist=dist)
     if not args.resume:
-        print(f"training into {run_dir}  (config: {run_dir / CONFIG})")
+        processes = f", {dist.world} processes ({dist.backend})" if dist.active else ""
+        say(f"training into {run_dir}  (config: {run_dir / CONFIG}){processes}")
     trainer.fit(resume=bool(args.resume), overwrite=args.overwrite)
-    run = load_run(run_dir)
-    result = finish_run(run)
-    print(result.table(f"test set of {config.data['name']}: {result.n} datapoints, epoch {run.epoch}"))
-    print(f"run folder: {run_dir}  (metrics.jsonl, checkpoint.pt, evaluation.json, samples.png, "
-          f"reconstructions.png, curves.png, latent.png)")
+    run = load_run(run_dir, device=str(trainer.device))
+    result = finish_run(run, log=say, dist=dist)
+    say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, epoch {run.epoch}"))
+    say(f"run folder: {run_dir}  (metrics.jsonl, checkpoint.pt, evaluation.json, samples.png, "
+        f"reconstructions.png, curves.png, latent.png)")
+    dist.close()
     return 0
 
 
@@ -212,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    p.add_argument("--nproc", type=int, help="train data-parallel in N processes on this machine (runs torchrun; "
+                   "for several machines run torchrun yourself: see the README)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help="seconds a collective may wait for the other processes before failing (default %(default)g)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="ELBO, its terms, importance-sampled log p(x), gap, active units, bits/dim")
@@ -278,11 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except PyroVAEError as e:
-        print(f"error: {e}", file=sys.stderr)
+        dist = getattr(args, "dist", None)
+        where = f" (rank {dist.rank} of {dist.world})" if dist is not None and dist.active else ""
+        print(f"error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         run = getattr(args, "run_dir_used", None)

@@ -52,6 +52,13 @@ class ExactEvidence:
     def n(self) -> int:
         return self.log_px.shape[0]
 
+    @classmethod
+    def concat(cls, parts: list["ExactEvidence"]) -> "ExactEvidence":
+        """One result from several (of the same method), in order."""
+        cat = lambda name: torch.cat([getattr(p, name).cpu().double() for p in parts])  # noqa: E731
+        return cls(parts[0].method, cat("log_px"), cat("elbo"), cat("kl_q_posterior"), cat("log_px_error"),
+                   [g for p in parts for g in p.grids])
+
 
 # ---------------------------------------------------------------------------------------------
 # Linear-Gaussian models

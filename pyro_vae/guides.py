@@ -39,9 +39,33 @@ class DiagonalNormal(dist.Independent):
         loc, scale = base.loc.detach(), base.scale.detach()
         return (-0.5 * ((z - loc) / scale).pow(2) - scale.log()).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
 
+    #: (start, stop, total) in data-parallel training: this process holds datapoints [start, stop)
+    #: of a global batch of ``total``; it draws the noise of the whole batch and keeps its rows, so
+    #: that every datapoint's noise is the one it gets in a single process.
+    noise_shard: tuple[int, int, int] | None = None
+
+    def expand(self, batch_shape, _instance=None) -> "DiagonalNormal":
+        new = super().expand(batch_shape, _instance)
+        new.noise_shard = self.noise_shard
+        return new
+
+    def noise(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """eps ~ N(0, I) shaped like a sample (the datapoints are dimension -2)."""
+        base = self.base_dist
+        shape = base._extended_shape(sample_shape)
+        if self.noise_shard is None:
+            return _standard_normal(shape, dtype=base.loc.dtype, device=base.loc.device)
+        start, stop, total = self.noise_shard
+        full = _standard_normal(shape[:-2] + (total, shape[-1]), dtype=base.loc.dtype, device=base.loc.device)
+        return full[..., start:stop, :]
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        base = self.base_dist
+        return base.loc + self.noise(sample_shape) * base.scale
+
     def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
         base = self.base_dist
-        eps = _standard_normal(base._extended_shape(sample_shape), dtype=base.loc.dtype, device=base.loc.device)
+        eps = self.noise(sample_shape)
         log_q = (-0.5 * eps.pow(2) - base.scale.log()).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
         return base.loc + eps * base.scale, log_q
 
@@ -57,10 +81,19 @@ def _kl_diagonal_normal_standard_normal(q: DiagonalNormal, p: StandardNormal) ->
 
 
 class Guide(Component, nn.Module):
-    """Base class: ``setup(feature_dim, latent_dim)`` builds the head, ``forward(features)`` is q(z|x)."""
+    """Base class: ``setup(feature_dim, latent_dim)`` builds the head, ``forward(features)`` is q(z|x).
+
+    ``noise_shard`` is set by the data-parallel trainer (see ``DiagonalNormal.noise_shard``).
+    """
 
     def __init__(self) -> None:
         nn.Module.__init__(self)
+        self.noise_shard: tuple[int, int, int] | None = None
+
+    def _diagonal_normal(self, loc: torch.Tensor, scale: torch.Tensor) -> DiagonalNormal:
+        q = DiagonalNormal(dist.Normal(loc, scale), 1)
+        q.noise_shard = self.noise_shard
+        return q
 
     def setup(self, feature_dim: int, latent_dim: int) -> "Guide":  # pragma: no cover - abstract
         raise NotImplementedError
@@ -82,7 +115,7 @@ class DiagonalGaussianGuide(Guide):
         return self
 
     def forward(self, features: torch.Tensor) -> dist.TorchDistribution:
-        return DiagonalNormal(dist.Normal(self.loc(features), F.softplus(self.raw_scale(features))), 1)
+        return self._diagonal_normal(self.loc(features), F.softplus(self.raw_scale(features)))
 
 
 @GUIDES.register("iaf")
@@ -125,6 +158,6 @@ class IAFGuide(Guide):
         return self
 
     def forward(self, features: torch.Tensor) -> dist.TorchDistribution:
-        base = DiagonalNormal(dist.Normal(self.loc(features), F.softplus(self.raw_scale(features))), 1)
+        base = self._diagonal_normal(self.loc(features), F.softplus(self.raw_scale(features)))
         context = self.to_context(features)
         return dist.TransformedDistribution(base, [flow.condition(context) for flow in self.flows])

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch.distributions import kl_divergence
 
+from .distributed import SINGLE, Distributed
 from .vae import VAE
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -248,6 +249,11 @@ def _rng_devices(x: torch.Tensor) -> list:
     return [x.device] if x.device.type == "cuda" else []
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of evaluation batch ``index``: whichever process evaluates it draws the same numbers."""
+    return (seed * 1_000_003 + index) % 2**63
+
+
 @torch.no_grad()
 def evaluate(
     vae: VAE,
@@ -258,61 +264,75 @@ def evaluate(
     batch_size: int = 250,
     chunk_pairs: int = 16384,
     exact_points: int = 0,
+    dist: Distributed = SINGLE,
 ) -> Evaluation:
     """ELBO terms for every datapoint of ``x`` and, if ``samples`` > 0, importance-sampled log p(x).
 
     With ``exact_points`` > 0, also the exact log p(x), ELBO and KL(q(z|x) || p(z|x)) where a method
     exists (``exact.py``): the closed form of a linear-Gaussian model on every datapoint, or 2-D
     grid quadrature on ``exact_points`` datapoints spread evenly over x. ``x`` must already be
-    prepared for the likelihood (e.g. binarized). Runs under its own seed.
+    prepared for the likelihood (e.g. binarized). Each batch of ``batch_size`` datapoints runs
+    under a seed of its own (``batch_seed``), so the numbers do not depend on which process (in
+    data-parallel evaluation, ``dist``) computes which batch, and the training stream is untouched.
     """
-    was_training = vae.training
-    vae.eval()
-    parts: dict[str, list[torch.Tensor]] = {}
-    analytic = True
-    try:
-        with torch.random.fork_rng(devices=_rng_devices(x)):
-            torch.manual_seed(seed)
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size]
+    starts = list(range(0, x.shape[0], batch_size))
+
+    def batches(indices: list[int]) -> list[dict]:
+        out = []
+        for b in indices:
+            xb = x[starts[b] : starts[b] + batch_size]
+            with torch.random.fork_rng(devices=_rng_devices(x)):
+                torch.manual_seed(batch_seed(seed, b))
                 terms = elbo_terms(vae, xb)
-                analytic &= bool(terms.pop("kl_analytic"))
                 if samples > 0:
                     terms["log_px"] = log_evidence(vae, xb, samples, chunk_pairs)
-                for k, v in terms.items():
-                    parts.setdefault(k, []).append(v.float().cpu())
+            out.append({k: v.float().cpu() for k, v in terms.items()})
+        return out
+
+    was_training = vae.training
+    vae.eval()
+    try:
+        parts = dist.map_items(len(starts), batches)
+        exact, exact_index = _exact_part(vae, x, exact_points, chunk_pairs, dist) if exact_points > 0 else (None, None)
     finally:
         vae.train(was_training)
-    cat = {k: torch.cat(v) for k, v in parts.items()}
-    exact, exact_index = None, None
-    if exact_points > 0:
-        from .exact import LinearGaussian, exact_evidence
-
-        n = x.shape[0]
-        if LinearGaussian.of(vae) is not None or exact_points >= n:
-            exact_index = torch.arange(n)
-        else:  # spread over the dataset (which may be sorted by class)
-            exact_index = torch.linspace(0, n - 1, exact_points).round().long().unique()
-        was_training = vae.training
-        vae.eval()
-        try:
-            exact = exact_evidence(vae, x[exact_index.to(x.device)], chunk_pairs=chunk_pairs)
-        finally:
-            vae.train(was_training)
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "kl_analytic"}
     return Evaluation(
         reconstruction=cat["reconstruction"],
         kl=cat["kl"],
         elbo=cat["elbo"],
         posterior_mean=cat["posterior_mean"],
-        kl_analytic=analytic,
+        kl_analytic=all(bool(p["kl_analytic"]) for p in parts),
         num_pixels=math.prod(vae.data_shape),
         discrete=vae.likelihood.discrete,
         seed=seed,
         log_px=cat.get("log_px"),
         samples=samples,
         exact=exact,
-        exact_index=exact_index if exact is not None else None,
+        exact_index=exact_index,
     )
+
+
+def _exact_part(vae: VAE, x: torch.Tensor, exact_points: int, chunk_pairs: int, dist: Distributed):
+    """Exact values where a method exists: all datapoints for closed forms, else ``exact_points``
+    spread over x (which may be sorted by class), the quadrature shared out over processes."""
+    from .exact import ExactEvidence, LinearGaussian, exact_evidence
+
+    n = x.shape[0]
+    closed_form = LinearGaussian.of(vae) is not None
+    if not closed_form and vae.latent_dim != 2:
+        return None, None
+    if closed_form or exact_points >= n:
+        index = torch.arange(n)
+    else:
+        index = torch.linspace(0, n - 1, exact_points).round().long().unique()
+    if closed_form:
+        return exact_evidence(vae, x[index.to(x.device)]), index
+
+    def points(ids: list[int]) -> list:
+        return [exact_evidence(vae, x[int(index[i]) : int(index[i]) + 1], chunk_pairs=chunk_pairs) for i in ids]
+
+    return ExactEvidence.concat(dist.map_items(len(index), points)), index
 
 
 # ---------------------------------------------------------------------------------------------

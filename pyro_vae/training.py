@@ -32,6 +32,7 @@ import torch
 from . import metrics
 from .config import OBJECTIVES, Config
 from .data import DATASETS, DataSplits
+from .distributed import SINGLE, Distributed
 from .errors import CheckpointError, ConfigError, RunDirError, TrainingDiverged
 from .vae import VAE
 
@@ -256,22 +257,28 @@ def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Gener
     }
 
 
-def svi_step(vae: VAE, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, engine: str = "direct") -> float:
+def svi_step(
+    vae: VAE, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, engine: str = "direct",
+    dist: Distributed = SINGLE,
+) -> float:
     """One SVI step on batch x; returns the loss (minus the objective) summed over the batch, in nats.
 
     The gradient comes from ``objective.loss_and_grads(vae.model, vae.guide, x)`` (what
     ``pyro.infer.SVI.step`` calls) with ``engine="pyro"``, or from the objective's direct form
-    ``vae_loss`` (same random draws, same value and gradients, no tracing) with ``"direct"``. One
-    torch optimizer then updates every parameter of the VAE. A non-finite loss is returned without
+    ``vae_loss`` (same random draws, same value and gradients, no tracing) with ``"direct"``. In
+    data-parallel training x is this rank's shard; gradients and loss are then summed over ranks.
+    One torch optimizer updates every parameter of the VAE. A non-finite loss is returned without
     stepping, so the parameters stay as they were.
     """
     optimizer.zero_grad(set_to_none=True)
     if engine == "pyro":
-        loss = objective.loss_and_grads(vae.model, vae.guide, x)
+        loss = torch.tensor(objective.loss_and_grads(vae.model, vae.guide, x))
     else:
-        surrogate, value = objective.vae_loss(vae, x)
+        surrogate, loss = objective.vae_loss(vae, x)
         surrogate.backward()
-        loss = value.item()  # the one host sync per step: the logged loss
+    if dist.active:
+        loss = dist.sum_gradients_and([p for p in vae.parameters() if p.requires_grad], loss)
+    loss = loss.item()  # the one host sync per step: the logged loss
     if math.isfinite(loss):
         optimizer.step()
     return loss
@@ -315,10 +322,13 @@ class Trainer:
     log: Callable[[str], None] = print
     splits: DataSplits | None = None
     history: list[dict] = field(default_factory=list)
+    dist: Distributed = SINGLE
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
-        self.device = resolve_device(self.config.device)
+        self.device = resolve_device(self.dist.device(self.config.device))
+        if not self.dist.main:  # only rank 0 speaks and writes
+            self.progress, self.log = False, lambda message: None
         self.objective = OBJECTIVES.build(self.config.train.objective, "train.objective")
         if self.config.train.kl_warmup_epochs > 0 and not self.objective.supports_kl_weight:
             raise ConfigError(
@@ -373,8 +383,9 @@ class Trainer:
             self._build()
             self._restore(state)
             self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.epoch]
-            self._write_metrics()
-            self.config.save(self.run_dir / CONFIG)
+            if self.dist.main:
+                self._write_metrics()
+                self.config.save(self.run_dir / CONFIG)
             if self.epoch >= self.config.train.epochs:
                 self.log(
                     f"{self.run_dir} already finished its {self.epoch} epochs; to train further, "
@@ -383,14 +394,16 @@ class Trainer:
             else:
                 self.log(f"resuming {self.run_dir} from epoch {self.epoch} (step {self.step})")
         else:
-            prepare_run_dir(self.run_dir, overwrite)
-            self.config.save(self.run_dir / CONFIG)
+            if self.dist.main:
+                prepare_run_dir(self.run_dir, overwrite)
+                self.config.save(self.run_dir / CONFIG)
             self._build()
             self.history = []
 
         last = self.config.train.epochs if stop_after is None else min(self.config.train.epochs, self.epoch + stop_after)
         with pyro.validation_enabled(self.config.train.validate):
             self._train_epochs(last)
+        self.dist.barrier()  # the last checkpoint is on disk before any rank reads it
         return self
 
     def _batches(self) -> list[torch.Tensor]:
@@ -412,8 +425,13 @@ class Trainer:
                 vae.train()
                 for i, index in enumerate(self._batches()):
                     vae.kl_weight = kl_weight(self.config, self.epoch + i / steps_per_epoch)
-                    x = lik.prepare_batch(self.data.train[index], self.generator)
-                    loss = svi_step(vae, elbo, self.optimizer, x, self.config.train.engine)
+                    x = lik.prepare_batch(self.data.train[index], self.generator)  # the whole global batch
+                    if self.dist.active:  # ... of which this rank keeps its shard, noise included
+                        start, stop = self.dist.shard(x.shape[0])
+                        vae.posterior.noise_shard = (start, stop, x.shape[0])
+                        x = x[start:stop]
+                    loss = svi_step(vae, elbo, self.optimizer, x, self.config.train.engine, self.dist)
+                    vae.posterior.noise_shard = None
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "
@@ -421,11 +439,11 @@ class Trainer:
                         )
                     self.step += 1
                     total += loss
-                    count += x.shape[0]
+                    count += index.shape[0]
                     bar.update(1)
                     if self.progress:
                         bar.set_postfix_str(
-                            f"epoch {self.epoch + 1}/{last_epoch} loss {loss / x.shape[0]:.2f} nats/datapoint",
+                            f"epoch {self.epoch + 1}/{last_epoch} loss {loss / index.shape[0]:.2f} nats/datapoint",
                             refresh=False,
                         )
                 train_seconds = time.perf_counter() - started
@@ -435,6 +453,7 @@ class Trainer:
         finally:
             bar.close()
             vae.kl_weight = 1.0
+            vae.posterior.noise_shard = None
 
     def _last_good(self) -> str:
         if (self.run_dir / CHECKPOINT).is_file():
@@ -452,16 +471,18 @@ class Trainer:
     def _end_epoch(self, mean_loss: float, beta: float, train_seconds: float, bar) -> None:
         started = time.perf_counter()
         ev = self.config.eval
-        test = metrics.evaluate(self.vae, self.data.test, seed=self.config.seed, batch_size=ev.batch_size)
-        train = metrics.evaluate(self.vae, self.data.train_eval, seed=self.config.seed, batch_size=ev.batch_size)
+        test = metrics.evaluate(self.vae, self.data.test, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist)
+        train = metrics.evaluate(self.vae, self.data.train_eval, seed=self.config.seed, batch_size=ev.batch_size,
+                                 dist=self.dist)
         log = EpochLog(
             self.epoch, self.step, -mean_loss, beta, train_seconds,
             _terms(train), _terms(test), time.perf_counter() - started,
         )
         self.history.append(log.line())
-        with open(self.run_dir / METRICS, "a") as f:  # metrics first: resume drops lines past the checkpoint
-            f.write(json.dumps(log.line()) + "\n")
-        save_checkpoint(self.run_dir / CHECKPOINT, self._state())
+        if self.dist.main:
+            with open(self.run_dir / METRICS, "a") as f:  # metrics first: resume drops lines past the checkpoint
+                f.write(json.dumps(log.line()) + "\n")
+            save_checkpoint(self.run_dir / CHECKPOINT, self._state())
         message = (
             f"epoch {self.epoch:>3}  objective {-mean_loss:9.2f}  train ELBO {log.train['elbo']:9.2f}  "
             f"test ELBO {log.test['elbo']:9.2f} (recon {log.test['reconstruction']:8.2f}, KL {log.test['kl']:6.2f})"
@@ -476,19 +497,22 @@ class Trainer:
         (self.run_dir / METRICS).write_text("".join(json.dumps(m) + "\n" for m in self.history))
 
 
-def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None = None) -> metrics.Evaluation:
-    """Final test evaluation (with importance-sampled log p(x)) and the run's pictures."""
+def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None = None,
+               dist: Distributed = SINGLE) -> metrics.Evaluation:
+    """Final test evaluation (with importance-sampled log p(x)) and the run's pictures (rank 0 writes)."""
     from . import plots
 
     cfg = run.config
     k = cfg.eval.samples if samples is None else samples
-    log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
+    if dist.main:
+        log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
     result = metrics.evaluate(
-        run.vae, run.data.test, samples=k, seed=cfg.seed,
-        batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs, exact_points=cfg.eval.exact_points,
+        run.vae, run.data.test, samples=k, seed=cfg.seed, batch_size=cfg.eval.batch_size,
+        chunk_pairs=cfg.eval.chunk_pairs, exact_points=cfg.eval.exact_points, dist=dist,
     )
-    write_evaluation(run, result)
-    plots.run_pictures(run, result, read_metrics(run.run_dir))
+    if dist.main:
+        write_evaluation(run, result)
+        plots.run_pictures(run, result, read_metrics(run.run_dir))
     return result
 
 

@@ -33,3 +33,11 @@ def test_evidence_runs_and_both_estimators_agree(capsys):
     assert "| pyro-vae metrics.log_evidence |" in out
     difference = float(out.split("one image: ")[1].split()[0])
     assert difference < 1e-3
+
+
+def test_scaling_runs(capsys):
+    bench = load("scaling")
+    tiny = ["--set", "data=synthetic", "--set", "data.side=6", "--set", "model.latent_dim=2",
+            "--set", "model.network.hidden=[8]", "--set", "eval.train_subset=8"]
+    assert bench.main(["--nprocs", "1", "--epochs", "2", *tiny]) == 0
+    assert "| 1 | " in capsys.readouterr().out

@@ -1,0 +1,116 @@
+"""Data-parallel training on PyTorch's own distributed engine (``torch.distributed``).
+
+Launched by ``torchrun`` (or ``pyro-vae train --nproc N``, which runs torchrun), every process
+reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment and joins one process
+group: backend ``nccl`` with one GPU per process when CUDA is present, ``gloo`` on CPU. The
+meaning of a run does not depend on the number of processes N:
+
+* every process holds the whole (MNIST-sized) dataset and draws the same global batch indices,
+  the same dynamic binarization and the same reparameterization noise for the whole global batch
+  (so each example's noise depends on its place in the batch, not on which rank handles it), then
+  keeps its contiguous shard of the batch;
+* after the backward pass the gradients, which are sums over the shard's examples, are summed
+  over ranks with one ``all_reduce`` (so they equal the single-process gradient, a sum over the
+  global batch), together with the loss; every rank then takes the same optimizer step;
+* evaluation shards the evaluation batches over ranks, each batch under a seed of its own, and
+  gathers the per-datapoint values, so the reported numbers equal the single-process ones.
+
+Only rank 0 writes the run folder, the progress bar, checkpoints and pictures. A collective that
+waits longer than ``timeout`` (default 300 s) fails instead of hanging; a rank that raises exits,
+and torchrun then stops the others.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the group; the defaults describe a single process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, timeout: float = DEFAULT_TIMEOUT) -> "Distributed":
+        """Join the process group torchrun describes in the environment (a no-op for one process)."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        return cls(rank, world, local_rank, backend)
+
+    def device(self, name: str) -> str:
+        """The device a process uses: its own GPU under nccl, else the configured one."""
+        if self.backend == "nccl" and name in ("auto", "cuda"):
+            return f"cuda:{self.local_rank}"
+        return name
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous part [start, stop) of n items (the first ranks take one more)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (1 if self.rank < extra else 0)
+
+    def sum_gradients_and(self, params: list[torch.nn.Parameter], value: torch.Tensor) -> torch.Tensor:
+        """Sum every parameter's gradient and ``value`` over ranks, in one all_reduce."""
+        if not self.active:
+            return value
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads] + [value.reshape(1).to(grads[0].dtype)])
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p)
+            offset += n
+        return flat[-1]
+
+    def map_items(self, count: int, compute: Callable[[list[int]], list]) -> list:
+        """Run ``compute`` on this rank's share of items 0..count-1 (every world-th one) and return
+        all results, in item order, on every rank."""
+        mine = list(range(self.rank, count, self.world))
+        results = compute(mine)
+        if not self.active:
+            return results
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, list(zip(mine, results)))
+        ordered = dict(pair for part in gathered for pair in part)
+        return [ordered[i] for i in range(count)]
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the group once every rank is done (rank 0 may still be writing pictures)."""
+        if self.active and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+SINGLE = Distributed()
