@@ -24,7 +24,7 @@ base = {"model": {"latent_dim": 40, "network": {"name": "mlp", "hidden": [300]}}
         "train": {"epochs": args.epochs}, "eval": {"samples": 1000}}
 priors = {
     "N(0, I)": "standard-normal",
-    "flow (4 spline couplings)": {"name": "flow", "kind": "spline", "depth": 4, "hidden": 64},
+    "flow (4 affine couplings)": {"name": "flow", "kind": "affine", "depth": 4, "hidden": 64},
     "VampPrior (500 pseudo-inputs)": {"name": "vamp", "components": 500},
 }
 if args.smoke:

@@ -305,7 +305,8 @@ class FlowPrior(Prior):
     invertible in one pass, so sampling (forward) and log p(z) (inverse, plus the log-determinant)
     are both cheap. A fixed random permutation (from the run's seed) follows every layer. Every
     layer starts as the identity, so training starts from N(0, I). Needs a latent of at least 2
-    dimensions.
+    dimensions. Cost, measured at batch 128 with a 40-D latent, depth 4, width 64 (log p(z) and its
+    gradient): about 4 ms for affine, 28 ms for spline (Pyro's spline is many small operations).
 
     Options:
         depth: number of coupling layers.
