@@ -62,9 +62,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:
         return launch(args, args.argv)
-    dist = Distributed.from_environment(args.timeout)
-    args.dist = dist
-    say = print if dist.main else (lambda *a, **k: None)
 
     if args.resume:
         if args.config:
@@ -80,13 +77,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume can only change train.epochs; these overrides would change the run: {keys}.")
     else:
         config = _config_from(args.config, args.set)
-        if args.out:
-            run_dir = Path(args.out)
-        elif dist.active:
-            raise ConfigError("under torchrun, give --out RUN_DIR: every process must write to the same run folder "
-                              "(or launch with `pyro-vae train --nproc N`, which picks one for all).")
-        else:
-            run_dir = default_run_dir(config)
+    dist = Distributed.from_environment(config.device, args.timeout)
+    args.dist = dist
+    say = print if dist.main else (lambda *a, **k: None)
+    if args.resume:
+        pass  # run_dir is the resumed folder
+    elif args.out:
+        run_dir = Path(args.out)
+    elif dist.active:
+        raise ConfigError("under torchrun, give --out RUN_DIR: every process must write to the same run folder "
+                          "(or launch with `pyro-vae train --nproc N`, which picks one for all).")
+    else:
+        run_dir = default_run_dir(config)
 
     args.run_dir_used = run_dir  # for the interrupt message
     trainer = Trainer(config, run_dir, progress=not args.no_progress, dist=dist)

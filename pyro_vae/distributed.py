@@ -51,14 +51,18 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, timeout: float = DEFAULT_TIMEOUT) -> "Distributed":
-        """Join the process group torchrun describes in the environment (a no-op for one process)."""
+    def from_environment(cls, device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> "Distributed":
+        """Join the process group torchrun describes in the environment (a no-op for one process).
+
+        The backend follows the configured device: ``nccl`` (one GPU per process, ``cuda:LOCAL_RANK``)
+        when it is "auto" or "cuda[:N]" and CUDA is present, ``gloo`` otherwise."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        gpu = device != "cpu" and torch.cuda.is_available()
+        backend = "nccl" if gpu else "gloo"
+        if gpu:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
@@ -66,9 +70,7 @@ class Distributed:
 
     def device(self, name: str) -> str:
         """The device a process uses: its own GPU under nccl, else the configured one."""
-        if self.backend == "nccl" and name in ("auto", "cuda"):
-            return f"cuda:{self.local_rank}"
-        return name
+        return f"cuda:{self.local_rank}" if self.backend == "nccl" else name
 
     def shard(self, n: int) -> tuple[int, int]:
         """This rank's contiguous part [start, stop) of n items (the first ranks take one more)."""
@@ -77,16 +79,18 @@ class Distributed:
         return start, start + base + (1 if self.rank < extra else 0)
 
     def sum_gradients_and(self, params: list[torch.nn.Parameter], value: torch.Tensor) -> torch.Tensor:
-        """Sum every parameter's gradient and ``value`` over ranks, in one all_reduce."""
+        """Sum every parameter's gradient and ``value`` over ranks, in one all_reduce. A parameter
+        that no rank gave a gradient keeps ``grad = None`` (as in one process, so Adam skips it)."""
         if not self.active:
             return value
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads] + [value.reshape(1).to(grads[0].dtype)])
+        present = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+        flat = torch.cat([g.reshape(-1) for g in grads] + [present, value.reshape(1).to(grads[0])])
         dist.all_reduce(flat)
         offset = 0
-        for p, g in zip(params, grads):
+        for p, g, used in zip(params, grads, flat[-1 - len(params) : -1].tolist()):
             n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(p)
+            p.grad = flat[offset : offset + n].view_as(p) if used else None
             offset += n
         return flat[-1]
 

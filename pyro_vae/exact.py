@@ -33,7 +33,7 @@ from torch.distributions import LowRankMultivariateNormal, MultivariateNormal, k
 
 from .likelihoods import GaussianLikelihood
 from .networks import MLPNetwork
-from .priors import LearnedGaussianPrior, StandardNormalPrior
+from .priors import LearnedGaussianPrior, StandardNormalPrior, diagonal_gaussian_parameters
 from .vae import VAE
 
 
@@ -113,13 +113,6 @@ class LinearGaussian:
         return expected - kl_prior
 
 
-def _diagonal_gaussian(q) -> tuple[torch.Tensor, torch.Tensor] | None:
-    base = getattr(q, "base_dist", None)
-    if isinstance(base, torch.distributions.Normal) and getattr(q, "reinterpreted_batch_ndims", 0) == 1:
-        return base.loc, base.scale
-    return None
-
-
 @torch.no_grad()
 def linear_gaussian_evidence(vae: VAE, x: torch.Tensor) -> ExactEvidence | None:
     model = LinearGaussian.of(vae)
@@ -128,7 +121,7 @@ def linear_gaussian_evidence(vae: VAE, x: torch.Tensor) -> ExactEvidence | None:
     flat = x.flatten(1)
     log_px = model.marginal().log_prob(flat)
     q = vae.q_z_given_x(x)
-    diag = _diagonal_gaussian(q)
+    diag = diagonal_gaussian_parameters(q)
     if diag is None:  # another guide family: the ELBO by quadrature over samples is not exact; say so
         return None
     loc, scale = diag
@@ -188,10 +181,8 @@ def _quadrature(vae, x, q, box, n, chunk) -> PosteriorGrid:
     return PosteriorGrid(axes, log_joint.reshape(n), log_q.reshape(n), log_px, float("nan"))
 
 
-def _prior_box(vae: VAE, seed: int = 0) -> torch.Tensor:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        z = vae.p_z().sample((20000,)).cpu()
+def _prior_box(vae: VAE) -> torch.Tensor:
+    z = vae.p_z().sample((20000,)).cpu()
     lo, hi = torch.quantile(z, 1e-4, dim=0), torch.quantile(z, 1 - 1e-4, dim=0)
     pad = 0.1 * (hi - lo)
     return torch.stack([lo - pad, hi + pad], 1)
@@ -200,18 +191,25 @@ def _prior_box(vae: VAE, seed: int = 0) -> torch.Tensor:
 @torch.no_grad()
 def grid_posterior(vae: VAE, x: torch.Tensor, *, tolerance: float = 1e-3, max_points: int = 512,
                    chunk_pairs: int = 16384) -> PosteriorGrid:
-    """Adaptive quadrature of p(x, z) over z in R^2 for one datapoint x of shape (1, *data_shape)."""
+    """Adaptive quadrature of p(x, z) over z in R^2 for one datapoint x of shape (1, *data_shape).
+
+    The only random draws (the prior's extent, and q's mean and spread for guides without closed
+    forms) come from a fixed seed under ``fork_rng``: the result is a function of the model and x."""
+    from .metrics import _rng_devices
+
     if vae.latent_dim != 2:
         raise ValueError(f"grid quadrature needs a 2-D latent, this model's is {vae.latent_dim}-D")
     q = vae.q_z_given_x(x)
     device = x.device
-    try:
-        q_mean, q_sd = q.mean[0], q.stddev[0]
-    except NotImplementedError:  # a guide without closed-form moments: estimate them
-        z = q.sample((4000,))[:, 0]
-        q_mean, q_sd = z.mean(0), z.std(0)
+    with torch.random.fork_rng(devices=_rng_devices(x)):
+        torch.manual_seed(0)
+        try:
+            q_mean, q_sd = q.mean[0], q.stddev[0]
+        except NotImplementedError:  # a guide without closed-form moments: estimate them
+            z = q.sample((4000,))[:, 0]
+            q_mean, q_sd = z.mean(0), z.std(0)
+        prior_box = _prior_box(vae).to(device)
     q_box = torch.stack([q_mean - 8 * q_sd, q_mean + 8 * q_sd], 1)
-    prior_box = _prior_box(vae).to(device)
     coarse_box = torch.stack([torch.minimum(q_box[:, 0], prior_box[:, 0]), torch.maximum(q_box[:, 1], prior_box[:, 1])], 1)
     # coarse pass: where does p(x, z) have mass?
     axes, points = _grid(coarse_box, (96, 96))
@@ -253,6 +251,13 @@ def grid_evidence(vae: VAE, x: torch.Tensor, **options) -> ExactEvidence:
         grids.append(g)
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     return ExactEvidence("quadrature on an adaptive 2-D grid", t(log_px), t(elbo), t(kl), t(err), grids)
+
+
+def closed_form_available(vae: VAE) -> bool:
+    """A linear-Gaussian model with a diagonal-Gaussian guide: everything in closed form."""
+    from .guides import DiagonalGaussianGuide
+
+    return LinearGaussian.of(vae) is not None and isinstance(vae.posterior, DiagonalGaussianGuide)
 
 
 def exact_evidence(vae: VAE, x: torch.Tensor, **grid_options) -> ExactEvidence | None:

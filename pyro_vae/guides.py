@@ -7,8 +7,6 @@ returns a distribution with ``has_rsample`` true and event shape ``(latent_dim,)
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
@@ -18,9 +16,7 @@ from torch.distributions import register_kl
 from torch.distributions.utils import _standard_normal
 
 from .config import GUIDES, Component, require
-from .priors import StandardNormal
-
-LOG_2PI = math.log(2 * math.pi)
+from .priors import LOG_2PI, StandardNormal
 
 
 class DiagonalNormal(dist.Independent):

@@ -38,6 +38,8 @@ class Likelihood(Component, nn.Module):
     params_per_pixel: ClassVar[int] = 1
     #: True when log p(x|z) is a log-probability mass (discrete data); False for densities.
     discrete: ClassVar[bool] = False
+    #: True when ``prepare_batch`` draws afresh (dynamic binarization, dequantization noise).
+    stochastic_batches: bool = False
 
     def __init__(self) -> None:
         nn.Module.__init__(self)
@@ -172,6 +174,7 @@ class BernoulliLikelihood(Likelihood):
     def __init__(self, *, binarize: Literal["dynamic", "static", "none"] = "dynamic") -> None:
         super().__init__()
         self.binarize = binarize
+        self.stochastic_batches = binarize == "dynamic"
 
     def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
         (logits,) = self.split_head(head)
@@ -536,6 +539,7 @@ class BetaLikelihood(Likelihood):
         self.dequantize = dequantize
         self.squeeze = squeeze
         self.discrete = dequantize == "uniform"
+        self.stochastic_batches = dequantize == "uniform"
 
     def setup(self, event_shape: tuple[int, ...]) -> "BetaLikelihood":
         super().setup(event_shape)

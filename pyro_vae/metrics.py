@@ -246,7 +246,8 @@ class Evaluation:
 
 
 def _rng_devices(x: torch.Tensor) -> list:
-    return [x.device] if x.device.type == "cuda" else []
+    """Devices whose random state ``fork_rng`` must restore: ``torch.manual_seed`` seeds them all."""
+    return list(range(torch.cuda.device_count())) if x.device.type == "cuda" else []
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -316,10 +317,10 @@ def evaluate(
 def _exact_part(vae: VAE, x: torch.Tensor, exact_points: int, chunk_pairs: int, dist: Distributed):
     """Exact values where a method exists: all datapoints for closed forms, else ``exact_points``
     spread over x (which may be sorted by class), the quadrature shared out over processes."""
-    from .exact import ExactEvidence, LinearGaussian, exact_evidence
+    from .exact import ExactEvidence, closed_form_available, exact_evidence
 
     n = x.shape[0]
-    closed_form = LinearGaussian.of(vae) is not None
+    closed_form = closed_form_available(vae)
     if not closed_form and vae.latent_dim != 2:
         return None, None
     if closed_form or exact_points >= n:

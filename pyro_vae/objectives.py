@@ -64,7 +64,7 @@ class Objective(Component):
         """q(z|x), z ~ q and log q(z|x): z has shape (batch, D) for one particle, (K, batch, D) for K
         vectorized ones. Draws exactly what Pyro's (vectorized) guide would, in the same order."""
         q = vae.q_z_given_x(x)
-        shape = torch.Size() if self.num_particles == 1 else torch.Size([self.num_particles])  # type: ignore[attr-defined]
+        shape = particle_shape(self.num_particles)  # type: ignore[attr-defined]
         if hasattr(q, "rsample_and_log_prob"):
             z, log_q = q.rsample_and_log_prob(shape)
         else:
@@ -86,6 +86,11 @@ def _mean_over_particles(total: torch.Tensor, objective) -> tuple[torch.Tensor, 
 
 def _kl_weighted(kl_weight: float, term: torch.Tensor) -> torch.Tensor:
     return term if kl_weight == 1.0 else kl_weight * term
+
+
+def particle_shape(num_particles: int) -> torch.Size:
+    """The sample shape Pyro's guide draws: none for one particle, (K,) for K vectorized ones."""
+    return torch.Size() if num_particles == 1 else torch.Size([num_particles])
 
 
 def _particle_options(num_particles: int) -> dict:
@@ -131,7 +136,7 @@ class AnalyticKLELBO(TraceMeanField_ELBO, Objective):
 
     def vae_loss(self, vae, x):
         q = vae.q_z_given_x(x)
-        z = q.rsample(torch.Size() if self.num_particles == 1 else torch.Size([self.num_particles]))
+        z = q.rsample(particle_shape(self.num_particles))
         reconstruction = log_prob_sum(vae.p_x_given_z(z), x)
         prior = vae.p_z()
         try:  # closed form, computed once per datapoint and counted once per particle, as Pyro does
@@ -202,8 +207,14 @@ def log_q_path(q, z: torch.Tensor) -> torch.Tensor:
     (one evaluation), else log q(z) - log q(stop(z)) + stop(log q(z)) (two)."""
     if hasattr(q, "log_prob_detached"):
         return q.log_prob_detached(z)
-    log_q = q.log_prob(z)
+    log_q = q.log_prob(_alias(z))
     return log_q - q.log_prob(z.detach()) + log_q.detach()
+
+
+def _alias(z: torch.Tensor) -> torch.Tensor:
+    """z as a new tensor object: a flow then inverts z instead of reusing the noise it cached when it
+    drew z, so the gradient of log q(z) flows back through z itself (which DReG's hook relies on)."""
+    return z.view_as(z)
 
 
 def _score_term(site: dict) -> torch.Tensor:
@@ -247,7 +258,7 @@ class StickingTheLandingELBO(Trace_ELBO, Objective):
 
     def vae_loss(self, vae, x):
         q = vae.q_z_given_x(x)
-        z = q.rsample(torch.Size() if self.num_particles == 1 else torch.Size([self.num_particles]))
+        z = q.rsample(particle_shape(self.num_particles))
         log_q = log_q_path(q, z)  # the value of log q(z|x); its gradient is the path derivative only
         log_ratio = (vae.p_z().log_prob(z) - log_q).sum()
         return _mean_over_particles(log_prob_sum(vae.p_x_given_z(z), x) + _kl_weighted(vae.kl_weight, log_ratio), self)
@@ -287,7 +298,10 @@ class DReGIWAE(ELBO, Objective):
         for site in guide_trace.nodes.values():
             if site["type"] == "sample":
                 _require_reparameterized(site, "objective 'dreg'")
-                log_q = log_q + torch_sum(site["log_prob"], sum_dims)
+                # log q evaluated afresh at z (not Pyro's value, which a flow computes from its cache),
+                # so that its gradient reaches the guide through z, where the hook weights it
+                site_log_q = scale_and_mask(site["fn"].log_prob(_alias(site["value"])), site["scale"], site["mask"])
+                log_q = log_q + torch_sum(site_log_q, sum_dims)
                 log_q_fixed = log_q_fixed + torch_sum(_score_term(site), sum_dims)
                 zs.append(site["value"])
         if self.num_particles == 1:  # Pyro adds no particle plate for one particle: add the dimension

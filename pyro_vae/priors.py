@@ -22,6 +22,14 @@ from .config import PRIORS, Component, require
 LOG_2PI = math.log(2 * math.pi)
 
 
+def diagonal_gaussian_parameters(q) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(loc, scale) if q is a Gaussian with diagonal covariance over its last dimension, else None."""
+    base = getattr(q, "base_dist", None)
+    if isinstance(base, torch.distributions.Normal) and getattr(q, "reinterpreted_batch_ndims", 0) == 1:
+        return base.loc, base.scale
+    return None
+
+
 def inverse_softplus(y: torch.Tensor | float) -> torch.Tensor:
     """x with softplus(x) = y (y > 0): lets a trainable scale start at a chosen value."""
     y = torch.as_tensor(y, dtype=torch.get_default_dtype())
@@ -243,9 +251,10 @@ class VampPrior(Prior):
     def forward(self) -> dist.TorchDistribution:
         encoder, posterior = self._model
         q = posterior(encoder(self.pseudo_inputs()))  # batch (K,), event (D,)
-        base = getattr(q, "base_dist", None)
-        if isinstance(base, torch.distributions.Normal) and getattr(q, "reinterpreted_batch_ndims", 0) == 1:
-            return DiagonalGaussianMixture(torch.zeros(self.components, device=base.loc.device), base.loc, base.scale)
+        diagonal = diagonal_gaussian_parameters(q)
+        if diagonal is not None:
+            loc, scale = diagonal
+            return DiagonalGaussianMixture(torch.zeros(self.components, device=loc.device), loc, scale)
         return UniformMixture(q)
 
 

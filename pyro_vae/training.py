@@ -76,7 +76,7 @@ class PreparedData:
     splits: DataSplits
     train: torch.Tensor  # what batches are drawn from (e.g. statically binarized)
     test: torch.Tensor  # fixed evaluation form (e.g. binarized with a fixed seed)
-    train_eval: torch.Tensor  # a fixed subset of train, in evaluation form
+    train_eval: torch.Tensor  # a fixed subset of train, scored every epoch
 
 
 def prepare_data(config: Config, vae: VAE, device: torch.device, splits: DataSplits | None = None) -> PreparedData:
@@ -86,13 +86,17 @@ def prepare_data(config: Config, vae: VAE, device: torch.device, splits: DataSpl
     lik = vae.likelihood
     for split, x in (("train", splits.train), ("test", splits.test)):
         lik.check_data(x, split)
-    train = splits.train.to(device)
+    raw_train = splits.train.to(device)
+    train = lik.prepare_train_set(raw_train)
     n_sub = min(config.eval.train_subset, train.shape[0])
+    # the training subset scored each epoch: the images trained on, or (when every batch draws
+    # afresh, e.g. dynamic binarization) one fixed draw of them
+    train_eval = lik.prepare_eval_set(raw_train[:n_sub]) if lik.stochastic_batches else train[:n_sub]
     return PreparedData(
         splits=splits,
-        train=lik.prepare_train_set(train),
+        train=train,
         test=lik.prepare_eval_set(splits.test.to(device)),
-        train_eval=lik.prepare_eval_set(train[:n_sub]),
+        train_eval=train_eval,
     )
 
 
@@ -242,7 +246,7 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[t
 def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Generator, epoch: int, step: int) -> dict:
     """Everything a run needs to resume: parameters, optimizer and random states (tensors and plain values)."""
     device = next(vae.parameters()).device
-    rng = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    rng = {"torch": torch.get_rng_state(), "data": generator.get_state(), "device": device.type}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     return {
@@ -365,6 +369,14 @@ class Trainer:
         return checkpoint_state(self.config, self.vae, self.optimizer, self.generator, self.epoch, self.step)
 
     def _restore(self, state: dict[str, Any]) -> None:
+        written_on = state["rng"].get("device", "cpu")
+        if written_on != self.device.type:
+            raise CheckpointError(
+                f"the checkpoint in {self.run_dir} was written on {written_on} and this run is on "
+                f"{self.device.type}: its random states (data order, binarization, noise) belong to that "
+                f"device. Resume it with device = \"{written_on}\" (--set device={written_on}), or start "
+                f"a new run."
+            )
         self.vae.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -382,8 +394,8 @@ class Trainer:
             check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
             self._build()
             self._restore(state)
-            self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.epoch]
-            if self.dist.main:
+            if self.dist.main:  # (only rank 0 reads, rewrites and extends the metrics)
+                self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.epoch]
                 self._write_metrics()
                 self.config.save(self.run_dir / CONFIG)
             if self.epoch >= self.config.train.epochs:

@@ -95,7 +95,10 @@ def test_flow_prior_density_is_exact(kind, spread):
     """The grid integral of p(z) over a box equals the fraction of samples z ~ p(z) that land in it."""
     torch.manual_seed(1)
     prior = FlowPrior(depth=3, hidden=16, kind=kind).setup(2)
-    assert mass_2d(prior().log_prob, half_width=6.0, n=601) == pytest.approx(0.99999, abs=1e-4)  # starts at N(0, I)
+    z = torch.randn(50, 2) * 2
+    standard = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    # starts at N(0, I) (Pyro's float32 spline is off by up to ~3e-3 nats near its bound at +-3)
+    torch.testing.assert_close(prior().log_prob(z), standard, atol=1e-5 if kind == "affine" else 5e-3, rtol=0)
     with torch.no_grad():  # move away from the identity
         for p in prior.parameters():
             p.add_(torch.randn_like(p) * spread)

@@ -104,6 +104,21 @@ def test_closed_form_gaussian_kl_matches_the_formula_and_monte_carlo():
     assert ((samples.mean(0) - formula).abs() < 4 * stderr).all()
 
 
+def test_the_registered_diagonal_gaussian_kl_to_n01_is_the_closed_form():
+    from pyro_vae.guides import DiagonalNormal
+    from pyro_vae.priors import StandardNormal
+
+    mu, sigma = torch.randn(4, 3), torch.rand(4, 3) + 0.2
+    q = DiagonalNormal(dist.Normal(mu, sigma), 1)
+    p = StandardNormal(dist.Normal(torch.zeros(3), torch.ones(3)), 1)
+    formula = 0.5 * (sigma**2 + mu**2 - 1 - 2 * sigma.log()).sum(-1)
+    reference = torch.distributions.kl_divergence(torch.distributions.Normal(mu, sigma),
+                                                  torch.distributions.Normal(0.0, 1.0)).sum(-1)
+    torch.testing.assert_close(torch.distributions.kl_divergence(q, p), formula)
+    torch.testing.assert_close(formula, reference)
+    assert torch.distributions.kl_divergence(q, p.expand((4,))).shape == (4,)
+
+
 def test_elbo_analytic_kl_uses_the_closed_form_kl():
     vae = tiny_vae()
     x = torch.rand(5, 1, 6, 6).bernoulli()

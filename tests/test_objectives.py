@@ -84,3 +84,11 @@ def test_direct_engine_honours_the_kl_weight_like_pyro(objective, grey_splits):
     vae = tiny_vae(prior="mixture")
     vae.kl_weight = 0.25
     assert_same_step(vae, OBJECTIVES.build(objective), grey_splits.train[:16].bernoulli())
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae", "stl", "dreg"])
+def test_direct_engine_equals_pyro_with_the_iaf_guide(objective, grey_splits):
+    torch.manual_seed(0)
+    vae = tiny_vae(guide={"name": "iaf", "steps": 2, "hidden": 8, "context": 4})
+    spec = {"name": objective, "num_particles": 3} if objective in ("iwae", "dreg") else objective
+    assert_same_step(vae, OBJECTIVES.build(spec), grey_splits.train[:16].bernoulli())

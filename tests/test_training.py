@@ -270,3 +270,26 @@ def test_grey_data_under_an_unbinarized_bernoulli_is_refused_before_training(tmp
     with pytest.raises(DataError, match="not exactly 0 or 1"):
         Trainer(config, tmp_path / "run", progress=False).fit()
     assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_the_training_subset_scored_each_epoch_is_what_the_model_trains_on(grey_splits):
+    from pyro_vae.training import prepare_data
+
+    static = tiny_config(model={"likelihood": {"name": "bernoulli", "binarize": "static"}})
+    vae = tiny_vae(likelihood={"name": "bernoulli", "binarize": "static"})
+    data = prepare_data(static, vae, torch.device("cpu"), grey_splits)
+    assert torch.equal(data.train_eval, data.train[: data.train_eval.shape[0]])  # the fixed binarization trained on
+    dynamic = tiny_config()
+    data = prepare_data(dynamic, tiny_vae(), torch.device("cpu"), grey_splits)
+    assert set(data.train_eval.unique().tolist()) == {0.0, 1.0}  # one fixed draw of the grey training images
+
+
+def test_a_checkpoint_resumes_only_on_the_device_type_it_was_written_on(tmp_path):
+    run_dir = tmp_path / "run"
+    quiet = dict(progress=False, log=lambda s: None)
+    Trainer(tiny_config(train={"epochs": 2}), run_dir, **quiet).fit(stop_after=1)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    state["rng"]["device"] = "cuda"  # as if written on a GPU machine
+    torch.save(state, run_dir / CHECKPOINT)
+    with pytest.raises(CheckpointError, match="written on cuda and this run is on cpu"):
+        Trainer(Config.load(run_dir / CONFIG), run_dir, **quiet).fit(resume=True)
