@@ -3,7 +3,7 @@
 The same VAE (784-300-40 MLP, dynamically binarized Bernoulli likelihood, the ELBO, Adam 1e-3,
 batch 128, 60 epochs, seed 0) is trained on the embedded MNIST subset with three priors, each a
 one-argument change, and their test log p(x) (K = 1000 importance samples) printed side by side.
-About 5 minutes on 2 CPU cores.
+About 2.5 minutes on 2 CPU cores.
 
     python examples/priors_side_by_side.py            # into runs/priors
     python examples/priors_side_by_side.py --smoke    # seconds (what the tests run)

@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer.fit(resume=bool(args.resume), overwrite=args.overwrite)
     run = load_run(run_dir, device=str(trainer.device))
     result = finish_run(run, log=say, dist=dist)
-    say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, epoch {run.epoch}"))
+    say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, {run.described}"))
     say(f"run folder: {run_dir}  (metrics.jsonl, checkpoint.pt, evaluation.json, samples.png, "
         f"reconstructions.png, curves.png, latent.png)")
     dist.close()
@@ -109,7 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .training import load_run, write_evaluation
 
-    run = load_run(args.run_dir, device=args.device)
+    run = load_run(args.run_dir, device=args.device, checkpoint=args.checkpoint)
     cfg = run.config
     samples = cfg.eval.samples if args.samples is None else args.samples
     seed = cfg.seed if args.seed is None else args.seed
@@ -120,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run.vae, run.data.test, samples=samples, seed=seed,
         batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs, exact_points=exact_points,
     )
-    print(result.table(f"{run.run_dir} — test set of {cfg.data['name']}: {result.n} datapoints, epoch {run.epoch}, seed {seed}"))
+    print(result.table(f"{run.run_dir} — test set of {cfg.data['name']}: {result.n} datapoints, {run.described}, seed {seed}"))
     stem = f"evaluation-K{samples}-seed{seed}"
     path = write_evaluation(run, result, stem + ".json")
     _write_per_datapoint(result, run.run_dir / f"{stem}.csv")
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the estimates (default: the run's seed)")
     p.add_argument("--exact-points", type=int, help="test datapoints given exact values by 2-D quadrature "
                    "(default: eval.exact_points, 100; linear-Gaussian models get closed forms on all; 0: none)")
+    p.add_argument("--checkpoint", default="auto", help="best (best validation ELBO), last, or a snapshot's "
+                   ".pt path (default auto: best when the run kept a validation split, else last)")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
     p.set_defaults(func=cmd_evaluate)
 

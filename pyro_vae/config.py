@@ -391,6 +391,15 @@ class TrainConfig:
     (tested); the direct one skips the tracing overhead. ``validate = true`` turns Pyro's and
     torch's per-step distribution checks back on, for debugging (data is always checked once, up
     front).
+
+    Model selection never looks at the test set: ``validation`` training images (a fixed
+    permutation by ``seed``) are held out and scored every epoch; the parameters with the best
+    validation ELBO are kept in ``best.pt`` and are the ones the final evaluation reports.
+    ``early_stopping`` stops after that many epochs without a better validation ELBO (0: off).
+    ``max_minutes`` caps the training wall time (training steps plus the per-epoch scoring; an
+    epoch that would overrun the cap is not started; 0: no cap). ``snapshot_minutes`` keeps a copy
+    of the parameters every so many minutes of training in ``snapshots/`` (0: off), for curves of
+    quality against time.
     """
 
     objective: dict = component("objective", "elbo")
@@ -401,9 +410,29 @@ class TrainConfig:
     kl_warmup_start: float = 0.01
     engine: Literal["direct", "pyro"] = "direct"
     validate: bool = False
+    validation: int = 0
+    early_stopping: int = 0
+    max_minutes: float = 0.0
+    snapshot_minutes: float = 0.0
 
     def check(self, where: str) -> None:
         require(self.epochs >= 1, f"{where}.epochs must be >= 1, got {self.epochs}.")
+        require(self.validation >= 0, f"{where}.validation must be >= 0 (0: no validation split), got {self.validation}.")
+        require(
+            self.early_stopping >= 0,
+            f"{where}.early_stopping must be >= 0 (epochs without a better validation ELBO; 0: off), "
+            f"got {self.early_stopping}.",
+        )
+        require(
+            self.early_stopping == 0 or self.validation > 0,
+            f"{where}.early_stopping = {self.early_stopping} needs a validation split to watch: set "
+            f"{where}.validation to a number of training images to hold out (e.g. 10000).",
+        )
+        require(self.max_minutes >= 0, f"{where}.max_minutes must be >= 0 (0: no cap), got {self.max_minutes}.")
+        require(
+            self.snapshot_minutes >= 0,
+            f"{where}.snapshot_minutes must be >= 0 (0: no snapshots), got {self.snapshot_minutes}.",
+        )
         require(self.batch_size >= 1, f"{where}.batch_size must be >= 1, got {self.batch_size}.")
         require(self.lr > 0, f"{where}.lr must be > 0, got {self.lr}.")
         require(

@@ -6,6 +6,8 @@ A run folder holds everything needed to re-run, resume or evaluate it:
     metrics.jsonl        one JSON line per epoch: training objective, train/test ELBO terms, seconds
     checkpoint.pt        parameters, optimizer and random states (tensors and plain values only,
                          read with torch.load(weights_only=True): it cannot run code)
+    best.pt              (with a validation split) the same, at the best validation ELBO so far
+    snapshots/           (with train.snapshot_minutes) checkpoints every so many training minutes
     evaluation.json      the final test evaluation; samples.png, reconstructions.png,
                          curves.png, latent.png
 
@@ -37,12 +39,14 @@ from .errors import CheckpointError, ConfigError, RunDirError, TrainingDiverged
 from .vae import VAE
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+SNAPSHOTS = "snapshots"
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 CHECKPOINT_FORMAT = 1
 # Keys that may differ between a checkpoint and the config that resumes it.
-RESUMABLE_CHANGES = {("train", "epochs")}
+RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes")}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,6 +81,18 @@ class PreparedData:
     train: torch.Tensor  # what batches are drawn from (e.g. statically binarized)
     test: torch.Tensor  # fixed evaluation form (e.g. binarized with a fixed seed)
     train_eval: torch.Tensor  # a fixed subset of train, scored every epoch
+    valid: torch.Tensor | None = None  # held-out training images (train.validation), evaluation form
+
+
+def validation_split(n: int, n_valid: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, valid) of a training set of ``n``: a fixed permutation by ``seed``, the
+    first ``n_valid`` held out."""
+    if not 0 <= n_valid < n:
+        raise ConfigError(
+            f"train.validation = {n_valid} must leave training images: the training split has {n}."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_valid:].sort().values, order[:n_valid].sort().values
 
 
 def prepare_data(config: Config, vae: VAE, device: torch.device, splits: DataSplits | None = None) -> PreparedData:
@@ -86,7 +102,11 @@ def prepare_data(config: Config, vae: VAE, device: torch.device, splits: DataSpl
     lik = vae.likelihood
     for split, x in (("train", splits.train), ("test", splits.test)):
         lik.check_data(x, split)
-    raw_train = splits.train.to(device)
+    raw_train, valid = splits.train, None
+    if config.train.validation:
+        keep, held_out = validation_split(raw_train.shape[0], config.train.validation, config.seed)
+        raw_train, valid = raw_train[keep], lik.prepare_eval_set(raw_train[held_out].to(device))
+    raw_train = raw_train.to(device)
     train = lik.prepare_train_set(raw_train)
     n_sub = min(config.eval.train_subset, train.shape[0])
     # the training subset scored each epoch: the images trained on, or (when every batch draws
@@ -97,6 +117,7 @@ def prepare_data(config: Config, vae: VAE, device: torch.device, splits: DataSpl
         train=train,
         test=lik.prepare_eval_set(splits.test.to(device)),
         train_eval=train_eval,
+        valid=valid,
     )
 
 
@@ -206,19 +227,40 @@ class Run:
     checkpoint: dict
     device: torch.device
     data: PreparedData | None = None
+    source: str = CHECKPOINT  # which checkpoint file the parameters came from
 
     @property
     def epoch(self) -> int:
         return self.checkpoint["epoch"]
 
+    @property
+    def described(self) -> str:
+        """'epoch N', saying when that is the best-validation checkpoint or a snapshot."""
+        kind = {BEST: ", best validation ELBO", CHECKPOINT: ""}.get(self.source, f", {self.source}")
+        return f"epoch {self.epoch}{kind}"
 
-def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = True) -> Run:
-    """Rebuild a run from its folder: config.toml + checkpoint.pt (checked against each other)."""
+
+def selected_checkpoint(run_dir: Path, which: str = "auto") -> Path:
+    """The checkpoint a run reports: ``"best"`` (best validation ELBO), ``"last"``, or ``"auto"``:
+    the best one when the run kept a validation split, else the last."""
+    if which not in ("auto", "best", "last"):
+        raise ConfigError(f"checkpoint must be one of auto, best, last; got {which!r}.")
+    best = run_dir / BEST
+    if which == "best" and not best.is_file():
+        raise RunDirError(f"{run_dir} has no {BEST}: it is written only by runs with train.validation > 0.")
+    return best if which == "best" or (which == "auto" and best.is_file()) else run_dir / CHECKPOINT
+
+
+def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = True,
+             checkpoint: str = "auto") -> Run:
+    """Rebuild a run from its folder: config.toml + a checkpoint (checked against each other);
+    ``checkpoint`` as in :func:`selected_checkpoint`, or a path to a snapshot."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
     config = Config.load(run_dir / CONFIG)
-    state = load_checkpoint(run_dir / CHECKPOINT)
+    path = Path(checkpoint) if checkpoint.endswith(".pt") else selected_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(path)
     check_same_config(state, config, RESUMABLE_CHANGES | _eval_keys(config), str(run_dir))
     dev = resolve_device(device or config.device)
     torch.manual_seed(config.seed)
@@ -227,7 +269,7 @@ def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = T
     vae = build_vae(config, shape).to(dev)
     vae.load_state_dict(state["model"])
     data = prepare_data(config, vae, dev, splits) if with_data else None
-    return Run(run_dir, config, vae, state, dev, data)
+    return Run(run_dir, config, vae, state, dev, data, path.name)
 
 
 def _eval_keys(config: Config) -> set[tuple]:
@@ -243,7 +285,8 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[t
     return list(torch.randperm(n, generator=generator, device=generator.device).split(batch_size))
 
 
-def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Generator, epoch: int, step: int) -> dict:
+def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Generator, epoch: int, step: int,
+                     progress: dict | None = None) -> dict:
     """Everything a run needs to resume: parameters, optimizer and random states (tensors and plain values)."""
     device = next(vae.parameters()).device
     rng = {"torch": torch.get_rng_state(), "data": generator.get_state(), "device": device.type}
@@ -258,6 +301,9 @@ def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Gener
         "model": vae.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": rng,
+        # training wall time so far and the best validation ELBO (with its epoch): budgets and
+        # early stopping carry over a resume
+        "progress": dict(progress or {}),
     }
 
 
@@ -298,9 +344,10 @@ class EpochLog:
     train: dict
     test: dict
     eval_seconds: float
+    valid: dict | None = None
 
     def line(self) -> dict:
-        return {
+        line = {
             "epoch": self.epoch,
             "step": self.step,
             "units": "nats per datapoint",
@@ -310,6 +357,9 @@ class EpochLog:
             "test": self.test,
             "seconds": {"train": self.train_seconds, "eval": self.eval_seconds},
         }
+        if self.valid is not None:
+            line["valid"] = self.valid
+        return line
 
 
 def _terms(ev: metrics.Evaluation) -> dict:
@@ -356,6 +406,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=self.config.train.lr)
         self.epoch = 0
         self.step = 0
+        self.elapsed = 0.0  # training wall seconds: steps plus per-epoch scoring
+        self.best_valid, self.best_epoch = -math.inf, 0
+        self.stopped = ""  # why training stopped before train.epochs, if it did
         if getattr(self.objective, "analytic_kl", False) and not metrics.analytic_kl_available(self.vae):
             message = (
                 f"elbo-analytic-kl: KL(q(z|x) || p(z)) has no closed form for guide "
@@ -366,7 +419,8 @@ class Trainer:
             self.log(f"warning: {message}")
 
     def _state(self) -> dict[str, Any]:
-        return checkpoint_state(self.config, self.vae, self.optimizer, self.generator, self.epoch, self.step)
+        progress = {"elapsed": self.elapsed, "best_valid": self.best_valid, "best_epoch": self.best_epoch}
+        return checkpoint_state(self.config, self.vae, self.optimizer, self.generator, self.epoch, self.step, progress)
 
     def _restore(self, state: dict[str, Any]) -> None:
         written_on = state["rng"].get("device", "cpu")
@@ -384,6 +438,9 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.epoch, self.step = state["epoch"], state["step"]
+        progress = state.get("progress", {})
+        self.elapsed = progress.get("elapsed", 0.0)
+        self.best_valid, self.best_epoch = progress.get("best_valid", -math.inf), progress.get("best_epoch", 0)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -431,7 +488,7 @@ class Trainer:
         )
         lik, vae, elbo = self.vae.likelihood, self.vae, self.objective
         try:
-            while self.epoch < last_epoch:
+            while self.epoch < last_epoch and not self._should_stop():
                 started = time.perf_counter()
                 total, count = 0.0, 0
                 vae.train()
@@ -467,6 +524,23 @@ class Trainer:
             vae.kl_weight = 1.0
             vae.posterior.noise_shard = None
 
+    def _should_stop(self) -> bool:
+        """Early stopping on the validation ELBO, and the wall-time cap (an epoch predicted to
+        overrun it, from the last epoch's time, is not started)."""
+        train = self.config.train
+        if train.early_stopping and self.epoch - self.best_epoch >= train.early_stopping:
+            self.stopped = (
+                f"early stopping: no better validation ELBO in {train.early_stopping} epochs "
+                f"(best {self.best_valid:.2f} at epoch {self.best_epoch})"
+            )
+        elif train.max_minutes and self.history:
+            last = self.history[-1]["seconds"]
+            if self.elapsed + last["train"] + last["eval"] > 60 * train.max_minutes:
+                self.stopped = f"time cap: {self.elapsed / 60:.1f} of train.max_minutes = {train.max_minutes:g} used"
+        if self.stopped:
+            self.log(f"stopped after epoch {self.epoch}: {self.stopped}")
+        return bool(self.stopped)
+
     def _last_good(self) -> str:
         if (self.run_dir / CHECKPOINT).is_file():
             return f"The last good checkpoint (epoch {self.epoch}) in {self.run_dir} is intact."
@@ -483,27 +557,46 @@ class Trainer:
     def _end_epoch(self, mean_loss: float, beta: float, train_seconds: float, bar) -> None:
         started = time.perf_counter()
         ev = self.config.eval
-        test = metrics.evaluate(self.vae, self.data.test, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist)
-        train = metrics.evaluate(self.vae, self.data.train_eval, seed=self.config.seed, batch_size=ev.batch_size,
-                                 dist=self.dist)
+        def score(x: torch.Tensor) -> dict:
+            return _terms(metrics.evaluate(self.vae, x, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist))
+
+        test, train = score(self.data.test), score(self.data.train_eval)
+        valid = score(self.data.valid) if self.data.valid is not None else None
         log = EpochLog(
-            self.epoch, self.step, -mean_loss, beta, train_seconds,
-            _terms(train), _terms(test), time.perf_counter() - started,
+            self.epoch, self.step, -mean_loss, beta, train_seconds, train, test, time.perf_counter() - started, valid,
         )
+        self.elapsed += log.train_seconds + log.eval_seconds
+        improved = valid is not None and valid["elbo"] > self.best_valid
+        if improved:
+            self.best_valid, self.best_epoch = valid["elbo"], self.epoch
         self.history.append(log.line())
         if self.dist.main:
             with open(self.run_dir / METRICS, "a") as f:  # metrics first: resume drops lines past the checkpoint
                 f.write(json.dumps(log.line()) + "\n")
-            save_checkpoint(self.run_dir / CHECKPOINT, self._state())
+            state = self._state()
+            if improved:
+                save_checkpoint(self.run_dir / BEST, state)
+            self._snapshot(state, log)
+            save_checkpoint(self.run_dir / CHECKPOINT, state)
         message = (
             f"epoch {self.epoch:>3}  objective {-mean_loss:9.2f}  train ELBO {log.train['elbo']:9.2f}  "
-            f"test ELBO {log.test['elbo']:9.2f} (recon {log.test['reconstruction']:8.2f}, KL {log.test['kl']:6.2f})"
+            + (f"valid ELBO {valid['elbo']:9.2f}{'*' if improved else ' '} " if valid is not None else "")
+            + f"test ELBO {log.test['elbo']:9.2f} (recon {log.test['reconstruction']:8.2f}, KL {log.test['kl']:6.2f})"
             f"  [nats/datapoint]  {train_seconds:.1f}s"
         )
         if self.progress:
             bar.write(message)
         else:
             self.log(message)
+
+    def _snapshot(self, state: dict, log: "EpochLog") -> None:
+        """Keep a copy of ``state`` each time the training time crosses a multiple of snapshot_minutes."""
+        every = 60 * self.config.train.snapshot_minutes
+        before = self.elapsed - log.train_seconds - log.eval_seconds
+        if every and math.floor(self.elapsed / every) > math.floor(before / every):
+            folder = self.run_dir / SNAPSHOTS
+            folder.mkdir(exist_ok=True)
+            save_checkpoint(folder / f"epoch-{self.epoch:05d}.pt", state)
 
     def _write_metrics(self) -> None:
         (self.run_dir / METRICS).write_text("".join(json.dumps(m) + "\n" for m in self.history))
@@ -529,7 +622,7 @@ def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None
 
 
 def write_evaluation(run: Run, result: metrics.Evaluation, name: str = EVALUATION) -> Path:
-    summary = {"epoch": run.epoch, "dataset": run.config.data["name"], "split": "test", **result.summary()}
+    summary = {"epoch": run.epoch, "checkpoint": run.source, "dataset": run.config.data["name"], "split": "test", **result.summary()}
     path = run.run_dir / name
     _atomic_write(path, lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     return path

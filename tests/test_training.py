@@ -293,3 +293,93 @@ def test_a_checkpoint_resumes_only_on_the_device_type_it_was_written_on(tmp_path
     torch.save(state, run_dir / CHECKPOINT)
     with pytest.raises(CheckpointError, match="written on cuda and this run is on cpu"):
         Trainer(Config.load(run_dir / CONFIG), run_dir, **quiet).fit(resume=True)
+
+
+# -- model selection on a validation split, time caps and snapshots ---------------------------------
+
+
+def test_validation_images_are_held_out_of_training_and_scored_every_epoch(tmp_path, monkeypatch):
+    from pyro_vae.training import BEST, validation_split
+
+    keep, held = validation_split(128, 40, seed=3)
+    assert len(keep) == 88 and len(held) == 40 and not set(keep.tolist()) & set(held.tolist())
+    assert torch.equal(held, validation_split(128, 40, seed=3)[1])  # fixed by the seed
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(train={"validation": 40}), run_dir, progress=False, log=lambda s: None).fit()
+    assert trainer.data.train.shape[0] == 88 and trainer.data.valid.shape[0] == 40
+    # binarized once, like the test set (the default Bernoulli likelihood binarizes dynamically)
+    held = validation_split(128, 40, seed=trainer.config.seed)[1]
+    assert torch.equal(trainer.data.valid, trainer.vae.likelihood.prepare_eval_set(trainer.data.splits.train[held]))
+    lines = read_metrics(run_dir)
+    assert all("valid" in m for m in lines)
+    best = max(lines, key=lambda m: m["valid"]["elbo"])
+    assert load_checkpoint(run_dir / BEST)["epoch"] == best["epoch"]
+    run = load_run(run_dir)  # reports the best-validation parameters
+    assert run.source == BEST and run.epoch == best["epoch"]
+    assert load_run(run_dir, checkpoint="last").epoch == 2
+
+
+def test_validation_must_leave_training_images(tmp_path):
+    with pytest.raises(ConfigError, match="must leave training images"):
+        Trainer(tiny_config(train={"validation": 128}), tmp_path / "run", progress=False, log=lambda s: None).fit()
+
+
+def test_early_stopping_needs_a_validation_split():
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        tiny_config(train={"early_stopping": 3})
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_better_validation_elbo(tmp_path, monkeypatch):
+    import pyro_vae.training as training
+
+    script = iter([-10.0, -9.0, -9.5, -9.7, -9.8, -9.9, -8.0])  # validation ELBO per epoch
+    real = training._terms
+    calls = {"n": 0}
+
+    def scripted(ev):
+        calls["n"] += 1
+        terms = real(ev)
+        if calls["n"] % 3 == 0:  # each epoch scores test, train, then validation
+            terms["elbo"] = next(script)
+        return terms
+
+    monkeypatch.setattr(training, "_terms", scripted)
+    messages = []
+    config = tiny_config(train={"epochs": 7, "validation": 32, "early_stopping": 2})
+    trainer = Trainer(config, tmp_path / "run", progress=False, log=messages.append).fit()
+    assert trainer.epoch == 4 and trainer.best_epoch == 2 and trainer.best_valid == -9.0
+    assert "early stopping" in trainer.stopped and any("stopped after epoch 4" in m for m in messages)
+    assert load_checkpoint(tmp_path / "run" / training.BEST)["epoch"] == 2
+
+
+def test_the_time_cap_does_not_start_an_epoch_that_would_overrun_it(tmp_path):
+    trainer = Trainer(tiny_config(train={"epochs": 5, "max_minutes": 1e-6}), tmp_path / "run", progress=False,
+                      log=lambda s: None).fit()
+    assert trainer.epoch == 1 and "time cap" in trainer.stopped
+
+
+def test_snapshots_are_kept_every_so_many_training_minutes(tmp_path):
+    from pyro_vae.training import SNAPSHOTS
+
+    run_dir = tmp_path / "run"
+    Trainer(tiny_config(train={"epochs": 3, "snapshot_minutes": 1e-9}), run_dir, progress=False, log=lambda s: None).fit()
+    names = sorted(p.name for p in (run_dir / SNAPSHOTS).iterdir())
+    assert names == ["epoch-00001.pt", "epoch-00002.pt", "epoch-00003.pt"]
+    assert load_run(run_dir, checkpoint=str(run_dir / SNAPSHOTS / names[0])).epoch == 1
+
+
+def test_a_resumed_run_keeps_its_best_checkpoint_and_training_time(tmp_path):
+    from pyro_vae.training import BEST
+
+    config = tiny_config(train={"epochs": 4, "validation": 32})
+    quiet = dict(progress=False, log=lambda s: None)
+    whole = Trainer(config, tmp_path / "whole", **quiet).fit()
+    Trainer(config, tmp_path / "parts", **quiet).fit(stop_after=2)
+    parts = Trainer(Config.load(tmp_path / "parts" / CONFIG), tmp_path / "parts", **quiet)
+    parts.fit(resume=True)
+    assert (parts.best_epoch, parts.best_valid) == (whole.best_epoch, whole.best_valid)
+    assert parts.elapsed >= sum(m["seconds"]["train"] for m in read_metrics(tmp_path / "parts")[:2])
+    a, b = load_checkpoint(tmp_path / "whole" / BEST), load_checkpoint(tmp_path / "parts" / BEST)
+    assert a["epoch"] == b["epoch"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name

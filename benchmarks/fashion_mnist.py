@@ -1,0 +1,203 @@
+"""Quality at a budget: test log-likelihood on dynamically binarized Fashion-MNIST.
+
+Protocol (the published numbers' one): training images are binarized afresh at every batch
+(dynamic binarization); 10,000 of the 60,000 training images are held out as a validation split,
+which alone selects the reported parameters (best validation ELBO) and stops training early; the
+10,000 test images are binarized once with a fixed seed; the test negative log-likelihood is
+importance-sampled with K = 5,000 per image, mean over the test set with its standard error.
+Training is capped at ``train.max_minutes`` of wall time (steps plus the per-epoch scoring);
+evaluation time is reported separately.
+
+    python benchmarks/fashion_mnist.py --data-dir ../shared/data/fashion-mnist               # all settings
+    python benchmarks/fashion_mnist.py --data-dir ../shared/data/fashion-mnist --settings mlp --threads 1
+    python benchmarks/fashion_mnist.py --table-only          # the table from the run folders so far
+
+Each setting is one config in benchmarks/configs/ and one run folder under --out. Runs are
+resumable: rerun the same command and a setting continues from its last checkpoint, or, when its
+training has finished, goes straight to evaluation (or to the table, once evaluated). Snapshots
+taken every ``train.snapshot_minutes`` give the time to reach each published number
+(``--time-to-reach``, K = --snapshot-samples importance samples, a conservative estimate: fewer
+samples give a lower bound on log p(x)).
+
+The MNIST side (the default config trained on the embedded subset's 4,000 training digits,
+evaluated on the real 10,000-image MNIST test set with K = 5,000) is measured by
+``benchmarks/evidence.py --data-dir ../shared/data/mnist-test --run RUN_DIR --samples 5000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from pyro_vae import Config, Trainer, load_run  # noqa: E402
+from pyro_vae.metrics import evaluate  # noqa: E402
+from pyro_vae.training import CHECKPOINT, SNAPSHOTS, load_checkpoint, read_metrics  # noqa: E402
+
+# Norouzi et al. 2020 (Exemplar VAE), test NLL in nats, dynamically binarized Fashion-MNIST
+PUBLISHED = {
+    "VAE, Gaussian prior": 228.70,
+    "VAE, VampPrior": 227.35,
+    "HVAE": 227.37,
+    "ConvHVAE": 225.38,
+    "Exemplar ConvHVAE": 224.63,
+}
+SETTINGS = {  # name: (config, the published number it targets, label of that number)
+    "mlp": ("fashion-mlp.toml", 228.70, "VAE, Gaussian prior"),
+    "vamp": ("fashion-vamp.toml", 227.35, "VAE, VampPrior"),
+    "conv": ("fashion-conv.toml", 225.38, "ConvHVAE"),
+}
+RESULT = "fashion-result.json"
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, python {platform.python_version()}")
+
+
+def train(name: str, out: Path, data_dir: str, log, overrides: list[str] = ()) -> Path:
+    config_file, _, _ = SETTINGS[name]
+    run_dir = out / name
+    config = Config.load(HERE / "configs" / config_file, [f"data.data_dir={data_dir}", *overrides])
+    resume = (run_dir / CHECKPOINT).is_file()
+    trainer = Trainer(config, run_dir, progress=False, log=log)
+    trainer.fit(resume=resume)
+    return run_dir
+
+
+def evaluate_run(run_dir: Path, samples: int, log) -> dict:
+    """Test NLL at the best-validation checkpoint, K importance samples (kept in RESULT)."""
+    path = run_dir / RESULT
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["samples"] == samples:
+            return saved
+    run = load_run(run_dir)
+    cfg = run.config
+    started = time.perf_counter()
+    log(f"{run_dir.name}: evaluating {run.data.test.shape[0]} test images with K = {samples} ({run.described}) ...")
+    result = evaluate(run.vae, run.data.test, samples=samples, seed=cfg.seed, batch_size=cfg.eval.batch_size,
+                      chunk_pairs=cfg.eval.chunk_pairs, exact_points=0)
+    summary = result.summary()
+    history = read_metrics(run_dir)
+    last = load_checkpoint(run_dir / CHECKPOINT)
+    saved = {
+        "samples": samples,
+        "nll": -summary["log_px"]["mean"],
+        "nll_stderr": summary["log_px"]["stderr"],
+        "test_elbo": summary["elbo"]["mean"],
+        "active_units": summary["active_units"],
+        "latent_dim": summary["latent_dim"],
+        "best_epoch": run.epoch,
+        "epochs": last["epoch"],
+        "train_minutes": last.get("progress", {}).get("elapsed", 0.0) / 60,
+        "eval_minutes": (time.perf_counter() - started) / 60,
+        "best_valid_elbo": max(m["valid"]["elbo"] for m in history if "valid" in m),
+        "machine": machine(),
+    }
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+    return saved
+
+
+def time_to_reach(run_dir: Path, target: float, samples: int, log) -> dict:
+    """Evaluate each snapshot (K = samples) in order of training time until one reaches ``target``."""
+    path = run_dir / "time-to-reach.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    if done.get("samples") == samples and done.get("complete"):
+        return done
+    points = done.get("points", []) if done.get("samples") == samples else []
+    seen = {p["snapshot"] for p in points}
+    for snap in sorted((run_dir / SNAPSHOTS).glob("epoch-*.pt")):
+        if any(p["nll"] <= target for p in points):
+            break
+        if snap.name in seen:
+            continue
+        run = load_run(run_dir, checkpoint=str(snap))
+        result = evaluate(run.vae, run.data.test, samples=samples, seed=run.config.seed,
+                          batch_size=run.config.eval.batch_size, chunk_pairs=run.config.eval.chunk_pairs, exact_points=0)
+        minutes = run.checkpoint.get("progress", {}).get("elapsed", 0.0) / 60
+        points.append({"snapshot": snap.name, "epoch": run.epoch, "minutes": minutes, "nll": -result.log_px.mean().item()})
+        log(f"{run_dir.name}: {snap.name} after {minutes:.1f} min: test NLL {points[-1]['nll']:.2f} (K = {samples})")
+        path.write_text(json.dumps({"samples": samples, "points": points, "complete": False}, indent=2) + "\n")
+    reached = [p for p in points if p["nll"] <= target]
+    done = {"samples": samples, "points": points, "complete": True,
+            "minutes": reached[0]["minutes"] if reached else None}
+    path.write_text(json.dumps(done, indent=2) + "\n")
+    return done
+
+
+def table(out: Path) -> str:
+    rows = [
+        "| setting | config | published (nats) | ours: test NLL ± s.e. (nats) | vs published | best epoch / epochs "
+        "| training min | evaluation min | minutes to reach published |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, (config_file, target, label) in SETTINGS.items():
+        path = out / name / RESULT
+        if not path.is_file():
+            rows.append(f"| {name} | `{config_file}` | {target:.2f} ({label}) | not run | | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        reach_path = out / name / "time-to-reach.json"
+        reach = json.loads(reach_path.read_text()) if reach_path.is_file() else None
+        if reach is None or not reach.get("complete"):
+            reached = "not measured"
+        else:
+            reached = f"{reach['minutes']:.0f} (K = {reach['samples']})" if reach["minutes"] is not None else "not reached"
+        rows.append(
+            f"| {name} | `{config_file}` | {target:.2f} ({label}) | {r['nll']:.2f} ± {r['nll_stderr']:.2f} "
+            f"(K = {r['samples']}) | {r['nll'] - target:+.2f} | {r['best_epoch']} / {r['epochs']} "
+            f"| {r['train_minutes']:.1f} | {r['eval_minutes']:.1f} | {reached} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "fashion-mnist"),
+                   help="folder of the Fashion-MNIST IDX files (default ../shared/data/fashion-mnist)")
+    p.add_argument("--out", default="runs/fashion-mnist", help="folder of the run folders (default runs/fashion-mnist)")
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    p.add_argument("--samples", type=int, default=5000, help="importance samples K of the test NLL (default 5000)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--time-to-reach", action="store_true", help="evaluate snapshots for the time to reach the published numbers")
+    p.add_argument("--snapshot-samples", type=int, default=1000, help="K for the snapshots (default 1000)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in every setting (e.g. for a smoke run; repeatable)")
+    p.add_argument("--table-only", action="store_true", help="print the table of what has run so far")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    names = [s for s in args.settings.split(",") if s]
+    unknown = [s for s in names if s not in SETTINGS]
+    if unknown:
+        p.error(f"unknown settings {unknown}; valid: {', '.join(SETTINGS)}")
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    if not args.table_only:
+        log(f"machine: {machine()}")
+        for name in names:
+            run_dir = train(name, out, args.data_dir, log, args.set)
+            r = evaluate_run(run_dir, args.samples, log)
+            log(f"{name}: test NLL {r['nll']:.2f} ± {r['nll_stderr']:.2f} nats (K = {r['samples']}), "
+                f"published {SETTINGS[name][1]:.2f}")
+            if args.time_to_reach:
+                time_to_reach(run_dir, SETTINGS[name][1], args.snapshot_samples, log)
+    print(table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
