@@ -106,6 +106,15 @@ class Distributed:
         ordered = dict(pair for part in gathered for pair in part)
         return [ordered[i] for i in range(count)]
 
+    def slowest(self, *seconds: float) -> tuple[float, ...]:
+        """Each of ``seconds`` maximized over ranks: every rank gets the same numbers, so decisions
+        taken on timings (the time cap) agree across ranks instead of leaving one rank waiting."""
+        if not self.active:
+            return seconds
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, seconds)
+        return tuple(max(column) for column in zip(*gathered))
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

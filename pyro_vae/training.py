@@ -407,6 +407,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.elapsed = 0.0  # training wall seconds: steps plus per-epoch scoring
+        self.last_epoch_seconds = 0.0  # the same, of the last epoch (predicts the next one)
         self.best_valid, self.best_epoch = -math.inf, 0
         self.stopped = ""  # why training stopped before train.epochs, if it did
         if getattr(self.objective, "analytic_kl", False) and not metrics.analytic_kl_available(self.vae):
@@ -419,7 +420,8 @@ class Trainer:
             self.log(f"warning: {message}")
 
     def _state(self) -> dict[str, Any]:
-        progress = {"elapsed": self.elapsed, "best_valid": self.best_valid, "best_epoch": self.best_epoch}
+        progress = {"elapsed": self.elapsed, "last_epoch_seconds": self.last_epoch_seconds,
+                    "best_valid": self.best_valid, "best_epoch": self.best_epoch}
         return checkpoint_state(self.config, self.vae, self.optimizer, self.generator, self.epoch, self.step, progress)
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -439,7 +441,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.epoch, self.step = state["epoch"], state["step"]
         progress = state.get("progress", {})
-        self.elapsed = progress.get("elapsed", 0.0)
+        self.elapsed, self.last_epoch_seconds = progress.get("elapsed", 0.0), progress.get("last_epoch_seconds", 0.0)
         self.best_valid, self.best_epoch = progress.get("best_valid", -math.inf), progress.get("best_epoch", 0)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -533,10 +535,8 @@ class Trainer:
                 f"early stopping: no better validation ELBO in {train.early_stopping} epochs "
                 f"(best {self.best_valid:.2f} at epoch {self.best_epoch})"
             )
-        elif train.max_minutes and self.history:
-            last = self.history[-1]["seconds"]
-            if self.elapsed + last["train"] + last["eval"] > 60 * train.max_minutes:
-                self.stopped = f"time cap: {self.elapsed / 60:.1f} of train.max_minutes = {train.max_minutes:g} used"
+        elif train.max_minutes and self.elapsed + self.last_epoch_seconds > 60 * train.max_minutes:
+            self.stopped = f"time cap: {self.elapsed / 60:.1f} of train.max_minutes = {train.max_minutes:g} used"
         if self.stopped:
             self.log(f"stopped after epoch {self.epoch}: {self.stopped}")
         return bool(self.stopped)
@@ -562,10 +562,11 @@ class Trainer:
 
         test, train = score(self.data.test), score(self.data.train_eval)
         valid = score(self.data.valid) if self.data.valid is not None else None
-        log = EpochLog(
-            self.epoch, self.step, -mean_loss, beta, train_seconds, train, test, time.perf_counter() - started, valid,
-        )
-        self.elapsed += log.train_seconds + log.eval_seconds
+        # the slowest rank's times, so that every rank takes the same time-cap decision
+        train_seconds, eval_seconds = self.dist.slowest(train_seconds, time.perf_counter() - started)
+        log = EpochLog(self.epoch, self.step, -mean_loss, beta, train_seconds, train, test, eval_seconds, valid)
+        self.last_epoch_seconds = train_seconds + eval_seconds
+        self.elapsed += self.last_epoch_seconds
         improved = valid is not None and valid["elbo"] > self.best_valid
         if improved:
             self.best_valid, self.best_epoch = valid["elbo"], self.epoch
@@ -576,7 +577,7 @@ class Trainer:
             state = self._state()
             if improved:
                 save_checkpoint(self.run_dir / BEST, state)
-            self._snapshot(state, log)
+            self._snapshot(state)
             save_checkpoint(self.run_dir / CHECKPOINT, state)
         message = (
             f"epoch {self.epoch:>3}  objective {-mean_loss:9.2f}  train ELBO {log.train['elbo']:9.2f}  "
@@ -589,10 +590,10 @@ class Trainer:
         else:
             self.log(message)
 
-    def _snapshot(self, state: dict, log: "EpochLog") -> None:
+    def _snapshot(self, state: dict) -> None:
         """Keep a copy of ``state`` each time the training time crosses a multiple of snapshot_minutes."""
         every = 60 * self.config.train.snapshot_minutes
-        before = self.elapsed - log.train_seconds - log.eval_seconds
+        before = self.elapsed - self.last_epoch_seconds
         if every and math.floor(self.elapsed / every) > math.floor(before / every):
             folder = self.run_dir / SNAPSHOTS
             folder.mkdir(exist_ok=True)

@@ -160,3 +160,25 @@ def test_launcher_and_torchrun_refusals(tmp_path, capsys):
          "train", "tiny.toml", "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode != 0 and "give --out RUN_DIR" in done.stderr
+
+
+def test_ranks_whose_clocks_disagree_stop_at_the_same_epoch_under_a_time_cap(tmp_path):
+    (tmp_path / "tiny.toml").write_text(CONFIG.replace("epochs = 2", "epochs = 50\nmax_minutes = 0.05"))
+    (tmp_path / "slow_clock_on_rank_1.py").write_text(
+        "import os, sys, time, types\n"
+        "from pyro_vae import training\n"
+        "if os.environ['RANK'] == '1':  # rank 1 measures every epoch 20 times longer than rank 0\n"
+        "    training.time = types.SimpleNamespace(perf_counter=lambda: 20 * time.perf_counter())\n"
+        "from pyro_vae.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(tmp_path / "slow_clock_on_rank_1.py"), "train", "tiny.toml", "--out", "run", "--no-progress",
+         "--timeout", "60"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr  # no rank left waiting for the other
+    assert "time cap" in done.stdout
+    epochs = load_checkpoint(tmp_path / "run" / CHECKPOINT)["epoch"]
+    assert 1 <= epochs < 50
