@@ -400,12 +400,18 @@ class TrainConfig:
     epoch that would overrun the cap is not started; 0: no cap). ``snapshot_minutes`` keeps a copy
     of the parameters every so many minutes of training in ``snapshots/`` (0: off), for curves of
     quality against time.
+
+    ``lr_final`` anneals the learning rate geometrically from ``lr`` to ``lr * lr_final`` over the
+    run's budget: at progress p in [0, 1] the rate is ``lr * lr_final ** p``, where p is the larger
+    of the fraction of ``epochs`` done and, under a time cap, the fraction of ``max_minutes`` used
+    (1: a constant rate).
     """
 
     objective: dict = component("objective", "elbo")
     epochs: int = 200
     batch_size: int = 128
     lr: float = 1e-3
+    lr_final: float = 1.0
     kl_warmup_epochs: float = 0.0
     kl_warmup_start: float = 0.01
     engine: Literal["direct", "pyro"] = "direct"
@@ -435,6 +441,11 @@ class TrainConfig:
         )
         require(self.batch_size >= 1, f"{where}.batch_size must be >= 1, got {self.batch_size}.")
         require(self.lr > 0, f"{where}.lr must be > 0, got {self.lr}.")
+        require(
+            0.0 < self.lr_final <= 1.0,
+            f"{where}.lr_final must be in (0, 1] (the learning rate at the end of the budget, as a "
+            f"fraction of train.lr; 1: constant), got {self.lr_final}.",
+        )
         require(
             self.kl_warmup_epochs >= 0,
             f"{where}.kl_warmup_epochs must be >= 0 (0 turns warm-up off), got {self.kl_warmup_epochs}.",

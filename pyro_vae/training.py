@@ -73,6 +73,17 @@ def kl_weight(config: Config, epoch_progress: float) -> float:
     return t.kl_warmup_start + (1.0 - t.kl_warmup_start) * min(1.0, epoch_progress / t.kl_warmup_epochs)
 
 
+def learning_rate(config: Config, epoch_progress: float, elapsed_seconds: float) -> float:
+    """lr * lr_final ** p, p the larger of the fraction of epochs done and of max_minutes used."""
+    t = config.train
+    if t.lr_final == 1.0:
+        return t.lr
+    done = epoch_progress / t.epochs
+    if t.max_minutes:
+        done = max(done, elapsed_seconds / (60 * t.max_minutes))
+    return t.lr * t.lr_final ** min(1.0, done)
+
+
 @dataclass
 class PreparedData:
     """The dataset on the training device, prepared for the likelihood once."""
@@ -345,6 +356,7 @@ class EpochLog:
     test: dict
     eval_seconds: float
     valid: dict | None = None
+    lr: float | None = None  # the learning rate of the epoch's last step
 
     def line(self) -> dict:
         line = {
@@ -353,6 +365,7 @@ class EpochLog:
             "units": "nats per datapoint",
             "objective": self.objective,
             "kl_weight": self.kl_weight,
+            **({"lr": self.lr} if self.lr is not None else {}),
             "train": self.train,
             "test": self.test,
             "seconds": {"train": self.train_seconds, "eval": self.eval_seconds},
@@ -496,6 +509,11 @@ class Trainer:
                 vae.train()
                 for i, index in enumerate(self._batches()):
                     vae.kl_weight = kl_weight(self.config, self.epoch + i / steps_per_epoch)
+                    # time from the epoch-level clock every rank shares, so all ranks step alike
+                    lr = learning_rate(self.config, self.epoch + i / steps_per_epoch,
+                                       self.elapsed + self.last_epoch_seconds * i / steps_per_epoch)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
                     x = lik.prepare_batch(self.data.train[index], self.generator)  # the whole global batch
                     if self.dist.active:  # ... of which this rank keeps its shard, noise included
                         start, stop = self.dist.shard(x.shape[0])
@@ -564,7 +582,8 @@ class Trainer:
         valid = score(self.data.valid) if self.data.valid is not None else None
         # the slowest rank's times, so that every rank takes the same time-cap decision
         train_seconds, eval_seconds = self.dist.slowest(train_seconds, time.perf_counter() - started)
-        log = EpochLog(self.epoch, self.step, -mean_loss, beta, train_seconds, train, test, eval_seconds, valid)
+        log = EpochLog(self.epoch, self.step, -mean_loss, beta, train_seconds, train, test, eval_seconds, valid,
+                       self.optimizer.param_groups[0]["lr"])
         self.last_epoch_seconds = train_seconds + eval_seconds
         self.elapsed += self.last_epoch_seconds
         improved = valid is not None and valid["elbo"] > self.best_valid
