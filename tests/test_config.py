@@ -48,6 +48,8 @@ def test_unknown_option_lists_the_valid_options():
         ({"train": {"epochs": 0}}, "train.epochs must be >= 1"),
         ({"train": {"kl_warmup_start": 2.0}}, "kl_warmup_start must be in (0, 1]"),
         ({"train": {"kl_warmup_start": 0.0}}, "must stay positive"),
+        ({"train": {"lr_final": 0.0}}, "lr_final must be in (0, 1]"),
+        ({"train": {"lr_final": 2.0}}, "lr_final must be in (0, 1]"),
         ({"model": {"likelihood": {"name": "bernoulli", "binarize": "sometimes"}}}, "'dynamic' | 'static' | 'none'"),
         ({"model": {"network": {"name": "mlp", "hidden": [400, -1]}}}, "hidden widths must be >= 1"),
         ({"model": {"network": {"name": "mlp", "hidden": 400}}}, "must be list of int"),

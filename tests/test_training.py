@@ -21,7 +21,9 @@ from pyro_vae import (
 )
 from pyro_vae.config import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS, Config
 from pyro_vae.data import DataSplits
-from pyro_vae.training import CHECKPOINT, CONFIG, METRICS, kl_weight, load_checkpoint, read_metrics, svi_step
+from pyro_vae.training import (
+    CHECKPOINT, CONFIG, METRICS, kl_weight, learning_rate, load_checkpoint, read_metrics, svi_step,
+)
 
 from conftest import tiny_config, tiny_vae
 
@@ -133,6 +135,24 @@ def test_warmup_is_logged_and_reaches_one(tmp_path):
     assert trainer.vae.kl_weight == 1.0  # never left scaled after training
 
 
+def test_learning_rate_anneals_geometrically_over_epochs_or_the_time_cap_whichever_is_further():
+    config = tiny_config(train={"epochs": 4, "lr": 1e-2, "lr_final": 0.01})
+    assert [learning_rate(config, e, 0.0) for e in (0, 2, 4, 9)] == pytest.approx([1e-2, 1e-3, 1e-4, 1e-4])
+    capped = tiny_config(train={"epochs": 100, "lr": 1e-2, "lr_final": 0.01, "max_minutes": 10})
+    assert learning_rate(capped, 1, 300.0) == pytest.approx(1e-3)  # half the minutes used, 1% of the epochs
+    assert learning_rate(capped, 75, 300.0) == pytest.approx(1e-2 * 0.01**0.75)  # epochs further along
+    assert learning_rate(tiny_config(), 3, 1e6) == tiny_config().train.lr  # lr_final = 1: constant
+
+
+def test_the_annealed_learning_rate_is_the_one_the_optimizer_steps_with(tmp_path):
+    config = tiny_config(train={"epochs": 2, "lr": 1e-2, "lr_final": 0.25})
+    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None).fit()
+    steps = trainer.step // 2  # steps per epoch
+    logged = [m["lr"] for m in trainer.history]  # each epoch's last step
+    assert logged == pytest.approx([learning_rate(config, e + (steps - 1) / steps, 0.0) for e in (0, 1)])
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(logged[-1]) and logged[1] < logged[0]
+
+
 @pytest.mark.parametrize("objective", ["iwae", "renyi", "dreg"])
 def test_warmup_is_refused_where_the_objective_cannot_honour_it(objective, tmp_path):
     config = tiny_config(train={"kl_warmup_epochs": 2, "objective": objective})
@@ -163,8 +183,9 @@ def test_a_run_folder_holds_config_metrics_and_checkpoint(tmp_path):
     assert not list(run_dir.glob("*.tmp"))
 
 
-def test_resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(tmp_path):
-    config = tiny_config(train={"epochs": 4}, model={"prior": "mixture"})
+@pytest.mark.parametrize("schedule", [{}, {"lr_final": 0.2}], ids=["constant-lr", "annealed-lr"])
+def test_resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(schedule, tmp_path):
+    config = tiny_config(train={"epochs": 4, **schedule}, model={"prior": "mixture"})
     quiet = dict(progress=False, log=lambda s: None)
     Trainer(config, tmp_path / "whole", **quiet).fit()
     Trainer(config, tmp_path / "parts", **quiet).fit(stop_after=2)
