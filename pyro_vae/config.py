@@ -404,7 +404,8 @@ class TrainConfig:
     ``lr_final`` anneals the learning rate geometrically from ``lr`` to ``lr * lr_final`` over the
     run's budget: at progress p in [0, 1] the rate is ``lr * lr_final ** p``, where p is the larger
     of the fraction of ``epochs`` done and, under a time cap, the fraction of ``max_minutes`` used
-    (1: a constant rate).
+    (1: a constant rate). Under a time cap the schedule follows measured time, so reruns are not
+    bit-identical; raising ``epochs`` or ``max_minutes`` on resume stretches it (the rate rises).
     """
 
     objective: dict = component("objective", "elbo")
