@@ -592,7 +592,7 @@ class Trainer:
         self.history.append(log.line())
         if self.dist.main:
             with open(self.run_dir / METRICS, "a") as f:  # metrics first: resume drops lines past the checkpoint
-                f.write(json.dumps(log.line()) + "\n")
+                f.write(json.dumps(self.history[-1]) + "\n")
             state = self._state()
             if improved:
                 save_checkpoint(self.run_dir / BEST, state)
