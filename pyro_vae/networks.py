@@ -37,11 +37,19 @@ class Network(Component):
 
 
 def _stack(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequential:
+    """Linear layers of the given widths, each followed by the activation (the last one only if
+    ``final_activation``). ``"gated"`` makes a layer gated dense, h = (W1 x + b1) * sigmoid(W2 x + b2)
+    (Dauphin et al. 2017; the layers of Tomczak & Welling's VampPrior models): one Linear to twice
+    the width, then ``nn.GLU`` multiplies its first half by the sigmoid of its second half."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if final_activation or i < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
+        activated = final_activation or i < len(sizes) - 2
+        if activated and activation == "gated":
+            layers += [nn.Linear(a, 2 * b), nn.GLU(dim=-1)]
+        else:
+            layers.append(nn.Linear(a, b))
+            if activated:
+                layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -77,14 +85,15 @@ class MLPNetwork(Network):
 
     Options:
         hidden: hidden layer widths of the encoder; the decoder uses them reversed.
-        activation: nonlinearity after each hidden layer.
+        activation: nonlinearity after each hidden layer; ``"gated"`` makes every hidden layer a
+            gated dense layer, h = (W1 x + b1) * sigmoid(W2 x + b2) (twice the weights per layer).
     """
 
     def __init__(
         self,
         *,
         hidden: list[int] = (400,),
-        activation: Literal["relu", "softplus", "tanh", "elu", "gelu", "leaky-relu"] = "softplus",
+        activation: Literal["relu", "softplus", "tanh", "elu", "gelu", "leaky-relu", "gated"] = "softplus",
     ) -> None:
         require(all(h >= 1 for h in hidden), f"hidden widths must be >= 1, got {hidden}.")
         self.hidden = hidden

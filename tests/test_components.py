@@ -250,3 +250,23 @@ def test_every_new_likelihood_trains_with_the_conv_network(tmp_path):
             trainer = Trainer(config, tmp_path / likelihood, progress=False, log=lambda s: None).fit()
         first, last = trainer.history[0]["test"]["elbo"], trainer.history[-1]["test"]["elbo"]
         assert math.isfinite(last) and last > first
+
+
+def test_gated_mlp_layers_compute_linear_times_sigmoid_gate():
+    vae = VAE(data_shape=(1, 4, 4), latent_dim=3, network={"name": "mlp", "hidden": [6, 5], "activation": "gated"})
+    first = vae.encoder.body[0]
+    assert first.weight.shape == (12, 16)  # the value half and the gate half of a 6-wide layer
+    x = torch.rand(7, 1, 4, 4)
+    h = first(x.flatten(-3))
+    expected = h[:, :6] * torch.sigmoid(h[:, 6:])
+    assert torch.allclose(vae.encoder.body[1](h), expected)
+    assert vae.encoder(x).shape == (7, 5)
+    # the decoder's hidden layers are gated, its output layer is a plain Linear to the head
+    assert [type(m).__name__ for m in vae.decoder.body] == ["Linear", "GLU", "Linear", "GLU", "Linear"]
+    assert vae.decoder.body[-1].out_features == 16
+    assert vae.decoder(torch.randn(2, 7, 3)).shape == (2, 7, 1, 1, 4, 4)
+
+
+def test_gated_is_an_mlp_activation_only():
+    with pytest.raises(ConfigError, match="gated"):
+        VAE(data_shape=(1, 8, 8), latent_dim=2, network={"name": "conv", "channels": [4], "activation": "gated"})
