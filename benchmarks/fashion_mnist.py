@@ -12,6 +12,8 @@ evaluation time is reported separately.
     python benchmarks/fashion_mnist.py --data-dir ../shared/data/fashion-mnist --settings mlp --threads 1
     python benchmarks/fashion_mnist.py --table-only          # the table from the run folders so far
 
+A run trained with ``--set`` overrides is listed with the keys its config.toml changes.
+
 Each setting is one config in benchmarks/configs/ and one run folder under --out. Runs are
 resumable: rerun the same command and a setting continues from its last checkpoint, or, when its
 training has finished, goes straight to evaluation (or to the table, once evaluated). Snapshots
@@ -40,8 +42,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from pyro_vae import Config, Trainer, load_run  # noqa: E402
+from pyro_vae.config import format_value  # noqa: E402
 from pyro_vae.metrics import evaluate  # noqa: E402
-from pyro_vae.training import CHECKPOINT, SNAPSHOTS, load_checkpoint  # noqa: E402
+from pyro_vae.training import CHECKPOINT, SNAPSHOTS, config_differences, load_checkpoint  # noqa: E402
 
 # Norouzi et al. 2020 (Exemplar VAE), test NLL in nats, dynamically binarized Fashion-MNIST
 PUBLISHED = {
@@ -138,6 +141,16 @@ def time_to_reach(run_dir: Path, target: float, samples: int, log) -> dict:
     return done
 
 
+def changed_keys(name: str, run_dir: Path) -> list[str]:
+    """``key=value`` for each setting of the run folder's resolved config.toml that differs from its
+    config file (the --set overrides it was trained with); the data folder is not counted."""
+    config_file, _ = SETTINGS[name]
+    ran = Config.load(run_dir / "config.toml").to_dict()
+    base = Config.load(HERE / "configs" / config_file).to_dict()
+    return [f"{'.'.join(path)}={format_value(value)}" for path, _, value in config_differences(base, ran)
+            if path != ("data", "data_dir") and value is not None]
+
+
 def table(out: Path) -> str:
     rows = [
         "| setting | config | published (nats) | ours: test NLL ± s.e. (nats) | vs published | best epoch / epochs "
@@ -151,14 +164,20 @@ def table(out: Path) -> str:
             rows.append(f"| {name} | `{config_file}` | {target:.2f} ({label}) | not run | | | | | |")
             continue
         r = json.loads(path.read_text())
+        changed = changed_keys(name, out / name)
+        config = f"`{config_file}`" + (f" with `{'`, `'.join(changed)}`" if changed else "")
         reach_path = out / name / "time-to-reach.json"
         reach = json.loads(reach_path.read_text()) if reach_path.is_file() else None
         if reach is None or not reach.get("complete"):
             reached = "not measured"
+        elif reach["minutes"] is not None:
+            reached = f"{reach['minutes']:.0f} (K = {reach['samples']})"
+        elif r["nll"] <= target:  # no snapshot did, the final parameters do
+            reached = f"{r['train_minutes']:.0f}: the final parameters (K = {r['samples']}), no snapshot (K = {reach['samples']})"
         else:
-            reached = f"{reach['minutes']:.0f} (K = {reach['samples']})" if reach["minutes"] is not None else "not reached"
+            reached = "not reached"
         rows.append(
-            f"| {name} | `{config_file}` | {target:.2f} ({label}) | {r['nll']:.2f} ± {r['nll_stderr']:.2f} "
+            f"| {name} | {config} | {target:.2f} ({label}) | {r['nll']:.2f} ± {r['nll_stderr']:.2f} "
             f"(K = {r['samples']}) | {r['nll'] - target:+.2f} | {r['best_epoch']} / {r['epochs']} "
             f"| {r['train_minutes']:.1f} | {r['eval_minutes']:.1f} | {reached} |"
         )
