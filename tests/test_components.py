@@ -270,3 +270,17 @@ def test_gated_mlp_layers_compute_linear_times_sigmoid_gate():
 def test_gated_is_an_mlp_activation_only():
     with pytest.raises(ConfigError, match="gated"):
         VAE(data_shape=(1, 8, 8), latent_dim=2, network={"name": "conv", "channels": [4], "activation": "gated"})
+
+
+def test_network_activation_options_name_exactly_the_built_activations():
+    """The typed option lists (what the config accepts and --help shows) and the ACTIVATIONS table
+    (what gets built) must not drift apart: every listed name builds, every built one is listed."""
+    import typing
+
+    from pyro_vae.networks import ACTIVATIONS, ConvNetwork, MLPNetwork
+
+    def listed(cls):
+        return set(typing.get_args(cls.option_specs()["activation"].annotation))
+
+    assert listed(MLPNetwork) == set(ACTIVATIONS) | {"gated"}
+    assert listed(ConvNetwork) == set(ACTIVATIONS)
