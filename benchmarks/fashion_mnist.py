@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE.parent))
 from pyro_vae import Config, Trainer, load_run  # noqa: E402
 from pyro_vae.config import format_value  # noqa: E402
 from pyro_vae.metrics import evaluate  # noqa: E402
-from pyro_vae.training import BEST, CHECKPOINT, SNAPSHOTS, config_differences, load_checkpoint  # noqa: E402
+from pyro_vae.training import BEST, CHECKPOINT, CONFIG, SNAPSHOTS, config_differences, load_checkpoint  # noqa: E402
 
 # Norouzi et al. 2020 (Exemplar VAE), test NLL in nats, dynamically binarized Fashion-MNIST
 PUBLISHED = {
@@ -60,6 +60,7 @@ SETTINGS = {  # name: (config, the published model whose number it targets)
     "conv": ("fashion-conv.toml", "ConvHVAE"),
 }
 RESULT = "fashion-result.json"
+REACH = "time-to-reach.json"  # the scored snapshots of --time-to-reach
 
 
 def machine() -> str:
@@ -117,7 +118,7 @@ def evaluate_run(run_dir: Path, samples: int, log) -> dict:
 
 def time_to_reach(run_dir: Path, target: float, samples: int, log) -> dict:
     """Evaluate each snapshot (K = samples) in order of training time until one reaches ``target``."""
-    path = run_dir / "time-to-reach.json"
+    path = run_dir / REACH
     done = json.loads(path.read_text()) if path.is_file() else {}
     if done.get("samples") == samples and done.get("complete"):
         return done
@@ -145,7 +146,7 @@ def changed_keys(name: str, run_dir: Path) -> list[str]:
     """``key=value`` for each setting of the run folder's resolved config.toml that differs from its
     config file (the --set overrides it was trained with); the data folder is not counted."""
     config_file, _ = SETTINGS[name]
-    ran = Config.load(run_dir / "config.toml").to_dict()
+    ran = Config.load(run_dir / CONFIG).to_dict()
     base = Config.load(HERE / "configs" / config_file).to_dict()
     return [f"{'.'.join(path)}={format_value(value)}" for path, _, value in config_differences(base, ran)
             if path != ("data", "data_dir") and value is not None]
@@ -159,21 +160,22 @@ def table(out: Path) -> str:
     ]
     for name, (config_file, label) in SETTINGS.items():
         target = PUBLISHED[label]
-        path = out / name / RESULT
+        run_dir = out / name
+        path = run_dir / RESULT
         if not path.is_file():
             rows.append(f"| {name} | `{config_file}` | {target:.2f} ({label}) | not run | | | | | |")
             continue
         r = json.loads(path.read_text())
-        changed = changed_keys(name, out / name)
+        changed = changed_keys(name, run_dir)
         config = f"`{config_file}`" + (f" with `{'`, `'.join(changed)}`" if changed else "")
-        reach_path = out / name / "time-to-reach.json"
+        reach_path = run_dir / REACH
         reach = json.loads(reach_path.read_text()) if reach_path.is_file() else None
         if reach is None or not reach.get("complete"):
             reached = "not measured"
         elif reach["minutes"] is not None:
             reached = f"{reach['minutes']:.0f} (K = {reach['samples']})"
         elif r["nll"] <= target:  # no snapshot did, the reported parameters do: the time they were saved
-            minutes = load_checkpoint(out / name / BEST)["progress"]["elapsed"] / 60
+            minutes = load_checkpoint(run_dir / BEST)["progress"]["elapsed"] / 60
             reached = f"{minutes:.0f}: the reported parameters (K = {r['samples']}), no snapshot (K = {reach['samples']})"
         else:
             reached = "not reached"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.training import CHECKPOINT_FORMAT
+from pyro_vae.training import CHECKPOINT_FORMAT, CONFIG
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -90,7 +90,7 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
     result = bench.json.loads((tmp_path / "runs" / "mlp" / bench.RESULT).read_text())
     assert result["samples"] == 4 and result["epochs"] == 2 and result["best_epoch"] in (1, 2)
     assert result["nll"] > 0 and result["train_minutes"] > 0
-    reach = bench.json.loads((tmp_path / "runs" / "mlp" / "time-to-reach.json").read_text())
+    reach = bench.json.loads((tmp_path / "runs" / "mlp" / bench.REACH).read_text())
     assert reach["complete"] and reach["minutes"] is None and len(reach["points"]) == 2  # random data: not reached
     # a second call finds everything done: nothing retrained, the same numbers
     assert bench.main([*smoke, "--settings", "mlp"]) == 0
@@ -107,12 +107,12 @@ def test_fashion_mnist_table_reports_the_time_to_reach(tmp_path, nll, snapshot_m
     bench = load("fashion_mnist")
     run_dir = tmp_path / "mlp"
     run_dir.mkdir()
-    bench.Config.load(bench.HERE / "configs" / "fashion-mlp.toml").save(run_dir / "config.toml")
+    bench.Config.load(bench.HERE / "configs" / "fashion-mlp.toml").save(run_dir / CONFIG)
     result = {"samples": 5000, "nll": nll, "nll_stderr": 0.76, "best_epoch": 300, "epochs": 310,
               "train_minutes": 59.8, "eval_minutes": 11.0}
     (run_dir / bench.RESULT).write_text(bench.json.dumps(result))
     reach = {"samples": 1000, "complete": True, "minutes": snapshot_minutes, "points": []}
-    (run_dir / "time-to-reach.json").write_text(bench.json.dumps(reach))
+    (run_dir / bench.REACH).write_text(bench.json.dumps(reach))
     torch.save({"format": CHECKPOINT_FORMAT, "progress": {"elapsed": 58.8 * 60}}, run_dir / bench.BEST)
     row = next(line for line in bench.table(tmp_path).splitlines() if line.startswith("| mlp |"))
     assert row.startswith("| mlp | `fashion-mlp.toml` | 228.70 (VAE, Gaussian prior) |")  # no --set changes

@@ -6,6 +6,7 @@ Each is checked on the numbers that define it: normalization, the identity it is
 from __future__ import annotations
 
 import math
+import typing
 import warnings
 
 import pytest
@@ -19,6 +20,7 @@ from pyro_vae.likelihoods import (
     DiscretizedLogisticMixtureImage,
 )
 from pyro_vae.config import OBJECTIVES
+from pyro_vae.networks import ACTIVATIONS, ConvNetwork, MLPNetwork
 from pyro_vae.priors import DiagonalGaussianMixture, FlowPrior
 from pyro_vae.training import svi_step
 
@@ -275,10 +277,6 @@ def test_gated_is_an_mlp_activation_only():
 def test_network_activation_options_name_exactly_the_built_activations():
     """The typed option lists (what the config accepts and --help shows) and the ACTIVATIONS table
     (what gets built) must not drift apart: every listed name builds, every built one is listed."""
-    import typing
-
-    from pyro_vae.networks import ACTIVATIONS, ConvNetwork, MLPNetwork
-
     def listed(cls):
         return set(typing.get_args(cls.option_specs()["activation"].annotation))
 
