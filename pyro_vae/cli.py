@@ -25,7 +25,9 @@ from . import __version__
 from .config import REGISTRIES, Config, apply_overrides, read_toml
 from .distributed import DEFAULT_TIMEOUT
 from .errors import ConfigError, PyroVAEError, RunDirError
-from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, config_differences, default_run_dir
+from .training import (
+    CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, config_differences, default_run_dir, same_data_folder,
+)
 
 
 def _config_from(path: str | None, overrides: list[str]) -> Config:
@@ -71,10 +73,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise RunDirError(f"cannot resume {run_dir}: it needs {CONFIG} and {CHECKPOINT} (a run that finished at least one epoch).")
         saved = Config.load(run_dir / CONFIG)
         config = Config.load(run_dir / CONFIG, args.set)
-        changed = [d for d in config_differences(saved.to_dict(), config.to_dict()) if d[0] not in RESUMABLE_CHANGES]
+        changed = [d for d in config_differences(saved.to_dict(), config.to_dict())
+                   if d[0] not in RESUMABLE_CHANGES and not same_data_folder(d)]
         if changed:
             keys = ", ".join(".".join(p) for p, _, _ in changed)
-            raise ConfigError(f"--resume can only change train.epochs; these overrides would change the run: {keys}.")
+            allowed = ", ".join(".".join(p) for p in sorted(RESUMABLE_CHANGES))
+            raise ConfigError(f"--resume can only change {allowed} (and respell data.data_dir as the same "
+                              f"folder); these overrides would change the run: {keys}.")
     else:
         config = _config_from(args.config, args.set)
     dist = Distributed.from_environment(config.device, args.timeout)

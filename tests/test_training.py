@@ -316,6 +316,25 @@ def test_a_checkpoint_resumes_only_on_the_device_type_it_was_written_on(tmp_path
         Trainer(Config.load(run_dir / CONFIG), run_dir, **quiet).fit(resume=True)
 
 
+def test_a_checkpoint_accepts_its_data_folder_spelled_another_way_and_refuses_another_folder(tmp_path, monkeypatch):
+    from pyro_vae.training import check_same_config
+
+    for name in ("idx", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "idx")
+    monkeypatch.chdir(tmp_path / "other")
+
+    def config(data_dir):
+        return Config.from_dict({"data": {"name": "fashion-mnist", "data_dir": data_dir}})
+
+    state = {"config": config(str(tmp_path / "idx")).to_dict()}
+    for spelling in ("../idx", str(tmp_path / "link"), str(tmp_path / "idx") + "/"):
+        check_same_config(state, config(spelling), set(), "run")  # one folder on disk: accepted
+    for other in ("../other", str(tmp_path / "missing")):
+        with pytest.raises(CheckpointError, match="data.data_dir"):
+            check_same_config(state, config(other), set(), "run")
+
+
 # -- model selection on a validation split, time caps and snapshots ---------------------------------
 
 
