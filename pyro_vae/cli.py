@@ -25,9 +25,7 @@ from . import __version__
 from .config import REGISTRIES, Config, apply_overrides, read_toml
 from .distributed import DEFAULT_TIMEOUT
 from .errors import ConfigError, PyroVAEError, RunDirError
-from .training import (
-    CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, config_differences, default_run_dir, same_data_folder,
-)
+from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, default_run_dir, differences_outside
 
 
 def _config_from(path: str | None, overrides: list[str]) -> Config:
@@ -73,8 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise RunDirError(f"cannot resume {run_dir}: it needs {CONFIG} and {CHECKPOINT} (a run that finished at least one epoch).")
         saved = Config.load(run_dir / CONFIG)
         config = Config.load(run_dir / CONFIG, args.set)
-        changed = [d for d in config_differences(saved.to_dict(), config.to_dict())
-                   if d[0] not in RESUMABLE_CHANGES and not same_data_folder(d)]
+        changed = differences_outside(saved.to_dict(), config.to_dict(), RESUMABLE_CHANGES)
         if changed:
             keys = ", ".join(".".join(p) for p, _, _ in changed)
             allowed = ", ".join(".".join(p) for p in sorted(RESUMABLE_CHANGES))

@@ -178,7 +178,7 @@ def config_differences(a: dict, b: dict, prefix: tuple = ()) -> list[tuple[tuple
     return out
 
 
-def same_data_folder(difference: tuple[tuple, Any, Any]) -> bool:
+def _same_data_folder(difference: tuple[tuple, Any, Any]) -> bool:
     """A data folder spelled two ways (relative and absolute, through a link) that is one folder on disk."""
     path, old, new = difference
     if path != ("data", "data_dir") or not (isinstance(old, str) and isinstance(new, str)):
@@ -187,11 +187,17 @@ def same_data_folder(difference: tuple[tuple, Any, Any]) -> bool:
     return a.is_dir() and b.is_dir() and os.path.samefile(a, b)
 
 
+def differences_outside(saved: dict, new: dict, allowed: set[tuple]) -> list[tuple[tuple, Any, Any]]:
+    """What resuming ``saved`` as ``new`` would change: config_differences outside the ``allowed``
+    keys, a data folder respelled as the same folder on disk not counted."""
+    return [d for d in config_differences(saved, new) if d[0] not in allowed and not _same_data_folder(d)]
+
+
 def check_same_config(checkpoint: dict, config: Config, allowed: set[tuple], source: str) -> None:
     """Refuse a checkpoint whose config differs from ``config`` outside ``allowed`` keys. The saved
     config is resolved first, so options added since it was written take their defaults on both sides."""
     saved = Config.from_dict(checkpoint["config"]).to_dict()
-    diffs = [d for d in config_differences(saved, config.to_dict()) if d[0] not in allowed and not same_data_folder(d)]
+    diffs = differences_outside(saved, config.to_dict(), allowed)
     if diffs:
         listed = "; ".join(f"{'.'.join(p)}: {old!r} in the checkpoint, {new!r} now" for p, old, new in diffs[:5])
         raise CheckpointError(
