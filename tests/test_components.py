@@ -20,7 +20,7 @@ from pyro_vae.likelihoods import (
     DiscretizedLogisticMixtureImage,
 )
 from pyro_vae.config import OBJECTIVES
-from pyro_vae.networks import ACTIVATIONS, ConvNetwork, MLPNetwork
+from pyro_vae.networks import ACTIVATIONS, ConvNetwork, MLPNetwork, UpConv2d
 from pyro_vae.priors import DiagonalGaussianMixture, FlowPrior
 from pyro_vae.training import svi_step
 
@@ -236,6 +236,33 @@ def test_conv_network_shapes(shape, channels):
     assert vae.encoder(x).shape == (4, 32)
     z = torch.randn(5, 4, 3)  # particles x batch
     assert vae.decoder(z).shape == (5, 4, 6, *shape)
+
+
+@pytest.mark.parametrize("in_channels, out_channels", [(6, 1), (5, 3), (4, 4), (8, 16)])
+def test_upconv_computes_the_stock_transposed_convolution_and_its_gradients(in_channels, out_channels):
+    """Both CPU paths (sub-pixel convolution for <= 3 output channels, channels-last otherwise) give
+    nn.ConvTranspose2d(in, out, 4, stride=2, padding=1)'s output and gradients, odd sizes included."""
+    torch.manual_seed(0)
+    fast = UpConv2d(in_channels, out_channels)
+    stock = torch.nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
+    stock.load_state_dict(fast.state_dict())  # the same parameters under the same names
+    x = torch.randn(3, in_channels, 5, 7, requires_grad=True)
+    outputs = [m(x) for m in (fast, stock)]
+    assert outputs[0].shape == (3, out_channels, 10, 14)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+    target = torch.randn_like(outputs[1])
+    grads = [torch.autograd.grad((out * target).sum(), [x, m.weight, m.bias]) for out, m in zip(outputs, (fast, stock))]
+    for g_fast, g_stock in zip(*grads):
+        torch.testing.assert_close(g_fast, g_stock, atol=1e-4, rtol=1e-5)
+
+
+def test_conv_decoder_keeps_the_stock_parameter_names():
+    """Decoders saved before UpConv2d load into it: the state dict is nn.ConvTranspose2d's."""
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=2, network={"name": "conv", "channels": [4, 8], "hidden": 16})
+    deconvs = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [type(m) for m in deconvs] == [UpConv2d, UpConv2d]
+    assert {k for k in vae.decoder.state_dict() if "deconvs" in k} == {
+        "deconvs.0.weight", "deconvs.0.bias", "deconvs.2.weight", "deconvs.2.bias"}
 
 
 def test_conv_network_refuses_images_it_cannot_halve():
