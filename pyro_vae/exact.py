@@ -190,13 +190,14 @@ def _prior_box(vae: VAE) -> torch.Tensor:
 
 @torch.no_grad()
 def grid_posterior(vae: VAE, x: torch.Tensor, *, tolerance: float = 1e-3, max_points: int = 512,
-                   chunk_pairs: int = 16384) -> PosteriorGrid:
+                   chunk_pairs: int | None = None) -> PosteriorGrid:
     """Adaptive quadrature of p(x, z) over z in R^2 for one datapoint x of shape (1, *data_shape).
 
     The only random draws (the prior's extent, and q's mean and spread for guides without closed
     forms) come from a fixed seed under ``fork_rng``: the result is a function of the model and x."""
-    from .metrics import _rng_devices
+    from .metrics import _rng_devices, chunk_pairs_for
 
+    chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)
     if vae.latent_dim != 2:
         raise ValueError(f"grid quadrature needs a 2-D latent, this model's is {vae.latent_dim}-D")
     q = vae.q_z_given_x(x)
@@ -282,12 +283,14 @@ def _moments(chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def monte_carlo_terms(vae: VAE, x: torch.Tensor, samples: int, chunk_pairs: int = 16384) -> dict:
+def monte_carlo_terms(vae: VAE, x: torch.Tensor, samples: int, chunk_pairs: int | None = None) -> dict:
     """E_q[log p(x|z)], KL(q(z|x) || p(z)) and the ELBO per datapoint from ``samples`` draws z ~ q,
     each as (mean, standard error); the KL in closed form (standard error 0) where one exists."""
+    from .metrics import chunk_pairs_for
+
     q = vae.q_z_given_x(x)
     prior = vae.p_z()
-    per_chunk = max(1, chunk_pairs // x.shape[0])
+    per_chunk = max(1, chunk_pairs_for(vae, x.device, chunk_pairs) // x.shape[0])
     recon, ratio, done = [], [], 0
     while done < samples:
         z = q.sample((min(per_chunk, samples - done),))
@@ -307,7 +310,7 @@ def monte_carlo_terms(vae: VAE, x: torch.Tensor, samples: int, chunk_pairs: int 
 
 
 @torch.no_grad()
-def decomposition(vae: VAE, x: torch.Tensor, *, samples: int = 5000, seed: int = 0, chunk_pairs: int = 16384,
+def decomposition(vae: VAE, x: torch.Tensor, *, samples: int = 5000, seed: int = 0, chunk_pairs: int | None = None,
                   **grid_options) -> tuple[list[dict], ExactEvidence | None]:
     """Every term of log p(x) = ELBO + KL(q||p(z|x)) and ELBO = E_q[log p(x|z)] - KL(q||p(z)) for
     each datapoint of x: exact where a method exists, otherwise estimated with a standard error."""

@@ -14,7 +14,8 @@ Per datapoint x, in nats:
 All estimates run under a seed of their own (``torch.random.fork_rng``), so the same seed gives the
 same numbers and evaluation never disturbs the training random stream. Memory is bounded by
 ``chunk_pairs`` (datapoint, sample) pairs at a time, whatever K and the dataset size: the importance
-weights are reduced chunk by chunk with a streaming log-sum-exp.
+weights are reduced chunk by chunk with a streaming log-sum-exp. Left unset, the chunk suits the
+device (:func:`chunk_pairs_for`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,46 @@ from .distributed import SINGLE, Distributed
 from .vae import VAE
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+CPU_CHUNK_BYTES = 12 * 2**20
+ACCELERATOR_CHUNK_PAIRS = 16384
+
+
+def widest_decoder_activation(vae: VAE) -> int:
+    """Numbers per latent draw in the decoder's widest layer output, from one probe pass."""
+    widths = [1]
+
+    def record(module, inputs, output) -> None:
+        if torch.is_tensor(output):
+            widths.append(output.numel())
+
+    hooks = [m.register_forward_hook(record) for m in vae.decoder.modules()]
+    try:
+        with torch.no_grad():
+            weight = next(vae.decoder.parameters())
+            vae.decoder(torch.zeros(1, vae.latent_dim, device=weight.device, dtype=weight.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(widths)
+
+
+def chunk_pairs_for(vae: VAE, device: torch.device, chunk_pairs: int | None = None) -> int:
+    """``chunk_pairs`` if given, else the default for ``vae`` on ``device``: on the CPU as many
+    (datapoint, sample) pairs as keep the decoder's widest activation near 12 MiB (between 64 and
+    16384 pairs), on an accelerator 16384.
+
+    On the CPU glibc serves an allocation above its mmap threshold (adaptive, at most 32 MiB) with
+    fresh pages, returned when it is freed, so a tensor that large is page-faulted in anew every
+    chunk and never stays in cache: 16384 pairs of a 784-pixel decoder output are 51 MiB. Measured
+    in ``benchmarks/eval_chunks.py`` (the widest activation is a proxy: several tensors of about its
+    size are alive at once). An accelerator wants large chunks to fill it.
+    """
+    if chunk_pairs is not None:
+        return chunk_pairs
+    if torch.device(device).type != "cpu":
+        return ACCELERATOR_CHUNK_PAIRS
+    per_pair = widest_decoder_activation(vae) * next(vae.decoder.parameters()).element_size()
+    return max(64, min(ACCELERATOR_CHUNK_PAIRS, CPU_CHUNK_BYTES // per_pair))
 
 
 def kl_to_prior(q, p, z: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -84,10 +125,10 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, q, num_samples: int) -> to
     return vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - q.log_prob(z)
 
 
-def _streamed_log_sums(vae: VAE, x: torch.Tensor, num_samples: int, chunk_pairs: int, squares: bool):
+def _streamed_log_sums(vae: VAE, x: torch.Tensor, num_samples: int, chunk_pairs: int | None, squares: bool):
     """log sum_k w_k (and log sum_k w_k^2 if ``squares``) over K = num_samples draws, chunk by chunk."""
     q = vae.q_z_given_x(x)
-    per_chunk = max(1, chunk_pairs // x.shape[0])
+    per_chunk = max(1, chunk_pairs_for(vae, x.device, chunk_pairs) // x.shape[0])
     total = torch.full(x.shape[:1], -math.inf, device=x.device)
     total_sq = total.clone() if squares else None
     done = 0
@@ -102,11 +143,12 @@ def _streamed_log_sums(vae: VAE, x: torch.Tensor, num_samples: int, chunk_pairs:
 
 
 @torch.no_grad()
-def log_evidence(vae: VAE, x: torch.Tensor, num_samples: int = 1000, chunk_pairs: int = 16384) -> torch.Tensor:
+def log_evidence(vae: VAE, x: torch.Tensor, num_samples: int = 1000, chunk_pairs: int | None = None) -> torch.Tensor:
     """Importance-sampled log p(x) per datapoint with K = ``num_samples`` draws from q(z|x).
 
-    The K weights are drawn in chunks of at most ``chunk_pairs // batch`` samples and combined by a
-    streaming log-sum-exp, so memory does not grow with K.
+    The K weights are drawn in chunks of at most ``chunk_pairs // batch`` samples (``chunk_pairs``
+    unset: the device's default, :func:`chunk_pairs_for`) and combined by a streaming log-sum-exp,
+    so memory does not grow with K.
     """
     total, _ = _streamed_log_sums(vae, x, num_samples, chunk_pairs, squares=False)
     return total - math.log(num_samples)
@@ -114,7 +156,7 @@ def log_evidence(vae: VAE, x: torch.Tensor, num_samples: int = 1000, chunk_pairs
 
 @torch.no_grad()
 def log_evidence_diagnostics(vae: VAE, x: torch.Tensor, num_samples: int = 1000,
-                             chunk_pairs: int = 16384) -> dict[str, torch.Tensor]:
+                             chunk_pairs: int | None = None) -> dict[str, torch.Tensor]:
     """log p(x) as in :func:`log_evidence`, with, per datapoint, its standard error and the
     effective sample size of the importance weights.
 
@@ -263,7 +305,7 @@ def evaluate(
     samples: int = 0,
     seed: int = 0,
     batch_size: int = 250,
-    chunk_pairs: int = 16384,
+    chunk_pairs: int | None = None,
     exact_points: int = 0,
     dist: Distributed = SINGLE,
 ) -> Evaluation:
@@ -314,7 +356,7 @@ def evaluate(
     )
 
 
-def _exact_part(vae: VAE, x: torch.Tensor, exact_points: int, chunk_pairs: int, dist: Distributed):
+def _exact_part(vae: VAE, x: torch.Tensor, exact_points: int, chunk_pairs: int | None, dist: Distributed):
     """Exact values where a method exists: all datapoints for closed forms, else ``exact_points``
     spread over x (which may be sorted by class), the quadrature shared out over processes."""
     from .exact import ExactEvidence, closed_form_available, exact_evidence

@@ -9,7 +9,8 @@ import torch
 from pyro import distributions as dist
 
 from pyro_vae import VAE, AnalyticKLELBO
-from pyro_vae.metrics import active_units, elbo_terms, evaluate, kl_to_prior, log_evidence
+from pyro_vae.metrics import (ACCELERATOR_CHUNK_PAIRS, CPU_CHUNK_BYTES, active_units, chunk_pairs_for, elbo_terms,
+                              evaluate, kl_to_prior, log_evidence, widest_decoder_activation)
 from pyro_vae.priors import inverse_softplus
 
 from conftest import tiny_vae
@@ -88,6 +89,28 @@ def test_chunking_over_samples_keeps_memory_bounded_and_the_estimate_unchanged()
     large = log_evidence(vae, x, 5000, chunk_pairs=10**6)  # one chunk
     assert (small - exact).abs().max().item() < 0.05
     assert (large - exact).abs().max().item() < 0.05
+
+
+def test_the_default_chunk_suits_the_decoder_and_the_device_and_an_explicit_one_wins():
+    # an MLP decoder 3 -> 40 -> 784 logits: its widest output, 784 floats of 4 bytes a draw
+    mlp = VAE(data_shape=(1, 28, 28), latent_dim=3, network={"name": "mlp", "hidden": [40]})
+    assert widest_decoder_activation(mlp) == 784
+    assert chunk_pairs_for(mlp, torch.device("cpu")) == CPU_CHUNK_BYTES // (4 * 784) == 4012
+    # a conv decoder 3 -> 16 -> (16, 7, 7) -> (8, 14, 14) -> (1, 28, 28): the 8 x 14 x 14 maps are the widest
+    conv = VAE(data_shape=(1, 28, 28), latent_dim=3, network={"name": "conv", "channels": [8, 16], "hidden": 16})
+    assert widest_decoder_activation(conv) == 8 * 14 * 14 == 1568
+    assert chunk_pairs_for(conv, torch.device("cpu")) == CPU_CHUNK_BYTES // (4 * 1568) == 2006
+    tiny = VAE(data_shape=(1, 2, 2), latent_dim=2, network={"name": "mlp", "hidden": [4]})
+    assert chunk_pairs_for(tiny, torch.device("cpu")) == ACCELERATOR_CHUNK_PAIRS  # capped
+    assert chunk_pairs_for(mlp, torch.device("cuda")) == ACCELERATOR_CHUNK_PAIRS == 16384  # no GPU needed to ask
+    assert chunk_pairs_for(mlp, torch.device("cpu"), 100) == 100
+    vae, w, b = ppca_vae(posterior_shift=0.2, posterior_scale_factor=1.3)
+    x = ppca_data(w, b, n=8)
+    estimates = []
+    for chunk in (None, chunk_pairs_for(vae, x.device)):  # unset is the default: the same draws, the same numbers
+        torch.manual_seed(3)
+        estimates.append(log_evidence(vae, x, 1000, chunk_pairs=chunk))
+    assert torch.equal(*estimates)
 
 
 def test_closed_form_gaussian_kl_matches_the_formula_and_monte_carlo():
