@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every setting (e.g. for a smoke run; repeatable)")
     p.add_argument("--table-only", action="store_true", help="print the table of what has run so far")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="score run folders that exist, training nothing (a folder without its result is scored afresh)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,10 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    missing = [str(out / n) for n in names if not (out / n / CHECKPOINT).is_file()]
+    if args.evaluate_only and missing:
+        p.error(f"--evaluate-only: no trained run in {', '.join(missing)}")
     if not args.table_only:
         log(f"machine: {machine()}")
         for name in names:
-            run_dir = train(name, out, args.data_dir, log, args.set)
+            run_dir = out / name if args.evaluate_only else train(name, out, args.data_dir, log, args.set)
             r = evaluate_run(run_dir, args.samples, log)
             log(f"{name}: test NLL {r['nll']:.2f} ± {r['nll_stderr']:.2f} nats (K = {r['samples']}), "
                 f"published {PUBLISHED[SETTINGS[name][1]]:.2f}")

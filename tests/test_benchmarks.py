@@ -40,6 +40,27 @@ def test_evidence_runs_and_both_estimators_agree(capsys):
     assert difference < 1e-3
 
 
+def test_conv_decoder_runs_and_both_decoders_agree(capsys):
+    bench = load("conv_decoder")
+    assert bench.main(["--rounds", "1", "--steps", "1", "--pairs", "16", "--batch", "8", "--images", "2",
+                       "--samples", "8", "--set", "model.network.channels=[4, 8]", "--set", "model.prior.components=3"]) == 0
+    out = capsys.readouterr().out
+    assert "| decoder forward, 16 draws |" in out and "| training step (elbo, batch 8), per step |" in out
+    output_gap, gradient_gap = (float(out.split(key)[1].split()[0].rstrip(";")) for key in
+                                ("decoder-output difference ", "relative gradient difference "))
+    assert output_gap < 1e-5 and gradient_gap < 1e-4
+
+
+def test_eval_chunks_runs_and_the_chunk_does_not_change_the_estimate(capsys):
+    bench = load("eval_chunks")
+    assert bench.main(["--configs", "fashion-mlp", "--chunks", "64,32", "--images", "4", "--samples", "20",
+                       "--rounds", "1"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| fashion-mlp |")]
+    assert [row[1] for row in rows] == ["16384", "4012 (default)", "64", "32"]  # 12 MiB / (4 bytes x 784 pixels)
+    means = [float(row[-1].rstrip(" |")) for row in rows]  # the same seed: the same draws in any chunking
+    assert max(means) - min(means) < 1e-3
+
+
 def test_scaling_runs(capsys):
     bench = load("scaling")
     tiny = ["--set", "data=synthetic", "--set", "data.side=6", "--set", "model.latent_dim=2",
@@ -96,6 +117,17 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
     assert bench.main([*smoke, "--settings", "mlp"]) == 0
     assert "resuming" not in capsys.readouterr().out
     assert bench.json.loads((tmp_path / "runs" / "mlp" / bench.RESULT).read_text()) == result
+    # --evaluate-only scores a folder afresh once its result is gone, training nothing: the same numbers
+    metrics_before = (tmp_path / "runs" / "mlp" / "metrics.jsonl").read_text()
+    (tmp_path / "runs" / "mlp" / bench.RESULT).unlink()
+    assert bench.main([*smoke, "--settings", "mlp", "--evaluate-only"]) == 0
+    rescored = bench.json.loads((tmp_path / "runs" / "mlp" / bench.RESULT).read_text())
+    assert {k: rescored[k] for k in ("nll", "nll_stderr", "best_epoch", "epochs")} == \
+        {k: result[k] for k in ("nll", "nll_stderr", "best_epoch", "epochs")}
+    assert (tmp_path / "runs" / "mlp" / "metrics.jsonl").read_text() == metrics_before
+    with pytest.raises(SystemExit):  # nothing trained there yet: refused, not trained
+        bench.main([*smoke, "--settings", "conv", "--evaluate-only"])
+    assert "no trained run in" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("nll, snapshot_minutes, expected", [
