@@ -35,19 +35,24 @@ ACCELERATOR_CHUNK_PAIRS = 16384
 
 
 def widest_decoder_activation(vae: VAE) -> int:
-    """Numbers per latent draw in the decoder's widest layer output, from one probe pass."""
+    """Numbers per latent draw in the decoder's widest layer output, from one probe pass (in eval
+    mode, so that layers such as batch norm accept the single draw; the mode is restored)."""
     widths = [1]
 
     def record(module, inputs, output) -> None:
         if torch.is_tensor(output):
             widths.append(output.numel())
 
-    hooks = [m.register_forward_hook(record) for m in vae.decoder.modules()]
+    decoder = vae.decoder
+    was_training = decoder.training
+    hooks = [m.register_forward_hook(record) for m in decoder.modules()]
     try:
+        decoder.eval()
         with torch.no_grad():
-            weight = next(vae.decoder.parameters())
-            vae.decoder(torch.zeros(1, vae.latent_dim, device=weight.device, dtype=weight.dtype))
+            weight = next(decoder.parameters())
+            decoder(torch.zeros(1, vae.latent_dim, device=weight.device, dtype=weight.dtype))
     finally:
+        decoder.train(was_training)
         for hook in hooks:
             hook.remove()
     return max(widths)

@@ -113,6 +113,15 @@ def test_the_default_chunk_suits_the_decoder_and_the_device_and_an_explicit_one_
     assert torch.equal(*estimates)
 
 
+def test_the_chunk_probe_takes_a_decoder_with_batch_norm_in_training_and_leaves_it_so():
+    vae = VAE(data_shape=(1, 2, 2), latent_dim=2, network={"name": "mlp", "hidden": [4]})
+    vae.decoder = torch.nn.Sequential(torch.nn.Linear(2, 24), torch.nn.BatchNorm1d(24), torch.nn.Linear(24, 4))
+    vae.train()
+    assert widest_decoder_activation(vae) == 24  # one draw: batch norm would refuse it in training mode
+    assert vae.decoder.training and vae.decoder[1].training
+    assert vae.decoder[1].num_batches_tracked.item() == 0  # the probe changed no running statistics
+
+
 def test_closed_form_gaussian_kl_matches_the_formula_and_monte_carlo():
     mu, sigma = torch.tensor([[0.5, -1.0, 0.0]]), torch.tensor([[0.3, 1.5, 1.0]])
     q = dist.Normal(mu, sigma).to_event(1)
