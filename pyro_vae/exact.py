@@ -314,8 +314,9 @@ def decomposition(vae: VAE, x: torch.Tensor, *, samples: int = 5000, seed: int =
                   **grid_options) -> tuple[list[dict], ExactEvidence | None]:
     """Every term of log p(x) = ELBO + KL(q||p(z|x)) and ELBO = E_q[log p(x|z)] - KL(q||p(z)) for
     each datapoint of x: exact where a method exists, otherwise estimated with a standard error."""
-    from .metrics import _rng_devices, log_evidence_diagnostics
+    from .metrics import _rng_devices, chunk_pairs_for, log_evidence_diagnostics
 
+    chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)  # resolved once for the three estimates
     with torch.random.fork_rng(devices=_rng_devices(x)):
         torch.manual_seed(seed)
         importance = log_evidence_diagnostics(vae, x, samples, chunk_pairs)

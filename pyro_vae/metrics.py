@@ -324,6 +324,7 @@ def evaluate(
     data-parallel evaluation, ``dist``) computes which batch, and the training stream is untouched.
     """
     starts = list(range(0, x.shape[0], batch_size))
+    chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)  # resolved once, not per batch or exact point
 
     def batches(indices: list[int]) -> list[dict]:
         out = []
