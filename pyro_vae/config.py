@@ -406,6 +406,12 @@ class TrainConfig:
     of the fraction of ``epochs`` done and, under a time cap, the fraction of ``max_minutes`` used
     (1: a constant rate). Under a time cap the schedule follows measured time, so reruns are not
     bit-identical; raising ``epochs`` or ``max_minutes`` on resume stretches it (the rate rises).
+
+    ``ema`` (0: off) keeps an exponential moving average of the parameters with that decay per
+    step (Polyak averaging; warmed up as min(ema, (1 + t) / (10 + t)) at step t). The average,
+    not the last step's parameters, is what the per-epoch scores, best.pt and the final
+    evaluation use: it removes part of the noise of the last steps. A decay d averages over about
+    1 / (1 - d) steps (0.999: 1000 steps).
     """
 
     objective: dict = component("objective", "elbo")
@@ -421,8 +427,13 @@ class TrainConfig:
     early_stopping: int = 0
     max_minutes: float = 0.0
     snapshot_minutes: float = 0.0
+    ema: float = 0.0
 
     def check(self, where: str) -> None:
+        require(
+            0.0 <= self.ema < 1.0,
+            f"{where}.ema must be in [0, 1) (the moving average's decay per step, e.g. 0.999; 0: off), got {self.ema}.",
+        )
         require(self.epochs >= 1, f"{where}.epochs must be >= 1, got {self.epochs}.")
         require(self.validation >= 0, f"{where}.validation must be >= 0 (0: no validation split), got {self.validation}.")
         require(

@@ -14,6 +14,10 @@ A run folder holds everything needed to re-run, resume or evaluate it:
 Each step is one SVI step: the objective's ``loss_and_grads`` (the same call ``pyro.infer.SVI.step``
 makes) followed by one ``torch.optim.Adam`` step over all parameters of the VAE. Losses are summed
 over a batch, then divided by its size for the numbers we print: nats per datapoint.
+
+With ``train.ema`` the checkpoints' ``model`` holds the exponential moving average of the
+parameters (what is scored, selected and evaluated) and ``training_model`` the parameters the
+optimizer moves (what a resume continues from).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import shutil
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -311,14 +316,70 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[t
     return list(torch.randperm(n, generator=generator, device=generator.device).split(batch_size))
 
 
+class ParameterAverage:
+    """Exponential moving average of a module's parameters (Polyak averaging), for evaluation.
+
+    After step t the average moves toward the current parameters theta_t:
+    avg <- d_t avg + (1 - d_t) theta_t, with d_t = min(decay, (1 + t) / (10 + t)), so that the
+    first steps, far from where training goes, are forgotten quickly (the average starts at the
+    initial parameters). Buffers (e.g. pseudo-input ranges, batch-norm statistics) are not averaged:
+    the averaged model uses the trained model's.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.parameters = list(module.parameters())
+        self.average = [p.detach().clone() for p in self.parameters]
+
+    def weight(self, step: int) -> float:
+        """d_t at step t (counted from 1)."""
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        keep = self.weight(step)
+        for average, p in zip(self.average, self.parameters):
+            average.lerp_(p, 1.0 - keep)
+
+    @contextmanager
+    def applied(self):
+        """The module holds the averaged parameters inside the block, its own ones again after it."""
+        with torch.no_grad():
+            own = [p.detach().clone() for p in self.parameters]
+            for p, average in zip(self.parameters, self.average):
+                p.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, value in zip(self.parameters, own):
+                    p.copy_(value)
+
+    @torch.no_grad()
+    def load(self, module_state: dict, module: torch.nn.Module) -> None:
+        """Set the average from a state dict of ``module`` (the checkpoint's averaged ``model``)."""
+        named = dict(module.named_parameters())
+        by_id = {id(p): name for name, p in named.items()}
+        for average, p in zip(self.average, self.parameters):
+            average.copy_(module_state[by_id[id(p)]])
+
+
+def adam(vae: VAE, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam over every parameter of the VAE; the fused implementation on CPU and CUDA (one kernel
+    for all parameters: the same update, ~5x faster than the default on the CPU)."""
+    return torch.optim.Adam(vae.parameters(), lr=lr, fused=device.type in ("cpu", "cuda") or None)
+
+
 def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Generator, epoch: int, step: int,
-                     progress: dict | None = None) -> dict:
-    """Everything a run needs to resume: parameters, optimizer and random states (tensors and plain values)."""
+                     progress: dict | None = None, average: ParameterAverage | None = None) -> dict:
+    """Everything a run needs to resume: parameters, optimizer and random states (tensors and plain
+    values). With ``average``, ``model`` holds the averaged parameters and ``training_model`` the
+    optimizer's."""
     device = next(vae.parameters()).device
     rng = {"torch": torch.get_rng_state(), "data": generator.get_state(), "device": device.type}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
-    return {
+    state = {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "data_shape": list(vae.data_shape),
@@ -331,6 +392,11 @@ def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Gener
         # early stopping carry over a resume
         "progress": dict(progress or {}),
     }
+    if average is not None:
+        state["training_model"] = {k: v.clone() for k, v in state["model"].items()}
+        with average.applied():
+            state["model"] = {k: v.clone() for k, v in vae.state_dict().items()}
+    return state
 
 
 def svi_step(
@@ -431,7 +497,8 @@ class Trainer:
         self.data = prepare_data(self.config, self.vae, self.device, splits)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.vae.prior.fit_to_data(self.data.train, self.generator)  # e.g. VampPrior pseudo-inputs
-        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=self.config.train.lr)
+        self.optimizer = adam(self.vae, self.config.train.lr, self.device)
+        self.average = ParameterAverage(self.vae, self.config.train.ema) if self.config.train.ema else None
         self.epoch = 0
         self.step = 0
         self.elapsed = 0.0  # training wall seconds: steps plus per-epoch scoring
@@ -450,7 +517,12 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         progress = {"elapsed": self.elapsed, "last_epoch_seconds": self.last_epoch_seconds,
                     "best_valid": self.best_valid, "best_epoch": self.best_epoch}
-        return checkpoint_state(self.config, self.vae, self.optimizer, self.generator, self.epoch, self.step, progress)
+        return checkpoint_state(self.config, self.vae, self.optimizer, self.generator, self.epoch, self.step, progress,
+                                self.average)
+
+    def _scored(self):
+        """What the per-epoch scores and best.pt see: the averaged parameters with train.ema."""
+        return self.average.applied() if self.average is not None else nullcontext()
 
     def _restore(self, state: dict[str, Any]) -> None:
         written_on = state["rng"].get("device", "cpu")
@@ -461,7 +533,9 @@ class Trainer:
                 f"device. Resume it with device = \"{written_on}\" (--set device={written_on}), or start "
                 f"a new run."
             )
-        self.vae.load_state_dict(state["model"])
+        self.vae.load_state_dict(state.get("training_model", state["model"]))
+        if self.average is not None:
+            self.average.load(state["model"], self.vae)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["data"])
@@ -542,6 +616,8 @@ class Trainer:
                             f"{self._last_good()} Try a smaller train.lr, or KL warm-up."
                         )
                     self.step += 1
+                    if self.average is not None:
+                        self.average.update(self.step)
                     total += loss
                     count += index.shape[0]
                     bar.update(1)
@@ -593,8 +669,9 @@ class Trainer:
         def score(x: torch.Tensor) -> dict:
             return _terms(metrics.evaluate(self.vae, x, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist))
 
-        test, train = score(self.data.test), score(self.data.train_eval)
-        valid = score(self.data.valid) if self.data.valid is not None else None
+        with self._scored():
+            test, train = score(self.data.test), score(self.data.train_eval)
+            valid = score(self.data.valid) if self.data.valid is not None else None
         # the slowest rank's times, so that every rank takes the same time-cap decision
         train_seconds, eval_seconds = self.dist.slowest(train_seconds, time.perf_counter() - started)
         log = EpochLog(self.epoch, self.step, -mean_loss, beta, train_seconds, train, test, eval_seconds, valid,

@@ -183,7 +183,7 @@ def test_a_run_folder_holds_config_metrics_and_checkpoint(tmp_path):
     assert not list(run_dir.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("schedule", [{}, {"lr_final": 0.2}], ids=["constant-lr", "annealed-lr"])
+@pytest.mark.parametrize("schedule", [{}, {"lr_final": 0.2}, {"ema": 0.9}], ids=["constant-lr", "annealed-lr", "ema"])
 def test_resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(schedule, tmp_path):
     config = tiny_config(train={"epochs": 4, **schedule}, model={"prior": "mixture"})
     quiet = dict(progress=False, log=lambda s: None)
@@ -194,8 +194,9 @@ def test_resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(sched
     whole = load_checkpoint(tmp_path / "whole" / CHECKPOINT)
     parts = load_checkpoint(tmp_path / "parts" / CHECKPOINT)
     assert whole["step"] == parts["step"]
-    for name, tensor in whole["model"].items():
-        assert torch.equal(tensor, parts["model"][name]), name
+    for key in ("model", "training_model") if "ema" in schedule else ("model",):
+        for name, tensor in whole[key].items():
+            assert torch.equal(tensor, parts[key][name]), (key, name)
     drop = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
     assert [drop(m) for m in read_metrics(tmp_path / "whole")] == [drop(m) for m in read_metrics(tmp_path / "parts")]
 
@@ -423,3 +424,50 @@ def test_a_resumed_run_keeps_its_best_checkpoint_and_training_time(tmp_path):
     assert a["epoch"] == b["epoch"]
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_the_parameter_average_follows_its_recurrence_and_is_applied_only_inside_its_block():
+    from pyro_vae.training import ParameterAverage
+
+    layer = torch.nn.Linear(2, 1)
+    start = [p.detach().clone() for p in layer.parameters()]
+    average = ParameterAverage(layer, decay=0.5)
+    expected = [p.clone() for p in start]
+    for t in range(1, 6):
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(1.0)
+        average.update(t)
+        d = min(0.5, (1 + t) / (10 + t))  # 2/11, 3/12, 4/13, 5/14, 6/15: the warm-up, below 0.5 throughout
+        expected = [d * e + (1 - d) * (s + t) for e, s in zip(expected, start)]
+    for a, e in zip(average.average, expected):
+        assert torch.allclose(a, e, atol=1e-6)
+    own = [p.detach().clone() for p in layer.parameters()]
+    with average.applied():
+        assert all(torch.equal(p, a) for p, a in zip(layer.parameters(), average.average))
+    assert all(torch.equal(p, o) for p, o in zip(layer.parameters(), own))
+    assert average.weight(10**6) == 0.5  # the decay itself once warmed up
+
+
+def test_with_ema_scores_and_checkpoints_hold_the_averaged_parameters(tmp_path):
+    from pyro_vae import metrics
+    from pyro_vae.training import BEST
+
+    run_dir = tmp_path / "run"
+    config = tiny_config(train={"epochs": 3, "validation": 32, "ema": 0.9})
+    trainer = Trainer(config, run_dir, progress=False, log=lambda s: None).fit()
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    assert any(not torch.equal(state["model"][k], state["training_model"][k]) for k in state["training_model"])
+    # training continues from the optimizer's parameters, not from the average
+    for name, p in trainer.vae.state_dict().items():
+        assert torch.equal(p, state["training_model"][name]), name
+    last = load_run(run_dir, checkpoint="last")  # what evaluation loads: the average
+    valid = metrics.evaluate(last.vae, trainer.data.valid, seed=config.seed, batch_size=config.eval.batch_size)
+    assert valid.elbo.mean().item() == pytest.approx(read_metrics(run_dir)[-1]["valid"]["elbo"], abs=1e-4)
+    best = max(read_metrics(run_dir), key=lambda m: m["valid"]["elbo"])
+    assert load_checkpoint(run_dir / BEST)["epoch"] == best["epoch"]
+
+
+def test_ema_must_be_a_decay_below_one():
+    with pytest.raises(ConfigError, match=r"train.ema must be in \[0, 1\)"):
+        tiny_config(train={"ema": 1.0})
