@@ -328,7 +328,7 @@ class ParameterAverage:
 
     def __init__(self, module: torch.nn.Module, decay: float) -> None:
         self.decay = decay
-        self.parameters = list(module.parameters())
+        self.names, self.parameters = zip(*module.named_parameters())
         self.average = [p.detach().clone() for p in self.parameters]
 
     def weight(self, step: int) -> float:
@@ -356,12 +356,10 @@ class ParameterAverage:
                     p.copy_(value)
 
     @torch.no_grad()
-    def load(self, module_state: dict, module: torch.nn.Module) -> None:
-        """Set the average from a state dict of ``module`` (the checkpoint's averaged ``model``)."""
-        named = dict(module.named_parameters())
-        by_id = {id(p): name for name, p in named.items()}
-        for average, p in zip(self.average, self.parameters):
-            average.copy_(module_state[by_id[id(p)]])
+    def load(self, module_state: dict) -> None:
+        """Set the average from a state dict of the module (the checkpoint's averaged ``model``)."""
+        for average, name in zip(self.average, self.names):
+            average.copy_(module_state[name])
 
 
 def adam(vae: VAE, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -394,7 +392,7 @@ def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Gener
         "progress": dict(progress or {}),
     }
     if average is not None:
-        state["training_model"] = {k: v.clone() for k, v in state["model"].items()}
+        state["training_model"] = state["model"]  # the live tensors: the optimizer's values again after the block
         with average.applied():
             state["model"] = {k: v.clone() for k, v in vae.state_dict().items()}
     return state
@@ -536,7 +534,7 @@ class Trainer:
             )
         self.vae.load_state_dict(state.get("training_model", state["model"]))
         if self.average is not None:
-            self.average.load(state["model"], self.vae)
+            self.average.load(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["data"])
