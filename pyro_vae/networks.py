@@ -4,12 +4,14 @@ A network component is a factory: ``encoder(data_shape)`` returns a module mappi
 ``(*batch, C, H, W)`` to features ``(*batch, out_features)``; ``decoder(latent_dim, head_shape)``
 returns a module mapping ``(*batch, latent_dim)`` to the likelihood's head ``(*batch, *head_shape)``.
 Leading batch dimensions (datapoints, and particles when objectives vectorize) pass through.
+Bodies derive from ``Body``, which lets training run them in mixed precision (``train.precision``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from contextlib import contextmanager
+from typing import Iterator, Literal
 
 import torch
 from torch import nn
@@ -36,6 +38,55 @@ class Network(Component):
         raise NotImplementedError
 
 
+class Body(nn.Module):
+    """Base class of encoder and decoder bodies; a subclass implements ``compute(x)``.
+
+    ``compute_dtype`` (None: off) runs ``compute`` under ``torch.autocast`` in that dtype: mixed
+    precision, where matrix products and convolutions read their inputs and weights in the lower
+    precision, accumulate in float32 and round their outputs to it (bfloat16: about 3 significant
+    digits), while the parameters, their gradients and everything outside the body stay float32.
+    The body's output is returned in the input's dtype, so every density, KL and bound downstream
+    is computed in float32. Set it with ``mixed_precision``, never by hand.
+    """
+
+    compute_dtype: torch.dtype | None = None
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute_dtype is None:
+            return self.compute(x)
+        with torch.autocast(x.device.type, dtype=self.compute_dtype):
+            out = self.compute(x)
+        return out.to(x.dtype)
+
+
+@contextmanager
+def mixed_precision(bodies: list[nn.Module], dtype: torch.dtype | None) -> Iterator[None]:
+    """Inside the block, the given bodies compute in ``dtype`` (see ``Body``); None changes nothing.
+
+    Only ``Body`` subclasses know how; any other module is refused, since running it in float32
+    while the user asked for lower precision would be a silent no-op."""
+    if dtype is None:
+        yield
+        return
+    for body in bodies:
+        require(
+            isinstance(body, Body),
+            f"mixed precision ({dtype}) needs encoder and decoder bodies derived from "
+            f"pyro_vae.networks.Body (which implement compute(x)); {type(body).__name__} is not one. "
+            f"Derive it from Body, or train in float32 (train.precision = \"float32\").",
+        )
+    try:
+        for body in bodies:
+            body.compute_dtype = dtype
+        yield
+    finally:
+        for body in bodies:
+            body.compute_dtype = None
+
+
 def _stack(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequential:
     """Linear layers of the given widths, each followed by the activation (the last one only if
     ``final_activation``). ``"gated"`` makes a layer gated dense, h = (W1 x + b1) * sigmoid(W2 x + b2)
@@ -53,7 +104,7 @@ def _stack(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Body):
     """x (*batch, C, H, W) -> flatten -> [Linear -> activation] per hidden layer -> features."""
 
     def __init__(self, data_shape: tuple[int, ...], hidden: list[int], activation: str):
@@ -63,11 +114,11 @@ class MLPEncoder(nn.Module):
         self.body = _stack(sizes, activation, final_activation=True)
         self.out_features = sizes[-1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x.flatten(-self.data_ndim))
 
 
-class MLPDecoder(nn.Module):
+class MLPDecoder(Body):
     """z (*batch, latent_dim) -> [Linear -> activation] per hidden layer -> Linear -> head."""
 
     def __init__(self, latent_dim: int, head_shape: tuple[int, ...], hidden: list[int], activation: str):
@@ -75,7 +126,7 @@ class MLPDecoder(nn.Module):
         self.head_shape = tuple(head_shape)
         self.body = _stack([latent_dim, *hidden, math.prod(head_shape)], activation, final_activation=False)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def compute(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(z).unflatten(-1, self.head_shape)
 
 
@@ -106,7 +157,7 @@ class MLPNetwork(Network):
         return MLPDecoder(latent_dim, head_shape, list(reversed(self.hidden)), self.activation)
 
 
-class ConvEncoder(nn.Module):
+class ConvEncoder(Body):
     """x (*batch, C, H, W) -> [Conv 4x4 stride 2 -> activation] per channel count -> flatten ->
     Linear -> activation -> features. H and W must be divisible by 2^(number of conv layers)."""
 
@@ -121,7 +172,7 @@ class ConvEncoder(nn.Module):
         self.dense = nn.Sequential(nn.Linear(c * h * w, hidden), ACTIVATIONS[activation]())
         self.out_features = hidden
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[:-3]
         features = self.convs(x.reshape(-1, *x.shape[-3:])).flatten(1)
         return self.dense(features).reshape(*batch, -1)
@@ -167,7 +218,7 @@ class UpConv2d(nn.ConvTranspose2d):
         return super().forward(x.contiguous(memory_format=torch.channels_last))
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(Body):
     """z (*batch, L) -> Linear -> activation -> Linear -> activation -> reshape (C_last, H/2^n, W/2^n)
     -> [ConvTranspose 4x4 stride 2 -> activation] per channel count, reversed -> ConvTranspose to
     P * C channels -> head (*batch, P, C, H, W)."""
@@ -189,7 +240,7 @@ class ConvDecoder(nn.Module):
         layers.append(UpConv2d(widths[-1], p * c))
         self.deconvs = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def compute(self, z: torch.Tensor) -> torch.Tensor:
         batch = z.shape[:-1]
         maps = self.dense(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
         return self.deconvs(maps).reshape(*batch, *self.head_shape)

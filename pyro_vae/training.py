@@ -41,6 +41,7 @@ from .config import OBJECTIVES, Config
 from .data import DATASETS, DataSplits
 from .distributed import SINGLE, Distributed
 from .errors import CheckpointError, ConfigError, RunDirError, TrainingDiverged
+from .networks import mixed_precision
 from .vae import VAE
 
 CHECKPOINT = "checkpoint.pt"
@@ -477,6 +478,12 @@ class Trainer:
         if not self.dist.main:  # only rank 0 speaks and writes
             self.progress, self.log = False, lambda message: None
         self.objective = OBJECTIVES.build(self.config.train.objective, "train.objective")
+        self.compute_dtype = {"float32": None, "bfloat16": torch.bfloat16}[self.config.train.precision]
+        if self.compute_dtype is not None and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(
+                f"train.precision = \"bfloat16\" needs a GPU that computes in bfloat16, and "
+                f"{torch.cuda.get_device_name(self.device)} does not. Use train.precision = \"float32\"."
+            )
         if self.config.train.kl_warmup_epochs > 0 and not self.objective.supports_kl_weight:
             raise ConfigError(
                 f"train.kl_warmup_epochs = {self.config.train.kl_warmup_epochs} needs an objective with "
@@ -607,7 +614,8 @@ class Trainer:
                         start, stop = self.dist.shard(x.shape[0])
                         vae.posterior.noise_shard = (start, stop, x.shape[0])
                         x = x[start:stop]
-                    loss = svi_step(vae, elbo, self.optimizer, x, self.config.train.engine, self.dist)
+                    with mixed_precision([vae.encoder, vae.decoder], self.compute_dtype):  # steps only
+                        loss = svi_step(vae, elbo, self.optimizer, x, self.config.train.engine, self.dist)
                     vae.posterior.noise_shard = None
                     if not math.isfinite(loss):
                         raise TrainingDiverged(

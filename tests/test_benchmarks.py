@@ -51,6 +51,16 @@ def test_conv_decoder_runs_and_both_decoders_agree(capsys):
     assert output_gap < 1e-5 and gradient_gap < 1e-4
 
 
+def test_precision_runs_and_bfloat16_stays_near_float32(capsys):
+    bench = load("precision")
+    assert bench.main(["--configs", "fashion-mlp", "--batch", "8", "--rounds", "1", "--steps", "1"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| fashion-mlp |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    loss, difference, cosine = float(cells[5]), float(cells[6]), float(cells[7])
+    assert difference != 0 and abs(difference) < 0.01 * abs(loss)  # it ran in bfloat16, and stayed close
+    assert cosine > 0.99
+
+
 def test_eval_chunks_runs_and_the_chunk_does_not_change_the_estimate(capsys):
     bench = load("eval_chunks")
     assert bench.main(["--configs", "fashion-mlp", "--chunks", "64,32", "--images", "4", "--samples", "20",

@@ -309,3 +309,30 @@ def test_network_activation_options_name_exactly_the_built_activations():
 
     assert listed(MLPNetwork) == set(ACTIVATIONS) | {"gated"}
     assert listed(ConvNetwork) == set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("network", [MLPNetwork(hidden=[32, 16], activation="gated"), ConvNetwork(channels=[4, 8], hidden=16)],
+                         ids=["mlp", "conv"])
+def test_mixed_precision_runs_the_bodies_in_bfloat16_and_returns_float32_only_inside_its_block(network):
+    from pyro_vae.networks import mixed_precision
+
+    torch.manual_seed(0)
+    encoder, decoder = network.encoder((1, 8, 8)), network.decoder(3, (1, 1, 8, 8))
+    x, z = torch.rand(5, 1, 8, 8), torch.randn(5, 3)
+    full = encoder(x), decoder(z)
+    with mixed_precision([encoder, decoder], torch.bfloat16):
+        mixed = encoder(x), decoder(z)
+    for a, b in zip(full, mixed):
+        assert b.dtype == torch.float32 and b.shape == a.shape
+        assert not torch.equal(a, b)  # the products really ran in bfloat16 ...
+        assert torch.allclose(a, b, rtol=0.05, atol=0.05)  # ... with float32 accumulation: close
+    assert all(p.dtype == torch.float32 for p in [*encoder.parameters(), *decoder.parameters()])
+    assert torch.equal(encoder(x), full[0]) and torch.equal(decoder(z), full[1])  # float32 again after it
+
+
+def test_mixed_precision_refuses_a_body_that_cannot_honour_it():
+    from pyro_vae.networks import mixed_precision
+
+    with pytest.raises(ConfigError, match=r"derived from\s+pyro_vae.networks.Body.*Sequential.*float32"):
+        with mixed_precision([torch.nn.Sequential(torch.nn.Linear(2, 2))], torch.bfloat16):
+            pass
