@@ -34,14 +34,14 @@ import torch
 from pyro_vae import Config
 from pyro_vae.networks import mixed_precision
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.training import adam, build_vae, svi_step
+from pyro_vae.training import adam, build_vae, network_bodies, svi_step
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 def step(vae, objective, optimizer, x, dtype) -> float:
-    with mixed_precision([vae.encoder, vae.decoder], dtype):
+    with mixed_precision(network_bodies(vae), dtype):
         return svi_step(vae, objective, optimizer, x)
 
 
@@ -49,7 +49,7 @@ def loss_and_gradient(vae, objective, x, dtype, seed: int) -> tuple[float, torch
     """Minus the objective per datapoint, and the gradient as one vector, at fixed draws."""
     vae.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    with mixed_precision([vae.encoder, vae.decoder], dtype):
+    with mixed_precision(network_bodies(vae), dtype):
         surrogate, loss = objective.vae_loss(vae, x)
     surrogate.backward()
     grad = torch.cat([p.grad.flatten() for p in vae.parameters() if p.grad is not None])

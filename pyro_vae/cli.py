@@ -185,9 +185,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be >= 1, got {args.n}.")
     run = load_run(args.run_dir, device=args.device, with_data=False)
     seed = run.config.seed if args.seed is None else args.seed
+    if args.pixels is None:
+        args.pixels = "mean" if run.vae.likelihood.mean_available else "sample"
     out = Path(args.out) if args.out else run.run_dir / f"samples-n{args.n}-seed{seed}-{args.pixels}.png"
     if args.out and out.exists() and not args.overwrite:
         raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    if args.pixels == "mean" and not run.vae.likelihood.mean_available:
+        raise ConfigError(
+            f"the {run.vae.likelihood.name} likelihood has no closed-form mean E[x|z] (each pixel "
+            f"depends on those drawn before it); pass --pixels sample to draw x ~ p(x|z)."
+        )
     images = prior_samples(run.vae, args.n, seed, args.pixels)
     what = "E[x|z]" if args.pixels == "mean" else "x ~ p(x|z)"
     save_grid(images, out, int(max(1, round(args.n**0.5))), f"{args.n} samples: {what}, z ~ p(z) (seed {seed})")
@@ -290,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--seed", type=int, help="seed (default: the run's seed)")
-    p.add_argument("--pixels", choices=["mean", "sample"], default="mean",
-                   help="show E[x|z] (default) or a draw x ~ p(x|z)")
+    p.add_argument("--pixels", choices=["mean", "sample"],
+                   help="show E[x|z] or a draw x ~ p(x|z) (default: E[x|z] where the likelihood has it in "
+                        "closed form, else a draw)")
     p.add_argument("--out", help="picture path (default: RUN_DIR/samples-n<N>-seed<S>-<pixels>.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")

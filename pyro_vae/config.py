@@ -414,7 +414,7 @@ class TrainConfig:
     1 / (1 - d) steps (0.999: 1000 steps).
 
     ``precision = "bfloat16"`` trains in mixed precision: during the training steps the encoder
-    and decoder bodies run under ``torch.autocast`` in bfloat16 (their matrix products and
+    and decoder bodies (and a likelihood's own networks: pixelcnn-bernoulli's causal stack) run under ``torch.autocast`` in bfloat16 (their matrix products and
     convolutions, accumulated in float32, each layer's output rounded to about 3 significant
     digits), while parameters, gradients, Adam's state, the guide's heads, the prior and every
     density, KL and bound stay float32. Only the steps change: the per-epoch scores, best.pt and
@@ -486,7 +486,7 @@ class EvalConfig:
 
     ``samples``: K of the importance-sampled log p(x); ``batch_size`` datapoints at a time and at
     most ``chunk_pairs`` (datapoint, sample) pairs in memory (unset: on the CPU, as many as keep the
-    decoder's widest activation near 12 MiB; 16384 on an accelerator; ``metrics.chunk_pairs_for``);
+    widest activation of p(x|z) near 12 MiB; 16384 on an accelerator; ``metrics.chunk_pairs_for``);
     ``train_subset``: training datapoints evaluated each epoch; ``exact_points``: test datapoints
     (spread over the set) given exact values by 2-D quadrature (linear-Gaussian models get closed
     forms on all; 0 turns exact values off).

@@ -166,9 +166,10 @@ def _log_joint(vae: VAE, x: torch.Tensor, points: torch.Tensor, chunk: int) -> t
     """log p(x|z) + log p(z) for one datapoint x (1, *shape) at points (P, 2): shape (P,)."""
     out = []
     prior = vae.p_z()
-    for start in range(0, points.shape[0], chunk):
-        z = points[start : start + chunk].unsqueeze(1)  # (p, 1, 2): grid points as a sample dimension
-        out.append((vae.p_x_given_z(z).log_prob(x) + prior.log_prob(z)).squeeze(1))
+    with vae.likelihood.observing(x):
+        for start in range(0, points.shape[0], chunk):
+            z = points[start : start + chunk].unsqueeze(1)  # (p, 1, 2): grid points as a sample dimension
+            out.append((vae.p_x_given_z(z).log_prob(x) + prior.log_prob(z)).squeeze(1))
     return torch.cat(out)
 
 
@@ -292,11 +293,12 @@ def monte_carlo_terms(vae: VAE, x: torch.Tensor, samples: int, chunk_pairs: int 
     prior = vae.p_z()
     per_chunk = max(1, chunk_pairs_for(vae, x.device, chunk_pairs) // x.shape[0])
     recon, ratio, done = [], [], 0
-    while done < samples:
-        z = q.sample((min(per_chunk, samples - done),))
-        recon.append(vae.p_x_given_z(z).log_prob(x))
-        ratio.append(q.log_prob(z) - prior.log_prob(z))
-        done += z.shape[0]
+    with vae.likelihood.observing(x):
+        while done < samples:
+            z = q.sample((min(per_chunk, samples - done),))
+            recon.append(vae.p_x_given_z(z).log_prob(x))
+            ratio.append(q.log_prob(z) - prior.log_prob(z))
+            done += z.shape[0]
     recon_mean, recon_se = _moments(recon)
     try:
         kl_mean, kl_se, kl_how = kl_divergence(q, prior).double(), torch.zeros(x.shape[0], dtype=torch.float64), "closed form"

@@ -10,12 +10,18 @@ A likelihood owns three things:
   a Bernoulli, values outside [0, 1] under a continuous Bernoulli, NaN anywhere) with the fix named;
 * input preparation: binarization, done once for evaluation sets (with a fixed seed) and, for
   dynamic binarization, afresh for every training batch.
+
+Most likelihoods are factorized: pixels independent given z. ``pixelcnn-bernoulli`` is
+autoregressive: pixel i's Bernoulli also reads the pixels before it, so log p(x|z) needs x itself
+(one pass, exact), drawing takes one pass per pixel, and E[x|z] has no closed form
+(``mean_available = False``: pictures show draws).
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from contextlib import contextmanager
+from typing import ClassVar, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +31,7 @@ from torch.distributions import constraints
 
 from .config import LIKELIHOODS, Component, require
 from .errors import DataError
+from .networks import CausalStack
 from .priors import inverse_softplus
 
 # Binarization seeds are constants, not the run's seed, so every run scores the same binary test set.
@@ -40,6 +47,8 @@ class Likelihood(Component, nn.Module):
     discrete: ClassVar[bool] = False
     #: True when ``prepare_batch`` draws afresh (dynamic binarization, dequantization noise).
     stochastic_batches: bool = False
+    #: False when E[x|z] has no closed form (autoregressive likelihoods): pictures show draws instead.
+    mean_available: ClassVar[bool] = True
 
     def __init__(self) -> None:
         nn.Module.__init__(self)
@@ -67,6 +76,17 @@ class Likelihood(Component, nn.Module):
     def mean(self, head: torch.Tensor) -> torch.Tensor:
         """E[x|z], shaped like the data (used for pictures)."""
         return self(head).mean
+
+    def bodies(self) -> list[nn.Module]:
+        """Networks of the likelihood's own that mixed-precision training runs like the encoder and
+        decoder (``networks.Body``); none for likelihoods that only read the decoder's head."""
+        return []
+
+    @contextmanager
+    def observing(self, x: torch.Tensor) -> Iterator[None]:
+        """Inside the block, log p(x|z) of this very tensor x, for any number of z, may reuse the work
+        that depends on x alone (evaluation scores one x under thousands of z). Default: none to reuse."""
+        yield
 
     # -- data contract -------------------------------------------------------------------------
 
@@ -161,9 +181,8 @@ def _binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(x, generator=generator)
 
 
-@LIKELIHOODS.register("bernoulli")
-class BernoulliLikelihood(Likelihood):
-    """p(x|z) = prod_i Bern(x_i; sigmoid(f(z)_i)); log p(x|z) = -binary cross-entropy, summed over pixels.
+class _BinaryImageLikelihood(Likelihood):
+    """Shared by the Bernoulli likelihoods: binary pixels, and how grey images become binary.
 
     Options:
         binarize: "dynamic" draws x ~ Bern(intensity) afresh for every training batch (evaluation sets are binarized once, with a fixed seed); "static" binarizes train and evaluation sets once, with fixed seeds; "none" takes data that is already exactly 0/1.
@@ -176,27 +195,20 @@ class BernoulliLikelihood(Likelihood):
         self.binarize = binarize
         self.stochastic_batches = binarize == "dynamic"
 
-    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
-        (logits,) = self.split_head(head)
-        return BernoulliImage(logits, len(self.event_shape))
-
-    def mean(self, head: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.split_head(head)[0])
-
     def check_data(self, x: torch.Tensor, split: str) -> None:
         if self.binarize == "none":
             grey = ((x != 0) & (x != 1)).sum().item()
             if grey:
                 raise DataError(
                     f"the {split} data has {grey} pixel values that are not exactly 0 or 1, but the "
-                    f"bernoulli likelihood with binarize = \"none\" scores only binary data. Either "
+                    f"{self.name} likelihood with binarize = \"none\" scores only binary data. Either "
                     f"binarize it: set model.likelihood.binarize = \"dynamic\" (a fresh draw each "
                     f"batch) or \"static\" (one fixed draw); or keep the grey levels and use a "
                     f"likelihood for [0, 1] intensities: model.likelihood = \"continuous-bernoulli\"."
                 )
         else:
             _require_unit_interval(
-                x, split, "bernoulli",
+                x, split, self.name,
                 "Rescale the data to [0, 1] (binarization treats each value as a probability).",
             )
 
@@ -211,6 +223,179 @@ class BernoulliLikelihood(Likelihood):
             return x
         # x_i = [u_i < intensity_i], u ~ U(0, 1): a Bern(intensity) draw (faster than torch.bernoulli on CPU)
         return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).lt_(x)
+
+
+@LIKELIHOODS.register("bernoulli")
+class BernoulliLikelihood(_BinaryImageLikelihood):
+    """p(x|z) = prod_i Bern(x_i; sigmoid(f(z)_i)); log p(x|z) = -binary cross-entropy, summed over pixels."""
+
+    def __init__(self, *, binarize: Literal["dynamic", "static", "none"] = "dynamic") -> None:
+        super().__init__(binarize=binarize)
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        (logits,) = self.split_head(head)
+        return BernoulliImage(logits, len(self.event_shape))
+
+    def mean(self, head: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.split_head(head)[0])
+
+
+class AutoregressiveBernoulliImage(dist.TorchDistribution):
+    """Binary pixels in raster order: p(x|z) = prod_i Bern(x_i; sigmoid(l_i)), l_i = logit(x_<i, z).
+
+    ``context`` is the decoder's head (*batch, P, 1, H, W); ``net`` is the likelihood module that
+    turns (pixels before i, context at i) into l_i (:class:`PixelCNNBernoulliLikelihood`).
+    ``log_prob`` computes every l_i in one pass (the pixels before i are observed); ``sample``
+    draws pixel by pixel. The mean E[x|z] has no closed form, so there is no ``mean``.
+    """
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, context: torch.Tensor, net: "PixelCNNBernoulliLikelihood", validate_args: bool | None = None) -> None:
+        self.context, self.net = context, net
+        super().__init__(context.shape[:-4], context.shape[-3:], validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.independent(constraints.boolean, 3)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(AutoregressiveBernoulliImage, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.context, new.net = self.context.expand(batch_shape + self.context.shape[-4:]), self.net
+        super(AutoregressiveBernoulliImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def logits(self, value: torch.Tensor) -> torch.Tensor:
+        """l_i for every pixel of ``value`` (*vbatch, 1, H, W): shape (*broadcast batch, H, W)."""
+        return self.net.logits(self.net.pixel_part(value), self.net.context_part(self.context))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits(value)
+        target = value.squeeze(-3).expand_as(logits)
+        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((-2, -1))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """x_1, x_2, ... in raster order, each drawn given those before it (H * W passes over a band
+        of ``rows_seen + 1`` rows: the causal stack reaches no further up)."""
+        with torch.no_grad():
+            shape = self._extended_shape(sample_shape)
+            context = self.net.context_part(self.context.expand(torch.Size(sample_shape) + self.context.shape))
+            x = torch.zeros(shape, dtype=self.context.dtype, device=self.context.device)
+            height, width = shape[-2:]
+            reach = self.net.stack.rows_seen
+            for i in range(height):
+                top = max(0, i - reach)
+                for j in range(width):
+                    band = self.net.pixel_part(x[..., top : i + 1, :])
+                    logit = self.net.logits(band[..., -1:, j : j + 1, :], context[..., i : i + 1, j : j + 1, :])
+                    u = torch.rand(logit.shape, dtype=x.dtype, device=x.device)
+                    x[..., 0, i : i + 1, j : j + 1] = (u < torch.sigmoid(logit)).to(x.dtype)
+            return x
+
+
+@LIKELIHOODS.register("pixelcnn-bernoulli")
+class PixelCNNBernoulliLikelihood(_BinaryImageLikelihood):
+    """p(x|z) = prod_i Bern(x_i; sigmoid(l_i(x_<i, z))) in raster order: an autoregressive (PixelCNN-style) Bernoulli over the pixels of a one-channel image, conditioned on z.
+
+    The logit of pixel i joins two halves in a gated 1x1 layer: a causal convolution stack over the
+    pixels before i (rows above, and to the left in row i; mask A then mask B, van den Oord et al.
+    2016), whose last layer gives 2 * channels pre-activations a_i(x_<i), computed once per image
+    and shared by every z drawn for it; and the decoder's ``context`` feature maps at pixel i, one
+    set per z: l_i = w . GLU(a_i(x_<i) + V c_i(z)) + w_0. ``log_prob`` is exact and one pass; sampling
+    takes H * W passes. E[x|z] has no closed form, so pictures show draws x ~ p(x|z). Binarization
+    as for ``bernoulli``.
+
+    Options:
+        context: feature maps per pixel that the decoder gives (the head's P).
+        channels: width of the causal stack and of the gated layer.
+        layers: causal convolutions over the image: the first kernel x kernel (mask A), the rest 3x3 (mask B).
+        kernel: size of the first causal convolution (odd); with layers L a pixel's logit sees
+            kernel // 2 + L - 1 rows above it.
+    """
+
+    mean_available = False
+
+    def __init__(
+        self,
+        *,
+        binarize: Literal["dynamic", "static", "none"] = "dynamic",
+        context: int = 4,
+        channels: int = 16,
+        layers: int = 2,
+        kernel: int = 7,
+    ) -> None:
+        super().__init__(binarize=binarize)
+        require(context >= 1, f"context must be >= 1, got {context}.")
+        require(channels >= 1, f"channels must be >= 1, got {channels}.")
+        require(layers >= 1, f"layers must be >= 1, got {layers}.")
+        require(kernel >= 3 and kernel % 2 == 1, f"kernel must be odd and >= 3, got {kernel}.")
+        self.context, self.channels, self.layers, self.kernel = context, channels, layers, kernel
+        self.params_per_pixel = context
+
+    def setup(self, event_shape: tuple[int, ...]) -> "PixelCNNBernoulliLikelihood":
+        require(
+            len(event_shape) == 3 and event_shape[0] == 1,
+            f"the pixelcnn-bernoulli likelihood orders the pixels of one-channel images (1, H, W); "
+            f"got data of shape {tuple(event_shape)}. Use bernoulli for other shapes.",
+        )
+        super().setup(event_shape)
+        self.stack = CausalStack(self.channels, self.layers, self.kernel, out_channels=2 * self.channels)
+        self.context_in = nn.Linear(self.context, 2 * self.channels, bias=False)
+        self.out = nn.Linear(self.channels, 1)
+        self._observed: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        return self
+
+    def bodies(self) -> list[nn.Module]:
+        return [self.stack]
+
+    @contextmanager
+    def observing(self, x: torch.Tensor) -> Iterator[None]:
+        """Inside the block, the causal stack's features of x are computed once and reused by every
+        log_prob(x): only without gradients (a cached tensor would carry no graph), only for this
+        very tensor unchanged (not modified in place), and only while the parameters stay as they
+        were on entry (nothing in the block may train or swap them)."""
+        if torch.is_grad_enabled():
+            yield
+            return
+        outer = self._observed
+        self._observed = (x, x._version, self._pixel_part(x))
+        try:
+            yield
+        finally:
+            self._observed = outer
+
+    def pixel_part(self, x: torch.Tensor) -> torch.Tensor:
+        """a_i(x_<i) for images (*batch, 1, H, W): (*batch, H, W, 2 * channels)."""
+        cached = self._observed
+        if cached is not None and x is cached[0] and x._version == cached[1] and not torch.is_grad_enabled():
+            return cached[2]
+        return self._pixel_part(x)
+
+    def _pixel_part(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.stack(x.reshape(-1, *x.shape[-3:]))  # its last layer gives the gate pre-activations a_i
+        return features.permute(0, 2, 3, 1).reshape(*x.shape[:-3], *features.shape[-2:], -1)
+
+    def context_part(self, head: torch.Tensor) -> torch.Tensor:
+        """V c_i(z) for a head (*batch, P, 1, H, W): (*batch, H, W, 2 * channels)."""
+        return self.context_in(head.squeeze(-3).movedim(-3, -1))
+
+    def logits(self, pixel_part: torch.Tensor, context_part: torch.Tensor) -> torch.Tensor:
+        """l_i from the two halves (broadcast over their batch dimensions): (*batch, H, W)."""
+        return self.out(F.glu(pixel_part + context_part, dim=-1)).squeeze(-1)
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        return AutoregressiveBernoulliImage(head, self)
+
+    def mean(self, head: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            "the pixelcnn-bernoulli likelihood has no closed-form mean E[x|z] (each pixel depends on "
+            "the ones drawn before it); draw images with likelihood(head).sample() instead."
+        )
 
 
 @LIKELIHOODS.register("continuous-bernoulli")

@@ -34,25 +34,31 @@ CPU_CHUNK_BYTES = 12 * 2**20
 ACCELERATOR_CHUNK_PAIRS = 16384
 
 
-def widest_decoder_activation(vae: VAE) -> int:
-    """Numbers per latent draw in the decoder's widest layer output, from one probe pass (in eval
-    mode, so that layers such as batch norm accept the single draw; the mode is restored)."""
+def widest_activation(vae: VAE) -> int:
+    """Numbers per latent draw in the widest layer output of p(x|z): the decoder's layers and the
+    likelihood's own networks (an autoregressive likelihood's), from one probe pass of one draw
+    and one image (in eval mode, so that layers such as batch norm accept the single draw; the
+    modes are restored)."""
     widths = [1]
 
     def record(module, inputs, output) -> None:
         if torch.is_tensor(output):
             widths.append(output.numel())
 
-    decoder = vae.decoder
-    was_training = decoder.training
-    hooks = [m.register_forward_hook(record) for m in decoder.modules()]
+    modules = [vae.decoder, vae.likelihood]
+    modes = [m.training for m in modules]
+    hooks = [m.register_forward_hook(record) for module in modules for m in module.modules()]
     try:
-        decoder.eval()
+        for module in modules:
+            module.eval()
         with torch.no_grad():
-            weight = next(decoder.parameters())
-            decoder(torch.zeros(1, vae.latent_dim, device=weight.device, dtype=weight.dtype))
+            weight = next(vae.decoder.parameters())
+            head = vae.decoder(torch.zeros(1, vae.latent_dim, device=weight.device, dtype=weight.dtype))
+            if any(True for _ in vae.likelihood.children()):  # layers of its own (an autoregressive likelihood's)
+                vae.likelihood(head).log_prob(torch.zeros(1, *vae.data_shape, device=weight.device, dtype=weight.dtype))
     finally:
-        decoder.train(was_training)
+        for module, mode in zip(modules, modes):
+            module.train(mode)
         for hook in hooks:
             hook.remove()
     return max(widths)
@@ -60,7 +66,7 @@ def widest_decoder_activation(vae: VAE) -> int:
 
 def chunk_pairs_for(vae: VAE, device: torch.device, chunk_pairs: int | None = None) -> int:
     """``chunk_pairs`` if given, else the default for ``vae`` on ``device``: on the CPU as many
-    (datapoint, sample) pairs as keep the decoder's widest activation near 12 MiB (between 64 and
+    (datapoint, sample) pairs as keep p(x|z)'s widest activation (:func:`widest_activation`) near 12 MiB (between 64 and
     16384 pairs), on an accelerator 16384.
 
     On the CPU glibc serves an allocation above its mmap threshold (adaptive, at most 32 MiB) with
@@ -73,7 +79,7 @@ def chunk_pairs_for(vae: VAE, device: torch.device, chunk_pairs: int | None = No
         return chunk_pairs
     if torch.device(device).type != "cpu":
         return ACCELERATOR_CHUNK_PAIRS
-    per_pair = widest_decoder_activation(vae) * next(vae.decoder.parameters()).element_size()
+    per_pair = widest_activation(vae) * next(vae.decoder.parameters()).element_size()
     return max(64, min(ACCELERATOR_CHUNK_PAIRS, CPU_CHUNK_BYTES // per_pair))
 
 
@@ -137,13 +143,14 @@ def _streamed_log_sums(vae: VAE, x: torch.Tensor, num_samples: int, chunk_pairs:
     total = torch.full(x.shape[:1], -math.inf, device=x.device)
     total_sq = total.clone() if squares else None
     done = 0
-    while done < num_samples:
-        k = min(per_chunk, num_samples - done)
-        log_w = log_importance_weights(vae, x, q, k)
-        total = torch.logaddexp(total, log_w.logsumexp(0))
-        if squares:
-            total_sq = torch.logaddexp(total_sq, (2 * log_w).logsumexp(0))
-        done += k
+    with vae.likelihood.observing(x):  # work on x alone (an autoregressive likelihood's) done once, not per chunk
+        while done < num_samples:
+            k = min(per_chunk, num_samples - done)
+            log_w = log_importance_weights(vae, x, q, k)
+            total = torch.logaddexp(total, log_w.logsumexp(0))
+            if squares:
+                total_sq = torch.logaddexp(total_sq, (2 * log_w).logsumexp(0))
+            done += k
     return total, total_sq
 
 

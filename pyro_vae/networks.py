@@ -287,3 +287,54 @@ class ConvNetwork(Network):
     def decoder(self, latent_dim: int, head_shape: tuple[int, ...]) -> ConvDecoder:
         self._check(head_shape[1:])
         return ConvDecoder(latent_dim, tuple(head_shape), self.channels, self.hidden, self.activation)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked convolutions: the pixel-by-pixel half of an autoregressive likelihood (likelihoods.py)
+
+
+class CausalConv2d(nn.Conv2d):
+    """A convolution whose output at pixel (i, j) reads only the pixels before it in raster order
+    (rows above, and the same row to the left): mask "A", for the first layer over the data; or
+    those and (i, j) itself: mask "B", for layers over features that already exclude it.
+
+    The kernel keeps only its top half and centre row (``kernel // 2 + 1`` rows, padded above and
+    not below), so the rows below are never computed rather than multiplied by zero; the centre
+    row's taps right of the centre (and, for "A", the centre) are masked.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, mask: Literal["A", "B"]) -> None:
+        require(kernel % 2 == 1 and kernel >= 1, f"a causal convolution needs an odd kernel size, got {kernel}.")
+        half = kernel // 2
+        super().__init__(in_channels, out_channels, (half + 1, kernel))
+        keep = torch.ones(half + 1, kernel)
+        keep[half, half + (mask == "B"):] = 0
+        self.register_buffer("keep", keep, persistent=False)
+        self.half, self.mask_type = half, mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = nn.functional.pad(x, (self.half, self.half, self.half, 0))
+        return nn.functional.conv2d(padded, self.weight * self.keep, self.bias)
+
+
+class CausalStack(Body):
+    """Features of the pixels before each pixel: a mask-A ``kernel`` x ``kernel`` convolution over
+    the image, then ``layers - 1`` mask-B 3x3 ones, with an ELU between layers (none after the last,
+    whose ``out_channels`` outputs feed a gate). (N, 1, H, W) -> (N, out_channels, H, W).
+
+    ``rows_seen`` is how many rows above a pixel can reach its feature (so ``sample`` may run the
+    stack on that band of rows only)."""
+
+    def __init__(self, channels: int, layers: int, kernel: int, out_channels: int) -> None:
+        super().__init__()
+        widths = [1] + [channels] * (layers - 1) + [out_channels]
+        convs: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            convs.append(CausalConv2d(a, b, kernel, "A") if i == 0 else CausalConv2d(a, b, 3, "B"))
+            if i < layers - 1:
+                convs.append(nn.ELU())
+        self.convs = nn.Sequential(*convs)
+        self.rows_seen = kernel // 2 + (layers - 1)
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x)

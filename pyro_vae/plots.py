@@ -44,22 +44,38 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int, title: str) -> Path:
     return path
 
 
+def shown_pixels(vae: "VAE") -> str:
+    """What the pictures of decoded z show: "E[x|z]", or "x ~ p(x|z)" where the likelihood has no
+    closed-form mean (autoregressive ones)."""
+    return "E[x|z]" if vae.likelihood.mean_available else "x ~ p(x|z)"
+
+
+def _decoded(vae: "VAE", z: torch.Tensor, pixels: str = "mean") -> torch.Tensor:
+    """Images for z: E[x|z], or a draw x ~ p(x|z) if pixels == 'sample' or the mean has no closed form."""
+    head = vae.decoder(z)
+    if pixels == "sample" or not vae.likelihood.mean_available:
+        return vae.likelihood(head).sample()
+    return vae.likelihood.mean(head)
+
+
 @torch.no_grad()
 def prior_samples(vae: "VAE", n: int, seed: int, pixels: str = "mean") -> torch.Tensor:
-    """n images decoded from z ~ p(z): the mean E[x|z], or a draw x ~ p(x|z) if pixels == 'sample'."""
+    """n images decoded from z ~ p(z): the mean E[x|z], or a draw x ~ p(x|z) if pixels == 'sample'
+    (always a draw where E[x|z] has no closed form)."""
     device = next(vae.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        z = vae.p_z().sample((n,))
-        head = vae.decoder(z)
-        return vae.likelihood(head).sample() if pixels == "sample" else vae.likelihood.mean(head)
+        return _decoded(vae, vae.p_z().sample((n,)), pixels)
 
 
 @torch.no_grad()
-def reconstructions(vae: "VAE", x: torch.Tensor) -> torch.Tensor:
-    """E[x|z] at z = E_q[z|x], the posterior mean (estimated from samples where q has no closed form)."""
-    q = vae.q_z_given_x(x)
-    return vae.likelihood.mean(vae.decoder(posterior_mean(q)))
+def reconstructions(vae: "VAE", x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """E[x|z] (or a draw, see ``shown_pixels``) at z = E_q[z|x], the posterior mean (estimated from
+    samples where q has no closed form)."""
+    device = x.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _decoded(vae, posterior_mean(vae.q_z_given_x(x)))
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -130,19 +146,20 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
     """samples.png, reconstructions.png, curves.png and latent.png in the run folder."""
     vae, out, seed = run.vae, run.run_dir, run.config.seed
     vae.eval()
+    what = shown_pixels(vae)
     paths = [
         save_grid(prior_samples(vae, 64, seed), out / "samples.png", 8,
-                  "64 samples: E[x|z], z ~ p(z)"),
+                  f"64 samples: {what}, z ~ p(z)"),
     ]
     n_test = run.data.test.shape[0]
     ncol = min(8, n_test)
     spread = torch.linspace(0, n_test - 1, (min(32, n_test) // ncol) * ncol).long()  # across the (often sorted) set
     x = run.data.test[spread.to(run.data.test.device)]
-    recon = reconstructions(vae, x)
+    recon = reconstructions(vae, x, seed)
     rows = lambda t: t.reshape(-1, ncol, *t.shape[1:])  # noqa: E731
     pairs = torch.stack([rows(x), rows(recon)], 1).flatten(0, 2)  # input row, reconstruction row, ...
     paths.append(save_grid(pairs, out / "reconstructions.png", ncol,
-                           "test inputs (odd rows) and reconstructions E[x|z], z = E_q[z|x] (even rows)"))
+                           f"test inputs (odd rows) and reconstructions {what}, z = E_q[z|x] (even rows)"))
     if history:
         paths.append(plot_curves(history, out / "curves.png"))
     paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png"))
@@ -196,8 +213,8 @@ def plot_snr_vs_k(snr: dict, path: Path) -> Path:
 @torch.no_grad()
 def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles: list[str], seed: int = 0) -> Path:
     """For each datapoint: the input, the true posterior p(z|x) (filled contours, from the grid) with
-    q(z|x) overlaid (lines), and decoded images E[x|z] at q's mean, the posterior mode and two draws
-    z ~ p(z|x). Contours sit where the density falls to exp(-r^2/2) of its peak, r = 1, 2, 3 (the
+    q(z|x) overlaid (lines), and decoded images E[x|z] (draws x ~ p(x|z), seeded, where the
+    likelihood has no closed-form mean) at q's mean, the posterior mode and two draws z ~ p(z|x). Contours sit where the density falls to exp(-r^2/2) of its peak, r = 1, 2, 3 (the
     1-2-3 standard-deviation ellipses of a Gaussian)."""
     import numpy as np
 
@@ -236,8 +253,10 @@ def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles
         if i == 0:
             ax.legend(fontsize=7, loc="best")
         zs = torch.stack([q_mean, mode.to(q_mean.device), *draws.to(q_mean.device)])
-        images = vae.likelihood.mean(vae.decoder(zs))
-        for j, (img, name) in enumerate(zip(images, ("E[x|z], z = mean of q", "z = mode of p(z|x)",
+        with torch.random.fork_rng(devices=[zs.device] if zs.device.type == "cuda" else []):
+            torch.manual_seed(seed + i)
+            images = _decoded(vae, zs)
+        for j, (img, name) in enumerate(zip(images, (f"{shown_pixels(vae)}, z = mean of q", "z = mode of p(z|x)",
                                                      "z ~ p(z|x)", "z ~ p(z|x)"))):
             _show(fig.add_subplot(spec[i, 2 + j]), img, name)
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -460,6 +460,12 @@ def _terms(ev: metrics.Evaluation) -> dict:
     return {k: v.mean().item() for k, v in (("elbo", ev.elbo), ("reconstruction", ev.reconstruction), ("kl", ev.kl))}
 
 
+def network_bodies(vae: VAE) -> list[torch.nn.Module]:
+    """The networks mixed-precision training runs in the lower precision: the encoder, the decoder
+    and a likelihood's own (an autoregressive likelihood's causal stack)."""
+    return [vae.encoder, vae.decoder, *vae.likelihood.bodies()]
+
+
 @dataclass
 class Trainer:
     """Trains ``config`` into ``run_dir``; ``fit()`` runs or resumes it to ``train.epochs``."""
@@ -614,7 +620,7 @@ class Trainer:
                         start, stop = self.dist.shard(x.shape[0])
                         vae.posterior.noise_shard = (start, stop, x.shape[0])
                         x = x[start:stop]
-                    with mixed_precision([vae.encoder, vae.decoder], self.compute_dtype):  # steps only
+                    with mixed_precision(network_bodies(vae), self.compute_dtype):  # steps only
                         loss = svi_step(vae, elbo, self.optimizer, x, self.config.train.engine, self.dist)
                     vae.posterior.noise_shard = None
                     if not math.isfinite(loss):

@@ -66,6 +66,19 @@ def test_sample_writes_a_grid(trained, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_an_autoregressive_likelihood_draws_its_pictures_and_refuses_a_mean(tmp_path, capsys):
+    run_dir = tmp_path / "pixel"
+    assert main(["train", *TINY, "--set", "model.likelihood=pixelcnn-bernoulli", "--set", "train.epochs=1",
+                 "--out", str(run_dir), "--no-progress"]) == 0
+    assert (run_dir / "samples.png").is_file() and (run_dir / "reconstructions.png").is_file()
+    assert main(["sample", str(run_dir), "--n", "4"]) == 0  # no closed-form E[x|z]: draws by default
+    assert (run_dir / "samples-n4-seed0-sample.png").is_file()
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "--n", "4", "--pixels", "mean"]) == 2
+    err = capsys.readouterr().err
+    assert "no closed-form mean" in err and "--pixels sample" in err
+
+
 def test_resume_continues_to_more_epochs(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(run_dir), "--no-progress"]) == 0

@@ -336,3 +336,20 @@ def test_mixed_precision_refuses_a_body_that_cannot_honour_it():
     with pytest.raises(ConfigError, match=r"derived from\s+pyro_vae.networks.Body.*Sequential.*float32"):
         with mixed_precision([torch.nn.Sequential(torch.nn.Linear(2, 2))], torch.bfloat16):
             pass
+
+
+def test_mixed_precision_training_includes_an_autoregressive_likelihoods_causal_stack():
+    from pyro_vae.networks import mixed_precision
+    from pyro_vae.training import network_bodies
+
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=3, network={"name": "mlp", "hidden": [16]},
+              likelihood={"name": "pixelcnn-bernoulli", "channels": 8, "kernel": 5})
+    assert network_bodies(vae) == [vae.encoder, vae.decoder, vae.likelihood.stack]
+    plain = tiny_vae()
+    assert network_bodies(plain) == [plain.encoder, plain.decoder]  # a factorized likelihood adds none
+    x = torch.bernoulli(torch.full((4, 1, 8, 8), 0.5))
+    full = vae.likelihood.pixel_part(x)
+    with mixed_precision(network_bodies(vae), torch.bfloat16):
+        mixed = vae.likelihood.pixel_part(x)
+    assert mixed.dtype == torch.float32 and not torch.equal(full, mixed)
+    assert torch.allclose(full, mixed, rtol=0.05, atol=0.05)

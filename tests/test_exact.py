@@ -197,3 +197,17 @@ def test_explain_estimates_every_term_when_nothing_is_exact(tmp_path, capsys):
     assert "importance sampled, K = 200" in out and "estimated as log p(x) - ELBO" in out
     assert not (tmp_path / "run" / "posterior.png").exists()
     assert exact_evidence(load_run(tmp_path / "run").vae, torch.zeros(1, 1, 6, 6)) is None
+
+
+def test_importance_sampling_converges_to_the_quadrature_under_an_autoregressive_likelihood():
+    torch.manual_seed(0)
+    vae = VAE(data_shape=(1, 6, 6), latent_dim=2, network={"name": "mlp", "hidden": [16]},
+              likelihood={"name": "pixelcnn-bernoulli", "channels": 4, "kernel": 3})
+    x = sample_data(vae, 4)  # drawn pixel by pixel from the model itself
+    exact = grid_evidence(vae, x)  # quadrature over z, the causal stack's features of x computed once
+    assert exact.log_px_error.max() < 1e-3
+    errors = {}
+    for k in (3, 5000):
+        torch.manual_seed(0)
+        errors[k] = (log_evidence(vae, x, k).double() - exact.log_px).abs().mean().item()
+    assert errors[5000] < 0.05 and errors[5000] < errors[3]

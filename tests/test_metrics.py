@@ -10,7 +10,7 @@ from pyro import distributions as dist
 
 from pyro_vae import VAE, AnalyticKLELBO
 from pyro_vae.metrics import (ACCELERATOR_CHUNK_PAIRS, CPU_CHUNK_BYTES, active_units, chunk_pairs_for, elbo_terms,
-                              evaluate, kl_to_prior, log_evidence, widest_decoder_activation)
+                              evaluate, kl_to_prior, log_evidence, log_importance_weights, widest_activation)
 from pyro_vae.priors import inverse_softplus
 
 from conftest import tiny_vae
@@ -94,11 +94,11 @@ def test_chunking_over_samples_keeps_memory_bounded_and_the_estimate_unchanged()
 def test_the_default_chunk_suits_the_decoder_and_the_device_and_an_explicit_one_wins():
     # an MLP decoder 3 -> 40 -> 784 logits: its widest output, 784 floats of 4 bytes a draw
     mlp = VAE(data_shape=(1, 28, 28), latent_dim=3, network={"name": "mlp", "hidden": [40]})
-    assert widest_decoder_activation(mlp) == 784
+    assert widest_activation(mlp) == 784
     assert chunk_pairs_for(mlp, torch.device("cpu")) == CPU_CHUNK_BYTES // (4 * 784) == 4012
     # a conv decoder 3 -> 16 -> (16, 7, 7) -> (8, 14, 14) -> (1, 28, 28): the 8 x 14 x 14 maps are the widest
     conv = VAE(data_shape=(1, 28, 28), latent_dim=3, network={"name": "conv", "channels": [8, 16], "hidden": 16})
-    assert widest_decoder_activation(conv) == 8 * 14 * 14 == 1568
+    assert widest_activation(conv) == 8 * 14 * 14 == 1568
     assert chunk_pairs_for(conv, torch.device("cpu")) == CPU_CHUNK_BYTES // (4 * 1568) == 2006
     tiny = VAE(data_shape=(1, 2, 2), latent_dim=2, network={"name": "mlp", "hidden": [4]})
     assert chunk_pairs_for(tiny, torch.device("cpu")) == ACCELERATOR_CHUNK_PAIRS  # capped
@@ -113,11 +113,27 @@ def test_the_default_chunk_suits_the_decoder_and_the_device_and_an_explicit_one_
     assert torch.equal(*estimates)
 
 
+def test_the_chunk_counts_an_autoregressive_likelihoods_own_layers_and_its_cache_changes_no_number():
+    # pixelcnn-bernoulli, 16 channels: its gated layer's input, 28 x 28 x 2 x 16 per draw, outgrows the decoder's 4 x 784 head
+    vae = VAE(data_shape=(1, 28, 28), latent_dim=3, network={"name": "mlp", "hidden": [40]},
+              likelihood={"name": "pixelcnn-bernoulli", "channels": 16, "context": 4})
+    assert widest_activation(vae) == 28 * 28 * 2 * 16 == 25088
+    assert chunk_pairs_for(vae, torch.device("cpu")) == CPU_CHUNK_BYTES // (4 * 25088) == 125
+    x = torch.bernoulli(torch.full((3, 1, 28, 28), 0.3))
+    torch.manual_seed(5)
+    streamed = log_evidence(vae, x, 40, chunk_pairs=30)  # 10 draws a chunk, the pixel features computed once
+    torch.manual_seed(5)
+    with torch.no_grad():
+        q = vae.q_z_given_x(x)
+        log_w = torch.cat([log_importance_weights(vae, x, q, 10) for _ in range(4)])  # no cache: recomputed each time
+    torch.testing.assert_close(streamed, log_w.logsumexp(0) - math.log(40))
+
+
 def test_the_chunk_probe_takes_a_decoder_with_batch_norm_in_training_and_leaves_it_so():
     vae = VAE(data_shape=(1, 2, 2), latent_dim=2, network={"name": "mlp", "hidden": [4]})
     vae.decoder = torch.nn.Sequential(torch.nn.Linear(2, 24), torch.nn.BatchNorm1d(24), torch.nn.Linear(24, 4))
     vae.train()
-    assert widest_decoder_activation(vae) == 24  # one draw: batch norm would refuse it in training mode
+    assert widest_activation(vae) == 24  # one draw: batch norm would refuse it in training mode
     assert vae.decoder.training and vae.decoder[1].training
     assert vae.decoder[1].num_batches_tracked.item() == 0  # the probe changed no running statistics
 

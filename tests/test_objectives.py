@@ -36,6 +36,7 @@ LIKELIHOODS = [
     {"name": "continuous-bernoulli"},
     {"name": "gaussian", "scale": 0.3, "learn_scale": "per-pixel"},
     {"name": "laplace", "scale": 0.3, "learn_scale": "global"},
+    {"name": "pixelcnn-bernoulli", "channels": 4, "kernel": 3},
 ]
 
 
