@@ -357,9 +357,11 @@ class PixelCNNBernoulliLikelihood(_BinaryImageLikelihood):
     def observing(self, x: torch.Tensor) -> Iterator[None]:
         """Inside the block, the causal stack's features of x are computed once and reused by every
         log_prob(x): only without gradients (a cached tensor would carry no graph), only for this
-        very tensor unchanged (not modified in place), and only while the parameters stay as they
-        were on entry (nothing in the block may train or swap them)."""
-        if torch.is_grad_enabled():
+        very tensor unchanged (not modified in place; writes through ``x.data`` or a NumPy view
+        are invisible to torch and so not allowed), and only while the parameters stay as they
+        were on entry (nothing in the block may train or swap them). A tensor made under
+        ``torch.inference_mode`` keeps no version counter, so it is never cached."""
+        if torch.is_grad_enabled() or x.is_inference():
             yield
             return
         outer = self._observed

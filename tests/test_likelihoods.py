@@ -204,8 +204,12 @@ def test_pixelcnn_bernoulli_observing_reuses_the_pixel_features_and_changes_noth
         torch.testing.assert_close(a, b)
     with lik.observing(x):  # with gradients on nothing is cached, so gradients still reach the stack
         lik(heads[0]).log_prob(x).sum().backward()
+    with torch.inference_mode():  # inference tensors carry no version counter: computed afresh, still right
+        frozen = x.clone()
+        with lik.observing(frozen):
+            torch.testing.assert_close(lik(heads[0]).log_prob(frozen), plain[0])
     hook.remove()
-    assert len(calls) == 2 and lik.stack.convs[0].weight.grad.abs().sum() > 0
+    assert len(calls) == 3 and lik.stack.convs[0].weight.grad.abs().sum() > 0
 
 
 def test_pixelcnn_bernoulli_refuses_colour_images_and_grey_pixels_unbinarized():
