@@ -58,6 +58,8 @@ SETTINGS = {  # name: (config, the published model whose number it targets)
     "mlp": ("fashion-mlp.toml", "VAE, Gaussian prior"),
     "vamp": ("fashion-vamp.toml", "VAE, VampPrior"),
     "conv": ("fashion-conv.toml", "ConvHVAE"),
+    # the conv VAE with an autoregressive decoder: a stronger likelihood family than ConvHVAE's factorized one
+    "conv-pixelcnn": ("fashion-conv-pixelcnn.toml", "ConvHVAE"),
 }
 RESULT = "fashion-result.json"
 REACH = "time-to-reach.json"  # the scored snapshots of --time-to-reach

@@ -110,6 +110,7 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
     assert bench.main([*smoke, "--settings", "vamp", "--set", "model.prior.components=3"]) == 0
     out = capsys.readouterr().out
     assert "| conv | `fashion-conv.toml` | 225.38 (ConvHVAE) | not run" in out
+    assert "| conv-pixelcnn | `fashion-conv-pixelcnn.toml` | 225.38 (ConvHVAE) | not run" in out
     # each row names its config file and the keys the --set overrides changed in it, read back from the run folder
     mlp_changes = {"model.latent_dim=2", "model.network.hidden=[8]", "train.epochs=2", "train.batch_size=20",
                    "train.validation=20", "train.snapshot_minutes=1e-09", "eval.train_subset=8"}
@@ -160,3 +161,18 @@ def test_fashion_mnist_table_reports_the_time_to_reach(tmp_path, nll, snapshot_m
     assert row.startswith("| mlp | `fashion-mlp.toml` | 228.70 (VAE, Gaussian prior) |")  # no --set changes
     assert f"| {nll:.2f} ± 0.76 (K = 5000) | {nll - 228.70:+.2f} | 300 / 310 | 59.8 | 11.0 " in row
     assert row.endswith(expected)
+
+
+def test_fashion_mnist_driver_runs_the_autoregressive_conv_setting(tmp_path, capsys):
+    bench = load("fashion_mnist")
+    data = tmp_path / "idx"
+    write_idx_folder(data, n_train=40, n_test=6)
+    assert bench.main(["--data-dir", str(data), "--out", str(tmp_path / "runs"), "--samples", "3",
+                       "--settings", "conv-pixelcnn", "--set", "train.epochs=1", "--set", "train.validation=10",
+                       "--set", "train.batch_size=10", "--set", "model.latent_dim=2", "--set", "model.prior.components=3",
+                       "--set", "model.network.channels=[4, 4]", "--set", "model.network.hidden=8",
+                       "--set", "model.likelihood.channels=4", "--set", "eval.train_subset=4"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| conv-pixelcnn |"))
+    assert "| 225.38 (ConvHVAE) |" in row and "not run" not in row
+    result = bench.json.loads((tmp_path / "runs" / "conv-pixelcnn" / bench.RESULT).read_text())
+    assert result["samples"] == 3 and result["nll"] > 0 and result["epochs"] == 1
