@@ -2,13 +2,13 @@
 
 ``metrics.log_evidence`` draws the K samples of a batch of images in chunks of ``chunk_pairs``
 (image, sample) pairs and combines them with a streaming log-sum-exp; left unset, the chunk is
-``metrics.chunk_pairs_for(vae, device)``: on the CPU, as many pairs as keep the widest activation
-of p(x|z) (the decoder's, or an autoregressive likelihood's own) near 12 MiB. This script times it for the Fashion-MNIST models of
-``benchmarks/configs`` (at their seeded initialization: speed does not depend on the weights or the
-pixel values, so the images are random binary 28x28) at several chunk sizes, interleaved in one
-process (the order rotates every round), with the minor page faults each call caused (fresh memory
-the kernel had to map: glibc serves allocations above its mmap threshold, at most 32 MiB, from
-fresh pages every time).
+``metrics.chunk_pairs_for(vae, device)``: on the CPU, as many pairs as keep the widest activation of
+p(x|z) (the decoder's, or an autoregressive likelihood's own) near 12 MiB. This script times it for
+the Fashion-MNIST models of ``benchmarks/configs`` (at their seeded initialization: speed does not
+depend on the weights or the pixel values, so the images are random binary 28x28) at several chunk
+sizes, interleaved in one process (the order rotates every round), with the minor page faults each
+call caused (fresh memory the kernel had to map: glibc serves allocations above its mmap threshold,
+at most 32 MiB, from fresh pages every time).
 
     python benchmarks/eval_chunks.py --rounds 3
 """

@@ -413,15 +413,15 @@ class TrainConfig:
     evaluation use: it removes part of the noise of the last steps. A decay d averages over about
     1 / (1 - d) steps (0.999: 1000 steps).
 
-    ``precision = "bfloat16"`` trains in mixed precision: during the training steps the encoder
-    and decoder bodies (and a likelihood's own networks: pixelcnn-bernoulli's causal stack) run under ``torch.autocast`` in bfloat16 (their matrix products and
-    convolutions, accumulated in float32, each layer's output rounded to about 3 significant
-    digits), while parameters, gradients, Adam's state, the guide's heads, the prior and every
-    density, KL and bound stay float32. Only the steps change: the per-epoch scores, best.pt and
-    every evaluation run in float32. It pays where the hardware multiplies bfloat16 faster than
-    float32 (CPUs with AVX-512 BF16 or AMX, recent GPUs); the gradients are those of a slightly
-    perturbed network, so compare validation scores before adopting it
-    (``benchmarks/precision.py``, ``benchmarks/README.md``).
+    ``precision = "bfloat16"`` trains in mixed precision: during the training steps the encoder and
+    decoder bodies (and a likelihood's own networks: pixelcnn-bernoulli's causal stack) run under
+    ``torch.autocast`` in bfloat16 (their matrix products and convolutions, accumulated in float32,
+    each layer's output rounded to about 3 significant digits), while parameters, gradients, Adam's
+    state, the guide's heads, the prior and every density, KL and bound stay float32. Only the steps
+    change: the per-epoch scores, best.pt and every evaluation run in float32. It pays where the
+    hardware multiplies bfloat16 faster than float32 (CPUs with AVX-512 BF16 or AMX, recent GPUs);
+    the gradients are those of a slightly perturbed network, so compare validation scores before
+    adopting it (``benchmarks/precision.py``, ``benchmarks/README.md``).
     """
 
     objective: dict = component("objective", "elbo")

@@ -196,15 +196,14 @@ def grid_posterior(vae: VAE, x: torch.Tensor, *, tolerance: float = 1e-3, max_po
 
     The only random draws (the prior's extent, and q's mean and spread for guides without closed
     forms) come from a fixed seed under ``fork_rng``: the result is a function of the model and x."""
-    from .metrics import _rng_devices, chunk_pairs_for
+    from .metrics import chunk_pairs_for, seeded
 
     chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)
     if vae.latent_dim != 2:
         raise ValueError(f"grid quadrature needs a 2-D latent, this model's is {vae.latent_dim}-D")
     q = vae.q_z_given_x(x)
     device = x.device
-    with torch.random.fork_rng(devices=_rng_devices(x)):
-        torch.manual_seed(0)
+    with seeded(0, x.device):
         try:
             q_mean, q_sd = q.mean[0], q.stddev[0]
         except NotImplementedError:  # a guide without closed-form moments: estimate them
@@ -316,11 +315,10 @@ def decomposition(vae: VAE, x: torch.Tensor, *, samples: int = 5000, seed: int =
                   **grid_options) -> tuple[list[dict], ExactEvidence | None]:
     """Every term of log p(x) = ELBO + KL(q||p(z|x)) and ELBO = E_q[log p(x|z)] - KL(q||p(z)) for
     each datapoint of x: exact where a method exists, otherwise estimated with a standard error."""
-    from .metrics import _rng_devices, chunk_pairs_for, log_evidence_diagnostics
+    from .metrics import chunk_pairs_for, log_evidence_diagnostics, seeded
 
     chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)  # resolved once for the three estimates
-    with torch.random.fork_rng(devices=_rng_devices(x)):
-        torch.manual_seed(seed)
+    with seeded(seed, x.device):
         importance = log_evidence_diagnostics(vae, x, samples, chunk_pairs)
         mc = monte_carlo_terms(vae, x, samples, chunk_pairs)
     exact = exact_evidence(vae, x, chunk_pairs=chunk_pairs, **grid_options) if vae.latent_dim == 2 else \

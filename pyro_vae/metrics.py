@@ -21,7 +21,9 @@ device (:func:`chunk_pairs_for`).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch.distributions import kl_divergence
@@ -66,8 +68,8 @@ def widest_activation(vae: VAE) -> int:
 
 def chunk_pairs_for(vae: VAE, device: torch.device, chunk_pairs: int | None = None) -> int:
     """``chunk_pairs`` if given, else the default for ``vae`` on ``device``: on the CPU as many
-    (datapoint, sample) pairs as keep p(x|z)'s widest activation (:func:`widest_activation`) near 12 MiB (between 64 and
-    16384 pairs), on an accelerator 16384.
+    (datapoint, sample) pairs as keep p(x|z)'s widest activation (:func:`widest_activation`) near
+    12 MiB (between 64 and 16384 pairs), on an accelerator 16384.
 
     On the CPU glibc serves an allocation above its mmap threshold (adaptive, at most 32 MiB) with
     fresh pages, returned when it is freed, so a tensor that large is page-faulted in anew every
@@ -299,9 +301,15 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def _rng_devices(x: torch.Tensor) -> list:
-    """Devices whose random state ``fork_rng`` must restore: ``torch.manual_seed`` seeds them all."""
-    return list(range(torch.cuda.device_count())) if x.device.type == "cuda" else []
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Draws inside the block come from ``torch.manual_seed(seed)``; the random state outside it
+    (the CPU's, and every CUDA device's when ``device`` is one: ``manual_seed`` seeds them all) is
+    restored afterwards, so the caller's stream is untouched."""
+    cuda = torch.device(device).type == "cuda"
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -337,8 +345,7 @@ def evaluate(
         out = []
         for b in indices:
             xb = x[starts[b] : starts[b] + batch_size]
-            with torch.random.fork_rng(devices=_rng_devices(x)):
-                torch.manual_seed(batch_seed(seed, b))
+            with seeded(batch_seed(seed, b), x.device):
                 terms = elbo_terms(vae, xb)
                 if samples > 0:
                     terms["log_px"] = log_evidence(vae, xb, samples, chunk_pairs)
@@ -417,8 +424,7 @@ def gradient_statistics(vae: VAE, objective, x: torch.Tensor, draws: int = 100, 
     groups = parameter_groups(vae)
     sums = {g: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for g, ps in groups.items()}
     squares = {g: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for g, ps in groups.items()}
-    with torch.random.fork_rng(devices=_rng_devices(x)):
-        torch.manual_seed(seed)
+    with seeded(seed, x.device):
         for _ in range(draws):
             vae.zero_grad(set_to_none=True)
             surrogate, _ = objective.vae_loss(vae, x)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .metrics import posterior_mean
+from .metrics import posterior_mean, seeded
 
 if TYPE_CHECKING:  # pragma: no cover
     from .metrics import Evaluation
@@ -62,9 +62,7 @@ def _decoded(vae: "VAE", z: torch.Tensor, pixels: str = "mean") -> torch.Tensor:
 def prior_samples(vae: "VAE", n: int, seed: int, pixels: str = "mean") -> torch.Tensor:
     """n images decoded from z ~ p(z): the mean E[x|z], or a draw x ~ p(x|z) if pixels == 'sample'
     (always a draw where E[x|z] has no closed form)."""
-    device = next(vae.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, next(vae.parameters()).device):
         return _decoded(vae, vae.p_z().sample((n,)), pixels)
 
 
@@ -72,9 +70,7 @@ def prior_samples(vae: "VAE", n: int, seed: int, pixels: str = "mean") -> torch.
 def reconstructions(vae: "VAE", x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """E[x|z] (or a draw, see ``shown_pixels``) at z = E_q[z|x], the posterior mean (estimated from
     samples where q has no closed form)."""
-    device = x.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, x.device):
         return _decoded(vae, posterior_mean(vae.q_z_given_x(x)))
 
 
@@ -214,8 +210,9 @@ def plot_snr_vs_k(snr: dict, path: Path) -> Path:
 def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles: list[str], seed: int = 0) -> Path:
     """For each datapoint: the input, the true posterior p(z|x) (filled contours, from the grid) with
     q(z|x) overlaid (lines), and decoded images E[x|z] (draws x ~ p(x|z), seeded, where the
-    likelihood has no closed-form mean) at q's mean, the posterior mode and two draws z ~ p(z|x). Contours sit where the density falls to exp(-r^2/2) of its peak, r = 1, 2, 3 (the
-    1-2-3 standard-deviation ellipses of a Gaussian)."""
+    likelihood has no closed-form mean) at q's mean, the posterior mode and two draws z ~ p(z|x).
+    Contours sit where the density falls to exp(-r^2/2) of its peak, r = 1, 2, 3 (the 1-2-3
+    standard-deviation ellipses of a Gaussian)."""
     import numpy as np
 
     plt = _pyplot()
@@ -253,8 +250,7 @@ def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles
         if i == 0:
             ax.legend(fontsize=7, loc="best")
         zs = torch.stack([q_mean, mode.to(q_mean.device), *draws.to(q_mean.device)])
-        with torch.random.fork_rng(devices=[zs.device] if zs.device.type == "cuda" else []):
-            torch.manual_seed(seed + i)
+        with seeded(seed + i, zs.device):
             images = _decoded(vae, zs)
         for j, (img, name) in enumerate(zip(images, (f"{shown_pixels(vae)}, z = mean of q", "z = mode of p(z|x)",
                                                      "z ~ p(z|x)", "z ~ p(z|x)"))):
