@@ -87,20 +87,26 @@ def mixed_precision(bodies: list[nn.Module], dtype: torch.dtype | None) -> Itera
             body.compute_dtype = None
 
 
+def _activated(make, width: int, activation: str, dim: int = -1) -> list[nn.Module]:
+    """A layer of ``width`` outputs, ``make(n)`` building it with n outputs, and its activation.
+    ``"gated"`` makes it a gated layer, h = (W1 x + b1) * sigmoid(W2 x + b2) (Dauphin et al. 2017;
+    the layers of Tomczak & Welling's VampPrior models): ``make(2 * width)``, then ``nn.GLU(dim)``
+    multiplies the first half of its outputs (along ``dim``: features, or channels) by the sigmoid
+    of the second half."""
+    if activation == "gated":
+        return [make(2 * width), nn.GLU(dim=dim)]
+    return [make(width), ACTIVATIONS[activation]()]
+
+
 def _stack(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequential:
     """Linear layers of the given widths, each followed by the activation (the last one only if
-    ``final_activation``). ``"gated"`` makes a layer gated dense, h = (W1 x + b1) * sigmoid(W2 x + b2)
-    (Dauphin et al. 2017; the layers of Tomczak & Welling's VampPrior models): one Linear to twice
-    the width, then ``nn.GLU`` multiplies its first half by the sigmoid of its second half."""
+    ``final_activation``); ``"gated"`` makes the activated ones gated dense layers (``_activated``)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        activated = final_activation or i < len(sizes) - 2
-        if activated and activation == "gated":
-            layers += [nn.Linear(a, 2 * b), nn.GLU(dim=-1)]
+        if final_activation or i < len(sizes) - 2:
+            layers += _activated(lambda n, a=a: nn.Linear(a, n), b, activation)
         else:
             layers.append(nn.Linear(a, b))
-            if activated:
-                layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -166,10 +172,10 @@ class ConvEncoder(Body):
         c, h, w = data_shape
         layers: list[nn.Module] = []
         for out in channels:
-            layers += [nn.Conv2d(c, out, 4, stride=2, padding=1), ACTIVATIONS[activation]()]
+            layers += _activated(lambda n, c=c: nn.Conv2d(c, n, 4, stride=2, padding=1), out, activation, dim=1)
             c, h, w = out, h // 2, w // 2
         self.convs = nn.Sequential(*layers)
-        self.dense = nn.Sequential(nn.Linear(c * h * w, hidden), ACTIVATIONS[activation]())
+        self.dense = nn.Sequential(*_activated(lambda n: nn.Linear(c * h * w, n), hidden, activation))
         self.out_features = hidden
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,13 +236,13 @@ class ConvDecoder(Body):
         scale = 2 ** len(channels)
         self.start = (channels[-1], h // scale, w // scale)
         self.dense = nn.Sequential(
-            nn.Linear(latent_dim, hidden), ACTIVATIONS[activation](),
-            nn.Linear(hidden, math.prod(self.start)), ACTIVATIONS[activation](),
+            *_activated(lambda n: nn.Linear(latent_dim, n), hidden, activation),
+            *_activated(lambda n: nn.Linear(hidden, n), math.prod(self.start), activation),
         )
         layers: list[nn.Module] = []
         widths = list(reversed(channels))
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [UpConv2d(a, b), ACTIVATIONS[activation]()]
+            layers += _activated(lambda n, a=a: UpConv2d(a, n), b, activation, dim=1)
         layers.append(UpConv2d(widths[-1], p * c))
         self.deconvs = nn.Sequential(*layers)
 
@@ -258,7 +264,9 @@ class ConvNetwork(Network):
     Options:
         channels: output channels of the encoder's convolutions, in order (the decoder mirrors them).
         hidden: width of the dense layer between the convolutions and the latent.
-        activation: nonlinearity after each layer.
+        activation: nonlinearity after each layer; ``"gated"`` makes every layer but the decoder's
+            last a gated one, h = (W1 x + b1) * sigmoid(W2 x + b2), the convolutions gated per
+            channel (twice the weights and outputs per layer).
     """
 
     def __init__(
@@ -266,7 +274,7 @@ class ConvNetwork(Network):
         *,
         channels: list[int] = (32, 64),
         hidden: int = 256,
-        activation: Literal["relu", "softplus", "tanh", "elu", "gelu", "leaky-relu"] = "elu",
+        activation: Literal["relu", "softplus", "tanh", "elu", "gelu", "leaky-relu", "gated"] = "elu",
     ) -> None:
         require(len(channels) >= 1 and all(c >= 1 for c in channels), f"channels must be positive, got {channels}.")
         require(hidden >= 1, f"hidden must be >= 1, got {hidden}.")

@@ -296,9 +296,21 @@ def test_gated_mlp_layers_compute_linear_times_sigmoid_gate():
     assert vae.decoder(torch.randn(2, 7, 3)).shape == (2, 7, 1, 1, 4, 4)
 
 
-def test_gated_is_an_mlp_activation_only():
-    with pytest.raises(ConfigError, match="gated"):
-        VAE(data_shape=(1, 8, 8), latent_dim=2, network={"name": "conv", "channels": [4], "activation": "gated"})
+def test_gated_conv_layers_gate_each_channel_and_the_decoder_head_is_plain():
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=3, network={"name": "conv", "channels": [4, 6], "hidden": 5,
+                                                           "activation": "gated"})
+    conv, glu = vae.encoder.convs[0], vae.encoder.convs[1]
+    assert conv.out_channels == 8  # the value half and the gate half of 4 channels
+    x = torch.rand(7, 1, 8, 8)
+    h = conv(x)
+    assert torch.allclose(glu(h), h[:, :4] * torch.sigmoid(h[:, 4:]))
+    assert vae.encoder(x).shape == (7, 5)
+    assert [type(m).__name__ for m in vae.encoder.dense] == ["Linear", "GLU"]
+    assert [type(m).__name__ for m in vae.decoder.dense] == ["Linear", "GLU", "Linear", "GLU"]
+    # the decoder's transposed convolutions are gated, its last layer (to the head) is not
+    assert [type(m).__name__ for m in vae.decoder.deconvs] == ["UpConv2d", "GLU", "UpConv2d"]
+    assert vae.decoder.deconvs[0].out_channels == 8 and vae.decoder.deconvs[-1].out_channels == 1
+    assert vae.decoder(torch.randn(2, 7, 3)).shape == (2, 7, 1, 1, 8, 8)
 
 
 def test_network_activation_options_name_exactly_the_built_activations():
@@ -307,12 +319,12 @@ def test_network_activation_options_name_exactly_the_built_activations():
     def listed(cls):
         return set(typing.get_args(cls.option_specs()["activation"].annotation))
 
-    assert listed(MLPNetwork) == set(ACTIVATIONS) | {"gated"}
-    assert listed(ConvNetwork) == set(ACTIVATIONS)
+    assert listed(MLPNetwork) == listed(ConvNetwork) == set(ACTIVATIONS) | {"gated"}
 
 
-@pytest.mark.parametrize("network", [MLPNetwork(hidden=[32, 16], activation="gated"), ConvNetwork(channels=[4, 8], hidden=16)],
-                         ids=["mlp", "conv"])
+@pytest.mark.parametrize("network", [MLPNetwork(hidden=[32, 16], activation="gated"), ConvNetwork(channels=[4, 8], hidden=16),
+                                     ConvNetwork(channels=[4, 8], hidden=16, activation="gated")],
+                         ids=["mlp", "conv", "gated-conv"])
 def test_mixed_precision_runs_the_bodies_in_bfloat16_and_returns_float32_only_inside_its_block(network):
     from pyro_vae.networks import mixed_precision
 
