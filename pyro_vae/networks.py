@@ -26,6 +26,8 @@ ACTIVATIONS = {
     "gelu": nn.GELU,
     "leaky-relu": nn.LeakyReLU,
 }
+# The networks' activation option: a name in ACTIVATIONS, or "gated" (``_activated``).
+Activation = Literal["relu", "softplus", "tanh", "elu", "gelu", "leaky-relu", "gated"]
 
 
 class Network(Component):
@@ -150,7 +152,7 @@ class MLPNetwork(Network):
         self,
         *,
         hidden: list[int] = (400,),
-        activation: Literal["relu", "softplus", "tanh", "elu", "gelu", "leaky-relu", "gated"] = "softplus",
+        activation: Activation = "softplus",
     ) -> None:
         require(all(h >= 1 for h in hidden), f"hidden widths must be >= 1, got {hidden}.")
         self.hidden = hidden
@@ -274,7 +276,7 @@ class ConvNetwork(Network):
         *,
         channels: list[int] = (32, 64),
         hidden: int = 256,
-        activation: Literal["relu", "softplus", "tanh", "elu", "gelu", "leaky-relu", "gated"] = "elu",
+        activation: Activation = "elu",
     ) -> None:
         require(len(channels) >= 1 and all(c >= 1 for c in channels), f"channels must be positive, got {channels}.")
         require(hidden >= 1, f"hidden must be >= 1, got {hidden}.")
