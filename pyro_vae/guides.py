@@ -16,7 +16,8 @@ from torch.distributions import register_kl
 from torch.distributions.utils import _standard_normal
 
 from .config import GUIDES, Component, require
-from .priors import LOG_2PI, StandardNormal
+from .networks import Activation, ConditionalGaussian
+from .priors import LOG_2PI, StandardNormal, TwoLayerLatent, split_latent
 
 
 class DiagonalNormal(dist.Independent):
@@ -157,3 +158,40 @@ class IAFGuide(Guide):
         base = self._diagonal_normal(self.loc(features), F.softplus(self.raw_scale(features)))
         context = self.to_context(features)
         return dist.TransformedDistribution(base, [flow.condition(context) for flow in self.flows])
+
+
+@GUIDES.register("hierarchical")
+class HierarchicalGuide(Guide):
+    """q(z|x) = q(z_2|x) q(z_1|x, z_2), z = (z_2, z_1): a diagonal Gaussian over z_2 from the encoder's features h, then one over z_1 from [h, z_2] (Tomczak & Welling 2018's HVAE).
+
+    z_2 = mu_2(h) + sigma_2(h) eps_2, then z_1 = mu_1(h, z_2) + sigma_1(h, z_2) eps_1:
+    reparameterized through both layers, and log q(z|x) = log N(z_2; mu_2, sigma_2^2) + log N(z_1;
+    mu_1, sigma_1^2), exact. The posterior of the hierarchical prior's two layers; with any other
+    prior it is a richer guide over one z. No closed-form mean or KL: both are Monte Carlo.
+
+    Options:
+        top_dim: dimension of z_2 (z's first coordinates); unset: half the latent dimension, rounded up (the hierarchical prior's default too).
+        hidden: widths of the hidden layers of the network for q(z_1|x, z_2).
+        activation: their activation.
+    """
+
+    def __init__(self, *, top_dim: int | None = None, hidden: list[int] = [256], activation: Activation = "gated") -> None:
+        super().__init__()
+        require(all(h >= 1 for h in hidden), f"hidden widths must be >= 1, got {hidden}.")
+        self.top_dim, self.hidden, self.activation = top_dim, hidden, activation
+
+    def setup(self, feature_dim: int, latent_dim: int) -> "HierarchicalGuide":
+        top, bottom = split_latent(latent_dim, self.top_dim)
+        self.loc = nn.Linear(feature_dim, top)
+        self.raw_scale = nn.Linear(feature_dim, top)
+        self.conditional = ConditionalGaussian(feature_dim + top, bottom, self.hidden, self.activation)
+        self.bottom_dim = bottom
+        return self
+
+    def forward(self, features: torch.Tensor) -> TwoLayerLatent:
+        def conditional(z_2: torch.Tensor) -> DiagonalNormal:
+            h = features.expand(*z_2.shape[:-1], features.shape[-1])  # particles share x's features
+            return self._diagonal_normal(*self.conditional(torch.cat([h, z_2], -1)))
+
+        return TwoLayerLatent(self._diagonal_normal(self.loc(features), F.softplus(self.raw_scale(features))),
+                              conditional, self.bottom_dim)

@@ -112,6 +112,23 @@ def _stack(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+class ConditionalGaussian(nn.Module):
+    """c -> (loc, scale) of a diagonal Gaussian N(loc(c), diag scale(c)^2) over ``out_features``
+    coordinates: hidden layers (``_stack``, each activated), then two linear heads, scale = softplus.
+    The conditional layers of the hierarchical prior p(z_1|z_2) and guide q(z_1|x, z_2)."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: list[int], activation: str):
+        super().__init__()
+        self.body = _stack([in_features, *hidden], activation, final_activation=True)
+        width = hidden[-1] if hidden else in_features
+        self.loc = nn.Linear(width, out_features)
+        self.raw_scale = nn.Linear(width, out_features)
+
+    def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(c)
+        return self.loc(h), nn.functional.softplus(self.raw_scale(h))
+
+
 class MLPEncoder(Body):
     """x (*batch, C, H, W) -> flatten -> [Linear -> activation] per hidden layer -> features."""
 

@@ -230,15 +230,15 @@ class StickingTheLandingELBO(Trace_ELBO, Objective):
     constants while z = mu + sigma * eps keeps its path: the surrogate subtracts
     log q(z) - log q(stop(z)), whose parameter gradient is exactly the path derivative. At the
     exact posterior this gradient is zero for every draw (zero variance). Needs a reparameterized
-    guide whose log-density is differentiable in z: diagonal-gaussian or iaf (for iaf, log q at
-    the stopped sample inverts the flow: D sequential passes per step).
+    guide whose log-density is differentiable in z: diagonal-gaussian, iaf or hierarchical (for
+    iaf, log q at the stopped sample inverts the flow: D sequential passes per step).
 
     Options:
         num_particles: samples z ~ q(z|x) per datapoint; their average is the estimate.
     """
 
     supports_kl_weight = True
-    guide_families = ("diagonal-gaussian", "iaf")
+    guide_families = ("diagonal-gaussian", "iaf", "hierarchical")
 
     def __init__(self, *, num_particles: int = 1) -> None:
         super().__init__(**_particle_options(num_particles))
@@ -273,13 +273,14 @@ class DReGIWAE(ELBO, Objective):
     (d z_k / d phi), the path derivative with log q evaluated at stopped parameters. Implemented
     with one backward pass: the surrogate sum_k stop(w_k) [log p(x, z_k) - log q(z_k) +
     log q(stop(z_k))] and a hook that multiplies the gradient reaching each z_k by w_k. Needs a
-    reparameterized guide whose log-density is differentiable in z: diagonal-gaussian or iaf.
+    reparameterized guide whose log-density is differentiable in z: diagonal-gaussian, iaf or
+    hierarchical.
 
     Options:
         num_particles: K, the number of importance samples per datapoint (K = 1 gives the STL gradient of the ELBO).
     """
 
-    guide_families = ("diagonal-gaussian", "iaf")
+    guide_families = ("diagonal-gaussian", "iaf", "hierarchical")
 
     def __init__(self, *, num_particles: int = 10) -> None:
         require(num_particles >= 1, f"num_particles must be >= 1, got {num_particles}.")

@@ -7,9 +7,10 @@ Its parameters (if any) are trained with everything else.
 
 from __future__ import annotations
 
+import functools
 import math
-
-from typing import Literal
+import types
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,8 @@ from torch import nn
 from torch.distributions import constraints
 
 from .config import PRIORS, Component, require
+from .errors import ConfigError
+from .networks import Activation, ConditionalGaussian
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -373,3 +376,155 @@ class FlowPrior(Prior):
         for i, layer in enumerate(self.layers):
             transforms += [layer, Permute(getattr(self, f"permutation_{i}"))]
         return dist.TransformedDistribution(StandardNormal(dist.Normal(self.loc, self.scale), 1), transforms)
+
+
+def split_latent(latent_dim: int, top_dim: int | None) -> tuple[int, int]:
+    """(dim z_2, dim z_1) of a two-layer latent z = (z_2, z_1): ``top_dim`` (None: half the latent
+    dimension, rounded up) and the rest; both layers need at least one coordinate."""
+    require(latent_dim >= 2, f"two stochastic layers need latent_dim >= 2 (one coordinate each), got {latent_dim}.")
+    top = math.ceil(latent_dim / 2) if top_dim is None else top_dim
+    require(1 <= top < latent_dim,
+            f"top_dim must be in [1, latent_dim - 1] = [1, {latent_dim - 1}] (z_1 gets the rest), got {top}.")
+    return top, latent_dim - top
+
+
+def leading_marginal(q, dim: int) -> dist.TorchDistribution | None:
+    """q's marginal over the first ``dim`` coordinates of z where it is a diagonal Gaussian in closed
+    form (a diagonal Gaussian's slice; the top layer of a two-layer latent), else None (e.g. an IAF)."""
+    own = getattr(q, "leading_marginal", None)
+    if own is not None:
+        return own(dim)
+    diagonal = diagonal_gaussian_parameters(q)
+    if diagonal is None:
+        return None
+    if dim == q.event_shape[-1]:
+        return q
+    loc, scale = diagonal
+    return dist.Normal(loc[..., :dim], scale[..., :dim]).to_event(1)
+
+
+class TwoLayerLatent(dist.TorchDistribution):
+    """A density over z = (z_2, z_1), z_2 ~ ``top`` and z_1 | z_2 ~ ``conditional(z_2)``:
+    log p(z) = log top(z_2) + log conditional(z_2)(z_1), drawn top layer first (ancestral sampling).
+
+    The hierarchical prior's p(z_2) p(z_1|z_2) and the hierarchical guide's q(z_2|x) q(z_1|x, z_2)
+    are both this. ``conditional`` maps z_2 of shape (*sample, *batch, dim z_2) to a distribution
+    over z_1 with that batch shape. Reparameterized when both layers are (z_1 = mu(z_2) + sigma(z_2)
+    eps_1 carries the gradient of z_2 along). There is no closed form for the mean or for a KL.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.real, 1)
+
+    def __init__(self, top: dist.TorchDistribution, conditional: Callable[[torch.Tensor], dist.TorchDistribution],
+                 bottom_dim: int, validate_args: bool | None = None) -> None:
+        self.top, self.conditional, self.top_dim = top, conditional, top.event_shape[-1]
+        super().__init__(top.batch_shape, torch.Size([self.top_dim + bottom_dim]), validate_args=validate_args)
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.top.has_rsample
+
+    def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_2, z_1): the first ``top_dim`` coordinates of z and the rest."""
+        return z[..., : self.top_dim], z[..., self.top_dim:]
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(z)
+        z_2, z_1 = self.split(z)
+        return self.top.log_prob(z_2) + self.conditional(z_2).log_prob(z_1)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        z_2 = self.top.rsample(sample_shape)
+        return torch.cat([z_2, self.conditional(z_2).rsample()], -1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            z_2 = self.top.sample(sample_shape)
+            return torch.cat([z_2, self.conditional(z_2).sample()], -1)
+
+    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and log p(z) together, each layer's log-density from its own noise where it offers that."""
+        z_2, log_top = _rsample_and_log_prob(self.top, sample_shape)
+        z_1, log_bottom = _rsample_and_log_prob(self.conditional(z_2), torch.Size())
+        return torch.cat([z_2, z_1], -1), log_top + log_bottom
+
+    def leading_marginal(self, dim: int) -> dist.TorchDistribution | None:
+        return leading_marginal(self.top, dim) if dim <= self.top_dim else None
+
+
+def _rsample_and_log_prob(d, sample_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(d, "rsample_and_log_prob"):
+        return d.rsample_and_log_prob(sample_shape)
+    z = d.rsample(sample_shape)
+    return z, d.log_prob(z)
+
+
+@PRIORS.register("hierarchical")
+class HierarchicalPrior(Prior):
+    """p(z) = p(z_2) p(z_1|z_2), z = (z_2, z_1): two stochastic layers, p(z_1|z_2) = N(mu(z_2), diag sigma(z_2)^2) (Tomczak & Welling 2018's HVAE).
+
+    z's first ``top_dim`` coordinates are z_2, the rest z_1; the decoder reads both, p(x|z_1, z_2).
+    Any other prior can be the top one. A ``vamp`` top is (1/K) sum_k q(z_2|u_k), the guide's own
+    marginal over z_2 at the pseudo-inputs: the hierarchical guide has it (its q(z_2|x), with the same
+    ``top_dim`` or a larger one) and so does the diagonal-gaussian guide (its first coordinates); an
+    IAF guide has none and is refused. log p(z) is exact; the KL to it has no closed form, so
+    training and evaluation use Monte Carlo.
+
+    Options:
+        top: the top layer's prior p(z_2): a prior's name or table (any prior but hierarchical).
+        top_dim: dimension of z_2; unset: half the latent dimension, rounded up (the hierarchical guide's default too).
+        hidden: widths of the hidden layers of the network for p(z_1|z_2).
+        activation: their activation.
+    """
+
+    def __init__(self, *, top: Any = "standard-normal", top_dim: int | None = None, hidden: list[int] = [256],
+                 activation: Activation = "gated") -> None:
+        super().__init__()
+        self.top_prior = PRIORS.build(top, "model.prior.top")
+        require(not isinstance(self.top_prior, HierarchicalPrior),
+                "the top prior of a hierarchical prior cannot itself be hierarchical (two stochastic layers only).")
+        require(all(h >= 1 for h in hidden), f"hidden widths must be >= 1, got {hidden}.")
+        self.top, self.top_dim, self.hidden, self.activation = self.top_prior.spec(), top_dim, hidden, activation
+
+    def setup(self, latent_dim: int) -> "HierarchicalPrior":
+        top, bottom = split_latent(latent_dim, self.top_dim)
+        super().setup(latent_dim)
+        self.top_prior.setup(top)
+        self.conditional = ConditionalGaussian(top, bottom, self.hidden, self.activation)
+        self.dims = (top, bottom)
+        return self
+
+    def attach(self, vae) -> None:
+        top = self.dims[0]
+        # the top prior sees a model whose posterior is q(z_2|x) (what a VampPrior calls)
+        view = types.SimpleNamespace(encoder=vae.encoder, data_shape=vae.data_shape,
+                                     posterior=functools.partial(_top_posterior, vae.posterior, top))
+        self.top_prior.attach(view)
+        if isinstance(self.top_prior, VampPrior):
+            with torch.no_grad():
+                view.posterior(vae.encoder(torch.zeros(1, *vae.data_shape)))  # refuses a guide without q(z_2|x)
+
+    def fit_to_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        self.top_prior.fit_to_data(x, generator)
+
+    def forward(self) -> TwoLayerLatent:
+        def conditional(z_2: torch.Tensor) -> dist.TorchDistribution:
+            loc, scale = self.conditional(z_2)
+            return dist.Normal(loc, scale).to_event(1)
+
+        return TwoLayerLatent(self.top_prior(), conditional, self.dims[1])
+
+
+def _top_posterior(posterior: nn.Module, top: int, features: torch.Tensor) -> dist.TorchDistribution:
+    """q(z_2|x) from the guide: its marginal over z's first ``top`` coordinates."""
+    q = leading_marginal(posterior(features), top)
+    if q is None:
+        raise ConfigError(
+            f"the hierarchical prior's vamp top needs q(z_2|x), the guide's marginal over z's first {top} "
+            f"coordinates, in closed form; guide '{posterior.name}' has none. Use the hierarchical guide "
+            f"(model.guide = \"hierarchical\", with top_dim >= {top}) or the diagonal-gaussian guide, or "
+            f"another top prior (model.prior.top)."
+        )
+    return q

@@ -130,7 +130,7 @@ def test_unsupported_guide_families_are_refused(tmp_path):
 
     try:
         config = tiny_config(model={"guide": "test-only-gaussian"}, train={"objective": "dreg"})
-        with pytest.raises(ConfigError, match="supports the guide families diagonal-gaussian, iaf, not 'test-only-gaussian'"):
+        with pytest.raises(ConfigError, match="supports the guide families diagonal-gaussian, iaf, hierarchical, not 'test-only-gaussian'"):
             Trainer(config, tmp_path / "run", progress=False).fit()
     finally:
         GUIDES._classes.pop("test-only-gaussian")
