@@ -60,6 +60,8 @@ SETTINGS = {  # name: (config, the published model whose number it targets)
     "conv": ("fashion-conv.toml", "ConvHVAE"),
     # the conv VAE with an autoregressive decoder: a stronger likelihood family than ConvHVAE's factorized one
     "conv-pixelcnn": ("fashion-conv-pixelcnn.toml", "ConvHVAE"),
+    # the conv VAE with two stochastic layers, the published ConvHVAE's structure
+    "conv-hvae": ("fashion-conv-hvae.toml", "ConvHVAE"),
 }
 RESULT = "fashion-result.json"
 REACH = "time-to-reach.json"  # the scored snapshots of --time-to-reach

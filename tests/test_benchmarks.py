@@ -176,3 +176,20 @@ def test_fashion_mnist_driver_runs_the_autoregressive_conv_setting(tmp_path, cap
     assert "| 225.38 (ConvHVAE) |" in row and "not run" not in row
     result = bench.json.loads((tmp_path / "runs" / "conv-pixelcnn" / bench.RESULT).read_text())
     assert result["samples"] == 3 and result["nll"] > 0 and result["epochs"] == 1
+
+
+def test_fashion_mnist_driver_runs_the_two_layer_conv_setting(tmp_path, capsys):
+    bench = load("fashion_mnist")
+    data = tmp_path / "idx"
+    write_idx_folder(data, n_train=40, n_test=6)
+    assert bench.main(["--data-dir", str(data), "--out", str(tmp_path / "runs"), "--samples", "3",
+                       "--settings", "conv-hvae", "--set", "train.epochs=1", "--set", "train.validation=10",
+                       "--set", "train.batch_size=10", "--set", "model.latent_dim=4", "--set", "model.prior.top_dim=2",
+                       "--set", "model.guide.top_dim=2", "--set", "model.prior.top.components=3",
+                       "--set", "model.prior.hidden=[8]", "--set", "model.guide.hidden=[8]",
+                       "--set", "model.network.channels=[4, 4]", "--set", "model.network.hidden=8",
+                       "--set", "eval.train_subset=4"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| conv-hvae |"))
+    assert "| 225.38 (ConvHVAE) |" in row and "not run" not in row and "`model.prior.top.components=3`" in row
+    result = bench.json.loads((tmp_path / "runs" / "conv-hvae" / bench.RESULT).read_text())
+    assert result["samples"] == 3 and result["nll"] > 0 and result["epochs"] == 1
