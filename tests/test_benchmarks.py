@@ -163,33 +163,24 @@ def test_fashion_mnist_table_reports_the_time_to_reach(tmp_path, nll, snapshot_m
     assert row.endswith(expected)
 
 
-def test_fashion_mnist_driver_runs_the_autoregressive_conv_setting(tmp_path, capsys):
+SMALL_CONV = {  # the conv settings at toy sizes: --set overrides beyond the shared ones
+    "conv-pixelcnn": ["model.latent_dim=2", "model.prior.components=3", "model.likelihood.channels=4"],
+    "conv-hvae": ["model.latent_dim=4", "model.prior.top_dim=2", "model.guide.top_dim=2",
+                  "model.prior.top.components=3", "model.prior.hidden=[8]", "model.guide.hidden=[8]"],
+}
+
+
+@pytest.mark.parametrize("setting", SMALL_CONV)
+def test_fashion_mnist_driver_runs_the_autoregressive_and_two_layer_conv_settings(setting, tmp_path, capsys):
     bench = load("fashion_mnist")
     data = tmp_path / "idx"
     write_idx_folder(data, n_train=40, n_test=6)
+    shared = ["train.epochs=1", "train.validation=10", "train.batch_size=10", "model.network.channels=[4, 4]",
+              "model.network.hidden=8", "eval.train_subset=4"]
+    sets = [arg for key in shared + SMALL_CONV[setting] for arg in ("--set", key)]
     assert bench.main(["--data-dir", str(data), "--out", str(tmp_path / "runs"), "--samples", "3",
-                       "--settings", "conv-pixelcnn", "--set", "train.epochs=1", "--set", "train.validation=10",
-                       "--set", "train.batch_size=10", "--set", "model.latent_dim=2", "--set", "model.prior.components=3",
-                       "--set", "model.network.channels=[4, 4]", "--set", "model.network.hidden=8",
-                       "--set", "model.likelihood.channels=4", "--set", "eval.train_subset=4"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| conv-pixelcnn |"))
-    assert "| 225.38 (ConvHVAE) |" in row and "not run" not in row
-    result = bench.json.loads((tmp_path / "runs" / "conv-pixelcnn" / bench.RESULT).read_text())
-    assert result["samples"] == 3 and result["nll"] > 0 and result["epochs"] == 1
-
-
-def test_fashion_mnist_driver_runs_the_two_layer_conv_setting(tmp_path, capsys):
-    bench = load("fashion_mnist")
-    data = tmp_path / "idx"
-    write_idx_folder(data, n_train=40, n_test=6)
-    assert bench.main(["--data-dir", str(data), "--out", str(tmp_path / "runs"), "--samples", "3",
-                       "--settings", "conv-hvae", "--set", "train.epochs=1", "--set", "train.validation=10",
-                       "--set", "train.batch_size=10", "--set", "model.latent_dim=4", "--set", "model.prior.top_dim=2",
-                       "--set", "model.guide.top_dim=2", "--set", "model.prior.top.components=3",
-                       "--set", "model.prior.hidden=[8]", "--set", "model.guide.hidden=[8]",
-                       "--set", "model.network.channels=[4, 4]", "--set", "model.network.hidden=8",
-                       "--set", "eval.train_subset=4"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| conv-hvae |"))
-    assert "| 225.38 (ConvHVAE) |" in row and "not run" not in row and "`model.prior.top.components=3`" in row
-    result = bench.json.loads((tmp_path / "runs" / "conv-hvae" / bench.RESULT).read_text())
+                       "--settings", setting, *sets]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {setting} |"))
+    assert "| 225.38 (ConvHVAE) |" in row and "not run" not in row and f"`{SMALL_CONV[setting][-1]}`" in row
+    result = bench.json.loads((tmp_path / "runs" / setting / bench.RESULT).read_text())
     assert result["samples"] == 3 and result["nll"] > 0 and result["epochs"] == 1
