@@ -25,6 +25,7 @@ from torch.distributions import kl_divergence
 
 from .config import OBJECTIVES, Component, require
 from .errors import ConfigError
+from .priors import rsample_and_log_prob
 
 if TYPE_CHECKING:  # pragma: no cover
     from .vae import VAE
@@ -65,11 +66,7 @@ class Objective(Component):
         vectorized ones. Draws exactly what Pyro's (vectorized) guide would, in the same order."""
         q = vae.q_z_given_x(x)
         shape = particle_shape(self.num_particles)  # type: ignore[attr-defined]
-        if hasattr(q, "rsample_and_log_prob"):
-            z, log_q = q.rsample_and_log_prob(shape)
-        else:
-            z = q.rsample(shape)
-            log_q = q.log_prob(z)
+        z, log_q = rsample_and_log_prob(q, shape)
         return q, z, log_q
 
 

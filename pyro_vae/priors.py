@@ -446,15 +446,17 @@ class TwoLayerLatent(dist.TorchDistribution):
 
     def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
         """z and log p(z) together, each layer's log-density from its own noise where it offers that."""
-        z_2, log_top = _rsample_and_log_prob(self.top, sample_shape)
-        z_1, log_bottom = _rsample_and_log_prob(self.conditional(z_2), torch.Size())
+        z_2, log_top = rsample_and_log_prob(self.top, sample_shape)
+        z_1, log_bottom = rsample_and_log_prob(self.conditional(z_2), torch.Size())
         return torch.cat([z_2, z_1], -1), log_top + log_bottom
 
     def leading_marginal(self, dim: int) -> dist.TorchDistribution | None:
         return leading_marginal(self.top, dim) if dim <= self.top_dim else None
 
 
-def _rsample_and_log_prob(d, sample_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+def rsample_and_log_prob(d, sample_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """z = d.rsample(sample_shape) and log d(z): fused where the distribution offers it (log q from
+    the reparameterization noise), else rsample then log_prob (the same value and gradient)."""
     if hasattr(d, "rsample_and_log_prob"):
         return d.rsample_and_log_prob(sample_shape)
     z = d.rsample(sample_shape)
