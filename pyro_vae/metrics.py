@@ -105,19 +105,17 @@ def analytic_kl_available(vae: VAE) -> bool:
 
 
 @torch.no_grad()
-def elbo_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> dict[str, torch.Tensor]:
-    """Per-datapoint reconstruction E_q[log p(x|z)], KL(q||p(z)) and ELBO, with ``num_samples`` z's."""
+def elbo_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1, posterior_means: bool = True) -> dict[str, torch.Tensor]:
+    """Per-datapoint reconstruction E_q[log p(x|z)], KL(q||p(z)) and ELBO, with ``num_samples`` z's,
+    and (``posterior_means``) E_q[z], which a guide without a closed-form mean pays for in draws."""
     q = vae.q_z_given_x(x)
     z = q.rsample((num_samples,))
     reconstruction = vae.p_x_given_z(z).log_prob(x).mean(0)
     kl, analytic = kl_to_prior(q, vae.p_z(), z)
-    return {
-        "reconstruction": reconstruction,
-        "kl": kl,
-        "elbo": reconstruction - kl,
-        "posterior_mean": posterior_mean(q),
-        "kl_analytic": torch.tensor(analytic),
-    }
+    terms = {"reconstruction": reconstruction, "kl": kl, "elbo": reconstruction - kl, "kl_analytic": torch.tensor(analytic)}
+    if posterior_means:
+        terms["posterior_mean"] = posterior_mean(q)
+    return terms
 
 
 POSTERIOR_MEAN_SAMPLES = 64
@@ -204,7 +202,7 @@ class Evaluation:
     reconstruction: torch.Tensor
     kl: torch.Tensor
     elbo: torch.Tensor
-    posterior_mean: torch.Tensor
+    posterior_mean: torch.Tensor | None  # None: not computed (evaluate(posterior_means=False))
     kl_analytic: bool
     num_pixels: int
     discrete: bool
@@ -237,9 +235,9 @@ class Evaluation:
             "reconstruction": stat(self.reconstruction),
             "kl": stat(self.kl),
             "kl_estimator": "closed form" if self.kl_analytic else "monte carlo",
-            "active_units": active_units(self.posterior_mean),
-            "latent_dim": self.posterior_mean.shape[-1],
         }
+        if self.posterior_mean is not None:
+            out |= {"active_units": active_units(self.posterior_mean), "latent_dim": self.posterior_mean.shape[-1]}
         if self.log_px is not None:
             out["importance_samples"] = self.samples
             out["log_px"] = stat(self.log_px)
@@ -281,7 +279,8 @@ class Evaluation:
         lines = [title] if title else []
         lines.append(f"{'nats per datapoint':<48} {'mean':>11} {'std. err.':>10}")
         lines += [f"{label:<48} {v['mean']:>11.3f} {v['stderr']:>10.3f}" for label, v in rows]
-        lines.append(f"{'active units (Var_x E_q[z_u] > 0.01)':<48} {s['active_units']:>7} / {s['latent_dim']}")
+        if "active_units" in s:
+            lines.append(f"{'active units (Var_x E_q[z_u] > 0.01)':<48} {s['active_units']:>7} / {s['latent_dim']}")
         if self.log_px is not None:
             kind = "" if self.discrete else "  (of a density, not a discrete likelihood)"
             lines.append(f"{'bits/dim':<48} {s['bits_per_dim']['mean']:>11.4f}{kind}")
@@ -328,6 +327,7 @@ def evaluate(
     chunk_pairs: int | None = None,
     exact_points: int = 0,
     dist: Distributed = SINGLE,
+    posterior_means: bool = True,
 ) -> Evaluation:
     """ELBO terms for every datapoint of ``x`` and, if ``samples`` > 0, importance-sampled log p(x).
 
@@ -337,6 +337,8 @@ def evaluate(
     prepared for the likelihood (e.g. binarized). Each batch of ``batch_size`` datapoints runs
     under a seed of its own (``batch_seed``), so the numbers do not depend on which process (in
     data-parallel evaluation, ``dist``) computes which batch, and the training stream is untouched.
+    ``posterior_means=False`` skips E_q[z] (the active units): sampled, not free, for a guide
+    without a closed-form mean (IAF, hierarchical), and not needed by the per-epoch scoring.
     """
     starts = list(range(0, x.shape[0], batch_size))
     chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)  # resolved once, not per batch or exact point
@@ -346,7 +348,7 @@ def evaluate(
         for b in indices:
             xb = x[starts[b] : starts[b] + batch_size]
             with seeded(batch_seed(seed, b), x.device):
-                terms = elbo_terms(vae, xb)
+                terms = elbo_terms(vae, xb, posterior_means=posterior_means)
                 if samples > 0:
                     terms["log_px"] = log_evidence(vae, xb, samples, chunk_pairs)
             out.append({k: v.float().cpu() for k, v in terms.items()})
@@ -364,7 +366,7 @@ def evaluate(
         reconstruction=cat["reconstruction"],
         kl=cat["kl"],
         elbo=cat["elbo"],
-        posterior_mean=cat["posterior_mean"],
+        posterior_mean=cat.get("posterior_mean"),
         kl_analytic=all(bool(p["kl_analytic"]) for p in parts),
         num_pixels=math.prod(vae.data_shape),
         discrete=vae.likelihood.discrete,

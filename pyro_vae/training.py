@@ -680,7 +680,8 @@ class Trainer:
         started = time.perf_counter()
         ev = self.config.eval
         def score(x: torch.Tensor) -> dict:
-            return _terms(metrics.evaluate(self.vae, x, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist))
+            return _terms(metrics.evaluate(self.vae, x, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist,
+                                           posterior_means=False))
 
         with self._scored():
             test, train = score(self.data.test), score(self.data.train_eval)

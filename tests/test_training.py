@@ -19,6 +19,7 @@ from pyro_vae import (
     TrainingDiverged,
     load_run,
 )
+from pyro_vae import metrics
 from pyro_vae.config import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS, Config
 from pyro_vae.data import DataSplits
 from pyro_vae.training import (
@@ -125,6 +126,18 @@ def test_kl_warmup_schedule_is_linear_from_start_to_one():
     config = tiny_config(train={"kl_warmup_epochs": 2, "kl_warmup_start": 0.2})
     assert [kl_weight(config, e) for e in (0, 0.5, 1, 2, 5)] == pytest.approx([0.2, 0.4, 0.6, 1.0, 1.0])
     assert kl_weight(tiny_config(), 0) == 1.0
+
+
+def test_the_per_epoch_scoring_draws_no_posterior_means(tmp_path, monkeypatch):
+    # a hierarchical guide has no closed-form E_q[z]: its 64-draw estimate cost 70% of the scoring
+    calls = []
+    real = metrics.posterior_mean
+    monkeypatch.setattr(metrics, "posterior_mean", lambda q, *a, **k: calls.append(1) or real(q, *a, **k))
+    config = tiny_config(model={"latent_dim": 2, "network": {"name": "mlp", "hidden": [16]}, "guide": "hierarchical",
+                                "prior": {"name": "hierarchical", "top_dim": 1}})
+    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None).fit()
+    assert len(trainer.history) == 2 and calls == []
+    assert "active_units" in metrics.evaluate(trainer.vae, trainer.data.test, batch_size=8).summary() and calls
 
 
 def test_warmup_is_logged_and_reaches_one(tmp_path):
