@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
-    from .training import load_run, write_evaluation
+    from .training import load_run, resumable_evaluation, write_evaluation
 
     run = load_run(args.run_dir, device=args.device, checkpoint=args.checkpoint)
     cfg = run.config
@@ -118,25 +118,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}.")
     exact_points = cfg.eval.exact_points if args.exact_points is None else args.exact_points
-    result = evaluate(
-        run.vae, run.data.test, samples=samples, seed=seed,
-        batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs, exact_points=exact_points,
-    )
-    print(result.table(f"{run.run_dir} — test set of {cfg.data['name']}: {result.n} datapoints, {run.described}, seed {seed}"))
     stem = f"evaluation-K{samples}-seed{seed}"
-    path = write_evaluation(run, result, stem + ".json")
-    _write_per_datapoint(result, run.run_dir / f"{stem}.csv")
+    with resumable_evaluation(run.run_dir, stem) as store:  # rerun after an interruption: it resumes
+        result = evaluate(
+            run.vae, run.data.test, samples=samples, seed=seed, batch_size=cfg.eval.batch_size,
+            chunk_pairs=cfg.eval.chunk_pairs, exact_points=exact_points, store=store,
+        )
+        path = write_evaluation(run, result, stem + ".json")
+        result.write_csv(run.run_dir / f"{stem}.csv")
+    print(result.table(f"{run.run_dir} — test set of {cfg.data['name']}: {result.n} datapoints, {run.described}, seed {seed}"))
     print(f"wrote {path} and {stem}.csv (per datapoint)")
     return 0
-
-
-def _write_per_datapoint(result, path: Path) -> None:
-    columns = {"elbo": result.elbo, "reconstruction": result.reconstruction, "kl": result.kl}
-    if result.log_px is not None:
-        columns |= {"log_px": result.log_px, "gap": result.gap}
-    header = "index," + ",".join(f"{k}_nats" for k in columns)
-    rows = [f"{i}," + ",".join(f"{v[i].item():.6f}" for v in columns.values()) for i in range(result.n)]
-    path.write_text("\n".join([header, *rows]) + "\n")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

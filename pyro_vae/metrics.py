@@ -16,19 +16,28 @@ same numbers and evaluation never disturbs the training random stream. Memory is
 ``chunk_pairs`` (datapoint, sample) pairs at a time, whatever K and the dataset size: the importance
 weights are reduced chunk by chunk with a streaming log-sum-exp. Left unset, the chunk suits the
 device (:func:`chunk_pairs_for`).
+
+An evaluation given a ``store`` folder keeps each batch's per-datapoint values there as it goes
+(:class:`EvaluationStore`), so an interrupted one (K = 5,000 on a CPU can take an hour) resumes at
+the batches not yet done, with the same numbers as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from torch.distributions import kl_divergence
 
 from .distributed import SINGLE, Distributed
+from .errors import RunDirError
 from .vae import VAE
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -262,6 +271,16 @@ class Evaluation:
                     "note": f"importance-sampled (K={self.samples}) minus exact log p(x), same datapoints"}
         return out
 
+    def write_csv(self, path: str | Path) -> None:
+        """One row per datapoint (its index in the dataset, then its values in nats), for paired
+        comparisons of two models on the same datapoints."""
+        columns = {"elbo": self.elbo, "reconstruction": self.reconstruction, "kl": self.kl}
+        if self.log_px is not None:
+            columns |= {"log_px": self.log_px, "gap": self.gap}
+        header = "index," + ",".join(f"{k}_nats" for k in columns)
+        rows = [f"{i}," + ",".join(f"{v[i].item():.6f}" for v in columns.values()) for i in range(self.n)]
+        Path(path).write_text("\n".join([header, *rows]) + "\n")
+
     def table(self, title: str = "") -> str:
         """The summary as aligned text lines."""
         s = self.summary()
@@ -300,6 +319,63 @@ class Evaluation:
         return "\n".join(lines)
 
 
+def fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 of named tensors' names, dtypes, shapes and bytes: equal exactly when they are."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class EvaluationStore:
+    """Each evaluation batch's per-datapoint values, kept in ``folder`` as they are computed.
+
+    ``key.json`` records what the batches are of: the model's parameters and buffers and the data
+    (by :func:`fingerprint`) and the settings that change the numbers (K, seed, batch size, chunk).
+    A folder holding another evaluation's batches is refused, never mixed in or overwritten. Each
+    batch file is written whole or not at all (a temporary file, then a rename), so an evaluation
+    killed mid-write resumes cleanly.
+    """
+
+    KEY = "key.json"
+
+    def __init__(self, folder: str | Path, key: dict):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / self.KEY
+        if path.is_file():
+            held = json.loads(path.read_text())
+            if held != key:
+                differ = sorted(k for k in key.keys() | held.keys() if key.get(k) != held.get(k))
+                raise RunDirError(
+                    f"{self.folder} holds the batches of another evaluation (it differs in {', '.join(differ)}). "
+                    f"Remove that folder to evaluate afresh, or give this evaluation a folder of its own.")
+        else:
+            self._replace(path, lambda tmp: tmp.write_text(json.dumps(key, indent=2) + "\n"))
+
+    @staticmethod
+    def _replace(path: Path, write) -> None:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: data-parallel ranks share the folder
+        write(tmp)
+        os.replace(tmp, path)
+
+    def _batch(self, index: int) -> Path:
+        return self.folder / f"batch-{index:06d}.pt"
+
+    def load(self, index: int) -> dict[str, torch.Tensor] | None:
+        path = self._batch(index)
+        return torch.load(path, weights_only=True) if path.is_file() else None
+
+    def save(self, index: int, terms: dict[str, torch.Tensor]) -> None:
+        self._replace(self._batch(index), lambda tmp: torch.save(terms, tmp))
+
+    def count(self) -> int:
+        """How many batches are done."""
+        return len(list(self.folder.glob("batch-*.pt")))
+
+
 @contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Draws inside the block come from ``torch.manual_seed(seed)``; the random state outside it
@@ -328,6 +404,7 @@ def evaluate(
     exact_points: int = 0,
     dist: Distributed = SINGLE,
     posterior_means: bool = True,
+    store: str | Path | None = None,
 ) -> Evaluation:
     """ELBO terms for every datapoint of ``x`` and, if ``samples`` > 0, importance-sampled log p(x).
 
@@ -339,19 +416,33 @@ def evaluate(
     data-parallel evaluation, ``dist``) computes which batch, and the training stream is untouched.
     ``posterior_means=False`` skips E_q[z] (the active units): sampled, not free, for a guide
     without a closed-form mean (IAF, hierarchical), and not needed by the per-epoch scoring.
+    With ``store``, a folder, each batch's values are kept there and a batch already there is read
+    back instead of computed (:class:`EvaluationStore`): an interrupted evaluation resumes. The
+    exact values (2-D latents and linear-Gaussian models only) are recomputed, not stored.
     """
     starts = list(range(0, x.shape[0], batch_size))
     chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)  # resolved once, not per batch or exact point
+    kept = None
+    if store is not None:
+        kept = EvaluationStore(store, {
+            "model": fingerprint(vae.state_dict().items()), "data": fingerprint([("x", x)]), "datapoints": x.shape[0],
+            "samples": samples, "seed": seed, "batch_size": batch_size, "chunk_pairs": chunk_pairs,
+            "posterior_means": posterior_means})
 
     def batches(indices: list[int]) -> list[dict]:
         out = []
         for b in indices:
-            xb = x[starts[b] : starts[b] + batch_size]
-            with seeded(batch_seed(seed, b), x.device):
-                terms = elbo_terms(vae, xb, posterior_means=posterior_means)
-                if samples > 0:
-                    terms["log_px"] = log_evidence(vae, xb, samples, chunk_pairs)
-            out.append({k: v.float().cpu() for k, v in terms.items()})
+            terms = kept.load(b) if kept is not None else None
+            if terms is None:
+                xb = x[starts[b] : starts[b] + batch_size]
+                with seeded(batch_seed(seed, b), x.device):
+                    terms = elbo_terms(vae, xb, posterior_means=posterior_means)
+                    if samples > 0:
+                        terms["log_px"] = log_evidence(vae, xb, samples, chunk_pairs)
+                terms = {k: v.float().cpu() for k, v in terms.items()}
+                if kept is not None:
+                    kept.save(b, terms)
+            out.append(terms)
         return out
 
     was_training = vae.training

@@ -737,14 +737,28 @@ def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None
     k = cfg.eval.samples if samples is None else samples
     if dist.main:
         log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
-    result = metrics.evaluate(
-        run.vae, run.data.test, samples=k, seed=cfg.seed, batch_size=cfg.eval.batch_size,
-        chunk_pairs=cfg.eval.chunk_pairs, exact_points=cfg.eval.exact_points, dist=dist,
-    )
+    with resumable_evaluation(run.run_dir, EVALUATION, dist) as store:
+        result = metrics.evaluate(
+            run.vae, run.data.test, samples=k, seed=cfg.seed, batch_size=cfg.eval.batch_size,
+            chunk_pairs=cfg.eval.chunk_pairs, exact_points=cfg.eval.exact_points, dist=dist, store=store,
+        )
+        if dist.main:
+            write_evaluation(run, result)
     if dist.main:
-        write_evaluation(run, result)
         plots.run_pictures(run, result, read_metrics(run.run_dir))
     return result
+
+
+@contextmanager
+def resumable_evaluation(run_dir: Path, name: str, dist: Distributed = SINGLE):
+    """The folder ``RUN_DIR/<name>.batches`` for ``metrics.evaluate(store=...)``: it keeps the
+    evaluation's finished batches until the block (which writes the results) completes, and is
+    then removed. An evaluation interrupted part-way resumes there when rerun."""
+    folder = Path(run_dir) / f"{name}.batches"
+    yield folder
+    dist.barrier()  # every rank has read its batches
+    if dist.main:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_evaluation(run: Run, result: metrics.Evaluation, name: str = EVALUATION) -> Path:

@@ -54,6 +54,7 @@ def test_evaluate_gives_the_same_numbers_for_the_same_seed(trained, capsys):
     assert (trained / "evaluation-K50-seed3.json").read_text() == first
     rows = (trained / "evaluation-K50-seed3.csv").read_text().splitlines()
     assert rows[0] == "index,elbo_nats,reconstruction_nats,kl_nats,log_px_nats,gap_nats" and len(rows) == 41
+    assert not list(trained.glob("*.batches"))
 
 
 def test_sample_writes_a_grid(trained, capsys):

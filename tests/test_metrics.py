@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 from pyro import distributions as dist
 
-from pyro_vae import VAE, AnalyticKLELBO
-from pyro_vae.metrics import (ACCELERATOR_CHUNK_PAIRS, CPU_CHUNK_BYTES, active_units, chunk_pairs_for, elbo_terms,
-                              evaluate, kl_to_prior, log_evidence, log_importance_weights, widest_activation)
+from pyro_vae import VAE, AnalyticKLELBO, metrics
+from pyro_vae.errors import RunDirError
+from pyro_vae.metrics import (ACCELERATOR_CHUNK_PAIRS, CPU_CHUNK_BYTES, EvaluationStore, active_units, chunk_pairs_for,
+                              elbo_terms, evaluate, kl_to_prior, log_evidence, log_importance_weights, widest_activation)
 from pyro_vae.priors import inverse_softplus
 
 from conftest import tiny_vae
@@ -212,3 +214,57 @@ def test_evaluation_is_reproducible_and_leaves_the_training_random_stream_alone(
     assert summary["gap"]["mean"] == pytest.approx(summary["log_px"]["mean"] - summary["elbo"]["mean"], abs=1e-4)
     assert summary["bits_per_dim"]["mean"] == pytest.approx(-summary["log_px"]["mean"] / (36 * math.log(2)), rel=1e-5)
     assert "log p(x)" in a.table() and "active units" in a.table()
+
+
+def test_an_interrupted_evaluation_resumes_from_its_store_with_the_same_numbers(binary_splits, tmp_path, monkeypatch):
+    vae, x = tiny_vae(), binary_splits.test  # 32 datapoints: 5 batches of 7
+    whole = evaluate(vae, x, samples=20, seed=5, batch_size=7)
+    scored, real = [], metrics.log_evidence
+
+    def killed_in_the_third_batch(*args, **kwargs):
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        scored.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "log_evidence", killed_in_the_third_batch)
+    store = tmp_path / "batches"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(vae, x, samples=20, seed=5, batch_size=7, store=store)
+    held = json.loads((store / EvaluationStore.KEY).read_text())
+    assert {k: held[k] for k in ("samples", "seed", "batch_size", "datapoints")} == \
+        {"samples": 20, "seed": 5, "batch_size": 7, "datapoints": 32}
+    assert EvaluationStore(store, held).count() == 2  # the two finished batches, no half-written third
+    scored.clear()
+    monkeypatch.setattr(metrics, "log_evidence", lambda *a, **k: scored.append(1) or real(*a, **k))
+    resumed = evaluate(vae, x, samples=20, seed=5, batch_size=7, store=store)
+    assert len(scored) == 3  # only the batches not yet done
+    for name in ("log_px", "elbo", "reconstruction", "kl", "posterior_mean"):
+        assert torch.equal(getattr(resumed, name), getattr(whole, name)), name
+    scored.clear()
+    again = evaluate(vae, x, samples=20, seed=5, batch_size=7, store=store)
+    assert not scored and torch.equal(again.log_px, whole.log_px)
+
+
+def test_a_store_of_another_evaluation_is_refused_not_mixed_in(binary_splits, tmp_path):
+    vae, x = tiny_vae(), binary_splits.test
+    store = tmp_path / "batches"
+    evaluate(vae, x, samples=4, seed=5, batch_size=7, store=store)
+    with pytest.raises(RunDirError, match=r"differs in seed\)\. Remove that folder"):
+        evaluate(vae, x, samples=4, seed=6, batch_size=7, store=store)
+    with pytest.raises(RunDirError, match=r"differs in data"):
+        evaluate(vae, 1 - x, samples=4, seed=5, batch_size=7, store=store)
+    with torch.no_grad():
+        next(vae.parameters())[0].add_(1e-3)
+    with pytest.raises(RunDirError, match=r"differs in model"):
+        evaluate(vae, x, samples=4, seed=5, batch_size=7, store=store)
+
+
+def test_per_datapoint_values_are_written_one_row_each(binary_splits, tmp_path):
+    result = evaluate(tiny_vae(), binary_splits.test, samples=4, batch_size=7)
+    result.write_csv(tmp_path / "v.csv")
+    rows = (tmp_path / "v.csv").read_text().splitlines()
+    assert rows[0] == "index,elbo_nats,reconstruction_nats,kl_nats,log_px_nats,gap_nats" and len(rows) == 33
+    values = torch.tensor([[float(v) for v in row.split(",")] for row in rows[1:]])
+    assert torch.equal(values[:, 0], torch.arange(32.0))
+    assert torch.allclose(values[:, 4], result.log_px, atol=1e-5) and torch.allclose(values[:, 1], result.elbo, atol=1e-5)
