@@ -11,6 +11,7 @@ evaluation time is reported separately.
     python benchmarks/fashion_mnist.py --data-dir ../shared/data/fashion-mnist               # all settings
     python benchmarks/fashion_mnist.py --data-dir ../shared/data/fashion-mnist --settings mlp --threads 1
     python benchmarks/fashion_mnist.py --table-only          # the table from the run folders so far
+    python benchmarks/fashion_mnist.py --paired RUN_A RUN_B  # log p(x) of A minus B, paired over test images
 
 A run trained with ``--set`` overrides is listed with the keys its config.toml changes.
 
@@ -19,7 +20,9 @@ resumable: rerun the same command and a setting continues from its last checkpoi
 training has finished, goes straight to evaluation (or to the table, once evaluated). Snapshots
 taken every ``train.snapshot_minutes`` give the time to reach each published number
 (``--time-to-reach``, K = --snapshot-samples importance samples, a conservative estimate: fewer
-samples give a lower bound on log p(x)).
+samples give a lower bound on log p(x)). The evaluation resumes too: its finished batches are kept
+in the run folder until it completes. Each image's values are written beside the result, so two
+runs can be compared image by image (``--paired``), with a standard error of their difference.
 
 The MNIST side (the default config trained on the embedded subset's 4,000 training digits,
 evaluated on the real 10,000-image MNIST test set with K = 5,000) is measured by
@@ -44,7 +47,8 @@ sys.path.insert(0, str(HERE.parent))
 from pyro_vae import Config, Trainer, load_run  # noqa: E402
 from pyro_vae.config import format_value  # noqa: E402
 from pyro_vae.metrics import evaluate  # noqa: E402
-from pyro_vae.training import BEST, CHECKPOINT, CONFIG, SNAPSHOTS, config_differences, load_checkpoint  # noqa: E402
+from pyro_vae.training import (BEST, CHECKPOINT, CONFIG, SNAPSHOTS, config_differences, load_checkpoint,  # noqa: E402
+                               resumable_evaluation)
 
 # Norouzi et al. 2020 (Exemplar VAE), test NLL in nats, dynamically binarized Fashion-MNIST
 PUBLISHED = {
@@ -64,6 +68,7 @@ SETTINGS = {  # name: (config, the published model whose number it targets)
     "conv-hvae": ("fashion-conv-hvae.toml", "ConvHVAE"),
 }
 RESULT = "fashion-result.json"
+PER_IMAGE = "fashion-test-per-image.csv"  # each test image's log p(x) and ELBO terms: paired comparisons between runs
 REACH = "time-to-reach.json"  # the scored snapshots of --time-to-reach
 
 
@@ -82,15 +87,17 @@ def train(name: str, out: Path, data_dir: str, log, overrides: list[str] = ()) -
     return run_dir
 
 
-def score_test_set(run, samples: int):
-    """The importance-sampled evaluation of ``run`` on its test set with K = ``samples``."""
+def score_test_set(run, samples: int, store: Path | None = None):
+    """The importance-sampled evaluation of ``run`` on its test set with K = ``samples`` (its
+    batches kept in ``store`` as they finish, if given)."""
     cfg = run.config
     return evaluate(run.vae, run.data.test, samples=samples, seed=cfg.seed, batch_size=cfg.eval.batch_size,
-                    chunk_pairs=cfg.eval.chunk_pairs, exact_points=0)
+                    chunk_pairs=cfg.eval.chunk_pairs, exact_points=0, store=store)
 
 
 def evaluate_run(run_dir: Path, samples: int, log) -> dict:
-    """Test NLL at the best-validation checkpoint, K importance samples (kept in RESULT)."""
+    """Test NLL at the best-validation checkpoint, K importance samples (kept in RESULT, with each
+    image's values in PER_IMAGE). Interrupted, it resumes at the batches not yet scored."""
     path = run_dir / RESULT
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -99,24 +106,31 @@ def evaluate_run(run_dir: Path, samples: int, log) -> dict:
     run = load_run(run_dir)
     started = time.perf_counter()
     log(f"{run_dir.name}: evaluating {run.data.test.shape[0]} test images with K = {samples} ({run.described}) ...")
-    summary = score_test_set(run, samples).summary()
-    last = load_checkpoint(run_dir / CHECKPOINT)
-    progress = last.get("progress", {})
-    saved = {
-        "samples": samples,
-        "nll": -summary["log_px"]["mean"],
-        "nll_stderr": summary["log_px"]["stderr"],
-        "test_elbo": summary["elbo"]["mean"],
-        "active_units": summary["active_units"],
-        "latent_dim": summary["latent_dim"],
-        "best_epoch": run.epoch,
-        "epochs": last["epoch"],
-        "train_minutes": progress.get("elapsed", 0.0) / 60,
-        "eval_minutes": (time.perf_counter() - started) / 60,
-        "best_valid_elbo": progress.get("best_valid"),
-        "machine": machine(),
-    }
-    path.write_text(json.dumps(saved, indent=2) + "\n")
+    with resumable_evaluation(run_dir, RESULT) as store:
+        resumed = len(list(store.glob("batch-*.pt")))
+        if resumed:
+            log(f"{run_dir.name}: resuming the evaluation, {resumed} batches already scored in {store}")
+        result = score_test_set(run, samples, store)
+        summary = result.summary()
+        last = load_checkpoint(run_dir / CHECKPOINT)
+        progress = last.get("progress", {})
+        saved = {
+            "samples": samples,
+            "nll": -summary["log_px"]["mean"],
+            "nll_stderr": summary["log_px"]["stderr"],
+            "test_elbo": summary["elbo"]["mean"],
+            "active_units": summary["active_units"],
+            "latent_dim": summary["latent_dim"],
+            "best_epoch": run.epoch,
+            "epochs": last["epoch"],
+            "train_minutes": progress.get("elapsed", 0.0) / 60,
+            "eval_minutes": (time.perf_counter() - started) / 60,
+            "eval_minutes_cover": "the batches scored by this call" if resumed else "the whole evaluation",
+            "best_valid_elbo": progress.get("best_valid"),
+            "machine": machine(),
+        }
+        result.write_csv(run_dir / PER_IMAGE)
+        path.write_text(json.dumps(saved, indent=2) + "\n")
     return saved
 
 
@@ -144,6 +158,25 @@ def time_to_reach(run_dir: Path, target: float, samples: int, log) -> dict:
             "minutes": reached[0]["minutes"] if reached else None}
     path.write_text(json.dumps(done, indent=2) + "\n")
     return done
+
+
+def paired_difference(run_a: Path, run_b: Path) -> dict:
+    """Test log p(x) of run A minus run B, image by image (both runs' PER_IMAGE): the mean difference
+    and its standard error. Both score the same once-binarized test images, so the paired standard
+    error is far smaller than either run's own when the runs agree on which images are hard."""
+    columns = []
+    for run in (run_a, run_b):
+        path = Path(run) / PER_IMAGE
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: evaluate {run} with this driver first (it writes each image's values).")
+        header, *rows = path.read_text().splitlines()
+        at = header.split(",").index("log_px_nats")
+        columns.append(torch.tensor([float(r.split(",")[at]) for r in rows], dtype=torch.float64))
+    a, b = columns
+    if a.shape != b.shape:
+        raise SystemExit(f"{run_a} scored {a.numel()} test images and {run_b} {b.numel()}: not the same test set.")
+    d = a - b
+    return {"images": d.numel(), "mean": d.mean().item(), "stderr": d.std().item() / d.numel() ** 0.5}
 
 
 def changed_keys(name: str, run_dir: Path) -> list[str]:
@@ -204,9 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every setting (e.g. for a smoke run; repeatable)")
     p.add_argument("--table-only", action="store_true", help="print the table of what has run so far")
+    p.add_argument("--paired", nargs=2, metavar=("RUN_A", "RUN_B"),
+                   help="test log p(x) of run folder A minus B, image by image: mean and standard error, then exit")
     p.add_argument("--evaluate-only", action="store_true",
                    help="score run folders that exist, training nothing (a folder without its result is scored afresh)")
     args = p.parse_args(argv)
+    if args.paired:
+        d = paired_difference(*map(Path, args.paired))
+        print(f"log p(x) of {args.paired[0]} minus {args.paired[1]}: {d['mean']:+.3f} ± {d['stderr']:.3f} nats "
+              f"(mean ± s.e. of the per-image differences, {d['images']} test images)")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

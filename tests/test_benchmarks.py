@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pyro_vae import metrics
 from pyro_vae.training import CHECKPOINT_FORMAT, CONFIG
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -97,7 +98,7 @@ def write_idx_folder(folder: Path, n_train: int, n_test: int, seed: int = 0) -> 
             f.write(struct.pack(">HBBI", 0, 0x08, 1, n) + labels.tobytes())
 
 
-def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes(tmp_path, capsys):
+def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes(tmp_path, capsys, monkeypatch):
     bench = load("fashion_mnist")
     data = tmp_path / "idx"
     write_idx_folder(data, n_train=60, n_test=12)
@@ -105,7 +106,7 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
              "--time-to-reach", "--snapshot-samples", "2",
              "--set", "train.epochs=2", "--set", "train.validation=20", "--set", "train.batch_size=20",
              "--set", "model.network.hidden=[8]", "--set", "model.latent_dim=2", "--set", "train.snapshot_minutes=1e-9",
-             "--set", "eval.train_subset=8"]
+             "--set", "eval.train_subset=8", "--set", "eval.batch_size=5"]
     assert bench.main([*smoke, "--settings", "mlp"]) == 0
     assert bench.main([*smoke, "--settings", "vamp", "--set", "model.prior.components=3"]) == 0
     out = capsys.readouterr().out
@@ -113,7 +114,8 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
     assert "| conv-pixelcnn | `fashion-conv-pixelcnn.toml` | 225.38 (ConvHVAE) | not run" in out
     # each row names its config file and the keys the --set overrides changed in it, read back from the run folder
     mlp_changes = {"model.latent_dim=2", "model.network.hidden=[8]", "train.epochs=2", "train.batch_size=20",
-                   "train.validation=20", "train.snapshot_minutes=1e-09", "eval.train_subset=8"}
+                   "train.validation=20", "train.snapshot_minutes=1e-09", "eval.train_subset=8",
+                   "eval.batch_size=5"}
     assert set(bench.changed_keys("mlp", tmp_path / "runs" / "mlp")) == mlp_changes
     assert set(bench.changed_keys("vamp", tmp_path / "runs" / "vamp")) == mlp_changes | {"model.prior.components=3"}
     mlp_row = next(line for line in out.splitlines() if line.startswith("| mlp |"))
@@ -122,6 +124,19 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
     result = bench.json.loads((tmp_path / "runs" / "mlp" / bench.RESULT).read_text())
     assert result["samples"] == 4 and result["epochs"] == 2 and result["best_epoch"] in (1, 2)
     assert result["nll"] > 0 and result["train_minutes"] > 0
+    assert result["eval_minutes_cover"] == "the whole evaluation"
+    rows = (tmp_path / "runs" / "mlp" / bench.PER_IMAGE).read_text().splitlines()[1:]  # each test image's values
+    log_px = [float(r.split(",")[4]) for r in rows]
+    assert len(rows) == 12 and -sum(log_px) / 12 == pytest.approx(result["nll"], abs=1e-4)
+    assert not list((tmp_path / "runs" / "mlp").glob("*.batches"))  # the evaluation's working folder is gone once done
+    # the two runs compared image by image: the mean difference is the difference of the two NLLs
+    vamp = bench.json.loads((tmp_path / "runs" / "vamp" / bench.RESULT).read_text())
+    d = bench.paired_difference(tmp_path / "runs" / "mlp", tmp_path / "runs" / "vamp")
+    assert d["images"] == 12 and d["mean"] == pytest.approx(vamp["nll"] - result["nll"], abs=1e-4) and d["stderr"] > 0
+    assert bench.main(["--paired", str(tmp_path / "runs" / "mlp"), str(tmp_path / "runs" / "vamp")]) == 0
+    assert f"{d['mean']:+.3f} ± {d['stderr']:.3f} nats" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="evaluate .* with this driver first"):
+        bench.paired_difference(tmp_path / "runs" / "mlp", tmp_path / "runs" / "conv")
     reach = bench.json.loads((tmp_path / "runs" / "mlp" / bench.REACH).read_text())
     assert reach["complete"] and reach["minutes"] is None and len(reach["points"]) == 2  # random data: not reached
     # a second call finds everything done: nothing retrained, the same numbers
@@ -131,8 +146,22 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
     # --evaluate-only scores a folder afresh once its result is gone, training nothing: the same numbers
     metrics_before = (tmp_path / "runs" / "mlp" / "metrics.jsonl").read_text()
     (tmp_path / "runs" / "mlp" / bench.RESULT).unlink()
+    # ... and an evaluation killed after its first batch (of three) resumes from the second
+    scored, real = [], metrics.log_evidence
+    def killed_in_the_second_batch(*args, **kwargs):
+        if scored:
+            raise KeyboardInterrupt
+        scored.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(metrics, "log_evidence", killed_in_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*smoke, "--settings", "mlp", "--evaluate-only"])
+    assert [p.name for p in (tmp_path / "runs" / "mlp" / f"{bench.RESULT}.batches").glob("batch-*")] == ["batch-000000.pt"]
+    monkeypatch.setattr(metrics, "log_evidence", real)
     assert bench.main([*smoke, "--settings", "mlp", "--evaluate-only"]) == 0
+    assert "resuming the evaluation, 1 batches already scored" in capsys.readouterr().out
     rescored = bench.json.loads((tmp_path / "runs" / "mlp" / bench.RESULT).read_text())
+    assert rescored["eval_minutes_cover"] == "the batches scored by this call"
     assert {k: rescored[k] for k in ("nll", "nll_stderr", "best_epoch", "epochs")} == \
         {k: result[k] for k in ("nll", "nll_stderr", "best_epoch", "epochs")}
     assert (tmp_path / "runs" / "mlp" / "metrics.jsonl").read_text() == metrics_before
