@@ -323,9 +323,9 @@ def fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     """SHA-256 of named tensors' names, dtypes, shapes and bytes: equal exactly when they are."""
     h = hashlib.sha256()
     for name, t in tensors:
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        flat = torch.empty(t.numel(), dtype=t.dtype).copy_(t.detach().reshape(-1))  # unit stride (an expanded t has 0)
+        h.update(flat.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -260,6 +260,16 @@ def test_a_store_of_another_evaluation_is_refused_not_mixed_in(binary_splits, tm
         evaluate(vae, x, samples=4, seed=5, batch_size=7, store=store)
 
 
+def test_the_fingerprint_reads_expanded_and_strided_tensors_by_value():
+    base = torch.tensor([1.5])
+    one = torch.tensor(1.5).expand(1)  # stride 0 and one element: "contiguous" to torch, and refused by view
+    assert metrics.fingerprint([("t", one)]) == metrics.fingerprint([("t", base)])
+    assert metrics.fingerprint([("t", base.expand(3))]) == metrics.fingerprint([("t", torch.full((3,), 1.5))])
+    grid = torch.arange(6.0).view(2, 3)
+    assert metrics.fingerprint([("t", grid.t())]) == metrics.fingerprint([("t", grid.t().contiguous())])
+    assert metrics.fingerprint([("t", grid)]) != metrics.fingerprint([("t", grid.t().contiguous().view(2, 3))])
+
+
 def test_per_datapoint_values_are_written_one_row_each(binary_splits, tmp_path):
     result = evaluate(tiny_vae(), binary_splits.test, samples=4, batch_size=7)
     result.write_csv(tmp_path / "v.csv")
