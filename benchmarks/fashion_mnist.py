@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from pyro_vae import Config, Trainer, load_run  # noqa: E402
 from pyro_vae.config import format_value  # noqa: E402
-from pyro_vae.metrics import evaluate  # noqa: E402
+from pyro_vae.metrics import EvaluationStore, evaluate  # noqa: E402
 from pyro_vae.training import (BEST, CHECKPOINT, CONFIG, SNAPSHOTS, config_differences, load_checkpoint,  # noqa: E402
                                resumable_evaluation)
 
@@ -66,6 +66,8 @@ SETTINGS = {  # name: (config, the published model whose number it targets)
     "conv-pixelcnn": ("fashion-conv-pixelcnn.toml", "ConvHVAE"),
     # the conv VAE with two stochastic layers, the published ConvHVAE's structure
     "conv-hvae": ("fashion-conv-hvae.toml", "ConvHVAE"),
+    # both: two stochastic layers under the autoregressive decoder
+    "conv-hvae-pixelcnn": ("fashion-conv-hvae-pixelcnn.toml", "ConvHVAE"),
 }
 RESULT = "fashion-result.json"
 PER_IMAGE = "fashion-test-per-image.csv"  # each test image's log p(x) and ELBO terms: paired comparisons between runs
@@ -107,7 +109,7 @@ def evaluate_run(run_dir: Path, samples: int, log) -> dict:
     started = time.perf_counter()
     log(f"{run_dir.name}: evaluating {run.data.test.shape[0]} test images with K = {samples} ({run.described}) ...")
     with resumable_evaluation(run_dir, RESULT) as store:
-        resumed = len(list(store.glob("batch-*.pt")))
+        resumed = EvaluationStore.count(store)
         if resumed:
             log(f"{run_dir.name}: resuming the evaluation, {resumed} batches already scored in {store}")
         result = score_test_set(run, samples, store)

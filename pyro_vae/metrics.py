@@ -371,9 +371,10 @@ class EvaluationStore:
     def save(self, index: int, terms: dict[str, torch.Tensor]) -> None:
         self._replace(self._batch(index), lambda tmp: torch.save(terms, tmp))
 
-    def count(self) -> int:
-        """How many batches are done."""
-        return len(list(self.folder.glob("batch-*.pt")))
+    @staticmethod
+    def count(folder: str | Path) -> int:
+        """How many batches the store in ``folder`` has finished (0 for a folder not there)."""
+        return len(list(Path(folder).glob("batch-*.pt")))
 
 
 @contextmanager

@@ -196,6 +196,9 @@ SMALL_CONV = {  # the conv settings at toy sizes: --set overrides beyond the sha
     "conv-pixelcnn": ["model.latent_dim=2", "model.prior.components=3", "model.likelihood.channels=4"],
     "conv-hvae": ["model.latent_dim=4", "model.prior.top_dim=2", "model.guide.top_dim=2",
                   "model.prior.top.components=3", "model.prior.hidden=[8]", "model.guide.hidden=[8]"],
+    "conv-hvae-pixelcnn": ["model.latent_dim=4", "model.prior.top_dim=2", "model.guide.top_dim=2",
+                           "model.prior.top.components=3", "model.prior.hidden=[8]", "model.guide.hidden=[8]",
+                           "model.likelihood.channels=4"],
 }
 
 

@@ -234,7 +234,7 @@ def test_an_interrupted_evaluation_resumes_from_its_store_with_the_same_numbers(
     held = json.loads((store / EvaluationStore.KEY).read_text())
     assert {k: held[k] for k in ("samples", "seed", "batch_size", "datapoints")} == \
         {"samples": 20, "seed": 5, "batch_size": 7, "datapoints": 32}
-    assert EvaluationStore(store, held).count() == 2  # the two finished batches, no half-written third
+    assert EvaluationStore.count(store) == 2  # the two finished batches, no half-written third
     scored.clear()
     monkeypatch.setattr(metrics, "log_evidence", lambda *a, **k: scored.append(1) or real(*a, **k))
     resumed = evaluate(vae, x, samples=20, seed=5, batch_size=7, store=store)
