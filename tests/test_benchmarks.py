@@ -192,13 +192,12 @@ def test_fashion_mnist_table_reports_the_time_to_reach(tmp_path, nll, snapshot_m
     assert row.endswith(expected)
 
 
+SMALL_HVAE = ["model.latent_dim=4", "model.prior.top_dim=2", "model.guide.top_dim=2",
+              "model.prior.top.components=3", "model.prior.hidden=[8]", "model.guide.hidden=[8]"]
 SMALL_CONV = {  # the conv settings at toy sizes: --set overrides beyond the shared ones
     "conv-pixelcnn": ["model.latent_dim=2", "model.prior.components=3", "model.likelihood.channels=4"],
-    "conv-hvae": ["model.latent_dim=4", "model.prior.top_dim=2", "model.guide.top_dim=2",
-                  "model.prior.top.components=3", "model.prior.hidden=[8]", "model.guide.hidden=[8]"],
-    "conv-hvae-pixelcnn": ["model.latent_dim=4", "model.prior.top_dim=2", "model.guide.top_dim=2",
-                           "model.prior.top.components=3", "model.prior.hidden=[8]", "model.guide.hidden=[8]",
-                           "model.likelihood.channels=4"],
+    "conv-hvae": SMALL_HVAE,
+    "conv-hvae-pixelcnn": [*SMALL_HVAE, "model.likelihood.channels=4"],
 }
 
 
