@@ -139,15 +139,19 @@ def posterior_mean(q, samples: int = POSTERIOR_MEAN_SAMPLES) -> torch.Tensor:
             return q.sample((samples,)).mean(0)
 
 
-def log_importance_weights(vae: VAE, x: torch.Tensor, q, num_samples: int) -> torch.Tensor:
-    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); shape (num_samples, batch)."""
+def log_importance_weights(vae: VAE, x: torch.Tensor, q, num_samples: int, prior=None) -> torch.Tensor:
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); shape (num_samples, batch).
+
+    ``prior``: p(z) already built by a caller that draws many chunks (``vae.p_z()`` if unset): a
+    VampPrior runs the encoder on every pseudo-input to build it."""
     z = q.sample((num_samples,))
-    return vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - q.log_prob(z)
+    prior = vae.p_z() if prior is None else prior
+    return vae.p_x_given_z(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
 
 
 def _streamed_log_sums(vae: VAE, x: torch.Tensor, num_samples: int, chunk_pairs: int | None, squares: bool):
     """log sum_k w_k (and log sum_k w_k^2 if ``squares``) over K = num_samples draws, chunk by chunk."""
-    q = vae.q_z_given_x(x)
+    q, prior = vae.q_z_given_x(x), vae.p_z()  # both fixed while no parameter changes: built once, not per chunk
     per_chunk = max(1, chunk_pairs_for(vae, x.device, chunk_pairs) // x.shape[0])
     total = torch.full(x.shape[:1], -math.inf, device=x.device)
     total_sq = total.clone() if squares else None
@@ -155,7 +159,7 @@ def _streamed_log_sums(vae: VAE, x: torch.Tensor, num_samples: int, chunk_pairs:
     with vae.likelihood.observing(x):  # work on x alone (an autoregressive likelihood's) done once, not per chunk
         while done < num_samples:
             k = min(per_chunk, num_samples - done)
-            log_w = log_importance_weights(vae, x, q, k)
+            log_w = log_importance_weights(vae, x, q, k, prior)
             total = torch.logaddexp(total, log_w.logsumexp(0))
             if squares:
                 total_sq = torch.logaddexp(total_sq, (2 * log_w).logsumexp(0))

@@ -131,6 +131,24 @@ def test_the_chunk_counts_an_autoregressive_likelihoods_own_layers_and_its_cache
     torch.testing.assert_close(streamed, log_w.logsumexp(0) - math.log(40))
 
 
+def test_log_evidence_builds_the_prior_once_and_its_numbers_are_those_of_a_prior_built_per_chunk(monkeypatch):
+    # a VampPrior encodes its pseudo-inputs to build p(z): once per estimate, not once per chunk
+    vae = VAE(data_shape=(1, 4, 4), latent_dim=3, network={"name": "mlp", "hidden": [8]},
+              prior={"name": "vamp", "components": 5})
+    x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.4))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        q = vae.q_z_given_x(x)
+        per_chunk = torch.cat([log_importance_weights(vae, x, q, 10) for _ in range(4)])  # p(z) rebuilt each time
+    built = []
+    forward = type(vae.prior).forward
+    monkeypatch.setattr(type(vae.prior), "forward", lambda self: built.append(1) or forward(self))
+    torch.manual_seed(2)
+    streamed = log_evidence(vae, x, 40, chunk_pairs=30)  # 10 draws a chunk, 4 chunks
+    assert len(built) == 1
+    torch.testing.assert_close(streamed, per_chunk.logsumexp(0) - math.log(40))
+
+
 def test_the_chunk_probe_takes_a_decoder_with_batch_norm_in_training_and_leaves_it_so():
     vae = VAE(data_shape=(1, 2, 2), latent_dim=2, network={"name": "mlp", "hidden": [4]})
     vae.decoder = torch.nn.Sequential(torch.nn.Linear(2, 24), torch.nn.BatchNorm1d(24), torch.nn.Linear(24, 4))
