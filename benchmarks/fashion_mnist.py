@@ -23,6 +23,8 @@ taken every ``train.snapshot_minutes`` give the time to reach each published num
 samples give a lower bound on log p(x)). The evaluation resumes too: its finished batches are kept
 in the run folder until it completes. Each image's values are written beside the result, so two
 runs can be compared image by image (``--paired``), with a standard error of their difference.
+``--processes N`` scores the evaluation's batches in N processes (every N-th batch each, into the
+same kept batches): each batch runs under a seed of its own, so the numbers are those of one process.
 
 The MNIST side (the default config trained on the embedded subset's 4,000 training digits,
 evaluated on the real 10,000-image MNIST test set with K = 5,000) is measured by
@@ -35,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +49,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from pyro_vae import Config, Trainer, load_run  # noqa: E402
 from pyro_vae.config import format_value  # noqa: E402
+from pyro_vae.distributed import SINGLE, Distributed  # noqa: E402
 from pyro_vae.metrics import EvaluationStore, evaluate  # noqa: E402
 from pyro_vae.training import (BEST, CHECKPOINT, CONFIG, SNAPSHOTS, config_differences, load_checkpoint,  # noqa: E402
                                resumable_evaluation)
@@ -89,17 +93,38 @@ def train(name: str, out: Path, data_dir: str, log, overrides: list[str] = ()) -
     return run_dir
 
 
-def score_test_set(run, samples: int, store: Path | None = None):
+class Share(Distributed):
+    """One of ``world`` independent processes: it scores every world-th batch and returns only
+    those (no process group; the batches meet in the evaluation's kept-batches folder)."""
+
+    def map_items(self, count, compute):
+        return compute(list(range(self.rank, count, self.world)))
+
+
+def score_test_set(run, samples: int, store: Path | None = None, share: Share | None = None):
     """The importance-sampled evaluation of ``run`` on its test set with K = ``samples`` (its
-    batches kept in ``store`` as they finish, if given)."""
+    batches kept in ``store`` as they finish, if given; with ``share``, only that process's batches)."""
     cfg = run.config
     return evaluate(run.vae, run.data.test, samples=samples, seed=cfg.seed, batch_size=cfg.eval.batch_size,
-                    chunk_pairs=cfg.eval.chunk_pairs, exact_points=0, store=store)
+                    chunk_pairs=cfg.eval.chunk_pairs, exact_points=0, store=store, dist=share or SINGLE)
 
 
-def evaluate_run(run_dir: Path, samples: int, log) -> dict:
+def score_in_processes(run_dir: Path, samples: int, processes: int, threads: int, store: Path) -> None:
+    """Fill ``store`` with every batch of the test evaluation, scored by ``processes`` child
+    processes of ``threads`` torch threads each (``--score-share``); a failed child stops the driver."""
+    children = [subprocess.Popen([sys.executable, __file__, "--score-share", str(run_dir), str(store), f"{rank}/{processes}",
+                                  "--samples", str(samples), "--threads", str(threads)]) for rank in range(processes)]
+    failed = [rank for rank, child in enumerate(children) if child.wait() != 0]
+    if failed:
+        raise SystemExit(f"{run_dir.name}: evaluation processes {failed} failed; the batches they finished are kept "
+                         f"in {store}, so the same command resumes there.")
+
+
+def evaluate_run(run_dir: Path, samples: int, log, processes: int = 1) -> dict:
     """Test NLL at the best-validation checkpoint, K importance samples (kept in RESULT, with each
-    image's values in PER_IMAGE). Interrupted, it resumes at the batches not yet scored."""
+    image's values in PER_IMAGE). Interrupted, it resumes at the batches not yet scored. With
+    ``processes`` > 1, child processes score the batches (each with an equal share of this
+    process's torch threads) and this one gathers them."""
     path = run_dir / RESULT
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -112,6 +137,11 @@ def evaluate_run(run_dir: Path, samples: int, log) -> dict:
         resumed = EvaluationStore.count(store)
         if resumed:
             log(f"{run_dir.name}: resuming the evaluation, {resumed} batches already scored in {store}")
+        processes = min(processes, -(-run.data.test.shape[0] // run.config.eval.batch_size))  # at most one a batch
+        if processes > 1:
+            threads = max(1, torch.get_num_threads() // processes)
+            log(f"{run_dir.name}: scoring in {processes} processes of {threads} threads each")
+            score_in_processes(run_dir, samples, processes, threads, store)
         result = score_test_set(run, samples, store)
         summary = result.summary()
         last = load_checkpoint(run_dir / CHECKPOINT)
@@ -128,6 +158,7 @@ def evaluate_run(run_dir: Path, samples: int, log) -> dict:
             "train_minutes": progress.get("elapsed", 0.0) / 60,
             "eval_minutes": (time.perf_counter() - started) / 60,
             "eval_minutes_cover": "the batches scored by this call" if resumed else "the whole evaluation",
+            "eval_processes": processes,
             "best_valid_elbo": progress.get("best_valid"),
             "machine": machine(),
         }
@@ -243,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="test log p(x) of run folder A minus B, image by image: mean and standard error, then exit")
     p.add_argument("--evaluate-only", action="store_true",
                    help="score run folders that exist, training nothing (a folder without its result is scored afresh)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="score the test evaluation in N processes, each with an equal share of --threads (default 1)")
+    p.add_argument("--score-share", nargs=3, metavar=("RUN_DIR", "STORE", "RANK/N"), help=argparse.SUPPRESS)  # a --processes child
     args = p.parse_args(argv)
+    if args.processes < 1:
+        p.error(f"--processes must be >= 1, got {args.processes}")
     if args.paired:
         d = paired_difference(*map(Path, args.paired))
         print(f"log p(x) of {args.paired[0]} minus {args.paired[1]}: {d['mean']:+.3f} ± {d['stderr']:.3f} nats "
@@ -251,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.score_share:
+        run_dir, store, share = args.score_share
+        rank, world = map(int, share.split("/"))
+        score_test_set(load_run(run_dir), args.samples, Path(store), Share(rank, world))
+        return 0
     out = Path(args.out)
     names = [s for s in args.settings.split(",") if s]
     unknown = [s for s in names if s not in SETTINGS]
@@ -267,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"machine: {machine()}")
         for name in names:
             run_dir = out / name if args.evaluate_only else train(name, out, args.data_dir, log, args.set)
-            r = evaluate_run(run_dir, args.samples, log)
+            r = evaluate_run(run_dir, args.samples, log, args.processes)
             log(f"{name}: test NLL {r['nll']:.2f} ± {r['nll_stderr']:.2f} nats (K = {r['samples']}), "
                 f"published {PUBLISHED[SETTINGS[name][1]]:.2f}")
             if args.time_to_reach:

@@ -165,6 +165,15 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
     assert {k: rescored[k] for k in ("nll", "nll_stderr", "best_epoch", "epochs")} == \
         {k: result[k] for k in ("nll", "nll_stderr", "best_epoch", "epochs")}
     assert (tmp_path / "runs" / "mlp" / "metrics.jsonl").read_text() == metrics_before
+    # --processes 2: two child processes score every other batch each; the same numbers, image by image
+    per_image = (tmp_path / "runs" / "mlp" / bench.PER_IMAGE).read_text()
+    (tmp_path / "runs" / "mlp" / bench.RESULT).unlink()
+    assert bench.main([*smoke, "--settings", "mlp", "--evaluate-only", "--processes", "2"]) == 0
+    assert "scoring in 2 processes of" in capsys.readouterr().out
+    parallel = bench.json.loads((tmp_path / "runs" / "mlp" / bench.RESULT).read_text())
+    assert parallel["eval_processes"] == 2 and parallel["eval_minutes_cover"] == "the whole evaluation"
+    assert {k: parallel[k] for k in ("nll", "nll_stderr")} == {k: result[k] for k in ("nll", "nll_stderr")}
+    assert (tmp_path / "runs" / "mlp" / bench.PER_IMAGE).read_text() == per_image
     with pytest.raises(SystemExit):  # nothing trained there yet: refused, not trained
         bench.main([*smoke, "--settings", "conv", "--evaluate-only"])
     assert "no trained run in" in capsys.readouterr().err
