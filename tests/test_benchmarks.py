@@ -72,6 +72,18 @@ def test_eval_chunks_runs_and_the_chunk_does_not_change_the_estimate(capsys):
     assert max(means) - min(means) < 1e-3
 
 
+def test_eval_processes_runs_both_arrangements_with_the_same_estimate(capsys):
+    bench = load("eval_processes")
+    assert bench.main(["--config", "fashion-mlp", "--images", "4", "--samples", "6", "--processes", "2",
+                       "--threads", "2", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 1 process") or line.startswith("| 2 processes")]
+    assert [row[0] for row in rows] == ["| 1 process x 2 threads", "| 2 processes x 1 threads"]
+    assert rows[0][2] == "1.00x |" and float(rows[1][1]) > 0
+    means = [float(m) for m in out.split("mean log p(x) in every process: ")[1].split(" nats")[0].split(", ")]
+    assert max(means) - min(means) < 1e-3  # the same seed and images: the same estimate in every arrangement
+
+
 def test_scaling_runs(capsys):
     bench = load("scaling")
     tiny = ["--set", "data=synthetic", "--set", "data.side=6", "--set", "model.latent_dim=2",
