@@ -399,7 +399,11 @@ class TrainConfig:
     ``max_minutes`` caps the training wall time (training steps plus the per-epoch scoring; an
     epoch that would overrun the cap is not started; 0: no cap). ``snapshot_minutes`` keeps a copy
     of the parameters every so many minutes of training in ``snapshots/`` (0: off), for curves of
-    quality against time.
+    quality against time. ``curve_every`` scores the learning curves (the ELBO of a fixed training
+    subset and of the test set, in metrics.jsonl and curves.png) on the first epoch and every
+    ``curve_every``-th; the validation ELBO, which selects best.pt, is scored every epoch. The
+    scoring counts against ``max_minutes``: a run capped by time buys training epochs with a larger
+    ``curve_every`` (its skipped epochs' lines have no "train" or "test" entry).
 
     ``lr_final`` anneals the learning rate geometrically from ``lr`` to ``lr * lr_final`` over the
     run's budget: at progress p in [0, 1] the rate is ``lr * lr_final ** p``, where p is the larger
@@ -437,6 +441,7 @@ class TrainConfig:
     early_stopping: int = 0
     max_minutes: float = 0.0
     snapshot_minutes: float = 0.0
+    curve_every: int = 1
     ema: float = 0.0
     precision: Literal["float32", "bfloat16"] = "float32"
 
@@ -461,6 +466,11 @@ class TrainConfig:
         require(
             self.snapshot_minutes >= 0,
             f"{where}.snapshot_minutes must be >= 0 (0: no snapshots), got {self.snapshot_minutes}.",
+        )
+        require(
+            self.curve_every >= 1,
+            f"{where}.curve_every must be >= 1 (score the train and test curves every that many epochs; "
+            f"1: every epoch), got {self.curve_every}.",
         )
         require(self.batch_size >= 1, f"{where}.batch_size must be >= 1, got {self.batch_size}.")
         require(self.lr > 0, f"{where}.lr must be > 0, got {self.lr}.")

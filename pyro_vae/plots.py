@@ -75,10 +75,14 @@ def reconstructions(vae: "VAE", x: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
+    """The training objective (every epoch) and the train/test ELBO with its two terms (the epochs
+    that scored them: train.curve_every)."""
     plt = _pyplot()
-    epochs = [m["epoch"] for m in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(epochs, [m["objective"] for m in history], label="training objective (running mean)")
+    ax1.plot([m["epoch"] for m in history], [m["objective"] for m in history],
+             label="training objective (running mean)")
+    history = [m for m in history if "test" in m]
+    epochs = [m["epoch"] for m in history]
     ax1.plot(epochs, [m["train"]["elbo"] for m in history], label="train ELBO")
     ax1.plot(epochs, [m["test"]["elbo"] for m in history], label="test ELBO")
     ax1.set_xlabel("epoch")

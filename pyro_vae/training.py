@@ -3,7 +3,7 @@
 A run folder holds everything needed to re-run, resume or evaluate it:
 
     config.toml          the resolved config (every default written out)
-    metrics.jsonl        one JSON line per epoch: training objective, train/test ELBO terms, seconds
+    metrics.jsonl        one JSON line per epoch: training objective, train/test ELBO terms (train.curve_every), seconds
     checkpoint.pt        parameters, optimizer and random states (tensors and plain values only,
                          read with torch.load(weights_only=True): it cannot run code)
     best.pt              (with a validation split) the same, at the best validation ELBO so far
@@ -433,8 +433,8 @@ class EpochLog:
     objective: float
     kl_weight: float
     train_seconds: float
-    train: dict
-    test: dict
+    train: dict | None  # None on epochs that skip the curves (train.curve_every)
+    test: dict | None
     eval_seconds: float
     valid: dict | None = None
     lr: float | None = None  # the learning rate of the epoch's last step
@@ -447,8 +447,7 @@ class EpochLog:
             "objective": self.objective,
             "kl_weight": self.kl_weight,
             **({"lr": self.lr} if self.lr is not None else {}),
-            "train": self.train,
-            "test": self.test,
+            **({"train": self.train, "test": self.test} if self.test is not None else {}),
             "seconds": {"train": self.train_seconds, "eval": self.eval_seconds},
         }
         if self.valid is not None:
@@ -683,8 +682,9 @@ class Trainer:
             return _terms(metrics.evaluate(self.vae, x, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist,
                                            posterior_means=False))
 
+        curves = self.epoch == 1 or self.epoch % self.config.train.curve_every == 0
         with self._scored():
-            test, train = score(self.data.test), score(self.data.train_eval)
+            test, train = (score(self.data.test), score(self.data.train_eval)) if curves else (None, None)
             valid = score(self.data.valid) if self.data.valid is not None else None
         # the slowest rank's times, so that every rank takes the same time-cap decision
         train_seconds, eval_seconds = self.dist.slowest(train_seconds, time.perf_counter() - started)
@@ -705,10 +705,12 @@ class Trainer:
             self._snapshot(state)
             save_checkpoint(self.run_dir / CHECKPOINT, state)
         message = (
-            f"epoch {self.epoch:>3}  objective {-mean_loss:9.2f}  train ELBO {log.train['elbo']:9.2f}  "
+            f"epoch {self.epoch:>3}  objective {-mean_loss:9.2f}  "
+            + (f"train ELBO {train['elbo']:9.2f}  " if train is not None else "")
             + (f"valid ELBO {valid['elbo']:9.2f}{'*' if improved else ' '} " if valid is not None else "")
-            + f"test ELBO {log.test['elbo']:9.2f} (recon {log.test['reconstruction']:8.2f}, KL {log.test['kl']:6.2f})"
-            f"  [nats/datapoint]  {train_seconds:.1f}s"
+            + (f"test ELBO {test['elbo']:9.2f} (recon {test['reconstruction']:8.2f}, KL {test['kl']:6.2f})  "
+               if test is not None else "")
+            + f"[nats/datapoint]  {train_seconds:.1f}s"
         )
         if self.progress:
             bar.write(message)

@@ -373,6 +373,29 @@ def test_validation_images_are_held_out_of_training_and_scored_every_epoch(tmp_p
     assert load_run(run_dir, checkpoint="last").epoch == 2
 
 
+def test_curve_every_scores_train_and_test_on_the_first_and_every_nth_epoch_and_validation_always(tmp_path):
+    from pyro_vae.plots import plot_curves
+
+    quiet = dict(progress=False, log=lambda s: None)
+    sparse = Trainer(tiny_config(train={"epochs": 5, "validation": 40, "curve_every": 2}), tmp_path / "sparse", **quiet)
+    dense = Trainer(tiny_config(train={"epochs": 5, "validation": 40}), tmp_path / "dense", **quiet)
+    sparse.fit(), dense.fit()
+    lines, every = read_metrics(tmp_path / "sparse"), read_metrics(tmp_path / "dense")
+    assert [m["epoch"] for m in lines if "test" in m] == [1, 2, 4]
+    assert all(("train" in m) == ("test" in m) and "valid" in m for m in lines)
+    # the curves cost scoring time only: training and model selection are those of a dense run
+    for a, b in zip(lines, every):
+        assert a["valid"] == b["valid"] and a["objective"] == b["objective"]
+        if "test" in a:
+            assert a["test"] == b["test"] and a["train"] == b["train"]
+    assert plot_curves(lines, tmp_path / "curves.png").is_file()
+
+
+def test_curve_every_must_be_positive():
+    with pytest.raises(ConfigError, match="curve_every must be >= 1"):
+        tiny_config(train={"curve_every": 0})
+
+
 def test_validation_must_leave_training_images(tmp_path):
     with pytest.raises(ConfigError, match="must leave training images"):
         Trainer(tiny_config(train={"validation": 128}), tmp_path / "run", progress=False, log=lambda s: None).fit()
