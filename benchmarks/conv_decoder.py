@@ -35,7 +35,9 @@ from pyro_vae import Config
 from pyro_vae.metrics import log_evidence
 from pyro_vae.networks import UpConv2d
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.training import build_vae, svi_step
+from pyro_vae.training import svi_step
+
+from common import seeded_model  # benchmarks/common.py
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "fashion-conv.toml"
 
@@ -75,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     config = Config.load(CONFIG, args.set)
-    torch.manual_seed(config.seed)
-    fast = build_vae(config, (1, 28, 28))
-    x = (torch.rand(max(args.batch, args.images), 1, 28, 28) < 0.3).float()
-    if hasattr(fast.prior, "fit_to_data"):  # the VampPrior's pseudo-inputs start at training images
-        fast.prior.fit_to_data(x, torch.Generator().manual_seed(config.seed))
+    fast, x = seeded_model(config, max(args.batch, args.images))
     stock = with_stock_deconvs(fast)
     models = {"stock nn.ConvTranspose2d": stock, "pyro-vae UpConv2d": fast}
     objective = OBJECTIVES.build(config.train.objective)

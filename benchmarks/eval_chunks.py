@@ -29,7 +29,8 @@ import torch
 
 from pyro_vae import Config
 from pyro_vae.metrics import chunk_pairs_for, log_evidence
-from pyro_vae.training import build_vae
+
+from common import seeded_model  # benchmarks/common.py
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 REFERENCE = 16384  # the default before chunk_pairs_for: every ratio is against it
@@ -61,12 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| config | chunk_pairs | seconds | ratio | minor page faults | mean log p(x) (nats) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in args.configs.split(","):
-        config = Config.load(CONFIGS / f"{name}.toml")
-        torch.manual_seed(config.seed)
-        vae = build_vae(config, (1, 28, 28))
-        x = (torch.rand(args.images, 1, 28, 28) < 0.3).float()
-        if hasattr(vae.prior, "fit_to_data"):
-            vae.prior.fit_to_data(x, torch.Generator().manual_seed(config.seed))
+        vae, x = seeded_model(Config.load(CONFIGS / f"{name}.toml"), args.images)
         vae.eval()
         default = chunk_pairs_for(vae, torch.device("cpu"))
         chunks = sorted(set(base_chunks) | {default}, reverse=True)

@@ -28,7 +28,8 @@ import torch
 
 from pyro_vae import Config
 from pyro_vae.metrics import log_evidence
-from pyro_vae.training import build_vae
+
+from common import seeded_model  # benchmarks/common.py
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -36,12 +37,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 def estimate_seconds(config_name: str, images: int, samples: int) -> tuple[float, float]:
     """Seconds for one importance-sampled estimate of ``images`` images with K = ``samples``
     (after a warm-up), and the mean log p(x)."""
-    config = Config.load(CONFIGS / f"{config_name}.toml")
-    torch.manual_seed(config.seed)
-    vae = build_vae(config, (1, 28, 28))
-    x = (torch.rand(images, 1, 28, 28) < 0.3).float()
-    if hasattr(vae.prior, "fit_to_data"):
-        vae.prior.fit_to_data(x, torch.Generator().manual_seed(config.seed))
+    vae, x = seeded_model(Config.load(CONFIGS / f"{config_name}.toml"), images)
     vae.eval()
     with torch.no_grad(), pyro.validation_enabled(False):
         log_evidence(vae, x, max(1, samples // 10))  # warm-up

@@ -34,7 +34,9 @@ import torch
 from pyro_vae import Config
 from pyro_vae.networks import mixed_precision
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.training import adam, build_vae, network_bodies, svi_step
+from pyro_vae.training import adam, network_bodies, svi_step
+
+from common import seeded_model  # benchmarks/common.py
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
@@ -60,11 +62,7 @@ def loss_and_gradient(vae, objective, x, dtype, seed: int) -> tuple[float, torch
 def measure(name: str, args) -> dict:
     config = Config.load(CONFIGS / f"{name}.toml")
     batch = args.batch or config.train.batch_size
-    torch.manual_seed(config.seed)
-    base = build_vae(config, (1, 28, 28))
-    images = (torch.rand(max(batch, 1000), 1, 28, 28) < 0.3).float()
-    if hasattr(base.prior, "fit_to_data"):  # e.g. the VampPrior's pseudo-inputs start at training images
-        base.prior.fit_to_data(images, torch.Generator().manual_seed(config.seed))
+    base, images = seeded_model(config, max(batch, 1000))
     x = images[:batch]
     objective = OBJECTIVES.build(config.train.objective)
     (loss32, g32), (loss16, g16) = (loss_and_gradient(base, objective, x, d, 0) for d in PRECISIONS.values())
