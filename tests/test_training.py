@@ -381,6 +381,7 @@ def test_curve_every_scores_train_and_test_on_the_first_and_every_nth_epoch_and_
     dense = Trainer(tiny_config(train={"epochs": 5, "validation": 40}), tmp_path / "dense", **quiet)
     sparse.fit(), dense.fit()
     lines, every = read_metrics(tmp_path / "sparse"), read_metrics(tmp_path / "dense")
+    assert [m["epoch"] for m in lines] == [m["epoch"] for m in every] == [1, 2, 3, 4, 5]
     assert [m["epoch"] for m in lines if "test" in m] == [1, 2, 4]
     assert all(("train" in m) == ("test" in m) and "valid" in m for m in lines)
     # the curves cost scoring time only: training and model selection are those of a dense run
