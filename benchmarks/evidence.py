@@ -69,7 +69,7 @@ def load(args) -> tuple[VAE, torch.Tensor, str]:
     torch.manual_seed(0)
     if args.run:
         run = load_run(args.run, device="cpu", with_data=False)
-        vae = run.vae
+        vae = run.model
     else:
         vae = VAE(latent_dim=50)
     if args.data_dir:

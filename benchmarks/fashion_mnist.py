@@ -105,7 +105,7 @@ def score_test_set(run, samples: int, store: Path | None = None, share: Share | 
     """The importance-sampled evaluation of ``run`` on its test set with K = ``samples`` (its
     batches kept in ``store`` as they finish, if given; with ``share``, only that process's batches)."""
     cfg = run.config
-    return evaluate(run.vae, run.data.test, samples=samples, seed=cfg.seed, batch_size=cfg.eval.batch_size,
+    return evaluate(run.program, run.data.test, samples=samples, seed=cfg.seed, batch_size=cfg.eval.batch_size,
                     chunk_pairs=cfg.eval.chunk_pairs, exact_points=0, store=store, dist=share or SINGLE)
 
 

@@ -34,7 +34,8 @@ import torch
 from pyro_vae import Config
 from pyro_vae.networks import mixed_precision
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.training import adam, network_bodies, svi_step
+from pyro_vae.programs import Program
+from pyro_vae.training import adam, svi_step
 
 from common import seeded_model  # benchmarks/common.py
 
@@ -43,7 +44,7 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 def step(vae, objective, optimizer, x, dtype) -> float:
-    with mixed_precision(network_bodies(vae), dtype):
+    with mixed_precision(Program(vae).network_bodies(), dtype):
         return svi_step(vae, objective, optimizer, x)
 
 
@@ -51,8 +52,9 @@ def loss_and_gradient(vae, objective, x, dtype, seed: int) -> tuple[float, torch
     """Minus the objective per datapoint, and the gradient as one vector, at fixed draws."""
     vae.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    with mixed_precision(network_bodies(vae), dtype):
-        surrogate, loss = objective.vae_loss(vae, x)
+    program = Program(vae)
+    with mixed_precision(program.network_bodies(), dtype):
+        surrogate, loss = objective.step(program.source, x)
     surrogate.backward()
     grad = torch.cat([p.grad.flatten() for p in vae.parameters() if p.grad is not None])
     vae.zero_grad(set_to_none=True)

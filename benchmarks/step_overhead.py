@@ -3,9 +3,18 @@
 The model is the standard MLP VAE: 784-400-50 with softplus, Bernoulli likelihood, Adam (lr 1e-3),
 on real binarized digits from the embedded MNIST subset. For each objective, the hand-written step
 does the same maths as pyro-vae's (MC-KL ELBO against the MC-KL ELBO, analytic KL against analytic
-KL, vectorized IWAE against vectorized IWAE), with one torch Adam over the same parameters. Every
-contestant runs ``--steps`` steps per round, in an order that rotates each round, after a warm-up;
-the table gives the median time per step and its ratio to the hand-written step.
+KL, vectorized IWAE against vectorized IWAE), with one torch Adam over the same parameters. The
+pyro-vae rows run the library's own step (``training.svi_step``: the objective's surrogate on the
+program's terms, backward, Adam) on
+
+* the stock VAE: its terms read straight from its distributions (``terms.DirectSource``);
+* the stock VAE's program as a subclass that overrides ``model``/``guide`` (the same maths, traced:
+  ``terms.TraceSource``);
+* a user program: an ``nn.Module`` of this file with its own ``model``/``guide`` in plain Pyro
+  distributions, the same networks and maths as the hand-written step (its twin), traced.
+
+Every contestant runs ``--steps`` steps per round, in an order that rotates each round, after a
+warm-up; the table gives the median time per step and its ratio to the hand-written step.
 
     python benchmarks/step_overhead.py                      # batch 128 and 1024, all objectives
     python benchmarks/step_overhead.py --batch-sizes 128 --rounds 10 --objectives elbo
@@ -33,9 +42,12 @@ import torch.nn.functional as F
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from torch import nn
 
+import pyro.distributions as dist
+
 from pyro_vae import VAE, BernoulliLikelihood
 from pyro_vae.config import OBJECTIVES
 from pyro_vae.data import MNIST5k
+from pyro_vae.programs import Program
 from pyro_vae.training import svi_step
 
 LOG_2PI = math.log(2 * math.pi)
@@ -58,6 +70,31 @@ class HandVAE(nn.Module):
     def encode(self, x):
         h = self.enc(x)
         return self.mu(h), F.softplus(self.raw_sigma(h))
+
+
+class UserProgram(HandVAE):
+    """A user's own model program (not pyro-vae's VAE class): the hand-written step's networks, its
+    maths written as a Pyro model and guide over flat (batch, 784) data."""
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0).expand([self.mu.out_features]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.dec(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            mu, sigma = self.encode(x)
+            pyro.sample("z", dist.Normal(mu, sigma).to_event(1))
+
+
+class TracedVAE(VAE):
+    """The stock VAE's program as a subclass that overrides model and guide: the same maths, traced."""
+
+    def model(self, x):
+        super().model(x)
+
+    def guide(self, x):
+        super().guide(x)
 
 
 def hand_log_weights(model: HandVAE, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -148,51 +185,73 @@ def objective_spec(name: str, k: int, alpha: float) -> dict:
     }[name]
 
 
+STOCK = "pyro-vae: stock VAE (direct terms)"
+TRACED = "pyro-vae: stock VAE as a subclass (traced)"
+USER = "pyro-vae: user program (traced)"
+
+
 def pairs(hand: HandVAE, vae: VAE):
     return ((hand.enc[0], vae.encoder.body[0]), (hand.mu, vae.posterior.loc), (hand.raw_sigma, vae.posterior.raw_scale),
             (hand.dec[0], vae.decoder.body[0]), (hand.dec[2], vae.decoder.body[2]))
 
 
-def same_maths(objective: str, hand: HandVAE, vae: VAE, obj, x: torch.Tensor, k: int, alpha: float) -> tuple[float, float]:
+def hand_pairs(hand: HandVAE, user: HandVAE):
+    return ((hand.enc[0], user.enc[0]), (hand.mu, user.mu), (hand.raw_sigma, user.raw_sigma),
+            (hand.dec[0], user.dec[0]), (hand.dec[2], user.dec[2]))
+
+
+def same_maths(objective: str, hand: HandVAE, program: Program, layers, obj, x: torch.Tensor, k: int,
+               alpha: float) -> tuple[float, float]:
     """One step's loss and gradients from both, same weights and seed: (relative loss difference,
     largest relative gradient difference over the parameter tensors)."""
     hand.zero_grad(set_to_none=True)
-    vae.zero_grad(set_to_none=True)
+    program.module.zero_grad(set_to_none=True)
     torch.manual_seed(123)
     hand_surrogate, hand_value = hand_loss(objective, hand, x.flatten(1), k, alpha)
     hand_surrogate.backward()
     torch.manual_seed(123)
-    surrogate, value = obj.vae_loss(vae, x)
+    surrogate, value = obj.step(program.source, x)
     surrogate.backward()
     worst = 0.0
-    for h, v in pairs(hand, vae):
+    for h, v in layers:
         for a, b in ((h.weight.grad, v.weight.grad), (h.bias.grad, v.bias.grad)):
             worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-12)).item())
     hand.zero_grad(set_to_none=True)
-    vae.zero_grad(set_to_none=True)
+    program.module.zero_grad(set_to_none=True)
     return abs(hand_value.item() - value.item()) / abs(value.item()), worst
+
+
+def copy_weights(pairs_) -> None:
+    with torch.no_grad():
+        for dst, src in pairs_:
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
 
 
 def contestants_for(objective: str, x: torch.Tensor, k: int, alpha: float, with_pyro: bool) -> list[Contestant]:
     torch.manual_seed(0)
     vae = VAE(latent_dim=50)  # the defaults: 784-400-50 MLP, softplus, N(0, I), Bernoulli
-    hand = HandVAE()
-    with torch.no_grad():  # same starting point for every contestant
-        for dst, src in pairs(hand, vae):
-            dst.weight.copy_(src.weight)
-            dst.bias.copy_(src.bias)
+    hand, user = HandVAE(), UserProgram()
+    copy_weights(pairs(hand, vae))  # same starting point for every contestant
+    copy_weights(hand_pairs(user, hand))
     x_flat = x.flatten(1)
     out = [Contestant("hand-written PyTorch", objective,
                       hand_step(objective, hand, torch.optim.Adam(hand.parameters(), lr=1e-3), x_flat, k, alpha))]
     obj = OBJECTIVES.build(objective_spec(objective, k, alpha))
+    stock_program, own = Program(vae), Program(user)
     with pyro.validation_enabled(False):
-        CHECKS[objective, x.shape[0]] = same_maths(objective, hand, vae, obj, x, k, alpha)
+        CHECKS[objective, x.shape[0], "stock VAE"] = same_maths(objective, hand, stock_program, pairs(hand, vae), obj, x, k, alpha)
+        CHECKS[objective, x.shape[0], "user program"] = same_maths(objective, hand, own, hand_pairs(hand, user), obj,
+                                                                   x_flat, k, alpha)
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
-    out.append(Contestant("pyro-vae (engine direct)", objective, lambda: svi_step(vae, obj, opt, x, "direct")))
+    out.append(Contestant(STOCK, objective, lambda: svi_step(stock_program, obj, opt, x)))
+    opt_user = torch.optim.Adam(user.parameters(), lr=1e-3)
+    out.append(Contestant(USER, objective, lambda: svi_step(own, obj, opt_user, x_flat)))
     if with_pyro:
-        vae_p = VAE(latent_dim=50)
-        opt_p = torch.optim.Adam(vae_p.parameters(), lr=1e-3)
-        out.append(Contestant("pyro-vae (engine pyro)", objective, lambda: svi_step(vae_p, obj, opt_p, x, "pyro")))
+        traced = TracedVAE(latent_dim=50)
+        traced.load_state_dict(vae.state_dict())
+        traced_program, opt_t = Program(traced), torch.optim.Adam(traced.parameters(), lr=1e-3)
+        out.append(Contestant(TRACED, objective, lambda: svi_step(traced_program, obj, opt_t, x)))
         stock = stock_pyro(objective, x, k, alpha)
         if stock is not None:
             out.append(Contestant(f"stock Pyro SVI ({stock[0]}), validation on", objective, stock[1], validate=True))
@@ -261,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--steps", type=int, default=5, help="steps per contestant per round")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--no-pyro", action="store_true", help="skip the stock-Pyro and pyro-engine rows")
+    parser.add_argument("--no-pyro", action="store_true", help="skip the stock-Pyro rows and the traced stock VAE")
     args = parser.parse_args(argv)
 
     print(f"# step_overhead: {machine()}")
@@ -279,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in contestants:
                 rows.setdefault((objective, c.name), {})[batch] = (medians[c.name], medians[c.name] / base)
             if objective == "elbo":
-                shares[batch] = data_share(train, batch, medians["pyro-vae (engine direct)"], args.rounds)
+                shares[batch] = data_share(train, batch, medians[STOCK], args.rounds)
 
     header = "| objective | step | " + " | ".join(f"batch {b}: ms (ratio)" for b in args.batch_sizes) + " |"
     print(header)
@@ -289,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             f", alpha={args.alpha})" if objective == "renyi" else ")")
         cells = " | ".join(f"{by_batch[b][0] * 1e3:.2f} ({by_batch[b][1]:.3f}x)" for b in args.batch_sizes)
         print(f"| {label} | {name} | {cells} |")
-    for (objective, batch), (loss_diff, grad_diff) in CHECKS.items():
-        print(f"# same maths, {objective} at batch {batch}: relative loss difference {loss_diff:.1e}, largest "
+    for (objective, batch, who), (loss_diff, grad_diff) in CHECKS.items():
+        print(f"# same maths, {objective} at batch {batch}, {who}: relative loss difference {loss_diff:.1e}, largest "
               f"relative gradient difference {grad_diff:.1e} (hand-written vs pyro-vae, same weights and seed)")
     for batch, share in shares.items():
         print(f"# data handling (index a batch + dynamic binarization), batch {batch}: "

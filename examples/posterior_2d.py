@@ -21,7 +21,6 @@ The same from the command line:
 import argparse
 from pathlib import Path
 
-import torch
 
 from pyro_vae import Config, Trainer, load_run
 from pyro_vae.exact import decomposition, format_decomposition
@@ -44,22 +43,22 @@ if args.smoke:
 
 Trainer(Config.from_dict(raw), Path(args.out), progress=not args.smoke).fit(overwrite=True)
 run = load_run(args.out)
-vae, test, labels = run.vae, run.data.test, run.data.splits.test_labels
-vae.eval()
+program, test, labels = run.program, run.data.test, run.data.splits.test_labels
+run.model.eval()
 
 cfg = run.config.eval
-result = evaluate(vae, test, samples=cfg.samples, seed=0, batch_size=cfg.batch_size, exact_points=cfg.exact_points)
+result = evaluate(program, test, samples=cfg.samples, seed=0, batch_size=cfg.batch_size, exact_points=cfg.exact_points)
 print(result.table(f"test set: {result.n} digits (exact values on {cfg.exact_points} spread over it)"))
 
 # Four digits to look at: two where q(z|x) is furthest from p(z|x) (largest exact KL), two typical ones.
 order = result.exact_index[result.exact.kl_q_posterior.argsort(descending=True)]
 indices = [order[0].item(), order[1].item(), order[len(order) // 2].item(), order[len(order) // 2 + 1].item()]
-rows, exact = decomposition(vae, test[indices], samples=samples, seed=0)
+rows, exact = decomposition(program, test[indices], samples=samples, seed=0)
 titles = [f"test digit {i} (label {labels[i].item()})" for i in indices]
 print("\nlog p(x) = ELBO + KL(q(z|x) || p(z|x)),  ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)); nats")
 for row, title in zip(rows, titles):
     print()
     print(format_decomposition(row, title))
-path = plot_posteriors(vae, test[indices], exact.grids, Path(args.out) / "posterior.png", titles)
+path = plot_posteriors(program, test[indices], exact.grids, Path(args.out) / "posterior.png", titles)
 print(f"\nwrote {path}: the two digits with the largest KL(q(z|x) || p(z|x)) among those "
       f"{cfg.exact_points}, then two typical ones")

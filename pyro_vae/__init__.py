@@ -3,6 +3,7 @@
     from pyro_vae import VAE, MixturePrior, Config, Trainer
     vae = VAE(prior=MixturePrior(components=10), likelihood="bernoulli", latent_dim=16)
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
+    Trainer(Config(), "runs/mine", model=MyProgram()).fit()   # any nn.Module with model(x), guide(x)
 """
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ from .errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
     DataError,
+    ProgramError,
     PyroVAEError,
     RunDirError,
     TrainingDiverged,
@@ -35,8 +37,18 @@ from .likelihoods import (  # noqa: E402
 )
 from .metrics import Evaluation, elbo_terms, evaluate, log_evidence  # noqa: E402
 from .networks import MLPNetwork  # noqa: E402
-from .objectives import AnalyticKLELBO, IWAEBound, MonteCarloELBO, RenyiBound  # noqa: E402
+from .objectives import (  # noqa: E402
+    AnalyticKLELBO,
+    DReGIWAE,
+    IWAEBound,
+    MonteCarloELBO,
+    Objective,
+    RenyiBound,
+    StickingTheLandingELBO,
+)
 from .priors import LearnedGaussianPrior, MixturePrior, StandardNormalPrior  # noqa: E402
+from .programs import Program  # noqa: E402
+from .terms import Terms  # noqa: E402
 from .training import Run, Trainer, finish_run, load_run  # noqa: E402
 from .vae import VAE  # noqa: E402
 
@@ -46,8 +58,9 @@ __all__ = [
     "StandardNormalPrior", "LearnedGaussianPrior", "MixturePrior",
     "BernoulliLikelihood", "ContinuousBernoulliLikelihood", "GaussianLikelihood", "LaplaceLikelihood",
     "DiagonalGaussianGuide", "MLPNetwork",
-    "MonteCarloELBO", "AnalyticKLELBO", "IWAEBound", "RenyiBound",
+    "Program", "Terms", "Objective",
+    "MonteCarloELBO", "AnalyticKLELBO", "IWAEBound", "RenyiBound", "StickingTheLandingELBO", "DReGIWAE",
     "MNIST5k", "MNIST", "FashionMNIST", "KMNIST", "Synthetic", "DataSplits",
     "PRIORS", "LIKELIHOODS", "GUIDES", "NETWORKS", "OBJECTIVES", "DATASETS", "REGISTRIES",
-    "PyroVAEError", "ConfigError", "DataError", "RunDirError", "CheckpointError", "TrainingDiverged",
+    "PyroVAEError", "ConfigError", "DataError", "RunDirError", "CheckpointError", "TrainingDiverged", "ProgramError",
 ]

@@ -1,14 +1,17 @@
 """``pyro-vae``: train, evaluate, sample, list and show configs from the command line.
 
     pyro-vae train [CONFIG.toml] [--set KEY=VALUE ...] [--out RUN_DIR] [--overwrite]
-    pyro-vae train --resume RUN_DIR [--set train.epochs=N]
+    pyro-vae train --resume RUN_DIR [--set train.epochs=N] [--trust-code]
     pyro-vae train CONFIG --nproc N                      (data-parallel; or torchrun -m pyro_vae train ...)
-    pyro-vae evaluate RUN_DIR [--samples K] [--seed S]
-    pyro-vae explain RUN_DIR [--index I ...] [--samples K]
-    pyro-vae sample RUN_DIR [--n 64] [--seed S]
+    pyro-vae evaluate RUN_DIR [--samples K] [--seed S] [--trust-code]
+    pyro-vae explain RUN_DIR [--index I ...] [--samples K] [--trust-code]
+    pyro-vae sample RUN_DIR [--n 64] [--seed S] [--trust-code]
     pyro-vae compare [CONFIG.toml] --objectives elbo,iwae,dreg --budget 2000steps
     pyro-vae list [KIND]
     pyro-vae config [CONFIG.toml] [--set KEY=VALUE ...]
+
+A run of your own model program (``model.program = "package.module:ClassName"``) imports that
+module again only with ``--trust-code``: a run folder from elsewhere could name any module.
 
 Errors meant for the user print one paragraph and exit with status 2.
 """
@@ -22,9 +25,9 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import REGISTRIES, Config, apply_overrides, read_toml
+from .config import REGISTRIES, Config, ProgramConfig, apply_overrides, read_toml
 from .distributed import DEFAULT_TIMEOUT
-from .errors import ConfigError, PyroVAEError, RunDirError
+from .errors import ConfigError, ProgramError, PyroVAEError, RunDirError
 from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, default_run_dir, differences_outside
 
 
@@ -93,12 +96,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = default_run_dir(config)
 
     args.run_dir_used = run_dir  # for the interrupt message
+    if args.resume:
+        require_trust(config, run_dir, args.trust_code)
     trainer = Trainer(config, run_dir, progress=not args.no_progress, dist=dist)
     if not args.resume:
         processes = f", {dist.world} processes ({dist.backend})" if dist.active else ""
         say(f"training into {run_dir}  (config: {run_dir / CONFIG}){processes}")
     trainer.fit(resume=bool(args.resume), overwrite=args.overwrite)
-    run = load_run(run_dir, device=str(trainer.device))
+    run = load_run(run_dir, device=str(trainer.device), trust_code=True)  # the code this process just trained
     result = finish_run(run, log=say, dist=dist)
     say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, {run.described}"))
     say(f"run folder: {run_dir}  (metrics.jsonl, checkpoint.pt, evaluation.json, samples.png, "
@@ -107,11 +112,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_trust(config: Config, run_dir: Path, trusted: bool) -> None:
+    """Refuse, before anything is loaded, a run folder naming user code without --trust-code."""
+    if isinstance(config.model, ProgramConfig) and not trusted:
+        code = config.model.code or {}
+        at = f" ({code['file']})" if code.get("file") else ""
+        raise ProgramError(
+            f"{run_dir} names user code, model.program = {config.model.program!r}{at}. Loading a run folder "
+            f"imports code only when you ask: pass --trust-code if you trust that module (a run folder from "
+            f"elsewhere could name any module).")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
     from .training import load_run, resumable_evaluation, write_evaluation
 
-    run = load_run(args.run_dir, device=args.device, checkpoint=args.checkpoint)
+    run = load_run(args.run_dir, device=args.device, checkpoint=args.checkpoint, trust_code=args.trust_code)
     cfg = run.config
     samples = cfg.eval.samples if args.samples is None else args.samples
     seed = cfg.seed if args.seed is None else args.seed
@@ -121,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     stem = f"evaluation-K{samples}-seed{seed}"
     with resumable_evaluation(run.run_dir, stem) as store:  # rerun after an interruption: it resumes
         result = evaluate(
-            run.vae, run.data.test, samples=samples, seed=seed, batch_size=cfg.eval.batch_size,
+            run.program, run.data.test, samples=samples, seed=seed, batch_size=cfg.eval.batch_size,
             chunk_pairs=cfg.eval.chunk_pairs, exact_points=exact_points, store=store,
         )
         path = write_evaluation(run, result, stem + ".json")
@@ -138,7 +154,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .plots import plot_posteriors
     from .training import load_run
 
-    run = load_run(args.run_dir, device=args.device)
+    run = load_run(args.run_dir, device=args.device, trust_code=args.trust_code)
     cfg, test = run.config, run.data.test
     n = test.shape[0]
     indices = args.index or torch.linspace(0, n - 1, 4).long().tolist()
@@ -148,9 +164,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}.")
     seed = cfg.seed if args.seed is None else args.seed
-    run.vae.eval()
+    run.model.eval()
     x = test[torch.tensor(indices, device=test.device)]
-    rows, exact = decomposition(run.vae, x, samples=args.samples, seed=seed, chunk_pairs=cfg.eval.chunk_pairs)
+    rows, exact = decomposition(run.program, x, samples=args.samples, seed=seed, chunk_pairs=cfg.eval.chunk_pairs)
     labels = run.data.splits.test_labels
     titles = [f"test datapoint {i}" + (f" (label {labels[i].item()})" if labels is not None else "") for i in indices]
     print(f"{run.run_dir}: log p(x) = ELBO + KL(q(z|x) || p(z|x)),  ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)); "
@@ -162,10 +178,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else run.run_dir / "posterior.png"
         if args.out and out.exists() and not args.overwrite:
             raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
-        plot_posteriors(run.vae, x, exact.grids, out, titles, seed=seed)
+        plot_posteriors(run.program, x, exact.grids, out, titles, seed=seed)
         print(f"\nwrote {out}: p(z|x) (exact, by quadrature) against q(z|x), and decoded images")
     elif args.out:
-        print("\n(no posterior picture: it needs a 2-D latent)")
+        print("\n(no posterior picture: it needs one 2-D latent site)")
     return 0
 
 
@@ -175,19 +191,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}.")
-    run = load_run(args.run_dir, device=args.device, with_data=False)
+    run = load_run(args.run_dir, device=args.device, with_data=False, trust_code=args.trust_code)
     seed = run.config.seed if args.seed is None else args.seed
     if args.pixels is None:
-        args.pixels = "mean" if run.vae.likelihood.mean_available else "sample"
+        args.pixels = "mean" if run.program.mean_available else "sample"
     out = Path(args.out) if args.out else run.run_dir / f"samples-n{args.n}-seed{seed}-{args.pixels}.png"
     if args.out and out.exists() and not args.overwrite:
         raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
-    if args.pixels == "mean" and not run.vae.likelihood.mean_available:
+    if args.pixels == "mean" and not run.program.mean_available:
+        what = f"the {run.program.vae.likelihood.name} likelihood" if run.program.vae is not None else \
+            f"the observed site \"x\" of {run.program.name}"
         raise ConfigError(
-            f"the {run.vae.likelihood.name} likelihood has no closed-form mean E[x|z] (each pixel "
-            f"depends on those drawn before it); pass --pixels sample to draw x ~ p(x|z)."
+            f"{what} has no closed-form mean E[x|z] (e.g. each pixel depends on those drawn before "
+            f"it); pass --pixels sample to draw x ~ p(x|z)."
         )
-    images = prior_samples(run.vae, args.n, seed, args.pixels)
+    images = prior_samples(run.program, args.n, seed, args.pixels)
     what = "E[x|z]" if args.pixels == "mean" else "x ~ p(x|z)"
     save_grid(images, out, int(max(1, round(args.n**0.5))), f"{args.n} samples: {what}, z ~ p(z) (seed {seed})")
     print(f"wrote {out}")
@@ -249,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set model.prior=mixture --set model.prior.components=10 "
                        "(values use TOML syntax: 10, 1e-3, true, [400, 200], or a bare word)")
 
-    p = sub.add_parser("train", help="train a VAE by SVI and write a run folder")
+    def trust(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--trust-code", action="store_true",
+                       help="import the user model program a run folder names (model.program); without it such "
+                       "a run is refused, since a run folder from elsewhere could name any module")
+
+    p = sub.add_parser("train", help="train a VAE (or your own model program) by SVI and write a run folder")
     p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults, MNIST subset)")
     overrides(p)
     p.add_argument("--out", help="run folder to create (default: runs/<time>-<data>-<prior>-<likelihood>)")
@@ -260,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "for several machines run torchrun yourself: see the README)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="seconds a collective may wait for the other processes before failing (default %(default)g)")
+    trust(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="ELBO, its terms, importance-sampled log p(x), gap, active units, bits/dim")
@@ -271,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="auto", help="best (best validation ELBO), last, or a snapshot's "
                    ".pt path (default auto: best when the run kept a validation split, else last)")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    trust(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("explain", help="log p(x) = ELBO + KL(q || p(z|x)) term by term for chosen test points; "
@@ -283,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="posterior picture path (default: RUN_DIR/posterior.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    trust(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("sample", help="decode samples z ~ p(z) into a picture")
@@ -295,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="picture path (default: RUN_DIR/samples-n<N>-seed<S>-<pixels>.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    trust(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("compare", help="train one model under several objectives on equal budgets and compare them")

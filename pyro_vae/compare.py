@@ -39,11 +39,12 @@ from .errors import ConfigError
 from .training import (
     CHECKPOINT,
     CONFIG,
-    build_vae,
+    build_model,
     checkpoint_state,
     epoch_batches,
     prepare_data,
     prepare_run_dir,
+    record_program,
     resolve_device,
     save_checkpoint,
     svi_step,
@@ -98,6 +99,10 @@ def parse_objectives(text: str, particles: int) -> list[dict]:
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--objectives lists the same objective twice: {', '.join(labels)}.")
     return specs
+
+
+def _units(active: int | None, dim: int | None) -> str:
+    return "-" if active is None else f"{active}/{dim}"
 
 
 def label(spec: dict) -> str:
@@ -182,25 +187,29 @@ class Comparison:
         self._write()
         return self.results
 
-    def _fresh_vae(self):
+    def _fresh_program(self):
         pyro.clear_param_store()
         torch.manual_seed(self.config.seed)  # the same initial parameters for every objective
-        return build_vae(self.config, self.splits.event_shape).to(self.device)
+        program = build_model(self.config, self.splits.event_shape)
+        program.module.to(self.device)
+        self.run_config, _ = record_program(self.config, program)  # the runs' [model] table, code identity included
+        return program
 
     def _train(self, spec: dict, objective) -> ObjectiveResult:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        vae = self._fresh_vae()
-        objective.check_guide(vae.posterior.name)
-        data = prepare_data(cfg, vae, self.device, self.splits)
+        program = self._fresh_program()
+        if program.guide_family is not None:
+            objective.check_guide(program.guide_family)
+        data = prepare_data(cfg, program, self.device, self.splits)
         self.data = data
         grad_x = data.train_eval[: self.grad_batch]
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # the same minibatches
-        vae.prior.fit_to_data(data.train, generator)
-        optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
+        program.fit_to_data(data.train, generator)
+        optimizer = torch.optim.Adam(program.module.parameters(), lr=cfg.train.lr)
         result = ObjectiveResult(spec)
-        lik = vae.likelihood
+        lik = program.contract
         next_curve, next_snapshot = 0, 0
         batches: list[torch.Tensor] = []
         total = self.budget.steps
@@ -211,11 +220,11 @@ class Comparison:
                 if next_snapshot < len(SNAPSHOTS) and done >= next_snapshot / 2:
                     result.gradients[SNAPSHOTS[next_snapshot]] = {
                         "step": result.steps,
-                        **metrics.gradient_statistics(vae, objective, grad_x, self.grad_draws, seed=cfg.seed),
+                        **metrics.gradient_statistics(program, objective, grad_x, self.grad_draws, seed=cfg.seed),
                     }
                     next_snapshot += 1
                 if next_curve <= self.curve_points and done >= next_curve / self.curve_points:
-                    result.curve.append(self._curve_point(vae, data, result))
+                    result.curve.append(self._curve_point(program, data, result))
                     next_curve += 1
                 if done >= 1.0:
                     break
@@ -223,7 +232,7 @@ class Comparison:
                 if not batches:
                     batches = epoch_batches(data.train.shape[0], cfg.train.batch_size, generator)
                 x = lik.prepare_batch(data.train[batches.pop(0)], generator)
-                loss = svi_step(vae, objective, optimizer, x, cfg.train.engine)
+                loss = svi_step(program, objective, optimizer, x)
                 result.train_seconds += time.perf_counter() - started
                 result.steps += 1
                 if not math.isfinite(loss):
@@ -234,27 +243,27 @@ class Comparison:
                 if self.progress:
                     bar.set_postfix_str(f"{label(spec)} loss {loss / x.shape[0]:.2f} nats/datapoint", refresh=False)
         bar.close()
-        result.final = self._final(vae, data, spec)
-        self._save_run(spec, vae, optimizer, generator, result)
+        result.final = self._final(program, data, spec)
+        self._save_run(spec, program, optimizer, generator, result)
         self.log(
             f"   {result.steps} steps in {result.train_seconds:.1f} s; test ELBO {result.final['elbo']:.2f}, "
             f"log p(x) {result.final['log_px']:.2f} nats per datapoint"
         )
         if spec["name"] == "iwae" or self._snr_state is None:  # SNR against K: at the IWAE run's end if any
-            self._snr_state = (label(spec), {k: v.detach().clone() for k, v in vae.state_dict().items()})
+            self._snr_state = (label(spec), {k: v.detach().clone() for k, v in program.module.state_dict().items()})
         return result
 
-    def _curve_point(self, vae, data, result: ObjectiveResult) -> dict:
-        ev = metrics.evaluate(vae, data.test, samples=self.curve_samples, seed=self.config.seed,
+    def _curve_point(self, program, data, result: ObjectiveResult) -> dict:
+        ev = metrics.evaluate(program, data.test, samples=self.curve_samples, seed=self.config.seed,
                               batch_size=self.config.eval.batch_size, chunk_pairs=self.config.eval.chunk_pairs)
         return {"step": result.steps, "train_seconds": result.train_seconds,
                 "test_elbo": ev.elbo.mean().item(), "test_log_px": ev.log_px.mean().item()}
 
-    def _final(self, vae, data, spec: dict) -> dict:
+    def _final(self, program, data, spec: dict) -> dict:
         cfg = self.config
-        ev = metrics.evaluate(vae, data.test, samples=cfg.eval.samples, seed=cfg.seed,
+        ev = metrics.evaluate(program, data.test, samples=cfg.eval.samples, seed=cfg.seed,
                               batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs)
-        iwae = metrics.evaluate(vae, data.test, samples=self.particles, seed=cfg.seed + 1,
+        iwae = metrics.evaluate(program, data.test, samples=self.particles, seed=cfg.seed + 1,
                                 batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs)
         s = ev.summary()
         return {
@@ -263,34 +272,34 @@ class Comparison:
             "iwae_bound": iwae.log_px.mean().item(),
             "log_px": s["log_px"]["mean"],
             "log_px_stderr": s["log_px"]["stderr"],
-            "active_units": s["active_units"],
-            "latent_dim": s["latent_dim"],
+            "active_units": s.get("active_units"),  # (where the latent is one continuous vector)
+            "latent_dim": s.get("latent_dim"),
         }
 
-    def _save_run(self, spec, vae, optimizer, generator, result: ObjectiveResult) -> None:
+    def _save_run(self, spec, program, optimizer, generator, result: ObjectiveResult) -> None:
         """Each objective's model as a run folder of its own (``pyro-vae evaluate`` works on it)."""
         run_dir = self.out / folder_name(spec)
         run_dir.mkdir()
-        raw = self.config.to_dict()
+        raw = self.run_config.to_dict()
         raw["train"]["objective"] = OBJECTIVES.build(spec).spec()
         config = Config.from_dict(raw)
         config.save(run_dir / CONFIG)
         steps_per_epoch = math.ceil(self.data.train.shape[0] / config.train.batch_size)
-        state = checkpoint_state(config, vae, optimizer, generator, result.steps // steps_per_epoch, result.steps)
+        state = checkpoint_state(config, program, optimizer, generator, result.steps // steps_per_epoch, result.steps)
         save_checkpoint(run_dir / CHECKPOINT, state)
 
     def _snr_against_k(self) -> None:
         """Encoder-gradient SNR of IWAE and DReG for several K, at one set of trained parameters."""
         where, state = self._snr_state
-        vae = self._fresh_vae()
-        vae.load_state_dict(state)
+        program = self._fresh_program()
+        program.module.load_state_dict(state)
         grad_x = self.data.train_eval[: self.grad_batch]
         table: dict[str, dict[int, float]] = {"iwae": {}, "dreg": {}}
         with pyro.validation_enabled(self.config.train.validate):
             for name in table:
                 for k in self.snr_ks:
                     stats = metrics.gradient_statistics(
-                        vae, OBJECTIVES.build({"name": name, "num_particles": k}), grad_x, self.grad_draws, self.config.seed)
+                        program, OBJECTIVES.build({"name": name, "num_particles": k}), grad_x, self.grad_draws, self.config.seed)
                     table[name][k] = stats["encoder"]["snr"]
         self.snr_vs_k = {"parameters": f"end of the {where} run", "encoder_snr": table}
 
@@ -313,7 +322,7 @@ class Comparison:
                 f"| {row['objective']} | {row['K']} | {row['steps']} | {row['train_seconds']:.1f} | "
                 f"{row['ms_per_step']:.2f} | {row['test_elbo']:.2f} | {row[f'test_iwae_bound_K{k}']:.2f} | "
                 f"{row[f'test_log_px_K{big}']:.2f} ± {row['test_log_px_stderr']:.2f} | "
-                f"{row['active_units']}/{r.final['latent_dim']} | {row['encoder_grad_variance']:.3g} | "
+                f"{_units(row['active_units'], r.final['latent_dim'])} | {row['encoder_grad_variance']:.3g} | "
                 f"{row['encoder_grad_snr']:.3f} | {row['decoder_grad_variance']:.3g} | {row['decoder_grad_snr']:.3f} |"
             )
         return "\n".join(lines)

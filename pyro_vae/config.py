@@ -369,8 +369,10 @@ def component(kind: str, default: str):
 
 @dataclass
 class ModelConfig:
-    """The generative model p(z) p(x|z) and the guide q(z|x)."""
+    """The stock VAE (``program = "vae"``): the generative model p(z) p(x|z) and the guide q(z|x),
+    each component by name."""
 
+    program: str = "vae"
     latent_dim: int = 50
     prior: dict = component("prior", "standard-normal")
     likelihood: dict = component("likelihood", "bernoulli")
@@ -380,17 +382,72 @@ class ModelConfig:
     def check(self, where: str) -> None:
         require(self.latent_dim >= 1, f"{where}.latent_dim must be >= 1, got {self.latent_dim}.")
 
+    @property
+    def label(self) -> str:
+        """A few words naming the model (run folder names)."""
+        return f"{self.prior['name']}-{self.likelihood['name']}"
+
+
+#: the key of a user program's table that holds the identity of its code (written by the trainer)
+CODE_KEY = "code"
+
+
+@dataclass
+class ProgramConfig:
+    """A model program of your own: ``program = "package.module:ClassName"``, and the class's
+    keyword options as the table's other keys (checked against the class when it is built,
+    ``programs.build_program``). ``code`` is written by the trainer: the module, source file and
+    SHA-256 the run was trained with."""
+
+    program: str
+    options: dict = field(default_factory=dict)
+    code: dict | None = None
+
+    def table(self) -> dict[str, Any]:
+        """The ``[model]`` table: program, options, then the code identity."""
+        return {"program": self.program, **copy.deepcopy(self.options),
+                **({CODE_KEY: dict(self.code)} if self.code else {})}
+
+    @property
+    def label(self) -> str:
+        return self.program.rpartition(":")[2].rpartition(".")[2]
+
+
+def model_from_dict(raw: Any, where: str) -> "ModelConfig | ProgramConfig":
+    """The ``[model]`` table: the stock VAE's (``program`` unset or ``"vae"``) or a user program's."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table, got {raw!r}.")
+    program = raw.get("program", "vae")
+    if not isinstance(program, str):
+        raise ConfigError(f"{where}.program must be a string, got {program!r}.")
+    if program == "vae":
+        return _section_from_dict(ModelConfig, raw, where)
+    if ":" not in program:
+        raise ConfigError(
+            f"unknown model program {program!r} at {where}.program. Give \"vae\" (the stock VAE, the default) or "
+            f"the import path of your own, \"package.module:ClassName\" (see pyro_vae.programs).")
+    options = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ("program", CODE_KEY)}
+    code = raw.get(CODE_KEY)
+    if code is not None:
+        keys = {"module", "file", "sha256"}
+        fine = isinstance(code, dict) and keys <= set(code) <= keys | {"unrecorded"} and all(
+            isinstance(code[k], str) for k in keys) and all(isinstance(v, str) for v in code.get("unrecorded", []))
+        if not fine:
+            raise ConfigError(
+                f"{where}.{CODE_KEY} is reserved for the identity of the program's code that the trainer records "
+                f"(a table of module, file and sha256, and the options it could not record); got {code!r}. Name your "
+                f"program's option otherwise.")
+    return ProgramConfig(program, options, dict(code) if code else None)
+
 
 @dataclass
 class TrainConfig:
     """Stochastic variational inference: the objective, its optimizer and schedule.
 
-    ``engine = "direct"`` evaluates the objective straight from the VAE's distributions
-    (``Objective.vae_loss``); ``"pyro"`` runs ``objective.loss_and_grads(vae.model, vae.guide, x)``
-    through Pyro's tracing. Both draw the same random numbers and give the same loss and gradients
-    (tested); the direct one skips the tracing overhead. ``validate = true`` turns Pyro's and
-    torch's per-step distribution checks back on, for debugging (data is always checked once, up
-    front).
+    The objective runs on the model program's terms (``terms.py``): traced for any program, read
+    straight from the stock VAE's distributions where the program is that one (no setting chooses
+    it). ``validate = true`` turns Pyro's and torch's per-step distribution checks back on, for
+    debugging (data is always checked once, up front).
 
     Model selection never looks at the test set: ``validation`` training images (a fixed
     permutation by ``seed``) are held out and scored every epoch; the parameters with the best
@@ -435,7 +492,6 @@ class TrainConfig:
     lr_final: float = 1.0
     kl_warmup_epochs: float = 0.0
     kl_warmup_start: float = 0.01
-    engine: Literal["direct", "pyro"] = "direct"
     validate: bool = False
     validation: int = 0
     early_stopping: int = 0
@@ -523,7 +579,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     data: dict = component("dataset", "mnist5k")
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig | ProgramConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -538,10 +594,13 @@ class Config:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None = None) -> "Config":
         """Validate a nested dict (from TOML, overrides or Python) into a resolved Config."""
-        return _section_from_dict(cls, raw or {}, "")
+        return _section_from_dict(cls, _migrated(raw or {}), "")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if isinstance(self.model, ProgramConfig):
+            out["model"] = self.model.table()
+        return out
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
@@ -552,6 +611,15 @@ class Config:
     @classmethod
     def load(cls, path: Path | str, overrides: list[str] | None = None) -> "Config":
         return cls.from_dict(apply_overrides(read_toml(path), overrides or []))
+
+
+def _migrated(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config of an earlier pyro-vae as today's: ``train.engine`` ("direct" or "pyro", two
+    computations of the same terms, tested equal) is gone; the terms source follows the program."""
+    train = raw.get("train")
+    if isinstance(train, dict) and train.get("engine") in ("direct", "pyro"):
+        raw = {**raw, "train": {k: v for k, v in train.items() if k != "engine"}}
+    return raw
 
 
 def dumps_toml(table: dict[str, Any], prefix: tuple[str, ...] = ()) -> str:
@@ -585,6 +653,8 @@ def _section_from_dict(cls: type, raw: Any, where: str) -> Any:
         if "registry" in f.metadata:
             spec = raw.get(name, f.default_factory())  # type: ignore[misc]
             values[name] = REGISTRIES[f.metadata["registry"]].resolve(spec, path)
+        elif cls is Config and name == "model":
+            values[name] = model_from_dict(raw.get(name, {}), path)
         elif dataclasses.is_dataclass(hints[name]):
             values[name] = _section_from_dict(hints[name], raw.get(name, {}), path)
         elif name in raw:
@@ -622,10 +692,11 @@ def _component_paths(cls: type = Config, prefix: str = "") -> dict[str, dict]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         path = f"{prefix}{f.name}"
+        hint = ModelConfig if cls is Config and f.name == "model" else hints[f.name]
         if "registry" in f.metadata:
             out[path] = f.default_factory()  # type: ignore[misc]
-        elif dataclasses.is_dataclass(hints[f.name]):
-            out.update(_component_paths(hints[f.name], path + "."))
+        elif dataclasses.is_dataclass(hint):
+            out.update(_component_paths(hint, path + "."))
     return out
 
 

@@ -30,3 +30,7 @@ class CheckpointError(PyroVAEError):
 
 class TrainingDiverged(PyroVAEError):
     """The training loss or the parameters stopped being finite."""
+
+
+class ProgramError(PyroVAEError):
+    """A model program that does not follow the protocol (``programs.py``), or that cannot be loaded."""

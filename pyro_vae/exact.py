@@ -12,7 +12,7 @@ In general log p(x) = log \\int p(x|z) p(z) dz and p(z|x) = p(x|z) p(z) / p(x) h
 
   and, for a diagonal-Gaussian q, the ELBO and KL(q(z|x) || p(z|x)) are closed forms too.
 
-* **Any model with a 2-D latent**: log p(x, z) is evaluated on a grid of z and normalized
+* **Any model program with one 2-D latent site**: log p(x, z) is evaluated on a grid of z and normalized
   numerically: log p(x) = log sum_ij p(x, z_ij) h_1 h_2 (midpoint rule) and p(z|x) on the grid.
   The grid adapts to each x: a coarse pass over the prior's and the guide's high-mass regions finds
   where p(x, z) lives; a fine grid over that box resolves both q(z|x) and the posterior (cells of
@@ -20,7 +20,8 @@ In general log p(x) = log \\int p(x|z) p(z) dz and p(z|x) = p(x|z) p(z) / p(x) h
   the change between the fine grid and one of half its resolution; the resolution doubles while
   that change exceeds ``tolerance``.
 
-Everything is in nats per datapoint.
+Everything is in nats per datapoint. The grid reads log p(x|z), log p(z) and log q(z|x) at the
+grid points from the program's terms (``terms.py``), so it serves any program, stock or not.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from torch.distributions import LowRankMultivariateNormal, MultivariateNormal, k
 
 from .likelihoods import GaussianLikelihood
 from .networks import MLPNetwork
+from .numerics import seeded
 from .priors import LearnedGaussianPrior, StandardNormalPrior, diagonal_gaussian_parameters
-from .vae import VAE
+from .programs import Program, as_program
 
 
 @dataclass
@@ -75,8 +77,13 @@ class LinearGaussian:
     s: torch.Tensor  # (L,) prior scales
 
     @classmethod
-    def of(cls, vae: VAE) -> "LinearGaussian | None":
-        """The closed-form model of ``vae`` if it is linear-Gaussian, else None."""
+    def of(cls, program) -> "LinearGaussian | None":
+        """The closed-form model of a stock VAE program if it is linear-Gaussian, else None (any
+        other program: its structure is code, not something to read closed forms off)."""
+        program = as_program(program)
+        if not program.direct:
+            return None
+        vae = program.vae
         if not (isinstance(vae.network, MLPNetwork) and vae.network.hidden == []):
             return None
         if not isinstance(vae.likelihood, GaussianLikelihood):
@@ -114,13 +121,13 @@ class LinearGaussian:
 
 
 @torch.no_grad()
-def linear_gaussian_evidence(vae: VAE, x: torch.Tensor) -> ExactEvidence | None:
-    model = LinearGaussian.of(vae)
+def linear_gaussian_evidence(program, x: torch.Tensor) -> ExactEvidence | None:
+    model = LinearGaussian.of(program)
     if model is None:
         return None
     flat = x.flatten(1)
     log_px = model.marginal().log_prob(flat)
-    q = vae.q_z_given_x(x)
+    q = as_program(program).vae.q_z_given_x(x)
     diag = diagonal_gaussian_parameters(q)
     if diag is None:  # another guide family: the ELBO by quadrature over samples is not exact; say so
         return None
@@ -162,86 +169,97 @@ def _grid(box: torch.Tensor, n: tuple[int, int]) -> tuple[tuple[torch.Tensor, to
     return axes, points
 
 
-def _log_joint(vae: VAE, x: torch.Tensor, points: torch.Tensor, chunk: int) -> torch.Tensor:
-    """log p(x|z) + log p(z) for one datapoint x (1, *shape) at points (P, 2): shape (P,)."""
-    out = []
-    prior = vae.p_z()
-    with vae.likelihood.observing(x):
-        for start in range(0, points.shape[0], chunk):
-            z = points[start : start + chunk].unsqueeze(1)  # (p, 1, 2): grid points as a sample dimension
-            out.append((vae.p_x_given_z(z).log_prob(x) + prior.log_prob(z)).squeeze(1))
-    return torch.cat(out)
+def _latent_site(program: Program) -> str:
+    """The name of the program's one 2-D latent site (grid quadrature needs exactly that)."""
+    if program.latent_dim != 2:
+        raise ValueError(f"grid quadrature needs one 2-D latent site; this program's latents are {program.latent_shapes}")
+    (name,) = program.latent_shapes
+    return name
 
 
-def _quadrature(vae, x, q, box, n, chunk) -> PosteriorGrid:
+def _grid_terms(at_x, name: str, points: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(x|z) + log p(z) and log q(z|x) for one datapoint at points (P, 2), chunk by chunk: each (P,)."""
+    joint, log_q = [], []
+    for start in range(0, points.shape[0], chunk):
+        z = points[start : start + chunk].unsqueeze(1)  # (p, 1, 2): grid points as a particle dimension
+        terms = at_x.at({name: z})
+        joint.append((terms.log_likelihood + terms.log_prior)[:, 0])
+        log_q.append(terms.log_q[:, 0])
+    return torch.cat(joint), torch.cat(log_q)
+
+
+def _quadrature(at_x, name, box, n, chunk) -> PosteriorGrid:
     axes, points = _grid(box, n)
-    log_joint = _log_joint(vae, x, points, chunk)
+    log_joint, log_q = _grid_terms(at_x, name, points, chunk)
     cell = float((box[0, 1] - box[0, 0]) * (box[1, 1] - box[1, 0])) / (n[0] * n[1])
     log_px = (torch.logsumexp(log_joint, 0) + math.log(cell)).item()
-    log_q = q.log_prob(points.unsqueeze(1)).squeeze(1)
     return PosteriorGrid(axes, log_joint.reshape(n), log_q.reshape(n), log_px, float("nan"))
 
 
-def _prior_box(vae: VAE) -> torch.Tensor:
-    z = vae.p_z().sample((20000,)).cpu()
+def _prior_box(program: Program, name: str) -> torch.Tensor:
+    z = program.prior_draws(20000)[name].reshape(-1, 2).cpu()
     lo, hi = torch.quantile(z, 1e-4, dim=0), torch.quantile(z, 1 - 1e-4, dim=0)
     pad = 0.1 * (hi - lo)
     return torch.stack([lo - pad, hi + pad], 1)
 
 
 @torch.no_grad()
-def grid_posterior(vae: VAE, x: torch.Tensor, *, tolerance: float = 1e-3, max_points: int = 512,
+def grid_posterior(program, x: torch.Tensor, *, tolerance: float = 1e-3, max_points: int = 512,
                    chunk_pairs: int | None = None) -> PosteriorGrid:
     """Adaptive quadrature of p(x, z) over z in R^2 for one datapoint x of shape (1, *data_shape).
 
     The only random draws (the prior's extent, and q's mean and spread for guides without closed
     forms) come from a fixed seed under ``fork_rng``: the result is a function of the model and x."""
-    from .metrics import chunk_pairs_for, seeded
+    from .metrics import chunk_pairs_for
 
-    chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)
-    if vae.latent_dim != 2:
-        raise ValueError(f"grid quadrature needs a 2-D latent, this model's is {vae.latent_dim}-D")
-    q = vae.q_z_given_x(x)
+    program = as_program(program, tuple(x.shape[1:]))
+    name = _latent_site(program)
+    chunk_pairs = chunk_pairs_for(program, x.device, chunk_pairs)
     device = x.device
-    with seeded(0, x.device):
-        try:
-            q_mean, q_sd = q.mean[0], q.stddev[0]
-        except NotImplementedError:  # a guide without closed-form moments: estimate them
-            z = q.sample((4000,))[:, 0]
-            q_mean, q_sd = z.mean(0), z.std(0)
-        prior_box = _prior_box(vae).to(device)
-    q_box = torch.stack([q_mean - 8 * q_sd, q_mean + 8 * q_sd], 1)
-    coarse_box = torch.stack([torch.minimum(q_box[:, 0], prior_box[:, 0]), torch.maximum(q_box[:, 1], prior_box[:, 1])], 1)
-    # coarse pass: where does p(x, z) have mass?
-    axes, points = _grid(coarse_box, (96, 96))
-    log_joint = _log_joint(vae, x, points, chunk_pairs)
-    keep = points[log_joint > log_joint.max() - 30.0]
-    step = (coarse_box[:, 1] - coarse_box[:, 0]) / 96
-    mass_box = torch.stack([keep.min(0).values - 2 * step, keep.max(0).values + 2 * step], 1)
-    weights = torch.softmax(log_joint, 0)
-    post_sd = ((weights[:, None] * (points - (weights[:, None] * points).sum(0)) ** 2).sum(0)).sqrt()
-    fine_q_box = torch.stack([q_mean - 7 * q_sd, q_mean + 7 * q_sd], 1)
-    box = torch.stack([torch.minimum(mass_box[:, 0], fine_q_box[:, 0]), torch.maximum(mass_box[:, 1], fine_q_box[:, 1])], 1)
-    # fine grid: cells of at most a quarter of q's and the (coarsely resolved) posterior's sd
-    width = box[:, 1] - box[:, 0]
-    target = torch.minimum(q_sd, torch.maximum(post_sd, step / 4)) / 4
-    n = [int(min(max_points, max(32, math.ceil(w / t)))) for w, t in zip(width.tolist(), target.tolist())]
-    n = [k + k % 2 for k in n]
-    while True:
-        fine = _quadrature(vae, x, q, box, (n[0], n[1]), chunk_pairs)
-        half = _quadrature(vae, x, q, box, (n[0] // 2, n[1] // 2), chunk_pairs)
-        fine.error = abs(fine.log_px - half.log_px)
-        if fine.error <= tolerance or max(n) >= max_points:
-            return fine
-        n = [min(max_points, 2 * k) for k in n]
+    with program.source.given(x) as at_x:
+        with seeded(0, x.device):
+            q = at_x.draw(1).latents[name].q
+            try:
+                q_mean, q_sd = q.mean.reshape(-1, 2)[0], q.stddev.reshape(-1, 2)[0]
+            except NotImplementedError:  # a guide without closed-form moments: estimate them
+                z = at_x.draw(4000).latents[name].value.reshape(4000, 2)
+                q_mean, q_sd = z.mean(0), z.std(0)
+            prior_box = _prior_box(program, name).to(device)
+        q_box = torch.stack([q_mean - 8 * q_sd, q_mean + 8 * q_sd], 1)
+        coarse_box = torch.stack([torch.minimum(q_box[:, 0], prior_box[:, 0]),
+                                  torch.maximum(q_box[:, 1], prior_box[:, 1])], 1)
+        # coarse pass: where does p(x, z) have mass?
+        axes, points = _grid(coarse_box, (96, 96))
+        log_joint, _ = _grid_terms(at_x, name, points, chunk_pairs)
+        keep = points[log_joint > log_joint.max() - 30.0]
+        step = (coarse_box[:, 1] - coarse_box[:, 0]) / 96
+        mass_box = torch.stack([keep.min(0).values - 2 * step, keep.max(0).values + 2 * step], 1)
+        weights = torch.softmax(log_joint, 0)
+        post_sd = ((weights[:, None] * (points - (weights[:, None] * points).sum(0)) ** 2).sum(0)).sqrt()
+        fine_q_box = torch.stack([q_mean - 7 * q_sd, q_mean + 7 * q_sd], 1)
+        box = torch.stack([torch.minimum(mass_box[:, 0], fine_q_box[:, 0]),
+                           torch.maximum(mass_box[:, 1], fine_q_box[:, 1])], 1)
+        # fine grid: cells of at most a quarter of q's and the (coarsely resolved) posterior's sd
+        width = box[:, 1] - box[:, 0]
+        target = torch.minimum(q_sd, torch.maximum(post_sd, step / 4)) / 4
+        n = [int(min(max_points, max(32, math.ceil(w / t)))) for w, t in zip(width.tolist(), target.tolist())]
+        n = [k + k % 2 for k in n]
+        while True:
+            fine = _quadrature(at_x, name, box, (n[0], n[1]), chunk_pairs)
+            half = _quadrature(at_x, name, box, (n[0] // 2, n[1] // 2), chunk_pairs)
+            fine.error = abs(fine.log_px - half.log_px)
+            if fine.error <= tolerance or max(n) >= max_points:
+                return fine
+            n = [min(max_points, 2 * k) for k in n]
 
 
 @torch.no_grad()
-def grid_evidence(vae: VAE, x: torch.Tensor, **options) -> ExactEvidence:
-    """Quadrature log p(x), ELBO and KL(q(z|x) || p(z|x)) for every datapoint of x (2-D latents)."""
+def grid_evidence(program, x: torch.Tensor, **options) -> ExactEvidence:
+    """Quadrature log p(x), ELBO and KL(q(z|x) || p(z|x)) for every datapoint of x (one 2-D latent site)."""
+    program = as_program(program, tuple(x.shape[1:]))
     log_px, elbo, kl, err, grids = [], [], [], [], []
     for i in range(x.shape[0]):
-        g = grid_posterior(vae, x[i : i + 1], **options)
+        g = grid_posterior(program, x[i : i + 1], **options)
         q_mass = (g.log_q.exp() * g.cell)
         # E_q[log p(x, z) - log q(z|x)] on the grid (q renormalized to the grid's cells)
         elbo_i = (q_mass * (g.log_joint - g.log_q)).sum() / q_mass.sum()
@@ -254,21 +272,23 @@ def grid_evidence(vae: VAE, x: torch.Tensor, **options) -> ExactEvidence:
     return ExactEvidence("quadrature on an adaptive 2-D grid", t(log_px), t(elbo), t(kl), t(err), grids)
 
 
-def closed_form_available(vae: VAE) -> bool:
-    """A linear-Gaussian model with a diagonal-Gaussian guide: everything in closed form."""
+def closed_form_available(program) -> bool:
+    """A linear-Gaussian stock VAE with a diagonal-Gaussian guide: everything in closed form."""
     from .guides import DiagonalGaussianGuide
 
-    return LinearGaussian.of(vae) is not None and isinstance(vae.posterior, DiagonalGaussianGuide)
+    program = as_program(program)
+    return LinearGaussian.of(program) is not None and isinstance(program.vae.posterior, DiagonalGaussianGuide)
 
 
-def exact_evidence(vae: VAE, x: torch.Tensor, **grid_options) -> ExactEvidence | None:
+def exact_evidence(program, x: torch.Tensor, **grid_options) -> ExactEvidence | None:
     """Exact values where a method exists: closed form for linear-Gaussian models, quadrature for
-    2-D latents; None otherwise."""
-    result = linear_gaussian_evidence(vae, x)
+    one 2-D latent site; None otherwise."""
+    program = as_program(program, tuple(x.shape[1:]))
+    result = linear_gaussian_evidence(program, x)
     if result is not None:
         return result
-    if vae.latent_dim == 2:
-        return grid_evidence(vae, x, **grid_options)
+    if program.latent_dim == 2:
+        return grid_evidence(program, x, **grid_options)
     return None
 
 
@@ -283,26 +303,28 @@ def _moments(chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def monte_carlo_terms(vae: VAE, x: torch.Tensor, samples: int, chunk_pairs: int | None = None) -> dict:
+def monte_carlo_terms(program, x: torch.Tensor, samples: int, chunk_pairs: int | None = None) -> dict:
     """E_q[log p(x|z)], KL(q(z|x) || p(z)) and the ELBO per datapoint from ``samples`` draws z ~ q,
-    each as (mean, standard error); the KL in closed form (standard error 0) where one exists."""
+    each as (mean, standard error); the KL in closed form (standard error 0) where every latent
+    site has one."""
     from .metrics import chunk_pairs_for
 
-    q = vae.q_z_given_x(x)
-    prior = vae.p_z()
-    per_chunk = max(1, chunk_pairs_for(vae, x.device, chunk_pairs) // x.shape[0])
-    recon, ratio, done = [], [], 0
-    with vae.likelihood.observing(x):
+    program = as_program(program, tuple(x.shape[1:]))
+    per_chunk = max(1, chunk_pairs_for(program, x.device, chunk_pairs) // x.shape[0])
+    recon, ratio, closed, done = [], [], None, 0
+    with program.source.given(x) as at_x:
         while done < samples:
-            z = q.sample((min(per_chunk, samples - done),))
-            recon.append(vae.p_x_given_z(z).log_prob(x))
-            ratio.append(q.log_prob(z) - prior.log_prob(z))
-            done += z.shape[0]
+            terms = at_x.draw(min(per_chunk, samples - done))
+            recon.append(terms.log_likelihood)
+            ratio.append(terms.log_q - terms.log_prior)
+            kl, analytic = terms.kl()
+            closed = kl[0] if analytic else None
+            done += terms.particles
     recon_mean, recon_se = _moments(recon)
-    try:
-        kl_mean, kl_se, kl_how = kl_divergence(q, prior).double(), torch.zeros(x.shape[0], dtype=torch.float64), "closed form"
+    if closed is not None:
+        kl_mean, kl_se, kl_how = closed.double(), torch.zeros(x.shape[0], dtype=torch.float64), "closed form"
         elbo_mean, elbo_se = recon_mean - kl_mean, recon_se
-    except NotImplementedError:
+    else:
         kl_mean, kl_se = _moments(ratio)
         kl_how = "Monte Carlo"
         elbo_mean, elbo_se = _moments([r - k for r, k in zip(recon, ratio)])
@@ -311,18 +333,19 @@ def monte_carlo_terms(vae: VAE, x: torch.Tensor, samples: int, chunk_pairs: int 
 
 
 @torch.no_grad()
-def decomposition(vae: VAE, x: torch.Tensor, *, samples: int = 5000, seed: int = 0, chunk_pairs: int | None = None,
+def decomposition(program, x: torch.Tensor, *, samples: int = 5000, seed: int = 0, chunk_pairs: int | None = None,
                   **grid_options) -> tuple[list[dict], ExactEvidence | None]:
     """Every term of log p(x) = ELBO + KL(q||p(z|x)) and ELBO = E_q[log p(x|z)] - KL(q||p(z)) for
     each datapoint of x: exact where a method exists, otherwise estimated with a standard error."""
-    from .metrics import chunk_pairs_for, log_evidence_diagnostics, seeded
+    from .metrics import chunk_pairs_for, log_evidence_diagnostics
 
-    chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)  # resolved once for the three estimates
+    program = as_program(program, tuple(x.shape[1:]))
+    chunk_pairs = chunk_pairs_for(program, x.device, chunk_pairs)  # resolved once for the three estimates
     with seeded(seed, x.device):
-        importance = log_evidence_diagnostics(vae, x, samples, chunk_pairs)
-        mc = monte_carlo_terms(vae, x, samples, chunk_pairs)
-    exact = exact_evidence(vae, x, chunk_pairs=chunk_pairs, **grid_options) if vae.latent_dim == 2 else \
-        linear_gaussian_evidence(vae, x)
+        importance = log_evidence_diagnostics(program, x, samples, chunk_pairs)
+        mc = monte_carlo_terms(program, x, samples, chunk_pairs)
+    exact = exact_evidence(program, x, chunk_pairs=chunk_pairs, **grid_options) if program.latent_dim == 2 else \
+        linear_gaussian_evidence(program, x)
     rows = []
     for i in range(x.shape[0]):
         row = {

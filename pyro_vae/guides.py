@@ -13,10 +13,10 @@ from pyro import distributions as dist
 from torch import nn
 
 from torch.distributions import register_kl
-from torch.distributions.utils import _standard_normal
 
 from .config import GUIDES, Component, require
 from .networks import Activation, ConditionalGaussian
+from .numerics import standard_normal
 from .priors import LOG_2PI, StandardNormal, TwoLayerLatent, split_latent
 
 
@@ -36,35 +36,29 @@ class DiagonalNormal(dist.Independent):
         loc, scale = base.loc.detach(), base.scale.detach()
         return (-0.5 * ((z - loc) / scale).pow(2) - scale.log()).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
 
-    #: (start, stop, total) in data-parallel training: this process holds datapoints [start, stop)
-    #: of a global batch of ``total``; it draws the noise of the whole batch and keeps its rows, so
-    #: that every datapoint's noise is the one it gets in a single process.
-    noise_shard: tuple[int, int, int] | None = None
-
-    def expand(self, batch_shape, _instance=None) -> "DiagonalNormal":
-        new = super().expand(batch_shape, _instance)
-        new.noise_shard = self.noise_shard
-        return new
-
     def noise(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        """eps ~ N(0, I) shaped like a sample (the datapoints are dimension -2)."""
+        """eps ~ N(0, I) shaped like a sample (the datapoints are dimension -2); in data-parallel
+        training the whole global batch's noise, this process's rows kept (``numerics.sharded_noise``)."""
         base = self.base_dist
-        shape = base._extended_shape(sample_shape)
-        if self.noise_shard is None:
-            return _standard_normal(shape, dtype=base.loc.dtype, device=base.loc.device)
-        start, stop, total = self.noise_shard
-        full = _standard_normal(shape[:-2] + (total, shape[-1]), dtype=base.loc.dtype, device=base.loc.device)
-        return full[..., start:stop, :]
+        return standard_normal(base._extended_shape(sample_shape), -2, base.loc.dtype, base.loc.device)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         base = self.base_dist
         return base.loc + self.noise(sample_shape) * base.scale
 
-    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+    def rsample_with_noise(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+        """z = loc + scale * eps and the noise eps it was drawn from."""
         base = self.base_dist
         eps = self.noise(sample_shape)
-        log_q = (-0.5 * eps.pow(2) - base.scale.log()).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
-        return base.loc + eps * base.scale, log_q
+        return base.loc + eps * base.scale, eps
+
+    def log_prob_of_noise(self, eps: torch.Tensor) -> torch.Tensor:
+        """log q(loc + scale * eps) from eps: sum(-eps^2/2 - log scale) - (D/2) log 2 pi."""
+        return (-0.5 * eps.pow(2) - self.base_dist.scale.log()).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
+
+    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+        z, eps = self.rsample_with_noise(sample_shape)
+        return z, self.log_prob_of_noise(eps)
 
 
 @register_kl(DiagonalNormal, StandardNormal)
@@ -78,19 +72,13 @@ def _kl_diagonal_normal_standard_normal(q: DiagonalNormal, p: StandardNormal) ->
 
 
 class Guide(Component, nn.Module):
-    """Base class: ``setup(feature_dim, latent_dim)`` builds the head, ``forward(features)`` is q(z|x).
-
-    ``noise_shard`` is set by the data-parallel trainer (see ``DiagonalNormal.noise_shard``).
-    """
+    """Base class: ``setup(feature_dim, latent_dim)`` builds the head, ``forward(features)`` is q(z|x)."""
 
     def __init__(self) -> None:
         nn.Module.__init__(self)
-        self.noise_shard: tuple[int, int, int] | None = None
 
     def _diagonal_normal(self, loc: torch.Tensor, scale: torch.Tensor) -> DiagonalNormal:
-        q = DiagonalNormal(dist.Normal(loc, scale), 1)
-        q.noise_shard = self.noise_shard
-        return q
+        return DiagonalNormal(dist.Normal(loc, scale), 1)
 
     def setup(self, feature_dim: int, latent_dim: int) -> "Guide":  # pragma: no cover - abstract
         raise NotImplementedError

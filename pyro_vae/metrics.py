@@ -1,6 +1,7 @@
 """Evidence and its bounds, estimated: the intractable half of the VAE, in numbers.
 
-Per datapoint x, in nats:
+For any model program (the stock VAE, a subclass, your own), from its per-particle terms
+(``terms.py``: the same numbers the objectives are written over). Per datapoint x, in nats:
 
 * ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))       (reconstruction term minus KL to the prior;
   the KL in closed form where a formula exists for the guide/prior pair, else by Monte Carlo);
@@ -28,45 +29,58 @@ import hashlib
 import json
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
-from torch.distributions import kl_divergence
 
 from .distributed import SINGLE, Distributed
 from .errors import RunDirError
-from .vae import VAE
+from .numerics import seeded  # noqa: F401  (re-exported: evaluation seeds live with numerics)
+from .programs import Program, as_program
+from .terms import POSTERIOR_MEAN_SAMPLES, posterior_mean  # noqa: F401  (re-exported)
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 CPU_CHUNK_BYTES = 12 * 2**20
 ACCELERATOR_CHUNK_PAIRS = 16384
 
 
-def widest_activation(vae: VAE) -> int:
-    """Numbers per latent draw in the widest layer output of p(x|z): the decoder's layers and the
-    likelihood's own networks (an autoregressive likelihood's), from one probe pass of one draw
-    and one image (in eval mode, so that layers such as batch norm accept the single draw; the
-    modes are restored)."""
+def _parameter(module: torch.nn.Module) -> torch.Tensor:
+    p = next(module.parameters(), None)
+    return p if p is not None else torch.zeros(())
+
+
+def widest_activation(program) -> int:
+    """Numbers per latent draw in the widest layer output of p(x|z), from one probe pass of one
+    draw and one datapoint (in eval mode, so that layers such as batch norm accept the single draw;
+    the modes are restored). For the stock VAE the decoder's layers and the likelihood's own
+    networks (an autoregressive likelihood's); for another program every module that the model's
+    run and log p(x|z) reach."""
+    program = as_program(program)
     widths = [1]
 
     def record(module, inputs, output) -> None:
         if torch.is_tensor(output):
             widths.append(output.numel())
 
-    modules = [vae.decoder, vae.likelihood]
+    vae = program.vae if program.direct else None
+    modules = [vae.decoder, vae.likelihood] if vae is not None else [program.module]
     modes = [m.training for m in modules]
     hooks = [m.register_forward_hook(record) for module in modules for m in module.modules()]
     try:
         for module in modules:
             module.eval()
-        with torch.no_grad():
-            weight = next(vae.decoder.parameters())
-            head = vae.decoder(torch.zeros(1, vae.latent_dim, device=weight.device, dtype=weight.dtype))
-            if any(True for _ in vae.likelihood.children()):  # layers of its own (an autoregressive likelihood's)
-                vae.likelihood(head).log_prob(torch.zeros(1, *vae.data_shape, device=weight.device, dtype=weight.dtype))
+        with torch.no_grad(), torch.random.fork_rng():
+            weight = _parameter(modules[0])
+            if vae is not None:
+                head = vae.decoder(torch.zeros(1, vae.latent_dim, device=weight.device, dtype=weight.dtype))
+                if any(True for _ in vae.likelihood.children()):  # layers of its own (an autoregressive likelihood's)
+                    vae.likelihood(head).log_prob(torch.zeros(1, *vae.data_shape, device=weight.device, dtype=weight.dtype))
+            else:
+                x = program._placeholder(1)
+                site = program._observed_site(x)
+                site["fn"].log_prob(x)
     finally:
         for module, mode in zip(modules, modes):
             module.train(mode)
@@ -75,8 +89,8 @@ def widest_activation(vae: VAE) -> int:
     return max(widths)
 
 
-def chunk_pairs_for(vae: VAE, device: torch.device, chunk_pairs: int | None = None) -> int:
-    """``chunk_pairs`` if given, else the default for ``vae`` on ``device``: on the CPU as many
+def chunk_pairs_for(program, device: torch.device, chunk_pairs: int | None = None) -> int:
+    """``chunk_pairs`` if given, else the default for ``program`` on ``device``: on the CPU as many
     (datapoint, sample) pairs as keep p(x|z)'s widest activation (:func:`widest_activation`) near
     12 MiB (between 64 and 16384 pairs), on an accelerator 16384.
 
@@ -90,76 +104,49 @@ def chunk_pairs_for(vae: VAE, device: torch.device, chunk_pairs: int | None = No
         return chunk_pairs
     if torch.device(device).type != "cpu":
         return ACCELERATOR_CHUNK_PAIRS
-    per_pair = widest_activation(vae) * next(vae.decoder.parameters()).element_size()
+    program = as_program(program)
+    per_pair = widest_activation(program) * _parameter(program.module).element_size()
     return max(64, min(ACCELERATOR_CHUNK_PAIRS, CPU_CHUNK_BYTES // per_pair))
 
 
-def kl_to_prior(q, p, z: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """KL(q(z|x) || p(z)) per datapoint: closed form if registered, else the Monte-Carlo average over ``z``.
-
-    ``z`` holds samples from q with shape (S, batch, latent_dim). Returns (kl, analytic).
-    """
-    try:
-        return kl_divergence(q, p), True
-    except NotImplementedError:
-        return (q.log_prob(z) - p.log_prob(z)).mean(0), False
-
-
-def analytic_kl_available(vae: VAE) -> bool:
-    """Whether KL(q(z|x) || p(z)) has a closed form for this VAE's guide family and prior."""
-    with torch.no_grad():
-        x = torch.zeros(1, *vae.data_shape, device=next(vae.parameters()).device)
-        q = vae.q_z_given_x(x)
-        return kl_to_prior(q, vae.p_z(), q.sample((1,)))[1]
+def analytic_kl_available(program) -> bool:
+    """Whether KL(q(z|x) || p(z)) has a closed form at every latent site of the program."""
+    program = as_program(program)
+    with torch.no_grad(), torch.random.fork_rng():
+        x = program._placeholder(1)
+        with program.source.given(x) as at_x:
+            return at_x.draw(1).kl()[1]
 
 
 @torch.no_grad()
-def elbo_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1, posterior_means: bool = True) -> dict[str, torch.Tensor]:
-    """Per-datapoint reconstruction E_q[log p(x|z)], KL(q||p(z)) and ELBO, with ``num_samples`` z's,
-    and (``posterior_means``) E_q[z], which a guide without a closed-form mean pays for in draws."""
-    q = vae.q_z_given_x(x)
-    z = q.rsample((num_samples,))
-    reconstruction = vae.p_x_given_z(z).log_prob(x).mean(0)
-    kl, analytic = kl_to_prior(q, vae.p_z(), z)
-    terms = {"reconstruction": reconstruction, "kl": kl, "elbo": reconstruction - kl, "kl_analytic": torch.tensor(analytic)}
-    if posterior_means:
-        terms["posterior_mean"] = posterior_mean(q)
-    return terms
+def elbo_terms(program, x: torch.Tensor, num_samples: int = 1, posterior_means: bool = True) -> dict[str, torch.Tensor]:
+    """Per-datapoint reconstruction E_q[log p(x|z)], KL(q||p(z)) and ELBO, with ``num_samples`` z's
+    (the KL in closed form where every latent site has one, else by Monte Carlo), and
+    (``posterior_means``, where the latent is one continuous vector) E_q[z], which a guide without
+    a closed-form mean pays for in draws."""
+    program = as_program(program, tuple(x.shape[1:]))
+    with program.source.given(x) as at_x:
+        terms = at_x.draw(num_samples)
+        reconstruction = terms.log_likelihood.mean(0)
+        kl, analytic = terms.kl()
+        kl = kl.mean(0)
+        out = {"reconstruction": reconstruction, "kl": kl, "elbo": reconstruction - kl,
+               "kl_analytic": torch.tensor(analytic)}
+        if posterior_means and program.latent_dim is not None:
+            (out["posterior_mean"],) = at_x.means().values()
+    return out
 
 
-POSTERIOR_MEAN_SAMPLES = 64
-
-
-def posterior_mean(q, samples: int = POSTERIOR_MEAN_SAMPLES) -> torch.Tensor:
-    """E_q[z]: exact where the family has it, else the mean of ``samples`` draws (e.g. an IAF guide)."""
-    try:
-        return q.mean
-    except NotImplementedError:
-        with torch.no_grad():
-            return q.sample((samples,)).mean(0)
-
-
-def log_importance_weights(vae: VAE, x: torch.Tensor, q, num_samples: int, prior=None) -> torch.Tensor:
-    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); shape (num_samples, batch).
-
-    ``prior``: p(z) already built by a caller that draws many chunks (``vae.p_z()`` if unset): a
-    VampPrior runs the encoder on every pseudo-input to build it."""
-    z = q.sample((num_samples,))
-    prior = vae.p_z() if prior is None else prior
-    return vae.p_x_given_z(z).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
-
-
-def _streamed_log_sums(vae: VAE, x: torch.Tensor, num_samples: int, chunk_pairs: int | None, squares: bool):
+def _streamed_log_sums(program: Program, x: torch.Tensor, num_samples: int, chunk_pairs: int | None, squares: bool):
     """log sum_k w_k (and log sum_k w_k^2 if ``squares``) over K = num_samples draws, chunk by chunk."""
-    q, prior = vae.q_z_given_x(x), vae.p_z()  # both fixed while no parameter changes: built once, not per chunk
-    per_chunk = max(1, chunk_pairs_for(vae, x.device, chunk_pairs) // x.shape[0])
+    per_chunk = max(1, chunk_pairs_for(program, x.device, chunk_pairs) // x.shape[0])
     total = torch.full(x.shape[:1], -math.inf, device=x.device)
     total_sq = total.clone() if squares else None
     done = 0
-    with vae.likelihood.observing(x):  # work on x alone (an autoregressive likelihood's) done once, not per chunk
+    with program.source.given(x) as at_x:  # q(z|x) and p(z) built once, x's own work done once (stock VAE)
         while done < num_samples:
             k = min(per_chunk, num_samples - done)
-            log_w = log_importance_weights(vae, x, q, k, prior)
+            log_w = at_x.draw(k).log_weights
             total = torch.logaddexp(total, log_w.logsumexp(0))
             if squares:
                 total_sq = torch.logaddexp(total_sq, (2 * log_w).logsumexp(0))
@@ -168,19 +155,21 @@ def _streamed_log_sums(vae: VAE, x: torch.Tensor, num_samples: int, chunk_pairs:
 
 
 @torch.no_grad()
-def log_evidence(vae: VAE, x: torch.Tensor, num_samples: int = 1000, chunk_pairs: int | None = None) -> torch.Tensor:
-    """Importance-sampled log p(x) per datapoint with K = ``num_samples`` draws from q(z|x).
+def log_evidence(program, x: torch.Tensor, num_samples: int = 1000, chunk_pairs: int | None = None) -> torch.Tensor:
+    """Importance-sampled log p(x) per datapoint with K = ``num_samples`` draws from q(z|x):
+    log (1/K) sum_k w_k, w_k = p(x|z_k) p(z_k) / q(z_k|x) (the program's terms' log-weights).
 
     The K weights are drawn in chunks of at most ``chunk_pairs // batch`` samples (``chunk_pairs``
     unset: the device's default, :func:`chunk_pairs_for`) and combined by a streaming log-sum-exp,
     so memory does not grow with K.
     """
-    total, _ = _streamed_log_sums(vae, x, num_samples, chunk_pairs, squares=False)
+    program = as_program(program, tuple(x.shape[1:]))
+    total, _ = _streamed_log_sums(program, x, num_samples, chunk_pairs, squares=False)
     return total - math.log(num_samples)
 
 
 @torch.no_grad()
-def log_evidence_diagnostics(vae: VAE, x: torch.Tensor, num_samples: int = 1000,
+def log_evidence_diagnostics(program, x: torch.Tensor, num_samples: int = 1000,
                              chunk_pairs: int | None = None) -> dict[str, torch.Tensor]:
     """log p(x) as in :func:`log_evidence`, with, per datapoint, its standard error and the
     effective sample size of the importance weights.
@@ -189,7 +178,8 @@ def log_evidence_diagnostics(vae: VAE, x: torch.Tensor, num_samples: int = 1000,
     Var(log p_hat) ~= Var(w) / (K E[w]^2), estimated as (K sum_k v_k^2 - 1) / K. (The estimator's
     bias, about -Var/2, is of the same order; both shrink like 1/K.)
     """
-    total, total_sq = _streamed_log_sums(vae, x, num_samples, chunk_pairs, squares=True)
+    program = as_program(program, tuple(x.shape[1:]))
+    total, total_sq = _streamed_log_sums(program, x, num_samples, chunk_pairs, squares=True)
     sum_sq_normalized = (total_sq - 2 * total).exp()
     return {
         "log_px": total - math.log(num_samples),
@@ -381,17 +371,6 @@ class EvaluationStore:
         return len(list(Path(folder).glob("batch-*.pt")))
 
 
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Draws inside the block come from ``torch.manual_seed(seed)``; the random state outside it
-    (the CPU's, and every CUDA device's when ``device`` is one: ``manual_seed`` seeds them all) is
-    restored afterwards, so the caller's stream is untouched."""
-    cuda = torch.device(device).type == "cuda"
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
-        torch.manual_seed(seed)
-        yield
-
-
 def batch_seed(seed: int, index: int) -> int:
     """The seed of evaluation batch ``index``: whichever process evaluates it draws the same numbers."""
     return (seed * 1_000_003 + index) % 2**63
@@ -399,7 +378,7 @@ def batch_seed(seed: int, index: int) -> int:
 
 @torch.no_grad()
 def evaluate(
-    vae: VAE,
+    program,
     x: torch.Tensor,
     *,
     samples: int = 0,
@@ -424,13 +403,16 @@ def evaluate(
     With ``store``, a folder, each batch's values are kept there and a batch already there is read
     back instead of computed (:class:`EvaluationStore`): an interrupted evaluation resumes. The
     exact values (2-D latents and linear-Gaussian models only) are recomputed, not stored.
+    ``program`` is a model program (the stock VAE or any other) or its :class:`~pyro_vae.programs.Program`.
     """
+    program = as_program(program, tuple(x.shape[1:]))
+    module = program.module
     starts = list(range(0, x.shape[0], batch_size))
-    chunk_pairs = chunk_pairs_for(vae, x.device, chunk_pairs)  # resolved once, not per batch or exact point
+    chunk_pairs = chunk_pairs_for(program, x.device, chunk_pairs)  # resolved once, not per batch or exact point
     kept = None
     if store is not None:
         kept = EvaluationStore(store, {
-            "model": fingerprint(vae.state_dict().items()), "data": fingerprint([("x", x)]), "datapoints": x.shape[0],
+            "model": fingerprint(module.state_dict().items()), "data": fingerprint([("x", x)]), "datapoints": x.shape[0],
             "samples": samples, "seed": seed, "batch_size": batch_size, "chunk_pairs": chunk_pairs,
             "posterior_means": posterior_means})
 
@@ -441,22 +423,22 @@ def evaluate(
             if terms is None:
                 xb = x[starts[b] : starts[b] + batch_size]
                 with seeded(batch_seed(seed, b), x.device):
-                    terms = elbo_terms(vae, xb, posterior_means=posterior_means)
+                    terms = elbo_terms(program, xb, posterior_means=posterior_means)
                     if samples > 0:
-                        terms["log_px"] = log_evidence(vae, xb, samples, chunk_pairs)
+                        terms["log_px"] = log_evidence(program, xb, samples, chunk_pairs)
                 terms = {k: v.float().cpu() for k, v in terms.items()}
                 if kept is not None:
                     kept.save(b, terms)
             out.append(terms)
         return out
 
-    was_training = vae.training
-    vae.eval()
+    was_training = module.training
+    module.eval()
     try:
         parts = dist.map_items(len(starts), batches)
-        exact, exact_index = _exact_part(vae, x, exact_points, chunk_pairs, dist) if exact_points > 0 else (None, None)
+        exact, exact_index = _exact_part(program, x, exact_points, chunk_pairs, dist) if exact_points > 0 else (None, None)
     finally:
-        vae.train(was_training)
+        module.train(was_training)
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "kl_analytic"}
     return Evaluation(
         reconstruction=cat["reconstruction"],
@@ -464,8 +446,8 @@ def evaluate(
         elbo=cat["elbo"],
         posterior_mean=cat.get("posterior_mean"),
         kl_analytic=all(bool(p["kl_analytic"]) for p in parts),
-        num_pixels=math.prod(vae.data_shape),
-        discrete=vae.likelihood.discrete,
+        num_pixels=math.prod(x.shape[1:]),
+        discrete=program.discrete,
         seed=seed,
         log_px=cat.get("log_px"),
         samples=samples,
@@ -474,24 +456,24 @@ def evaluate(
     )
 
 
-def _exact_part(vae: VAE, x: torch.Tensor, exact_points: int, chunk_pairs: int | None, dist: Distributed):
+def _exact_part(program: Program, x: torch.Tensor, exact_points: int, chunk_pairs: int | None, dist: Distributed):
     """Exact values where a method exists: all datapoints for closed forms, else ``exact_points``
     spread over x (which may be sorted by class), the quadrature shared out over processes."""
     from .exact import ExactEvidence, closed_form_available, exact_evidence
 
     n = x.shape[0]
-    closed_form = closed_form_available(vae)
-    if not closed_form and vae.latent_dim != 2:
+    closed_form = closed_form_available(program)
+    if not closed_form and program.latent_dim != 2:
         return None, None
     if closed_form or exact_points >= n:
         index = torch.arange(n)
     else:
         index = torch.linspace(0, n - 1, exact_points).round().long().unique()
     if closed_form:
-        return exact_evidence(vae, x[index.to(x.device)]), index
+        return exact_evidence(program, x[index.to(x.device)]), index
 
     def points(ids: list[int]) -> list:
-        return [exact_evidence(vae, x[int(index[i]) : int(index[i]) + 1], chunk_pairs=chunk_pairs) for i in ids]
+        return [exact_evidence(program, x[int(index[i]) : int(index[i]) + 1], chunk_pairs=chunk_pairs) for i in ids]
 
     return ExactEvidence.concat(dist.map_items(len(index), points)), index
 
@@ -500,17 +482,10 @@ def _exact_part(vae: VAE, x: torch.Tensor, exact_points: int, chunk_pairs: int |
 # Gradient estimators: variance and signal-to-noise ratio at fixed parameters
 
 
-def parameter_groups(vae: VAE) -> dict[str, list[torch.nn.Parameter]]:
-    """The inference network (encoder + guide head) and the generative model (decoder, prior, likelihood)."""
-    return {
-        "encoder": [*vae.encoder.parameters(), *vae.posterior.parameters()],
-        "decoder": [*vae.decoder.parameters(), *vae.prior.parameters(), *vae.likelihood.parameters()],
-    }
-
-
-def gradient_statistics(vae: VAE, objective, x: torch.Tensor, draws: int = 100, seed: int = 0) -> dict[str, dict]:
+def gradient_statistics(program, objective, x: torch.Tensor, draws: int = 100, seed: int = 0) -> dict[str, dict]:
     """Draw ``draws`` independent gradient estimates of the objective (per datapoint, on the fixed
-    batch x, at the current parameters) and summarize each parameter group by
+    batch x, at the current parameters) and summarize each parameter group
+    (``Program.parameter_groups``: the inference network and the generative model) by
 
     * ``variance``: the trace of the covariance of the gradient estimator, sum_i Var(g_i);
     * ``snr``: the mean over coordinates of |E[g_i]| / std(g_i) (Rainforth et al. 2018);
@@ -519,13 +494,15 @@ def gradient_statistics(vae: VAE, objective, x: torch.Tensor, draws: int = 100, 
     Moments are accumulated in float64, one draw at a time, so memory does not grow with draws.
     Runs under its own seed; the parameters are not changed.
     """
-    groups = parameter_groups(vae)
+    program = as_program(program, tuple(x.shape[1:]))
+    module = program.module
+    groups = program.parameter_groups()
     sums = {g: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for g, ps in groups.items()}
     squares = {g: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for g, ps in groups.items()}
     with seeded(seed, x.device):
         for _ in range(draws):
-            vae.zero_grad(set_to_none=True)
-            surrogate, _ = objective.vae_loss(vae, x)
+            module.zero_grad(set_to_none=True)
+            surrogate, _ = objective.step(program.source, x)
             (-surrogate / x.shape[0]).backward()  # the gradient of the objective per datapoint
             for g, ps in groups.items():
                 for s, q, p in zip(sums[g], squares[g], ps):
@@ -533,7 +510,7 @@ def gradient_statistics(vae: VAE, objective, x: torch.Tensor, draws: int = 100, 
                         grad = p.grad.double()
                         s += grad
                         q += grad * grad
-    vae.zero_grad(set_to_none=True)
+    module.zero_grad(set_to_none=True)
     out = {}
     for g in groups:
         if not sums[g]:

@@ -1,51 +1,57 @@
 """Training objectives: each registered name is a ``pyro.infer.ELBO`` subclass with typed options.
 
-Every objective here is an ELBO object a Pyro user can hand to ``pyro.infer.SVI`` as it is. Losses
-are summed over the datapoints of a batch (Pyro's convention); the library divides by the batch
-size when it reports nats per datapoint. Particles are vectorized (one batched pass), which needs
-``max_plate_nesting = 1``: the model's only plate is the data plate.
+Each objective's maths is written once, in :meth:`Objective.surrogate`, over the per-particle terms
+of ``terms.py`` (log p(x|z_k), log p(z_k), log q(z_k|x), the draws z_k, closed-form KLs and log q
+at fixed guide parameters). The terms come from whichever source computes the program: Pyro
+traces of any model/guide pair, or the stock VAE's distributions directly where the program is
+provably that one (``terms.source_for``). So an objective is
 
-``supports_kl_weight`` says whether the objective honours a KL weight beta applied by scaling the
-latent site ``z`` in both model and guide (``poutine.scale``): for the ELBO that scales exactly the
-KL term, E_q[log p(x|z)] - beta KL(q||p). In an importance-weighted bound the KL is not a separate
-term, so scaling would change the bound into something else; those objectives refuse warm-up.
+* a ``pyro.infer.ELBO`` a Pyro user hands to ``pyro.infer.SVI`` as it is: ``loss_and_grads(model,
+  guide, x)`` traces the pair (``terms.TraceSource``) and backpropagates the surrogate;
+* and what the trainer, ``compare`` and the gradient statistics call, on the program's own source.
+
+Losses are summed over the datapoints of a batch (Pyro's convention); the library divides by the
+batch size when it reports nats per datapoint. K > 1 particles are vectorized (one batched pass
+over a particle plate outside every plate of the program).
+
+Every objective here differentiates through z (pathwise gradients), so each refuses a latent site
+whose guide distribution is not reparameterized, naming it.
+
+``supports_kl_weight`` says whether the objective honours a KL weight beta (KL warm-up): the ELBO
+becomes E_q[log p(x|z)] - beta KL(q||p), beta multiplying exactly the latent sites' terms
+log p(z) - log q(z|x) (the same as scaling the latent sites with ``poutine.scale`` in model and
+guide). In an importance-weighted bound the KL is not a separate term, so those objectives refuse
+warm-up.
 """
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
-from pyro.distributions.util import scale_and_mask
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from torch.distributions import kl_divergence
+from pyro.infer import ELBO
 
 from .config import OBJECTIVES, Component, require
-from .errors import ConfigError
-from .priors import rsample_and_log_prob
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .vae import VAE
+from .errors import ConfigError, ProgramError
+from .terms import Terms, TraceSource, log_mean_exp
 
 
-class Objective(Component):
-    """Mixin for registered objectives.
-
-    Besides Pyro's ``loss_and_grads(model, guide, x)``, every objective has a direct form,
-    :meth:`vae_loss`, computed straight from the VAE's three distributions p(z), p(x|z) and
-    q(z|x) without Pyro's effect handlers. It draws the same random numbers in the same order as
-    the Pyro path and has the same value and gradients (``tests/test_objectives.py`` checks both,
-    for every objective, prior and likelihood); it exists only because tracing costs time.
-    """
+class Objective(Component, ELBO):
+    """Base class of registered objectives: the maths in :meth:`surrogate`, over :class:`~pyro_vae.terms.Terms`."""
 
     supports_kl_weight: ClassVar[bool] = False
     #: True when the KL(q||p) term is computed in closed form where a formula exists.
     analytic_kl: ClassVar[bool] = False
     #: Guide families (registry names) the estimator is defined for; None: any reparameterized guide.
     guide_families: ClassVar[tuple[str, ...] | None] = None
+    #: False when the surrogate's gradient is not the gradient of the reported value (STL, DReG):
+    #: ``differentiable_loss`` then refuses, since no single tensor has both.
+    gradient_of_value: ClassVar[bool] = True
+
+    def __init__(self, *, num_particles: int = 1) -> None:
+        require(num_particles >= 1, f"num_particles must be >= 1, got {num_particles}.")
+        ELBO.__init__(self, num_particles=num_particles, vectorize_particles=num_particles > 1)
+        self._traced: tuple[tuple, TraceSource] | None = None
 
     def check_guide(self, guide_name: str) -> None:
         """Refuse a guide family this estimator does not support, naming the ones it does."""
@@ -56,28 +62,67 @@ class Objective(Component):
                 f"families are written (and tested) for. Choose one of them, or another objective."
             )
 
-    def vae_loss(self, vae: "VAE", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(surrogate, loss) for batch x: ``surrogate.backward()`` gives this objective's gradient;
-        ``loss`` (detached) is minus the objective, summed over the batch, in nats."""
+    # -- the maths -------------------------------------------------------------------------------
+
+    def surrogate(self, terms: Terms, kl_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(surrogate, loss) for one batch's terms: ``surrogate.backward()`` gives this objective's
+        gradient; ``loss`` (detached) is minus the objective, summed over the batch, in nats.
+        ``kl_weight`` is beta of KL warm-up (objectives with ``supports_kl_weight`` only)."""
         raise NotImplementedError  # pragma: no cover
 
-    def particles(self, vae: "VAE", x: torch.Tensor):
-        """q(z|x), z ~ q and log q(z|x): z has shape (batch, D) for one particle, (K, batch, D) for K
-        vectorized ones. Draws exactly what Pyro's (vectorized) guide would, in the same order."""
-        q = vae.q_z_given_x(x)
-        shape = particle_shape(self.num_particles)  # type: ignore[attr-defined]
-        z, log_q = rsample_and_log_prob(q, shape)
-        return q, z, log_q
+    def terms(self, source, x: torch.Tensor, *args, **kwargs) -> Terms:
+        """The terms this objective needs at batch x: ``num_particles`` draws z ~ q(z|x)."""
+        terms = source.draw(x, self.num_particles, *args, **kwargs)
+        if terms.non_reparameterized:
+            site = terms.non_reparameterized[0]
+            q = terms.latents[site].q
+            raise ProgramError(
+                f"objective '{self.name}' differentiates through z, but the guide's site '{site}' "
+                f"({type(q).__name__}) is not reparameterized (it has no rsample). Every pyro-vae objective "
+                f"is pathwise; for such a site use a score-function or enumeration estimator of Pyro's "
+                f"(pyro.infer.TraceGraph_ELBO, TraceEnum_ELBO) with pyro.infer.SVI, or make the site "
+                f"reparameterized.")
+        return terms
+
+    def step(self, source, x: torch.Tensor, kl_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(surrogate, loss) of one step on batch x from a program's terms source."""
+        return self.surrogate(self.terms(source, x), kl_weight)
+
+    # -- Pyro's ELBO interface -----------------------------------------------------------------
+
+    def _get_trace(self, model, guide, args, kwargs):  # abstract in pyro.infer.ELBO; the terms replace it
+        raise NotImplementedError("pyro-vae objectives read their traces through terms.TraceSource")
+
+    def _source(self, model, guide) -> TraceSource:
+        """The trace source of this model/guide pair (kept for the next call: its plate nesting is guessed once)."""
+        if self._traced is None or self._traced[0] != (model, guide):
+            self._traced = ((model, guide), TraceSource(model, guide))
+        return self._traced[1]
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """Minus the objective, summed over the batch, in nats (no gradients)."""
+        with torch.no_grad():
+            return self.surrogate(self.terms(self._source(model, guide), *args, **kwargs))[1].item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """The loss, with this objective's gradient accumulated into every parameter it reaches
+        (what ``pyro.infer.SVI.step`` calls)."""
+        surrogate, loss = self.surrogate(self.terms(self._source(model, guide), *args, **kwargs))
+        if surrogate.requires_grad:
+            surrogate.backward(retain_graph=self.retain_graph)
+        return loss.item()
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The loss as a differentiable tensor (objectives whose gradient is that of their value)."""
+        if not self.gradient_of_value:
+            raise NotImplementedError(
+                f"objective '{self.name}' has a gradient that is not the gradient of its value (it holds "
+                f"the guide's parameters fixed inside log q): use loss_and_grads, which applies it.")
+        return self.surrogate(self.terms(self._source(model, guide), *args, **kwargs))[0]
 
 
-def log_prob_sum(distribution, value: torch.Tensor) -> torch.Tensor:
-    """sum of log_prob(value) over every batch dimension (fused where the distribution offers it)."""
-    fused = getattr(distribution, "log_prob_sum", None)
-    return fused(value) if fused is not None else distribution.log_prob(value).sum()
-
-
-def _mean_over_particles(total: torch.Tensor, objective) -> tuple[torch.Tensor, torch.Tensor]:
-    loss = -total if objective.num_particles == 1 else -total / objective.num_particles
+def _mean_over_particles(total: torch.Tensor, particles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    loss = -total if particles == 1 else -total / particles
     return loss, loss.detach()
 
 
@@ -85,19 +130,9 @@ def _kl_weighted(kl_weight: float, term: torch.Tensor) -> torch.Tensor:
     return term if kl_weight == 1.0 else kl_weight * term
 
 
-def particle_shape(num_particles: int) -> torch.Size:
-    """The sample shape Pyro's guide draws: none for one particle, (K,) for K vectorized ones."""
-    return torch.Size() if num_particles == 1 else torch.Size([num_particles])
-
-
-def _particle_options(num_particles: int) -> dict:
-    require(num_particles >= 1, f"num_particles must be >= 1, got {num_particles}.")
-    return dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
-
-
 @OBJECTIVES.register("elbo")
-class MonteCarloELBO(Trace_ELBO, Objective):
-    """ELBO = E_q[log p(x|z) + log p(z) - log q(z|x)], all by Monte Carlo (Pyro's Trace_ELBO).
+class MonteCarloELBO(Objective):
+    """ELBO = E_q[log p(x|z) + log p(z) - log q(z|x)], all by Monte Carlo (the maths of Pyro's Trace_ELBO).
 
     Options:
         num_particles: samples z ~ q(z|x) per datapoint; their average is the estimate.
@@ -106,20 +141,21 @@ class MonteCarloELBO(Trace_ELBO, Objective):
     supports_kl_weight = True
 
     def __init__(self, *, num_particles: int = 1) -> None:
-        super().__init__(**_particle_options(num_particles))
+        super().__init__(num_particles=num_particles)
 
-    def vae_loss(self, vae, x):
-        q, z, log_q = self.particles(vae, x)
-        log_ratio = (vae.p_z().log_prob(z) - log_q).sum()  # log p(z) - log q(z|x): minus the KL, one draw
-        return _mean_over_particles(log_prob_sum(vae.p_x_given_z(z), x) + _kl_weighted(vae.kl_weight, log_ratio), self)
+    def surrogate(self, terms, kl_weight=1.0):
+        log_ratio = (terms.log_prior - terms.log_q).sum()  # log p(z) - log q(z|x): minus the KL, one draw
+        return _mean_over_particles(terms.total_log_likelihood() + _kl_weighted(kl_weight, log_ratio), terms.particles)
 
 
 @OBJECTIVES.register("elbo-analytic-kl")
-class AnalyticKLELBO(TraceMeanField_ELBO, Objective):
-    """ELBO = E_q[log p(x|z)] - KL(q(z|x)||p(z)), the KL in closed form where one exists (TraceMeanField_ELBO).
+class AnalyticKLELBO(Objective):
+    """ELBO = E_q[log p(x|z)] - KL(q(z|x)||p(z)), the KL in closed form where one exists (the maths of Pyro's TraceMeanField_ELBO).
 
-    Where no closed form exists for the chosen guide and prior (e.g. a mixture prior) Pyro falls back
-    to a Monte-Carlo KL; the trainer warns when that happens.
+    Per latent site: KL(q || p) in closed form where a formula is registered for the pair, else
+    that site's Monte-Carlo term log q(z|x) - log p(z) (e.g. a mixture prior); the trainer warns
+    when that happens. The closed form is computed once per datapoint and counted once per
+    particle, as Pyro does.
 
     Options:
         num_particles: samples z ~ q(z|x) per datapoint for the reconstruction term.
@@ -129,52 +165,41 @@ class AnalyticKLELBO(TraceMeanField_ELBO, Objective):
     analytic_kl = True
 
     def __init__(self, *, num_particles: int = 1) -> None:
-        super().__init__(**_particle_options(num_particles))
+        super().__init__(num_particles=num_particles)
 
-    def vae_loss(self, vae, x):
-        q = vae.q_z_given_x(x)
-        z = q.rsample(particle_shape(self.num_particles))
-        reconstruction = log_prob_sum(vae.p_x_given_z(z), x)
-        prior = vae.p_z()
-        try:  # closed form, computed once per datapoint and counted once per particle, as Pyro does
-            minus_kl = -kl_divergence(q, prior).sum()
-            if self.num_particles > 1:
-                minus_kl = minus_kl * self.num_particles
-        except NotImplementedError:  # Pyro's fallback: the Monte-Carlo estimate log p(z) - log q(z|x)
-            minus_kl = (prior.log_prob(z) - q.log_prob(z)).sum()
-        return _mean_over_particles(reconstruction + _kl_weighted(vae.kl_weight, minus_kl), self)
+    def surrogate(self, terms, kl_weight=1.0):
+        kl, _ = terms.kl()
+        return _mean_over_particles(terms.total_log_likelihood() - _kl_weighted(kl_weight, kl.sum()), terms.particles)
 
 
-def _renyi_loss(objective, vae, x, alpha: float):
-    """-(1/(1-alpha)) log (1/K) sum_k w_k^(1-alpha), summed over the batch; its gradient is the
-    self-normalized one Pyro's RenyiELBO uses: sum_k softmax_k((1-alpha) log w) grad log w_k."""
-    q, z, log_q = objective.particles(vae, x)
-    log_w = vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - log_q
-    if objective.num_particles == 1:
-        bound = log_w
-    else:
-        bound = (torch.logsumexp((1.0 - alpha) * log_w, 0) - math.log(objective.num_particles)) / (1.0 - alpha)
-    loss = -bound.sum()
-    return loss, loss.detach()
+def renyi_bound(log_w: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(1/(1-alpha)) log (1/K) sum_k w_k^(1-alpha) per datapoint, for log w of shape (K, B).
+
+    Its gradient (autograd through the log-sum-exp) is the self-normalized one Pyro's RenyiELBO
+    uses for reparameterized guides: sum_k softmax_k((1-alpha) log w) grad log w_k."""
+    if log_w.shape[0] == 1:
+        return log_w[0]
+    return log_mean_exp((1.0 - alpha) * log_w) / (1.0 - alpha)
 
 
 @OBJECTIVES.register("iwae")
-class IWAEBound(RenyiELBO, Objective):
-    """IWAE bound L_K = E[log (1/K) sum_k p(x, z_k) / q(z_k|x)] (Burda et al. 2016; RenyiELBO with alpha = 0).
+class IWAEBound(Objective):
+    """IWAE bound L_K = E[log (1/K) sum_k p(x, z_k) / q(z_k|x)] (Burda et al. 2016; Pyro's RenyiELBO with alpha = 0).
 
     Options:
         num_particles: K, the number of importance samples per datapoint (K = 1 is the ELBO).
     """
 
     def __init__(self, *, num_particles: int = 10) -> None:
-        super().__init__(alpha=0.0, **_particle_options(num_particles))
+        super().__init__(num_particles=num_particles)
 
-    def vae_loss(self, vae, x):
-        return _renyi_loss(self, vae, x, 0.0)
+    def surrogate(self, terms, kl_weight=1.0):
+        loss = -renyi_bound(terms.log_weights, 0.0).sum()
+        return loss, loss.detach()
 
 
 @OBJECTIVES.register("renyi")
-class RenyiBound(RenyiELBO, Objective):
+class RenyiBound(Objective):
     """Renyi bound L_alpha = E[log (1/K) sum_k w_k^(1-alpha)] / (1 - alpha), w = p(x, z)/q(z|x) (Li & Turner 2016).
 
     Options:
@@ -184,51 +209,24 @@ class RenyiBound(RenyiELBO, Objective):
 
     def __init__(self, *, alpha: float = 0.5, num_particles: int = 10) -> None:
         require(alpha != 1.0, "alpha = 1 is the ELBO itself: use objective \"elbo\" instead.")
-        super().__init__(alpha=alpha, **_particle_options(num_particles))
+        super().__init__(num_particles=num_particles)
+        self.alpha = alpha
 
-    def vae_loss(self, vae, x):
-        return _renyi_loss(self, vae, x, self.alpha)
-
-
-def _require_reparameterized(site: dict, who: str) -> None:
-    if not site["fn"].has_rsample:
-        raise NotImplementedError(
-            f"{who} needs a reparameterized guide, but guide site '{site['name']}' "
-            f"({type(site['fn']).__name__}) has no rsample."
-        )
-
-
-def log_q_path(q, z: torch.Tensor) -> torch.Tensor:
-    """log q(z|x) with the guide's parameters held constant: the value of log q(z), with gradient
-    only along z's reparameterized path. Uses ``q.log_prob_detached`` where the family provides it
-    (one evaluation), else log q(z) - log q(stop(z)) + stop(log q(z)) (two)."""
-    if hasattr(q, "log_prob_detached"):
-        return q.log_prob_detached(z)
-    log_q = q.log_prob(_alias(z))
-    return log_q - q.log_prob(z.detach()) + log_q.detach()
-
-
-def _alias(z: torch.Tensor) -> torch.Tensor:
-    """z as a new tensor object: a flow then inverts z instead of reusing the noise it cached when it
-    drew z, so the gradient of log q(z) flows back through z itself (which DReG's hook relies on)."""
-    return z.view_as(z)
-
-
-def _score_term(site: dict) -> torch.Tensor:
-    """log q(z) at z held fixed: its gradient is the score function d/dphi log q(z; phi)."""
-    return scale_and_mask(site["fn"].log_prob(site["value"].detach()), site["scale"], site["mask"])
+    def surrogate(self, terms, kl_weight=1.0):
+        loss = -renyi_bound(terms.log_weights, self.alpha).sum()
+        return loss, loss.detach()
 
 
 @OBJECTIVES.register("stl")
-class StickingTheLandingELBO(Trace_ELBO, Objective):
+class StickingTheLandingELBO(Objective):
     """ELBO with the path-derivative ("sticking the landing") gradient: the score term of log q removed (Roeder et al. 2017).
 
     The value is the ELBO. The gradient treats log q(z|x) as if the guide's parameters were
-    constants while z = mu + sigma * eps keeps its path: the surrogate subtracts
-    log q(z) - log q(stop(z)), whose parameter gradient is exactly the path derivative. At the
-    exact posterior this gradient is zero for every draw (zero variance). Needs a reparameterized
-    guide whose log-density is differentiable in z: diagonal-gaussian, iaf or hierarchical (for
-    iaf, log q at the stopped sample inverts the flow: D sequential passes per step).
+    constants while z = mu + sigma * eps keeps its path (log q at fixed parameters, ``terms``). At
+    the exact posterior this gradient is zero for every draw (zero variance). Needs a
+    reparameterized guide whose log-density is differentiable in z: of the registered families,
+    diagonal-gaussian, iaf or hierarchical (for iaf, log q at the stopped sample inverts the flow:
+    D sequential passes per step).
 
     Options:
         num_particles: samples z ~ q(z|x) per datapoint; their average is the estimate.
@@ -236,105 +234,44 @@ class StickingTheLandingELBO(Trace_ELBO, Objective):
 
     supports_kl_weight = True
     guide_families = ("diagonal-gaussian", "iaf", "hierarchical")
+    gradient_of_value = False
 
     def __init__(self, *, num_particles: int = 1) -> None:
-        super().__init__(**_particle_options(num_particles))
+        super().__init__(num_particles=num_particles)
 
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
-        elbo, surrogate = 0.0, 0.0
-        for site in model_trace.nodes.values():
-            if site["type"] == "sample":
-                elbo = elbo + site["log_prob_sum"].item()
-                surrogate = surrogate + site["log_prob_sum"]
-        for site in guide_trace.nodes.values():
-            if site["type"] == "sample":
-                _require_reparameterized(site, "objective 'stl'")
-                elbo = elbo - site["log_prob_sum"].item()
-                surrogate = surrogate - (site["log_prob_sum"] - _score_term(site).sum())
-        return -elbo, -surrogate
-
-    def vae_loss(self, vae, x):
-        q = vae.q_z_given_x(x)
-        z = q.rsample(particle_shape(self.num_particles))
-        log_q = log_q_path(q, z)  # the value of log q(z|x); its gradient is the path derivative only
-        log_ratio = (vae.p_z().log_prob(z) - log_q).sum()
-        return _mean_over_particles(log_prob_sum(vae.p_x_given_z(z), x) + _kl_weighted(vae.kl_weight, log_ratio), self)
+    def surrogate(self, terms, kl_weight=1.0):
+        log_ratio = (terms.log_prior - terms.log_q_fixed_parameters()).sum()
+        return _mean_over_particles(terms.total_log_likelihood() + _kl_weighted(kl_weight, log_ratio), terms.particles)
 
 
 @OBJECTIVES.register("dreg")
-class DReGIWAE(ELBO, Objective):
+class DReGIWAE(Objective):
     """IWAE bound with the doubly-reparameterized gradient (Tucker et al. 2018): unbiased, and its guide SNR grows with K.
 
     Value: the IWAE bound L_K. Model parameters get the usual IWAE gradient sum_k w_k grad log w_k
     (w = normalized importance weights); guide parameters get sum_k w_k^2 (d log w_k / d z_k)
     (d z_k / d phi), the path derivative with log q evaluated at stopped parameters. Implemented
-    with one backward pass: the surrogate sum_k stop(w_k) [log p(x, z_k) - log q(z_k) +
-    log q(stop(z_k))] and a hook that multiplies the gradient reaching each z_k by w_k. Needs a
-    reparameterized guide whose log-density is differentiable in z: diagonal-gaussian, iaf or
-    hierarchical.
+    with one backward pass: the surrogate sum_k stop(w_k) [log p(x, z_k) - log q(z_k) at fixed
+    parameters] and a hook that multiplies the gradient reaching each z_k by w_k. Needs a
+    reparameterized guide whose log-density is differentiable in z: of the registered families,
+    diagonal-gaussian, iaf or hierarchical.
 
     Options:
         num_particles: K, the number of importance samples per datapoint (K = 1 gives the STL gradient of the ELBO).
     """
 
     guide_families = ("diagonal-gaussian", "iaf", "hierarchical")
+    gradient_of_value = False
 
     def __init__(self, *, num_particles: int = 10) -> None:
-        require(num_particles >= 1, f"num_particles must be >= 1, got {num_particles}.")
-        # always vectorized (also K = 1), so every term has its particle dimension first
-        super().__init__(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+        super().__init__(num_particles=num_particles)
 
-    def _get_trace(self, model, guide, args, kwargs):
-        return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
-
-    def _terms(self, model, guide, args, kwargs):
-        """log p(x, z_k), log q(z_k|x), log q(stop(z_k)|x), each (K, batch), and the z sites."""
-        model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
-        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-        log_p = sum(torch_sum(s["log_prob"], sum_dims) for s in model_trace.nodes.values() if s["type"] == "sample")
-        log_q, log_q_fixed, zs = 0.0, 0.0, []
-        for site in guide_trace.nodes.values():
-            if site["type"] == "sample":
-                _require_reparameterized(site, "objective 'dreg'")
-                # log q evaluated afresh at z (not Pyro's value, which a flow computes from its cache),
-                # so that its gradient reaches the guide through z, where the hook weights it
-                site_log_q = scale_and_mask(site["fn"].log_prob(_alias(site["value"])), site["scale"], site["mask"])
-                log_q = log_q + torch_sum(site_log_q, sum_dims)
-                log_q_fixed = log_q_fixed + torch_sum(_score_term(site), sum_dims)
-                zs.append(site["value"])
-        if self.num_particles == 1:  # Pyro adds no particle plate for one particle: add the dimension
-            log_p, log_q, log_q_fixed = log_p.unsqueeze(0), log_q.unsqueeze(0), log_q_fixed.unsqueeze(0)
-        return log_p, log_q, log_q_fixed, zs
-
-    def _bound(self, log_w: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(log_w, 0) - math.log(self.num_particles)
-
-    @torch.no_grad()
-    def loss(self, model, guide, *args, **kwargs):
-        log_p, log_q, _, _ = self._terms(model, guide, args, kwargs)
-        return -self._bound(log_p - log_q).sum().item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        log_p, log_q, log_q_fixed, zs = self._terms(model, guide, args, kwargs)
-        log_q_path_only = log_q - log_q_fixed + log_q_fixed.detach()  # value log q; guide gradient along z only
-        surrogate, value = _dreg_surrogate(log_p - log_q_path_only, zs, self)
-        surrogate.backward()
-        return value.item()
-
-    def vae_loss(self, vae, x):
-        q = vae.q_z_given_x(x)
-        z = q.rsample((self.num_particles,))
-        log_w = vae.p_x_given_z(z).log_prob(x) + vae.p_z().log_prob(z) - log_q_path(q, z)
-        return _dreg_surrogate(log_w, [z], self)
-
-
-def _dreg_surrogate(log_w: torch.Tensor, zs, objective: DReGIWAE) -> tuple[torch.Tensor, torch.Tensor]:
-    """log_w (K, batch): log importance weights whose guide gradient is the path derivative only."""
-    weights = torch.softmax(log_w.detach(), 0)  # normalized importance weights
-    for z in zs:  # the second w_k of w_k^2: scale what reaches z_k (the guide's path) by w_k
-        if z.requires_grad and objective.num_particles > 1:  # (one particle: w = 1)
-            shape = weights.shape + (1,) * (z.dim() - weights.dim())
-            z.register_hook(lambda grad, w=weights.reshape(shape): grad * w)
-    surrogate = -(weights * log_w).sum()
-    value = -objective._bound(log_w.detach()).sum()
-    return surrogate, value
+    def surrogate(self, terms, kl_weight=1.0):
+        log_w = terms.log_likelihood + terms.log_prior - terms.log_q_fixed_parameters()  # guide gradient along z only
+        weights = torch.softmax(log_w.detach(), 0)  # normalized importance weights, (K, B)
+        if terms.particles > 1:  # the second w_k of w_k^2: scale what reaches z_k (the guide's path) by w_k
+            for site in terms.latents.values():
+                if site.value.requires_grad:
+                    site.value.register_hook(lambda grad, w=site.broadcast(weights): grad * w)
+        value = -log_mean_exp(log_w.detach()).sum()
+        return -(weights * log_w).sum(), value

@@ -1,6 +1,8 @@
 """Pictures of a run: prior samples, reconstructions, learning curves, the latent space.
 
-Images show E[x|z], the likelihood's mean, clamped to [0, 1] for display only.
+Images show E[x|z], the likelihood's mean, clamped to [0, 1] for display only. They come from the
+model program itself (``Program.decode``, ``Program.prior_draws``): for a program other than the
+stock VAE, its model is run with the latents given and E[x|z] read off its site "x".
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .metrics import posterior_mean, seeded
+from .numerics import seeded
+from .programs import as_program
 
 if TYPE_CHECKING:  # pragma: no cover
     from .metrics import Evaluation
     from .training import Run
-    from .vae import VAE
 
 
 def _pyplot():
@@ -44,34 +46,29 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int, title: str) -> Path:
     return path
 
 
-def shown_pixels(vae: "VAE") -> str:
+def shown_pixels(program) -> str:
     """What the pictures of decoded z show: "E[x|z]", or "x ~ p(x|z)" where the likelihood has no
     closed-form mean (autoregressive ones)."""
-    return "E[x|z]" if vae.likelihood.mean_available else "x ~ p(x|z)"
-
-
-def _decoded(vae: "VAE", z: torch.Tensor, pixels: str = "mean") -> torch.Tensor:
-    """Images for z: E[x|z], or a draw x ~ p(x|z) if pixels == 'sample' or the mean has no closed form."""
-    head = vae.decoder(z)
-    if pixels == "sample" or not vae.likelihood.mean_available:
-        return vae.likelihood(head).sample()
-    return vae.likelihood.mean(head)
+    return "E[x|z]" if as_program(program).mean_available else "x ~ p(x|z)"
 
 
 @torch.no_grad()
-def prior_samples(vae: "VAE", n: int, seed: int, pixels: str = "mean") -> torch.Tensor:
+def prior_samples(program, n: int, seed: int, pixels: str = "mean") -> torch.Tensor:
     """n images decoded from z ~ p(z): the mean E[x|z], or a draw x ~ p(x|z) if pixels == 'sample'
     (always a draw where E[x|z] has no closed form)."""
-    with seeded(seed, next(vae.parameters()).device):
-        return _decoded(vae, vae.p_z().sample((n,)), pixels)
+    program = as_program(program)
+    with seeded(seed, next(program.module.parameters()).device):
+        return program.decode(program.prior_draws(n), pixels)
 
 
 @torch.no_grad()
-def reconstructions(vae: "VAE", x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def reconstructions(program, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """E[x|z] (or a draw, see ``shown_pixels``) at z = E_q[z|x], the posterior mean (estimated from
-    samples where q has no closed form)."""
+    samples where q has no closed form; for several latent sites, each site's mean given the
+    means before it)."""
+    program = as_program(program, tuple(x.shape[1:]))
     with seeded(seed, x.device):
-        return _decoded(vae, posterior_mean(vae.q_z_given_x(x)))
+        return program.decode(program.posterior_means(x))
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -143,26 +140,28 @@ def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) ->
 
 
 def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[Path]:
-    """samples.png, reconstructions.png, curves.png and latent.png in the run folder."""
-    vae, out, seed = run.vae, run.run_dir, run.config.seed
-    vae.eval()
-    what = shown_pixels(vae)
+    """samples.png, reconstructions.png, curves.png and latent.png (where the latent is one
+    continuous vector) in the run folder."""
+    program, out, seed = run.program, run.run_dir, run.config.seed
+    program.module.eval()
+    what = shown_pixels(program)
     paths = [
-        save_grid(prior_samples(vae, 64, seed), out / "samples.png", 8,
+        save_grid(prior_samples(program, 64, seed), out / "samples.png", 8,
                   f"64 samples: {what}, z ~ p(z)"),
     ]
     n_test = run.data.test.shape[0]
     ncol = min(8, n_test)
     spread = torch.linspace(0, n_test - 1, (min(32, n_test) // ncol) * ncol).long()  # across the (often sorted) set
     x = run.data.test[spread.to(run.data.test.device)]
-    recon = reconstructions(vae, x, seed)
+    recon = reconstructions(program, x, seed)
     rows = lambda t: t.reshape(-1, ncol, *t.shape[1:])  # noqa: E731
     pairs = torch.stack([rows(x), rows(recon)], 1).flatten(0, 2)  # input row, reconstruction row, ...
     paths.append(save_grid(pairs, out / "reconstructions.png", ncol,
                            f"test inputs (odd rows) and reconstructions {what}, z = E_q[z|x] (even rows)"))
     if history:
         paths.append(plot_curves(history, out / "curves.png"))
-    paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png"))
+    if result.posterior_mean is not None:
+        paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png"))
     return paths
 
 
@@ -211,7 +210,7 @@ def plot_snr_vs_k(snr: dict, path: Path) -> Path:
 
 
 @torch.no_grad()
-def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles: list[str], seed: int = 0) -> Path:
+def plot_posteriors(program, x: torch.Tensor, grids: list, path: Path, titles: list[str], seed: int = 0) -> Path:
     """For each datapoint: the input, the true posterior p(z|x) (filled contours, from the grid) with
     q(z|x) overlaid (lines), and decoded images E[x|z] (draws x ~ p(x|z), seeded, where the
     likelihood has no closed-form mean) at q's mean, the posterior mode and two draws z ~ p(z|x).
@@ -219,6 +218,8 @@ def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles
     standard-deviation ellipses of a Gaussian)."""
     import numpy as np
 
+    program = as_program(program, tuple(x.shape[1:]))
+    (name,) = program.latent_shapes
     plt = _pyplot()
     rows = len(grids)
     fig = plt.figure(figsize=(12, 3.1 * rows))
@@ -233,7 +234,7 @@ def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles
         mode = torch.stack(torch.meshgrid(*g.axes, indexing="ij"), -1).reshape(-1, 2)[flat.argmax()]
         draws = torch.stack(torch.meshgrid(*g.axes, indexing="ij"), -1).reshape(-1, 2)[
             torch.multinomial(flat / flat.sum(), 2, generator=generator)]
-        q_mean = posterior_mean(vae.q_z_given_x(x[i : i + 1]))[0]
+        q_mean = program.posterior_means(x[i : i + 1])[name].reshape(2)
         ax = fig.add_subplot(spec[i, 0])
         _show(ax, x[i], "input x")
         ax = fig.add_subplot(spec[i, 1])
@@ -255,10 +256,10 @@ def plot_posteriors(vae: "VAE", x: torch.Tensor, grids: list, path: Path, titles
             ax.legend(fontsize=7, loc="best")
         zs = torch.stack([q_mean, mode.to(q_mean.device), *draws.to(q_mean.device)])
         with seeded(seed + i, zs.device):
-            images = _decoded(vae, zs)
-        for j, (img, name) in enumerate(zip(images, (f"{shown_pixels(vae)}, z = mean of q", "z = mode of p(z|x)",
-                                                     "z ~ p(z|x)", "z ~ p(z|x)"))):
-            _show(fig.add_subplot(spec[i, 2 + j]), img, name)
+            images = program.decode({name: zs})
+        for j, (img, label) in enumerate(zip(images, (f"{shown_pixels(program)}, z = mean of q", "z = mode of p(z|x)",
+                                                      "z ~ p(z|x)", "z ~ p(z|x)"))):
+            _show(fig.add_subplot(spec[i, 2 + j]), img, label)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

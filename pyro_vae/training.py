@@ -11,9 +11,13 @@ A run folder holds everything needed to re-run, resume or evaluate it:
     evaluation.json      the final test evaluation; samples.png, reconstructions.png,
                          curves.png, latent.png
 
-Each step is one SVI step: the objective's ``loss_and_grads`` (the same call ``pyro.infer.SVI.step``
-makes) followed by one ``torch.optim.Adam`` step over all parameters of the VAE. Losses are summed
-over a batch, then divided by its size for the numbers we print: nats per datapoint.
+The trainer takes any model program (``programs.py``): the stock VAE a config describes, a
+subclass, or your own ``nn.Module`` with ``model``/``guide`` (``Trainer(config, run_dir,
+model=...)`` or ``model.program = "package.module:ClassName"`` in the config). Each step is one SVI
+step: the objective's surrogate on the program's terms (``terms.py``: traced, or read directly off
+the stock VAE's distributions where the program is that one), its backward pass, then one
+``torch.optim.Adam`` step over every parameter of the program's module. Losses are summed over a
+batch, then divided by its size for the numbers we print: nats per datapoint.
 
 With ``train.ema`` the checkpoints' ``model`` holds the exponential moving average of the
 parameters (what is scored, selected and evaluated) and ``training_model`` the parameters the
@@ -37,12 +41,14 @@ import pyro
 import torch
 
 from . import metrics
-from .config import OBJECTIVES, Config
+from .config import CODE_KEY, OBJECTIVES, Config, ProgramConfig
 from .data import DATASETS, DataSplits
 from .distributed import SINGLE, Distributed
-from .errors import CheckpointError, ConfigError, RunDirError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, ProgramError, RunDirError, TrainingDiverged
 from .networks import mixed_precision
-from .vae import VAE
+from .numerics import sharded_noise
+from .programs import STOCK, CodeIdentity, Program, as_program, build_program, check_params_are_the_modules, \
+    class_path
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -63,12 +69,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_vae(config: Config, data_shape: tuple[int, ...]) -> VAE:
-    m = config.model
-    return VAE(
-        data_shape=data_shape, latent_dim=m.latent_dim, prior=m.prior,
-        likelihood=m.likelihood, guide=m.guide, network=m.network,
-    )
+def build_model(config: Config, data_shape: tuple[int, ...], *, trust_code: bool = True,
+                where: str = "the config") -> Program:
+    """The model program ``config.model`` names (the stock VAE, or a user program), for data of
+    ``data_shape``: ``programs.build_program``."""
+    return build_program(config.model, data_shape, trust_code=trust_code, where=where)
 
 
 def kl_weight(config: Config, epoch_progress: float) -> float:
@@ -112,13 +117,28 @@ def validation_split(n: int, n_valid: int, seed: int) -> tuple[torch.Tensor, tor
     return order[n_valid:].sort().values, order[:n_valid].sort().values
 
 
-def prepare_data(config: Config, vae: VAE, device: torch.device, splits: DataSplits | None = None) -> PreparedData:
-    """Load (unless given), validate at the boundary, prepare for the likelihood, move to device."""
+def record_program(config: Config, program: Program) -> tuple[Config, str]:
+    """``config`` with its ``[model]`` table resolved for the user program built from it: the
+    options it was given, the class's recorded defaults, and the identity of its code; and why
+    the run folder cannot rebuild it ("" where it can: a class another process can import)."""
+    if not isinstance(config.model, ProgramConfig):
+        return config, ""
+    table, why = program.model_table()
+    code = {k: v for k, v in table[CODE_KEY].items() if k != "unrecorded"}  # built from these options: all known
+    table = {**table, **config.model.options, CODE_KEY: code}
+    return Config.from_dict({**config.to_dict(), "model": table}), why if "__main__" in why else ""
+
+
+def prepare_data(config: Config, program, device: torch.device, splits: DataSplits | None = None) -> PreparedData:
+    """Load (unless given), validate at the boundary, prepare for the program (its likelihood's or
+    its own data contract), move to device, and check the prepared data against the support of
+    the program's site "x"."""
+    program = as_program(program)
     splits = splits or DATASETS.build(config.data, "data").load()
     splits.check_finite()
-    lik = vae.likelihood
+    lik = program.contract
     for split, x in (("train", splits.train), ("test", splits.test)):
-        lik.check_data(x, split)
+        program.check_data(x, split)
     raw_train, valid = splits.train, None
     if config.train.validation:
         keep, held_out = validation_split(raw_train.shape[0], config.train.validation, config.seed)
@@ -129,13 +149,21 @@ def prepare_data(config: Config, vae: VAE, device: torch.device, splits: DataSpl
     # the training subset scored each epoch: the images trained on, or (when every batch draws
     # afresh, e.g. dynamic binarization) one fixed draw of them
     train_eval = lik.prepare_eval_set(raw_train[:n_sub]) if lik.stochastic_batches else train[:n_sub]
-    return PreparedData(
+    data = PreparedData(
         splits=splits,
         train=train,
         test=lik.prepare_eval_set(splits.test.to(device)),
         train_eval=train_eval,
         valid=valid,
     )
+    program.check_support(data.test, "test")
+    program.check_support(lik.prepare_batch(data.train[: min(16, data.train.shape[0])], _probe_generator(device)),
+                          "train")
+    return data
+
+
+def _probe_generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,14 +223,24 @@ def _same_data_folder(difference: tuple[tuple, Any, Any]) -> bool:
 
 def differences_outside(saved: dict, new: dict, allowed: set[tuple]) -> list[tuple[tuple, Any, Any]]:
     """What resuming ``saved`` as ``new`` would change: config_differences outside the ``allowed``
-    keys, a data folder respelled as the same folder on disk not counted."""
-    return [d for d in config_differences(saved, new) if d[0] not in allowed and not _same_data_folder(d)]
+    keys, a data folder respelled as the same folder on disk not counted, and a user program's
+    recorded code identity left to :func:`check_same_code` (which says which file changed)."""
+    return [d for d in config_differences(saved, new)
+            if d[0] not in allowed and not _same_data_folder(d) and d[0][:2] != ("model", CODE_KEY)]
+
+
+def check_same_code(saved: dict, new: dict, source: str) -> None:
+    """Refuse a user program whose source file differs from the one ``saved`` recorded, naming it."""
+    old, now = (CodeIdentity.from_dict(c.get("model", {}).get(CODE_KEY)) for c in (saved, new))
+    if old is not None and now is not None:
+        old.require_same(now, source)
 
 
 def check_same_config(checkpoint: dict, config: Config, allowed: set[tuple], source: str) -> None:
     """Refuse a checkpoint whose config differs from ``config`` outside ``allowed`` keys. The saved
     config is resolved first, so options added since it was written take their defaults on both sides."""
     saved = Config.from_dict(checkpoint["config"]).to_dict()
+    check_same_code(saved, config.to_dict(), f"the checkpoint in {source}")
     diffs = differences_outside(saved, config.to_dict(), allowed)
     if diffs:
         listed = "; ".join(f"{'.'.join(p)}: {old!r} in the checkpoint, {new!r} now" for p, old, new in diffs[:5])
@@ -238,8 +276,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 def default_run_dir(config: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    m = config.model
-    return Path("runs") / f"{stamp}-{config.data['name']}-{m.prior['name']}-{m.likelihood['name']}"
+    return Path("runs") / f"{stamp}-{config.data['name']}-{config.model.label}"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -251,15 +288,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 @dataclass
 class Run:
-    """A loaded run folder: its config, its VAE with trained parameters, its checkpoint state."""
+    """A loaded run folder: its config, its model program with trained parameters (``program``;
+    ``model`` is the module itself), its checkpoint state."""
 
     run_dir: Path
     config: Config
-    vae: VAE
+    program: Program
     checkpoint: dict
     device: torch.device
     data: PreparedData | None = None
     source: str = CHECKPOINT  # which checkpoint file the parameters came from
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.program.module
 
     @property
     def epoch(self) -> int:
@@ -284,9 +326,14 @@ def selected_checkpoint(run_dir: Path, which: str = "auto") -> Path:
 
 
 def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = True,
-             checkpoint: str = "auto") -> Run:
+             checkpoint: str = "auto", *, trust_code: bool = False, model: torch.nn.Module | None = None) -> Run:
     """Rebuild a run from its folder: config.toml + a checkpoint (checked against each other);
-    ``checkpoint`` as in :func:`selected_checkpoint`, or a path to a snapshot."""
+    ``checkpoint`` as in :func:`selected_checkpoint`, or a path to a snapshot.
+
+    A run of a user program imports its module only with ``trust_code=True`` (and refuses a source
+    file changed since, naming it); or pass ``model``, an instance of the run's program class,
+    to receive the trained parameters (how a program defined in a script, or one whose options
+    the config could not record, is loaded)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
@@ -298,10 +345,37 @@ def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = T
     torch.manual_seed(config.seed)
     splits = DATASETS.build(config.data, "data").load() if with_data else None
     shape = splits.event_shape if splits is not None else tuple(state["data_shape"])
-    vae = build_vae(config, shape).to(dev)
-    vae.load_state_dict(state["model"])
-    data = prepare_data(config, vae, dev, splits) if with_data else None
-    return Run(run_dir, config, vae, state, dev, data, path.name)
+    if model is not None:
+        _require_run_program(config, model, run_dir)
+        program = Program(model, data_shape=shape)
+    else:
+        program = build_model(config, shape, trust_code=trust_code, where=str(run_dir))
+    program.module.to(dev)
+    load_parameters(program.module, state["model"], path)
+    data = prepare_data(config, program, dev, splits) if with_data else None
+    return Run(run_dir, config, program, state, dev, data, path.name)
+
+
+def _require_run_program(config: Config, model: torch.nn.Module, run_dir: Path) -> None:
+    """Refuse a model object of another class than the run's (a script's class, recorded as
+    ``__main__:Name``, matches a class of that name imported from its module)."""
+    named = config.model.program
+    given = class_path(type(model)) if Program(model).user_code else STOCK
+    same_script_class = named.startswith("__main__:") and named.partition(":")[2] == type(model).__qualname__
+    if named != given and not same_script_class:
+        raise ProgramError(f"{run_dir} was trained with model program {named!r}; the model given is a {given!r}.")
+
+
+def load_parameters(module: torch.nn.Module, state: dict, path: Path) -> None:
+    """``module.load_state_dict(state)``, a mismatch said in words (a checkpoint of other code)."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
+        raise CheckpointError(
+            f"the parameters in {path} do not fit the model program built for them ({detail}). The "
+            f"checkpoint belongs to other code or another config: rebuild the program it was trained with.") from None
 
 
 def _eval_keys(config: Config) -> set[tuple]:
@@ -363,29 +437,31 @@ class ParameterAverage:
             average.copy_(module_state[name])
 
 
-def adam(vae: VAE, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam over every parameter of the VAE; the fused implementation on CPU and CUDA (one kernel
-    for all parameters, the same update: 4.1 -> 0.8 ms a step for the Fashion-MNIST VampPrior MLP
-    on 2 CPU cores)."""
-    return torch.optim.Adam(vae.parameters(), lr=lr, fused=device.type in ("cpu", "cuda") or None)
+def adam(module: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam over every parameter of the program's module; the fused implementation on CPU and CUDA
+    (one kernel for all parameters, the same update: 4.1 -> 0.8 ms a step for the Fashion-MNIST
+    VampPrior MLP on 2 CPU cores)."""
+    return torch.optim.Adam(module.parameters(), lr=lr, fused=device.type in ("cpu", "cuda") or None)
 
 
-def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Generator, epoch: int, step: int,
+def checkpoint_state(config: Config, program, optimizer, generator: torch.Generator, epoch: int, step: int,
                      progress: dict | None = None, average: ParameterAverage | None = None) -> dict:
     """Everything a run needs to resume: parameters, optimizer and random states (tensors and plain
     values). With ``average``, ``model`` holds the averaged parameters and ``training_model`` the
     optimizer's."""
-    device = next(vae.parameters()).device
+    program = as_program(program)
+    module = program.module
+    device = next(module.parameters()).device
     rng = {"torch": torch.get_rng_state(), "data": generator.get_state(), "device": device.type}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
-        "data_shape": list(vae.data_shape),
+        "data_shape": list(program.data_shape),
         "epoch": epoch,
         "step": step,
-        "model": vae.state_dict(),
+        "model": module.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": rng,
         # training wall time so far and the best validation ELBO (with its epoch): budgets and
@@ -395,31 +471,31 @@ def checkpoint_state(config: Config, vae: VAE, optimizer, generator: torch.Gener
     if average is not None:
         state["training_model"] = state["model"]  # the live tensors: the optimizer's values again after the block
         with average.applied():
-            state["model"] = {k: v.clone() for k, v in vae.state_dict().items()}
+            state["model"] = {k: v.clone() for k, v in module.state_dict().items()}
     return state
 
 
 def svi_step(
-    vae: VAE, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, engine: str = "direct",
+    program, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float = 1.0,
     dist: Distributed = SINGLE,
 ) -> float:
     """One SVI step on batch x; returns the loss (minus the objective) summed over the batch, in nats.
 
-    The gradient comes from ``objective.loss_and_grads(vae.model, vae.guide, x)`` (what
-    ``pyro.infer.SVI.step`` calls) with ``engine="pyro"``, or from the objective's direct form
-    ``vae_loss`` (same random draws, same value and gradients, no tracing) with ``"direct"``. In
-    data-parallel training x is this rank's shard; gradients and loss are then summed over ranks.
-    One torch optimizer updates every parameter of the VAE. A non-finite loss is returned without
+    The gradient is the objective's surrogate on the program's terms (``objective.step(program.source,
+    x, kl_weight)``: what ``pyro.infer.SVI.step`` computes through ``loss_and_grads``, from the same
+    terms), backpropagated; ``kl_weight`` is beta of KL warm-up. ``program`` is a
+    :class:`~pyro_vae.programs.Program` (or a module, wrapped anew each call: pass the Program when
+    stepping a traced program repeatedly, so its plate nesting is guessed once). In data-parallel
+    training x is this rank's shard; gradients and loss are then summed over ranks. One torch
+    optimizer updates every parameter of the module. A non-finite loss is returned without
     stepping, so the parameters stay as they were.
     """
+    program = as_program(program)
     optimizer.zero_grad(set_to_none=True)
-    if engine == "pyro":
-        loss = torch.tensor(objective.loss_and_grads(vae.model, vae.guide, x))
-    else:
-        surrogate, loss = objective.vae_loss(vae, x)
-        surrogate.backward()
+    surrogate, loss = objective.step(program.source, x, kl_weight)
+    surrogate.backward()
     if dist.active:
-        loss = dist.sum_gradients_and([p for p in vae.parameters() if p.requires_grad], loss)
+        loss = dist.sum_gradients_and([p for p in program.module.parameters() if p.requires_grad], loss)
     loss = loss.item()  # the one host sync per step: the logged loss
     if math.isfinite(loss):
         optimizer.step()
@@ -459,15 +535,15 @@ def _terms(ev: metrics.Evaluation) -> dict:
     return {k: v.mean().item() for k, v in (("elbo", ev.elbo), ("reconstruction", ev.reconstruction), ("kl", ev.kl))}
 
 
-def network_bodies(vae: VAE) -> list[torch.nn.Module]:
-    """The networks mixed-precision training runs in the lower precision: the encoder, the decoder
-    and a likelihood's own (an autoregressive likelihood's causal stack)."""
-    return [vae.encoder, vae.decoder, *vae.likelihood.bodies()]
-
-
 @dataclass
 class Trainer:
-    """Trains ``config`` into ``run_dir``; ``fit()`` runs or resumes it to ``train.epochs``."""
+    """Trains ``config`` into ``run_dir``; ``fit()`` runs or resumes it to ``train.epochs``.
+
+    ``model``: a model program object to train instead of the one ``config.model`` names (any
+    nn.Module with ``model``/``guide``, ``programs.py``); it is trained in place, and the run's
+    ``config.toml`` records its class, options and code so that the folder rebuilds it (where
+    its options can be read back: otherwise the log says so, and ``load_run(RUN, model=...)``
+    loads it). ``splits``: data to train on instead of the config's dataset."""
 
     config: Config
     run_dir: Path
@@ -476,9 +552,19 @@ class Trainer:
     splits: DataSplits | None = None
     history: list[dict] = field(default_factory=list)
     dist: Distributed = SINGLE
+    model: torch.nn.Module | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
+        self.rebuild_note = ""
+        if self.model is not None:
+            table, self.rebuild_note = Program(self.model).model_table()
+            named = self.config.model
+            if isinstance(named, ProgramConfig) and named.program != table["program"]:
+                raise ConfigError(
+                    f"the config names model program {named.program!r} and model= is a {table['program']!r}: "
+                    f"give one of them (model= replaces the config's [model] table).")
+            self.config = Config.from_dict({**self.config.to_dict(), "model": table})
         self.device = resolve_device(self.dist.device(self.config.device))
         if not self.dist.main:  # only rank 0 speaks and writes
             self.progress, self.log = False, lambda message: None
@@ -503,33 +589,82 @@ class Trainer:
         pyro.clear_param_store()
         torch.manual_seed(self.config.seed)
         splits = self.splits or DATASETS.build(self.config.data, "data").load()
-        self.vae = build_vae(self.config, splits.event_shape).to(self.device)
-        self.objective.check_guide(self.vae.posterior.name)
-        self.data = prepare_data(self.config, self.vae, self.device, splits)
+        self.program = self._program(splits.event_shape)
+        self.program.module.to(self.device)
+        if self.program.guide_family is not None:
+            self.objective.check_guide(self.program.guide_family)
+        if self.compute_dtype is not None and self.program.network_bodies() is None:
+            raise ConfigError(
+                f"train.precision = \"bfloat16\" runs the program's networks in bfloat16, and model program "
+                f"{self.program.name} does not say which modules those are: give it a network_bodies() method "
+                f"returning them (pyro_vae.networks.Body modules), or train in float32.")
+        self.data = prepare_data(self.config, self.program, self.device, splits)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        self.vae.prior.fit_to_data(self.data.train, self.generator)  # e.g. VampPrior pseudo-inputs
-        self.optimizer = adam(self.vae, self.config.train.lr, self.device)
-        self.average = ParameterAverage(self.vae, self.config.train.ema) if self.config.train.ema else None
+        self.program.fit_to_data(self.data.train, self.generator)  # e.g. VampPrior pseudo-inputs
+        if not self.program.direct:
+            self._check_program()
+        self.optimizer = adam(self.model_module, self.config.train.lr, self.device)
+        self.average = ParameterAverage(self.model_module, self.config.train.ema) if self.config.train.ema else None
         self.epoch = 0
         self.step = 0
         self.elapsed = 0.0  # training wall seconds: steps plus per-epoch scoring
         self.last_epoch_seconds = 0.0  # the same, of the last epoch (predicts the next one)
         self.best_valid, self.best_epoch = -math.inf, 0
         self.stopped = ""  # why training stopped before train.epochs, if it did
-        if getattr(self.objective, "analytic_kl", False) and not metrics.analytic_kl_available(self.vae):
+        if getattr(self.objective, "analytic_kl", False) and not metrics.analytic_kl_available(self.program):
+            vae = self.program.vae
+            pair = (f"guide '{vae.posterior.name}' and prior '{vae.prior.name}'" if self.program.direct else
+                    f"every latent site of {self.program.name}")
             message = (
-                f"elbo-analytic-kl: KL(q(z|x) || p(z)) has no closed form for guide "
-                f"'{self.vae.posterior.name}' and prior '{self.vae.prior.name}'; the KL term is "
-                f"estimated by Monte Carlo instead (as objective \"elbo\" would)."
+                f"elbo-analytic-kl: KL(q(z|x) || p(z)) has no closed form for {pair}; the KL term is "
+                f"estimated by Monte Carlo instead (as objective \"elbo\" would), where no formula is registered."
             )
             warnings.warn(message, stacklevel=2)
             self.log(f"warning: {message}")
 
+    @property
+    def model_module(self) -> torch.nn.Module:
+        """The module being trained (the program's parameters)."""
+        return self.program.module
+
+    def _program(self, data_shape: tuple[int, ...]) -> Program:
+        """The program this run trains: ``model`` if given, else the one the config names; the
+        config's ``[model]`` table then records it (resolved options, code identity)."""
+        if self.model is not None:
+            program = Program(self.model, data_shape=data_shape)
+            own = getattr(self.model, "data_shape", None)
+            if own is not None and tuple(own) != tuple(data_shape):
+                raise ConfigError(f"the model was built for data of shape {tuple(own)}, and the data has shape "
+                                  f"{tuple(data_shape)}: build it for this data (data_shape={tuple(data_shape)}).")
+        else:
+            program = build_model(self.config, data_shape)
+        if self.model is None:
+            self.config, self.rebuild_note = record_program(self.config, program)
+        if self.rebuild_note:
+            self.log(f"note: this run folder cannot rebuild its program by itself ({self.rebuild_note}); load it in "
+                     f"Python with load_run(RUN, model={type(program.module).__qualname__}(...)).")
+        return program
+
+    def _check_program(self) -> None:
+        """The protocol, checked once on a training batch before training: sites and plates
+        (``terms.py``), reparameterized guide sites, parameters that are the module's, and Pyro's
+        and torch's validation of every distribution's arguments and shapes."""
+        n = min(8, self.data.train.shape[0])
+        x = self.program.contract.prepare_batch(self.data.train[:n], _probe_generator(self.device))
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            check_params_are_the_modules(self.program, x)
+            try:
+                with pyro.validation_enabled(True):
+                    self.objective.terms(self.program.source, x)
+            except (ValueError, RuntimeError) as e:
+                raise ProgramError(f"model program {self.program.name} failed on a training batch of shape "
+                                   f"{tuple(x.shape)}: {type(e).__name__}: {e}") from None
+
     def _state(self) -> dict[str, Any]:
         progress = {"elapsed": self.elapsed, "last_epoch_seconds": self.last_epoch_seconds,
                     "best_valid": self.best_valid, "best_epoch": self.best_epoch}
-        return checkpoint_state(self.config, self.vae, self.optimizer, self.generator, self.epoch, self.step, progress,
-                                self.average)
+        return checkpoint_state(self.config, self.program, self.optimizer, self.generator, self.epoch, self.step,
+                                progress, self.average)
 
     def _scored(self):
         """What the per-epoch scores and best.pt see: the averaged parameters with train.ema."""
@@ -544,7 +679,7 @@ class Trainer:
                 f"device. Resume it with device = \"{written_on}\" (--set device={written_on}), or start "
                 f"a new run."
             )
-        self.vae.load_state_dict(state.get("training_model", state["model"]))
+        load_parameters(self.model_module, state.get("training_model", state["model"]), self.run_dir / CHECKPOINT)
         if self.average is not None:
             self.average.load(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -565,6 +700,7 @@ class Trainer:
             state = load_checkpoint(self.run_dir / CHECKPOINT)
             check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
             self._build()
+            check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
             self._restore(state)
             if self.dist.main:  # (only rank 0 reads, rewrites and extends the metrics)
                 self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.epoch]
@@ -580,8 +716,9 @@ class Trainer:
         else:
             if self.dist.main:
                 prepare_run_dir(self.run_dir, overwrite)
-                self.config.save(self.run_dir / CONFIG)
             self._build()
+            if self.dist.main:
+                self.config.save(self.run_dir / CONFIG)
             self.history = []
 
         last = self.config.train.epochs if stop_after is None else min(self.config.train.epochs, self.epoch + stop_after)
@@ -601,27 +738,29 @@ class Trainer:
             total=(last_epoch - self.epoch) * steps_per_epoch, disable=not self.progress,
             unit="step", dynamic_ncols=True, leave=False,
         )
-        lik, vae, elbo = self.vae.likelihood, self.vae, self.objective
+        program, elbo = self.program, self.objective
+        lik, bodies = program.contract, program.network_bodies() or []
+        beta = 1.0
         try:
             while self.epoch < last_epoch and not self._should_stop():
                 started = time.perf_counter()
                 total, count = 0.0, 0
-                vae.train()
+                program.module.train()
                 for i, index in enumerate(self._batches()):
-                    vae.kl_weight = kl_weight(self.config, self.epoch + i / steps_per_epoch)
+                    beta = kl_weight(self.config, self.epoch + i / steps_per_epoch)
                     # time from the epoch-level clock every rank shares, so all ranks step alike
                     lr = learning_rate(self.config, self.epoch + i / steps_per_epoch,
                                        self.elapsed + self.last_epoch_seconds * i / steps_per_epoch)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     x = lik.prepare_batch(self.data.train[index], self.generator)  # the whole global batch
+                    shard = nullcontext()
                     if self.dist.active:  # ... of which this rank keeps its shard, noise included
                         start, stop = self.dist.shard(x.shape[0])
-                        vae.posterior.noise_shard = (start, stop, x.shape[0])
+                        shard = sharded_noise(start, stop, x.shape[0])
                         x = x[start:stop]
-                    with mixed_precision(network_bodies(vae), self.compute_dtype):  # steps only
-                        loss = svi_step(vae, elbo, self.optimizer, x, self.config.train.engine, self.dist)
-                    vae.posterior.noise_shard = None
+                    with shard, mixed_precision(bodies, self.compute_dtype):  # steps only
+                        loss = svi_step(program, elbo, self.optimizer, x, beta, self.dist)
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "
@@ -641,11 +780,9 @@ class Trainer:
                 train_seconds = time.perf_counter() - started
                 self._check_parameters()
                 self.epoch += 1
-                self._end_epoch(total / count, vae.kl_weight, train_seconds, bar)
+                self._end_epoch(total / count, beta, train_seconds, bar)
         finally:
             bar.close()
-            vae.kl_weight = 1.0
-            vae.posterior.noise_shard = None
 
     def _should_stop(self) -> bool:
         """Early stopping on the validation ELBO, and the wall-time cap (an epoch predicted to
@@ -668,7 +805,7 @@ class Trainer:
         return "No epoch had finished, so there is no checkpoint."
 
     def _check_parameters(self) -> None:
-        bad = [n for n, p in self.vae.named_parameters() if not torch.isfinite(p).all()]
+        bad = [n for n, p in self.model_module.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise TrainingDiverged(
                 f"parameters {', '.join(bad[:3])} stopped being finite during epoch {self.epoch + 1}. "
@@ -679,8 +816,8 @@ class Trainer:
         started = time.perf_counter()
         ev = self.config.eval
         def score(x: torch.Tensor) -> dict:
-            return _terms(metrics.evaluate(self.vae, x, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist,
-                                           posterior_means=False))
+            return _terms(metrics.evaluate(self.program, x, seed=self.config.seed, batch_size=ev.batch_size,
+                                           dist=self.dist, posterior_means=False))
 
         curves = self.epoch == 1 or self.epoch % self.config.train.curve_every == 0
         with self._scored():
@@ -741,7 +878,7 @@ def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None
         log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
     with resumable_evaluation(run.run_dir, EVALUATION, dist) as store:
         result = metrics.evaluate(
-            run.vae, run.data.test, samples=k, seed=cfg.seed, batch_size=cfg.eval.batch_size,
+            run.program, run.data.test, samples=k, seed=cfg.seed, batch_size=cfg.eval.batch_size,
             chunk_pairs=cfg.eval.chunk_pairs, exact_points=cfg.eval.exact_points, dist=dist, store=store,
         )
         if dist.main:
@@ -764,7 +901,8 @@ def resumable_evaluation(run_dir: Path, name: str, dist: Distributed = SINGLE):
 
 
 def write_evaluation(run: Run, result: metrics.Evaluation, name: str = EVALUATION) -> Path:
-    summary = {"epoch": run.epoch, "checkpoint": run.source, "dataset": run.config.data["name"], "split": "test", **result.summary()}
+    summary = {"epoch": run.epoch, "checkpoint": run.source, "dataset": run.config.data["name"], "split": "test",
+               "model_program": run.config.model.program, **result.summary()}
     path = run.run_dir / name
     _atomic_write(path, lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     return path

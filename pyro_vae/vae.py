@@ -5,7 +5,9 @@
     guide:  z ~ q(z|x) = N(mu(x), sigma(x)^2),   z = mu + sigma * eps   (reparameterized)
 
 SVI maximizes ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) = log p(x) - KL(q(z|x) || p(z|x)).
-log p(x) and p(z|x) are intractable; ``metrics.py`` estimates them. Nothing else lives here.
+log p(x) and p(z|x) are intractable; ``metrics.py`` estimates them. Nothing else lives here: the
+trainer, evaluator and pictures run this program (``terms.py`` computes its terms straight from
+the three distributions below only while ``model`` and ``guide`` are these, not overridden).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from torch import nn
 
@@ -48,7 +49,6 @@ class VAE(nn.Module):
         self.posterior = GUIDES.build(guide, "model.guide").setup(self.encoder.out_features, latent_dim)
         self.decoder = self.network.decoder(latent_dim, self.likelihood.head_shape)
         self.prior.attach(self)  # e.g. the VampPrior calls the guide's encoder
-        self.kl_weight = 1.0  # beta of KL warm-up; 1.0 is the true ELBO
 
     # The three tractable distributions.
     def p_z(self):
@@ -70,8 +70,7 @@ class VAE(nn.Module):
         pyro.module("prior", self.prior)
         pyro.module("likelihood", self.likelihood)
         with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=self.kl_weight):
-                z = pyro.sample("z", self.p_z())
+            z = pyro.sample("z", self.p_z())
             pyro.sample("x", self.p_x_given_z(z), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
@@ -79,8 +78,7 @@ class VAE(nn.Module):
         pyro.module("encoder", self.encoder)
         pyro.module("posterior", self.posterior)
         with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=self.kl_weight):
-                pyro.sample("z", self.q_z_given_x(x))
+            pyro.sample("z", self.q_z_given_x(x))
 
     def spec(self) -> dict[str, Any]:
         """The ``[model]`` table that rebuilds this VAE."""

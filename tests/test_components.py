@@ -352,7 +352,10 @@ def test_mixed_precision_refuses_a_body_that_cannot_honour_it():
 
 def test_mixed_precision_training_includes_an_autoregressive_likelihoods_causal_stack():
     from pyro_vae.networks import mixed_precision
-    from pyro_vae.training import network_bodies
+    from pyro_vae.programs import Program
+
+    def network_bodies(vae):
+        return Program(vae).network_bodies()
 
     vae = VAE(data_shape=(1, 8, 8), latent_dim=3, network={"name": "mlp", "hidden": [16]},
               likelihood={"name": "pixelcnn-bernoulli", "channels": 8, "kernel": 5})

@@ -56,7 +56,7 @@ def test_unknown_option_lists_the_valid_options():
         ({"train": {"objective": {"name": "renyi", "alpha": 1.0}}}, "use objective \"elbo\""),
         ({"device": "tpu"}, "device must be"),
         ({"trian": {}}, "Did you mean 'train'"),
-        ({"model": {"latent": 3}}, "Valid keys: latent_dim"),
+        ({"model": {"latent": 3}}, "Valid keys: program, latent_dim"),
         ({"model": {"prior": {"components": 3}}}, "needs a 'name'"),
     ],
 )
@@ -112,7 +112,7 @@ def test_three_ways_to_choose_a_component_agree(tmp_path):
     from_python = VAE(prior=MixturePrior(components=10), data_shape=(1, 4, 4), latent_dim=50)
     assert from_toml == from_cli
     assert from_python.spec()["prior"] == from_cli.model.prior
-    assert from_python.spec() == {k: v for k, v in from_cli.to_dict()["model"].items()}
+    assert {"program": "vae", **from_python.spec()} == from_cli.to_dict()["model"]
 
 
 def test_switching_a_component_by_override_drops_the_old_options():

@@ -122,7 +122,7 @@ def trained_2d(tmp_path_factory):
 
 
 def test_importance_sampling_converges_to_the_quadrature_on_a_trained_2d_model(trained_2d):
-    vae, x = trained_2d.vae, trained_2d.data.test[:8]
+    vae, x = trained_2d.model, trained_2d.data.test[:8]
     exact = grid_evidence(vae, x)
     assert exact.log_px_error.max() < 1e-3
     errors = {}
@@ -134,7 +134,7 @@ def test_importance_sampling_converges_to_the_quadrature_on_a_trained_2d_model(t
 
 
 def test_exact_kl_to_the_posterior_is_log_px_minus_the_elbo(trained_2d):
-    vae, x = trained_2d.vae, trained_2d.data.test[:4]
+    vae, x = trained_2d.model, trained_2d.data.test[:4]
     rows, exact = decomposition(vae, x, samples=20000, seed=0)
     for row in rows:
         gap = row["exact"]["log_px"] - row["elbo_mc"][0]  # quadrature log p(x) - Monte-Carlo ELBO
@@ -196,7 +196,7 @@ def test_explain_estimates_every_term_when_nothing_is_exact(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "importance sampled, K = 200" in out and "estimated as log p(x) - ELBO" in out
     assert not (tmp_path / "run" / "posterior.png").exists()
-    assert exact_evidence(load_run(tmp_path / "run").vae, torch.zeros(1, 1, 6, 6)) is None
+    assert exact_evidence(load_run(tmp_path / "run").model, torch.zeros(1, 1, 6, 6)) is None
 
 
 def test_importance_sampling_converges_to_the_quadrature_under_an_autoregressive_likelihood():

@@ -19,14 +19,14 @@ from pyro_vae import (
     TrainingDiverged,
     load_run,
 )
-from pyro_vae import metrics
+from pyro_vae import metrics, terms
 from pyro_vae.config import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS, Config
 from pyro_vae.data import DataSplits
 from pyro_vae.training import (
     CHECKPOINT, CONFIG, METRICS, kl_weight, learning_rate, load_checkpoint, read_metrics, svi_step,
 )
 
-from conftest import tiny_config, tiny_vae
+from conftest import TracedVAE, tiny_config, tiny_vae
 
 EIGHT_BIT = {"discretized-logistic", "categorical", "beta"}
 LIKELIHOOD_VARIANTS = [
@@ -131,13 +131,13 @@ def test_kl_warmup_schedule_is_linear_from_start_to_one():
 def test_the_per_epoch_scoring_draws_no_posterior_means(tmp_path, monkeypatch):
     # a hierarchical guide has no closed-form E_q[z]: its 64-draw estimate cost 70% of the scoring
     calls = []
-    real = metrics.posterior_mean
-    monkeypatch.setattr(metrics, "posterior_mean", lambda q, *a, **k: calls.append(1) or real(q, *a, **k))
+    real = terms.posterior_mean
+    monkeypatch.setattr(terms, "posterior_mean", lambda q, *a, **k: calls.append(1) or real(q, *a, **k))
     config = tiny_config(model={"latent_dim": 2, "network": {"name": "mlp", "hidden": [16]}, "guide": "hierarchical",
                                 "prior": {"name": "hierarchical", "top_dim": 1}})
     trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None).fit()
     assert len(trainer.history) == 2 and calls == []
-    assert "active_units" in metrics.evaluate(trainer.vae, trainer.data.test, batch_size=8).summary() and calls
+    assert "active_units" in metrics.evaluate(trainer.program.module, trainer.data.test, batch_size=8).summary() and calls
 
 
 def test_warmup_is_logged_and_reaches_one(tmp_path):
@@ -145,7 +145,7 @@ def test_warmup_is_logged_and_reaches_one(tmp_path):
     trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None).fit()
     weights = [m["kl_weight"] for m in trainer.history]
     assert weights[0] < weights[1] < 1.0 and weights[2] == 1.0
-    assert trainer.vae.kl_weight == 1.0  # never left scaled after training
+    assert not hasattr(trainer.program.module, "kl_weight")  # step state is not kept on the model
 
 
 def test_learning_rate_anneals_geometrically_over_epochs_or_the_time_cap_whichever_is_further():
@@ -225,25 +225,24 @@ def test_resume_drops_metric_lines_written_after_the_checkpoint(tmp_path):
     assert not any(m.get("stale") for m in trainer.history)
 
 
-@pytest.mark.parametrize("engine", ["direct", "pyro"])
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path, engine):
+@pytest.mark.parametrize("traced", [False, True], ids=["stock-direct", "subclass-traced"])
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path, traced):
     run_dir = tmp_path / "run"
     quiet = dict(progress=False, log=lambda s: None)
-    Trainer(tiny_config(train={"epochs": 3, "engine": engine}), run_dir, **quiet).fit(stop_after=1)
+    model = (lambda: TracedVAE(data_shape=(1, 6, 6), latent_dim=2, network={"name": "mlp", "hidden": [16]})) \
+        if traced else (lambda: None)
+    Trainer(tiny_config(train={"epochs": 3}), run_dir, model=model(), **quiet).fit(stop_after=1)
     before = (run_dir / CHECKPOINT).read_bytes()
-    trainer = Trainer(Config.load(run_dir / CONFIG), run_dir, **quiet)
+    trainer = Trainer(Config.load(run_dir / CONFIG), run_dir, model=model(), **quiet)
     calls = {"n": 0}
-    name = "vae_loss" if engine == "direct" else "loss_and_grads"
-    real = getattr(trainer.objective, name)
+    real = trainer.objective.step
 
     def flaky(*args):
         calls["n"] += 1
         out = real(*args)
-        if calls["n"] != 3:
-            return out
-        return float("nan") if engine == "pyro" else (out[0], torch.tensor(float("nan")))
+        return out if calls["n"] != 3 else (out[0], torch.tensor(float("nan")))
 
-    setattr(trainer.objective, name, flaky)
+    trainer.objective.step = flaky
     with pytest.raises(TrainingDiverged) as e:
         trainer.fit(resume=True)
     assert "epoch 2, step 7" in str(e.value) and "last good checkpoint (epoch 1)" in str(e.value)
@@ -363,7 +362,7 @@ def test_validation_images_are_held_out_of_training_and_scored_every_epoch(tmp_p
     assert trainer.data.train.shape[0] == 88 and trainer.data.valid.shape[0] == 40
     # binarized once, like the test set (the default Bernoulli likelihood binarizes dynamically)
     held = validation_split(128, 40, seed=trainer.config.seed)[1]
-    assert torch.equal(trainer.data.valid, trainer.vae.likelihood.prepare_eval_set(trainer.data.splits.train[held]))
+    assert torch.equal(trainer.data.valid, trainer.program.vae.likelihood.prepare_eval_set(trainer.data.splits.train[held]))
     lines = read_metrics(run_dir)
     assert all("valid" in m for m in lines)
     best = max(lines, key=lambda m: m["valid"]["elbo"])
@@ -496,10 +495,10 @@ def test_with_ema_scores_and_checkpoints_hold_the_averaged_parameters(tmp_path):
     state = load_checkpoint(run_dir / CHECKPOINT)
     assert any(not torch.equal(state["model"][k], state["training_model"][k]) for k in state["training_model"])
     # training continues from the optimizer's parameters, not from the average
-    for name, p in trainer.vae.state_dict().items():
+    for name, p in trainer.program.module.state_dict().items():
         assert torch.equal(p, state["training_model"][name]), name
     last = load_run(run_dir, checkpoint="last")  # what evaluation loads: the average
-    valid = metrics.evaluate(last.vae, trainer.data.valid, seed=config.seed, batch_size=config.eval.batch_size)
+    valid = metrics.evaluate(last.model, trainer.data.valid, seed=config.seed, batch_size=config.eval.batch_size)
     assert valid.elbo.mean().item() == pytest.approx(read_metrics(run_dir)[-1]["valid"]["elbo"], abs=1e-4)
     best = max(read_metrics(run_dir), key=lambda m: m["valid"]["elbo"])
     assert load_checkpoint(run_dir / BEST)["epoch"] == best["epoch"]
@@ -522,11 +521,11 @@ def test_bfloat16_steps_follow_the_float32_steps_and_scores_stay_float32(tmp_pat
     assert losses["bfloat16"] != losses["float32"]
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.02)
     trainer = trainers["bfloat16"]
-    assert all(p.dtype == torch.float32 for p in trainer.vae.parameters())
-    assert trainer.vae.encoder.compute_dtype is None and trainer.vae.decoder.compute_dtype is None
+    assert all(p.dtype == torch.float32 for p in trainer.program.module.parameters())
+    assert trainer.program.vae.encoder.compute_dtype is None and trainer.program.vae.decoder.compute_dtype is None
     # the per-epoch scores are float32 evaluations of the checkpointed parameters
     last = load_run(tmp_path / "bfloat16", checkpoint="last")
-    valid = metrics.evaluate(last.vae, trainer.data.valid, seed=trainer.config.seed, batch_size=trainer.config.eval.batch_size)
+    valid = metrics.evaluate(last.model, trainer.data.valid, seed=trainer.config.seed, batch_size=trainer.config.eval.batch_size)
     assert valid.elbo.mean().item() == pytest.approx(read_metrics(tmp_path / "bfloat16")[-1]["valid"]["elbo"], abs=1e-4)
 
 
