@@ -33,7 +33,7 @@ from pyro.infer import ELBO
 
 from .config import OBJECTIVES, Component, require
 from .errors import ConfigError, ProgramError
-from .terms import Terms, TraceSource, log_mean_exp
+from .terms import Terms, TraceSource, family, log_mean_exp
 
 
 class Objective(Component, ELBO):
@@ -75,10 +75,9 @@ class Objective(Component, ELBO):
         terms = source.draw(x, self.num_particles, *args, **kwargs)
         if terms.non_reparameterized:
             site = terms.non_reparameterized[0]
-            q = terms.latents[site].q
             raise ProgramError(
                 f"objective '{self.name}' differentiates through z, but the guide's site '{site}' "
-                f"({type(q).__name__}) is not reparameterized (it has no rsample). Every pyro-vae objective "
+                f"({family(terms.latents[site].q)}) is not reparameterized (it has no rsample). Every pyro-vae objective "
                 f"is pathwise; for such a site use a score-function or enumeration estimator of Pyro's "
                 f"(pyro.infer.TraceGraph_ELBO, TraceEnum_ELBO) with pyro.infer.SVI, or make the site "
                 f"reparameterized.")

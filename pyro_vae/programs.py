@@ -167,6 +167,11 @@ def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in list(params.items())[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
+def _takes_any_keyword(cls: type) -> bool:
+    """Whether ``cls.__init__`` has ``**kwargs`` (a VAE subclass passing its options on, say)."""
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+
+
 def _toml_value(value: Any) -> bool:
     if isinstance(value, (bool, int, float, str)):
         return not (isinstance(value, float) and not math.isfinite(value))
@@ -182,7 +187,7 @@ def recorded_options(program: nn.Module) -> tuple[dict[str, Any], str]:
     a VAE subclass's components from its ``spec()``) and, if some cannot be, why not ("" when all can)."""
     params = _init_parameters(type(program))
     spec = program.spec() if isinstance(program, VAE) else {}
-    options = {k: v for k, v in spec.items() if k in params}
+    options = {k: v for k, v in spec.items() if k in params or _takes_any_keyword(type(program))}
     missing = []
     for name in params:
         if name == "data_shape" or name in options:
@@ -234,12 +239,12 @@ def build_program(model: ModelConfig | ProgramConfig, data_shape: tuple[int, ...
         code.require_same(now, where)
     accepted = _init_parameters(cls)
     for key in model.options:
-        if key not in accepted or key == "data_shape":
+        if (key not in accepted and not _takes_any_keyword(cls)) or key == "data_shape":
             valid = ", ".join(f"{n}" + ("" if p.default is inspect.Parameter.empty else f" (default {p.default!r})")
                               for n, p in accepted.items() if n != "data_shape") or "none"
             raise ConfigError(f"unknown option '{key}' for model program {model.program}. Its options: {valid}.")
     kwargs = dict(model.options)
-    if "data_shape" in accepted:
+    if "data_shape" in accepted or _takes_any_keyword(cls):
         kwargs["data_shape"] = tuple(data_shape)
     try:
         module = cls(**kwargs)

@@ -81,6 +81,13 @@ def log_q_path(q, z: torch.Tensor) -> torch.Tensor:
     return log_q - q.log_prob(z.detach()) + log_q.detach()
 
 
+def family(fn) -> str:
+    """The name of a distribution's family, through the wrappers Pyro adds (Independent, expanded)."""
+    while isinstance(fn, (Independent, pyro.distributions.ExpandedDistribution)):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
 def _summed(t: torch.Tensor, event_shape: torch.Size) -> torch.Tensor:
     """t summed over its rightmost ``len(event_shape)`` dimensions."""
     return t.sum(list(range(-len(event_shape), 0))) if event_shape else t
@@ -355,7 +362,7 @@ class _PosteriorMeans(Messenger):
     """Each latent site of the guide takes the value E_q[z] instead of a draw."""
 
     def _pyro_sample(self, msg) -> None:
-        if msg["is_observed"] or msg["value"] is not None:
+        if msg["is_observed"] or msg["value"] is not None or site_is_subsample(msg):
             return
         msg["value"] = posterior_mean(msg["fn"])
         msg["done"] = True

@@ -91,6 +91,26 @@ def test_sharded_evaluation_reports_the_single_process_numbers(runs):
         assert (root / "two" / name).is_file()
 
 
+USER_PROGRAM = CONFIG.replace("[model]\nlatent_dim = 2\n[model.network]\nname = \"mlp\"\nhidden = [16]\n",
+                              "[model]\nprogram = \"user_programs:TwoLatents\"\nhidden = 12\n")
+TESTS = str(Path(__file__).resolve().parent)  # where user_programs.py is
+
+
+def test_two_processes_follow_one_for_a_user_program(tmp_path):
+    """A traced program's Normal latents draw their noise for the whole global batch and keep their
+    shard's rows (terms._NormalDraws), as the stock guides do: the run is the same at any N."""
+    assert "user_programs:TwoLatents" in USER_PROGRAM
+    (tmp_path / "own.toml").write_text(USER_PROGRAM)
+    assert main(["train", str(tmp_path / "own.toml"), "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    path = os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])
+    two = pyro_vae("train", "own.toml", "--out", "two", "--no-progress", "--nproc", "2", cwd=tmp_path,
+                   env={"PYTHONPATH": path})
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert_same_parameters(tmp_path / "one", tmp_path / "two")
+    one, two = (json.loads((tmp_path / r / "evaluation.json").read_text()) for r in ("one", "two"))
+    assert one["log_px"]["mean"] == pytest.approx(two["log_px"]["mean"], rel=1e-5)
+
+
 def test_resume_crosses_between_one_and_two_processes(runs):
     root, _ = runs
     one_epoch = CONFIG.replace("epochs = 2", "epochs = 1")

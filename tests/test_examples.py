@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pyro_vae import Config
 from pyro_vae.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -50,6 +51,13 @@ def test_posterior_2d_example(tmp_path):
     out = run_script("posterior_2d.py", "--smoke", "--out", str(tmp_path / "p2d"), cwd=tmp_path)
     assert "+ KL(q(z|x) || p(z|x))" in out and "exact: quadrature" in out
     assert (tmp_path / "p2d" / "posterior.png").is_file()
+
+
+def test_own_program_example(tmp_path):
+    out = run_script("own_program.py", "--smoke", "--out", str(tmp_path / "own"), cwd=tmp_path)
+    assert "| own program: Student-t likelihood |" in out and "| stock VAE: beta likelihood (dequantized) |" in out
+    recorded = Config.load(tmp_path / "own" / "own" / "config.toml").model
+    assert recorded.program == "examples.own_program:StudentTVAE" and recorded.options["hidden"] == 256
 
 
 @pytest.mark.parametrize("config", sorted((EXAMPLES / "configs").glob("*.toml")), ids=lambda p: p.stem)

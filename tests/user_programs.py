@@ -102,6 +102,18 @@ class LinearGaussian(nn.Module):
     def marginal(self) -> torch.distributions.LowRankMultivariateNormal:
         return torch.distributions.LowRankMultivariateNormal(self.b, self.w, self.log_psi.exp())
 
+    @torch.no_grad()
+    def guide_near_the_posterior(self, widen: float = 1.3) -> "LinearGaussian":
+        """q(z|x) := the exact posterior's mean, N(Sigma W^T Psi^-1 (x - b), .), with its marginal
+        scales widened by ``widen`` (p(z|x) = N(mu, Sigma), Sigma = (I + W^T Psi^-1 W)^-1)."""
+        w_psi = self.w.T / self.log_psi.exp()
+        cov = torch.linalg.inv(torch.eye(self.latent_dim) + w_psi @ self.w)
+        gain = cov @ w_psi
+        self.a.weight.copy_(gain)
+        self.a.bias.copy_(-gain @ self.b)
+        self.log_s.copy_((widen * cov.diagonal().sqrt()).log())
+        return self
+
 
 class NoObservedX(TwoLatents):
     def model(self, x):
@@ -114,16 +126,22 @@ class NoObservedX(TwoLatents):
 
 class GuideHasExtraSite(TwoLatents):
     def guide(self, x):
-        super().guide(x)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z3", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            h = self.encoder(x)
+            loc, raw = self.q1(h).chunk(2, -1)
+            z1 = pyro.sample("z1", dist.Normal(loc, F.softplus(raw)).to_event(1))
+            pyro.sample("z2", dist.Normal(z1, 1.0).to_event(1))
+            pyro.sample("z3", dist.Normal(z1, 1.0).to_event(1))
 
 
 class ModelHasExtraLatent(TwoLatents):
     def model(self, x):
-        super().model(x)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("w", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(x.new_zeros(self.dim), 1.0).to_event(1))
+            z2 = pyro.sample("z2", dist.Normal(self.mix(z1), 1.0).to_event(1))
+            w = pyro.sample("w", dist.Normal(z2, 1.0).to_event(1))
+            logits = self.decoder(torch.cat([z1, w], -1))
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(3), obs=x)
 
 
 class NoDataPlate(TwoLatents):
