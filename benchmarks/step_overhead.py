@@ -14,7 +14,8 @@ program's terms, backward, Adam) on
   distributions, the same networks and maths as the hand-written step (its twin), traced.
 
 Every contestant runs ``--steps`` steps per round, in an order that rotates each round, after a
-warm-up; the table gives the median time per step and its ratio to the hand-written step.
+warm-up; the table gives the median time per step and the median over rounds of its ratio to the
+hand-written step in the same round (so that the shared machine's drifts of speed cancel).
 
     python benchmarks/step_overhead.py                      # batch 128 and 1024, all objectives
     python benchmarks/step_overhead.py --batch-sizes 128 --rounds 10 --objectives elbo
@@ -272,8 +273,8 @@ def stock_pyro(objective: str, x: torch.Tensor, k: int, alpha: float):
     return label, lambda: svi.step(x)
 
 
-def measure(contestants: list[Contestant], rounds: int, steps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per step of each contestant, rounds interleaved in rotating order."""
+def measure(contestants: list[Contestant], rounds: int, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each contestant in each round, rounds interleaved in rotating order."""
     for c in contestants:
         with pyro.validation_enabled(c.validate):
             for _ in range(warmup):
@@ -287,7 +288,13 @@ def measure(contestants: list[Contestant], rounds: int, steps: int, warmup: int)
                 for _ in range(steps):
                     c.step()
                 times[c.name].append((time.perf_counter() - start) / steps)
-    return {name: statistics.median(v) for name, v in times.items()}
+    return times
+
+
+def ratio(times: dict[str, list[float]], name: str, base: str = "hand-written PyTorch") -> float:
+    """The median over rounds of the round's time of ``name`` over the hand-written step's in the same
+    round: a drift of the machine's speed between rounds (this one is shared) cancels."""
+    return statistics.median(a / b for a, b in zip(times[name], times[base]))
 
 
 def data_share(train: torch.Tensor, batch: int, step_seconds: float, rounds: int) -> float:
@@ -325,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# step_overhead: {machine()}")
     print(f"# {' '.join(sys.argv)}")
-    print(f"# median over {args.rounds} interleaved rounds of {args.steps} steps; ratio = time / hand-written")
+    print(f"# ms: median over {args.rounds} interleaved rounds of {args.steps} steps; ratio: median over rounds of the "
+          f"round's time / the hand-written step's in that round")
     train = MNIST5k().load().train
     rows: dict[tuple[str, str], dict[int, float]] = {}
     shares = {}
@@ -333,10 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.bernoulli(train[:batch], generator=torch.Generator().manual_seed(0))
         for objective in args.objectives:
             contestants = contestants_for(objective, x, args.particles, args.alpha, not args.no_pyro)
-            medians = measure(contestants, args.rounds, args.steps, args.warmup)
-            base = medians["hand-written PyTorch"]
+            times = measure(contestants, args.rounds, args.steps, args.warmup)
+            medians = {name: statistics.median(v) for name, v in times.items()}
             for c in contestants:
-                rows.setdefault((objective, c.name), {})[batch] = (medians[c.name], medians[c.name] / base)
+                rows.setdefault((objective, c.name), {})[batch] = (medians[c.name], ratio(times, c.name))
             if objective == "elbo":
                 shares[batch] = data_share(train, batch, medians[STOCK], args.rounds)
 

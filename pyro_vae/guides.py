@@ -61,6 +61,17 @@ class DiagonalNormal(dist.Independent):
         return z, self.log_prob_of_noise(eps)
 
 
+def _normal(loc: torch.Tensor, scale: torch.Tensor) -> dist.Normal:
+    """Normal(loc, scale); for a loc and scale of one shape without ``broadcast_all``'s expanded views
+    of them (each a node of the autograd graph, on every step)."""
+    if loc.shape != scale.shape:
+        return dist.Normal(loc, scale)
+    normal = dist.Normal.__new__(dist.Normal)
+    normal.loc, normal.scale = loc, scale
+    torch.distributions.Distribution.__init__(normal, loc.shape)  # (validates the arguments where that is on)
+    return normal
+
+
 @register_kl(DiagonalNormal, StandardNormal)
 def _kl_diagonal_normal_standard_normal(q: DiagonalNormal, p: StandardNormal) -> torch.Tensor:
     """KL(N(mu, diag sigma^2) || N(0, I)) = sum_i (sigma_i^2 + mu_i^2 - 1) / 2 - log sigma_i."""
@@ -78,7 +89,7 @@ class Guide(Component, nn.Module):
         nn.Module.__init__(self)
 
     def _diagonal_normal(self, loc: torch.Tensor, scale: torch.Tensor) -> DiagonalNormal:
-        return DiagonalNormal(dist.Normal(loc, scale), 1)
+        return DiagonalNormal(_normal(loc, scale), 1)
 
     def setup(self, feature_dim: int, latent_dim: int) -> "Guide":  # pragma: no cover - abstract
         raise NotImplementedError

@@ -22,8 +22,12 @@ The objectives (``objectives.py``), the evidence estimates (``metrics.py``) and 
 * :class:`DirectSource` calls the stock VAE's p(z), p(x|z) and q(z|x) directly: the same
   distributions in the same order as ``VAE.model``/``VAE.guide``, without tracing. It is used only
   where the program provably is that one (:func:`source_for`: the VAE's own ``model`` and
-  ``guide``, not overridden); ``tests/test_terms.py`` checks the two sources give the same terms,
+  ``guide``, not overridden); ``tests/test_objectives.py`` checks the two sources give the same
   loss and gradients for every objective, prior, likelihood and guide.
+
+Both compute some terms the cheaper of two equal ways, never other maths: log q of a Normal draw
+from its noise (-eps^2/2 - log sigma, the same function of the parameters), a Bernoulli's
+log-likelihood summed inside one cross-entropy, each term only when an objective reads it.
 
 The model program's protocol (a ``pyro.plate("data", ...)`` over datapoints, an observed ``"x"``,
 latent sites shared by model and guide) is checked here, on every trace, with errors that name
@@ -256,7 +260,7 @@ class DirectSource:
         p_x = vae.p_x_given_z(z)
 
         def per_datapoint(t: torch.Tensor) -> torch.Tensor:
-            return t.expand(particles, batch)
+            return t if t.shape == (particles, batch) else t.expand(particles, batch)
 
         site = LatentSite("z", z, q, prior, lambda: per_datapoint(log_q()), lambda: per_datapoint(prior.log_prob(z)),
                           per_datapoint, (-3 if z.dim() == 3 else None, -2))
@@ -406,22 +410,40 @@ def _reducer(site, particles: int, particle_dim: int, role: str) -> Callable[[to
             t = t.sum(others)
         if particles == 1:
             t = t.unsqueeze(0)
-        return t.expand(particles, batch)
+        return t if t.shape == (particles, batch) else t.expand(particles, batch)
 
     return plain or reduce
+
+
+def _bernoulli_logits(fn) -> torch.Tensor | None:
+    """The logits of an (Independent of a) Bernoulli given logits, else None."""
+    base = fn
+    while isinstance(base, Independent):
+        base = base.base_dist
+    return base.logits if isinstance(base, Bernoulli) and "logits" in base.__dict__ else None
+
+
+def _log_prob(site) -> torch.Tensor:
+    """The site's log_prob(value): for an (Independent of) Bernoulli given logits, the cross-entropy
+    summed over the event and negated after the sum (one pass over the pixels fewer than
+    Bernoulli.log_prob's elementwise negation); else the distribution's own."""
+    fn, value = site["fn"], site["value"]
+    logits = _bernoulli_logits(fn)
+    if logits is None:
+        return fn.log_prob(value)
+    logits, target = torch.broadcast_tensors(logits, value)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return -_summed(bce, fn.event_shape).expand(fn.batch_shape)
 
 
 def _total_log_prob(site, reduce) -> torch.Tensor:
     """The site's log-probability summed over everything: for an (Independent of) Bernoulli given
     logits, unscaled and unmasked, in one fused call (-BCE summed); else its per-datapoint terms summed."""
-    fn, value = site["fn"], site["value"]
-    base = fn
-    while isinstance(base, Independent):
-        base = base.base_dist
-    if isinstance(base, Bernoulli) and "logits" in base.__dict__ and site["mask"] is None and site["scale"] == 1.0:
-        logits, target = torch.broadcast_tensors(base.logits, value)
+    logits = _bernoulli_logits(site["fn"])
+    if logits is not None and site["mask"] is None and site["scale"] == 1.0:
+        logits, target = torch.broadcast_tensors(logits, site["value"])
         return -F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
-    return reduce(fn.log_prob(value)).sum()
+    return reduce(_log_prob(site)).sum()
 
 
 def _composed(reduce, fn, *args) -> Callable[[], torch.Tensor]:
@@ -482,7 +504,7 @@ def terms_from_traces(model_trace, guide_trace, particles: int, particle_dim: in
             non_reparameterized.append(name)
     if not latents:
         raise ProgramError("the guide has no latent site: a model program needs at least one latent z ~ q(z|x).")
-    return Terms(particles, latents, lambda: _total([reduce(site["fn"].log_prob(site["value"])) for site, reduce in reducers]),
+    return Terms(particles, latents, lambda: _total([reduce(_log_prob(site)) for site, reduce in reducers]),
                  lambda: _total([_total_log_prob(site, reduce) for site, reduce in reducers]),
                  non_reparameterized=tuple(non_reparameterized))
 

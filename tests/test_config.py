@@ -174,3 +174,13 @@ def test_registry_descriptions_cover_every_component_and_option():
             assert name in text and cls.summary(), f"{registry.kind} '{name}' needs a one-line docstring"
             for option in cls.option_specs().values():
                 assert option.help, f"{registry.kind} '{name}' option '{option.name}' needs help text"
+
+
+def test_a_config_of_an_earlier_version_with_train_engine_still_loads():
+    """train.engine chose between two computations of the same terms (tested equal); it is gone,
+    and a run folder written with it still loads, as the same config."""
+    for engine in ("direct", "pyro"):
+        old = Config.from_dict({"train": {"engine": engine, "epochs": 3}})
+        assert old == Config.from_dict({"train": {"epochs": 3}}) and "engine" not in old.to_dict()["train"]
+    with pytest.raises(ConfigError, match="unknown key 'engine'"):
+        Config.from_dict({"train": {"engine": "gpu"}})

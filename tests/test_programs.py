@@ -292,3 +292,31 @@ def test_a_program_that_cannot_be_built_is_refused_in_words(setting, fragment, c
 def test_options_the_class_does_not_take_are_refused_in_python_too(tmp_path):
     with pytest.raises(ConfigError, match="unknown option 'depth'"):
         Trainer(own_config(depth=3), tmp_path / "run", **QUIET).fit()
+
+
+@pytest.mark.parametrize("particles", [1, 3])
+def test_the_traced_terms_are_the_log_densities_of_pyros_own_trace(particles, binary_splits):
+    """terms.TraceSource reads each site off its own lean trace, with log q of Normal draws from their
+    noise and Bernoulli log-likelihoods inside one cross-entropy: the numbers of Pyro's trace."""
+    program = user_programs.TwoLatents()
+    x = binary_splits.train[:5]
+    vectorize = (lambda f: pyro.plate("num_particles_vectorized", particles, dim=-2)(f)) if particles > 1 else \
+        (lambda f: f)
+    with torch.no_grad():
+        torch.manual_seed(2)
+        fused = TraceSource(program.model, program.guide).draw(x, particles).total_log_likelihood()
+        torch.manual_seed(2)
+        terms = TraceSource(program.model, program.guide).draw(x, particles)
+        torch.manual_seed(2)
+        guide = pyro.poutine.trace(vectorize(program.guide)).get_trace(x)
+        model = pyro.poutine.trace(pyro.poutine.replay(vectorize(program.model), trace=guide)).get_trace(x)
+    lp = {name: site["fn"].log_prob(site["value"]).reshape(particles, 5) for name, site in model.nodes.items()
+          if site["type"] == "sample" and name != "data"}
+    lq = {name: site["fn"].log_prob(site["value"]).reshape(particles, 5) for name, site in guide.nodes.items()
+          if site["type"] == "sample" and name != "data"}
+    torch.testing.assert_close(terms.log_likelihood, lp["x"])
+    torch.testing.assert_close(terms.log_prior, lp["z1"] + lp["z2"])
+    torch.testing.assert_close(terms.log_q, lq["z1"] + lq["z2"])
+    torch.testing.assert_close(fused, lp["x"].sum())  # (the fused cross-entropy, before any per-datapoint term)
+    for name in ("z1", "z2"):
+        assert torch.equal(terms.z[name], guide.nodes[name]["value"])  # the same draws, in the same order
