@@ -318,7 +318,7 @@ def monte_carlo_terms(program, x: torch.Tensor, samples: int, chunk_pairs: int |
             recon.append(terms.log_likelihood)
             ratio.append(terms.log_q - terms.log_prior)
             kl, analytic = terms.kl()
-            closed = kl[0] if analytic else None
+            closed = kl[0] if analytic and len(terms.latents) == 1 else None  # (several sites: per draw)
             done += terms.particles
     recon_mean, recon_se = _moments(recon)
     if closed is not None:

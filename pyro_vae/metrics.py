@@ -130,8 +130,9 @@ def elbo_terms(program, x: torch.Tensor, num_samples: int = 1, posterior_means: 
         reconstruction = terms.log_likelihood.mean(0)
         kl, analytic = terms.kl()
         kl = kl.mean(0)
+        single = len(terms.latents) == 1  # several sites: each KL given the draws of the sites before it
         out = {"reconstruction": reconstruction, "kl": kl, "elbo": reconstruction - kl,
-               "kl_analytic": torch.tensor(analytic)}
+               "kl_analytic": torch.tensor(analytic and single), "kl_per_site": torch.tensor(analytic and not single)}
         if posterior_means and program.latent_dim is not None:
             (out["posterior_mean"],) = at_x.means().values()
     return out
@@ -206,7 +207,7 @@ class Evaluation:
     kl: torch.Tensor
     elbo: torch.Tensor
     posterior_mean: torch.Tensor | None  # None: not computed (evaluate(posterior_means=False))
-    kl_analytic: bool
+    kl_analytic: bool  # KL(q(z|x) || p(z)) in closed form (one latent site)
     num_pixels: int
     discrete: bool
     seed: int
@@ -214,6 +215,7 @@ class Evaluation:
     samples: int = 0
     exact: object | None = None  # exact.ExactEvidence where a method exists ...
     exact_index: torch.Tensor | None = None  # ... on these datapoints
+    kl_per_site: bool = False  # several latent sites, each KL in closed form given the draws before it
 
     @property
     def n(self) -> int:
@@ -222,6 +224,11 @@ class Evaluation:
     @property
     def gap(self) -> torch.Tensor | None:
         return None if self.log_px is None else self.log_px - self.elbo
+
+    def _kl_estimator(self) -> str:
+        if self.kl_analytic:
+            return "closed form"
+        return "closed form per site, given the draws before it" if self.kl_per_site else "Monte Carlo"
 
     def summary(self) -> dict:
         """Means over datapoints (nats per datapoint) with standard errors, for JSON and tables."""
@@ -237,7 +244,7 @@ class Evaluation:
             "elbo": stat(self.elbo),
             "reconstruction": stat(self.reconstruction),
             "kl": stat(self.kl),
-            "kl_estimator": "closed form" if self.kl_analytic else "monte carlo",
+            "kl_estimator": self._kl_estimator(),
         }
         if self.posterior_mean is not None:
             out |= {"active_units": active_units(self.posterior_mean), "latent_dim": self.posterior_mean.shape[-1]}
@@ -278,7 +285,8 @@ class Evaluation:
     def table(self, title: str = "") -> str:
         """The summary as aligned text lines."""
         s = self.summary()
-        kl_how = "closed form" if self.kl_analytic else "Monte Carlo"
+        kl_how = {"closed form per site, given the draws before it": "closed form per site"}.get(
+            self._kl_estimator(), self._kl_estimator())
         rows = [
             ("ELBO", s["elbo"]),
             ("  reconstruction  E_q[log p(x|z)]", s["reconstruction"]),
@@ -439,13 +447,14 @@ def evaluate(
         exact, exact_index = _exact_part(program, x, exact_points, chunk_pairs, dist) if exact_points > 0 else (None, None)
     finally:
         module.train(was_training)
-    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "kl_analytic"}
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("kl_analytic", "kl_per_site")}
     return Evaluation(
         reconstruction=cat["reconstruction"],
         kl=cat["kl"],
         elbo=cat["elbo"],
         posterior_mean=cat.get("posterior_mean"),
         kl_analytic=all(bool(p["kl_analytic"]) for p in parts),
+        kl_per_site=all(bool(p.get("kl_per_site", False)) for p in parts),
         num_pixels=math.prod(x.shape[1:]),
         discrete=program.discrete,
         seed=seed,

@@ -55,9 +55,10 @@ def test_posterior_2d_example(tmp_path):
 
 def test_own_program_example(tmp_path):
     out = run_script("own_program.py", "--smoke", "--out", str(tmp_path / "own"), cwd=tmp_path)
-    assert "| own program: Student-t likelihood |" in out and "| stock VAE: beta likelihood (dequantized) |" in out
+    assert "| own program: two latent sites |" in out and "| stock VAE: one latent vector |" in out
     recorded = Config.load(tmp_path / "own" / "own" / "config.toml").model
-    assert recorded.program == "examples.own_program:StudentTVAE" and recorded.options["hidden"] == 256
+    assert recorded.program == "examples.own_program:TwoLayerVAE"
+    assert recorded.options == {"top_dim": 8, "bottom_dim": 16, "hidden": 256}
 
 
 @pytest.mark.parametrize("config", sorted((EXAMPLES / "configs").glob("*.toml")), ids=lambda p: p.stem)

@@ -140,6 +140,7 @@ def test_a_user_program_trains_resumes_bit_identically_and_is_evaluated_from_pyt
     assert summary["model_program"] == "user_programs:TwoLatents" and summary["importance_samples"] == 20
     assert math.isfinite(summary["log_px"]["stderr"]) and summary["log_px"]["mean"] >= summary["elbo"]["mean"] - 1.0
     assert "active_units" not in summary  # two latent sites: not one continuous vector
+    assert summary["kl_estimator"] == "closed form per site, given the draws before it"  # z2's KL depends on z1's draw
     for picture in ("samples.png", "reconstructions.png", "curves.png"):
         assert (tmp_path / "whole" / picture).is_file()
     assert not (tmp_path / "whole" / "latent.png").exists() and result.posterior_mean is None
@@ -149,7 +150,7 @@ def test_a_single_vector_latent_program_reports_active_units_and_draws_its_laten
     Trainer(own_config("user_programs:LinearGaussian", side=3, latent_dim=2), tmp_path / "run", **QUIET).fit()
     result = finish_run(load_run(tmp_path / "run", trust_code=True), log=lambda s: None)
     summary = result.summary()
-    assert summary["latent_dim"] == 2 and 0 <= summary["active_units"] <= 2
+    assert summary["latent_dim"] == 2 and 0 <= summary["active_units"] <= 2 and summary["kl_estimator"] == "closed form"
     assert "exact" in summary and summary["exact"]["method"].startswith("quadrature")  # a 2-D latent: quadrature
     assert (tmp_path / "run" / "latent.png").is_file()
 
