@@ -106,8 +106,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = load_run(run_dir, device=str(trainer.device), trust_code=True)  # the code this process just trained
     result = finish_run(run, log=say, dist=dist)
     say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, {run.described}"))
-    say(f"run folder: {run_dir}  (metrics.jsonl, checkpoint.pt, evaluation.json, samples.png, "
-        f"reconstructions.png, curves.png, latent.png)")
+    written = [name for name in ("metrics.jsonl", "checkpoint.pt", "best.pt", "evaluation.json", "samples.png",
+                                 "reconstructions.png", "curves.png", "latent.png") if (run_dir / name).is_file()]
+    say(f"run folder: {run_dir}  ({', '.join(written)})")
     dist.close()
     return 0
 

@@ -167,6 +167,13 @@ def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in list(params.items())[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
+def signature_defaults(cls: type) -> dict[str, Any]:
+    """The defaults of ``cls.__init__``'s options that a TOML table can hold (``data_shape`` aside)."""
+    return {n: list(p.default) if isinstance(p.default, tuple) else p.default
+            for n, p in _init_parameters(cls).items()
+            if n != "data_shape" and p.default is not inspect.Parameter.empty and _toml_value(p.default)}
+
+
 def _takes_any_keyword(cls: type) -> bool:
     """Whether ``cls.__init__`` has ``**kwargs`` (a VAE subclass passing its options on, say)."""
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
@@ -233,7 +240,12 @@ def build_program(model: ModelConfig | ProgramConfig, data_shape: tuple[int, ...
             f"{model.program} were not recorded (the class does not keep them as attributes of the same name). "
             f"Load it in Python with load_run(RUN, model=...) given the program built as it was trained, or keep each "
             f"option as an attribute of its name and train again.")
-    cls = import_program_class(model.program)
+    try:
+        cls = import_program_class(model.program)
+    except ProgramError as e:
+        if code is None or not code.file:
+            raise
+        raise ProgramError(f"{e} {where} was trained with it from {code.file}.") from None
     now = CodeIdentity.of(cls)
     if code is not None:
         code.require_same(now, where)

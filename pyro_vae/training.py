@@ -48,7 +48,7 @@ from .errors import CheckpointError, ConfigError, ProgramError, RunDirError, Tra
 from .networks import mixed_precision
 from .numerics import sharded_noise
 from .programs import STOCK, CodeIdentity, Program, as_program, build_program, check_params_are_the_modules, \
-    class_path
+    class_path, signature_defaults
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -119,13 +119,15 @@ def validation_split(n: int, n_valid: int, seed: int) -> tuple[torch.Tensor, tor
 
 def record_program(config: Config, program: Program) -> tuple[Config, str]:
     """``config`` with its ``[model]`` table resolved for the user program built from it: the
-    options it was given, the class's recorded defaults, and the identity of its code; and why
-    the run folder cannot rebuild it ("" where it can: a class another process can import)."""
+    options it was given, the defaults of the class's signature for the others (what built it),
+    and the identity of its code; and why the run folder cannot rebuild it ("" where it can: a
+    class another process can import)."""
     if not isinstance(config.model, ProgramConfig):
         return config, ""
     table, why = program.model_table()
     code = {k: v for k, v in table[CODE_KEY].items() if k != "unrecorded"}  # built from these options: all known
-    table = {**table, **config.model.options, CODE_KEY: code}
+    table = {"program": table["program"], **signature_defaults(type(program.module)), **config.model.options,
+             CODE_KEY: code}
     return Config.from_dict({**config.to_dict(), "model": table}), why if "__main__" in why else ""
 
 

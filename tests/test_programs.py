@@ -321,3 +321,12 @@ def test_the_traced_terms_are_the_log_densities_of_pyros_own_trace(particles, bi
     torch.testing.assert_close(fused, lp["x"].sum())  # (the fused cross-entropy, before any per-datapoint term)
     for name in ("z1", "z2"):
         assert torch.equal(terms.z[name], guide.nodes[name]["value"])  # the same draws, in the same order
+
+
+def test_a_program_built_from_a_config_records_the_options_that_built_it(tmp_path):
+    """Not its attributes: Doubled keeps 2 * hidden as self.hidden; its run records hidden = 8, the default
+    that built it, and rebuilds the same network."""
+    Trainer(own_config("user_programs:Doubled"), tmp_path / "run", **QUIET).fit()
+    assert Config.load(tmp_path / "run" / CONFIG).model.options == {"hidden": 8}
+    run = load_run(tmp_path / "run", trust_code=True)
+    assert run.model.hidden == 16 and run.model.decoder[0].out_features == 16

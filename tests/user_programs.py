@@ -178,3 +178,10 @@ class Unrecorded(TwoLatents):
 
     def __init__(self, *, data_shape=(1, 6, 6), width: int = 16):
         super().__init__(data_shape=data_shape, hidden=width)
+
+
+class Doubled(TwoLatents):
+    """Keeps twice its ``hidden`` option under that name: an attribute that is not the option."""
+
+    def __init__(self, *, data_shape=(1, 6, 6), hidden: int = 8):
+        super().__init__(data_shape=data_shape, hidden=2 * hidden)
