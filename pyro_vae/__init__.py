@@ -26,6 +26,7 @@ from .errors import (  # noqa: E402
     ProgramError,
     PyroVAEError,
     RunDirError,
+    StorageError,
     TrainingDiverged,
 )
 from .guides import DiagonalGaussianGuide  # noqa: E402
@@ -62,5 +63,5 @@ __all__ = [
     "MonteCarloELBO", "AnalyticKLELBO", "IWAEBound", "RenyiBound", "StickingTheLandingELBO", "DReGIWAE",
     "MNIST5k", "MNIST", "FashionMNIST", "KMNIST", "Synthetic", "DataSplits",
     "PRIORS", "LIKELIHOODS", "GUIDES", "NETWORKS", "OBJECTIVES", "DATASETS", "REGISTRIES",
-    "PyroVAEError", "ConfigError", "DataError", "RunDirError", "CheckpointError", "TrainingDiverged", "ProgramError",
+    "PyroVAEError", "ConfigError", "DataError", "RunDirError", "CheckpointError", "TrainingDiverged", "ProgramError", "StorageError",
 ]

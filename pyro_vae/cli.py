@@ -13,7 +13,9 @@
 A run of your own model program (``model.program = "package.module:ClassName"``) imports that
 module again only with ``--trust-code``: a run folder from elsewhere could name any module.
 
-Errors meant for the user print one paragraph and exit with status 2.
+Errors meant for the user print one paragraph and exit with status 2 (a usage error: what was
+asked cannot be done as asked) or 1 (a runtime failure: training diverged, a file could not be
+read or written); ``--debug`` shows the traceback too.
 """
 
 from __future__ import annotations
@@ -113,6 +115,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def writing_into(run_dir: Path, out: Path, command: str):
+    """The run folder's lock while ``out`` is written into it (nothing to hold for a file elsewhere)."""
+    from contextlib import nullcontext
+
+    from .runs import run_lock
+
+    return run_lock(run_dir, command) if out.resolve().parent == Path(run_dir).resolve() else nullcontext()
+
+
 def require_trust(config: Config, run_dir: Path, trusted: bool) -> None:
     """Refuse, before anything is loaded, a run folder naming user code without --trust-code."""
     if isinstance(config.model, ProgramConfig) and not trusted:
@@ -126,6 +137,7 @@ def require_trust(config: Config, run_dir: Path, trusted: bool) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
+    from .runs import run_lock
     from .training import load_run, resumable_evaluation, write_evaluation
 
     run = load_run(args.run_dir, device=args.device, checkpoint=args.checkpoint, trust_code=args.trust_code)
@@ -136,7 +148,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--samples must be >= 1, got {samples}.")
     exact_points = cfg.eval.exact_points if args.exact_points is None else args.exact_points
     stem = f"evaluation-K{samples}-seed{seed}"
-    with resumable_evaluation(run.run_dir, stem) as store:  # rerun after an interruption: it resumes
+    with run_lock(run.run_dir, "evaluate"), resumable_evaluation(run.run_dir, stem) as store:  # rerun: it resumes
         result = evaluate(
             run.program, run.data.test, samples=samples, seed=seed, batch_size=cfg.eval.batch_size,
             chunk_pairs=cfg.eval.chunk_pairs, exact_points=exact_points, store=store,
@@ -179,7 +191,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else run.run_dir / "posterior.png"
         if args.out and out.exists() and not args.overwrite:
             raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
-        plot_posteriors(run.program, x, exact.grids, out, titles, seed=seed)
+        with writing_into(run.run_dir, out, "explain"):
+            plot_posteriors(run.program, x, exact.grids, out, titles, seed=seed)
         print(f"\nwrote {out}: p(z|x) (exact, by quadrature) against q(z|x), and decoded images")
     elif args.out:
         print("\n(no posterior picture: it needs one 2-D latent site)")
@@ -208,7 +221,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     images = prior_samples(run.program, args.n, seed, args.pixels)
     what = "E[x|z]" if args.pixels == "mean" else "x ~ p(x|z)"
-    save_grid(images, out, int(max(1, round(args.n**0.5))), f"{args.n} samples: {what}, z ~ p(z) (seed {seed})")
+    with writing_into(run.run_dir, out, "sample"):
+        save_grid(images, out, int(max(1, round(args.n**0.5))), f"{args.n} samples: {what}, z ~ p(z) (seed {seed})")
     print(f"wrote {out}")
     return 0
 
@@ -261,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         "All numbers are nats per datapoint (summed over pixels).",
     )
     parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def overrides(p: argparse.ArgumentParser) -> None:
@@ -362,11 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except PyroVAEError as e:
+    except (PyroVAEError, OSError) as e:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
         dist = getattr(args, "dist", None)
         where = f" (rank {dist.rank} of {dist.world})" if dist is not None and dist.active else ""
+        if isinstance(e, OSError):  # the operating system refused: a runtime failure, said in one line
+            path = f"{e.filename}: " if e.filename else ""
+            print(f"error{where}: {path}{e.strerror or e}.", file=sys.stderr)
+            return 1
         print(f"error{where}: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
     except KeyboardInterrupt:
         run = getattr(args, "run_dir_used", None)
         where = f" Resume with `pyro-vae train --resume {run}`." if run else ""

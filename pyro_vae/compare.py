@@ -22,6 +22,7 @@ makes the number of steps depend on the machine.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -36,6 +37,8 @@ import torch
 from . import metrics
 from .config import DATASETS, OBJECTIVES, Config
 from .errors import ConfigError
+from .files import write_text
+from .runs import run_lock
 from .training import (
     CHECKPOINT,
     CONFIG,
@@ -176,8 +179,12 @@ class Comparison:
     # -- running -------------------------------------------------------------------------------
 
     def run(self, overwrite: bool = False) -> list[ObjectiveResult]:
-        prepare_run_dir(self.out, overwrite)
-        self.config.save(self.out / CONFIG)
+        prepare_run_dir(self.out, overwrite, "compare")
+        with run_lock(self.out, "compare"):
+            return self._run()
+
+    def _run(self) -> list[ObjectiveResult]:
+        write_text(self.out / CONFIG, self.config.to_toml())
         self.device = resolve_device(self.config.device)
         self.splits = DATASETS.build(self.config.data, "data").load()
         for spec, objective in zip(self.specs, self.objectives):
@@ -279,11 +286,11 @@ class Comparison:
     def _save_run(self, spec, program, optimizer, generator, result: ObjectiveResult) -> None:
         """Each objective's model as a run folder of its own (``pyro-vae evaluate`` works on it)."""
         run_dir = self.out / folder_name(spec)
-        run_dir.mkdir()
+        prepare_run_dir(run_dir, overwrite=False, command="compare")
         raw = self.run_config.to_dict()
         raw["train"]["objective"] = OBJECTIVES.build(spec).spec()
         config = Config.from_dict(raw)
-        config.save(run_dir / CONFIG)
+        write_text(run_dir / CONFIG, config.to_toml())
         steps_per_epoch = math.ceil(self.data.train.shape[0] / config.train.batch_size)
         state = checkpoint_state(config, program, optimizer, generator, result.steps // steps_per_epoch, result.steps)
         save_checkpoint(run_dir / CHECKPOINT, state)
@@ -361,15 +368,16 @@ class Comparison:
             ],
             "snr_vs_k": self.snr_vs_k,
         }
-        (self.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+        write_text(self.out / "results.json", json.dumps(payload, indent=2) + "\n")
         rows = self.rows()
-        with open(self.out / "results.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.out / "results.csv", table.getvalue())
         intro = (f"Budget {self.budget.describe()} per objective, seed {self.config.seed}; "
                  f"nats per datapoint on the test set of {self.config.data['name']}.")
-        (self.out / "results.md").write_text(
+        write_text(self.out / "results.md",
             f"{intro}\n\n{self.markdown()}\n\nGradient statistics ({self.grad_draws} draws on a fixed batch of "
             f"{self.grad_batch}):\n\n{self.gradient_markdown()}\n")
         plots.plot_comparison_curves({label(r.spec): r.curve for r in self.results}, self.out / "curves.png")

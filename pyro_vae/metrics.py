@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -37,6 +36,7 @@ import torch
 
 from .distributed import SINGLE, Distributed
 from .errors import RunDirError
+from .files import save_tensors, write_text
 from .numerics import seeded  # noqa: F401  (re-exported: evaluation seeds live with numerics)
 from .programs import Program, as_program
 from .terms import POSTERIOR_MEAN_SAMPLES, posterior_mean  # noqa: F401  (re-exported)
@@ -280,7 +280,7 @@ class Evaluation:
             columns |= {"log_px": self.log_px, "gap": self.gap}
         header = "index," + ",".join(f"{k}_nats" for k in columns)
         rows = [f"{i}," + ",".join(f"{v[i].item():.6f}" for v in columns.values()) for i in range(self.n)]
-        Path(path).write_text("\n".join([header, *rows]) + "\n")
+        write_text(path, "\n".join([header, *rows]) + "\n")
 
     def table(self, title: str = "") -> str:
         """The summary as aligned text lines."""
@@ -355,13 +355,7 @@ class EvaluationStore:
                     f"{self.folder} holds the batches of another evaluation (it differs in {', '.join(differ)}). "
                     f"Remove that folder to evaluate afresh, or give this evaluation a folder of its own.")
         else:
-            self._replace(path, lambda tmp: tmp.write_text(json.dumps(key, indent=2) + "\n"))
-
-    @staticmethod
-    def _replace(path: Path, write) -> None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: data-parallel ranks share the folder
-        write(tmp)
-        os.replace(tmp, path)
+            write_text(path, json.dumps(key, indent=2) + "\n")  # (each writer a temporary file of its own)
 
     def _batch(self, index: int) -> Path:
         return self.folder / f"batch-{index:06d}.pt"
@@ -371,7 +365,7 @@ class EvaluationStore:
         return torch.load(path, weights_only=True) if path.is_file() else None
 
     def save(self, index: int, terms: dict[str, torch.Tensor]) -> None:
-        self._replace(self._batch(index), lambda tmp: torch.save(terms, tmp))
+        save_tensors(self._batch(index), terms)
 
     @staticmethod
     def count(folder: str | Path) -> int:

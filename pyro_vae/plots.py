@@ -13,12 +13,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .files import atomic_write
 from .numerics import seeded
 from .programs import as_program
 
 if TYPE_CHECKING:  # pragma: no cover
     from .metrics import Evaluation
     from .training import Run
+
+
+def _save(fig, path: Path, **options) -> Path:
+    """The figure as a PNG at ``path``, written whole or not at all (``files.atomic_write``)."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", **options))
+    return Path(path)
 
 
 def _pyplot():
@@ -41,7 +48,7 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int, title: str) -> Path:
     plt.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     plt.axis("off")
     plt.title(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _save(fig, path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -96,7 +103,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     ax2.set_title("ELBO = reconstruction - KL")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -134,7 +141,7 @@ def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) ->
     plt.ylabel(ylabel)
     plt.title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -184,7 +191,7 @@ def plot_comparison_curves(curves: dict[str, list[dict]], path: Path) -> Path:
     axes[0][0].legend(fontsize=8)
     fig.suptitle("objectives on equal budgets: same model, initialization and minibatches")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -204,7 +211,7 @@ def plot_snr_vs_k(snr: dict, path: Path) -> Path:
     plt.legend()
     plt.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -260,7 +267,7 @@ def plot_posteriors(program, x: torch.Tensor, grids: list, path: Path, titles: l
         for j, (img, label) in enumerate(zip(images, (f"{shown_pixels(program)}, z = mean of q", "z = mode of p(z|x)",
                                                       "z ~ p(z|x)", "z ~ p(z|x)"))):
             _show(fig.add_subplot(spec[i, 2 + j]), img, label)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _save(fig, path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 

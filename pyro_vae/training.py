@@ -47,6 +47,8 @@ from .distributed import SINGLE, Distributed
 from .errors import CheckpointError, ConfigError, ProgramError, RunDirError, TrainingDiverged
 from .networks import mixed_precision
 from .numerics import sharded_noise
+from .files import save_tensors, write_text
+from .runs import append_line, prepare_run_dir, read_json_lines, run_lock
 from .programs import STOCK, CodeIdentity, Program, as_program, build_program, check_params_are_the_modules, \
     class_path, signature_defaults
 
@@ -172,17 +174,10 @@ def _probe_generator(device: torch.device) -> torch.Generator:
 # checkpoints
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: a crash mid-write leaves the previous checkpoint intact."""
-    _atomic_write(path, lambda p: torch.save(state, p))
+    """Write ``state`` whole or not at all (``files.atomic_write``): a crash or a full disk mid-write
+    leaves the previous checkpoint intact."""
+    save_tensors(path, state)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -256,36 +251,14 @@ def check_same_config(checkpoint: dict, config: Config, allowed: set[tuple], sou
 # run folders
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists():
-        if run_dir.is_file():
-            raise RunDirError(f"{run_dir} is a file, not a run folder.")
-        contents = list(run_dir.iterdir())
-        if contents and not overwrite:
-            raise RunDirError(
-                f"run folder {run_dir} already exists. Pass --overwrite to replace it, "
-                f"--resume {run_dir} to continue it, or --out to choose another folder."
-            )
-        if contents and not (run_dir / CONFIG).is_file():
-            raise RunDirError(
-                f"{run_dir} is not empty and is not a pyro-vae run folder (no {CONFIG}); "
-                f"refusing to delete it even with --overwrite. Choose another --out."
-            )
-        if contents:
-            shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def default_run_dir(config: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stamp}-{config.data['name']}-{config.model.label}"
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_metrics(run_dir: Path, log: Callable[[str], None] | None = None) -> list[dict]:
+    """The run's metrics.jsonl lines (a partial last line dropped: ``runs.read_json_lines``)."""
+    return read_json_lines(Path(run_dir) / METRICS, log)
 
 
 @dataclass
@@ -697,7 +670,18 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def fit(self, *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None) -> "Trainer":
-        """Train to ``train.epochs`` (or stop after ``stop_after`` epochs in this call)."""
+        """Train to ``train.epochs`` (or stop after ``stop_after`` epochs in this call), holding the
+        run folder's lock (``runs.run_lock``; rank 0 of a data-parallel run: the one that writes)."""
+        if not self.dist.main:
+            return self._fit(resume, overwrite, stop_after)
+        if not resume:
+            prepare_run_dir(self.run_dir, overwrite)  # a new folder, its marker, under the lock
+        elif not self.run_dir.is_dir():
+            raise RunDirError(f"cannot resume {self.run_dir}: there is no such folder.")
+        with run_lock(self.run_dir, "train --resume" if resume else "train"):
+            return self._fit(resume, overwrite, stop_after)
+
+    def _fit(self, resume: bool, overwrite: bool, stop_after: int | None) -> "Trainer":
         if resume:
             state = load_checkpoint(self.run_dir / CHECKPOINT)
             check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
@@ -705,9 +689,9 @@ class Trainer:
             check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
             self._restore(state)
             if self.dist.main:  # (only rank 0 reads, rewrites and extends the metrics)
-                self.history = [m for m in read_metrics(self.run_dir) if m["epoch"] <= self.epoch]
+                self.history = [m for m in read_metrics(self.run_dir, self.log) if m["epoch"] <= self.epoch]
                 self._write_metrics()
-                self.config.save(self.run_dir / CONFIG)
+                write_text(self.run_dir / CONFIG, self.config.to_toml())
             if self.epoch >= self.config.train.epochs:
                 self.log(
                     f"{self.run_dir} already finished its {self.epoch} epochs; to train further, "
@@ -716,11 +700,9 @@ class Trainer:
             else:
                 self.log(f"resuming {self.run_dir} from epoch {self.epoch} (step {self.step})")
         else:
-            if self.dist.main:
-                prepare_run_dir(self.run_dir, overwrite)
             self._build()
             if self.dist.main:
-                self.config.save(self.run_dir / CONFIG)
+                write_text(self.run_dir / CONFIG, self.config.to_toml())
             self.history = []
 
         last = self.config.train.epochs if stop_after is None else min(self.config.train.epochs, self.epoch + stop_after)
@@ -836,8 +818,7 @@ class Trainer:
             self.best_valid, self.best_epoch = valid["elbo"], self.epoch
         self.history.append(log.line())
         if self.dist.main:
-            with open(self.run_dir / METRICS, "a") as f:  # metrics first: resume drops lines past the checkpoint
-                f.write(json.dumps(self.history[-1]) + "\n")
+            append_line(self.run_dir / METRICS, json.dumps(self.history[-1]))  # first: resume drops lines past the checkpoint
             state = self._state()
             if improved:
                 save_checkpoint(self.run_dir / BEST, state)
@@ -866,7 +847,7 @@ class Trainer:
             save_checkpoint(folder / f"epoch-{self.epoch:05d}.pt", state)
 
     def _write_metrics(self) -> None:
-        (self.run_dir / METRICS).write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        write_text(self.run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in self.history))
 
 
 def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None = None,
@@ -878,15 +859,15 @@ def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None
     k = cfg.eval.samples if samples is None else samples
     if dist.main:
         log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
-    with resumable_evaluation(run.run_dir, EVALUATION, dist) as store:
+    with run_lock(run.run_dir, "evaluate") if dist.main else nullcontext(), \
+            resumable_evaluation(run.run_dir, EVALUATION, dist) as store:
         result = metrics.evaluate(
             run.program, run.data.test, samples=k, seed=cfg.seed, batch_size=cfg.eval.batch_size,
             chunk_pairs=cfg.eval.chunk_pairs, exact_points=cfg.eval.exact_points, dist=dist, store=store,
         )
         if dist.main:
             write_evaluation(run, result)
-    if dist.main:
-        plots.run_pictures(run, result, read_metrics(run.run_dir))
+            plots.run_pictures(run, result, read_metrics(run.run_dir))
     return result
 
 
@@ -905,6 +886,4 @@ def resumable_evaluation(run_dir: Path, name: str, dist: Distributed = SINGLE):
 def write_evaluation(run: Run, result: metrics.Evaluation, name: str = EVALUATION) -> Path:
     summary = {"epoch": run.epoch, "checkpoint": run.source, "dataset": run.config.data["name"], "split": "test",
                "model_program": run.config.model.program, **result.summary()}
-    path = run.run_dir / name
-    _atomic_write(path, lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
-    return path
+    return write_text(run.run_dir / name, json.dumps(summary, indent=2) + "\n")

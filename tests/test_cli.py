@@ -131,7 +131,8 @@ def test_errors_exit_2_with_a_one_paragraph_message(argv, fragment, capsys, tmp_
 
 def test_an_existing_run_folder_is_refused_without_overwrite(trained, capsys):
     assert main(["train", *TINY, "--out", str(trained), "--no-progress"]) == 2
-    assert "already exists. Pass --overwrite" in capsys.readouterr().err
+    assert "already exists (it holds checkpoint.pt, config.toml," in (err := capsys.readouterr().err)
+    assert "Pass --overwrite to replace it" in err
 
 
 def test_resume_refuses_config_changes_and_a_second_config(trained, capsys):

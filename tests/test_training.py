@@ -286,7 +286,7 @@ def test_existing_run_folders_are_not_overwritten_silently(tmp_path):
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("precious")
-    with pytest.raises(RunDirError, match="not a pyro-vae run folder"):
+    with pytest.raises(RunDirError, match="pyro-vae did not create it .* holds notes.txt"):
         Trainer(tiny_config(), other, **quiet).fit(overwrite=True)
     assert (other / "notes.txt").read_text() == "precious"
 

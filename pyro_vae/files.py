@@ -1,0 +1,54 @@
+"""Files written whole or not at all.
+
+Every file pyro-vae writes goes to a new temporary file created exclusively in the target's folder
+(``tempfile.mkstemp``: never through a link planted there), is flushed and fsynced, then renamed
+over the target (``os.replace`` replaces a link at the target instead of following it). On
+failure the temporary file is removed and the target keeps its last good contents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import torch
+
+from .errors import StorageError
+
+
+def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` whole or not at all: ``write(file)`` fills a new temporary file in the same
+    folder, which is flushed, fsynced and renamed over ``path``. On failure the temporary file is
+    removed, ``path`` is left as it was, and a :class:`StorageError` says what failed."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise StorageError(f"cannot create a file in {path.parent}: {e.strerror}.", e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            kept = " Its previous contents are intact." if path.exists() else ""
+            raise StorageError(f"could not write {path}: {e.strerror or e}.{kept}", e) from None
+        raise
+    return path
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    """:func:`atomic_write` of a text file (UTF-8)."""
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_tensors(path: Path | str, state: Any) -> Path:
+    """:func:`atomic_write` of ``torch.save(state)``."""
+    return atomic_write(path, lambda f: torch.save(state, f))

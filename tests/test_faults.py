@@ -1,0 +1,278 @@
+"""Faults a careless or hostile user meets: nothing outside the run touched, nothing lost, every
+failure one line with its exit status (2: usage, 1: runtime), never a traceback.
+
+Each case checks the exit status, that the message names the path or the fix, and that sentinel
+files inside and outside the run folder are byte-identical afterwards."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae import Config, StorageError, Trainer
+from pyro_vae import files as files_module
+from pyro_vae.cli import main
+from pyro_vae.runs import LOCK, MARKER, run_lock
+from pyro_vae.training import CHECKPOINT, METRICS, read_metrics
+
+TINY = ["--set", "data=synthetic", "--set", "data.n_train=64", "--set", "data.n_test=16", "--set", "data.side=6",
+        "--set", "model.latent_dim=2", "--set", "model.network.hidden=[8]", "--set", "train.epochs=1",
+        "--set", "train.batch_size=32", "--set", "eval.samples=4", "--set", "eval.train_subset=8",
+        "--set", "eval.exact_points=0", "--no-progress"]
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+def snapshot(*folders: Path) -> dict[str, bytes]:
+    """Every file below ``folders`` (links as their target's name), to compare before and after."""
+    out = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            out[str(path)] = os.readlink(path).encode() if path.is_symlink() else \
+                path.read_bytes() if path.is_file() else b"<dir>"
+    return out
+
+
+def tiny_config(**train) -> Config:
+    return Config.from_dict({"data": {"name": "synthetic", "n_train": 64, "n_test": 16, "side": 6},
+                             "model": {"latent_dim": 2, "network": {"name": "mlp", "hidden": [8]}},
+                             "train": {"epochs": 2, "batch_size": 32, **train},
+                             "eval": {"samples": 4, "train_subset": 8, "exact_points": 0}})
+
+
+def refused(argv: list[str], capsys, status: int = 2) -> str:
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert err.startswith("error") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# -- --overwrite removes only what pyro-vae made ----------------------------------------------
+
+
+def test_overwrite_refuses_a_folder_pyro_vae_did_not_create_even_with_a_config_toml(tmp_path, capsys):
+    """The reported damage: a project folder holding a file named config.toml was emptied."""
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "config.toml").write_text('title = "app"\n')
+    (project / "notes.txt").write_text("keep\n")
+    before = snapshot(project)
+    err = refused(["train", *TINY, "--out", str(project), "--overwrite"], capsys)
+    assert str(project) in err and "did not create it" in err and "notes.txt" in err
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("where", [".", ".."])
+def test_overwrite_never_empties_the_working_directory_or_a_parent(where, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", *TINY, "--out", ".", "--overwrite"]) in (0, 2)  # an empty directory may become a run
+    capsys.readouterr()
+    (work / "precious.txt").write_text("mine\n")
+    before = snapshot(tmp_path)
+    err = refused(["train", *TINY, "--out", where, "--overwrite"], capsys)
+    assert "current directory or one of its parents" in err or "did not create it" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_the_current_directory_is_never_emptied_even_when_it_is_a_run_folder(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    monkeypatch.chdir(run)
+    capsys.readouterr()
+    before = snapshot(run)
+    err = refused(["train", *TINY, "--out", ".", "--overwrite"], capsys)
+    assert "current directory" in err
+    assert snapshot(run) == before
+
+
+def test_overwrite_replaces_a_run_folder_pyro_vae_made_and_nothing_beside_it(tmp_path, capsys):
+    (tmp_path / "beside.txt").write_text("untouched\n")
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    marker = json.loads((run / MARKER).read_text())
+    assert marker["created_by"] == "pyro-vae train" and marker["pid"] == os.getpid()
+    before = snapshot(tmp_path)
+    assert main(["train", *TINY, "--set", "seed=5", "--out", str(run), "--overwrite"]) == 0
+    assert (tmp_path / "beside.txt").read_bytes() == before[str(tmp_path / "beside.txt")]
+    assert "seed = 5" in (run / "config.toml").read_text()
+
+
+def test_a_run_folder_of_an_earlier_version_without_the_marker_is_not_overwritten(tmp_path, capsys):
+    run = tmp_path / "old-run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    (run / MARKER).unlink()  # as pyro-vae wrote them before the marker
+    capsys.readouterr()
+    before = snapshot(run)
+    err = refused(["train", *TINY, "--out", str(run), "--overwrite"], capsys)
+    assert f"no {MARKER} marker" in err and "remove it yourself" in err
+    assert snapshot(run) == before
+
+
+def test_an_out_under_a_regular_file_says_so(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    err = refused(["train", *TINY, "--out", str(tmp_path / "a-file" / "run")], capsys, status=1)
+    assert str(tmp_path / "a-file" / "run") in err
+    err = refused(["train", *TINY, "--out", str(tmp_path / "a-file")], capsys)
+    assert "is a file, not a run folder" in err
+
+
+# -- one writer at a time ---------------------------------------------------------------------
+
+
+def hold_lock(run: Path) -> subprocess.Popen:
+    """Another process holding ``run``'s lock until it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pyro_vae.runs import run_lock\n"
+         "with run_lock(sys.argv[1], 'test holder'):\n    print('held', flush=True)\n    time.sleep(600)\n", str(run)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_writer_is_refused_naming_the_process_and_a_killed_one_never_blocks(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    holder = hold_lock(run)
+    try:
+        capsys.readouterr()
+        before = snapshot(run)
+        for argv in (["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"],
+                     ["evaluate", str(run), "--samples", "3"],
+                     ["sample", str(run), "--n", "4"],
+                     ["train", *TINY, "--out", str(run), "--overwrite"]):
+            err = refused(argv, capsys)
+            assert f"is in use by process {holder.pid}" in err and "test holder" in err, argv
+        assert snapshot(run) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"]) == 0  # no stale lock
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+
+
+def test_two_resumes_at_once_one_trains_and_the_other_is_refused(tmp_path):
+    run = tmp_path / "run"
+    slow = [a.replace("data.n_train=64", "data.n_train=2000") for a in TINY]
+    assert main(["train", *slow, "--out", str(run)]) == 0
+    resume = [sys.executable, "-m", "pyro_vae", "train", "--resume", str(run), "--set", "train.epochs=80",
+              "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert "resuming" in first.stdout.readline()  # it holds the lock from here
+    second = subprocess.run(resume, capture_output=True, text=True, timeout=120, env=env)
+    rest, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 81))  # one line an epoch
+
+
+def test_the_lock_is_reentrant_within_a_process_and_released_after(tmp_path):
+    with run_lock(tmp_path, "outer"), run_lock(tmp_path, "inner"):
+        assert json.loads((tmp_path / LOCK).read_text())["command"] == "outer"
+    holder = hold_lock(tmp_path)  # released: another process takes it at once
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+
+
+# -- files are written whole or not at all ----------------------------------------------------
+
+
+def test_a_link_planted_at_the_old_temporary_name_or_at_the_checkpoint_is_never_followed(tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"someone else's file")
+    run = tmp_path / "run"
+    Trainer(tiny_config(epochs=1), run, **QUIET).fit()
+    (run / "checkpoint.pt.tmp").symlink_to(outside)
+    (run / "best.pt").symlink_to(outside)
+    os.replace(run / CHECKPOINT, tmp_path / "saved.pt")
+    (run / CHECKPOINT).symlink_to(tmp_path / "saved.pt")
+    Trainer(Config.load(run / "config.toml", ["train.epochs=2"]), run, **QUIET).fit(resume=True)
+    assert outside.read_bytes() == b"someone else's file"
+    assert not (run / CHECKPOINT).is_symlink()  # the link itself was replaced by the new checkpoint
+    assert torch.load(run / CHECKPOINT, weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "saved.pt", weights_only=True)["epoch"] == 1  # ... and what it pointed to kept
+
+
+def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_checkpoint_and_leaves_no_temporary_file(
+        tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    before = (run / CHECKPOINT).read_bytes()
+
+    def full(state, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files_module.torch, "save", full)
+    capsys.readouterr()
+    err = refused(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"], capsys, status=1)
+    assert f"could not write {run / CHECKPOINT}: No space left on device. Its previous contents are intact." in err
+    assert (run / CHECKPOINT).read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(StorageError):
+        Trainer(Config.load(run / "config.toml", ["train.epochs=2"]), run, **QUIET).fit(resume=True)
+
+
+def test_an_output_into_a_folder_that_is_not_there_says_which(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    err = refused(["sample", str(run), "--out", str(tmp_path / "missing" / "s.png")], capsys, status=1)
+    assert f"cannot create a file in {tmp_path / 'missing'}" in err
+
+
+# -- metrics.jsonl ----------------------------------------------------------------------------
+
+
+def test_resume_repairs_a_partial_last_line_of_the_metrics_and_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    with open(run / METRICS, "a") as f:
+        f.write('{"epoch": 2, "objec')  # a process killed while appending
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"]) == 0
+    assert "last line was cut off" in capsys.readouterr().out
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+
+
+def test_a_damaged_line_inside_the_metrics_is_refused_naming_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--set", "train.epochs=2", "--out", str(run)]) == 0
+    lines = (run / METRICS).read_text().splitlines()
+    (run / METRICS).write_text("\n".join(["garbage", *lines]) + "\n")
+    capsys.readouterr()
+    err = refused(["train", "--resume", str(run), "--set", "train.epochs=3", "--no-progress"], capsys)
+    assert f"{run / METRICS} line 1 is not JSON" in err
+
+
+# -- exit statuses ------------------------------------------------------------------------------
+
+
+def test_a_divergence_is_a_runtime_failure_and_debug_shows_the_traceback(tmp_path, capsys):
+    err = refused(["train", *TINY, "--set", "train.lr=1e12", "--out", str(tmp_path / "run")], capsys, status=1)
+    assert "the loss became" in err and "Try a smaller train.lr" in err
+    assert main(["--debug", "train", *TINY, "--set", "train.lr=1e12", "--out", str(tmp_path / "run2")]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_operating_system_refusal_is_a_runtime_failure_in_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(run / "config.toml"))
+
+    monkeypatch.setattr("pyro_vae.training.load_run", denied)
+    capsys.readouterr()
+    err = refused(["evaluate", str(run)], capsys, status=1)
+    assert err.strip() == f"error: {run / 'config.toml'}: Permission denied."
