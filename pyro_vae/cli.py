@@ -33,6 +33,9 @@ from .errors import ConfigError, ProgramError, PyroVAEError, RunDirError
 from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, default_run_dir, differences_outside
 
 
+LARGE_K = 100_000  # importance samples per datapoint beyond which `evaluate` asks to be told
+
+
 def _config_from(path: str | None, overrides: list[str]) -> Config:
     raw = read_toml(path) if path else {}
     return Config.from_dict(apply_overrides(raw, overrides))
@@ -106,7 +109,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         say(f"training into {run_dir}  (config: {run_dir / CONFIG}){processes}")
     trainer.fit(resume=bool(args.resume), overwrite=args.overwrite)
     run = load_run(run_dir, device=str(trainer.device), trust_code=True)  # the code this process just trained
-    result = finish_run(run, log=say, dist=dist)
+    args.on_interrupt = (f"the evaluation's finished batches are kept in {run_dir / 'evaluation.json.batches'}; "
+                         f"`pyro-vae train --resume {run_dir}` finishes it")
+    result = finish_run(run, log=say, dist=dist, progress=not args.no_progress)
     say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, {run.described}"))
     written = [name for name in ("metrics.jsonl", "checkpoint.pt", "best.pt", "evaluation.json", "samples.png",
                                  "reconstructions.png", "curves.png", "latent.png") if (run_dir / name).is_file()]
@@ -146,12 +151,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seed = cfg.seed if args.seed is None else args.seed
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}.")
+    if samples > LARGE_K and not args.allow_large_k:
+        n = run.data.test.shape[0]
+        raise ConfigError(
+            f"--samples {samples:,} is beyond {LARGE_K:,} importance samples per datapoint: {samples * n:,} decoder "
+            f"passes over the {n:,} test datapoints (K = 5,000, the largest the papers report, already takes "
+            f"an hour for a conv model on 2 CPU cores). Pass --allow-large-k to run it anyway.")
     exact_points = cfg.eval.exact_points if args.exact_points is None else args.exact_points
     stem = f"evaluation-K{samples}-seed{seed}"
-    with run_lock(run.run_dir, "evaluate"), resumable_evaluation(run.run_dir, stem) as store:  # rerun: it resumes
-        result = evaluate(
+    args.on_interrupt = (f"the finished batches are kept in {run.run_dir / (stem + '.batches')}; the same "
+                         f"command resumes them")
+    with run_lock(run.run_dir, "evaluate"), resumable_evaluation(run.run_dir, stem) as store:
+        result = evaluate(  # (rerun after an interruption: it resumes at the batches not done)
             run.program, run.data.test, samples=samples, seed=seed, batch_size=cfg.eval.batch_size,
-            chunk_pairs=cfg.eval.chunk_pairs, exact_points=exact_points, store=store,
+            chunk_pairs=cfg.eval.chunk_pairs, exact_points=exact_points, store=store, progress=not args.no_progress,
         )
         path = write_evaluation(run, result, stem + ".json")
         result.write_csv(run.run_dir / f"{stem}.csv")
@@ -311,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="auto", help="best (best validation ELBO), last, or a snapshot's "
                    ".pt path (default auto: best when the run kept a validation split, else last)")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    p.add_argument("--allow-large-k", action="store_true", help=f"allow --samples beyond {LARGE_K:,}")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     trust(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -391,9 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error{where}: {e}", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
+        said = getattr(args, "on_interrupt", None)
         run = getattr(args, "run_dir_used", None)
-        where = f" Resume with `pyro-vae train --resume {run}`." if run else ""
-        print(f"\ninterrupted: the last finished epoch's checkpoint is kept.{where}", file=sys.stderr)
+        if said:
+            print(f"\ninterrupted: {said}.", file=sys.stderr)
+        elif run:
+            print(f"\ninterrupted: the last finished epoch's checkpoint is kept. Resume with "
+                  f"`pyro-vae train --resume {run}`.", file=sys.stderr)
+        else:
+            print("\ninterrupted.", file=sys.stderr)
         return 130
 
 

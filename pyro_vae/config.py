@@ -28,6 +28,7 @@ import difflib
 import functools
 import inspect
 import json
+import math
 import re
 import sys
 import textwrap
@@ -529,7 +530,7 @@ class TrainConfig:
             f"1: every epoch), got {self.curve_every}.",
         )
         require(self.batch_size >= 1, f"{where}.batch_size must be >= 1, got {self.batch_size}.")
-        require(self.lr > 0, f"{where}.lr must be > 0, got {self.lr}.")
+        require(self.lr > 0 and math.isfinite(self.lr), f"{where}.lr must be a finite number > 0, got {self.lr}.")
         require(
             0.0 < self.lr_final <= 1.0,
             f"{where}.lr_final must be in (0, 1] (the learning rate at the end of the budget, as a "
@@ -673,9 +674,12 @@ def read_toml(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}.") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start}): TOML files are UTF-8; "
+                          f"save it as UTF-8.") from None
 
 
 def parse_value(text: str) -> Any:

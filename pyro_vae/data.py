@@ -135,8 +135,14 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (gzip-compressed or raw): the format of MNIST and its relatives."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except gzip.BadGzipFile:
+        raise DataError(f"{path} is not gzip data though it is named .gz: download it again (or drop the .gz "
+                        f"from the name of an uncompressed IDX file).") from None
+    except EOFError:
+        raise DataError(f"{path} is truncated: its compressed stream ends early. Download it again.") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number).")
     ndim = data[3]
@@ -200,6 +206,10 @@ class IDXDataset(Dataset):
         folder = self._folder()
         train, train_labels = load_idx_split(folder, "train", self.name)
         test, test_labels = load_idx_split(folder, "test", self.name)
+        for split, x in (("train", train), ("test", test)):
+            if tuple(x.shape[-2:]) != (28, 28):
+                raise DataError(f"dataset '{self.name}' is 28x28 images, and the {split} files in {folder} hold "
+                                f"{x.shape[-2]}x{x.shape[-1]} ones: that folder holds another dataset.")
         return DataSplits(
             self.name, train, train_labels, test, test_labels,
             f"{self.name} from {folder}: {len(train_labels)} train / {len(test_labels)} test",
@@ -217,8 +227,21 @@ def load_idx_split(folder: Path, split: str, name: str = "IDX") -> tuple[torch.T
                 f"{', '.join(s for pair in IDX_FILES.values() for s in pair)} (each optionally .gz)."
             )
         arrays.append(read_idx(path))
-    images = torch.from_numpy(arrays[0].copy()).float().div_(255.0).unsqueeze(1)
-    return images, torch.from_numpy(arrays[1].astype(np.int64))
+    images, labels = arrays
+    (image_path, label_path) = (find_idx(Path(folder), stem) for stem in IDX_FILES[split])
+    if images.ndim != 3:
+        kind = "labels (1-D)" if images.ndim == 1 else f"a {images.ndim}-D array"
+        raise DataError(f"dataset '{name}': {image_path} holds {kind}, not images (N, H, W): is a labels file in "
+                        f"the images' place?")
+    if images.dtype != np.uint8:
+        raise DataError(f"dataset '{name}': {image_path} holds {images.dtype} values; the image files of MNIST-like "
+                        f"sets are 8-bit levels (IDX type 0x08), which pyro-vae scales by 1/255.")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"dataset '{name}': {label_path} holds {labels.shape} labels for the {len(images)} images of "
+                        f"{image_path}: one label per image is needed.")
+    if len(images) == 0:
+        raise DataError(f"dataset '{name}': the {split} split in {image_path} has no images.")
+    return torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
 @DATASETS.register("mnist")

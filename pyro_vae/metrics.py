@@ -391,6 +391,7 @@ def evaluate(
     dist: Distributed = SINGLE,
     posterior_means: bool = True,
     store: str | Path | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """ELBO terms for every datapoint of ``x`` and, if ``samples`` > 0, importance-sampled log p(x).
 
@@ -405,6 +406,7 @@ def evaluate(
     With ``store``, a folder, each batch's values are kept there and a batch already there is read
     back instead of computed (:class:`EvaluationStore`): an interrupted evaluation resumes. The
     exact values (2-D latents and linear-Gaussian models only) are recomputed, not stored.
+    ``progress`` shows a progress bar over the batches, with the time left (rank 0).
     ``program`` is a model program (the stock VAE or any other) or its :class:`~pyro_vae.programs.Program`.
     """
     program = as_program(program, tuple(x.shape[1:]))
@@ -419,8 +421,12 @@ def evaluate(
             "posterior_means": posterior_means})
 
     def batches(indices: list[int]) -> list[dict]:
+        from tqdm.auto import tqdm
+
         out = []
-        for b in indices:
+        bar = tqdm(indices, disable=not (progress and dist.main), unit="batch", leave=False, dynamic_ncols=True,
+                   desc=f"evaluating, K = {samples}" if samples else "evaluating")
+        for b in bar:
             terms = kept.load(b) if kept is not None else None
             if terms is None:
                 xb = x[starts[b] : starts[b] + batch_size]

@@ -166,6 +166,14 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
     return data
 
 
+def _physical_memory() -> int:
+    """This machine's memory in bytes (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _probe_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(0)
 
@@ -342,7 +350,14 @@ def _require_run_program(config: Config, model: torch.nn.Module, run_dir: Path) 
 
 
 def load_parameters(module: torch.nn.Module, state: dict, path: Path) -> None:
-    """``module.load_state_dict(state)``, a mismatch said in words (a checkpoint of other code)."""
+    """``module.load_state_dict(state)``, a mismatch said in words (a checkpoint of other code), and
+    a checkpoint holding NaN or infinite parameters refused (a damaged file)."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds NaN or infinite values in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}: the "
+            f"file is damaged (or was written after a divergence). Use another checkpoint (--checkpoint best or a "
+            f"snapshot), or train again.")
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
@@ -574,6 +589,7 @@ class Trainer:
                 f"{self.program.name} does not say which modules those are: give it a network_bodies() method "
                 f"returning them (pyro_vae.networks.Body modules), or train in float32.")
         self.data = prepare_data(self.config, self.program, self.device, splits)
+        self._check_sizes()
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.program.fit_to_data(self.data.train, self.generator)  # e.g. VampPrior pseudo-inputs
         if not self.program.direct:
@@ -619,6 +635,30 @@ class Trainer:
             self.log(f"note: this run folder cannot rebuild its program by itself ({self.rebuild_note}); load it in "
                      f"Python with load_run(RUN, model={type(program.module).__qualname__}(...)).")
         return program
+
+    def _check_sizes(self) -> None:
+        """Settings that cannot be meant, refused (or noted) with the numbers that show it, before any step."""
+        n, batch = self.data.train.shape[0], self.config.train.batch_size
+        if batch > n:
+            held = f" after holding out train.validation = {self.config.train.validation}" if \
+                self.config.train.validation else ""
+            self.log(f"note: train.batch_size = {batch} is larger than the training set ({n} datapoints{held}): every "
+                     f"step sees the whole set, one step an epoch.")
+        parameters = sum(p.numel() for p in self.model_module.parameters())
+        copies = 4 + (1 if self.config.train.ema else 0)  # parameters, gradients, Adam's two moments (+ the average)
+        need, have = 4 * parameters * copies, _physical_memory()
+        if have and need > 0.8 * have:
+            raise ConfigError(
+                f"the model has {parameters:,} parameters: training holds about {need / 2**30:.1f} GiB of them "
+                f"(parameters, gradients, Adam's moments{', the average' if self.config.train.ema else ''}), more than "
+                f"this machine's {have / 2**30:.1f} GiB of memory can spare. Make the model smaller (model.latent_dim, "
+                f"the network's widths).")
+        checkpoint = 4 * parameters * (3 + (1 if self.config.train.ema else 0))
+        if checkpoint > 2**30:
+            self.log(f"note: the model has {parameters:,} parameters; each checkpoint will be about "
+                     f"{checkpoint / 2**30:.1f} GiB (the run folder keeps checkpoint.pt"
+                     f"{', best.pt' if self.config.train.validation else ''}"
+                     f"{' and snapshots' if self.config.train.snapshot_minutes else ''}).")
 
     def _check_program(self) -> None:
         """The protocol, checked once on a training batch before training: sites and plates
@@ -851,7 +891,7 @@ class Trainer:
 
 
 def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None = None,
-               dist: Distributed = SINGLE) -> metrics.Evaluation:
+               dist: Distributed = SINGLE, progress: bool = False) -> metrics.Evaluation:
     """Final test evaluation (with importance-sampled log p(x)) and the run's pictures (rank 0 writes)."""
     from . import plots
 
@@ -864,6 +904,7 @@ def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None
         result = metrics.evaluate(
             run.program, run.data.test, samples=k, seed=cfg.seed, batch_size=cfg.eval.batch_size,
             chunk_pairs=cfg.eval.chunk_pairs, exact_points=cfg.eval.exact_points, dist=dist, store=store,
+            progress=progress,
         )
         if dist.main:
             write_evaluation(run, result)

@@ -276,3 +276,146 @@ def test_an_operating_system_refusal_is_a_runtime_failure_in_one_line_naming_the
     capsys.readouterr()
     err = refused(["evaluate", str(run)], capsys, status=1)
     assert err.strip() == f"error: {run / 'config.toml'}: Permission denied."
+
+
+# -- data refused at load time, before any training ---------------------------------------------
+
+
+def idx_folder(tmp_path: Path) -> Path:
+    from test_data import make_idx_folder
+
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    make_idx_folder(folder)
+    return folder
+
+
+def _float_images(folder: Path) -> None:
+    import gzip
+    import struct
+
+    import numpy as np
+
+    array = np.zeros((12, 28, 28), dtype=">f4")
+    header = bytes([0, 0, 0x0D, 3]) + b"".join(struct.pack(">I", n) for n in array.shape)
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def _resized(folder: Path, side: int) -> None:
+    import numpy as np
+    from test_data import write_idx
+
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.zeros((n, side, side)))
+
+
+def _labels_count(folder: Path) -> None:
+    import numpy as np
+    from test_data import write_idx
+
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(4))
+
+
+def _empty_test(folder: Path) -> None:
+    import numpy as np
+    from test_data import write_idx
+
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(0))
+
+
+DATA_FAULTS = {
+    "truncated-gzip": (lambda f: (f / "train-images-idx3-ubyte.gz").write_bytes(
+        (f / "train-images-idx3-ubyte.gz").read_bytes()[:100]), "is truncated: its compressed stream ends early"),
+    "not-gzip": (lambda f: (f / "train-images-idx3-ubyte.gz").write_bytes(b"plain text, not gzip"),
+                 "is not gzip data though it is named .gz"),
+    "labels-in-the-images-place": (lambda f: (f / "train-images-idx3-ubyte.gz").write_bytes(
+        (f / "train-labels-idx1-ubyte.gz").read_bytes()), "holds labels (1-D), not images"),
+    "float-images": (_float_images, "holds >f4 values"),
+    "wrong-image-size": (lambda f: _resized(f, 32), "is 28x28 images, and the train files"),
+    "label-count": (_labels_count, "holds (4,) labels for the 5 images"),
+    "empty-test-set": (_empty_test, "the test split in"),
+}
+
+
+@pytest.mark.parametrize("fault", DATA_FAULTS)
+def test_broken_idx_data_is_refused_at_load_time_naming_the_file(fault, tmp_path, capsys):
+    folder = idx_folder(tmp_path)
+    DATA_FAULTS[fault][0](folder)
+    before = snapshot(folder)
+    err = refused(["train", "--set", "data=fashion-mnist", "--set", f"data.data_dir={folder}", "--out",
+                   str(tmp_path / "run"), "--no-progress"], capsys)
+    assert DATA_FAULTS[fault][1] in err and str(folder) in err
+    assert snapshot(folder) == before
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+# -- settings and files that cannot be meant --------------------------------------------------
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_in_words(tmp_path, capsys):
+    (tmp_path / "latin1.toml").write_bytes('[train]\n# caf\xe9\nepochs = 1\n'.encode("latin-1"))
+    err = refused(["train", str(tmp_path / "latin1.toml"), "--out", str(tmp_path / "run")], capsys)
+    assert "is not UTF-8 text" in err and "latin1.toml" in err
+
+
+@pytest.mark.parametrize("lr", ["inf", "nan", "-1e-3"])
+def test_a_learning_rate_that_is_not_a_finite_positive_number_is_refused(lr, tmp_path, capsys):
+    err = refused(["train", *TINY, "--set", f"train.lr={lr}", "--out", str(tmp_path / "run")], capsys)
+    assert "train.lr must be a finite number > 0" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_larger_than_the_training_set_is_said(tmp_path, capsys):
+    assert main(["train", *TINY, "--set", "train.batch_size=500", "--out", str(tmp_path / "run")]) == 0
+    assert "train.batch_size = 500 is larger than the training set (64 datapoints)" in capsys.readouterr().out
+
+
+def test_a_model_too_large_for_the_machine_is_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("pyro_vae.training._physical_memory", lambda: 2**12)  # a machine of 4 KiB
+    err = refused(["train", *TINY, "--out", str(tmp_path / "run")], capsys)
+    assert "parameters: training holds about" in err and "0.0 GiB of memory" in err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_a_path_beyond_the_systems_limit_is_one_line(tmp_path, capsys):
+    err = refused(["train", *TINY, "--out", str(tmp_path / ("x" * 300) / "run")], capsys, status=1)
+    assert "File name too long" in err
+
+
+@pytest.mark.parametrize("damage", ["nan", "shape"])
+def test_a_damaged_checkpoint_is_refused_naming_the_tensor(damage, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    name = "decoder.body.0.weight"
+    state["model"][name] = state["model"][name].fill_(float("nan")) if damage == "nan" else torch.zeros(3, 3)
+    torch.save(state, run / CHECKPOINT)
+    capsys.readouterr()
+    err = refused(["evaluate", str(run)], capsys)
+    assert str(run / CHECKPOINT) in err and name in err
+    assert ("NaN or infinite values" if damage == "nan" else "do not fit the model program") in err
+
+
+def test_evaluate_refuses_a_k_beyond_the_bound_unless_told(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    err = refused(["evaluate", str(run), "--samples", "1000000000"], capsys)
+    assert "beyond 100,000 importance samples per datapoint" in err and "--allow-large-k" in err
+
+
+def test_ctrl_c_during_an_evaluation_says_what_is_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pyro_vae.metrics.evaluate", interrupted)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--samples", "7"]) == 130
+    err = capsys.readouterr().err
+    assert f"finished batches are kept in {run / 'evaluation-K7-seed0.batches'}" in err and "resumes them" in err
+    assert "epoch's checkpoint" not in err
