@@ -20,8 +20,9 @@ hand-written step in the same round (so that the shared machine's drifts of spee
     python benchmarks/step_overhead.py                      # batch 128 and 1024, all objectives
     python benchmarks/step_overhead.py --batch-sizes 128 --rounds 10 --objectives elbo
 
-Data handling (indexing a batch out of the in-memory training tensor, dynamic binarization) is
-timed separately and reported as a share of pyro-vae's step.
+Data handling (indexing a batch out of the in-memory training tensor, dynamic binarization) and
+the input checks ``VAE.model`` and ``VAE.guide`` make on every call (shape, dtype, finiteness, the
+likelihood's support) are timed separately and reported as shares of pyro-vae's step.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import pyro.distributions as dist
 
 from pyro_vae import VAE, BernoulliLikelihood
 from pyro_vae.config import OBJECTIVES
-from pyro_vae.data import MNIST5k
+from pyro_vae.data import MNIST5k, check_batch, require_finite
 from pyro_vae.programs import Program
 from pyro_vae.training import svi_step
 
@@ -312,6 +313,25 @@ def data_share(train: torch.Tensor, batch: int, step_seconds: float, rounds: int
     return statistics.median(samples) / step_seconds
 
 
+def check_share(x: torch.Tensor, step_seconds: float, rounds: int) -> float:
+    """Seconds of the input checks at the Python boundary (what ``VAE.model`` and ``VAE.guide`` check
+    on every call, with Pyro's validation on or off), over the step time."""
+    vae = VAE(latent_dim=50)
+
+    def checks() -> None:
+        vae.likelihood.check_observed(x, like=vae.decoder)  # VAE.model
+        check_batch(x, vae.data_shape, like=vae.encoder)  # VAE.guide
+        require_finite(x)
+
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(20):
+            checks()
+        samples.append((time.perf_counter() - start) / 20)
+    return statistics.median(samples) / step_seconds
+
+
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), pyro {pyro.__version__}, python {platform.python_version()}, "
@@ -336,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
           f"round's time / the hand-written step's in that round")
     train = MNIST5k().load().train
     rows: dict[tuple[str, str], dict[int, float]] = {}
-    shares = {}
+    shares, checked = {}, {}
     for batch in args.batch_sizes:
         x = torch.bernoulli(train[:batch], generator=torch.Generator().manual_seed(0))
         for objective in args.objectives:
@@ -347,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.setdefault((objective, c.name), {})[batch] = (medians[c.name], ratio(times, c.name))
             if objective == "elbo":
                 shares[batch] = data_share(train, batch, medians[STOCK], args.rounds)
+                checked[batch] = check_share(x, medians[STOCK], args.rounds)
 
     header = "| objective | step | " + " | ".join(f"batch {b}: ms (ratio)" for b in args.batch_sizes) + " |"
     print(header)
@@ -362,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     for batch, share in shares.items():
         print(f"# data handling (index a batch + dynamic binarization), batch {batch}: "
               f"{100 * share:.1f}% of pyro-vae's elbo step")
+    for batch, share in checked.items():
+        print(f"# input checks at the Python boundary (VAE.model + VAE.guide: shape, dtype, finite, binary), batch "
+              f"{batch}: {100 * share:.2f}% of pyro-vae's elbo step")
     return 0
 
 

@@ -36,7 +36,7 @@ from .likelihoods import GaussianLikelihood
 from .networks import MLPNetwork
 from .numerics import seeded
 from .priors import LearnedGaussianPrior, StandardNormalPrior, diagonal_gaussian_parameters
-from .programs import Program, as_program
+from .programs import Program, as_program, checked_program
 
 
 @dataclass
@@ -212,7 +212,7 @@ def grid_posterior(program, x: torch.Tensor, *, tolerance: float = 1e-3, max_poi
     forms) come from a fixed seed under ``fork_rng``: the result is a function of the model and x."""
     from .metrics import chunk_pairs_for
 
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     name = _latent_site(program)
     chunk_pairs = chunk_pairs_for(program, x.device, chunk_pairs)
     device = x.device
@@ -256,7 +256,7 @@ def grid_posterior(program, x: torch.Tensor, *, tolerance: float = 1e-3, max_poi
 @torch.no_grad()
 def grid_evidence(program, x: torch.Tensor, **options) -> ExactEvidence:
     """Quadrature log p(x), ELBO and KL(q(z|x) || p(z|x)) for every datapoint of x (one 2-D latent site)."""
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     log_px, elbo, kl, err, grids = [], [], [], [], []
     for i in range(x.shape[0]):
         g = grid_posterior(program, x[i : i + 1], **options)
@@ -283,7 +283,7 @@ def closed_form_available(program) -> bool:
 def exact_evidence(program, x: torch.Tensor, **grid_options) -> ExactEvidence | None:
     """Exact values where a method exists: closed form for linear-Gaussian models, quadrature for
     one 2-D latent site; None otherwise."""
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     result = linear_gaussian_evidence(program, x)
     if result is not None:
         return result
@@ -309,7 +309,7 @@ def monte_carlo_terms(program, x: torch.Tensor, samples: int, chunk_pairs: int |
     site has one."""
     from .metrics import chunk_pairs_for
 
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     per_chunk = max(1, chunk_pairs_for(program, x.device, chunk_pairs) // x.shape[0])
     recon, ratio, closed, done = [], [], None, 0
     with program.source.given(x) as at_x:
@@ -339,7 +339,7 @@ def decomposition(program, x: torch.Tensor, *, samples: int = 5000, seed: int = 
     each datapoint of x: exact where a method exists, otherwise estimated with a standard error."""
     from .metrics import chunk_pairs_for, log_evidence_diagnostics
 
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     chunk_pairs = chunk_pairs_for(program, x.device, chunk_pairs)  # resolved once for the three estimates
     with seeded(seed, x.device):
         importance = log_evidence_diagnostics(program, x, samples, chunk_pairs)

@@ -9,7 +9,10 @@ A likelihood owns three things:
 * the data contract: ``check_data`` refuses data the distribution cannot score (grey pixels under
   a Bernoulli, values outside [0, 1] under a continuous Bernoulli, NaN anywhere) with the fix named;
 * input preparation: binarization, done once for evaluation sets (with a fixed seed) and, for
-  dynamic binarization, afresh for every training batch.
+  dynamic binarization, afresh for every training batch;
+* what p(x|z) observes: ``check_observed`` refuses, at ``VAE.model``, a batch outside the
+  distribution's support (grey pixels under any Bernoulli: the trainer binarizes before the model
+  sees them), also with Pyro's validation off, in one pass over x when all is well.
 
 Most likelihoods are factorized: pixels independent given z. ``pixelcnn-bernoulli`` is
 autoregressive: pixel i's Bernoulli also reads the pixels before it, so log p(x|z) needs x itself
@@ -30,6 +33,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from .config import LIKELIHOODS, Component, require
+from .data import check_batch, require_finite
 from .errors import DataError
 from .networks import CausalStack
 from .priors import inverse_softplus
@@ -104,6 +108,42 @@ class Likelihood(Component, nn.Module):
     def prepare_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A training batch, drawn afresh each time (e.g. dynamic binarization)."""
         return x
+
+    # -- what p(x|z) observes: the Python boundary ---------------------------------------------
+
+    #: a value every observation may take (placeholders for runs of the model that only need z)
+    placeholder: ClassVar[float] = 0.0
+
+    def check_observed(self, x: torch.Tensor, where: str = "input", like: nn.Module | None = None) -> None:
+        """Refuse a batch that p(x|z) cannot score as it is (the prepared data, after binarization
+        or dequantization): shaped other than (batch, *event_shape), not floating point (or not in
+        ``like``'s dtype and device), NaN or infinite, outside the support; with the message the
+        CLI gives and the fix named. One pass over x when all is well (``observable``)."""
+        check_batch(x, self.event_shape, where, like)
+        if not self.observable(x):  # the fast filter; the exact checks below say what is wrong
+            require_finite(x, where)
+            self.refuse_observed(x, where)
+
+    def observable(self, x: torch.Tensor) -> bool:
+        """Whether p(x|z) surely scores every value of x: fast (reductions, no elementwise
+        comparisons), may answer False for data that is fine (``refuse_observed`` then decides).
+        Default: finite real numbers."""
+        return math.isfinite(x.sum().item())  # NaN and inf propagate (an overflowing sum goes to the exact count)
+
+    def refuse_observed(self, x: torch.Tensor, where: str) -> None:
+        """The exact check of finite x, raising the DataError that says why p(x|z) cannot score it."""
+
+
+def _in_unit_interval(x: torch.Tensor, open_: bool = False) -> bool:
+    low, high = torch.aminmax(x)  # NaN propagates: refused
+    return bool(low > 0 and high < 1) if open_ else bool(low >= 0 and high <= 1)
+
+
+def _require_binary(x: torch.Tensor, split: str, who: str, fixes: str) -> None:
+    grey = ((x != 0) & (x != 1)).sum().item()
+    if grey:
+        raise DataError(f"the {split} data has {grey} pixel values that are not exactly 0 or 1, but the {who} "
+                        f"likelihood {fixes}")
 
 
 def _require_unit_interval(x: torch.Tensor, split: str, who: str, fixes: str) -> None:
@@ -197,20 +237,31 @@ class _BinaryImageLikelihood(Likelihood):
 
     def check_data(self, x: torch.Tensor, split: str) -> None:
         if self.binarize == "none":
-            grey = ((x != 0) & (x != 1)).sum().item()
-            if grey:
-                raise DataError(
-                    f"the {split} data has {grey} pixel values that are not exactly 0 or 1, but the "
-                    f"{self.name} likelihood with binarize = \"none\" scores only binary data. Either "
-                    f"binarize it: set model.likelihood.binarize = \"dynamic\" (a fresh draw each "
-                    f"batch) or \"static\" (one fixed draw); or keep the grey levels and use a "
-                    f"likelihood for [0, 1] intensities: model.likelihood = \"continuous-bernoulli\"."
-                )
+            _require_binary(x, split, self.name,
+                            "with binarize = \"none\" scores only binary data. Either binarize it: set "
+                            "model.likelihood.binarize = \"dynamic\" (a fresh draw each batch) or \"static\" (one "
+                            "fixed draw); or keep the grey levels and use a likelihood for [0, 1] intensities: "
+                            "model.likelihood = \"continuous-bernoulli\".")
         else:
             _require_unit_interval(
                 x, split, self.name,
                 "Rescale the data to [0, 1] (binarization treats each value as a probability).",
             )
+
+    def observable(self, x: torch.Tensor) -> bool:
+        if not _in_unit_interval(x):  # (NaN is not)
+            return False
+        flat = x.reshape(-1)
+        return torch.dot(flat, 1 - flat).item() == 0  # a sum of x (1 - x) >= 0: zero iff every x is 0 or 1
+
+    def refuse_observed(self, x: torch.Tensor, where: str) -> None:
+        if self.binarize == "none":
+            self.check_data(x, where)
+        _require_binary(x, where, self.name,
+                        "scores binary pixels, and p(x|z) observes x as it is given (the trainer binarizes each "
+                        "batch before the model sees it). Binarize it the same way: "
+                        "vae.likelihood.prepare_batch(x, generator) (a fresh draw) or prepare_eval_set(x) (a fixed "
+                        "one); or score grey levels with model.likelihood = \"continuous-bernoulli\".")
 
     def prepare_train_set(self, x: torch.Tensor) -> torch.Tensor:
         return _binarize(x, TRAIN_BINARIZATION_SEED) if self.binarize == "static" else x
@@ -414,6 +465,12 @@ class ContinuousBernoulliLikelihood(Likelihood):
     def check_data(self, x: torch.Tensor, split: str) -> None:
         _require_unit_interval(x, split, "continuous-bernoulli", "Rescale the data to [0, 1].")
 
+    def observable(self, x: torch.Tensor) -> bool:
+        return _in_unit_interval(x)
+
+    def refuse_observed(self, x: torch.Tensor, where: str) -> None:
+        self.check_data(x, where)
+
 
 class _LocationScaleLikelihood(Likelihood):
     """Shared by Gaussian and Laplace: the decoder gives the location; the scale is fixed or learned."""
@@ -507,6 +564,21 @@ def _require_8bit(x: torch.Tensor, split: str, who: str) -> None:
         )
 
 
+def _is_8bit(x: torch.Tensor) -> bool:
+    levels = x * 255
+    return _in_unit_interval(x) and (levels - levels.round()).abs().amax().item() <= 1e-4
+
+
+class _EightBitObserved:
+    """Observes the data as loaded: 8-bit levels k/255 (the discrete likelihoods)."""
+
+    def observable(self, x: torch.Tensor) -> bool:
+        return _is_8bit(x)
+
+    def refuse_observed(self, x: torch.Tensor, where: str) -> None:
+        self.check_data(x, where)
+
+
 def _log1mexp(d: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(d)) for d < 0, accurate near 0 and far from it (Maechler 2012)."""
     return torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
@@ -588,7 +660,7 @@ class DiscretizedLogisticMixtureImage(dist.TorchDistribution):
 
 
 @LIKELIHOODS.register("discretized-logistic")
-class DiscretizedLogisticLikelihood(Likelihood):
+class DiscretizedLogisticLikelihood(_EightBitObserved, Likelihood):
     """p(x_i|z) = a K-component logistic mixture discretized to the 256 levels of 8-bit data, edge bins open (PixelCNN++); a true probability mass.
 
     The decoder gives, per pixel, K mixture logits, K locations and K log-scales (log-scales are
@@ -662,7 +734,7 @@ class CategoricalImage(dist.TorchDistribution):
 
 
 @LIKELIHOODS.register("categorical")
-class CategoricalLikelihood(Likelihood):
+class CategoricalLikelihood(_EightBitObserved, Likelihood):
     """p(x_i|z) = Cat(x_i; softmax(f(z)_i)) over the 256 levels of 8-bit data: one logit per level per pixel; a true probability mass.
 
     The decoder's head has 256 outputs per pixel (for an MLP decoder, a 256-times larger last layer).
@@ -749,6 +821,19 @@ class BetaLikelihood(Likelihood):
             _require_8bit(x, split, "beta (dequantize = \"uniform\")")
         else:
             _require_unit_interval(x, split, "beta", "Rescale the data to [0, 1].")
+
+    placeholder = 0.5
+
+    def observable(self, x: torch.Tensor) -> bool:
+        return _in_unit_interval(x, open_=True)
+
+    def refuse_observed(self, x: torch.Tensor, where: str) -> None:
+        low, high = x.min().item(), x.max().item()
+        moved = ("dequantized, (255 x + u) / 256 with u ~ U(0, 1)" if self.dequantize == "uniform"
+                 else f"squeezed, eps + (1 - 2 eps) x with eps = {self.squeeze}")
+        raise DataError(f"the {where} data has values in [{low:g}, {high:g}], but the beta likelihood observes values "
+                        f"in the open interval (0, 1): the trainer moves the data there before the model sees it "
+                        f"({moved}). Do the same: vae.likelihood.prepare_batch(x, generator) or prepare_eval_set(x).")
 
     def _dequantized(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)

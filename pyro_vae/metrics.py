@@ -38,7 +38,7 @@ from .distributed import SINGLE, Distributed
 from .errors import RunDirError
 from .files import save_tensors, write_text
 from .numerics import seeded  # noqa: F401  (re-exported: evaluation seeds live with numerics)
-from .programs import Program, as_program
+from .programs import Program, as_program, checked_program
 from .terms import POSTERIOR_MEAN_SAMPLES, posterior_mean  # noqa: F401  (re-exported)
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -124,7 +124,7 @@ def elbo_terms(program, x: torch.Tensor, num_samples: int = 1, posterior_means: 
     (the KL in closed form where every latent site has one, else by Monte Carlo), and
     (``posterior_means``, where the latent is one continuous vector) E_q[z], which a guide without
     a closed-form mean pays for in draws."""
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     with program.source.given(x) as at_x:
         terms = at_x.draw(num_samples)
         reconstruction = terms.log_likelihood.mean(0)
@@ -164,7 +164,7 @@ def log_evidence(program, x: torch.Tensor, num_samples: int = 1000, chunk_pairs:
     unset: the device's default, :func:`chunk_pairs_for`) and combined by a streaming log-sum-exp,
     so memory does not grow with K.
     """
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     total, _ = _streamed_log_sums(program, x, num_samples, chunk_pairs, squares=False)
     return total - math.log(num_samples)
 
@@ -179,7 +179,7 @@ def log_evidence_diagnostics(program, x: torch.Tensor, num_samples: int = 1000,
     Var(log p_hat) ~= Var(w) / (K E[w]^2), estimated as (K sum_k v_k^2 - 1) / K. (The estimator's
     bias, about -Var/2, is of the same order; both shrink like 1/K.)
     """
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     total, total_sq = _streamed_log_sums(program, x, num_samples, chunk_pairs, squares=True)
     sum_sq_normalized = (total_sq - 2 * total).exp()
     return {
@@ -409,7 +409,7 @@ def evaluate(
     ``progress`` shows a progress bar over the batches, with the time left (rank 0).
     ``program`` is a model program (the stock VAE or any other) or its :class:`~pyro_vae.programs.Program`.
     """
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     module = program.module
     starts = list(range(0, x.shape[0], batch_size))
     chunk_pairs = chunk_pairs_for(program, x.device, chunk_pairs)  # resolved once, not per batch or exact point
@@ -503,7 +503,7 @@ def gradient_statistics(program, objective, x: torch.Tensor, draws: int = 100, s
     Moments are accumulated in float64, one draw at a time, so memory does not grow with draws.
     Runs under its own seed; the parameters are not changed.
     """
-    program = as_program(program, tuple(x.shape[1:]))
+    program = checked_program(program, x)
     module = program.module
     groups = program.parameter_groups()
     sums = {g: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for g, ps in groups.items()}

@@ -57,6 +57,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from .config import ModelConfig, ProgramConfig
+from .data import check_batch, require_finite
 from .errors import ConfigError, DataError, ProgramError
 from .terms import OBSERVED, DirectSource, source_for
 from .vae import VAE
@@ -307,7 +308,7 @@ class Program:
         self.source = source_for(module)
         self.direct = isinstance(self.source, DirectSource)
         self.vae = module if isinstance(module, VAE) else None  # its components (data contract, networks)
-        shape = getattr(module, "data_shape", None) if data_shape is None else data_shape
+        shape = getattr(module, "data_shape", None) or data_shape  # the program's own, where it declares one
         self.data_shape = tuple(shape) if shape is not None else None
         self._probed: dict | None = None
 
@@ -349,6 +350,21 @@ class Program:
         """Refuse data the program cannot score: its contract's checks, and for a program without
         the stock likelihood's, the support of its observed site "x"."""
         self.contract.check_data(x, split)
+
+    def check_observed(self, x: torch.Tensor, where: str = "input") -> None:
+        """The Python boundary of evaluation: refuse a batch the program cannot score as it is (the
+        prepared data) with the fix named: the stock likelihood's ``check_observed``; for other
+        programs the shape (where the data shape is known), dtype, finiteness and the support of
+        site "x"."""
+        if self.vae is not None:
+            self.vae.likelihood.check_observed(x, where, like=self.vae.decoder)
+            if self.direct:
+                return
+        else:
+            if self.data_shape is not None:
+                check_batch(x, self.data_shape, where, like=self.module)
+            require_finite(x, where)
+        self.check_support(x, where)
 
     def check_support(self, x: torch.Tensor, split: str) -> None:
         """Refuse prepared data outside the support of site "x" (programs other than the stock VAE)."""
@@ -438,7 +454,8 @@ class Program:
                                f"it through the trainer, which knows the data).")
         p = next(self.module.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-        return torch.zeros(n, *self.data_shape, device=device)
+        value = self.vae.likelihood.placeholder if self.vae is not None else 0.0
+        return torch.full((n, *self.data_shape), value, device=device)
 
     def _observed_site(self, x: torch.Tensor, z: dict[str, torch.Tensor] | None = None) -> dict:
         """The model's site "x" (its fn is p(x|z)) run on x, at given z or at z ~ p(z)."""
@@ -539,6 +556,14 @@ class _OwnContract:
 def as_program(obj, data_shape: tuple[int, ...] | None = None) -> Program:
     """``obj`` if it is a :class:`Program`, else the Program of the module ``obj``."""
     return obj if isinstance(obj, Program) else Program(obj, data_shape)
+
+
+def checked_program(obj, x: torch.Tensor, where: str = "input") -> Program:
+    """``as_program(obj)`` for scoring the batch x, which is refused first if the program cannot score
+    it as it is (:meth:`Program.check_observed`): the boundary of the evaluation functions."""
+    program = as_program(obj, tuple(x.shape[1:]) if torch.is_tensor(x) else None)
+    program.check_observed(x, where)
+    return program
 
 
 def check_params_are_the_modules(program: Program, x: torch.Tensor) -> None:

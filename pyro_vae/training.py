@@ -174,6 +174,22 @@ def _physical_memory() -> int:
         return 0
 
 
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest folder above that exists."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _free_disk(path: Path) -> int | None:
+    """Bytes free on the filesystem that holds (or will hold) ``path``; None where it cannot be said."""
+    try:
+        return shutil.disk_usage(_existing(path)).free
+    except OSError:
+        return None
+
+
 def _probe_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(0)
 
@@ -653,7 +669,17 @@ class Trainer:
                 f"(parameters, gradients, Adam's moments{', the average' if self.config.train.ema else ''}), more than "
                 f"this machine's {have / 2**30:.1f} GiB of memory can spare. Make the model smaller (model.latent_dim, "
                 f"the network's widths).")
-        checkpoint = 4 * parameters * (3 + (1 if self.config.train.ema else 0))
+        checkpoint = 4 * parameters * (3 + (1 if self.config.train.ema else 0))  # (+ Adam's moments, the average)
+        names = [CHECKPOINT] + ([BEST] if self.config.train.validation else [])
+        at_once = len(names) + 1  # the files kept, and a replacement while it is written
+        there = sum((self.run_dir / n).stat().st_size for n in names if (self.run_dir / n).is_file())
+        free = _free_disk(self.run_dir)
+        if free is not None and at_once * checkpoint - there > free:
+            raise ConfigError(
+                f"the model has {parameters:,} parameters: each checkpoint is about {checkpoint / 2**30:.2f} GiB and "
+                f"the run folder needs {at_once} of them at once, {at_once * checkpoint / 2**30:.2f} GiB, while "
+                f"{_existing(self.run_dir)} has {free / 2**30:.2f} GiB free. Free some space, train into another "
+                f"folder (--out), or make the model smaller.")
         if checkpoint > 2**30:
             self.log(f"note: the model has {parameters:,} parameters; each checkpoint will be about "
                      f"{checkpoint / 2**30:.1f} GiB (the run folder keeps checkpoint.pt"

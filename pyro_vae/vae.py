@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import GUIDES, LIKELIHOODS, NETWORKS, PRIORS, require
+from .data import check_batch, require_finite
 
 
 class VAE(nn.Module):
@@ -65,7 +66,8 @@ class VAE(nn.Module):
 
     # The Pyro program.
     def model(self, x: torch.Tensor) -> None:
-        """p(z) p(x|z) for a batch x of shape (batch, *data_shape)."""
+        """p(z) p(x|z) for a batch x of shape (batch, *data_shape) that p(x|z) can score (refused otherwise)."""
+        self.likelihood.check_observed(x, like=self.decoder)
         pyro.module("decoder", self.decoder)
         pyro.module("prior", self.prior)
         pyro.module("likelihood", self.likelihood)
@@ -74,7 +76,9 @@ class VAE(nn.Module):
             pyro.sample("x", self.p_x_given_z(z), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        """q(z|x) for a batch x of shape (batch, *data_shape)."""
+        """q(z|x) for a batch x of shape (batch, *data_shape), finite (refused otherwise)."""
+        check_batch(x, self.data_shape, like=self.encoder)
+        require_finite(x)
         pyro.module("encoder", self.encoder)
         pyro.module("posterior", self.posterior)
         with pyro.plate("data", x.shape[0]):

@@ -112,7 +112,7 @@ def test_config_prints_the_resolved_toml(capsys):
         (["train", "--set", "model.prior=gaussian-mixture"], "unknown prior 'gaussian-mixture'"),
         (["train", "--set", "model.prior=mixture", "--set", "model.prior.components=ten"], "must be int"),
         (["train", "--set", "model.latent_dim=0"], "latent_dim must be >= 1"),
-        (["train", "--set", "train.lr=-0.1"], "train.lr must be > 0"),
+        (["train", "--set", "train.lr=-0.1"], "train.lr must be a finite number > 0"),
         (["train", "missing.toml"], "does not exist"),
         (["train", *TINY, "--set", "data.binary=false", "--set", "model.likelihood.binarize=none"],
          "not exactly 0 or 1"),

@@ -43,7 +43,7 @@ def test_unknown_option_lists_the_valid_options():
         ({"model": {"prior": {"name": "mixture", "components": 2.5}}}, "must be int"),
         ({"model": {"prior": {"name": "mixture", "components": 0}}}, "components must be >= 1"),
         ({"model": {"latent_dim": 0}}, "latent_dim must be >= 1"),
-        ({"train": {"lr": 0}}, "train.lr must be > 0"),
+        ({"train": {"lr": 0}}, "train.lr must be a finite number > 0"),
         ({"train": {"lr": "fast"}}, "train.lr must be float"),
         ({"train": {"epochs": 0}}, "train.epochs must be >= 1"),
         ({"train": {"kl_warmup_start": 2.0}}, "kl_warmup_start must be in (0, 1]"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -419,3 +420,159 @@ def test_ctrl_c_during_an_evaluation_says_what_is_kept_and_how_to_resume(tmp_pat
     err = capsys.readouterr().err
     assert f"finished batches are kept in {run / 'evaluation-K7-seed0.batches'}" in err and "resumes them" in err
     assert "epoch's checkpoint" not in err
+
+
+# -- the Python API checks its inputs at the boundary, also with Pyro's validation off ----------
+
+
+def small_vae(likelihood="bernoulli"):
+    from pyro_vae import VAE
+
+    torch.manual_seed(0)
+    return VAE(data_shape=(1, 4, 4), latent_dim=2, likelihood=likelihood, network={"name": "mlp", "hidden": [8]})
+
+
+def binary_batch(n: int = 5) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, 1, 4, 4), 0.5), generator=torch.Generator().manual_seed(0))
+
+
+def svi_step(vae, x) -> float:
+    import pyro
+
+    pyro.clear_param_store()
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
+    with pyro.validation_enabled(False):
+        return svi.step(x)
+
+
+PYTHON_FAULTS = {  # likelihood, the batch, what the message says
+    "grey-under-bernoulli": ("bernoulli", lambda x: x * 0.5 + 0.25, "pixel values that are not exactly 0 or 1"),
+    "minus-one-to-one-under-bernoulli": ("bernoulli", lambda x: 2 * x - 1, "vae.likelihood.prepare_batch(x, generator)"),
+    "nan-inputs": ("bernoulli", lambda x: x.masked_fill(x > 0.5, float("nan")), "NaN or infinite values"),
+    "inf-under-gaussian": ("gaussian", lambda x: x.masked_fill(x > 0.5, float("inf")), "NaN or infinite values"),
+    "flat-batch": ("bernoulli", lambda x: x.flatten(1), "x.reshape(-1, 1, 4, 4)"),
+    "one-image-without-a-batch": ("bernoulli", lambda x: x[0], "x.unsqueeze(0)"),
+    "another-size": ("bernoulli", lambda x: x[..., :3, :3], "data of another size"),
+    "uint8-levels": ("bernoulli", lambda x: (x * 255).to(torch.uint8), "x.float() / 255"),
+    "float64": ("bernoulli", lambda x: x.double(), "x.to('cpu', torch.float32)"),
+    "a-numpy-array": ("bernoulli", lambda x: x.numpy(), "not a torch.Tensor"),
+    "above-one-under-continuous-bernoulli": ("continuous-bernoulli", lambda x: x * 2, "needs pixel intensities in [0, 1]"),
+    "between-levels-under-categorical": ("categorical", lambda x: x * 0.3, "values between levels"),
+    "the-edges-under-beta": ("beta", lambda x: x, "observes values in the open interval (0, 1)"),
+}
+
+
+@pytest.mark.parametrize("fault", PYTHON_FAULTS)
+def test_a_batch_the_model_cannot_score_is_refused_by_raw_svi_with_validation_off(fault):
+    from pyro_vae import DataError
+
+    likelihood, damage, said = PYTHON_FAULTS[fault]
+    vae = small_vae(likelihood)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    with pytest.raises(DataError, match=None) as e:
+        svi_step(vae, damage(binary_batch()))
+    assert said in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())  # no step was taken
+
+
+@pytest.mark.parametrize("fault", ["grey-under-bernoulli", "nan-inputs", "flat-batch", "float64"])
+def test_evaluate_refuses_what_the_model_cannot_score_with_the_same_message(fault):
+    from pyro_vae import DataError, evaluate
+
+    likelihood, damage, said = PYTHON_FAULTS[fault]
+    with pytest.raises(DataError) as e:
+        evaluate(small_vae(likelihood), damage(binary_batch()), samples=3)
+    assert said in str(e.value)
+
+
+def test_the_python_boundary_says_what_the_cli_says(tmp_path, capsys):
+    from pyro_vae import DataError
+
+    vae = small_vae({"name": "bernoulli", "binarize": "none"})
+    with pytest.raises(DataError) as e:
+        svi_step(vae, binary_batch() * 0.5)
+    err = refused(["train", *TINY, "--set", "data.binary=false", "--set", "model.likelihood.binarize=none",
+                   "--out", str(tmp_path / "run")], capsys)
+    python_said = str(e.value).split(" pixel values ")[1]
+    assert python_said in err  # the same sentence, after the count and the split's name
+
+
+def test_data_the_model_can_score_passes_the_boundary_unchanged():
+    from pyro_vae import evaluate
+
+    vae, x = small_vae(), binary_batch()
+    assert math.isfinite(svi_step(vae, x))
+    assert math.isfinite(evaluate(vae, x, samples=3).log_px.mean().item())
+
+
+def test_an_evaluated_user_program_is_refused_nan_inputs_and_a_wrong_shape():
+    from pyro_vae import DataError, evaluate
+    from user_programs import TwoLatents
+
+    program = TwoLatents(data_shape=(1, 4, 4))
+    for x, said in ((binary_batch().masked_fill(binary_batch() > 0.5, float("nan")), "NaN or infinite"),
+                    (binary_batch().flatten(1), "x.reshape(-1, 1, 4, 4)")):
+        with pytest.raises(DataError) as e:
+            evaluate(program, x, samples=3)
+        assert said in str(e.value)
+
+
+def test_an_unwritable_run_folder_is_a_runtime_failure_naming_it(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    before = snapshot(run)
+    run.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: the system's answer, injected
+        def denied(*args, **kwargs):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        monkeypatch.setattr(files_module.tempfile, "mkstemp", denied)
+    capsys.readouterr()
+    try:
+        err = refused(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"], capsys, status=1)
+    finally:
+        run.chmod(0o755)
+    assert f"cannot create a file in {run}: Permission denied" in err
+    assert {k: v for k, v in snapshot(run).items() if not k.endswith(LOCK)} == \
+        {k: v for k, v in before.items() if not k.endswith(LOCK)}
+
+
+def test_missing_idx_files_are_named_with_the_files_expected(tmp_path, capsys):
+    folder = idx_folder(tmp_path)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    err = refused(["train", "--set", "data=fashion-mnist", "--set", f"data.data_dir={folder}", "--out",
+                   str(tmp_path / "run"), "--no-progress"], capsys)
+    assert "no t10k-labels-idx1-ubyte(.gz)" in err and str(folder) in err
+
+
+def test_a_data_folder_that_is_not_there_is_named(tmp_path, capsys):
+    err = refused(["train", "--set", "data=fashion-mnist", "--set", f"data.data_dir={tmp_path / 'nowhere'}",
+                   "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert str(tmp_path / "nowhere") in err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample", "explain"])
+def test_a_run_folder_without_its_checkpoint_is_refused_by_every_reader(command, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    (run / CHECKPOINT).unlink()
+    capsys.readouterr()
+    err = refused([command, str(run)], capsys)
+    assert str(run) in err
+
+
+def test_a_python_trainer_refuses_nan_data_before_any_step(tmp_path):
+    from pyro_vae import DataError, DataSplits
+
+    train = binary_batch(64).expand(64, 1, 4, 4).clone()
+    train[3, 0, 1, 1] = float("nan")
+    splits = DataSplits("mine", train, torch.zeros(64, dtype=torch.long), binary_batch(8), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(DataError, match="1 NaN or infinite values"):
+        Trainer(tiny_config(), tmp_path / "run", splits=splits, **QUIET).fit()
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_a_run_folder_larger_than_the_free_disk_is_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("pyro_vae.training._free_disk", lambda path: 1000)  # 1,000 bytes free
+    err = refused(["train", *TINY, "--out", str(tmp_path / "run")], capsys)
+    assert "the run folder needs 2 of them at once" in err and "GiB free" in err and str(tmp_path) in err
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
