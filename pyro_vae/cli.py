@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import REGISTRIES, Config, ProgramConfig, apply_overrides, read_toml
+from .config import DATASETS, REGISTRIES, Config, ProgramConfig, apply_overrides, read_toml
+from .data import dataset_for_path
+from .data import summary as data_summary
 from .distributed import DEFAULT_TIMEOUT
 from .errors import ConfigError, ProgramError, PyroVAEError, RunDirError
 from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, default_run_dir, differences_outside
@@ -36,9 +38,18 @@ from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, default_ru
 LARGE_K = 100_000  # importance samples per datapoint beyond which `evaluate` asks to be told
 
 
-def _config_from(path: str | None, overrides: list[str]) -> Config:
+def _config_from(path: str | None, overrides: list[str], data: str | None = None) -> Config:
     raw = read_toml(path) if path else {}
+    if data is not None:  # --data PATH: the dataset it names, whose options --set data.* may then change
+        raw["data"] = dataset_for_path(data)
     return Config.from_dict(apply_overrides(raw, overrides))
+
+
+def _given_data(args: argparse.Namespace):
+    """The splits of ``--data PATH`` for a command reading a run (checked against the run's fingerprint)."""
+    if getattr(args, "data", None) is None:
+        return None
+    return DATASETS.build(dataset_for_path(args.data), "--data").load()
 
 
 def launch(args: argparse.Namespace, argv: list[str]) -> int:
@@ -57,7 +68,7 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
         elif not item.startswith("--nproc="):
             rest.append(item)
     if not args.resume and not args.out:  # every process must use the same default folder
-        config = _config_from(args.config, args.set)
+        config = _config_from(args.config, args.set, args.data)
         rest += ["--out", str(default_run_dir(config))]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
                "-m", "pyro_vae", *rest]
@@ -78,6 +89,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / CONFIG).is_file() or not (run_dir / CHECKPOINT).is_file():
             raise RunDirError(f"cannot resume {run_dir}: it needs {CONFIG} and {CHECKPOINT} (a run that finished at least one epoch).")
         saved = Config.load(run_dir / CONFIG)
+        if args.data and saved.data["name"] != "given":
+            raise ConfigError(f"--data: {run_dir} rebuilds its own data from its config (dataset "
+                              f"'{saved.data['name']}'); resume it without --data.")
         config = Config.load(run_dir / CONFIG, args.set)
         changed = differences_outside(saved.to_dict(), config.to_dict(), RESUMABLE_CHANGES)
         if changed:
@@ -86,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume can only change {allowed} (and respell data.data_dir as the same "
                               f"folder); these overrides would change the run: {keys}.")
     else:
-        config = _config_from(args.config, args.set)
+        config = _config_from(args.config, args.set, args.data)
     dist = Distributed.from_environment(config.device, args.timeout)
     args.dist = dist
     say = print if dist.main else (lambda *a, **k: None)
@@ -103,12 +117,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.run_dir_used = run_dir  # for the interrupt message
     if args.resume:
         require_trust(config, run_dir, args.trust_code)
-    trainer = Trainer(config, run_dir, progress=not args.no_progress, dist=dist)
+    given = _given_data(args) if args.resume else None  # resuming a run trained on data from Python
+    if args.data and not args.resume:
+        say(f"data: {data_summary(DATASETS.build(config.data, 'data').load())}")
+    trainer = Trainer(config, run_dir, progress=not args.no_progress, dist=dist, splits=given)
     if not args.resume:
         processes = f", {dist.world} processes ({dist.backend})" if dist.active else ""
         say(f"training into {run_dir}  (config: {run_dir / CONFIG}){processes}")
     trainer.fit(resume=bool(args.resume), overwrite=args.overwrite)
-    run = load_run(run_dir, device=str(trainer.device), trust_code=True)  # the code this process just trained
+    run = load_run(run_dir, device=str(trainer.device), trust_code=True, splits=given)  # the code just trained
     args.on_interrupt = (f"the evaluation's finished batches are kept in {run_dir / 'evaluation.json.batches'}; "
                          f"`pyro-vae train --resume {run_dir}` finishes it")
     result = finish_run(run, log=say, dist=dist, progress=not args.no_progress)
@@ -145,7 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runs import run_lock
     from .training import load_run, resumable_evaluation, write_evaluation
 
-    run = load_run(args.run_dir, device=args.device, checkpoint=args.checkpoint, trust_code=args.trust_code)
+    run = load_run(args.run_dir, device=args.device, checkpoint=args.checkpoint, trust_code=args.trust_code,
+                   splits=_given_data(args))
     cfg = run.config
     samples = cfg.eval.samples if args.samples is None else args.samples
     seed = cfg.seed if args.seed is None else args.seed
@@ -180,7 +198,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .plots import plot_posteriors
     from .training import load_run
 
-    run = load_run(args.run_dir, device=args.device, trust_code=args.trust_code)
+    run = load_run(args.run_dir, device=args.device, trust_code=args.trust_code, splits=_given_data(args))
     cfg, test = run.config, run.data.test
     n = test.shape[0]
     indices = args.index or torch.linspace(0, n - 1, 4).long().tolist()
@@ -296,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set model.prior=mixture --set model.prior.components=10 "
                        "(values use TOML syntax: 10, 1e-3, true, [400, 200], or a bare word)")
 
+    def data(p: argparse.ArgumentParser, training: bool = False) -> None:
+        p.add_argument("--data", metavar="PATH", help=(
+            "train on your own data: a .npy, .npz or .pt file (dataset 'array'; --set data.* sets its options), "
+            "summarized in one line first" if training else
+            "the data the run trained on, where its config cannot rebuild it (a run trained on data from Python): "
+            "a .npy, .npz or .pt file, checked against the run's fingerprint"))
+
     def trust(p: argparse.ArgumentParser) -> None:
         p.add_argument("--trust-code", action="store_true",
                        help="import the user model program a run folder names (model.program); without it such "
@@ -312,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "for several machines run torchrun yourself: see the README)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="seconds a collective may wait for the other processes before failing (default %(default)g)")
+    data(p, training=True)
     trust(p)
     p.set_defaults(func=cmd_train)
 
@@ -326,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
     p.add_argument("--allow-large-k", action="store_true", help=f"allow --samples beyond {LARGE_K:,}")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data(p)
     trust(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -339,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="posterior picture path (default: RUN_DIR/posterior.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    data(p)
     trust(p)
     p.set_defaults(func=cmd_explain)
 

@@ -45,6 +45,7 @@ from .training import (
     build_model,
     checkpoint_state,
     epoch_batches,
+    data_record,
     prepare_data,
     prepare_run_dir,
     record_program,
@@ -292,7 +293,8 @@ class Comparison:
         config = Config.from_dict(raw)
         write_text(run_dir / CONFIG, config.to_toml())
         steps_per_epoch = math.ceil(self.data.train.shape[0] / config.train.batch_size)
-        state = checkpoint_state(config, program, optimizer, generator, result.steps // steps_per_epoch, result.steps)
+        state = checkpoint_state(config, program, optimizer, generator, result.steps // steps_per_epoch, result.steps,
+                                 data=data_record(self.splits, given=False))
         save_checkpoint(run_dir / CHECKPOINT, state)
 
     def _snr_against_k(self) -> None:

