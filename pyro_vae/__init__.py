@@ -4,6 +4,7 @@
     vae = VAE(prior=MixturePrior(components=10), likelihood="bernoulli", latent_dim=16)
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
     Trainer(Config(), "runs/mine", model=MyProgram()).fit()   # any nn.Module with model(x), guide(x)
+    run = pyro_vae.load("runs/mine"); mean, scale = run.encode(x); run.log_prob(x)["log_px"]
 """
 
 __version__ = "0.1.0"
@@ -50,11 +51,11 @@ from .objectives import (  # noqa: E402
 from .priors import LearnedGaussianPrior, MixturePrior, StandardNormalPrior  # noqa: E402
 from .programs import Program  # noqa: E402
 from .terms import Terms  # noqa: E402
-from .training import Run, Trainer, finish_run, load_run  # noqa: E402
+from .training import Run, Trainer, finish_run, load, load_run  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ = [
-    "VAE", "Config", "Trainer", "Run", "load_run", "finish_run",
+    "VAE", "Config", "Trainer", "Run", "load", "load_run", "finish_run",
     "evaluate", "elbo_terms", "log_evidence", "Evaluation",
     "StandardNormalPrior", "LearnedGaussianPrior", "MixturePrior",
     "BernoulliLikelihood", "ContinuousBernoulliLikelihood", "GaussianLikelihood", "LaplaceLikelihood",

@@ -1,11 +1,13 @@
 """``pyro-vae``: train, evaluate, sample, list and show configs from the command line.
 
     pyro-vae train [CONFIG.toml] [--set KEY=VALUE ...] [--out RUN_DIR] [--overwrite]
+    pyro-vae train --data my_images.npz [--set data.test_fraction=0.2]   (your own arrays)
     pyro-vae train --resume RUN_DIR [--set train.epochs=N] [--trust-code]
     pyro-vae train CONFIG --nproc N                      (data-parallel; or torchrun -m pyro_vae train ...)
     pyro-vae evaluate RUN_DIR [--samples K] [--seed S] [--trust-code]
     pyro-vae explain RUN_DIR [--index I ...] [--samples K] [--trust-code]
     pyro-vae sample RUN_DIR [--n 64] [--seed S] [--trust-code]
+    pyro-vae encode RUN_DIR [--data PATH] --out latents.npz|.csv [--samples K]
     pyro-vae compare [CONFIG.toml] --objectives elbo,iwae,dreg --budget 2000steps
     pyro-vae list [KIND]
     pyro-vae config [CONFIG.toml] [--set KEY=VALUE ...]
@@ -258,6 +260,68 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from .data import read_datapoints
+    from .files import atomic_write
+    from .metrics import batch_seed
+    from .training import load_run
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".npz", ".csv"):
+        raise ConfigError(f"--out {out}: encode writes a .npz or a .csv file.")
+    if out.exists() and not args.overwrite:
+        raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    run = load_run(args.run_dir, device=args.device, with_data=args.data is None, trust_code=args.trust_code)
+    if args.data is not None:
+        x, labels = read_datapoints(args.data, run.program.data_shape)
+        what = args.data
+    else:
+        x, labels = run.data.splits.test, run.data.splits.test_labels
+        what = f"the test set of {run.config.data['name']}"
+    samples = run.config.eval.samples if args.samples is None else args.samples
+    if samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {samples}.")
+    seed = run.config.seed if args.seed is None else args.seed
+    size = run.config.eval.batch_size
+    columns: dict[str, list] = {"mean": [], "scale": [], "elbo": [], "log_px": [], "log_px_stderr": []}
+    for b in tqdm(range(0, x.shape[0], size), disable=args.no_progress, unit="batch", leave=False,
+                  desc=f"encoding, K = {samples}"):
+        xb, s = x[b : b + size], batch_seed(seed, b // size)
+        mean, scale = run.encode(xb, seed=s)
+        evidence = run.log_prob(xb, samples, seed=s)
+        for key, value in (("mean", mean), ("scale", scale), ("elbo", run.elbo(xb, seed=s)),
+                           ("log_px", evidence["log_px"]), ("log_px_stderr", evidence["stderr"])):
+            columns[key].append(value.flatten(1) if value.dim() > 1 else value)
+    table = {k: torch.cat(v).cpu().numpy() for k, v in columns.items()}
+    if labels is not None:
+        table["label"] = labels.cpu().numpy()
+
+    def write(f) -> None:
+        if out.suffix.lower() == ".npz":
+            np.savez(f, **table)
+            return
+        d = table["mean"].shape[1]
+        header = ["index", *(["label"] if labels is not None else []), "elbo", "log_px", "log_px_stderr",
+                  *(f"mean_{i}" for i in range(d)), *(f"scale_{i}" for i in range(d))]
+        lines = [",".join(header)]
+        for i in range(len(table["elbo"])):
+            row = [str(i), *([str(int(table["label"][i]))] if labels is not None else []),
+                   *(f"{table[k][i]:.6g}" for k in ("elbo", "log_px", "log_px_stderr")),
+                   *(f"{v:.6g}" for v in table["mean"][i]), *(f"{v:.6g}" for v in table["scale"][i])]
+            lines.append(",".join(row))
+        f.write(("\n".join(lines) + "\n").encode())
+
+    with writing_into(run.run_dir, out, "encode"):
+        atomic_write(out, write)
+    print(f"wrote {out}: {len(table['elbo'])} datapoints of {what}: posterior mean and scale "
+          f"({table['mean'].shape[1]} each), ELBO and log p(x) (K = {samples}, with its standard error), nats")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import Budget, Comparison, parse_objectives
 
@@ -316,10 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data(p: argparse.ArgumentParser, training: bool = False) -> None:
         p.add_argument("--data", metavar="PATH", help=(
-            "train on your own data: a .npy, .npz or .pt file (dataset 'array'; --set data.* sets its options), "
-            "summarized in one line first" if training else
+            "train on your own data: a folder of images (dataset 'image-folder') or a .npy, .npz or .pt file "
+            "(dataset 'array'); --set data.* sets its options; summarized in one line first" if training else
             "the data the run trained on, where its config cannot rebuild it (a run trained on data from Python): "
-            "a .npy, .npz or .pt file, checked against the run's fingerprint"))
+            "a folder of images or a .npy, .npz or .pt file, checked against the run's fingerprint"))
 
     def trust(p: argparse.ArgumentParser) -> None:
         p.add_argument("--trust-code", action="store_true",
@@ -369,6 +433,20 @@ def build_parser() -> argparse.ArgumentParser:
     data(p)
     trust(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("encode", help="per datapoint: q(z|x)'s mean and scale, the ELBO and importance-sampled "
+                       "log p(x) (an anomaly score), into a .npz or .csv file")
+    p.add_argument("run_dir")
+    p.add_argument("--data", metavar="PATH", help="a folder of images or a .npy, .npz or .pt file of datapoints "
+                   "to encode, every one (default: the run's test set)")
+    p.add_argument("--out", required=True, help="the .npz or .csv file to write")
+    p.add_argument("--samples", "-k", type=int, help="importance samples K per datapoint (default: eval.samples)")
+    p.add_argument("--seed", type=int, help="seed of the estimates (default: the run's seed)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    trust(p)
+    p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("sample", help="decode samples z ~ p(z) into a picture")
     p.add_argument("run_dir")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .config import DATASETS, Component, require
-from .errors import DataError
+from .errors import DataError, StorageError
 
 MNIST5K_TEST_PER_CLASS = 100
 MNIST5K_SPLIT_SEED = 0
@@ -407,6 +407,20 @@ def _pick(arrays: dict[str, np.ndarray], key: str | None, keys: tuple[str, ...],
     return next((k for k in keys if k in arrays), None)
 
 
+def seeded_split(x: torch.Tensor, labels: torch.Tensor | None, fraction: float, seed: int, where) -> tuple:
+    """(train, train_labels, test, test_labels): a fraction of the datapoints, chosen by a seeded
+    permutation, held out as the test set (each part in its original order)."""
+    n = len(x)
+    n_test = max(1, round(n * fraction))
+    if n_test >= n:
+        raise DataError(f"{where} holds {n} datapoint(s): too few to hold out a test set (test_fraction = "
+                        f"{fraction}); add data or give data.test_path.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    test, train = order[:n_test].sort().values, order[n_test:].sort().values
+    pick = (lambda i: labels[i]) if labels is not None else (lambda i: None)
+    return x[train], pick(train), x[test], pick(test)
+
+
 def as_images(array: np.ndarray, layout: str, where: str) -> torch.Tensor:
     """A float32 tensor (N, C, H, W) or (N, D) from an array of images (N, H, W), (N, C, H, W),
     (N, H, W, C) or vectors (N, D): uint8 as 8-bit levels scaled by 1/255, floats as they are."""
@@ -504,19 +518,23 @@ class ArrayDataset(Dataset):
             where = f"{path} (test: {self.test_path or 'x_test'})"
             train, train_labels = x, labels
         else:
-            n = len(x)
-            n_test = max(1, round(n * self.test_fraction))
-            if n_test >= n:
-                raise DataError(f"{path} holds {n} datapoint(s): too few to hold out a test set (test_fraction = "
-                                f"{self.test_fraction}); add data or give data.test_path.")
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-            test_idx, train_idx = order[:n_test].sort().values, order[n_test:].sort().values
-            train, test = x[train_idx], x[test_idx]
-            train_labels = labels[train_idx] if labels is not None else None
-            test_labels = labels[test_idx] if labels is not None else None
-            where = f"{path}, {n_test} held out by seed {self.split_seed}"
+            train, train_labels, test, test_labels = seeded_split(x, labels, self.test_fraction, self.split_seed, path)
+            where = f"{path}, {len(test)} held out by seed {self.split_seed}"
         return DataSplits("array", train, train_labels, test, test_labels,
                           f"array from {where}: {len(train)} train / {len(test)} test, {'x'.join(map(str, train.shape[1:]))}")
+
+
+def read_datapoints(path: str | Path, data_shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every datapoint of a .npy, .npz or .pt file, or of a folder of images (decoded to
+    ``data_shape``'s channels and size when it is an image's), and its labels or None."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        options = {}
+        if data_shape is not None and len(data_shape) == 3 and data_shape[0] in (1, 3):
+            options = {"channels": data_shape[0], "size": list(data_shape[1:])}
+        x, labels, _, _, _ = ImageFolder(path=str(path), **options)._read(path)
+        return x, labels
+    return ArrayDataset(path=str(path))._read(path, _read_arrays(path))
 
 
 @DATASETS.register("given")
@@ -538,15 +556,173 @@ class GivenData(Dataset):
             f"on the command line (checked against its fingerprint {self.fingerprint[:12]}...).")
 
 
+# ---------------------------------------------------------------------------------------------
+# Your own image files
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _image_files(folder: Path) -> tuple[list[Path], list[str] | None]:
+    """The image files of a folder (sorted), flat or one subfolder per class; and the class names
+    (sorted subfolder names) or None for a flat folder."""
+    if not folder.is_dir():
+        raise DataError(f"{folder} does not exist." if not folder.exists() else f"{folder} is not a folder.")
+    try:
+        entries = sorted(folder.iterdir())
+    except PermissionError as e:
+        raise DataError(f"{folder}: {e.strerror} (cannot list it).") from None
+    flat = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    classes = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    if flat and classes:
+        raise DataError(f"{folder} holds both image files ({flat[0].name}, ...) and subfolders ({classes[0].name}, "
+                        f"...): either every image in the folder itself, or one subfolder per class.")
+    if classes:
+        files = [f for c in classes for f in sorted(c.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        names = [c.name for c in classes]
+    else:
+        files, names = flat, None
+    if not files:
+        raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}), neither in it nor in "
+                        f"subfolders of it.")
+    return files, names
+
+
+def _decode(path: Path, channels: int, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise DataError(f"{path} is not an image pyro-vae can read (damaged, or another kind of file "
+                        f"named {path.suffix}): remove or replace it.") from None
+    except OSError as e:
+        raise DataError(f"{path} could not be decoded ({e}): it is damaged or truncated; remove or replace it.") from None
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _has_colour(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.mode not in ("1", "L", "LA", "I", "I;16", "F")
+    except (UnidentifiedImageError, OSError):
+        return False  # decoding says what is wrong with it
+
+
+@DATASETS.register("image-folder")
+class ImageFolder(Dataset):
+    """Your own image files (PNG, JPEG, ...) in a folder, flat or one subfolder per class (labels: the sorted subfolder names).
+
+    Decoded once into uint8 and cached under $PYRO_VAE_DATA/cache (default ~/.cache/pyro-vae/datasets),
+    keyed on the file list, sizes, modification times and these options: a changed folder is read
+    again, and its description says so. Nothing is written into the folder.
+
+    Options:
+        path: the folder.
+        channels: 1 (grayscale) or 3 (RGB); 0: 3 when any image is in colour, else 1.
+        size: [height, width] every image is resized to (bilinear); unset: all images must have one size.
+        test_path: a folder of test images (the same layout and classes); unset: a seeded test_fraction of path.
+        test_fraction: without test_path, the fraction of the images held out as the test set (chosen by split_seed).
+        split_seed: seed of that split.
+    """
+
+    def __init__(self, *, path: str = "", channels: int = 0, size: list[int] | None = None,
+                 test_path: str | None = None, test_fraction: float = 0.1, split_seed: int = 0) -> None:
+        require(bool(path), "data.path must name a folder of images (dataset 'image-folder').")
+        require(channels in (0, 1, 3), f"channels must be 0 (from the images), 1 or 3, got {channels}.")
+        require(size is None or (len(size) == 2 and all(int(v) >= 1 for v in size)),
+                f"size must be [height, width], got {size}.")
+        require(0.0 < test_fraction < 1.0, f"test_fraction must be in (0, 1), got {test_fraction}.")
+        self.path, self.channels, self.test_path = path, channels, test_path
+        self.size = tuple(int(v) for v in size) if size is not None else None
+        self.test_fraction, self.split_seed = test_fraction, split_seed
+
+    def _read(self, folder: Path, channels: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, list, int, str]:
+        files, classes = _image_files(folder)
+        channels = channels or self.channels  # 0: from the images (found once, then kept in the cache)
+        stats = []
+        for f in files:
+            st = f.stat()
+            stats.append((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns))
+        key = hashlib.sha256(repr(stats).encode()).hexdigest()
+        which = hashlib.sha256(repr((str(folder.resolve()), channels, self.size)).encode()).hexdigest()[:20]
+        cache = default_data_root() / "cache" / f"image-folder-{which}.npz"
+        said, images = "decoded, cached", None
+        if cache.is_file():
+            try:
+                with np.load(cache, allow_pickle=False) as f:
+                    if str(f["key"]) == key:
+                        images, labels, channels = f["images"], f["labels"], int(f["channels"])
+                        said = "from the cache"
+                    else:
+                        said = "changed since it was cached: decoded again"
+            except (OSError, KeyError, ValueError):
+                said = "its cache was unreadable: decoded again"
+        if images is None:
+            channels = channels or (3 if any(_has_colour(f) for f in files) else 1)
+            arrays = [_decode(f, channels, self.size) for f in files]
+            by_shape: dict[tuple, Path] = {}
+            for f, a in zip(files, arrays):
+                by_shape.setdefault(a.shape[1:], f)
+            if len(by_shape) > 1:
+                (s1, f1), (s2, f2) = list(by_shape.items())[:2]
+                raise DataError(f"{folder} holds images of several sizes ({f1.relative_to(folder)}: {s1[0]}x{s1[1]}, "
+                                f"{f2.relative_to(folder)}: {s2[0]}x{s2[1]}): set data.size = [height, width] to "
+                                f"resize them all.")
+            images = np.stack(arrays)
+            labels = np.array([classes.index(f.relative_to(folder).parts[0]) for f in files] if classes else [],
+                              np.int64)
+            try:
+                from .files import atomic_write
+
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(cache, lambda f: np.savez(f, key=np.array(key), images=images, labels=labels,
+                                                       channels=np.array(channels)))
+            except (OSError, StorageError):  # a cache that cannot be written only makes the next load slower
+                said = "decoded; not cached (the cache folder is not writable)"
+        x = torch.from_numpy(images).float().div_(255.0)
+        return x, (torch.from_numpy(labels) if classes else None), classes, channels, said
+
+    def load(self) -> DataSplits:
+        folder = Path(self.path).expanduser()
+        x, labels, classes, channels, said = self._read(folder)
+        if self.test_path is not None:
+            test_folder = Path(self.test_path).expanduser()
+            test, test_labels, test_classes, _, _ = self._read(test_folder, channels)
+            if test.shape[1:] != x.shape[1:]:
+                raise DataError(f"{test_folder} holds images of shape {tuple(test.shape[1:])}, and {folder} of "
+                                f"{tuple(x.shape[1:])}: set data.size to resize both.")
+            if test_classes != classes:
+                raise DataError(f"{test_folder} has the classes {test_classes}, and {folder} {classes}: the test "
+                                f"folder needs the same subfolders.")
+            train, train_labels = x, labels
+        else:
+            train, train_labels, test, test_labels = seeded_split(x, labels, self.test_fraction, self.split_seed, folder)
+        kinds = f", classes {', '.join(classes)}" if classes else ""
+        return DataSplits("image-folder", train, train_labels, test, test_labels,
+                          f"image-folder {folder} ({said}): {len(train)} train / {len(test)} test, "
+                          f"{'x'.join(map(str, train.shape[1:]))}{kinds}")
+
+
 def dataset_for_path(path: str) -> dict:
-    """The ``[data]`` table of the dataset kind a path names (``--data PATH``)."""
+    """The ``[data]`` table of the dataset kind a path names (``--data PATH``): a folder of images,
+    or an array file."""
     p = Path(path).expanduser()
     if p.suffix.lower() in ARRAY_SUFFIXES:
         return {"name": "array", "path": str(p)}
+    if p.is_dir():
+        return {"name": "image-folder", "path": str(p)}
     if not p.exists():
         raise DataError(f"--data {path}: there is no such file or folder.")
-    raise DataError(f"--data {path}: pyro-vae reads {', '.join(ARRAY_SUFFIXES)} files as data (dataset 'array'); "
-                    f"for anything else name a dataset with --set data.name=... (pyro-vae list datasets).")
+    raise DataError(f"--data {path}: pyro-vae reads a folder of images (dataset 'image-folder') or a "
+                    f"{', '.join(ARRAY_SUFFIXES)} file (dataset 'array'); for anything else name a dataset with "
+                    f"--set data.name=... (pyro-vae list datasets).")
 
 
 def summary(splits: DataSplits) -> str:

@@ -37,16 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pyro
 import torch
 
 from . import metrics
 from .config import CODE_KEY, OBJECTIVES, Config, ProgramConfig
-from .data import DATASETS, DataSplits
+from .data import DATASETS, DataSplits, check_batch, require_finite
 from .distributed import SINGLE, Distributed
 from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDirError, TrainingDiverged
 from .networks import mixed_precision
-from .numerics import sharded_noise
+from .numerics import seeded, sharded_noise
 from .files import save_tensors, write_text
 from .runs import append_line, prepare_run_dir, read_json_lines, run_lock
 from .programs import STOCK, CodeIdentity, Program, as_program, build_program, check_params_are_the_modules, \
@@ -308,7 +309,8 @@ def read_metrics(run_dir: Path, log: Callable[[str], None] | None = None) -> lis
 @dataclass
 class Run:
     """A loaded run folder: its config, its model program with trained parameters (``program``;
-    ``model`` is the module itself), its checkpoint state."""
+    ``model`` is the module itself), its checkpoint state; and the trained model to use:
+    ``encode``, ``decode``, ``reconstruct``, ``sample``, ``elbo``, ``log_prob``."""
 
     run_dir: Path
     config: Config
@@ -331,6 +333,87 @@ class Run:
         """'epoch N', saying when that is the best-validation checkpoint or a snapshot."""
         kind = {BEST: ", best validation ELBO", CHECKPOINT: ""}.get(self.source, f", {self.source}")
         return f"epoch {self.epoch}{kind}"
+
+    # -- using a trained model ---------------------------------------------------------------
+    # Inputs are checked here: a tensor or array of shape (batch, *data_shape), or flat (batch, D)
+    # when D is the data's size (reshaped); uint8 as 8-bit levels (/255); values the program's data
+    # contract accepts. Scores see the data as evaluation does (e.g. binarized with the fixed seed).
+
+    def inputs(self, x, scored: bool = False) -> torch.Tensor:
+        """``x`` as the program takes it (see above): on the run's device, float32, shaped
+        (batch, *data_shape), finite; with ``scored``, checked against the data contract and
+        prepared as evaluation prepares data (e.g. binarized with the fixed evaluation seed)."""
+        shape = tuple(self.program.data_shape)
+        if not torch.is_tensor(x):
+            try:
+                x = torch.as_tensor(np.asarray(x))
+            except (TypeError, ValueError) as e:
+                raise DataError(f"the input is a {type(x).__name__}, not an array of numbers: {e}.") from None
+        if x.dim() == 2 and len(shape) > 1 and x.shape[1] == math.prod(shape):
+            x = x.reshape(-1, *shape)  # a flat batch of the right size
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        elif x.is_floating_point() or x.dtype == torch.bool:
+            x = x.float()
+        x = x.to(self.device)
+        check_batch(x, shape, "input")
+        require_finite(x, "input")
+        if scored:
+            self.program.check_data(x, "input")
+            x = self.program.contract.prepare_eval_set(x)
+        return x
+
+    def _site(self) -> str:
+        shapes = self.program.latent_shapes
+        if len(shapes) != 1:
+            raise ProgramError(f"{self.program.name} has {len(shapes)} latent sites ({', '.join(shapes)}): encode and "
+                               f"decode take one; use run.program.posterior_means(x) and run.program.decode(z) with "
+                               f"a dict by site.")
+        return next(iter(shapes))
+
+    @torch.no_grad()
+    def encode(self, x, draws: int = 256, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x)'s mean and standard deviation per latent coordinate, each (batch, *event): exact
+        where q's family has them (the diagonal Gaussian), else from ``draws`` draws."""
+        site, x = self._site(), self.inputs(x)
+        with seeded(self.config.seed if seed is None else seed, self.device), self.program.source.given(x) as at_x:
+            q = at_x.draw(1).latents[site].q
+            try:
+                return q.mean, q.stddev
+            except NotImplementedError:
+                z = at_x.draw(draws).latents[site].value
+                return z.mean(0), z.std(0)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, pixels: str = "mean") -> torch.Tensor:
+        """Images for latents z (batch, *event): E[x|z], or draws x ~ p(x|z) with ``pixels = "sample"``
+        (or where the mean has no closed form)."""
+        return self.program.decode({self._site(): torch.as_tensor(z, device=self.device).float()}, pixels)
+
+    def reconstruct(self, x, pixels: str = "mean") -> torch.Tensor:
+        """decode(E_q[z|x]): the images x reconstructed through the posterior mean."""
+        return self.decode(self.encode(x)[0], pixels)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int | None = None, pixels: str = "mean") -> torch.Tensor:
+        """n images decoded from z ~ p(z)."""
+        with seeded(self.config.seed if seed is None else seed, self.device):
+            return self.program.decode(self.program.prior_draws(n), pixels)
+
+    @torch.no_grad()
+    def elbo(self, x, samples: int = 1, seed: int | None = None) -> torch.Tensor:
+        """The ELBO per datapoint, in nats (``samples`` draws of z; the KL in closed form where it has one)."""
+        x = self.inputs(x, scored=True)
+        with seeded(self.config.seed if seed is None else seed, self.device):
+            return metrics.elbo_terms(self.program, x, samples, posterior_means=False)["elbo"]
+
+    @torch.no_grad()
+    def log_prob(self, x, samples: int = 1000, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """Importance-sampled log p(x) per datapoint, in nats, with K = ``samples`` draws from q(z|x):
+        ``log_px``, its standard error ``stderr`` and the weights' effective sample size ``ess``."""
+        x = self.inputs(x, scored=True)
+        with seeded(self.config.seed if seed is None else seed, self.device):
+            return metrics.log_evidence_diagnostics(self.program, x, samples, self.config.eval.chunk_pairs)
 
 
 def selected_checkpoint(run_dir: Path, which: str = "auto") -> Path:
@@ -381,6 +464,12 @@ def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = T
     load_parameters(program.module, state["model"], path)
     data = prepare_data(config, program, dev, splits) if with_data else None
     return Run(run_dir, config, program, state, dev, data, path.name)
+
+
+def load(run_dir: Path | str, device: str | None = None, checkpoint: str = "auto", *, trust_code: bool = False,
+         model: torch.nn.Module | None = None) -> Run:
+    """A trained model to use (``pyro_vae.load(RUN_DIR).encode(x)``): :func:`load_run` without its data."""
+    return load_run(run_dir, device, with_data=False, checkpoint=checkpoint, trust_code=trust_code, model=model)
 
 
 def _require_run_program(config: Config, model: torch.nn.Module, run_dir: Path) -> None:

@@ -48,11 +48,34 @@ def tiny_config(**train) -> Config:
                              "eval": {"samples": 4, "train_subset": 8, "exact_points": 0}})
 
 
-def refused(argv: list[str], capsys, status: int = 2) -> str:
+def refused(argv: list[str], capsys, status: int = 2, inside: Path | None = None) -> str:
+    """Run the CLI, which must fail with ``status`` in one line and no traceback; with ``inside``, a
+    run folder, a sentinel file planted there and every file of the folder must be unchanged after."""
+    if inside is not None:
+        (inside / "sentinel-notes.txt").write_text("the user's notes\n")
+        before = snapshot(inside)
     assert main(argv) == status
     err = capsys.readouterr().err
     assert err.startswith("error") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    if inside is not None:
+        assert snapshot(inside) == before
     return err
+
+
+@pytest.fixture(autouse=True)
+def sentinels_outside(tmp_path, monkeypatch):
+    """Files outside any run folder (beside it, and in the working directory) that no fault may touch."""
+    outside, cwd = tmp_path / "outside", tmp_path / "cwd"
+    (outside / "sub").mkdir(parents=True)
+    cwd.mkdir()
+    (outside / "keep.txt").write_text("keep\n")
+    (outside / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    (cwd / "keep.txt").write_text("the working directory's file\n")
+    monkeypatch.chdir(cwd)
+    files = [outside / "keep.txt", outside / "sub" / "data.bin", cwd / "keep.txt"]
+    before = {f: f.read_bytes() for f in files}
+    yield
+    assert {f: f.read_bytes() for f in files if f.exists()} == before
 
 
 # -- --overwrite removes only what pyro-vae made ----------------------------------------------
@@ -275,7 +298,7 @@ def test_an_operating_system_refusal_is_a_runtime_failure_in_one_line_naming_the
 
     monkeypatch.setattr("pyro_vae.training.load_run", denied)
     capsys.readouterr()
-    err = refused(["evaluate", str(run)], capsys, status=1)
+    err = refused(["evaluate", str(run)], capsys, status=1, inside=run)
     assert err.strip() == f"error: {run / 'config.toml'}: Permission denied."
 
 
@@ -394,7 +417,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_tensor(damage, tmp_path, cap
     state["model"][name] = state["model"][name].fill_(float("nan")) if damage == "nan" else torch.zeros(3, 3)
     torch.save(state, run / CHECKPOINT)
     capsys.readouterr()
-    err = refused(["evaluate", str(run)], capsys)
+    err = refused(["evaluate", str(run)], capsys, inside=run)
     assert str(run / CHECKPOINT) in err and name in err
     assert ("NaN or infinite values" if damage == "nan" else "do not fit the model program") in err
 
@@ -403,7 +426,7 @@ def test_evaluate_refuses_a_k_beyond_the_bound_unless_told(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(run)]) == 0
     capsys.readouterr()
-    err = refused(["evaluate", str(run), "--samples", "1000000000"], capsys)
+    err = refused(["evaluate", str(run), "--samples", "1000000000"], capsys, inside=run)
     assert "beyond 100,000 importance samples per datapoint" in err and "--allow-large-k" in err
 
 
@@ -556,7 +579,7 @@ def test_a_run_folder_without_its_checkpoint_is_refused_by_every_reader(command,
     assert main(["train", *TINY, "--out", str(run)]) == 0
     (run / CHECKPOINT).unlink()
     capsys.readouterr()
-    err = refused([command, str(run)], capsys)
+    err = refused([command, str(run)], capsys, inside=run)
     assert str(run) in err
 
 

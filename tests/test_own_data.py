@@ -215,3 +215,162 @@ def test_a_run_trained_from_python_resumes_from_the_cli_with_its_data(tmp_path, 
     assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--data", str(tmp_path / "mine.npz"),
                  "--no-progress"]) == 0
     assert torch.load(run / CHECKPOINT, weights_only=True)["epoch"] == 2
+
+
+# -- using a trained model --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("use") / "run"
+    Trainer(small_config(), run, splits=python_splits(), **QUIET).fit()
+    return run
+
+
+def test_a_loaded_run_encodes_decodes_samples_and_scores(trained):
+    import pyro_vae
+
+    run, x = pyro_vae.load(trained), python_splits().test
+    mean, scale = run.encode(x)
+    q = run.program.vae.q_z_given_x(x)  # the diagonal Gaussian's own mean and scale
+    torch.testing.assert_close(mean, q.mean)
+    torch.testing.assert_close(scale, q.stddev)
+    assert run.decode(mean).shape == (8, 1, 6, 6) and run.reconstruct(x).shape == (8, 1, 6, 6)
+    assert torch.equal(run.sample(5, seed=3), run.sample(5, seed=3)) and run.sample(5).shape == (5, 1, 6, 6)
+    elbo, evidence = run.elbo(x, samples=50), run.log_prob(x, samples=200)
+    assert elbo.shape == (8,) and (evidence["log_px"] >= elbo - 4 * evidence["stderr"] - 0.5).all()
+    torch.testing.assert_close(evidence["log_px"], run.log_prob(x, samples=200)["log_px"])  # seeded: the same again
+
+
+def test_the_use_api_takes_flat_batches_uint8_and_arrays_and_names_the_shape_otherwise(trained):
+    import pyro_vae
+    from pyro_vae import DataError
+
+    run, x = pyro_vae.load(trained), python_splits().test
+    mean, _ = run.encode(x)
+    torch.testing.assert_close(run.encode(x.flatten(1))[0], mean)  # (B, 36) reshaped to (B, 1, 6, 6)
+    torch.testing.assert_close(run.encode((x * 255).to(torch.uint8))[0], mean)  # 8-bit levels scaled
+    torch.testing.assert_close(run.encode(x.numpy())[0], mean)  # a numpy array
+    with pytest.raises(DataError, match=r"the model takes \(batch, 1, 6, 6\)"):
+        run.encode(torch.zeros(3, 35))
+    with pytest.raises(DataError, match="NaN or infinite"):
+        run.encode(x.masked_fill(x > 0.5, float("nan")))
+    with pytest.raises(DataError, match=r"values in \[0, 2\]"):
+        run.log_prob(x * 2)  # outside what the Bernoulli's binarization can take
+
+
+def test_encode_writes_per_datapoint_latents_and_scores(trained, tmp_path, capsys):
+    import pyro_vae
+
+    np.save(tmp_path / "new.npy", python_splits(seed=5).train.numpy()[:10, 0])
+    out = tmp_path / "latents.npz"
+    assert main(["encode", str(trained), "--data", str(tmp_path / "new.npy"), "--out", str(out), "--samples", "20",
+                 "--no-progress"]) == 0
+    table = np.load(out)
+    assert table["mean"].shape == (10, 2) and table["scale"].shape == (10, 2) and table["log_px"].shape == (10,)
+    assert "label" not in table.files
+    run = pyro_vae.load(trained)
+    first = python_splits(seed=5).train[:10]
+    np.testing.assert_allclose(table["mean"], run.encode(first)[0].numpy(), rtol=1e-5)
+    assert main(["encode", str(trained), "--data", str(tmp_path / "new.npy"), "--out", str(tmp_path / "l.csv"),
+                 "--samples", "20", "--no-progress"]) == 0
+    rows = (tmp_path / "l.csv").read_text().splitlines()
+    assert rows[0] == "index,elbo,log_px,log_px_stderr,mean_0,mean_1,scale_0,scale_1" and len(rows) == 11
+    np.testing.assert_allclose([float(v) for v in rows[1].split(",")[2:3]], table["log_px"][:1], rtol=1e-4)
+    capsys.readouterr()
+    err = refused(["encode", str(trained), "--data", str(tmp_path / "new.npy"), "--out", str(out)], capsys)
+    assert "already exists" in err
+
+
+# -- image folders ----------------------------------------------------------------------------
+
+
+def write_pngs(folder: Path, n: int, side: int = 6, mode: str = "L", seed: int = 0) -> list[np.ndarray]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, out = np.random.default_rng(seed), []
+    for i in range(n):
+        pixels = rng.integers(0, 256, (side, side) if mode == "L" else (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels, mode).save(folder / f"img{i:03d}.png")
+        out.append(pixels)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "pyro-vae-cache"))
+
+
+def test_a_flat_folder_of_grey_pngs_is_read_cached_and_read_again_when_it_changes(tmp_path):
+    pixels = write_pngs(tmp_path / "imgs", 20)
+    before = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    first = DATASETS.build({"name": "image-folder", "path": str(tmp_path / "imgs"), "test_fraction": 0.25}).load()
+    assert first.train.shape == (15, 1, 6, 6) and first.test.shape == (5, 1, 6, 6) and first.train_labels is None
+    everything = torch.cat([first.train, first.test]).mul(255).round().to(torch.uint8).flatten(1)
+    assert sorted(map(tuple, everything.tolist())) == sorted(tuple(p.flatten().tolist()) for p in pixels)
+    assert "(decoded, cached)" in first.description
+    again = DATASETS.build({"name": "image-folder", "path": str(tmp_path / "imgs"), "test_fraction": 0.25}).load()
+    assert "(from the cache)" in again.description and again.fingerprint() == first.fingerprint()
+    write_pngs(tmp_path / "imgs", 1, seed=9)  # img000.png replaced by another image
+    changed = DATASETS.build({"name": "image-folder", "path": str(tmp_path / "imgs"), "test_fraction": 0.25}).load()
+    assert "changed since it was cached" in changed.description and changed.fingerprint() != first.fingerprint()
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == before  # nothing written into the folder
+
+
+def test_class_subfolders_in_colour_give_sorted_labels(tmp_path):
+    for name, seed in (("dogs", 1), ("cats", 2)):
+        write_pngs(tmp_path / "pets" / name, 6, side=4, mode="RGB", seed=seed)
+    splits = DATASETS.build({"name": "image-folder", "path": str(tmp_path / "pets"), "test_fraction": 0.25}).load()
+    assert splits.train.shape[1:] == (3, 4, 4)  # colour found in the files
+    labels = torch.cat([splits.train_labels, splits.test_labels])
+    assert sorted(labels.tolist()) == [0] * 6 + [1] * 6 and "classes cats, dogs" in splits.description
+    grey = DATASETS.build({"name": "image-folder", "path": str(tmp_path / "pets"), "channels": 1}).load()
+    assert grey.train.shape[1:] == (1, 4, 4)
+
+
+def test_images_of_several_sizes_need_a_size(tmp_path):
+    write_pngs(tmp_path / "imgs", 3, side=6)
+    write_pngs(tmp_path / "more", 1, side=9)
+    (tmp_path / "more" / "img000.png").rename(tmp_path / "imgs" / "big.png")
+    with pytest.raises(DataError, match=r"several sizes \(big.png: 9x9, img000.png: 6x6\).*data.size"):
+        DATASETS.build({"name": "image-folder", "path": str(tmp_path / "imgs")}).load()
+    splits = DATASETS.build({"name": "image-folder", "path": str(tmp_path / "imgs"), "size": [5, 7],
+                             "test_fraction": 0.25}).load()
+    assert splits.train.shape[1:] == (1, 5, 7)
+
+
+IMAGE_FAULTS = {
+    "not-an-image": (lambda d: (d / "bad.png").write_bytes(b"this is text"), "bad.png is not an image"),
+    "truncated": (lambda d: (d / "cut.png").write_bytes((d / "img000.png").read_bytes()[:60]), "cut.png"),
+    "files-and-subfolders": (lambda d: (d / "sub").mkdir(), "both image files"),
+}
+
+
+@pytest.mark.parametrize("fault", IMAGE_FAULTS)
+def test_bad_image_folders_are_refused_naming_the_file(fault, tmp_path, capsys):
+    write_pngs(tmp_path / "imgs", 4)
+    IMAGE_FAULTS[fault][0](tmp_path / "imgs")
+    before = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    err = refused(["train", "--data", str(tmp_path / "imgs"), *SMALL, "--out", str(tmp_path / "run")], capsys)
+    assert IMAGE_FAULTS[fault][1] in err and str(tmp_path / "imgs") in err
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == before
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_an_empty_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = refused(["train", "--data", str(tmp_path / "empty"), *SMALL, "--out", str(tmp_path / "run")], capsys)
+    assert "holds no image files" in err
+
+
+def test_a_folder_of_your_images_trains_evaluates_samples_and_encodes_from_the_cli(tmp_path, capsys):
+    write_pngs(tmp_path / "imgs", 30)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "imgs"), *SMALL, "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "data: image-folder" in out and "27 train / 3 test, 1x6x6" in out and "8-bit levels" in out
+    assert main(["evaluate", str(run), "--samples", "3", "--no-progress"]) == 0
+    assert main(["sample", str(run), "--n", "4"]) == 0
+    assert main(["encode", str(run), "--out", str(tmp_path / "z.npz"), "--samples", "3", "--no-progress"]) == 0
+    assert np.load(tmp_path / "z.npz")["mean"].shape == (3, 2)  # the run's test set
