@@ -277,7 +277,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
     run = load_run(args.run_dir, device=args.device, with_data=args.data is None, trust_code=args.trust_code)
     if args.data is not None:
-        x, labels = read_datapoints(args.data, run.program.data_shape)
+        x, labels = read_datapoints(args.data, run.program.data_shape, run.checkpoint.get("data", {}).get("scaling"),
+                                    run.config.data)
         what = args.data
     else:
         x, labels = run.data.splits.test, run.data.splits.test_labels

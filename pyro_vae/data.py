@@ -77,6 +77,7 @@ class DataSplits:
     test: torch.Tensor
     test_labels: torch.Tensor | None
     description: str = ""
+    scaling: dict | None = None  # how a table's columns were scaled (csv): applied again to new datapoints
 
     def fingerprint(self) -> str:
         """SHA-256 of the data as trained on: the train and test tensors (dtype, shape, values) and labels."""
@@ -524,10 +525,20 @@ class ArrayDataset(Dataset):
                           f"array from {where}: {len(train)} train / {len(test)} test, {'x'.join(map(str, train.shape[1:]))}")
 
 
-def read_datapoints(path: str | Path, data_shape: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Every datapoint of a .npy, .npz or .pt file, or of a folder of images (decoded to
-    ``data_shape``'s channels and size when it is an image's), and its labels or None."""
+def read_datapoints(path: str | Path, data_shape: tuple[int, ...] | None = None, scaling: dict | None = None,
+                    table: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every datapoint of a .npy, .npz or .pt file, of a folder of images (decoded to
+    ``data_shape``'s channels and size when it is an image's) or of a CSV table (read with the
+    label column, header and delimiter of the run's ``[data]`` ``table`` when it is a csv one, its
+    columns scaled as the run's were: ``scaling``), and its labels or None."""
     path = Path(path).expanduser()
+    if path.suffix.lower() in (".csv", ".tsv"):
+        like = {k: v for k, v in (table or {}).items() if k in ("label_column", "header", "delimiter")} \
+            if (table or {}).get("name") == "csv" else {}
+        like.setdefault("delimiter", "\t" if path.suffix.lower() == ".tsv" else ",")
+        reader = CSVDataset(path=str(path), **like)
+        x, labels, _ = reader._read(path)
+        return apply_scaling(x, scaling), labels
     if path.is_dir():
         options = {}
         if data_shape is not None and len(data_shape) == 3 and data_shape[0] in (1, 3):
@@ -710,6 +721,136 @@ class ImageFolder(Dataset):
                           f"{'x'.join(map(str, train.shape[1:]))}{kinds}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Your own tables
+
+
+def _read_table(path: Path, label_column: str | None, header: str, delimiter: str) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """(values (N, D) float64, labels or None, column names) of a CSV file of numbers."""
+    import csv
+
+    if not path.is_file():
+        raise DataError(f"{path} does not exist." if not path.exists() else f"{path} is not a file.")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [(i + 1, r) for i, r in enumerate(csv.reader(f, delimiter=delimiter)) if r and any(c.strip() for c in r)]
+    except PermissionError as e:
+        raise DataError(f"{path}: {e.strerror} (cannot read it).") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path} is not a UTF-8 CSV file ({e}).") from None
+    if not rows:
+        raise DataError(f"{path} holds no rows.")
+
+    def numeric(cell: str) -> bool:
+        try:
+            float(cell)
+            return True
+        except ValueError:
+            return False
+
+    first = rows[0][1]
+    has_header = header == "yes" or (header == "auto" and not all(numeric(c) for c in first))
+    names = [c.strip() for c in first] if has_header else [str(i) for i in range(len(first))]
+    body = rows[1:] if has_header else rows
+    if not body:
+        raise DataError(f"{path} holds a header and no rows of numbers.")
+    label = None
+    if label_column is not None:
+        if label_column in names:
+            label = names.index(label_column)
+        elif label_column.isdigit() and int(label_column) < len(names):
+            label = int(label_column)
+        else:
+            raise DataError(f"{path} has no column {label_column!r} for the labels; its columns are {', '.join(names)}.")
+    values, labels = [], []
+    for line, row in body:
+        if len(row) != len(names):
+            raise DataError(f"{path}, line {line}: {len(row)} columns where the {'header' if has_header else 'first row'} "
+                            f"has {len(names)}: every row needs the same columns.")
+        cells = []
+        for j, cell in enumerate(row):
+            try:
+                v = float(cell)
+            except ValueError:
+                raise DataError(f"{path}, line {line}, column {names[j]!r}: {cell!r} is not a number (every column but "
+                                f"data.label_column must be numeric).") from None
+            if j != label and not math.isfinite(v):
+                raise DataError(f"{path}, line {line}, column {names[j]!r}: {cell!r} is not a finite number.")
+            cells.append(v)
+        if label is not None:
+            labels.append(cells.pop(label))
+        values.append(cells)
+    if not values[0]:
+        raise DataError(f"{path} has no columns of values besides the labels.")
+    kept = [n for j, n in enumerate(names) if j != label]
+    return np.array(values), (np.array(labels) if label is not None else None), kept
+
+
+@DATASETS.register("csv")
+class CSVDataset(Dataset):
+    """A table of numbers: one datapoint per row, its numeric columns a vector (N, D); an optional label column; the scaling computed on the training rows and recorded.
+
+    Options:
+        path: the CSV file of the training data (or of all the data, split by test_fraction).
+        label_column: the name (with a header) or 0-based index of a column of integer labels; unset: no labels.
+        header: "auto" (a first row that is not all numbers is the header), "yes" or "no".
+        delimiter: the column separator.
+        scale: "standardize" each column by the training rows' mean and standard deviation (a constant column by 1), "min-max" into [0, 1] by their range, or "none".
+        test_path: a CSV file of the test data (the same columns); unset: a seeded test_fraction of path's rows.
+        test_fraction: without test_path, the fraction of the rows held out as the test set (chosen by split_seed).
+        split_seed: seed of that split.
+    """
+
+    def __init__(self, *, path: str = "", label_column: str | None = None, header: Literal["auto", "yes", "no"] = "auto",
+                 delimiter: str = ",", scale: Literal["standardize", "min-max", "none"] = "standardize",
+                 test_path: str | None = None, test_fraction: float = 0.1, split_seed: int = 0) -> None:
+        require(bool(path), "data.path must name a CSV file (dataset 'csv').")
+        require(len(delimiter) == 1, f"delimiter must be one character, got {delimiter!r}.")
+        require(0.0 < test_fraction < 1.0, f"test_fraction must be in (0, 1), got {test_fraction}.")
+        self.path, self.label_column, self.header, self.delimiter = path, label_column, header, delimiter
+        self.scale, self.test_path, self.test_fraction, self.split_seed = scale, test_path, test_fraction, split_seed
+
+    def _read(self, path: Path) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+        values, labels, names = _read_table(path, self.label_column, self.header, self.delimiter)
+        x = torch.from_numpy(values).float()
+        return x, (as_labels(labels, len(x), f"{path} [{self.label_column}]") if labels is not None else None), names
+
+    def scaling_of(self, train: torch.Tensor) -> dict:
+        """The scaling, computed on the training rows: x' = (x - shift) / scale per column."""
+        if self.scale == "standardize":
+            shift, scale = train.mean(0), train.std(0, unbiased=False)
+        elif self.scale == "min-max":
+            shift, scale = train.amin(0), train.amax(0) - train.amin(0)
+        else:
+            shift, scale = torch.zeros(train.shape[1]), torch.ones(train.shape[1])
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant column is only shifted
+        return {"kind": self.scale, "shift": shift.tolist(), "scale": scale.tolist()}
+
+    def load(self) -> DataSplits:
+        path = Path(self.path).expanduser()
+        x, labels, names = self._read(path)
+        if self.test_path is not None:
+            test, test_labels, test_names = self._read(Path(self.test_path).expanduser())
+            if test_names != names:
+                raise DataError(f"{self.test_path} has the columns {', '.join(test_names)}, and {path} "
+                                f"{', '.join(names)}: the test file needs the same columns.")
+            train, train_labels = x, labels
+        else:
+            train, train_labels, test, test_labels = seeded_split(x, labels, self.test_fraction, self.split_seed, path)
+        scaling = self.scaling_of(train)
+        train, test = apply_scaling(train, scaling), apply_scaling(test, scaling)
+        return DataSplits("csv", train, train_labels, test, test_labels,
+                          f"csv {path}: {len(train)} train / {len(test)} test rows, {train.shape[1]} columns "
+                          f"({self.scale})", scaling=scaling)
+
+
+def apply_scaling(x: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """x' = (x - shift) / scale per column, as a CSV dataset's run recorded it."""
+    if not scaling or scaling.get("kind", "none") == "none":
+        return x
+    return (x - torch.tensor(scaling["shift"], dtype=x.dtype)) / torch.tensor(scaling["scale"], dtype=x.dtype)
+
+
 def dataset_for_path(path: str) -> dict:
     """The ``[data]`` table of the dataset kind a path names (``--data PATH``): a folder of images,
     or an array file."""
@@ -718,11 +859,13 @@ def dataset_for_path(path: str) -> dict:
         return {"name": "array", "path": str(p)}
     if p.is_dir():
         return {"name": "image-folder", "path": str(p)}
+    if p.suffix.lower() in (".csv", ".tsv"):
+        return {"name": "csv", "path": str(p), **({"delimiter": "\t"} if p.suffix.lower() == ".tsv" else {})}
     if not p.exists():
         raise DataError(f"--data {path}: there is no such file or folder.")
-    raise DataError(f"--data {path}: pyro-vae reads a folder of images (dataset 'image-folder') or a "
-                    f"{', '.join(ARRAY_SUFFIXES)} file (dataset 'array'); for anything else name a dataset with "
-                    f"--set data.name=... (pyro-vae list datasets).")
+    raise DataError(f"--data {path}: pyro-vae reads a folder of images (dataset 'image-folder'), a "
+                    f"{', '.join(ARRAY_SUFFIXES)} file (dataset 'array') or a .csv/.tsv table (dataset 'csv'); for "
+                    f"anything else name a dataset with --set data.name=... (pyro-vae list datasets).")
 
 
 def summary(splits: DataSplits) -> str:

@@ -392,7 +392,9 @@ class PixelCNNBernoulliLikelihood(_BinaryImageLikelihood):
         require(
             len(event_shape) == 3 and event_shape[0] == 1,
             f"the pixelcnn-bernoulli likelihood orders the pixels of one-channel images (1, H, W); "
-            f"got data of shape {tuple(event_shape)}. Use bernoulli for other shapes.",
+            f"got data of shape {tuple(event_shape)}. For colour images and vectors use a factorized likelihood, "
+            f"all of which take any shape: bernoulli (binary data), continuous-bernoulli, gaussian, laplace, beta, "
+            f"or discretized-logistic and categorical (8-bit data).",
         )
         super().setup(event_shape)
         self.stack = CausalStack(self.channels, self.layers, self.kernel, out_channels=2 * self.channels)

@@ -254,8 +254,11 @@ def differences_outside(saved: dict, new: dict, allowed: set[tuple]) -> list[tup
 def data_record(splits: DataSplits, given: bool) -> dict[str, Any]:
     """What a run trained on, as its checkpoints record it: where the data came from (the config's
     dataset, or handed in from Python), its description, sizes and SHA-256 fingerprint."""
-    return {"source": "python" if given else "config", "description": splits.description or splits.name,
-            "train": len(splits.train), "test": len(splits.test), "fingerprint": splits.fingerprint()}
+    record = {"source": "python" if given else "config", "description": splits.description or splits.name,
+              "train": len(splits.train), "test": len(splits.test), "fingerprint": splits.fingerprint()}
+    if splits.scaling is not None:
+        record["scaling"] = splits.scaling
+    return record
 
 
 def check_same_data(state: dict, record: dict, run_dir: Path) -> None:

@@ -374,3 +374,91 @@ def test_a_folder_of_your_images_trains_evaluates_samples_and_encodes_from_the_c
     assert main(["sample", str(run), "--n", "4"]) == 0
     assert main(["encode", str(run), "--out", str(tmp_path / "z.npz"), "--samples", "3", "--no-progress"]) == 0
     assert np.load(tmp_path / "z.npz")["mean"].shape == (3, 2)  # the run's test set
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+
+def write_table(path: Path, rows: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(rows, 3)) * [1.0, 10.0, 0.1] + [0.0, 100.0, -5.0]
+    lines = ["a,b,c,kind"] + [f"{a:.6f},{b:.6f},{c:.6f},{i % 3}" for i, (a, b, c) in enumerate(values)]
+    path.write_text("\n".join(lines) + "\n")
+    return values
+
+
+def test_a_csv_table_is_standardized_by_its_training_rows_and_the_scaling_recorded(tmp_path, capsys):
+    values = write_table(tmp_path / "t.csv")
+    splits = DATASETS.build({"name": "csv", "path": str(tmp_path / "t.csv"), "label_column": "kind"}).load()
+    assert splits.train.shape == (36, 3) and splits.test.shape == (4, 3)
+    torch.testing.assert_close(splits.train.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(splits.train.std(0, unbiased=False), torch.ones(3), atol=1e-5, rtol=0)
+    shift, scale = torch.tensor(splits.scaling["shift"]), torch.tensor(splits.scaling["scale"])
+    raw = torch.from_numpy(values).float()
+    everything = torch.cat([splits.train, splits.test]) * scale + shift  # undone: the file's numbers again
+    assert sorted(map(tuple, everything.round(decimals=3).tolist())) == sorted(map(tuple, raw.round(decimals=3).tolist()))
+    assert sorted(torch.cat([splits.train_labels, splits.test_labels]).tolist()) == sorted(i % 3 for i in range(40))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "t.csv"), "--set", "data.label_column=kind", "--set",
+                 "model.likelihood=gaussian", *SMALL, "--out", str(run)]) == 0
+    assert torch.load(run / CHECKPOINT, weights_only=True)["data"]["scaling"] == splits.scaling
+    write_table(tmp_path / "new.csv", rows=5, seed=3)
+    assert main(["encode", str(run), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "z.npz"),
+                 "--samples", "3", "--no-progress"]) == 0
+    import pyro_vae
+
+    new = (torch.from_numpy(write_table(tmp_path / "same.csv", rows=5, seed=3)).float() - shift) / scale
+    np.testing.assert_allclose(np.load(tmp_path / "z.npz")["mean"], pyro_vae.load(run).encode(new)[0].numpy(),
+                               rtol=1e-4, atol=1e-5)  # new rows scaled as the training rows were
+
+
+CSV_FAULTS = {
+    "ragged": ("a,b\n1,2\n3\n", "line 3: 1 columns where the header has 2"),
+    "not-a-number": ("a,b\n1,2\n3,x\n", "line 3, column 'b': 'x' is not a number"),
+    "nan": ("a,b\n1,2\n3,nan\n", "line 3, column 'b': 'nan' is not a finite number"),
+    "header-only": ("a,b\n", "holds a header and no rows"),
+    "empty": ("", "holds no rows"),
+}
+
+
+@pytest.mark.parametrize("fault", CSV_FAULTS)
+def test_bad_tables_are_refused_naming_the_line(fault, tmp_path, capsys):
+    (tmp_path / "t.csv").write_text(CSV_FAULTS[fault][0])
+    err = refused(["train", "--data", str(tmp_path / "t.csv"), "--set", "model.likelihood=gaussian", *SMALL,
+                   "--out", str(tmp_path / "run")], capsys)
+    assert CSV_FAULTS[fault][1] in err and str(tmp_path / "t.csv") in err
+
+
+def test_labels_that_are_not_integers_are_refused(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("a,b,y\n1,2,0.5\n3,4,1\n5,6,0\n")
+    err = refused(["train", "--data", str(tmp_path / "t.csv"), "--set", "data.label_column=y", *SMALL,
+                   "--out", str(tmp_path / "run")], capsys)
+    assert "labels must be integers" in err
+
+
+# -- colour images end to end -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("likelihood", ["discretized-logistic", "categorical", "beta"])
+def test_colour_images_train_and_report_bits_per_dim_with_the_conv_network(likelihood, tmp_path):
+    import json
+
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 8, 8, 3), dtype=np.uint8)  # (N, H, W, C), 8-bit
+    np.save(tmp_path / "rgb.npy", rgb)
+    run = tmp_path / "run"
+    small = [a for a in SMALL if a != "model.network.hidden=[8]"]
+    small = [a for i, a in enumerate(small) if not (a == "--set" and small[i + 1] == "--set")]
+    assert main(["train", "--data", str(tmp_path / "rgb.npy"), *small, "--set", "model.network=conv", "--set",
+                 "model.network.channels=[4, 4]", "--set", "model.network.hidden=8", "--set",
+                 f"model.likelihood={likelihood}", "--out", str(run)]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    bits = next(v for k, v in result.items() if "bits" in k)
+    bits = bits["mean"] if isinstance(bits, dict) else bits
+    assert 7.5 < bits < 12  # uniformly random 8-bit pixels hold 8 bits each: no model of them does much better
+
+
+def test_pixelcnn_bernoulli_refuses_colour_naming_the_likelihoods_that_take_it():
+    from pyro_vae import VAE, ConfigError
+
+    with pytest.raises(ConfigError, match="discretized-logistic and categorical"):
+        VAE(data_shape=(3, 8, 8), likelihood="pixelcnn-bernoulli")
