@@ -1,4 +1,4 @@
-"""``pyro-vae``: train, evaluate, sample, list and show configs from the command line.
+"""``pyro-vae``: train, evaluate, sample, encode, draw, compare, list and show configs from the command line.
 
     pyro-vae train [CONFIG.toml] [--set KEY=VALUE ...] [--out RUN_DIR] [--overwrite]
     pyro-vae train --data my_images.npz [--set data.test_fraction=0.2]   (your own arrays)
@@ -8,6 +8,8 @@
     pyro-vae explain RUN_DIR [--index I ...] [--samples K] [--trust-code]
     pyro-vae sample RUN_DIR [--n 64] [--seed S] [--trust-code]
     pyro-vae encode RUN_DIR [--data PATH] --out latents.npz|.csv [--samples K]
+    pyro-vae interpolate RUN_DIR [--data PATH] [--pairs 0:1 2:3] [--steps 9]
+    pyro-vae traverse RUN_DIR [--index I] [--dims 0 1 ...] [--span 3]
     pyro-vae compare [CONFIG.toml] --objectives elbo,iwae,dreg --budget 2000steps
     pyro-vae list [KIND]
     pyro-vae config [CONFIG.toml] [--set KEY=VALUE ...]
@@ -323,6 +325,98 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _picture_inputs(args: argparse.Namespace, run) -> tuple:
+    """The datapoints a picture command reads: every one of --data PATH, or the run's test set."""
+    from .data import read_datapoints
+
+    shape = tuple(run.program.data_shape)
+    if len(shape) != 3:
+        raise ConfigError(f"{args.command} draws pictures of images (C, H, W); this run's datapoints are {shape}.")
+    if args.data is not None:
+        x, _ = read_datapoints(args.data, shape)
+        return x, args.data
+    return run.data.splits.test, "the test set"
+
+
+def _picture_out(args: argparse.Namespace, run, default: str) -> Path:
+    out = Path(args.out) if args.out else run.run_dir / default
+    if out.exists() and not args.overwrite:
+        raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    return out
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .plots import save_grid
+    from .training import load_run
+
+    if args.steps < 2:
+        raise ConfigError(f"--steps must be >= 2, got {args.steps}.")
+    run = load_run(args.run_dir, device=args.device, with_data=args.data is None, trust_code=args.trust_code)
+    x, what = _picture_inputs(args, run)
+    pairs = []
+    for text in args.pairs or ["0:1"]:
+        try:
+            a, b = (int(v) for v in text.split(":"))
+        except ValueError:
+            raise ConfigError(f"--pairs takes I:J (two datapoint indices), got {text!r}.") from None
+        for i in (a, b):
+            if not 0 <= i < len(x):
+                raise ConfigError(f"--pairs {text}: {what} has {len(x)} datapoints (0 to {len(x) - 1}).")
+        pairs.append((a, b))
+    out = _picture_out(args, run, f"interpolate-{'-'.join(f'{a}_{b}' for a, b in pairs)}.png")
+    t = torch.linspace(0, 1, args.steps, device=run.device).view(-1, *[1] * len(run.program.latent_shapes[run._site()]))
+    rows = []
+    for a, b in pairs:
+        means, _ = run.encode(x[[a, b]])
+        path = (1 - t) * means[0] + t * means[1]  # the straight line between the two posterior means
+        rows += [run.inputs(x[a : a + 1]), run.decode(path), run.inputs(x[b : b + 1])]
+    with writing_into(run.run_dir, out, "interpolate"):
+        save_grid(torch.cat(rows), out, args.steps + 2,
+                  f"{len(pairs)} pair(s) of {what}: the inputs at the ends, E[x|z] along z = (1 - t) E_q[z|x_a] + "
+                  f"t E_q[z|x_b], {args.steps} steps")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_traverse(args: argparse.Namespace) -> int:
+    import torch
+
+    from .plots import save_grid
+    from .training import load_run
+
+    if args.steps < 2 or args.span <= 0:
+        raise ConfigError(f"--steps must be >= 2 and --span > 0, got {args.steps} and {args.span}.")
+    run = load_run(args.run_dir, device=args.device, with_data=args.data is None, trust_code=args.trust_code)
+    x, what = _picture_inputs(args, run)
+    if not 0 <= args.index < len(x):
+        raise ConfigError(f"--index {args.index}: {what} has {len(x)} datapoints (0 to {len(x) - 1}).")
+    latent = run.program.latent_shapes[run._site()]
+    if len(latent) != 1:
+        raise ConfigError(f"traverse sweeps the coordinates of a latent vector; this run's latent has shape {latent}.")
+    size = run.config.eval.batch_size
+    means = torch.cat([run.encode(x[b : b + size])[0] for b in range(0, len(x), size)])
+    spread = means.std(0)  # how far each coordinate's posterior mean moves over the datapoints
+    dims = args.dims if args.dims else spread.argsort(descending=True)[: min(8, latent[0])].tolist()
+    for d in dims:
+        if not 0 <= d < latent[0]:
+            raise ConfigError(f"--dims {d}: the latent has coordinates 0 to {latent[0] - 1}.")
+    out = _picture_out(args, run, f"traverse-{args.index}.png")
+    offsets = torch.linspace(-args.span, args.span, args.steps, device=run.device)
+    rows = []
+    for d in dims:
+        z = means[args.index].repeat(args.steps, 1)
+        z[:, d] = z[:, d] + offsets * spread[d].clamp_min(1e-3)
+        rows.append(run.decode(z))
+    with writing_into(run.run_dir, out, "traverse"):
+        save_grid(torch.cat(rows), out, args.steps,
+                  f"datapoint {args.index} of {what}: rows sweep z_d over E_q[z_d|x] +- {args.span:g} sd of the "
+                  f"posterior means (d = {', '.join(map(str, dims))})")
+    print(f"wrote {out}: latent coordinates {', '.join(map(str, dims))}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import Budget, Comparison, parse_objectives
 
@@ -448,6 +542,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     trust(p)
     p.set_defaults(func=cmd_encode)
+
+    def picture(p: argparse.ArgumentParser, name: str) -> None:
+        p.add_argument("run_dir")
+        p.add_argument("--data", metavar="PATH", help="a folder of images or a .npy, .npz or .pt file to take the "
+                       "datapoints from (default: the run's test set)")
+        p.add_argument("--steps", type=int, default=9, help="pictures per row (default 9)")
+        p.add_argument("--out", help=f"picture path (default: RUN_DIR/{name}-....png)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+        p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+        trust(p)
+
+    p = sub.add_parser("interpolate", help="decode the straight line between two datapoints' posterior means")
+    picture(p, "interpolate")
+    p.add_argument("--pairs", nargs="+", metavar="I:J", help="pairs of datapoint indices (default 0:1), a row each")
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("traverse", help="sweep one latent coordinate at a time around a datapoint's posterior mean")
+    picture(p, "traverse")
+    p.add_argument("--index", "-i", type=int, default=0, help="the datapoint (default 0)")
+    p.add_argument("--dims", type=int, nargs="+", help="latent coordinates, a row each (default: the 8 whose "
+                   "posterior means spread most over the datapoints)")
+    p.add_argument("--span", type=float, default=3.0, help="sweep +- this many standard deviations of the "
+                   "coordinate's posterior means (default 3)")
+    p.set_defaults(func=cmd_traverse)
 
     p = sub.add_parser("sample", help="decode samples z ~ p(z) into a picture")
     p.add_argument("run_dir")

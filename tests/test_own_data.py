@@ -374,6 +374,7 @@ def test_a_folder_of_your_images_trains_evaluates_samples_and_encodes_from_the_c
     assert main(["sample", str(run), "--n", "4"]) == 0
     assert main(["encode", str(run), "--out", str(tmp_path / "z.npz"), "--samples", "3", "--no-progress"]) == 0
     assert np.load(tmp_path / "z.npz")["mean"].shape == (3, 2)  # the run's test set
+    assert main(["interpolate", str(run), "--pairs", "0:2"]) == 0 and (run / "interpolate-0_2.png").is_file()
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -462,3 +463,30 @@ def test_pixelcnn_bernoulli_refuses_colour_naming_the_likelihoods_that_take_it()
 
     with pytest.raises(ConfigError, match="discretized-logistic and categorical"):
         VAE(data_shape=(3, 8, 8), likelihood="pixelcnn-bernoulli")
+
+
+def test_interpolate_and_traverse_write_their_grids(trained, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "interp.png"
+    assert main(["interpolate", str(trained), "--data", str(tmp_path / "none.npy"), "--out", str(out)]) == 2
+    np.save(tmp_path / "mine.npy", python_splits().test.numpy()[:, 0])
+    assert main(["interpolate", str(trained), "--data", str(tmp_path / "mine.npy"), "--pairs", "0:1", "2:3",
+                 "--steps", "5", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 0
+    import pyro_vae
+
+    run = pyro_vae.load(trained)
+    means = run.encode(python_splits().test[[0, 1]])[0]
+    ends = run.decode(means)  # t = 0 and t = 1 of the line are the two posterior means decoded
+    line = run.decode(torch.stack([means[0] + t * (means[1] - means[0]) for t in torch.linspace(0, 1, 5)]))
+    torch.testing.assert_close(line[[0, -1]], ends)
+    assert main(["traverse", str(trained), "--data", str(tmp_path / "mine.npy"), "--dims", "0", "1", "--out",
+                 str(tmp_path / "trav.png")]) == 0
+    assert "latent coordinates 0, 1" in capsys.readouterr().out and (tmp_path / "trav.png").is_file()
+    err = refused(["traverse", str(trained), "--data", str(tmp_path / "mine.npy"), "--dims", "7",
+                   "--out", str(tmp_path / "t2.png")], capsys)
+    assert "coordinates 0 to 1" in err
+    err = refused(["interpolate", str(trained), "--data", str(tmp_path / "mine.npy"), "--pairs", "0:99",
+                   "--out", str(tmp_path / "i2.png")], capsys)
+    assert "has 8 datapoints" in err
