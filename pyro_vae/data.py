@@ -574,29 +574,38 @@ class GivenData(Dataset):
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _image_files(folder: Path) -> tuple[list[Path], list[str] | None]:
-    """The image files of a folder (sorted), flat or one subfolder per class; and the class names
-    (sorted subfolder names) or None for a flat folder."""
+def _scan(folder: Path, prefix: str = "") -> list[tuple[str, int, int]]:
+    """(relative name, size, modification time) of every image file below ``folder``, by os.scandir
+    (one stat a file: a 60,000-file folder is listed in a fraction of a second)."""
+    out = []
+    for entry in os.scandir(folder):
+        if entry.is_dir() and not entry.name.startswith("."):
+            out += _scan(Path(entry.path), f"{prefix}{entry.name}/")
+        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+            st = entry.stat()
+            out.append((prefix + entry.name, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def _image_files(folder: Path) -> tuple[list[tuple[str, int, int]], list[str] | None]:
+    """The image files of a folder, sorted, as (relative name, size, modification time), flat or one
+    subfolder per class; and the class names (sorted subfolder names) or None for a flat folder."""
     if not folder.is_dir():
         raise DataError(f"{folder} does not exist." if not folder.exists() else f"{folder} is not a folder.")
     try:
-        entries = sorted(folder.iterdir())
+        entries = list(os.scandir(folder))
+        flat = sorted(e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        if flat and classes:
+            raise DataError(f"{folder} holds both image files ({flat[0]}, ...) and subfolders ({classes[0]}, ...): "
+                            f"either every image in the folder itself, or one subfolder per class.")
+        files = sorted(_scan(folder))
     except PermissionError as e:
-        raise DataError(f"{folder}: {e.strerror} (cannot list it).") from None
-    flat = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    classes = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
-    if flat and classes:
-        raise DataError(f"{folder} holds both image files ({flat[0].name}, ...) and subfolders ({classes[0].name}, "
-                        f"...): either every image in the folder itself, or one subfolder per class.")
-    if classes:
-        files = [f for c in classes for f in sorted(c.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-        names = [c.name for c in classes]
-    else:
-        files, names = flat, None
+        raise DataError(f"{e.filename or folder}: {e.strerror} (cannot list it).") from None
     if not files:
         raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}), neither in it nor in "
                         f"subfolders of it.")
-    return files, names
+    return files, (classes or None)
 
 
 def _decode(path: Path, channels: int, size: tuple[int, int] | None) -> np.ndarray:
@@ -655,12 +664,8 @@ class ImageFolder(Dataset):
         self.test_fraction, self.split_seed = test_fraction, split_seed
 
     def _read(self, folder: Path, channels: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, list, int, str]:
-        files, classes = _image_files(folder)
+        stats, classes = _image_files(folder)
         channels = channels or self.channels  # 0: from the images (found once, then kept in the cache)
-        stats = []
-        for f in files:
-            st = f.stat()
-            stats.append((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns))
         key = hashlib.sha256(repr(stats).encode()).hexdigest()
         which = hashlib.sha256(repr((str(folder.resolve()), channels, self.size)).encode()).hexdigest()[:20]
         cache = default_data_root() / "cache" / f"image-folder-{which}.npz"
@@ -676,6 +681,7 @@ class ImageFolder(Dataset):
             except (OSError, KeyError, ValueError):
                 said = "its cache was unreadable: decoded again"
         if images is None:
+            files = [folder / name for name, _, _ in stats]
             channels = channels or (3 if any(_has_colour(f) for f in files) else 1)
             arrays = [_decode(f, channels, self.size) for f in files]
             by_shape: dict[tuple, Path] = {}
@@ -687,8 +693,8 @@ class ImageFolder(Dataset):
                                 f"{f2.relative_to(folder)}: {s2[0]}x{s2[1]}): set data.size = [height, width] to "
                                 f"resize them all.")
             images = np.stack(arrays)
-            labels = np.array([classes.index(f.relative_to(folder).parts[0]) for f in files] if classes else [],
-                              np.int64)
+            index = {c: i for i, c in enumerate(classes or [])}
+            labels = np.array([index[name.split("/", 1)[0]] for name, _, _ in stats] if classes else [], np.int64)
             try:
                 from .files import atomic_write
 
