@@ -408,6 +408,15 @@ def _pick(arrays: dict[str, np.ndarray], key: str | None, keys: tuple[str, ...],
     return next((k for k in keys if k in arrays), None)
 
 
+def train_and_test(x: torch.Tensor, labels: torch.Tensor | None, test: tuple | None, fraction: float, seed: int,
+                   where) -> tuple:
+    """(train, train_labels, test, test_labels): x and a given test set ``(test, test_labels)``, or,
+    without one, a seeded fraction of x held out (:func:`seeded_split`)."""
+    if test is not None:
+        return x, labels, test[0], test[1]
+    return seeded_split(x, labels, fraction, seed, where)
+
+
 def seeded_split(x: torch.Tensor, labels: torch.Tensor | None, fraction: float, seed: int, where) -> tuple:
     """(train, train_labels, test, test_labels): a fraction of the datapoints, chosen by a seeded
     permutation, held out as the test set (each part in its original order)."""
@@ -507,20 +516,20 @@ class ArrayDataset(Dataset):
         arrays = _read_arrays(path)
         x, labels = self._read(path, arrays, key=self.key)
         has_test = self.test_path is None and any(k in arrays for k in _TEST_KEYS)
+        given = None
         if self.test_path is not None or has_test:
             if has_test:  # x_train / x_test in one file (the Keras datasets' layout)
-                test, test_labels = self._read(path, arrays, _TEST_KEYS, _TEST_LABEL_KEYS)
+                given = self._read(path, arrays, _TEST_KEYS, _TEST_LABEL_KEYS)
             else:
                 test_path = Path(self.test_path).expanduser()
-                test, test_labels = self._read(test_path, _read_arrays(test_path), key=self.key)
-            if test.shape[1:] != x.shape[1:]:
-                raise DataError(f"{self.test_path} holds datapoints of shape {tuple(test.shape[1:])}, and {path} of "
-                                f"{tuple(x.shape[1:])}: the test set must be the same kind of data.")
-            where = f"{path} (test: {self.test_path or 'x_test'})"
-            train, train_labels = x, labels
-        else:
-            train, train_labels, test, test_labels = seeded_split(x, labels, self.test_fraction, self.split_seed, path)
-            where = f"{path}, {len(test)} held out by seed {self.split_seed}"
+                given = self._read(test_path, _read_arrays(test_path), key=self.key)
+            if given[0].shape[1:] != x.shape[1:]:
+                raise DataError(f"{self.test_path} holds datapoints of shape {tuple(given[0].shape[1:])}, and {path} "
+                                f"of {tuple(x.shape[1:])}: the test set must be the same kind of data.")
+        train, train_labels, test, test_labels = train_and_test(x, labels, given, self.test_fraction, self.split_seed,
+                                                                path)
+        where = (f"{path} (test: {self.test_path or 'x_test'})" if given is not None else
+                 f"{path}, {len(test)} held out by seed {self.split_seed}")
         return DataSplits("array", train, train_labels, test, test_labels,
                           f"array from {where}: {len(train)} train / {len(test)} test, {'x'.join(map(str, train.shape[1:]))}")
 
@@ -709,6 +718,7 @@ class ImageFolder(Dataset):
     def load(self) -> DataSplits:
         folder = Path(self.path).expanduser()
         x, labels, classes, channels, said = self._read(folder)
+        given = None
         if self.test_path is not None:
             test_folder = Path(self.test_path).expanduser()
             test, test_labels, test_classes, _, _ = self._read(test_folder, channels)
@@ -718,9 +728,9 @@ class ImageFolder(Dataset):
             if test_classes != classes:
                 raise DataError(f"{test_folder} has the classes {test_classes}, and {folder} {classes}: the test "
                                 f"folder needs the same subfolders.")
-            train, train_labels = x, labels
-        else:
-            train, train_labels, test, test_labels = seeded_split(x, labels, self.test_fraction, self.split_seed, folder)
+            given = (test, test_labels)
+        train, train_labels, test, test_labels = train_and_test(x, labels, given, self.test_fraction, self.split_seed,
+                                                                folder)
         kinds = f", classes {', '.join(classes)}" if classes else ""
         return DataSplits("image-folder", train, train_labels, test, test_labels,
                           f"image-folder {folder} ({said}): {len(train)} train / {len(test)} test, "
@@ -835,14 +845,15 @@ class CSVDataset(Dataset):
     def load(self) -> DataSplits:
         path = Path(self.path).expanduser()
         x, labels, names = self._read(path)
+        given = None
         if self.test_path is not None:
             test, test_labels, test_names = self._read(Path(self.test_path).expanduser())
             if test_names != names:
                 raise DataError(f"{self.test_path} has the columns {', '.join(test_names)}, and {path} "
                                 f"{', '.join(names)}: the test file needs the same columns.")
-            train, train_labels = x, labels
-        else:
-            train, train_labels, test, test_labels = seeded_split(x, labels, self.test_fraction, self.split_seed, path)
+            given = (test, test_labels)
+        train, train_labels, test, test_labels = train_and_test(x, labels, given, self.test_fraction, self.split_seed,
+                                                                path)
         scaling = self.scaling_of(train)
         train, test = apply_scaling(train, scaling), apply_scaling(test, scaling)
         return DataSplits("csv", train, train_labels, test, test_labels,
