@@ -9,6 +9,8 @@ batched by indexing; there is no per-item ``Dataset.__getitem__``.
   seed 0 form the test set (1,000 in all); the other 400 per class train (4,000 in all).
 * ``mnist``, ``fashion-mnist``, ``kmnist``: the full sets (60,000 train / 10,000 test), read from a
   folder of IDX files (``data_dir``) or downloaded with torchvision when online.
+* ``cifar10``: 50,000 / 10,000 colour images 3x32x32, from the binary version's files or torchvision.
+* ``array``, ``image-folder``, ``csv``: your own files; ``given``: data handed in from Python.
 * ``synthetic``: a small set drawn from a random 2-D latent-variable model, for tests.
 """
 
@@ -355,6 +357,83 @@ class Synthetic(Dataset):
             "synthetic", x[: self.n_train], labels[: self.n_train], x[self.n_train :], labels[self.n_train :],
             f"synthetic: {self.n_train} train / {self.n_test} test, 1x{self.side}x{self.side}",
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST = ("test_batch.bin",)
+
+
+def read_cifar10_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) in [0, 1] and labels from CIFAR-10's binary batches: records of one
+    label byte then 3,072 pixel bytes (1,024 red, 1,024 green, 1,024 blue, rows of 32)."""
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"dataset 'cifar10': no {name} in {folder}; it needs the binary version's files "
+                            f"({', '.join(CIFAR10_TRAIN + CIFAR10_TEST)}: the folder cifar-10-batches-bin of "
+                            f"cifar-10-binary.tar.gz).")
+        raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        if raw.size == 0 or raw.size % 3073:
+            raise DataError(f"dataset 'cifar10': {path} is {raw.size:,} bytes, not whole records of 3,073 bytes "
+                            f"(truncated, or another file): download it again.")
+        records = raw.reshape(-1, 3073)
+        if records[:, 0].max() > 9:
+            raise DataError(f"dataset 'cifar10': {path} has labels above 9: it is not a CIFAR-10 batch "
+                            f"(CIFAR-100's binary files have two label bytes).")
+        labels.append(records[:, 0].astype(np.int64))
+        images.append(records[:, 1:].reshape(-1, 3, 32, 32))
+    return (torch.from_numpy(np.concatenate(images)).float().div_(255.0),
+            torch.from_numpy(np.concatenate(labels)))
+
+
+@DATASETS.register("cifar10")
+class CIFAR10(Dataset):
+    """CIFAR-10 (Krizhevsky 2009): 50,000 train / 10,000 test colour images 3x32x32, 10 classes.
+
+    Options:
+        data_dir: folder of the binary version's files (data_batch_1.bin ... data_batch_5.bin, test_batch.bin; the cifar-10-batches-bin folder of cifar-10-binary.tar.gz, read without unpickling anything). Unset: download with torchvision into $PYRO_VAE_DATA.
+    """
+
+    def __init__(self, *, data_dir: str | None = None) -> None:
+        self.data_dir = data_dir
+
+    def load(self) -> DataSplits:
+        if self.data_dir is not None:
+            folder = Path(self.data_dir).expanduser()
+            if not folder.is_dir():
+                raise DataError(f"data.data_dir = {self.data_dir!r} for dataset 'cifar10' is not a folder.")
+            if (folder / "cifar-10-batches-bin").is_dir():
+                folder = folder / "cifar-10-batches-bin"
+            train, train_labels = read_cifar10_batches(folder, CIFAR10_TRAIN)
+            test, test_labels = read_cifar10_batches(folder, CIFAR10_TEST)
+            where = str(folder)
+        else:
+            train, train_labels, test, test_labels = self._download()
+            where = "torchvision"
+        return DataSplits("cifar10", train, train_labels, test, test_labels,
+                          f"cifar10 from {where}: {len(train)} train / {len(test)} test, 3x32x32")
+
+    def _download(self):
+        import torchvision.datasets as tvd
+
+        root = default_data_root()
+        try:
+            sets = [tvd.CIFAR10(str(root), train=t, download=True) for t in (True, False)]
+        except Exception as e:  # offline: URLError, RuntimeError, ...
+            raise DataError(
+                f"could not download dataset 'cifar10' with torchvision ({type(e).__name__}: {e}). Offline, put "
+                f"the binary version's files ({', '.join(CIFAR10_TRAIN + CIFAR10_TEST)}) in a folder and set "
+                f"data.data_dir to it.") from None
+        out = []
+        for d in sets:  # torchvision's checked download: (N, 32, 32, 3) uint8 and a list of labels
+            out += [torch.from_numpy(d.data).permute(0, 3, 1, 2).float().div_(255.0), torch.tensor(d.targets)]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,6 +120,23 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, command: str = "train") -> N
         write_text(run_dir / MARKER, json.dumps(_identity(command), indent=2) + "\n")
 
 
+def discard_unstarted(run_dir: Path) -> bool:
+    """Remove a run folder that :func:`prepare_run_dir` made and that holds nothing else yet (its
+    marker and lock only: the run failed before writing anything, e.g. on refused data), so the
+    same command can simply be run again. Anything else in it is kept."""
+    run_dir = Path(run_dir)
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+    except OSError:
+        return False
+    if MARKER not in names or not names <= {MARKER, LOCK}:
+        return False
+    for name in names:
+        (run_dir / name).unlink(missing_ok=True)
+    run_dir.rmdir()
+    return True
+
+
 def _replaceable(run_dir: Path, overwrite: bool) -> list[str]:
     """What would be removed to make ``run_dir`` a new run folder ([] for a new or empty one), or a
     RunDirError saying why it may not be."""

@@ -49,7 +49,7 @@ from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDi
 from .networks import mixed_precision
 from .numerics import seeded, sharded_noise
 from .files import save_tensors, write_text
-from .runs import append_line, prepare_run_dir, read_json_lines, run_lock
+from .runs import append_line, discard_unstarted, prepare_run_dir, read_json_lines, run_lock
 from .programs import STOCK, CodeIdentity, Program, as_program, build_program, check_params_are_the_modules, \
     class_path, signature_defaults
 
@@ -61,7 +61,9 @@ METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 CHECKPOINT_FORMAT = 1
 # Keys that may differ between a checkpoint and the config that resumes it.
-RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes")}
+# A resume may change these. The data's file locations may change because the data itself may not:
+# every run of a file dataset records its fingerprint, and other data is refused (check_same_data).
+RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes"), ("data", "path"), ("data", "test_path")}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -875,8 +877,13 @@ class Trainer:
             prepare_run_dir(self.run_dir, overwrite)  # a new folder, its marker, under the lock
         elif not self.run_dir.is_dir():
             raise RunDirError(f"cannot resume {self.run_dir}: there is no such folder.")
-        with run_lock(self.run_dir, "train --resume" if resume else "train"):
-            return self._fit(resume, overwrite, stop_after)
+        try:
+            with run_lock(self.run_dir, "train --resume" if resume else "train"):
+                return self._fit(resume, overwrite, stop_after)
+        except BaseException:
+            if not resume:  # refused before anything was written (e.g. the data): no folder left behind
+                discard_unstarted(self.run_dir)
+            raise
 
     def _fit(self, resume: bool, overwrite: bool, stop_after: int | None) -> "Trainer":
         if resume:

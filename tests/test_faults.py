@@ -599,3 +599,10 @@ def test_a_run_folder_larger_than_the_free_disk_is_refused_with_the_estimate(tmp
     err = refused(["train", *TINY, "--out", str(tmp_path / "run")], capsys)
     assert "the run folder needs 2 of them at once" in err and "GiB free" in err and str(tmp_path) in err
     assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_a_run_refused_before_it_wrote_anything_leaves_no_folder_so_the_command_can_be_run_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    refused(["train", *TINY, "--set", "model.likelihood=categorical", "--out", str(run)], capsys)  # grey data
+    assert not run.exists()
+    assert main(["train", *TINY, "--out", str(run)]) == 0  # the same folder, no --overwrite needed

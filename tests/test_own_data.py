@@ -490,3 +490,59 @@ def test_interpolate_and_traverse_write_their_grids(trained, tmp_path, capsys):
     err = refused(["interpolate", str(trained), "--data", str(tmp_path / "mine.npy"), "--pairs", "0:99",
                    "--out", str(tmp_path / "i2.png")], capsys)
     assert "has 8 datapoints" in err
+
+
+# -- CIFAR-10 from its binary files -----------------------------------------------------------
+
+
+def write_cifar10(folder: Path, per_file: int = 3) -> dict[str, np.ndarray]:
+    rng, written = np.random.default_rng(0), {}
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        labels = rng.integers(0, 10, per_file, dtype=np.uint8)
+        pixels = rng.integers(0, 256, (per_file, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(np.concatenate([labels[:, None], pixels], 1).tobytes())
+        written[name] = (labels, pixels)
+    return written
+
+
+def test_cifar10_reads_the_binary_batches_channel_first(tmp_path):
+    written = write_cifar10(tmp_path / "cifar" / "cifar-10-batches-bin")
+    splits = DATASETS.build({"name": "cifar10", "data_dir": str(tmp_path / "cifar")}, "data").load()
+    assert splits.train.shape == (15, 3, 32, 32) and splits.test.shape == (3, 3, 32, 32)
+    labels, pixels = written["data_batch_2.bin"]
+    assert splits.train_labels[3:6].tolist() == labels.tolist()
+    red_of_the_fourth = pixels[0, :1024].reshape(32, 32)  # the first record of batch 2: its red plane, row-major
+    assert torch.equal((splits.train[3, 0] * 255).round().to(torch.uint8), torch.from_numpy(red_of_the_fourth))
+    assert torch.equal((splits.test[2, 2] * 255).round().to(torch.uint8),
+                       torch.from_numpy(written["test_batch.bin"][1][2, 2048:].reshape(32, 32)))
+
+
+def test_a_damaged_cifar10_folder_is_refused_naming_the_file(tmp_path, capsys):
+    write_cifar10(tmp_path / "c")
+    (tmp_path / "c" / "data_batch_3.bin").write_bytes(b"\0" * 100)
+    err = refused(["train", "--set", "data=cifar10", "--set", f"data.data_dir={tmp_path / 'c'}", *SMALL,
+                   "--out", str(tmp_path / "run")], capsys)
+    assert "data_batch_3.bin is 100 bytes, not whole records" in err
+    (tmp_path / "c" / "test_batch.bin").unlink()
+    err = refused(["train", "--set", "data=cifar10", "--set", f"data.data_dir={tmp_path / 'c'}", *SMALL,
+                   "--out", str(tmp_path / "run")], capsys)
+    assert "data_batch_3.bin" in err  # the first fault found is named; the missing file is next
+
+
+def test_a_moved_data_file_is_pointed_at_again_and_checked_by_its_fingerprint(tmp_path, capsys):
+    np.save(tmp_path / "d.npy", (digits(30) > 127).astype(np.float32))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "d.npy"), *SMALL, "--out", str(run)]) == 0
+    (tmp_path / "d.npy").rename(tmp_path / "moved.npy")
+    capsys.readouterr()
+    assert "does not exist" in refused(["evaluate", str(run), "--no-progress"], capsys)
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "moved.npy"), "--samples", "3", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--set",
+                 f"data.path={tmp_path / 'moved.npy'}", "--no-progress"]) == 0
+    assert Config.load(run / "config.toml").data["path"] == str(tmp_path / "moved.npy")
+    np.save(tmp_path / "other.npy", (digits(30, seed=2) > 127).astype(np.float32))
+    capsys.readouterr()
+    err = refused(["train", "--resume", str(run), "--set", "train.epochs=3", "--set",
+                   f"data.path={tmp_path / 'other.npy'}", "--no-progress"], capsys)
+    assert "not the same data" in err
