@@ -12,7 +12,7 @@ A likelihood owns three things:
   dynamic binarization, afresh for every training batch;
 * what p(x|z) observes: ``check_observed`` refuses, at ``VAE.model``, a batch outside the
   distribution's support (grey pixels under any Bernoulli: the trainer binarizes before the model
-  sees them), also with Pyro's validation off, in one pass over x when all is well.
+  sees them), also with Pyro's validation off, in a few reductions over x when all is well.
 
 Most likelihoods are factorized: pixels independent given z. ``pixelcnn-bernoulli`` is
 autoregressive: pixel i's Bernoulli also reads the pixels before it, so log p(x|z) needs x itself
@@ -118,7 +118,7 @@ class Likelihood(Component, nn.Module):
         """Refuse a batch that p(x|z) cannot score as it is (the prepared data, after binarization
         or dequantization): shaped other than (batch, *event_shape), not floating point (or not in
         ``like``'s dtype and device), NaN or infinite, outside the support; with the message the
-        CLI gives and the fix named. One pass over x when all is well (``observable``)."""
+        CLI gives and the fix named. A few reductions over x when all is well (``observable``)."""
         check_batch(x, self.event_shape, where, like)
         if not self.observable(x):  # the fast filter; the exact checks below say what is wrong
             require_finite(x, where)

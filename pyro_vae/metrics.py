@@ -124,7 +124,10 @@ def elbo_terms(program, x: torch.Tensor, num_samples: int = 1, posterior_means: 
     (the KL in closed form where every latent site has one, else by Monte Carlo), and
     (``posterior_means``, where the latent is one continuous vector) E_q[z], which a guide without
     a closed-form mean pays for in draws."""
-    program = checked_program(program, x)
+    return _elbo_terms(checked_program(program, x), x, num_samples, posterior_means)
+
+
+def _elbo_terms(program: Program, x: torch.Tensor, num_samples: int, posterior_means: bool) -> dict[str, torch.Tensor]:
     with program.source.given(x) as at_x:
         terms = at_x.draw(num_samples)
         reconstruction = terms.log_likelihood.mean(0)
@@ -164,8 +167,7 @@ def log_evidence(program, x: torch.Tensor, num_samples: int = 1000, chunk_pairs:
     unset: the device's default, :func:`chunk_pairs_for`) and combined by a streaming log-sum-exp,
     so memory does not grow with K.
     """
-    program = checked_program(program, x)
-    total, _ = _streamed_log_sums(program, x, num_samples, chunk_pairs, squares=False)
+    total, _ = _streamed_log_sums(checked_program(program, x), x, num_samples, chunk_pairs, squares=False)
     return total - math.log(num_samples)
 
 
@@ -431,9 +433,10 @@ def evaluate(
             if terms is None:
                 xb = x[starts[b] : starts[b] + batch_size]
                 with seeded(batch_seed(seed, b), x.device):
-                    terms = elbo_terms(program, xb, posterior_means=posterior_means)
+                    terms = _elbo_terms(program, xb, 1, posterior_means)  # (x checked once, above)
                     if samples > 0:
-                        terms["log_px"] = log_evidence(program, xb, samples, chunk_pairs)
+                        total, _ = _streamed_log_sums(program, xb, samples, chunk_pairs, squares=False)
+                        terms["log_px"] = total - math.log(samples)
                 terms = {k: v.float().cpu() for k, v in terms.items()}
                 if kept is not None:
                     kept.save(b, terms)
