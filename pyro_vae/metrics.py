@@ -435,8 +435,7 @@ def evaluate(
                 with seeded(batch_seed(seed, b), x.device):
                     terms = _elbo_terms(program, xb, 1, posterior_means)  # (x checked once, above)
                     if samples > 0:
-                        total, _ = _streamed_log_sums(program, xb, samples, chunk_pairs, squares=False)
-                        terms["log_px"] = total - math.log(samples)
+                        terms["log_px"] = log_evidence(program, xb, samples, chunk_pairs)
                 terms = {k: v.float().cpu() for k, v in terms.items()}
                 if kept is not None:
                     kept.save(b, terms)
