@@ -209,6 +209,14 @@ def find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def data_folder(data_dir: str, name: str) -> Path:
+    """A dataset's ``data_dir``, which must be a folder."""
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.data_dir = {data_dir!r} for dataset '{name}' is not a folder.")
+    return folder
+
+
 def default_data_root() -> Path:
     return Path(os.environ.get("PYRO_VAE_DATA", Path.home() / ".cache" / "pyro-vae" / "datasets"))
 
@@ -226,12 +234,7 @@ class IDXDataset(Dataset):
         self.data_dir = data_dir
 
     def _folder(self) -> Path:
-        if self.data_dir is not None:
-            folder = Path(self.data_dir).expanduser()
-            if not folder.is_dir():
-                raise DataError(f"data.data_dir = {self.data_dir!r} for dataset '{self.name}' is not a folder.")
-            return folder
-        return self._download()
+        return data_folder(self.data_dir, self.name) if self.data_dir is not None else self._download()
 
     def _download(self) -> Path:
         import torchvision.datasets as tvd
@@ -405,9 +408,7 @@ class CIFAR10(Dataset):
 
     def load(self) -> DataSplits:
         if self.data_dir is not None:
-            folder = Path(self.data_dir).expanduser()
-            if not folder.is_dir():
-                raise DataError(f"data.data_dir = {self.data_dir!r} for dataset 'cifar10' is not a folder.")
+            folder = data_folder(self.data_dir, self.name)
             if (folder / "cifar-10-batches-bin").is_dir():
                 folder = folder / "cifar-10-batches-bin"
             train, train_labels = read_cifar10_batches(folder, CIFAR10_TRAIN)
