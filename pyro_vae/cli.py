@@ -85,6 +85,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:
         return launch(args, args.argv)
+    # --seed and --device are their --set forms (given after every --set, so they win)
+    args.set = [*args.set, *([f"seed={args.seed}"] if args.seed is not None else []),
+                *([f"device={args.device}"] if args.device is not None else [])]
 
     if args.resume:
         if args.config:
@@ -107,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = _config_from(args.config, args.set, args.data)
     dist = Distributed.from_environment(config.device, args.timeout)
     args.dist = dist
-    say = print if dist.main else (lambda *a, **k: None)
+    say = print if dist.main and not args.quiet else (lambda *a, **k: None)
     if args.resume:
         pass  # run_dir is the resumed folder
     elif args.out:
@@ -124,7 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = _given_data(args) if args.resume else None  # resuming a run trained on data from Python
     if args.data and not args.resume:
         say(f"data: {data_summary(DATASETS.build(config.data, 'data').load())}")
-    trainer = Trainer(config, run_dir, progress=not args.no_progress, dist=dist, splits=given)
+    trainer = Trainer(config, run_dir, progress=not (args.no_progress or args.quiet), dist=dist, splits=given,
+                      **({"log": say} if args.quiet else {}))
     if not args.resume:
         processes = f", {dist.world} processes ({dist.backend})" if dist.active else ""
         say(f"training into {run_dir}  (config: {run_dir / CONFIG}){processes}")
@@ -132,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = load_run(run_dir, device=str(trainer.device), trust_code=True, splits=given)  # the code just trained
     args.on_interrupt = (f"the evaluation's finished batches are kept in {run_dir / 'evaluation.json.batches'}; "
                          f"`pyro-vae train --resume {run_dir}` finishes it")
-    result = finish_run(run, log=say, dist=dist, progress=not args.no_progress)
+    result = finish_run(run, log=say, dist=dist, progress=not (args.no_progress or args.quiet))
     say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, {run.described}"))
     written = [name for name in ("metrics.jsonl", "checkpoint.pt", "best.pt", "evaluation.json", "samples.png",
                                  "reconstructions.png", "curves.png", "latent.png") if (run_dir / name).is_file()]
@@ -190,6 +194,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         path = write_evaluation(run, result, stem + ".json")
         result.write_csv(run.run_dir / f"{stem}.csv")
+    if args.json:  # stdout holds the JSON alone
+        import json
+
+        print(json.dumps(result.summary(), indent=2))
+        print(f"wrote {path} and {stem}.csv (per datapoint)", file=sys.stderr)
+        return 0
     print(result.table(f"{run.run_dir} — test set of {cfg.data['name']}: {result.n} datapoints, {run.described}, seed {seed}"))
     print(f"wrote {path} and {stem}.csv (per datapoint)")
     return 0
@@ -492,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.add_argument("--seed", type=int, help="the run's seed (the same as --set seed=N)")
+    p.add_argument("--device", help="cpu, cuda or auto (the same as --set device=...)")
     p.add_argument("--nproc", type=int, help="train data-parallel in N processes on this machine (runs torchrun; "
                    "for several machines run torchrun yourself: see the README)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
@@ -511,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
     p.add_argument("--allow-large-k", action="store_true", help=f"allow --samples beyond {LARGE_K:,}")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (and nothing else there)")
     data(p)
     trust(p)
     p.set_defaults(func=cmd_evaluate)

@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pyro_vae.cli import main
-from pyro_vae.config import REGISTRIES
+from pyro_vae.config import REGISTRIES, Config
 from pyro_vae.training import CHECKPOINT, load_checkpoint, read_metrics
 
 TINY = [
@@ -149,3 +150,22 @@ def test_the_console_entry_point_runs_as_a_module():
     assert done.returncode == 0 and "mixture" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "pyro_vae", "list", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_train_seed_and_device_are_their_set_forms_and_quiet_prints_nothing(tmp_path, capsys):
+    tiny = ["--set", "data=synthetic", "--set", "data.n_train=32", "--set", "data.n_test=8", "--set", "data.side=4",
+            "--set", "model.latent_dim=2", "--set", "model.network.hidden=[4]", "--set", "train.epochs=1",
+            "--set", "eval.samples=2", "--set", "eval.train_subset=4", "--set", "eval.exact_points=0"]
+    assert main(["train", *tiny, "--seed", "3", "--device", "cpu", "--quiet", "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["train", *tiny, "--set", "seed=3", "--set", "device=cpu", "--no-progress",
+                 "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    a, b = (Config.load(tmp_path / n / "config.toml").to_dict() for n in "ab")
+    assert a == b and a["seed"] == 3
+    assert torch.equal(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]["decoder.body.0.weight"],
+                       torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]["decoder.body.0.weight"])
+    assert main(["evaluate", str(tmp_path / "a"), "--samples", "3", "--json", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out)  # stdout holds the JSON alone
+    assert summary["importance_samples"] == 3 and set(summary["log_px"]) == {"mean", "stderr"}
