@@ -81,31 +81,39 @@ def reconstructions(program, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
 def plot_curves(history: list[dict], path: Path) -> Path:
     """The training objective (every epoch) and the train/test ELBO with its two terms (the epochs
     that scored them: train.curve_every)."""
+    fig = curves_figure(history)
+    _save(fig, path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def curves_figure(history: list[dict]):
+    """The figure of :func:`plot_curves`. Points are marked while there are few of them, so a run of
+    one epoch shows its values (a line through one point draws nothing)."""
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    mark = {"marker": "o", "markersize": 3} if len(history) <= 60 else {}
     ax1.plot([m["epoch"] for m in history], [m["objective"] for m in history],
-             label="training objective (running mean)")
+             label="training objective (running mean)", **mark)
     history = [m for m in history if "test" in m]
     epochs = [m["epoch"] for m in history]
-    ax1.plot(epochs, [m["train"]["elbo"] for m in history], label="train ELBO")
-    ax1.plot(epochs, [m["test"]["elbo"] for m in history], label="test ELBO")
+    ax1.plot(epochs, [m["train"]["elbo"] for m in history], label="train ELBO", **mark)
+    ax1.plot(epochs, [m["test"]["elbo"] for m in history], label="test ELBO", **mark)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("nats per datapoint")
     ax1.set_title("bounds on log p(x)")
     ax1.legend()
     for split, style in (("train", "--"), ("test", "-")):
         ax2.plot(epochs, [m[split]["reconstruction"] for m in history], style, color="C0",
-                 label=f"{split} E_q[log p(x|z)]")
+                 label=f"{split} E_q[log p(x|z)]", **mark)
         ax2.plot(epochs, [-m[split]["kl"] for m in history], style, color="C3",
-                 label=f"{split} -KL(q(z|x) || p(z))")
+                 label=f"{split} -KL(q(z|x) || p(z))", **mark)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("nats per datapoint")
     ax2.set_title("ELBO = reconstruction - KL")
     ax2.legend()
     fig.tight_layout()
-    _save(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) -> Path:

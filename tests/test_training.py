@@ -532,3 +532,17 @@ def test_bfloat16_steps_follow_the_float32_steps_and_scores_stay_float32(tmp_pat
 def test_precision_names_its_choices():
     with pytest.raises(ConfigError, match=r"float32.*bfloat16"):
         tiny_config(train={"precision": "float16"})
+
+
+def test_the_curves_of_a_one_epoch_run_draw_their_points(tmp_path):
+    from pyro_vae.plots import curves_figure
+
+    Trainer(tiny_config(train={"epochs": 1}), tmp_path / "run", progress=False, log=lambda s: None).fit()
+    history = read_metrics(tmp_path / "run")
+    fig = curves_figure(history)
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == 7  # objective, train and test ELBO; reconstruction and -KL of train and test
+    for line in lines:  # one point each, drawn as a marker (a line through one point draws nothing)
+        assert len(line.get_xdata()) == 1 and line.get_marker() == "o"
+    (test_elbo,) = [line for line in fig.axes[0].get_lines() if line.get_label() == "test ELBO"]
+    assert test_elbo.get_ydata()[0] == history[0]["test"]["elbo"]
