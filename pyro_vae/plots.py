@@ -206,22 +206,38 @@ def plot_comparison_curves(curves: dict[str, list[dict]], path: Path) -> Path:
 
 def plot_snr_vs_k(snr: dict, path: Path) -> Path:
     """Encoder-gradient SNR against the number of importance samples K, IWAE vs DReG."""
+    fig = snr_figure(snr)
+    _save(fig, path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def snr_figure(snr: dict):
+    """The figure of :func:`plot_snr_vs_k`: log axes whose ticks read as plain numbers (the K measured on x)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
     plt = _pyplot()
-    fig = plt.figure(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    measured: set[int] = set()
     for name, by_k in snr["encoder_snr"].items():
         ks = sorted(int(k) for k in by_k)
-        plt.plot(ks, [by_k[k] for k in ks], marker="o", label=name)
-    plt.xscale("log", base=2)
-    plt.yscale("log")
-    plt.xlabel("K (importance samples per datapoint)")
-    plt.ylabel("encoder gradient SNR, mean |E g| / std g")
-    plt.title(f"inference-network gradient SNR ({snr['parameters']})", fontsize=9)
-    plt.legend()
-    plt.grid(alpha=0.3, which="both")
+        measured |= set(ks)
+        ax.plot(ks, [by_k[k] for k in ks], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(measured)))
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("K (importance samples per datapoint)")
+    ax.set_ylabel("encoder gradient SNR, mean |E g| / std g")
+    ax.set_title(f"inference-network gradient SNR ({snr['parameters']})", fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    _save(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 @torch.no_grad()

@@ -546,3 +546,16 @@ def test_the_curves_of_a_one_epoch_run_draw_their_points(tmp_path):
         assert len(line.get_xdata()) == 1 and line.get_marker() == "o"
     (test_elbo,) = [line for line in fig.axes[0].get_lines() if line.get_label() == "test ELBO"]
     assert test_elbo.get_ydata()[0] == history[0]["test"]["elbo"]
+
+
+def test_the_snr_picture_labels_its_log_axes_with_plain_numbers():
+    from pyro_vae.plots import snr_figure
+
+    snr = {"parameters": "encoder", "encoder_snr": {"iwae": {1: 3.0, 4: 1.5, 16: 0.7, 64: 0.35},
+                                                    "dreg": {1: 3.0, 4: 3.4, 16: 3.9, 64: 4.2}}}
+    fig = snr_figure(snr)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "16", "64"]  # the K measured, not 2^k
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert labels and all("^" not in t and "times" not in t for t in labels)  # no 3x10^0
