@@ -37,20 +37,38 @@ def _pyplot():
     return plt
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int, title: str) -> Path:
-    """Save images (N, C, H, W) as one grid picture with a title."""
+GRID_MIN_SIDE = 84  # screen pixels per image at least: each image pixel becomes an integer square of them
+CAPTION_LINE = 14  # screen pixels per caption line (Pillow's default font)
+
+
+def grid_picture(images: torch.Tensor, nrow: int, title: str):
+    """Images (N, C, H, W) in [0, 1] as one picture, pixel-exact: the grid (2-pixel white gaps)
+    upscaled by the integer that makes each image at least ``GRID_MIN_SIDE`` pixels high, nearest
+    neighbour, under a caption; returns (the PIL image, the caption's height, the scale)."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
     from torchvision.utils import make_grid
 
-    plt = _pyplot()
     grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    height, width = grid.shape[1:]
-    fig = plt.figure(figsize=(max(3.0, width / 60), max(3.0, height / 60) + 0.4))
-    plt.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-    plt.axis("off")
-    plt.title(title, fontsize=9)
-    _save(fig, path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    scale = max(1, math.ceil(GRID_MIN_SIDE / images.shape[-2]))
+    array = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    body = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
+    lines = textwrap.wrap(title, max(20, body.width // 6)) or [""]
+    top = CAPTION_LINE * len(lines) + 6
+    picture = Image.new("RGB", (body.width, body.height + top), "white")
+    draw = ImageDraw.Draw(picture)
+    for i, line in enumerate(lines):
+        draw.text((3, 3 + CAPTION_LINE * i), line, fill="black")
+    picture.paste(body, (0, top))
+    return picture, top, scale
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int, title: str) -> Path:
+    """Save images (N, C, H, W) as one pixel-exact grid picture with a caption line (:func:`grid_picture`)."""
+    picture, _, _ = grid_picture(images, nrow, title)
+    atomic_write(path, lambda f: picture.save(f, format="PNG"))
+    return Path(path)
 
 
 def shown_pixels(program) -> str:

@@ -559,3 +559,25 @@ def test_the_snr_picture_labels_its_log_axes_with_plain_numbers():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "16", "64"]  # the K measured, not 2^k
     labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
     assert labels and all("^" not in t and "times" not in t for t in labels)  # no 3x10^0
+
+
+def test_image_grids_are_written_pixel_exact_under_a_caption(tmp_path):
+    from PIL import Image
+
+    import numpy as np
+
+    from pyro_vae.plots import GRID_MIN_SIDE, save_grid
+
+    images = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(0)).mul(255).round().div(255)
+    save_grid(images, tmp_path / "g.png", 2, "four test images, two a row")
+    picture = np.asarray(Image.open(tmp_path / "g.png").convert("L"))
+    scale = -(-GRID_MIN_SIDE // 6)  # 14: each image pixel a 14 x 14 square
+    grid_side = (2 * 6 + 3 * 2) * scale  # two images a row, 2-pixel gaps around them
+    assert picture.shape[1] == grid_side
+    top = picture.shape[0] - grid_side  # the caption's strip above the grid
+    assert top > 0 and (picture[:top] < 128).any()  # the caption is drawn
+    for k, (row, col) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        y, x = top + (2 + row * 8) * scale, (2 + col * 8) * scale
+        block = picture[y : y + 6 * scale, x : x + 6 * scale]
+        expected = np.kron((images[k, 0] * 255).round().numpy().astype(np.uint8), np.ones((scale, scale), np.uint8))
+        assert np.array_equal(block, expected), k
