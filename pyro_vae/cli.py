@@ -239,8 +239,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         with writing_into(run.run_dir, out, "explain"):
             plot_posteriors(run.program, x, exact.grids, out, titles, seed=seed)
         print(f"\nwrote {out}: p(z|x) (exact, by quadrature) against q(z|x), and decoded images")
-    elif args.out:
-        print("\n(no posterior picture: it needs one 2-D latent site)")
+    else:
+        shapes = ", ".join(f"{name} {tuple(shape)}" for name, shape in run.program.latent_shapes.items())
+        print(f"\n(no posterior picture: p(z|x) is drawn, by quadrature, only for one 2-D latent site, and this run's "
+              f"latents are {shapes}; the terms above are estimated instead, KL(q(z|x) || p(z|x)) as log p(x) - ELBO "
+              f"with K = {args.samples})")
     return 0
 
 

@@ -196,6 +196,8 @@ def test_explain_estimates_every_term_when_nothing_is_exact(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "importance sampled, K = 200" in out and "estimated as log p(x) - ELBO" in out
     assert not (tmp_path / "run" / "posterior.png").exists()
+    assert "no posterior picture: p(z|x) is drawn, by quadrature, only for one 2-D latent site" in out
+    assert "latents are z (3,)" in out  # why none is drawn, said without being asked
     assert exact_evidence(load_run(tmp_path / "run").model, torch.zeros(1, 1, 6, 6)) is None
 
 
