@@ -33,7 +33,6 @@ from pathlib import Path
 from . import __version__
 from .config import DATASETS, REGISTRIES, Config, ProgramConfig, apply_overrides, read_toml
 from .data import dataset_for_path
-from .data import summary as data_summary
 from .distributed import DEFAULT_TIMEOUT
 from .errors import ConfigError, ProgramError, PyroVAEError, RunDirError
 from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, default_run_dir, differences_outside
@@ -125,8 +124,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         require_trust(config, run_dir, args.trust_code)
     given = _given_data(args) if args.resume else None  # resuming a run trained on data from Python
-    if args.data and not args.resume:
-        say(f"data: {data_summary(DATASETS.build(config.data, 'data').load())}")
     trainer = Trainer(config, run_dir, progress=not (args.no_progress or args.quiet), dist=dist, splits=given,
                       **({"log": say} if args.quiet else {}))
     if not args.resume:
@@ -489,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     def data(p: argparse.ArgumentParser, training: bool = False) -> None:
         p.add_argument("--data", metavar="PATH", help=(
             "train on your own data: a folder of images (dataset 'image-folder') or a .npy, .npz or .pt file "
-            "(dataset 'array'); --set data.* sets its options; summarized in one line first" if training else
+            "(dataset 'array'); --set data.* sets its options; summarized in one line when training starts" if training else
             "the data the run trained on, where its config cannot rebuild it (a run trained on data from Python): "
             "a folder of images or a .npy, .npz or .pt file, checked against the run's fingerprint"))
 

@@ -948,6 +948,9 @@ def apply_scaling(x: torch.Tensor, scaling: dict | None) -> torch.Tensor:
     return (x - torch.tensor(scaling["shift"], dtype=x.dtype)) / torch.tensor(scaling["scale"], dtype=x.dtype)
 
 
+USER_FILE_DATASETS = ("array", "image-folder", "csv")  # read from the user's own files (summarized when trained on)
+
+
 def dataset_for_path(path: str) -> dict:
     """The ``[data]`` table of the dataset kind a path names (``--data PATH``): a folder of images,
     or an array file."""

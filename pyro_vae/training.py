@@ -43,7 +43,8 @@ import torch
 
 from . import metrics
 from .config import CODE_KEY, OBJECTIVES, Config, ProgramConfig
-from .data import DATASETS, DataSplits, check_batch, require_finite
+from .data import DATASETS, USER_FILE_DATASETS, DataSplits, check_batch, require_finite
+from .data import summary as data_summary
 from .distributed import SINGLE, Distributed
 from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDirError, TrainingDiverged
 from .networks import mixed_precision
@@ -721,6 +722,8 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         splits = self.splits or DATASETS.build(self.config.data, "data").load()
         self.data_record = data_record(splits, given=self.splits is not None)
+        if self.config.data["name"] in USER_FILE_DATASETS:  # the user's own files: say what was read
+            self.log(f"data: {data_summary(splits)}")
         recorded = self.config.data
         if recorded["name"] == "given" and recorded.get("fingerprint") == self.data_record["fingerprint"]:
             self.data_record["description"] = recorded["description"]  # the same data, given again (a resume)
