@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from pyro_vae import Config
-from pyro_vae.training import build_model
+from pyro_vae.programs import build_model
 from pyro_vae.vae import VAE
 
 ON = 0.3  # the chance that a random pixel is on (about Fashion-MNIST's share of dark pixels)

@@ -50,9 +50,9 @@ sys.path.insert(0, str(HERE.parent))
 from pyro_vae import Config, Trainer, load_run  # noqa: E402
 from pyro_vae.config import format_value  # noqa: E402
 from pyro_vae.distributed import SINGLE, Distributed  # noqa: E402
-from pyro_vae.metrics import EvaluationStore, evaluate  # noqa: E402
-from pyro_vae.training import (BEST, CHECKPOINT, CONFIG, SNAPSHOTS, config_differences, load_checkpoint,  # noqa: E402
-                               resumable_evaluation)
+from pyro_vae.evaluation import EvaluationStore, evaluate  # noqa: E402
+from pyro_vae.runs import (BEST, CHECKPOINT, CONFIG, SNAPSHOTS, config_differences, load_checkpoint,  # noqa: E402
+                           resumable_evaluation)
 
 # Norouzi et al. 2020 (Exemplar VAE), test NLL in nats, dynamically binarized Fashion-MNIST
 PUBLISHED = {

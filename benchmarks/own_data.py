@@ -33,7 +33,7 @@ import torch
 from pyro_vae import Config, Trainer, load
 from pyro_vae.config import DATASETS
 from pyro_vae.data import MNIST5k, load_idx_split
-from pyro_vae.metrics import batch_seed, evaluate
+from pyro_vae.evaluation import batch_seed, evaluate
 
 
 def machine() -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pyro_vae import Config, Trainer, load_run
 from pyro_vae.exact import decomposition, format_decomposition
-from pyro_vae.metrics import evaluate
+from pyro_vae.evaluation import evaluate
 from pyro_vae.plots import plot_posteriors
 
 parser = argparse.ArgumentParser()

@@ -37,7 +37,8 @@ from .likelihoods import (  # noqa: E402
     GaussianLikelihood,
     LaplaceLikelihood,
 )
-from .metrics import Evaluation, elbo_terms, evaluate, log_evidence  # noqa: E402
+from .evaluation import Evaluation, EvaluationSettings, evaluate  # noqa: E402
+from .metrics import elbo_terms, log_evidence  # noqa: E402
 from .networks import MLPNetwork  # noqa: E402
 from .objectives import (  # noqa: E402
     AnalyticKLELBO,
@@ -51,12 +52,13 @@ from .objectives import (  # noqa: E402
 from .priors import LearnedGaussianPrior, MixturePrior, StandardNormalPrior  # noqa: E402
 from .programs import Program  # noqa: E402
 from .terms import Terms  # noqa: E402
-from .training import Run, Trainer, finish_run, load, load_run  # noqa: E402
+from .runs import Run, finish_run, load, load_run  # noqa: E402
+from .training import Trainer  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ = [
     "VAE", "Config", "Trainer", "Run", "load", "load_run", "finish_run",
-    "evaluate", "elbo_terms", "log_evidence", "Evaluation",
+    "evaluate", "elbo_terms", "log_evidence", "Evaluation", "EvaluationSettings",
     "StandardNormalPrior", "LearnedGaussianPrior", "MixturePrior",
     "BernoulliLikelihood", "ContinuousBernoulliLikelihood", "GaussianLikelihood", "LaplaceLikelihood",
     "DiagonalGaussianGuide", "MLPNetwork",

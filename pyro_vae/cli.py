@@ -35,7 +35,8 @@ from .config import DATASETS, REGISTRIES, Config, ProgramConfig, apply_overrides
 from .data import dataset_for_path
 from .distributed import DEFAULT_TIMEOUT
 from .errors import ConfigError, ProgramError, PyroVAEError, RunDirError
-from .training import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, Trainer, default_run_dir, differences_outside
+from .runs import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, default_run_dir, differences_outside
+from .training import Trainer
 
 
 LARGE_K = 100_000  # importance samples per datapoint beyond which `evaluate` asks to be told
@@ -80,7 +81,7 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import Distributed
-    from .training import finish_run, load_run
+    from .runs import finish_run, load_run
 
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:
         return launch(args, args.argv)
@@ -163,9 +164,8 @@ def require_trust(config: Config, run_dir: Path, trusted: bool) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import evaluate
-    from .runs import run_lock
-    from .training import load_run, resumable_evaluation, write_evaluation
+    from .evaluation import EvaluationSettings, evaluate
+    from .runs import load_run, resumable_evaluation, run_lock, write_evaluation
 
     run = load_run(args.run_dir, device=args.device, checkpoint=args.checkpoint, trust_code=args.trust_code,
                    splits=_given_data(args))
@@ -185,10 +185,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.on_interrupt = (f"the finished batches are kept in {run.run_dir / (stem + '.batches')}; the same "
                          f"command resumes them")
     with run_lock(run.run_dir, "evaluate"), resumable_evaluation(run.run_dir, stem) as store:
-        result = evaluate(  # (rerun after an interruption: it resumes at the batches not done)
-            run.program, run.data.test, samples=samples, seed=seed, batch_size=cfg.eval.batch_size,
-            chunk_pairs=cfg.eval.chunk_pairs, exact_points=exact_points, store=store, progress=not args.no_progress,
-        )
+        settings = EvaluationSettings.of(cfg, samples, seed=seed, exact_points=exact_points)
+        result = evaluate(run.program, run.data.test, settings, store=store,  # (rerun after an interruption:
+                          progress=not args.no_progress)                     # it resumes at the batches not done)
         path = write_evaluation(run, result, stem + ".json")
         result.write_csv(run.run_dir / f"{stem}.csv")
     if args.json:  # stdout holds the JSON alone
@@ -207,7 +206,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from .exact import decomposition, format_decomposition
     from .plots import plot_posteriors
-    from .training import load_run
+    from .runs import load_run
 
     run = load_run(args.run_dir, device=args.device, trust_code=args.trust_code, splits=_given_data(args))
     cfg, test = run.config, run.data.test
@@ -246,7 +245,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .plots import prior_samples, save_grid
-    from .training import load_run
+    from .runs import load_run
 
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}.")
@@ -279,8 +278,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from .data import read_datapoints
     from .files import atomic_write
-    from .metrics import batch_seed
-    from .training import load_run
+    from .evaluation import batch_seed
+    from .runs import load_run
 
     out = Path(args.out)
     if out.suffix.lower() not in (".npz", ".csv"):
@@ -359,7 +358,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     import torch
 
     from .plots import save_grid
-    from .training import load_run
+    from .runs import load_run
 
     if args.steps < 2:
         raise ConfigError(f"--steps must be >= 2, got {args.steps}.")
@@ -394,7 +393,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     import torch
 
     from .plots import save_grid
-    from .training import load_run
+    from .runs import load_run
 
     if args.steps < 2 or args.span <= 0:
         raise ConfigError(f"--steps must be >= 2 and --span > 0, got {args.steps} and {args.span}.")

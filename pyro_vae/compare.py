@@ -32,27 +32,15 @@ from pathlib import Path
 from typing import Callable
 
 import pyro
-import torch
 
-from . import metrics
+from . import plots
 from .config import DATASETS, OBJECTIVES, Config
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
+from .evaluation import EvaluationSettings, evaluate
 from .files import write_text
-from .runs import run_lock
-from .training import (
-    CHECKPOINT,
-    CONFIG,
-    build_model,
-    checkpoint_state,
-    epoch_batches,
-    data_record,
-    prepare_data,
-    prepare_run_dir,
-    record_program,
-    resolve_device,
-    save_checkpoint,
-    svi_step,
-)
+from .metrics import gradient_statistics
+from .runs import CONFIG, prepare_run_dir, run_lock
+from .training import Trainer
 
 SNAPSHOTS = ("start", "middle", "end")
 
@@ -186,8 +174,7 @@ class Comparison:
 
     def _run(self) -> list[ObjectiveResult]:
         write_text(self.out / CONFIG, self.config.to_toml())
-        self.device = resolve_device(self.config.device)
-        self.splits = DATASETS.build(self.config.data, "data").load()
+        self.splits = DATASETS.build(self.config.data, "data").load()  # once, for every objective
         for spec, objective in zip(self.specs, self.objectives):
             self.log(f"== {label(spec)}: {self.budget.describe()}")
             self.results.append(self._train(spec, objective))
@@ -195,84 +182,76 @@ class Comparison:
         self._write()
         return self.results
 
-    def _fresh_program(self):
-        pyro.clear_param_store()
-        torch.manual_seed(self.config.seed)  # the same initial parameters for every objective
-        program = build_model(self.config, self.splits.event_shape)
-        program.module.to(self.device)
-        self.run_config, _ = record_program(self.config, program)  # the runs' [model] table, code identity included
-        return program
+    def _trainer(self, spec: dict) -> Trainer:
+        """The trainer of one objective's run, set up: from the same seed, so the same initial
+        parameters and the same sequence of minibatches for every objective."""
+        raw = self.config.to_dict()
+        raw["train"]["objective"] = OBJECTIVES.build(spec).spec()
+        run_dir = self.out / folder_name(spec)
+        trainer = Trainer(Config.from_dict(raw), run_dir, progress=False, log=self.log, preloaded=self.splits)
+        return trainer.start()
 
     def _train(self, spec: dict, objective) -> ObjectiveResult:
+        """Train one objective for the budget through the trainer's steps (its optimizer, schedules,
+        divergence handling and parameter average), measuring along the way."""
         from tqdm.auto import tqdm
 
         cfg = self.config
-        program = self._fresh_program()
-        if program.guide_family is not None:
-            objective.check_guide(program.guide_family)
-        data = prepare_data(cfg, program, self.device, self.splits)
-        self.data = data
-        grad_x = data.train_eval[: self.grad_batch]
-        generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # the same minibatches
-        program.fit_to_data(data.train, generator)
-        optimizer = torch.optim.Adam(program.module.parameters(), lr=cfg.train.lr)
+        trainer = self._trainer(spec)
+        program, objective = trainer.program, trainer.objective
+        self.data = trainer.data
+        grad_x = trainer.data.train_eval[: self.grad_batch]
         result = ObjectiveResult(spec)
-        lik = program.contract
         next_curve, next_snapshot = 0, 0
-        batches: list[torch.Tensor] = []
-        total = self.budget.steps
-        bar = tqdm(total=total, disable=not self.progress, unit="step", leave=False, dynamic_ncols=True)
+        batches = trainer.batch_stream()
+        bar = tqdm(total=self.budget.steps, disable=not self.progress, unit="step", leave=False, dynamic_ncols=True)
         with pyro.validation_enabled(cfg.train.validate):
             while True:
                 done = self.budget.fraction(result.steps, result.train_seconds)
                 if next_snapshot < len(SNAPSHOTS) and done >= next_snapshot / 2:
                     result.gradients[SNAPSHOTS[next_snapshot]] = {
                         "step": result.steps,
-                        **metrics.gradient_statistics(program, objective, grad_x, self.grad_draws, seed=cfg.seed),
+                        **gradient_statistics(program, objective, grad_x, self.grad_draws, seed=cfg.seed),
                     }
                     next_snapshot += 1
                 if next_curve <= self.curve_points and done >= next_curve / self.curve_points:
-                    result.curve.append(self._curve_point(program, data, result))
+                    with trainer.scored():
+                        result.curve.append(self._curve_point(program, trainer.data, result))
                     next_curve += 1
                 if done >= 1.0:
                     break
                 started = time.perf_counter()  # training time: batch preparation and the SVI step
-                if not batches:
-                    batches = epoch_batches(data.train.shape[0], cfg.train.batch_size, generator)
-                x = lik.prepare_batch(data.train[batches.pop(0)], generator)
-                loss = svi_step(program, objective, optimizer, x)
+                index = next(batches)
+                try:  # the learning-rate schedule over the budget (train.lr_final: lr * lr_final ** done)
+                    loss = trainer.train_step(index, lr=cfg.train.lr * cfg.train.lr_final ** min(1.0, done))
+                except TrainingDiverged as e:
+                    raise TrainingDiverged(f"objective {label(spec)}: {e}") from None
                 result.train_seconds += time.perf_counter() - started
                 result.steps += 1
-                if not math.isfinite(loss):
-                    raise ConfigError(
-                        f"objective {label(spec)}: the loss became {loss} at step {result.steps}; lower train.lr."
-                    )
                 bar.update(1)
                 if self.progress:
-                    bar.set_postfix_str(f"{label(spec)} loss {loss / x.shape[0]:.2f} nats/datapoint", refresh=False)
+                    bar.set_postfix_str(f"{label(spec)} loss {loss / index.shape[0]:.2f} nats/datapoint", refresh=False)
         bar.close()
-        result.final = self._final(program, data, spec)
-        self._save_run(spec, program, optimizer, generator, result)
+        with trainer.scored():
+            result.final = self._final(program, trainer.data)
+        self._save_run(trainer, result)
         self.log(
             f"   {result.steps} steps in {result.train_seconds:.1f} s; test ELBO {result.final['elbo']:.2f}, "
             f"log p(x) {result.final['log_px']:.2f} nats per datapoint"
         )
         if spec["name"] == "iwae" or self._snr_state is None:  # SNR against K: at the IWAE run's end if any
-            self._snr_state = (label(spec), {k: v.detach().clone() for k, v in program.module.state_dict().items()})
+            self._snr_state = (label(spec), program)
         return result
 
     def _curve_point(self, program, data, result: ObjectiveResult) -> dict:
-        ev = metrics.evaluate(program, data.test, samples=self.curve_samples, seed=self.config.seed,
-                              batch_size=self.config.eval.batch_size, chunk_pairs=self.config.eval.chunk_pairs)
+        ev = evaluate(program, data.test, EvaluationSettings.of(self.config, self.curve_samples, exact_points=0))
         return {"step": result.steps, "train_seconds": result.train_seconds,
                 "test_elbo": ev.elbo.mean().item(), "test_log_px": ev.log_px.mean().item()}
 
-    def _final(self, program, data, spec: dict) -> dict:
-        cfg = self.config
-        ev = metrics.evaluate(program, data.test, samples=cfg.eval.samples, seed=cfg.seed,
-                              batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs)
-        iwae = metrics.evaluate(program, data.test, samples=self.particles, seed=cfg.seed + 1,
-                                batch_size=cfg.eval.batch_size, chunk_pairs=cfg.eval.chunk_pairs)
+    def _final(self, program, data) -> dict:
+        settings = EvaluationSettings.of(self.config, exact_points=0)
+        ev = evaluate(program, data.test, settings)
+        iwae = evaluate(program, data.test, settings, samples=self.particles, seed=settings.seed + 1)
         s = ev.summary()
         return {
             "elbo": s["elbo"]["mean"],
@@ -284,30 +263,22 @@ class Comparison:
             "latent_dim": s.get("latent_dim"),
         }
 
-    def _save_run(self, spec, program, optimizer, generator, result: ObjectiveResult) -> None:
+    def _save_run(self, trainer: Trainer, result: ObjectiveResult) -> None:
         """Each objective's model as a run folder of its own (``pyro-vae evaluate`` works on it)."""
-        run_dir = self.out / folder_name(spec)
-        prepare_run_dir(run_dir, overwrite=False, command="compare")
-        raw = self.run_config.to_dict()
-        raw["train"]["objective"] = OBJECTIVES.build(spec).spec()
-        config = Config.from_dict(raw)
-        write_text(run_dir / CONFIG, config.to_toml())
-        steps_per_epoch = math.ceil(self.data.train.shape[0] / config.train.batch_size)
-        state = checkpoint_state(config, program, optimizer, generator, result.steps // steps_per_epoch, result.steps,
-                                 data=data_record(self.splits, given=False))
-        save_checkpoint(run_dir / CHECKPOINT, state)
+        prepare_run_dir(trainer.run_dir, overwrite=False, command="compare")
+        steps_per_epoch = math.ceil(trainer.data.train.shape[0] / trainer.config.train.batch_size)
+        trainer.epoch = result.steps // steps_per_epoch
+        trainer.write_checkpoint()
 
     def _snr_against_k(self) -> None:
         """Encoder-gradient SNR of IWAE and DReG for several K, at one set of trained parameters."""
-        where, state = self._snr_state
-        program = self._fresh_program()
-        program.module.load_state_dict(state)
+        where, program = self._snr_state
         grad_x = self.data.train_eval[: self.grad_batch]
         table: dict[str, dict[int, float]] = {"iwae": {}, "dreg": {}}
         with pyro.validation_enabled(self.config.train.validate):
             for name in table:
                 for k in self.snr_ks:
-                    stats = metrics.gradient_statistics(
+                    stats = gradient_statistics(
                         program, OBJECTIVES.build({"name": name, "num_particles": k}), grad_x, self.grad_draws, self.config.seed)
                     table[name][k] = stats["encoder"]["snr"]
         self.snr_vs_k = {"parameters": f"end of the {where} run", "encoder_snr": table}
@@ -349,8 +320,6 @@ class Comparison:
         return "\n".join(lines)
 
     def _write(self) -> None:
-        from . import plots
-
         settings = {
             "budget": self.budget.describe(),
             "particles": self.particles,

@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .config import DATASETS, Component, require
-from .errors import DataError, StorageError
+from .config import DATASETS, Component, Config, require
+from .errors import ConfigError, DataError, StorageError
 
 MNIST5K_TEST_PER_CLASS = 100
 MNIST5K_SPLIT_SEED = 0
@@ -988,3 +988,61 @@ def summary(splits: DataSplits) -> str:
         f"labels: {len(torch.unique(splits.train_labels))} classes"
     return (f"{splits.description}; values in [{low:g}, {high:g}] ({kind}); {labels}; likelihoods that fit: "
             f"{', '.join(fits) or 'none'}")
+
+
+@dataclass
+class PreparedData:
+    """The dataset on the training device, prepared for the likelihood once."""
+
+    splits: DataSplits
+    train: torch.Tensor  # what batches are drawn from (e.g. statically binarized)
+    test: torch.Tensor  # fixed evaluation form (e.g. binarized with a fixed seed)
+    train_eval: torch.Tensor  # a fixed subset of train, scored every epoch
+    valid: torch.Tensor | None = None  # held-out training images (train.validation), evaluation form
+
+
+def validation_split(n: int, n_valid: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, valid) of a training set of ``n``: a fixed permutation by ``seed``, the
+    first ``n_valid`` held out."""
+    if not 0 <= n_valid < n:
+        raise ConfigError(
+            f"train.validation = {n_valid} must leave training images: the training split has {n}."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_valid:].sort().values, order[:n_valid].sort().values
+
+
+def prepare_data(config: Config, program, device: torch.device, splits: DataSplits | None = None) -> PreparedData:
+    """Load (unless given), validate at the boundary, prepare for the program (its likelihood's or
+    its own data contract), move to device, and check the prepared data against the support of
+    the program's site "x". ``program``: a :class:`~pyro_vae.programs.Program` (``as_program(module)``)."""
+    splits = splits or DATASETS.build(config.data, "data").load()
+    splits.check_finite()
+    lik = program.contract
+    for split, x in (("train", splits.train), ("test", splits.test)):
+        program.check_data(x, split)
+    raw_train, valid = splits.train, None
+    if config.train.validation:
+        keep, held_out = validation_split(raw_train.shape[0], config.train.validation, config.seed)
+        raw_train, valid = raw_train[keep], lik.prepare_eval_set(raw_train[held_out].to(device))
+    raw_train = raw_train.to(device)
+    train = lik.prepare_train_set(raw_train)
+    n_sub = min(config.eval.train_subset, train.shape[0])
+    # the training subset scored each epoch: the images trained on, or (when every batch draws
+    # afresh, e.g. dynamic binarization) one fixed draw of them
+    train_eval = lik.prepare_eval_set(raw_train[:n_sub]) if lik.stochastic_batches else train[:n_sub]
+    data = PreparedData(
+        splits=splits,
+        train=train,
+        test=lik.prepare_eval_set(splits.test.to(device)),
+        train_eval=train_eval,
+        valid=valid,
+    )
+    program.check_support(data.test, "test")
+    program.check_support(lik.prepare_batch(data.train[: min(16, data.train.shape[0])], probe_generator(device)),
+                          "train")
+    return data
+
+
+def probe_generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(0)

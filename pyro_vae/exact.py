@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributions import LowRankMultivariateNormal, MultivariateNormal, kl_divergence
 
+from .guides import DiagonalGaussianGuide
 from .likelihoods import GaussianLikelihood
+from .metrics import chunk_pairs_for, chunked_draws, log_evidence_diagnostics
 from .networks import MLPNetwork
 from .numerics import seeded
 from .priors import LearnedGaussianPrior, StandardNormalPrior, diagonal_gaussian_parameters
@@ -210,8 +212,6 @@ def grid_posterior(program, x: torch.Tensor, *, tolerance: float = 1e-3, max_poi
 
     The only random draws (the prior's extent, and q's mean and spread for guides without closed
     forms) come from a fixed seed under ``fork_rng``: the result is a function of the model and x."""
-    from .metrics import chunk_pairs_for
-
     program = checked_program(program, x)
     name = _latent_site(program)
     chunk_pairs = chunk_pairs_for(program, x.device, chunk_pairs)
@@ -274,7 +274,6 @@ def grid_evidence(program, x: torch.Tensor, **options) -> ExactEvidence:
 
 def closed_form_available(program) -> bool:
     """A linear-Gaussian stock VAE with a diagonal-Gaussian guide: everything in closed form."""
-    from .guides import DiagonalGaussianGuide
 
     program = as_program(program)
     return LinearGaussian.of(program) is not None and isinstance(program.vae.posterior, DiagonalGaussianGuide)
@@ -307,19 +306,14 @@ def monte_carlo_terms(program, x: torch.Tensor, samples: int, chunk_pairs: int |
     """E_q[log p(x|z)], KL(q(z|x) || p(z)) and the ELBO per datapoint from ``samples`` draws z ~ q,
     each as (mean, standard error); the KL in closed form (standard error 0) where every latent
     site has one."""
-    from .metrics import chunk_pairs_for
-
     program = checked_program(program, x)
-    per_chunk = max(1, chunk_pairs_for(program, x.device, chunk_pairs) // x.shape[0])
-    recon, ratio, closed, done = [], [], None, 0
+    recon, ratio, closed = [], [], None
     with program.source.given(x) as at_x:
-        while done < samples:
-            terms = at_x.draw(min(per_chunk, samples - done))
+        for terms in chunked_draws(program, at_x, x, samples, chunk_pairs):
             recon.append(terms.log_likelihood)
             ratio.append(terms.log_q - terms.log_prior)
             kl, analytic = terms.kl()
             closed = kl[0] if analytic and len(terms.latents) == 1 else None  # (several sites: per draw)
-            done += terms.particles
     recon_mean, recon_se = _moments(recon)
     if closed is not None:
         kl_mean, kl_se, kl_how = closed.double(), torch.zeros(x.shape[0], dtype=torch.float64), "closed form"
@@ -337,8 +331,6 @@ def decomposition(program, x: torch.Tensor, *, samples: int = 5000, seed: int = 
                   **grid_options) -> tuple[list[dict], ExactEvidence | None]:
     """Every term of log p(x) = ELBO + KL(q||p(z|x)) and ELBO = E_q[log p(x|z)] - KL(q||p(z)) for
     each datapoint of x: exact where a method exists, otherwise estimated with a standard error."""
-    from .metrics import chunk_pairs_for, log_evidence_diagnostics
-
     program = checked_program(program, x)
     chunk_pairs = chunk_pairs_for(program, x.device, chunk_pairs)  # resolved once for the three estimates
     with seeded(seed, x.device):

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+from .errors import ConfigError
 from torch.distributions.utils import _standard_normal
 
 #: (start, stop, total) while a data-parallel step runs: this process holds datapoints
@@ -64,3 +66,11 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
         torch.manual_seed(seed)
         yield
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device = {name!r} but CUDA is not available here; use device = \"auto\" or \"cpu\".")
+    return torch.device(name)

@@ -18,8 +18,8 @@ from .numerics import seeded
 from .programs import as_program
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .metrics import Evaluation
-    from .training import Run
+    from .evaluation import Evaluation
+    from .runs import Run
 
 
 def _save(fig, path: Path, **options) -> Path:

@@ -56,7 +56,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .config import ModelConfig, ProgramConfig
+from .config import CODE_KEY, Config, ModelConfig, ProgramConfig
 from .data import check_batch, require_finite
 from .errors import ConfigError, DataError, ProgramError
 from .terms import OBSERVED, DirectSource, source_for
@@ -583,3 +583,24 @@ def check_params_are_the_modules(program: Program, x: torch.Tensor) -> None:
                     f"pyro-vae trains, checkpoints and averages the module's parameters, so that one would stay at "
                     f"its initial value: make it an nn.Parameter of the module (a constrained one through a "
                     f"parametrization, e.g. softplus of a raw parameter).")
+
+
+def build_model(config: Config, data_shape: tuple[int, ...], *, trust_code: bool = True,
+                where: str = "the config") -> Program:
+    """The model program ``config.model`` names (the stock VAE, or a user program), for data of
+    ``data_shape``: ``programs.build_program``."""
+    return build_program(config.model, data_shape, trust_code=trust_code, where=where)
+
+
+def record_program(config: Config, program: Program) -> tuple[Config, str]:
+    """``config`` with its ``[model]`` table resolved for the user program built from it: the
+    options it was given, the defaults of the class's signature for the others (what built it),
+    and the identity of its code; and why the run folder cannot rebuild it ("" where it can: a
+    class another process can import)."""
+    if not isinstance(config.model, ProgramConfig):
+        return config, ""
+    table, why = program.model_table()
+    code = {k: v for k, v in table[CODE_KEY].items() if k != "unrecorded"}  # built from these options: all known
+    table = {"program": table["program"], **signature_defaults(type(program.module)), **config.model.options,
+             CODE_KEY: code}
+    return Config.from_dict({**config.to_dict(), "model": table}), why if "__main__" in why else ""

@@ -1,15 +1,6 @@
-"""The SVI loop: seeds, data preparation, KL warm-up, checkpoints, resume and run folders.
-
-A run folder holds everything needed to re-run, resume or evaluate it:
-
-    config.toml          the resolved config (every default written out)
-    metrics.jsonl        one JSON line per epoch: training objective, train/test ELBO terms (train.curve_every), seconds
-    checkpoint.pt        parameters, optimizer and random states (tensors and plain values only,
-                         read with torch.load(weights_only=True): it cannot run code)
-    best.pt              (with a validation split) the same, at the best validation ELBO so far
-    snapshots/           (with train.snapshot_minutes) checkpoints every so many training minutes
-    evaluation.json      the final test evaluation; samples.png, reconstructions.png,
-                         curves.png, latent.png
+"""The SVI loop: its steps, schedules (KL warm-up, learning rate), parameter average, epochs,
+checkpoints along the way, resume and stopping. What a run folder holds and how a run is loaded
+again is ``runs.py``'s; the data's preparation ``data.py``'s.
 
 The trainer takes any model program (``programs.py``): the stock VAE a config describes, a
 subclass, or your own ``nn.Module`` with ``model``/``guide`` (``Trainer(config, run_dir,
@@ -35,52 +26,25 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import pyro
 import torch
 
 from . import metrics
-from .config import CODE_KEY, OBJECTIVES, Config, ProgramConfig
-from .data import DATASETS, USER_FILE_DATASETS, DataSplits, check_batch, require_finite
+from .config import OBJECTIVES, Config, ProgramConfig
+from .data import DATASETS, USER_FILE_DATASETS, DataSplits, prepare_data, probe_generator
 from .data import summary as data_summary
 from .distributed import SINGLE, Distributed
-from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDirError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, ProgramError, RunDirError, TrainingDiverged
+from .evaluation import Evaluation, evaluate
+from .files import write_text
 from .networks import mixed_precision
-from .numerics import seeded, sharded_noise
-from .files import save_tensors, write_text
-from .runs import append_line, discard_unstarted, prepare_run_dir, read_json_lines, run_lock
-from .programs import STOCK, CodeIdentity, Program, as_program, build_program, check_params_are_the_modules, \
-    class_path, signature_defaults
-
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-SNAPSHOTS = "snapshots"
-CONFIG = "config.toml"
-METRICS = "metrics.jsonl"
-EVALUATION = "evaluation.json"
-CHECKPOINT_FORMAT = 1
-# Keys that may differ between a checkpoint and the config that resumes it.
-# A resume may change these. The data's file locations may change because the data itself may not:
-# every run of a file dataset records its fingerprint, and other data is refused (check_same_data).
-RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes"), ("data", "path"), ("data", "test_path")}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device = {name!r} but CUDA is not available here; use device = \"auto\" or \"cpu\".")
-    return torch.device(name)
-
-
-def build_model(config: Config, data_shape: tuple[int, ...], *, trust_code: bool = True,
-                where: str = "the config") -> Program:
-    """The model program ``config.model`` names (the stock VAE, or a user program), for data of
-    ``data_shape``: ``programs.build_program``."""
-    return build_program(config.model, data_shape, trust_code=trust_code, where=where)
-
+from .numerics import resolve_device, sharded_noise
+from .programs import Program, as_program, build_model, check_params_are_the_modules, record_program
+from .runs import (BEST, CHECKPOINT, CONFIG, METRICS, RESUMABLE_CHANGES, SNAPSHOTS, append_line, check_same_config,
+                   check_same_data, checkpoint_state, data_record, discard_unstarted, eval_keys, load_checkpoint,
+                   load_parameters, prepare_run_dir, read_metrics, run_lock, save_checkpoint)
 
 def kl_weight(config: Config, epoch_progress: float) -> float:
     """beta at a point in training measured in epochs: start -> 1 linearly over kl_warmup_epochs."""
@@ -99,75 +63,6 @@ def learning_rate(config: Config, epoch_progress: float, elapsed_seconds: float)
     if t.max_minutes:
         done = max(done, elapsed_seconds / (60 * t.max_minutes))
     return t.lr * t.lr_final ** min(1.0, done)
-
-
-@dataclass
-class PreparedData:
-    """The dataset on the training device, prepared for the likelihood once."""
-
-    splits: DataSplits
-    train: torch.Tensor  # what batches are drawn from (e.g. statically binarized)
-    test: torch.Tensor  # fixed evaluation form (e.g. binarized with a fixed seed)
-    train_eval: torch.Tensor  # a fixed subset of train, scored every epoch
-    valid: torch.Tensor | None = None  # held-out training images (train.validation), evaluation form
-
-
-def validation_split(n: int, n_valid: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, valid) of a training set of ``n``: a fixed permutation by ``seed``, the
-    first ``n_valid`` held out."""
-    if not 0 <= n_valid < n:
-        raise ConfigError(
-            f"train.validation = {n_valid} must leave training images: the training split has {n}."
-        )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[n_valid:].sort().values, order[:n_valid].sort().values
-
-
-def record_program(config: Config, program: Program) -> tuple[Config, str]:
-    """``config`` with its ``[model]`` table resolved for the user program built from it: the
-    options it was given, the defaults of the class's signature for the others (what built it),
-    and the identity of its code; and why the run folder cannot rebuild it ("" where it can: a
-    class another process can import)."""
-    if not isinstance(config.model, ProgramConfig):
-        return config, ""
-    table, why = program.model_table()
-    code = {k: v for k, v in table[CODE_KEY].items() if k != "unrecorded"}  # built from these options: all known
-    table = {"program": table["program"], **signature_defaults(type(program.module)), **config.model.options,
-             CODE_KEY: code}
-    return Config.from_dict({**config.to_dict(), "model": table}), why if "__main__" in why else ""
-
-
-def prepare_data(config: Config, program, device: torch.device, splits: DataSplits | None = None) -> PreparedData:
-    """Load (unless given), validate at the boundary, prepare for the program (its likelihood's or
-    its own data contract), move to device, and check the prepared data against the support of
-    the program's site "x"."""
-    program = as_program(program)
-    splits = splits or DATASETS.build(config.data, "data").load()
-    splits.check_finite()
-    lik = program.contract
-    for split, x in (("train", splits.train), ("test", splits.test)):
-        program.check_data(x, split)
-    raw_train, valid = splits.train, None
-    if config.train.validation:
-        keep, held_out = validation_split(raw_train.shape[0], config.train.validation, config.seed)
-        raw_train, valid = raw_train[keep], lik.prepare_eval_set(raw_train[held_out].to(device))
-    raw_train = raw_train.to(device)
-    train = lik.prepare_train_set(raw_train)
-    n_sub = min(config.eval.train_subset, train.shape[0])
-    # the training subset scored each epoch: the images trained on, or (when every batch draws
-    # afresh, e.g. dynamic binarization) one fixed draw of them
-    train_eval = lik.prepare_eval_set(raw_train[:n_sub]) if lik.stochastic_batches else train[:n_sub]
-    data = PreparedData(
-        splits=splits,
-        train=train,
-        test=lik.prepare_eval_set(splits.test.to(device)),
-        train_eval=train_eval,
-        valid=valid,
-    )
-    program.check_support(data.test, "test")
-    program.check_support(lik.prepare_batch(data.train[: min(16, data.train.shape[0])], _probe_generator(device)),
-                          "train")
-    return data
 
 
 def _physical_memory() -> int:
@@ -192,323 +87,6 @@ def _free_disk(path: Path) -> int | None:
         return shutil.disk_usage(_existing(path)).free
     except OSError:
         return None
-
-
-def _probe_generator(device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(0)
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` whole or not at all (``files.atomic_write``): a crash or a full disk mid-write
-    leaves the previous checkpoint intact."""
-    save_tensors(path, state)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``: tensors and plain values only, no code."""
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: the run has not finished an epoch yet.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot read checkpoint {path} safely ({type(e).__name__}: {e}). Only checkpoints "
-            f"written by pyro-vae (tensors and plain values) are accepted."
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {CHECKPOINT_FORMAT}).")
-    return state
-
-
-def config_differences(a: dict, b: dict, prefix: tuple = ()) -> list[tuple[tuple, Any, Any]]:
-    """Paths where two nested config dicts differ, with both values."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        path = (*prefix, key)
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_differences(va, vb, path)
-        elif va != vb:
-            out.append((path, va, vb))
-    return out
-
-
-def _same_data_folder(difference: tuple[tuple, Any, Any]) -> bool:
-    """A data folder spelled two ways (relative and absolute, through a link) that is one folder on disk."""
-    path, old, new = difference
-    if path != ("data", "data_dir") or not (isinstance(old, str) and isinstance(new, str)):
-        return False
-    a, b = Path(old).expanduser(), Path(new).expanduser()
-    return a.is_dir() and b.is_dir() and os.path.samefile(a, b)
-
-
-def differences_outside(saved: dict, new: dict, allowed: set[tuple]) -> list[tuple[tuple, Any, Any]]:
-    """What resuming ``saved`` as ``new`` would change: config_differences outside the ``allowed``
-    keys, a data folder respelled as the same folder on disk not counted, and a user program's
-    recorded code identity left to :func:`check_same_code` (which says which file changed)."""
-    return [d for d in config_differences(saved, new)
-            if d[0] not in allowed and not _same_data_folder(d) and d[0][:2] != ("model", CODE_KEY)]
-
-
-def data_record(splits: DataSplits, given: bool) -> dict[str, Any]:
-    """What a run trained on, as its checkpoints record it: where the data came from (the config's
-    dataset, or handed in from Python), its description, sizes and SHA-256 fingerprint."""
-    record = {"source": "python" if given else "config", "description": splits.description or splits.name,
-              "train": len(splits.train), "test": len(splits.test), "fingerprint": splits.fingerprint()}
-    if splits.scaling is not None:
-        record["scaling"] = splits.scaling
-    return record
-
-
-def check_same_data(state: dict, record: dict, run_dir: Path) -> None:
-    """Refuse data other than the data the checkpoint's run trained on (checkpoints that record it)."""
-    saved = state.get("data")
-    if saved is None or saved["fingerprint"] == record["fingerprint"]:
-        return
-    raise DataError(
-        f"{run_dir} was trained on {saved['description']} ({saved['train']} train / {saved['test']} test, "
-        f"fingerprint {saved['fingerprint'][:12]}...), and the data given now is {record['description']} "
-        f"({record['train']} / {record['test']}, {record['fingerprint'][:12]}...): not the same data (a file that "
-        f"changed, moved or was replaced?). Point at the data the run trained on; pyro-vae never scores or "
-        f"trains a run on other data.")
-
-
-def check_same_code(saved: dict, new: dict, source: str) -> None:
-    """Refuse a user program whose source file differs from the one ``saved`` recorded, naming it."""
-    old, now = (CodeIdentity.from_dict(c.get("model", {}).get(CODE_KEY)) for c in (saved, new))
-    if old is not None and now is not None:
-        old.require_same(now, source)
-
-
-def check_same_config(checkpoint: dict, config: Config, allowed: set[tuple], source: str) -> None:
-    """Refuse a checkpoint whose config differs from ``config`` outside ``allowed`` keys. The saved
-    config is resolved first, so options added since it was written take their defaults on both sides."""
-    saved = Config.from_dict(checkpoint["config"]).to_dict()
-    check_same_code(saved, config.to_dict(), f"the checkpoint in {source}")
-    diffs = differences_outside(saved, config.to_dict(), allowed)
-    if diffs:
-        listed = "; ".join(f"{'.'.join(p)}: {old!r} in the checkpoint, {new!r} now" for p, old, new in diffs[:5])
-        raise CheckpointError(
-            f"the checkpoint in {source} was written for a different config ({listed}). "
-            f"Restore those values, or train a new run with the new config."
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# run folders
-
-
-def default_run_dir(config: Config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{config.data['name']}-{config.model.label}"
-
-
-def read_metrics(run_dir: Path, log: Callable[[str], None] | None = None) -> list[dict]:
-    """The run's metrics.jsonl lines (a partial last line dropped: ``runs.read_json_lines``)."""
-    return read_json_lines(Path(run_dir) / METRICS, log)
-
-
-@dataclass
-class Run:
-    """A loaded run folder: its config, its model program with trained parameters (``program``;
-    ``model`` is the module itself), its checkpoint state; and the trained model to use:
-    ``encode``, ``decode``, ``reconstruct``, ``sample``, ``elbo``, ``log_prob``."""
-
-    run_dir: Path
-    config: Config
-    program: Program
-    checkpoint: dict
-    device: torch.device
-    data: PreparedData | None = None
-    source: str = CHECKPOINT  # which checkpoint file the parameters came from
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.program.module
-
-    @property
-    def epoch(self) -> int:
-        return self.checkpoint["epoch"]
-
-    @property
-    def described(self) -> str:
-        """'epoch N', saying when that is the best-validation checkpoint or a snapshot."""
-        kind = {BEST: ", best validation ELBO", CHECKPOINT: ""}.get(self.source, f", {self.source}")
-        return f"epoch {self.epoch}{kind}"
-
-    # -- using a trained model ---------------------------------------------------------------
-    # Inputs are checked here: a tensor or array of shape (batch, *data_shape), or flat (batch, D)
-    # when D is the data's size (reshaped); uint8 as 8-bit levels (/255); values the program's data
-    # contract accepts. Scores see the data as evaluation does (e.g. binarized with the fixed seed).
-
-    def inputs(self, x, scored: bool = False) -> torch.Tensor:
-        """``x`` as the program takes it (see above): on the run's device, float32, shaped
-        (batch, *data_shape), finite; with ``scored``, checked against the data contract and
-        prepared as evaluation prepares data (e.g. binarized with the fixed evaluation seed)."""
-        shape = tuple(self.program.data_shape)
-        if not torch.is_tensor(x):
-            try:
-                x = torch.as_tensor(np.asarray(x))
-            except (TypeError, ValueError) as e:
-                raise DataError(f"the input is a {type(x).__name__}, not an array of numbers: {e}.") from None
-        if x.dim() == 2 and len(shape) > 1 and x.shape[1] == math.prod(shape):
-            x = x.reshape(-1, *shape)  # a flat batch of the right size
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        elif x.is_floating_point() or x.dtype == torch.bool:
-            x = x.float()
-        x = x.to(self.device)
-        check_batch(x, shape, "input")
-        require_finite(x, "input")
-        if scored:
-            self.program.check_data(x, "input")
-            x = self.program.contract.prepare_eval_set(x)
-        return x
-
-    def _site(self) -> str:
-        shapes = self.program.latent_shapes
-        if len(shapes) != 1:
-            raise ProgramError(f"{self.program.name} has {len(shapes)} latent sites ({', '.join(shapes)}): encode and "
-                               f"decode take one; use run.program.posterior_means(x) and run.program.decode(z) with "
-                               f"a dict by site.")
-        return next(iter(shapes))
-
-    @torch.no_grad()
-    def encode(self, x, draws: int = 256, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z|x)'s mean and standard deviation per latent coordinate, each (batch, *event): exact
-        where q's family has them (the diagonal Gaussian), else from ``draws`` draws."""
-        site, x = self._site(), self.inputs(x)
-        with seeded(self.config.seed if seed is None else seed, self.device), self.program.source.given(x) as at_x:
-            q = at_x.draw(1).latents[site].q
-            try:
-                return q.mean, q.stddev
-            except NotImplementedError:
-                z = at_x.draw(draws).latents[site].value
-                return z.mean(0), z.std(0)
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, pixels: str = "mean") -> torch.Tensor:
-        """Images for latents z (batch, *event): E[x|z], or draws x ~ p(x|z) with ``pixels = "sample"``
-        (or where the mean has no closed form)."""
-        return self.program.decode({self._site(): torch.as_tensor(z, device=self.device).float()}, pixels)
-
-    def reconstruct(self, x, pixels: str = "mean") -> torch.Tensor:
-        """decode(E_q[z|x]): the images x reconstructed through the posterior mean."""
-        return self.decode(self.encode(x)[0], pixels)
-
-    @torch.no_grad()
-    def sample(self, n: int, seed: int | None = None, pixels: str = "mean") -> torch.Tensor:
-        """n images decoded from z ~ p(z)."""
-        with seeded(self.config.seed if seed is None else seed, self.device):
-            return self.program.decode(self.program.prior_draws(n), pixels)
-
-    @torch.no_grad()
-    def elbo(self, x, samples: int = 1, seed: int | None = None) -> torch.Tensor:
-        """The ELBO per datapoint, in nats (``samples`` draws of z; the KL in closed form where it has one)."""
-        x = self.inputs(x, scored=True)
-        with seeded(self.config.seed if seed is None else seed, self.device):
-            return metrics.elbo_terms(self.program, x, samples, posterior_means=False)["elbo"]
-
-    @torch.no_grad()
-    def log_prob(self, x, samples: int = 1000, seed: int | None = None) -> dict[str, torch.Tensor]:
-        """Importance-sampled log p(x) per datapoint, in nats, with K = ``samples`` draws from q(z|x):
-        ``log_px``, its standard error ``stderr`` and the weights' effective sample size ``ess``."""
-        x = self.inputs(x, scored=True)
-        with seeded(self.config.seed if seed is None else seed, self.device):
-            return metrics.log_evidence_diagnostics(self.program, x, samples, self.config.eval.chunk_pairs)
-
-
-def selected_checkpoint(run_dir: Path, which: str = "auto") -> Path:
-    """The checkpoint a run reports: ``"best"`` (best validation ELBO), ``"last"``, or ``"auto"``:
-    the best one when the run kept a validation split, else the last."""
-    if which not in ("auto", "best", "last"):
-        raise ConfigError(f"checkpoint must be one of auto, best, last; got {which!r}.")
-    best = run_dir / BEST
-    if which == "best" and not best.is_file():
-        raise RunDirError(f"{run_dir} has no {BEST}: it is written only by runs with train.validation > 0.")
-    return best if which == "best" or (which == "auto" and best.is_file()) else run_dir / CHECKPOINT
-
-
-def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = True,
-             checkpoint: str = "auto", *, trust_code: bool = False, model: torch.nn.Module | None = None,
-             splits: DataSplits | None = None) -> Run:
-    """Rebuild a run from its folder: config.toml + a checkpoint (checked against each other);
-    ``checkpoint`` as in :func:`selected_checkpoint`, or a path to a snapshot.
-
-    A run of a user program imports its module only with ``trust_code=True`` (and refuses a source
-    file changed since, naming it); or pass ``model``, an instance of the run's program class,
-    to receive the trained parameters (how a program defined in a script, or one whose options
-    the config could not record, is loaded).
-
-    The data is the config's dataset, rebuilt, or ``splits`` (data trained on from Python must be
-    given so); either is refused unless it is the data the run trained on (its fingerprint)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
-    config = Config.load(run_dir / CONFIG)
-    path = Path(checkpoint) if checkpoint.endswith(".pt") else selected_checkpoint(run_dir, checkpoint)
-    state = load_checkpoint(path)
-    check_same_config(state, config, RESUMABLE_CHANGES | _eval_keys(config), str(run_dir))
-    dev = resolve_device(device or config.device)
-    torch.manual_seed(config.seed)
-    if with_data:
-        splits = splits or DATASETS.build(config.data, "data").load()
-        check_same_data(state, data_record(splits, given=False), run_dir)
-    else:
-        splits = None
-    shape = splits.event_shape if splits is not None else tuple(state["data_shape"])
-    if model is not None:
-        _require_run_program(config, model, run_dir)
-        program = Program(model, data_shape=shape)
-    else:
-        program = build_model(config, shape, trust_code=trust_code, where=str(run_dir))
-    program.module.to(dev)
-    load_parameters(program.module, state["model"], path)
-    data = prepare_data(config, program, dev, splits) if with_data else None
-    return Run(run_dir, config, program, state, dev, data, path.name)
-
-
-def load(run_dir: Path | str, device: str | None = None, checkpoint: str = "auto", *, trust_code: bool = False,
-         model: torch.nn.Module | None = None) -> Run:
-    """A trained model to use (``pyro_vae.load(RUN_DIR).encode(x)``): :func:`load_run` without its data."""
-    return load_run(run_dir, device, with_data=False, checkpoint=checkpoint, trust_code=trust_code, model=model)
-
-
-def _require_run_program(config: Config, model: torch.nn.Module, run_dir: Path) -> None:
-    """Refuse a model object of another class than the run's (a script's class, recorded as
-    ``__main__:Name``, matches a class of that name imported from its module)."""
-    named = config.model.program
-    given = class_path(type(model)) if Program(model).user_code else STOCK
-    same_script_class = named.startswith("__main__:") and named.partition(":")[2] == type(model).__qualname__
-    if named != given and not same_script_class:
-        raise ProgramError(f"{run_dir} was trained with model program {named!r}; the model given is a {given!r}.")
-
-
-def load_parameters(module: torch.nn.Module, state: dict, path: Path) -> None:
-    """``module.load_state_dict(state)``, a mismatch said in words (a checkpoint of other code), and
-    a checkpoint holding NaN or infinite parameters refused (a damaged file)."""
-    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(
-            f"{path} holds NaN or infinite values in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}: the "
-            f"file is damaged (or was written after a divergence). Use another checkpoint (--checkpoint best or a "
-            f"snapshot), or train again.")
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
-        raise CheckpointError(
-            f"the parameters in {path} do not fit the model program built for them ({detail}). The "
-            f"checkpoint belongs to other code or another config: rebuild the program it was trained with.") from None
-
-
-def _eval_keys(config: Config) -> set[tuple]:
-    return {("eval", k) for k in config.to_dict()["eval"]} | {("device",)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,40 +151,6 @@ def adam(module: torch.nn.Module, lr: float, device: torch.device) -> torch.opti
     return torch.optim.Adam(module.parameters(), lr=lr, fused=device.type in ("cpu", "cuda") or None)
 
 
-def checkpoint_state(config: Config, program, optimizer, generator: torch.Generator, epoch: int, step: int,
-                     progress: dict | None = None, average: ParameterAverage | None = None,
-                     data: dict | None = None) -> dict:
-    """Everything a run needs to resume: parameters, optimizer and random states (tensors and plain
-    values), and what it trained on (``data``: :func:`data_record`). With ``average``, ``model``
-    holds the averaged parameters and ``training_model`` the optimizer's."""
-    program = as_program(program)
-    module = program.module
-    device = next(module.parameters()).device
-    rng = {"torch": torch.get_rng_state(), "data": generator.get_state(), "device": device.type}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config.to_dict(),
-        "data_shape": list(program.data_shape),
-        "epoch": epoch,
-        "step": step,
-        "model": module.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng,
-        # training wall time so far and the best validation ELBO (with its epoch): budgets and
-        # early stopping carry over a resume
-        "progress": dict(progress or {}),
-    }
-    if data is not None:
-        state["data"] = dict(data)
-    if average is not None:
-        state["training_model"] = state["model"]  # the live tensors: the optimizer's values again after the block
-        with average.applied():
-            state["model"] = {k: v.clone() for k, v in module.state_dict().items()}
-    return state
-
-
 def svi_step(
     program, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float = 1.0,
     dist: Distributed = SINGLE,
@@ -663,7 +207,7 @@ class EpochLog:
         return line
 
 
-def _terms(ev: metrics.Evaluation) -> dict:
+def _terms(ev: Evaluation) -> dict:
     return {k: v.mean().item() for k, v in (("elbo", ev.elbo), ("reconstruction", ev.reconstruction), ("kl", ev.kl))}
 
 
@@ -675,7 +219,8 @@ class Trainer:
     nn.Module with ``model``/``guide``, ``programs.py``); it is trained in place, and the run's
     ``config.toml`` records its class, options and code so that the folder rebuilds it (where
     its options can be read back: otherwise the log says so, and ``load_run(RUN, model=...)``
-    loads it). ``splits``: data to train on instead of the config's dataset."""
+    loads it). ``splits``: data to train on instead of the config's dataset. ``preloaded``: the
+    config's own dataset, already loaded by the caller (``compare`` loads it once for all its runs)."""
 
     config: Config
     run_dir: Path
@@ -685,6 +230,7 @@ class Trainer:
     history: list[dict] = field(default_factory=list)
     dist: Distributed = SINGLE
     model: torch.nn.Module | None = None
+    preloaded: DataSplits | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -720,7 +266,7 @@ class Trainer:
     def _build(self) -> None:
         pyro.clear_param_store()
         torch.manual_seed(self.config.seed)
-        splits = self.splits or DATASETS.build(self.config.data, "data").load()
+        splits = self.splits or self.preloaded or DATASETS.build(self.config.data, "data").load()
         self.data_record = data_record(splits, given=self.splits is not None)
         if self.config.data["name"] in USER_FILE_DATASETS:  # the user's own files: say what was read
             self.log(f"data: {data_summary(splits)}")
@@ -746,6 +292,7 @@ class Trainer:
         self.program.fit_to_data(self.data.train, self.generator)  # e.g. VampPrior pseudo-inputs
         if not self.program.direct:
             self._check_program()
+        self.bodies = self.program.network_bodies() or []  # what train.precision runs in bfloat16
         self.optimizer = adam(self.model_module, self.config.train.lr, self.device)
         self.average = ParameterAverage(self.model_module, self.config.train.ema) if self.config.train.ema else None
         self.epoch = 0
@@ -827,7 +374,7 @@ class Trainer:
         (``terms.py``), reparameterized guide sites, parameters that are the module's, and Pyro's
         and torch's validation of every distribution's arguments and shapes."""
         n = min(8, self.data.train.shape[0])
-        x = self.program.contract.prepare_batch(self.data.train[:n], _probe_generator(self.device))
+        x = self.program.contract.prepare_batch(self.data.train[:n], probe_generator(self.device))
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             check_params_are_the_modules(self.program, x)
             try:
@@ -843,7 +390,7 @@ class Trainer:
         return checkpoint_state(self.config, self.program, self.optimizer, self.generator, self.epoch, self.step,
                                 progress, self.average, self.data_record)
 
-    def _scored(self):
+    def scored(self):
         """What the per-epoch scores and best.pt see: the averaged parameters with train.ema."""
         return self.average.applied() if self.average is not None else nullcontext()
 
@@ -871,6 +418,20 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def start(self) -> "Trainer":
+        """Set up a new run without training it: the program, the data, the optimizer and the random
+        streams, as :meth:`fit` does first. For a caller that drives :meth:`train_step` itself
+        (``compare``); nothing is written until :meth:`write_checkpoint`."""
+        self._build()
+        self.history = []
+        return self
+
+    def write_checkpoint(self) -> None:
+        """The run as it stands into ``run_dir`` (a folder already made, ``runs.prepare_run_dir``):
+        its config.toml and checkpoint.pt."""
+        write_text(self.run_dir / CONFIG, self.config.to_toml())
+        save_checkpoint(self.run_dir / CHECKPOINT, self._state())
+
     def fit(self, *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None) -> "Trainer":
         """Train to ``train.epochs`` (or stop after ``stop_after`` epochs in this call), holding the
         run folder's lock (``runs.run_lock``; rank 0 of a data-parallel run: the one that writes)."""
@@ -891,10 +452,10 @@ class Trainer:
     def _fit(self, resume: bool, overwrite: bool, stop_after: int | None) -> "Trainer":
         if resume:
             state = load_checkpoint(self.run_dir / CHECKPOINT)
-            check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
+            check_same_config(state, self.config, RESUMABLE_CHANGES | eval_keys(self.config), str(self.run_dir))
             self._build()
             check_same_data(state, self.data_record, self.run_dir)
-            check_same_config(state, self.config, RESUMABLE_CHANGES | _eval_keys(self.config), str(self.run_dir))
+            check_same_config(state, self.config, RESUMABLE_CHANGES | eval_keys(self.config), str(self.run_dir))
             self._restore(state)
             if self.dist.main:  # (only rank 0 reads, rewrites and extends the metrics)
                 self.history = [m for m in read_metrics(self.run_dir, self.log) if m["epoch"] <= self.epoch]
@@ -930,37 +491,17 @@ class Trainer:
             total=(last_epoch - self.epoch) * steps_per_epoch, disable=not self.progress,
             unit="step", dynamic_ncols=True, leave=False,
         )
-        program, elbo = self.program, self.objective
-        lik, bodies = program.contract, program.network_bodies() or []
         beta = 1.0
         try:
             while self.epoch < last_epoch and not self._should_stop():
                 started = time.perf_counter()
                 total, count = 0.0, 0
-                program.module.train()
                 for i, index in enumerate(self._batches()):
                     beta = kl_weight(self.config, self.epoch + i / steps_per_epoch)
                     # time from the epoch-level clock every rank shares, so all ranks step alike
                     lr = learning_rate(self.config, self.epoch + i / steps_per_epoch,
                                        self.elapsed + self.last_epoch_seconds * i / steps_per_epoch)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    x = lik.prepare_batch(self.data.train[index], self.generator)  # the whole global batch
-                    shard = nullcontext()
-                    if self.dist.active:  # ... of which this rank keeps its shard, noise included
-                        start, stop = self.dist.shard(x.shape[0])
-                        shard = sharded_noise(start, stop, x.shape[0])
-                        x = x[start:stop]
-                    with shard, mixed_precision(bodies, self.compute_dtype):  # steps only
-                        loss = svi_step(program, elbo, self.optimizer, x, beta, self.dist)
-                    if not math.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "
-                            f"{self._last_good()} Try a smaller train.lr, or KL warm-up."
-                        )
-                    self.step += 1
-                    if self.average is not None:
-                        self.average.update(self.step)
+                    loss = self.train_step(index, kl_weight=beta, lr=lr)
                     total += loss
                     count += index.shape[0]
                     bar.update(1)
@@ -975,6 +516,43 @@ class Trainer:
                 self._end_epoch(total / count, beta, train_seconds, bar)
         finally:
             bar.close()
+
+    def train_step(self, index: torch.Tensor, *, kl_weight: float = 1.0, lr: float | None = None) -> float:
+        """One training step on the training datapoints ``index`` (their whole global batch): the
+        batch prepared for the likelihood (e.g. binarized, from the data generator), this rank's
+        shard of it (noise included) in data-parallel training, the networks in ``train.precision``;
+        one :func:`svi_step` at KL weight ``kl_weight`` and learning rate ``lr`` (None: as it is);
+        a non-finite loss refused (``TrainingDiverged``, parameters unchanged); the parameter
+        average moved. Returns the loss summed over this rank's datapoints, in nats. The trainer's
+        epochs are these steps; ``compare`` drives the same steps on its own budget."""
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        if not self.program.module.training:  # (evaluation between steps restores the mode it found)
+            self.program.module.train()
+        x = self.program.contract.prepare_batch(self.data.train[index], self.generator)  # the whole global batch
+        shard = nullcontext()
+        if self.dist.active:  # ... of which this rank keeps its shard, noise included
+            start, stop = self.dist.shard(x.shape[0])
+            shard = sharded_noise(start, stop, x.shape[0])
+            x = x[start:stop]
+        with shard, mixed_precision(self.bodies, self.compute_dtype):  # steps only
+            loss = svi_step(self.program, self.objective, self.optimizer, x, kl_weight, self.dist)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "
+                f"{self._last_good()} Try a smaller train.lr{', or KL warm-up' if self.objective.supports_kl_weight else ''}."
+            )
+        self.step += 1
+        if self.average is not None:
+            self.average.update(self.step)
+        return loss
+
+    def batch_stream(self) -> Iterator[torch.Tensor]:
+        """Minibatch indices without end: each epoch a fresh permutation of the training set from the
+        data generator (what the trainer's epochs draw), for a caller that counts steps, not epochs."""
+        while True:
+            yield from self._batches()
 
     def _should_stop(self) -> bool:
         """Early stopping on the validation ELBO, and the wall-time cap (an epoch predicted to
@@ -1008,11 +586,11 @@ class Trainer:
         started = time.perf_counter()
         ev = self.config.eval
         def score(x: torch.Tensor) -> dict:
-            return _terms(metrics.evaluate(self.program, x, seed=self.config.seed, batch_size=ev.batch_size,
+            return _terms(evaluate(self.program, x, seed=self.config.seed, batch_size=ev.batch_size,
                                            dist=self.dist, posterior_means=False))
 
         curves = self.epoch == 1 or self.epoch % self.config.train.curve_every == 0
-        with self._scored():
+        with self.scored():
             test, train = (score(self.data.test), score(self.data.train_eval)) if curves else (None, None)
             valid = score(self.data.valid) if self.data.valid is not None else None
         # the slowest rank's times, so that every rank takes the same time-cap decision
@@ -1058,41 +636,22 @@ class Trainer:
         write_text(self.run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in self.history))
 
 
-def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None = None,
-               dist: Distributed = SINGLE, progress: bool = False) -> metrics.Evaluation:
-    """Final test evaluation (with importance-sampled log p(x)) and the run's pictures (rank 0 writes)."""
-    from . import plots
-
-    cfg = run.config
-    k = cfg.eval.samples if samples is None else samples
-    if dist.main:
-        log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
-    with run_lock(run.run_dir, "evaluate") if dist.main else nullcontext(), \
-            resumable_evaluation(run.run_dir, EVALUATION, dist) as store:
-        result = metrics.evaluate(
-            run.program, run.data.test, samples=k, seed=cfg.seed, batch_size=cfg.eval.batch_size,
-            chunk_pairs=cfg.eval.chunk_pairs, exact_points=cfg.eval.exact_points, dist=dist, store=store,
-            progress=progress,
-        )
-        if dist.main:
-            write_evaluation(run, result)
-            plots.run_pictures(run, result, read_metrics(run.run_dir))
-    return result
+# Moved to runs.py, data.py, programs.py and numerics.py: importing them from here still works, with a
+# DeprecationWarning.
+_MOVED = {
+    **dict.fromkeys(("Run", "load_run", "load", "finish_run", "resumable_evaluation", "write_evaluation",
+                     "selected_checkpoint", "default_run_dir", "config_differences", "differences_outside",
+                     "check_same_code", "EVALUATION", "CHECKPOINT_FORMAT"), "runs"),
+    **dict.fromkeys(("PreparedData", "validation_split"), "data"),
+}
 
 
-@contextmanager
-def resumable_evaluation(run_dir: Path, name: str, dist: Distributed = SINGLE):
-    """The folder ``RUN_DIR/<name>.batches`` for ``metrics.evaluate(store=...)``: it keeps the
-    evaluation's finished batches until the block (which writes the results) completes, and is
-    then removed. An evaluation interrupted part-way resumes there when rerun."""
-    folder = Path(run_dir) / f"{name}.batches"
-    yield folder
-    dist.barrier()  # every rank has read its batches
-    if dist.main:
-        shutil.rmtree(folder, ignore_errors=True)
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+        import warnings as _warnings
 
-
-def write_evaluation(run: Run, result: metrics.Evaluation, name: str = EVALUATION) -> Path:
-    summary = {"epoch": run.epoch, "checkpoint": run.source, "dataset": run.config.data["name"], "split": "test",
-               "model_program": run.config.model.program, **result.summary()}
-    return write_text(run.run_dir / name, json.dumps(summary, indent=2) + "\n")
+        module = _MOVED[name]
+        _warnings.warn(f"pyro_vae.training.{name} is now pyro_vae.{module}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(f"pyro_vae.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import metrics
-from pyro_vae.training import CHECKPOINT_FORMAT, CONFIG
+from pyro_vae import evaluation
+from pyro_vae.runs import CHECKPOINT_FORMAT, CONFIG
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -168,17 +168,17 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
     metrics_before = (tmp_path / "runs" / "mlp" / "metrics.jsonl").read_text()
     (tmp_path / "runs" / "mlp" / bench.RESULT).unlink()
     # ... and an evaluation killed after its first batch (of three) resumes from the second
-    scored, real = [], metrics.log_evidence
+    scored, real = [], evaluation.log_evidence
     def killed_in_the_second_batch(*args, **kwargs):
         if scored:
             raise KeyboardInterrupt
         scored.append(1)
         return real(*args, **kwargs)
-    monkeypatch.setattr(metrics, "log_evidence", killed_in_the_second_batch)
+    monkeypatch.setattr(evaluation, "log_evidence", killed_in_the_second_batch)
     with pytest.raises(KeyboardInterrupt):
         bench.main([*smoke, "--settings", "mlp", "--evaluate-only"])
     assert [p.name for p in (tmp_path / "runs" / "mlp" / f"{bench.RESULT}.batches").glob("batch-*")] == ["batch-000000.pt"]
-    monkeypatch.setattr(metrics, "log_evidence", real)
+    monkeypatch.setattr(evaluation, "log_evidence", real)
     assert bench.main([*smoke, "--settings", "mlp", "--evaluate-only"]) == 0
     assert "resuming the evaluation, 1 batches already scored" in capsys.readouterr().out
     rescored = bench.json.loads((tmp_path / "runs" / "mlp" / bench.RESULT).read_text())

@@ -11,7 +11,7 @@ import torch
 
 from pyro_vae.cli import main
 from pyro_vae.config import REGISTRIES, Config
-from pyro_vae.training import CHECKPOINT, load_checkpoint, read_metrics
+from pyro_vae.runs import CHECKPOINT, load_checkpoint, read_metrics
 
 TINY = [
     "--set", "data=synthetic", "--set", "data.n_train=96", "--set", "data.n_test=40", "--set", "data.side=6",

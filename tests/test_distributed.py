@@ -17,7 +17,7 @@ import torch
 
 from pyro_vae.cli import main
 from pyro_vae.distributed import Distributed
-from pyro_vae.training import CHECKPOINT, load_checkpoint, read_metrics
+from pyro_vae.runs import CHECKPOINT, load_checkpoint, read_metrics
 
 CONFIG = """
 seed = 3

@@ -13,7 +13,8 @@ from pyro_vae import VAE, Trainer, load_run
 from pyro_vae.cli import main
 from pyro_vae.config import OBJECTIVES
 from pyro_vae.exact import LinearGaussian, decomposition, exact_evidence, grid_evidence, linear_gaussian_evidence
-from pyro_vae.metrics import evaluate, log_evidence
+from pyro_vae.evaluation import evaluate
+from pyro_vae.metrics import log_evidence
 from pyro_vae.priors import inverse_softplus
 from pyro_vae.training import svi_step
 

@@ -22,7 +22,7 @@ from pyro_vae import Config, StorageError, Trainer
 from pyro_vae import files as files_module
 from pyro_vae.cli import main
 from pyro_vae.runs import LOCK, MARKER, run_lock
-from pyro_vae.training import CHECKPOINT, METRICS, read_metrics
+from pyro_vae.runs import CHECKPOINT, METRICS, read_metrics
 
 TINY = ["--set", "data=synthetic", "--set", "data.n_train=64", "--set", "data.n_test=16", "--set", "data.side=6",
         "--set", "model.latent_dim=2", "--set", "model.network.hidden=[8]", "--set", "train.epochs=1",
@@ -296,7 +296,7 @@ def test_an_operating_system_refusal_is_a_runtime_failure_in_one_line_naming_the
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(run / "config.toml"))
 
-    monkeypatch.setattr("pyro_vae.training.load_run", denied)
+    monkeypatch.setattr("pyro_vae.runs.load_run", denied)
     capsys.readouterr()
     err = refused(["evaluate", str(run)], capsys, status=1, inside=run)
     assert err.strip() == f"error: {run / 'config.toml'}: Permission denied."
@@ -437,7 +437,7 @@ def test_ctrl_c_during_an_evaluation_says_what_is_kept_and_how_to_resume(tmp_pat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pyro_vae.metrics.evaluate", interrupted)
+    monkeypatch.setattr("pyro_vae.evaluation.evaluate", interrupted)
     capsys.readouterr()
     assert main(["evaluate", str(run), "--samples", "7"]) == 130
     err = capsys.readouterr().err

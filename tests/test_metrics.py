@@ -9,10 +9,11 @@ import pytest
 import torch
 from pyro import distributions as dist
 
-from pyro_vae import VAE, AnalyticKLELBO, metrics
+from pyro_vae import VAE, AnalyticKLELBO, evaluation, metrics
 from pyro_vae.errors import RunDirError
-from pyro_vae.metrics import (ACCELERATOR_CHUNK_PAIRS, CPU_CHUNK_BYTES, EvaluationStore, active_units, chunk_pairs_for,
-                              elbo_terms, evaluate, log_evidence, widest_activation)
+from pyro_vae.evaluation import EvaluationStore, evaluate
+from pyro_vae.metrics import (ACCELERATOR_CHUNK_PAIRS, CPU_CHUNK_BYTES, active_units, chunk_pairs_for,
+                              elbo_terms, log_evidence, widest_activation)
 from pyro_vae.priors import inverse_softplus
 
 from conftest import log_weights, tiny_vae
@@ -242,7 +243,7 @@ def test_an_interrupted_evaluation_resumes_from_its_store_with_the_same_numbers(
         scored.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(metrics, "log_evidence", killed_in_the_third_batch)
+    monkeypatch.setattr(evaluation, "log_evidence", killed_in_the_third_batch)
     store = tmp_path / "batches"
     with pytest.raises(KeyboardInterrupt):
         evaluate(vae, x, samples=20, seed=5, batch_size=7, store=store)
@@ -251,7 +252,7 @@ def test_an_interrupted_evaluation_resumes_from_its_store_with_the_same_numbers(
         {"samples": 20, "seed": 5, "batch_size": 7, "datapoints": 32}
     assert EvaluationStore.count(store) == 2  # the two finished batches, no half-written third
     scored.clear()
-    monkeypatch.setattr(metrics, "log_evidence", lambda *a, **k: scored.append(1) or real(*a, **k))
+    monkeypatch.setattr(evaluation, "log_evidence", lambda *a, **k: scored.append(1) or real(*a, **k))
     resumed = evaluate(vae, x, samples=20, seed=5, batch_size=7, store=store)
     assert len(scored) == 3  # only the batches not yet done
     for name in ("log_px", "elbo", "reconstruction", "kl", "posterior_mean"):
@@ -278,11 +279,11 @@ def test_a_store_of_another_evaluation_is_refused_not_mixed_in(binary_splits, tm
 def test_the_fingerprint_reads_expanded_and_strided_tensors_by_value():
     base = torch.tensor([1.5])
     one = torch.tensor(1.5).expand(1)  # stride 0 and one element: "contiguous" to torch, and refused by view
-    assert metrics.fingerprint([("t", one)]) == metrics.fingerprint([("t", base)])
-    assert metrics.fingerprint([("t", base.expand(3))]) == metrics.fingerprint([("t", torch.full((3,), 1.5))])
+    assert evaluation.fingerprint([("t", one)]) == evaluation.fingerprint([("t", base)])
+    assert evaluation.fingerprint([("t", base.expand(3))]) == evaluation.fingerprint([("t", torch.full((3,), 1.5))])
     grid = torch.arange(6.0).view(2, 3)
-    assert metrics.fingerprint([("t", grid.t())]) == metrics.fingerprint([("t", grid.t().contiguous())])
-    assert metrics.fingerprint([("t", grid)]) != metrics.fingerprint([("t", grid.t().contiguous().view(2, 3))])
+    assert evaluation.fingerprint([("t", grid.t())]) == evaluation.fingerprint([("t", grid.t().contiguous())])
+    assert evaluation.fingerprint([("t", grid)]) != evaluation.fingerprint([("t", grid.t().contiguous().view(2, 3))])
 
 
 def test_per_datapoint_values_are_written_one_row_each(binary_splits, tmp_path):

@@ -13,7 +13,7 @@ import torch
 from pyro_vae import Config, DataError, DataSplits, Trainer, load_run
 from pyro_vae.cli import main
 from pyro_vae.config import DATASETS
-from pyro_vae.training import CHECKPOINT
+from pyro_vae.runs import CHECKPOINT
 
 SMALL = ["--set", "model.latent_dim=2", "--set", "model.network.hidden=[8]", "--set", "train.epochs=1",
          "--set", "train.batch_size=16", "--set", "eval.samples=4", "--set", "eval.train_subset=8",

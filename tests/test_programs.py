@@ -18,10 +18,12 @@ from pyro_vae import VAE, Config, ConfigError, ProgramError, Trainer, finish_run
 from pyro_vae.cli import main
 from pyro_vae.config import OBJECTIVES
 from pyro_vae.exact import exact_evidence
-from pyro_vae.metrics import elbo_terms, evaluate, log_evidence_diagnostics
+from pyro_vae.evaluation import evaluate
+from pyro_vae.metrics import elbo_terms, log_evidence_diagnostics
 from pyro_vae.programs import Program
 from pyro_vae.terms import DirectSource, TraceSource
-from pyro_vae.training import CHECKPOINT, CONFIG, load_checkpoint, svi_step
+from pyro_vae.runs import CHECKPOINT, CONFIG, load_checkpoint
+from pyro_vae.training import svi_step
 
 import user_programs
 from conftest import TracedVAE, tiny_config, tiny_vae

@@ -19,12 +19,11 @@ from pyro_vae import (
     TrainingDiverged,
     load_run,
 )
-from pyro_vae import metrics, terms
+from pyro_vae import evaluation, terms
 from pyro_vae.config import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS, Config
 from pyro_vae.data import DataSplits
-from pyro_vae.training import (
-    CHECKPOINT, CONFIG, METRICS, kl_weight, learning_rate, load_checkpoint, read_metrics, svi_step,
-)
+from pyro_vae.runs import CHECKPOINT, CONFIG, METRICS, load_checkpoint, read_metrics
+from pyro_vae.training import kl_weight, learning_rate, svi_step
 
 from conftest import TracedVAE, tiny_config, tiny_vae
 
@@ -137,7 +136,7 @@ def test_the_per_epoch_scoring_draws_no_posterior_means(tmp_path, monkeypatch):
                                 "prior": {"name": "hierarchical", "top_dim": 1}})
     trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None).fit()
     assert len(trainer.history) == 2 and calls == []
-    assert "active_units" in metrics.evaluate(trainer.program.module, trainer.data.test, batch_size=8).summary() and calls
+    assert "active_units" in evaluation.evaluate(trainer.program.module, trainer.data.test, batch_size=8).summary() and calls
 
 
 def test_warmup_is_logged_and_reaches_one(tmp_path):
@@ -307,14 +306,15 @@ def test_grey_data_under_an_unbinarized_bernoulli_is_refused_before_training(tmp
 
 
 def test_the_training_subset_scored_each_epoch_is_what_the_model_trains_on(grey_splits):
-    from pyro_vae.training import prepare_data
+    from pyro_vae.data import prepare_data
+    from pyro_vae.programs import Program
 
     static = tiny_config(model={"likelihood": {"name": "bernoulli", "binarize": "static"}})
     vae = tiny_vae(likelihood={"name": "bernoulli", "binarize": "static"})
-    data = prepare_data(static, vae, torch.device("cpu"), grey_splits)
+    data = prepare_data(static, Program(vae), torch.device("cpu"), grey_splits)
     assert torch.equal(data.train_eval, data.train[: data.train_eval.shape[0]])  # the fixed binarization trained on
     dynamic = tiny_config()
-    data = prepare_data(dynamic, tiny_vae(), torch.device("cpu"), grey_splits)
+    data = prepare_data(dynamic, Program(tiny_vae()), torch.device("cpu"), grey_splits)
     assert set(data.train_eval.unique().tolist()) == {0.0, 1.0}  # one fixed draw of the grey training images
 
 
@@ -330,7 +330,7 @@ def test_a_checkpoint_resumes_only_on_the_device_type_it_was_written_on(tmp_path
 
 
 def test_a_checkpoint_accepts_its_data_folder_spelled_another_way_and_refuses_another_folder(tmp_path, monkeypatch):
-    from pyro_vae.training import check_same_config
+    from pyro_vae.runs import check_same_config
 
     for name in ("idx", "other"):
         (tmp_path / name).mkdir()
@@ -352,7 +352,8 @@ def test_a_checkpoint_accepts_its_data_folder_spelled_another_way_and_refuses_an
 
 
 def test_validation_images_are_held_out_of_training_and_scored_every_epoch(tmp_path, monkeypatch):
-    from pyro_vae.training import BEST, validation_split
+    from pyro_vae.data import validation_split
+    from pyro_vae.runs import BEST
 
     keep, held = validation_split(128, 40, seed=3)
     assert len(keep) == 88 and len(held) == 40 and not set(keep.tolist()) & set(held.tolist())
@@ -436,7 +437,7 @@ def test_the_time_cap_does_not_start_an_epoch_that_would_overrun_it(tmp_path):
 
 
 def test_snapshots_are_kept_every_so_many_training_minutes(tmp_path):
-    from pyro_vae.training import SNAPSHOTS
+    from pyro_vae.runs import SNAPSHOTS
 
     run_dir = tmp_path / "run"
     Trainer(tiny_config(train={"epochs": 3, "snapshot_minutes": 1e-9}), run_dir, progress=False, log=lambda s: None).fit()
@@ -446,7 +447,7 @@ def test_snapshots_are_kept_every_so_many_training_minutes(tmp_path):
 
 
 def test_a_resumed_run_keeps_its_best_checkpoint_and_training_time(tmp_path):
-    from pyro_vae.training import BEST
+    from pyro_vae.runs import BEST
 
     config = tiny_config(train={"epochs": 4, "validation": 32})
     quiet = dict(progress=False, log=lambda s: None)
@@ -486,8 +487,7 @@ def test_the_parameter_average_follows_its_recurrence_and_is_applied_only_inside
 
 
 def test_with_ema_scores_and_checkpoints_hold_the_averaged_parameters(tmp_path):
-    from pyro_vae import metrics
-    from pyro_vae.training import BEST
+    from pyro_vae.runs import BEST
 
     run_dir = tmp_path / "run"
     config = tiny_config(train={"epochs": 3, "validation": 32, "ema": 0.9})
@@ -498,7 +498,7 @@ def test_with_ema_scores_and_checkpoints_hold_the_averaged_parameters(tmp_path):
     for name, p in trainer.program.module.state_dict().items():
         assert torch.equal(p, state["training_model"][name]), name
     last = load_run(run_dir, checkpoint="last")  # what evaluation loads: the average
-    valid = metrics.evaluate(last.model, trainer.data.valid, seed=config.seed, batch_size=config.eval.batch_size)
+    valid = evaluation.evaluate(last.model, trainer.data.valid, seed=config.seed, batch_size=config.eval.batch_size)
     assert valid.elbo.mean().item() == pytest.approx(read_metrics(run_dir)[-1]["valid"]["elbo"], abs=1e-4)
     best = max(read_metrics(run_dir), key=lambda m: m["valid"]["elbo"])
     assert load_checkpoint(run_dir / BEST)["epoch"] == best["epoch"]
@@ -510,8 +510,6 @@ def test_ema_must_be_a_decay_below_one():
 
 
 def test_bfloat16_steps_follow_the_float32_steps_and_scores_stay_float32(tmp_path):
-    from pyro_vae import metrics
-
     losses, trainers = {}, {}
     for precision in ("float32", "bfloat16"):
         config = tiny_config(train={"epochs": 2, "validation": 32, "precision": precision})
@@ -525,7 +523,7 @@ def test_bfloat16_steps_follow_the_float32_steps_and_scores_stay_float32(tmp_pat
     assert trainer.program.vae.encoder.compute_dtype is None and trainer.program.vae.decoder.compute_dtype is None
     # the per-epoch scores are float32 evaluations of the checkpointed parameters
     last = load_run(tmp_path / "bfloat16", checkpoint="last")
-    valid = metrics.evaluate(last.model, trainer.data.valid, seed=trainer.config.seed, batch_size=trainer.config.eval.batch_size)
+    valid = evaluation.evaluate(last.model, trainer.data.valid, seed=trainer.config.seed, batch_size=trainer.config.eval.batch_size)
     assert valid.elbo.mean().item() == pytest.approx(read_metrics(tmp_path / "bfloat16")[-1]["valid"]["elbo"], abs=1e-4)
 
 

@@ -1,0 +1,347 @@
+"""Evaluating a model program on a dataset: every datapoint's ELBO terms and importance-sampled
+log p(x), with standard errors, and exact values where a method exists.
+
+Per datapoint x, in nats (the estimators are ``metrics.py``'s, the exact values ``exact.py``'s):
+ELBO(x) and its two terms, log p(x) with K importance samples, the gap log p(x) - ELBO(x) (an
+estimate of KL(q(z|x) || p(z|x))), active units and bits/dim; :class:`Evaluation` holds them and
+their means with standard errors.
+
+What an estimate uses travels as one :class:`EvaluationSettings` (K, seed, batch size, chunk,
+exact points), built from a run's ``[eval]`` table by :meth:`EvaluationSettings.of`.
+
+An evaluation given a ``store`` folder keeps each batch's per-datapoint values there as it goes
+(:class:`EvaluationStore`), so an interrupted one (K = 5,000 on a CPU can take an hour) resumes at
+the batches not yet done, with the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .distributed import SINGLE, Distributed
+from .errors import RunDirError
+from .exact import ExactEvidence, closed_form_available, exact_evidence
+from .files import save_tensors, write_text
+from .metrics import _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, log_evidence
+from .numerics import seeded
+from .programs import Program, checked_program
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What an evaluation estimates and how: K = ``samples`` importance samples (0: the ELBO terms
+    only), the ``seed`` of its draws, ``batch_size`` datapoints at a time, at most ``chunk_pairs``
+    (datapoint, sample) pairs in memory (None: the device's default, ``metrics.chunk_pairs_for``),
+    exact values on ``exact_points`` datapoints where a method exists (0: none), and E_q[z] for the
+    active units (``posterior_means``)."""
+
+    samples: int = 0
+    seed: int = 0
+    batch_size: int = 250
+    chunk_pairs: int | None = None
+    exact_points: int = 0
+    posterior_means: bool = True
+
+    @classmethod
+    def of(cls, config, samples: int | None = None, **changes) -> "EvaluationSettings":
+        """The settings of a run's config (its ``seed`` and ``[eval]`` table; ``samples`` overrides
+        ``eval.samples``), with ``changes``."""
+        ev = config.eval
+        settings = cls(samples=ev.samples if samples is None else samples, seed=config.seed,
+                       batch_size=ev.batch_size, chunk_pairs=ev.chunk_pairs, exact_points=ev.exact_points)
+        return dataclasses.replace(settings, **changes)
+
+
+@dataclass
+class Evaluation:
+    """Per-datapoint estimates on one dataset, and their means with standard errors."""
+
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    elbo: torch.Tensor
+    posterior_mean: torch.Tensor | None  # None: not computed (evaluate(posterior_means=False))
+    kl_analytic: bool  # KL(q(z|x) || p(z)) in closed form (one latent site)
+    num_pixels: int
+    discrete: bool
+    seed: int
+    log_px: torch.Tensor | None = None
+    samples: int = 0
+    exact: object | None = None  # exact.ExactEvidence where a method exists ...
+    exact_index: torch.Tensor | None = None  # ... on these datapoints
+    kl_per_site: bool = False  # several latent sites, each KL in closed form given the draws before it
+
+    @property
+    def n(self) -> int:
+        return self.elbo.shape[0]
+
+    @property
+    def gap(self) -> torch.Tensor | None:
+        return None if self.log_px is None else self.log_px - self.elbo
+
+    def _kl_estimator(self) -> str:
+        if self.kl_analytic:
+            return "closed form"
+        return "closed form per site, given the draws before it" if self.kl_per_site else "Monte Carlo"
+
+    def summary(self) -> dict:
+        """Means over datapoints (nats per datapoint) with standard errors, for JSON and tables."""
+
+        def stat(v: torch.Tensor) -> dict:
+            se = v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+            return {"mean": v.mean().item(), "stderr": se}
+
+        out = {
+            "units": "nats per datapoint (sums over pixels, means over datapoints)",
+            "datapoints": self.n,
+            "seed": self.seed,
+            "elbo": stat(self.elbo),
+            "reconstruction": stat(self.reconstruction),
+            "kl": stat(self.kl),
+            "kl_estimator": self._kl_estimator(),
+        }
+        if self.posterior_mean is not None:
+            out |= {"active_units": active_units(self.posterior_mean), "latent_dim": self.posterior_mean.shape[-1]}
+        if self.log_px is not None:
+            out["importance_samples"] = self.samples
+            out["log_px"] = stat(self.log_px)
+            out["gap"] = stat(self.gap)
+            out["bits_per_dim"] = stat(bits_per_dim(self.log_px, self.num_pixels))
+            out["bits_per_dim_is_discrete"] = self.discrete
+        if self.exact is not None:
+            ex = self.exact
+            out["exact"] = {
+                "method": ex.method,
+                "datapoints": ex.n,
+                "log_px": stat(ex.log_px.float()),
+                "elbo": stat(ex.elbo.float()),
+                "kl_q_posterior": stat(ex.kl_q_posterior.float()),
+                "largest_quadrature_error": ex.log_px_error.max().item(),
+            }
+            out["exact"]["datapoint_indices"] = self.exact_index.tolist()
+            if self.log_px is not None:
+                error = self.log_px[self.exact_index].double() - ex.log_px.cpu()
+                out["exact"]["importance_sampling_error"] = {
+                    "mean": error.mean().item(), "mean_absolute": error.abs().mean().item(),
+                    "note": f"importance-sampled (K={self.samples}) minus exact log p(x), same datapoints"}
+        return out
+
+    def write_csv(self, path: str | Path) -> None:
+        """One row per datapoint (its index in the dataset, then its values in nats), for paired
+        comparisons of two models on the same datapoints."""
+        columns = {"elbo": self.elbo, "reconstruction": self.reconstruction, "kl": self.kl}
+        if self.log_px is not None:
+            columns |= {"log_px": self.log_px, "gap": self.gap}
+        header = "index," + ",".join(f"{k}_nats" for k in columns)
+        rows = [f"{i}," + ",".join(f"{v[i].item():.6f}" for v in columns.values()) for i in range(self.n)]
+        write_text(path, "\n".join([header, *rows]) + "\n")
+
+    def table(self, title: str = "") -> str:
+        """The summary as aligned text lines."""
+        s = self.summary()
+        kl_how = {"closed form per site, given the draws before it": "closed form per site"}.get(
+            self._kl_estimator(), self._kl_estimator())
+        rows = [
+            ("ELBO", s["elbo"]),
+            ("  reconstruction  E_q[log p(x|z)]", s["reconstruction"]),
+            (f"  KL(q(z|x) || p(z))  [{kl_how}]", s["kl"]),
+        ]
+        if self.log_px is not None:
+            rows += [
+                (f"log p(x)  [importance sampled, K={self.samples}]", s["log_px"]),
+                ("gap log p(x) - ELBO  ~ KL(q(z|x) || p(z|x))", s["gap"]),
+            ]
+        lines = [title] if title else []
+        lines.append(f"{'nats per datapoint':<48} {'mean':>11} {'std. err.':>10}")
+        lines += [f"{label:<48} {v['mean']:>11.3f} {v['stderr']:>10.3f}" for label, v in rows]
+        if "active_units" in s:
+            lines.append(f"{'active units (Var_x E_q[z_u] > 0.01)':<48} {s['active_units']:>7} / {s['latent_dim']}")
+        if self.log_px is not None:
+            kind = "" if self.discrete else "  (of a density, not a discrete likelihood)"
+            lines.append(f"{'bits/dim':<48} {s['bits_per_dim']['mean']:>11.4f}{kind}")
+        if self.exact is not None:
+            ex = s["exact"]
+            lines.append(f"exact, by {ex['method']}, on {ex['datapoints']} datapoints:")
+            lines.append(f"{'  log p(x)  [exact]':<48} {ex['log_px']['mean']:>11.3f} {ex['log_px']['stderr']:>10.3f}")
+            lines.append(f"{'  ELBO  [exact]':<48} {ex['elbo']['mean']:>11.3f} {ex['elbo']['stderr']:>10.3f}")
+            lines.append(f"{'  KL(q(z|x) || p(z|x))  [exact]':<48} {ex['kl_q_posterior']['mean']:>11.3f} "
+                         f"{ex['kl_q_posterior']['stderr']:>10.3f}")
+            if "importance_sampling_error" in ex:
+                err = ex["importance_sampling_error"]
+                lines.append(f"{f'  importance sampled - exact log p(x), K={self.samples}':<48} {err['mean']:>11.4f}"
+                             f"   (mean |error| {err['mean_absolute']:.4f})")
+            if ex["largest_quadrature_error"] > 0:
+                lines.append(f"{'  quadrature error estimate, largest':<48} {ex['largest_quadrature_error']:>11.1e}")
+        return "\n".join(lines)
+
+
+def fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 of named tensors' names, dtypes, shapes and bytes: equal exactly when they are."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        flat = torch.empty(t.numel(), dtype=t.dtype).copy_(t.detach().reshape(-1))  # unit stride (an expanded t has 0)
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class EvaluationStore:
+    """Each evaluation batch's per-datapoint values, kept in ``folder`` as they are computed.
+
+    ``key.json`` records what the batches are of: the model's parameters and buffers and the data
+    (by :func:`fingerprint`) and the settings that change the numbers (K, seed, batch size, chunk).
+    A folder holding another evaluation's batches is refused, never mixed in or overwritten. Each
+    batch file is written whole or not at all (a temporary file, then a rename), so an evaluation
+    killed mid-write resumes cleanly.
+    """
+
+    KEY = "key.json"
+
+    def __init__(self, folder: str | Path, key: dict):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / self.KEY
+        if path.is_file():
+            held = json.loads(path.read_text())
+            if held != key:
+                differ = sorted(k for k in key.keys() | held.keys() if key.get(k) != held.get(k))
+                raise RunDirError(
+                    f"{self.folder} holds the batches of another evaluation (it differs in {', '.join(differ)}). "
+                    f"Remove that folder to evaluate afresh, or give this evaluation a folder of its own.")
+        else:
+            write_text(path, json.dumps(key, indent=2) + "\n")  # (each writer a temporary file of its own)
+
+    def _batch(self, index: int) -> Path:
+        return self.folder / f"batch-{index:06d}.pt"
+
+    def load(self, index: int) -> dict[str, torch.Tensor] | None:
+        path = self._batch(index)
+        return torch.load(path, weights_only=True) if path.is_file() else None
+
+    def save(self, index: int, terms: dict[str, torch.Tensor]) -> None:
+        save_tensors(self._batch(index), terms)
+
+    @staticmethod
+    def count(folder: str | Path) -> int:
+        """How many batches the store in ``folder`` has finished (0 for a folder not there)."""
+        return len(list(Path(folder).glob("batch-*.pt")))
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of evaluation batch ``index``: whichever process evaluates it draws the same numbers."""
+    return (seed * 1_000_003 + index) % 2**63
+
+
+@torch.no_grad()
+def evaluate(
+    program,
+    x: torch.Tensor,
+    settings: EvaluationSettings | None = None,
+    *,
+    dist: Distributed = SINGLE,
+    store: str | Path | None = None,
+    progress: bool = False,
+    **options,
+) -> Evaluation:
+    """ELBO terms for every datapoint of ``x`` and, if ``settings.samples`` > 0, importance-sampled
+    log p(x). ``settings`` (:class:`EvaluationSettings`) may be given field by field as keywords
+    instead (``evaluate(program, x, samples=1000, seed=0)``), or changed so (``options``).
+
+    With ``exact_points`` > 0, also the exact log p(x), ELBO and KL(q(z|x) || p(z|x)) where a method
+    exists (``exact.py``): the closed form of a linear-Gaussian model on every datapoint, or 2-D
+    grid quadrature on ``exact_points`` datapoints spread evenly over x. ``x`` must already be
+    prepared for the likelihood (e.g. binarized). Each batch of ``batch_size`` datapoints runs
+    under a seed of its own (``batch_seed``), so the numbers do not depend on which process (in
+    data-parallel evaluation, ``dist``) computes which batch, and the training stream is untouched.
+    ``posterior_means=False`` skips E_q[z] (the active units): sampled, not free, for a guide
+    without a closed-form mean (IAF, hierarchical), and not needed by the per-epoch scoring.
+    With ``store``, a folder, each batch's values are kept there and a batch already there is read
+    back instead of computed (:class:`EvaluationStore`): an interrupted evaluation resumes. The
+    exact values (2-D latents and linear-Gaussian models only) are recomputed, not stored.
+    ``progress`` shows a progress bar over the batches, with the time left (rank 0).
+    ``program`` is a model program (the stock VAE or any other) or its :class:`~pyro_vae.programs.Program`.
+    """
+    s = dataclasses.replace(settings or EvaluationSettings(), **options)
+    samples, seed, batch_size, exact_points, posterior_means = \
+        s.samples, s.seed, s.batch_size, s.exact_points, s.posterior_means
+    program = checked_program(program, x)
+    module = program.module
+    starts = list(range(0, x.shape[0], batch_size))
+    chunk_pairs = chunk_pairs_for(program, x.device, s.chunk_pairs)  # resolved once, not per batch or exact point
+    kept = None
+    if store is not None:
+        kept = EvaluationStore(store, {
+            "model": fingerprint(module.state_dict().items()), "data": fingerprint([("x", x)]), "datapoints": x.shape[0],
+            "samples": samples, "seed": seed, "batch_size": batch_size, "chunk_pairs": chunk_pairs,
+            "posterior_means": posterior_means})
+
+    def batches(indices: list[int]) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        out = []
+        bar = tqdm(indices, disable=not (progress and dist.main), unit="batch", leave=False, dynamic_ncols=True,
+                   desc=f"evaluating, K = {samples}" if samples else "evaluating")
+        for b in bar:
+            terms = kept.load(b) if kept is not None else None
+            if terms is None:
+                xb = x[starts[b] : starts[b] + batch_size]
+                with seeded(batch_seed(seed, b), x.device):
+                    terms = _elbo_terms(program, xb, 1, posterior_means)  # (x checked once, above)
+                    if samples > 0:
+                        terms["log_px"] = log_evidence(program, xb, samples, chunk_pairs)
+                terms = {k: v.float().cpu() for k, v in terms.items()}
+                if kept is not None:
+                    kept.save(b, terms)
+            out.append(terms)
+        return out
+
+    was_training = module.training
+    module.eval()
+    try:
+        parts = dist.map_items(len(starts), batches)
+        exact, exact_index = _exact_part(program, x, exact_points, chunk_pairs, dist) if exact_points > 0 else (None, None)
+    finally:
+        module.train(was_training)
+    cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("kl_analytic", "kl_per_site")}
+    return Evaluation(
+        reconstruction=cat["reconstruction"],
+        kl=cat["kl"],
+        elbo=cat["elbo"],
+        posterior_mean=cat.get("posterior_mean"),
+        kl_analytic=all(bool(p["kl_analytic"]) for p in parts),
+        kl_per_site=all(bool(p.get("kl_per_site", False)) for p in parts),
+        num_pixels=math.prod(x.shape[1:]),
+        discrete=program.discrete,
+        seed=seed,
+        log_px=cat.get("log_px"),
+        samples=samples,
+        exact=exact,
+        exact_index=exact_index,
+    )
+
+
+def _exact_part(program: Program, x: torch.Tensor, exact_points: int, chunk_pairs: int | None, dist: Distributed):
+    """Exact values where a method exists: all datapoints for closed forms, else ``exact_points``
+    spread over x (which may be sorted by class), the quadrature shared out over processes."""
+    n = x.shape[0]
+    closed_form = closed_form_available(program)
+    if not closed_form and program.latent_dim != 2:
+        return None, None
+    if closed_form or exact_points >= n:
+        index = torch.arange(n)
+    else:
+        index = torch.linspace(0, n - 1, exact_points).round().long().unique()
+    if closed_form:
+        return exact_evidence(program, x[index.to(x.device)]), index
+
+    def points(ids: list[int]) -> list:
+        return [exact_evidence(program, x[int(index[i]) : int(index[i]) + 1], chunk_pairs=chunk_pairs) for i in ids]
+
+    return ExactEvidence.concat(dist.map_items(len(index), points)), index
