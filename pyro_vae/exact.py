@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributions import LowRankMultivariateNormal, MultivariateNormal, kl_divergence
 
+from .distributions import diagonal_gaussian_parameters
 from .guides import DiagonalGaussianGuide
 from .likelihoods import GaussianLikelihood
 from .metrics import chunk_pairs_for, chunked_draws, log_evidence_diagnostics
 from .networks import MLPNetwork
 from .numerics import seeded
-from .priors import LearnedGaussianPrior, StandardNormalPrior, diagonal_gaussian_parameters
+from .priors import LearnedGaussianPrior, StandardNormalPrior
 from .programs import Program, as_program, checked_program
 
 

@@ -12,74 +12,10 @@ import torch.nn.functional as F
 from pyro import distributions as dist
 from torch import nn
 
-from torch.distributions import register_kl
 
 from .config import GUIDES, Component, require
+from .distributions import DiagonalNormal, TwoLayerLatent, normal_of_one_shape, split_latent
 from .networks import Activation, ConditionalGaussian
-from .numerics import standard_normal
-from .priors import LOG_2PI, StandardNormal, TwoLayerLatent, split_latent
-
-
-class DiagonalNormal(dist.Independent):
-    """N(loc, diag scale^2) over the last dimension, reparameterized: z = loc + scale * eps.
-
-    ``rsample_and_log_prob`` returns z together with log q(z), computed from the noise eps as
-    sum(-eps^2/2 - log scale) - (D/2) log 2 pi: the same value and total gradient as
-    ``log_prob(z)``, in fewer operations. ``log_prob`` itself is the general formula, so that
-    path-derivative estimators (STL, DReG) can differentiate log q with respect to z.
-    """
-
-    def log_prob_detached(self, z: torch.Tensor) -> torch.Tensor:
-        """log q(z) with the parameters cut from the graph: the value of ``log_prob(z)``, with
-        gradient only through z (the path derivative used by STL and DReG)."""
-        base = self.base_dist
-        loc, scale = base.loc.detach(), base.scale.detach()
-        return (-0.5 * ((z - loc) / scale).pow(2) - scale.log()).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
-
-    def noise(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        """eps ~ N(0, I) shaped like a sample (the datapoints are dimension -2); in data-parallel
-        training the whole global batch's noise, this process's rows kept (``numerics.sharded_noise``)."""
-        base = self.base_dist
-        return standard_normal(base._extended_shape(sample_shape), -2, base.loc.dtype, base.loc.device)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        base = self.base_dist
-        return base.loc + self.noise(sample_shape) * base.scale
-
-    def rsample_with_noise(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
-        """z = loc + scale * eps and the noise eps it was drawn from."""
-        base = self.base_dist
-        eps = self.noise(sample_shape)
-        return base.loc + eps * base.scale, eps
-
-    def log_prob_of_noise(self, eps: torch.Tensor) -> torch.Tensor:
-        """log q(loc + scale * eps) from eps: sum(-eps^2/2 - log scale) - (D/2) log 2 pi."""
-        return (-0.5 * eps.pow(2) - self.base_dist.scale.log()).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
-
-    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
-        z, eps = self.rsample_with_noise(sample_shape)
-        return z, self.log_prob_of_noise(eps)
-
-
-def _normal(loc: torch.Tensor, scale: torch.Tensor) -> dist.Normal:
-    """Normal(loc, scale); for a loc and scale of one shape without ``broadcast_all``'s expanded views
-    of them (each a node of the autograd graph, on every step)."""
-    if loc.shape != scale.shape:
-        return dist.Normal(loc, scale)
-    normal = dist.Normal.__new__(dist.Normal)
-    normal.loc, normal.scale = loc, scale
-    torch.distributions.Distribution.__init__(normal, loc.shape)  # (validates the arguments where that is on)
-    return normal
-
-
-@register_kl(DiagonalNormal, StandardNormal)
-def _kl_diagonal_normal_standard_normal(q: DiagonalNormal, p: StandardNormal) -> torch.Tensor:
-    """KL(N(mu, diag sigma^2) || N(0, I)) = sum_i (sigma_i^2 + mu_i^2 - 1) / 2 - log sigma_i."""
-    loc, scale = q.base_dist.loc, q.base_dist.scale
-    kl = 0.5 * (scale.pow(2) + loc.pow(2) - 1).sum(-1) - scale.log().sum(-1)
-    if p.batch_shape == q.batch_shape or not p.batch_shape:
-        return kl
-    return kl.expand(torch.broadcast_shapes(q.batch_shape, p.batch_shape))
 
 
 class Guide(Component, nn.Module):
@@ -89,7 +25,7 @@ class Guide(Component, nn.Module):
         nn.Module.__init__(self)
 
     def _diagonal_normal(self, loc: torch.Tensor, scale: torch.Tensor) -> DiagonalNormal:
-        return DiagonalNormal(_normal(loc, scale), 1)
+        return DiagonalNormal(normal_of_one_shape(loc, scale), 1)
 
     def setup(self, feature_dim: int, latent_dim: int) -> "Guide":  # pragma: no cover - abstract
         raise NotImplementedError

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
 from torch import nn
-from torch.distributions import constraints
 
 from .config import LIKELIHOODS, Component, require
 from .data import check_batch, require_finite
+from .distributions import (AutoregressiveBernoulliImage, BernoulliImage, CategoricalImage,
+                            DiscretizedLogisticMixtureImage, ShiftedImage, inverse_softplus)
 from .errors import DataError
 from .networks import CausalStack
-from .priors import inverse_softplus
 
 # Binarization seeds are constants, not the run's seed, so every run scores the same binary test set.
 TRAIN_BINARIZATION_SEED = 1
@@ -155,67 +155,6 @@ def _require_unit_interval(x: torch.Tensor, split: str, who: str, fixes: str) ->
         )
 
 
-class BernoulliImage(dist.TorchDistribution):
-    """Independent Bernoulli pixels over the rightmost ``event_dim`` dimensions, from logits.
-
-    The same distribution as ``Bernoulli(logits=logits).to_event(event_dim)``, in one object:
-    log_prob = -(binary cross-entropy summed over the event), negated after the sum. (Fewer objects
-    and full-image passes per step than the composed form; ``tests/test_likelihoods.py`` checks
-    that both agree.)
-    """
-
-    arg_constraints = {"logits": constraints.real}
-    has_rsample = False
-
-    def __init__(self, logits: torch.Tensor, event_dim: int, validate_args: bool | None = None) -> None:
-        self.logits = logits
-        cut = logits.dim() - event_dim
-        super().__init__(logits.shape[:cut], logits.shape[cut:], validate_args=validate_args)
-
-    @constraints.dependent_property
-    def support(self):
-        return constraints.independent(constraints.boolean, len(self.event_shape))
-
-    def expand(self, batch_shape, _instance=None) -> "BernoulliImage":
-        new = self._get_checked_instance(BernoulliImage, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.logits = self.logits.expand(batch_shape + self.event_shape)
-        super(BernoulliImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return torch.sigmoid(self.logits)
-
-    @property
-    def variance(self) -> torch.Tensor:
-        p = torch.sigmoid(self.logits)
-        return p * (1 - p)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.bernoulli(torch.sigmoid(self.logits).expand(self._extended_shape(sample_shape)))
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        logits = self.logits
-        if logits.shape != value.shape:
-            logits, value = torch.broadcast_tensors(logits, value)
-        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-        return -bce.sum(tuple(range(-len(self.event_shape), 0)))
-
-    def log_prob_sum(self, value: torch.Tensor) -> torch.Tensor:
-        """``log_prob(value).sum()`` (over the batch too), with the sum fused into the cross-entropy."""
-        if self._validate_args:
-            self._validate_sample(value)
-        logits = self.logits
-        if logits.shape != value.shape:
-            logits, value = torch.broadcast_tensors(logits, value)
-        return -F.binary_cross_entropy_with_logits(logits, value, reduction="sum")
-
-
 def _binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     generator = torch.Generator(device=x.device).manual_seed(seed)
     return torch.bernoulli(x, generator=generator)
@@ -289,64 +228,6 @@ class BernoulliLikelihood(_BinaryImageLikelihood):
 
     def mean(self, head: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.split_head(head)[0])
-
-
-class AutoregressiveBernoulliImage(dist.TorchDistribution):
-    """Binary pixels in raster order: p(x|z) = prod_i Bern(x_i; sigmoid(l_i)), l_i = logit(x_<i, z).
-
-    ``context`` is the decoder's head (*batch, P, 1, H, W); ``net`` is the likelihood module that
-    turns (pixels before i, context at i) into l_i (:class:`PixelCNNBernoulliLikelihood`).
-    ``log_prob`` computes every l_i in one pass (the pixels before i are observed); ``sample``
-    draws pixel by pixel. The mean E[x|z] has no closed form, so there is no ``mean``.
-    """
-
-    arg_constraints = {}
-    has_rsample = False
-
-    def __init__(self, context: torch.Tensor, net: "PixelCNNBernoulliLikelihood", validate_args: bool | None = None) -> None:
-        self.context, self.net = context, net
-        super().__init__(context.shape[:-4], context.shape[-3:], validate_args=validate_args)
-
-    @constraints.dependent_property
-    def support(self):
-        return constraints.independent(constraints.boolean, 3)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(AutoregressiveBernoulliImage, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.context, new.net = self.context.expand(batch_shape + self.context.shape[-4:]), self.net
-        super(AutoregressiveBernoulliImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
-    def logits(self, value: torch.Tensor) -> torch.Tensor:
-        """l_i for every pixel of ``value`` (*vbatch, 1, H, W): shape (*broadcast batch, H, W)."""
-        return self.net.logits(self.net.pixel_part(value), self.net.context_part(self.context))
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        logits = self.logits(value)
-        target = value.squeeze(-3).expand_as(logits)
-        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((-2, -1))
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        """x_1, x_2, ... in raster order, each drawn given those before it (H * W passes over a band
-        of ``rows_seen + 1`` rows: the causal stack reaches no further up)."""
-        with torch.no_grad():
-            shape = self._extended_shape(sample_shape)
-            context = self.net.context_part(self.context.expand(torch.Size(sample_shape) + self.context.shape))
-            x = torch.zeros(shape, dtype=self.context.dtype, device=self.context.device)
-            height, width = shape[-2:]
-            reach = self.net.stack.rows_seen
-            for i in range(height):
-                top = max(0, i - reach)
-                for j in range(width):
-                    band = self.net.pixel_part(x[..., top : i + 1, :])
-                    logit = self.net.logits(band[..., -1:, j : j + 1, :], context[..., i : i + 1, j : j + 1, :])
-                    u = torch.rand(logit.shape, dtype=x.dtype, device=x.device)
-                    x[..., 0, i : i + 1, j : j + 1] = (u < torch.sigmoid(logit)).to(x.dtype)
-            return x
 
 
 @LIKELIHOODS.register("pixelcnn-bernoulli")
@@ -547,7 +428,6 @@ class LaplaceLikelihood(_LocationScaleLikelihood):
     family = dist.Laplace
 
 
-
 # ---------------------------------------------------------------------------------------------
 # 8-bit data: discrete likelihoods over the 256 grey levels, and a dequantized density
 
@@ -581,86 +461,6 @@ class _EightBitObserved:
         self.check_data(x, where)
 
 
-def _log1mexp(d: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(d)) for d < 0, accurate near 0 and far from it (Maechler 2012)."""
-    return torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
-
-
-class DiscretizedLogisticMixtureImage(dist.TorchDistribution):
-    """Per pixel, a mixture of K logistics discretized to the 256 levels of 8-bit data (PixelCNN++).
-
-    A level k is y = 2k/255 - 1 in [-1, 1]; its bin is [y - 1/255, y + 1/255], except that the
-    first and last bins extend to -inf and +inf, so the 256 probabilities sum to one. With F the
-    logistic CDF, P(k) = sum_j pi_j [F((y + 1/255 - mu_j)/s_j) - F((y - 1/255 - mu_j)/s_j)], computed
-    as log sigma(a) + log sigma(-b) + log(1 - exp(b - a)) (stable in both tails).
-    ``params`` is (*batch, 3K, *event): K mixture logits, K locations, K log-scales.
-    """
-
-    arg_constraints = {}
-    has_rsample = False
-
-    def __init__(self, params: torch.Tensor, components: int, event_dim: int, min_log_scale: float = -7.0,
-                 validate_args: bool | None = None) -> None:
-        self.components, self.min_log_scale = components, min_log_scale
-        k_dim = params.dim() - event_dim - 1
-        self.logit_weights, self.locs, raw_log_scales = params.split(components, dim=k_dim)
-        self.log_scales = min_log_scale + F.softplus(raw_log_scales - min_log_scale)
-        super().__init__(params.shape[:k_dim], params.shape[k_dim + 1 :], validate_args=validate_args)
-
-    @constraints.dependent_property
-    def support(self):
-        return constraints.independent(constraints.real, len(self.event_shape))
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(DiscretizedLogisticMixtureImage, _instance)
-        batch_shape = torch.Size(batch_shape)
-        shape = batch_shape + (self.components,) + self.event_shape
-        new.components, new.min_log_scale = self.components, self.min_log_scale
-        new.logit_weights = self.logit_weights.expand(shape)
-        new.locs = self.locs.expand(shape)
-        new.log_scales = self.log_scales.expand(shape)
-        super(DiscretizedLogisticMixtureImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
-    def _k_dim(self) -> int:
-        return -1 - len(self.event_shape)
-
-    def level_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """log P(x) per pixel (summed over nothing): x in [0, 1] on the 8-bit levels."""
-        y = (2 * x - 1).unsqueeze(self._k_dim())
-        centred = y - self.locs
-        inv_scale = torch.exp(-self.log_scales)
-        upper = inv_scale * (centred + 1 / 255)
-        lower = inv_scale * (centred - 1 / 255)
-        middle = F.logsigmoid(upper) + F.logsigmoid(-lower) + _log1mexp(lower - upper)
-        log_p = torch.where(y < -0.999, F.logsigmoid(upper), torch.where(y > 0.999, F.logsigmoid(-lower), middle))
-        weights = torch.log_softmax(self.logit_weights, self._k_dim())
-        return torch.logsumexp(weights + log_p, self._k_dim())
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return self.level_log_probs(value).sum(tuple(range(-len(self.event_shape), 0)))
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """sum_j pi_j mu_j mapped back to [0, 1] and kept there: the mixture's location (for pictures)."""
-        weights = torch.softmax(self.logit_weights, self._k_dim())
-        y = (weights * self.locs).sum(self._k_dim())
-        return ((y + 1) / 2).clamp(0, 1)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        with torch.no_grad():
-            shape = torch.Size(sample_shape) + self.locs.shape
-            gumbel = -torch.log(-torch.log(torch.rand(shape, device=self.locs.device).clamp_min(1e-12)))
-            pick = (self.logit_weights + gumbel).argmax(self._k_dim(), keepdim=True)
-            loc = self.locs.expand(shape).gather(self._k_dim(), pick).squeeze(self._k_dim())
-            log_scale = self.log_scales.expand(shape).gather(self._k_dim(), pick).squeeze(self._k_dim())
-            u = torch.rand(loc.shape, device=loc.device).clamp(1e-6, 1 - 1e-6)
-            y = loc + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
-            # the edge bins are open: everything below the first level's bin is level 0, above the last is 255
-            return ((y + 1) / 2 * 255).round().clamp(0, 255) / 255
-
-
 @LIKELIHOODS.register("discretized-logistic")
 class DiscretizedLogisticLikelihood(_EightBitObserved, Likelihood):
     """p(x_i|z) = a K-component logistic mixture discretized to the 256 levels of 8-bit data, edge bins open (PixelCNN++); a true probability mass.
@@ -689,52 +489,6 @@ class DiscretizedLogisticLikelihood(_EightBitObserved, Likelihood):
         _require_8bit(x, split, "discretized-logistic")
 
 
-class CategoricalImage(dist.TorchDistribution):
-    """Per pixel, a 256-way categorical over the 8-bit levels; ``logits`` is (*batch, 256, *event)."""
-
-    arg_constraints = {}
-    has_rsample = False
-
-    def __init__(self, logits: torch.Tensor, event_dim: int, validate_args: bool | None = None) -> None:
-        self.logits = logits
-        cut = logits.dim() - event_dim - 1
-        super().__init__(logits.shape[:cut], logits.shape[cut + 1 :], validate_args=validate_args)
-
-    @constraints.dependent_property
-    def support(self):
-        return constraints.independent(constraints.real, len(self.event_shape))
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(CategoricalImage, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.logits = self.logits.expand(batch_shape + (256,) + self.event_shape)
-        super(CategoricalImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
-    def _level_dim(self) -> int:
-        return -1 - len(self.event_shape)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        levels = (value * 255).round().long().unsqueeze(self._level_dim())
-        log_p = torch.log_softmax(self.logits, self._level_dim())
-        levels = levels.expand(*log_p.shape[: self._level_dim()], 1, *self.event_shape)
-        return log_p.gather(self._level_dim(), levels).squeeze(self._level_dim()).sum(
-            tuple(range(-len(self.event_shape), 0)))
-
-    @property
-    def mean(self) -> torch.Tensor:
-        levels = torch.arange(256, dtype=self.logits.dtype, device=self.logits.device) / 255
-        levels = levels.reshape((256,) + (1,) * len(self.event_shape))
-        return (torch.softmax(self.logits, self._level_dim()) * levels).sum(self._level_dim())
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        with torch.no_grad():
-            logits = self.logits.movedim(self._level_dim(), -1)
-            k = torch.distributions.Categorical(logits=logits).sample(sample_shape)
-            return k.to(self.logits.dtype) / 255
-
-
 @LIKELIHOODS.register("categorical")
 class CategoricalLikelihood(_EightBitObserved, Likelihood):
     """p(x_i|z) = Cat(x_i; softmax(f(z)_i)) over the 256 levels of 8-bit data: one logit per level per pixel; a true probability mass.
@@ -754,24 +508,6 @@ class CategoricalLikelihood(_EightBitObserved, Likelihood):
 
     def check_data(self, x: torch.Tensor, split: str) -> None:
         _require_8bit(x, split, "categorical")
-
-
-class _ShiftedImage(dist.Independent):
-    """An image distribution whose log_prob is shifted by a constant: a change of units, e.g. the
-    log-Jacobian of squeezing the data, or -D log 256 for uniformly dequantized 8-bit data."""
-
-    def __init__(self, base, event_dim: int, shift: float) -> None:
-        super().__init__(base, event_dim)
-        self.shift = shift
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(_ShiftedImage, _instance)
-        new = super().expand(batch_shape, new)
-        new.shift = self.shift
-        return new
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return super().log_prob(value) + self.shift
 
 
 @LIKELIHOODS.register("beta")
@@ -812,7 +548,7 @@ class BetaLikelihood(Likelihood):
     def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
         a, b = self.split_head(head)
         base = dist.Beta(F.softplus(a) + 1e-6, F.softplus(b) + 1e-6)
-        return _ShiftedImage(base, len(self.event_shape), self.log_jacobian)
+        return ShiftedImage(base, len(self.event_shape), self.log_jacobian)
 
     def mean(self, head: torch.Tensor) -> torch.Tensor:
         m = self(head).mean

@@ -8,82 +8,20 @@ Its parameters (if any) are trained with everything else.
 from __future__ import annotations
 
 import functools
-import math
 import types
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
 from torch import nn
-from torch.distributions import constraints
 
 from .config import PRIORS, Component, require
+from .distributions import (LOG_2PI, DiagonalGaussianMixture, StandardNormal, TwoLayerLatent,  # noqa: F401
+                            UniformMixture, diagonal_gaussian_parameters, inverse_softplus, leading_marginal,
+                            rsample_and_log_prob, split_latent)  # (LOG_2PI, rsample_and_log_prob: importable here as before)
 from .errors import ConfigError
 from .networks import Activation, ConditionalGaussian
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def diagonal_gaussian_parameters(q) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(loc, scale) if q is a Gaussian with diagonal covariance over its last dimension, else None."""
-    base = getattr(q, "base_dist", None)
-    if isinstance(base, torch.distributions.Normal) and getattr(q, "reinterpreted_batch_ndims", 0) == 1:
-        return base.loc, base.scale
-    return None
-
-
-def inverse_softplus(y: torch.Tensor | float) -> torch.Tensor:
-    """x with softplus(x) = y (y > 0): lets a trainable scale start at a chosen value."""
-    y = torch.as_tensor(y, dtype=torch.get_default_dtype())
-    return y + torch.log(-torch.expm1(-y))
-
-
-class DiagonalGaussianMixture(dist.TorchDistribution):
-    """sum_k pi_k N(z; mu_k, diag sigma_k^2) over the last dimension.
-
-    log_prob expands the squares, -1/2 (z - mu)^2 / sigma^2 = -1/2 (z^2 / sigma^2 - 2 z mu / sigma^2
-    + mu^2 / sigma^2), so the (points x components) table is two matrix products and memory holds
-    no (points x components x D) tensor: what makes a 500-component VampPrior affordable when
-    log p(z) is evaluated for thousands of importance samples.
-    """
-
-    arg_constraints = {"logits": constraints.real, "locs": constraints.real, "scales": constraints.positive}
-    support = constraints.independent(constraints.real, 1)
-    has_rsample = False
-
-    def __init__(self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor,
-                 batch_shape: torch.Size = torch.Size(), validate_args: bool | None = None) -> None:
-        self.logits, self.locs, self.scales = logits, locs, scales
-        super().__init__(torch.Size(batch_shape), locs.shape[-1:], validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None) -> "DiagonalGaussianMixture":
-        new = self._get_checked_instance(DiagonalGaussianMixture, _instance)
-        new.logits, new.locs, new.scales = self.logits, self.locs, self.scales
-        super(DiagonalGaussianMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
-    def component_log_probs(self, z: torch.Tensor) -> torch.Tensor:
-        """log N(z; mu_k, diag sigma_k^2) for every component: shape (*z.shape[:-1], K)."""
-        precision = self.scales.pow(-2)  # (K, D)
-        quadratic = z.pow(2) @ precision.T - 2 * z @ (self.locs * precision).T + (self.locs.pow(2) * precision).sum(-1)
-        return -0.5 * quadratic - self.scales.log().sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(z)
-        return torch.logsumexp(self.component_log_probs(z) + torch.log_softmax(self.logits, -1), -1)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        shape = self._extended_shape(sample_shape)
-        with torch.no_grad():
-            k = torch.distributions.Categorical(logits=self.logits).sample(shape[:-1])
-            return self.locs[k] + self.scales[k] * torch.randn(shape, dtype=self.locs.dtype, device=self.locs.device)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return (torch.softmax(self.logits, -1)[:, None] * self.locs).sum(0).expand(self._extended_shape())
 
 
 class Prior(Component, nn.Module):
@@ -111,16 +49,6 @@ class Prior(Component, nn.Module):
 
     def forward(self) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-class StandardNormal(dist.Independent):
-    """N(0, I) over the last dimension; log_prob = -|z|^2 / 2 - (D/2) log 2 pi, without the
-    (z - 0) / 1 arithmetic of a general Normal (same value, fewer operations per step)."""
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        return -0.5 * value.pow(2).sum(-1) - 0.5 * value.shape[-1] * LOG_2PI
 
 
 @PRIORS.register("standard-normal")
@@ -261,40 +189,6 @@ class VampPrior(Prior):
         return UniformMixture(q)
 
 
-class UniformMixture(dist.TorchDistribution):
-    """(1/K) sum_k q_k(z) for a distribution q with batch shape (K,): log_prob evaluates every q_k at
-    every z (z expanded against the K components explicitly, which flows need)."""
-
-    arg_constraints = {}
-    has_rsample = False
-
-    def __init__(self, components, batch_shape: torch.Size = torch.Size(), validate_args: bool | None = None) -> None:
-        self.component_distribution = components
-        super().__init__(torch.Size(batch_shape), components.event_shape, validate_args=validate_args)
-
-    @property
-    def support(self):
-        return self.component_distribution.support
-
-    def expand(self, batch_shape, _instance=None) -> "UniformMixture":
-        new = self._get_checked_instance(UniformMixture, _instance)
-        new.component_distribution = self.component_distribution
-        super(UniformMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
-        return new
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        k = self.component_distribution.batch_shape[-1]
-        expanded = z.unsqueeze(-2).expand(*z.shape[:-1], k, z.shape[-1])
-        return torch.logsumexp(self.component_distribution.log_prob(expanded), -1) - math.log(k)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        shape = self._extended_shape(sample_shape)
-        with torch.no_grad():
-            draws = self.component_distribution.sample(shape[:-1])  # (*shape[:-1], K, D)
-            pick = torch.randint(0, draws.shape[-2], shape[:-1], device=draws.device)
-            return draws.gather(-2, pick[..., None, None].expand(*shape[:-1], 1, shape[-1])).squeeze(-2)
-
-
 class _BoundedScaleNet(nn.Module):
     """A coupling layer's network: (mean, log-scale) with the log-scale bounded smoothly to (-b, b)."""
 
@@ -376,91 +270,6 @@ class FlowPrior(Prior):
         for i, layer in enumerate(self.layers):
             transforms += [layer, Permute(getattr(self, f"permutation_{i}"))]
         return dist.TransformedDistribution(StandardNormal(dist.Normal(self.loc, self.scale), 1), transforms)
-
-
-def split_latent(latent_dim: int, top_dim: int | None) -> tuple[int, int]:
-    """(dim z_2, dim z_1) of a two-layer latent z = (z_2, z_1): ``top_dim`` (None: half the latent
-    dimension, rounded up) and the rest; both layers need at least one coordinate."""
-    require(latent_dim >= 2, f"two stochastic layers need latent_dim >= 2 (one coordinate each), got {latent_dim}.")
-    top = math.ceil(latent_dim / 2) if top_dim is None else top_dim
-    require(1 <= top < latent_dim,
-            f"top_dim must be in [1, latent_dim - 1] = [1, {latent_dim - 1}] (z_1 gets the rest), got {top}.")
-    return top, latent_dim - top
-
-
-def leading_marginal(q, dim: int) -> dist.TorchDistribution | None:
-    """q's marginal over the first ``dim`` coordinates of z where it is a diagonal Gaussian in closed
-    form (a diagonal Gaussian's slice; the top layer of a two-layer latent), else None (e.g. an IAF)."""
-    own = getattr(q, "leading_marginal", None)
-    if own is not None:
-        return own(dim)
-    diagonal = diagonal_gaussian_parameters(q)
-    if diagonal is None:
-        return None
-    if dim == q.event_shape[-1]:
-        return q
-    loc, scale = diagonal
-    return dist.Normal(loc[..., :dim], scale[..., :dim]).to_event(1)
-
-
-class TwoLayerLatent(dist.TorchDistribution):
-    """A density over z = (z_2, z_1), z_2 ~ ``top`` and z_1 | z_2 ~ ``conditional(z_2)``:
-    log p(z) = log top(z_2) + log conditional(z_2)(z_1), drawn top layer first (ancestral sampling).
-
-    The hierarchical prior's p(z_2) p(z_1|z_2) and the hierarchical guide's q(z_2|x) q(z_1|x, z_2)
-    are both this. ``conditional`` maps z_2 of shape (*sample, *batch, dim z_2) to a distribution
-    over z_1 with that batch shape. Reparameterized when both layers are (z_1 = mu(z_2) + sigma(z_2)
-    eps_1 carries the gradient of z_2 along). There is no closed form for the mean or for a KL.
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.independent(constraints.real, 1)
-
-    def __init__(self, top: dist.TorchDistribution, conditional: Callable[[torch.Tensor], dist.TorchDistribution],
-                 bottom_dim: int, validate_args: bool | None = None) -> None:
-        self.top, self.conditional, self.top_dim = top, conditional, top.event_shape[-1]
-        super().__init__(top.batch_shape, torch.Size([self.top_dim + bottom_dim]), validate_args=validate_args)
-
-    @property
-    def has_rsample(self) -> bool:
-        return self.top.has_rsample
-
-    def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z_2, z_1): the first ``top_dim`` coordinates of z and the rest."""
-        return z[..., : self.top_dim], z[..., self.top_dim:]
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(z)
-        z_2, z_1 = self.split(z)
-        return self.top.log_prob(z_2) + self.conditional(z_2).log_prob(z_1)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        z_2 = self.top.rsample(sample_shape)
-        return torch.cat([z_2, self.conditional(z_2).rsample()], -1)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        with torch.no_grad():
-            z_2 = self.top.sample(sample_shape)
-            return torch.cat([z_2, self.conditional(z_2).sample()], -1)
-
-    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
-        """z and log p(z) together, each layer's log-density from its own noise where it offers that."""
-        z_2, log_top = rsample_and_log_prob(self.top, sample_shape)
-        z_1, log_bottom = rsample_and_log_prob(self.conditional(z_2), torch.Size())
-        return torch.cat([z_2, z_1], -1), log_top + log_bottom
-
-    def leading_marginal(self, dim: int) -> dist.TorchDistribution | None:
-        return leading_marginal(self.top, dim) if dim <= self.top_dim else None
-
-
-def rsample_and_log_prob(d, sample_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-    """z = d.rsample(sample_shape) and log d(z): fused where the distribution offers it (log q from
-    the reparameterization noise), else rsample then log_prob (the same value and gradient)."""
-    if hasattr(d, "rsample_and_log_prob"):
-        return d.rsample_and_log_prob(sample_shape)
-    z = d.rsample(sample_shape)
-    return z, d.log_prob(z)
 
 
 @PRIORS.register("hierarchical")

@@ -52,9 +52,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
+from .distributions import LOG_2PI, rsample_and_log_prob
 from .errors import ProgramError
 from .numerics import standard_normal
-from .priors import LOG_2PI, rsample_and_log_prob
 
 DATA_PLATE = "data"
 OBSERVED = "x"

@@ -1,0 +1,543 @@
+"""The custom distributions that priors, guides and likelihoods return, and their registered KLs.
+
+Each is a ``pyro.distributions.TorchDistribution`` (or a thin ``Independent``) with the event shape
+its component declares: a latent vector ``(latent_dim,)`` for priors and guides, the image
+``(C, H, W)`` for likelihoods; ``log_prob`` sums over the event (nats per datapoint). What makes
+them custom is always one of three things: a closed form torch does not register (the diagonal
+Normal's KL to N(0, I)), noise drawn so that data-parallel training gives every datapoint the draws
+of one process (``numerics.standard_normal``), or an image likelihood whose ``log_prob`` is cheaper
+or exact where the generic one is not (Bernoulli with logits, discretized logistic mixtures,
+autoregressive pixels). Nothing here holds parameters: networks (``networks.py``) produce the
+arguments and components (``priors.py``, ``guides.py``, ``likelihoods.py``) choose the family.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints, register_kl
+from torch.nn import functional as F
+
+from .config import require
+from .numerics import standard_normal
+
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def diagonal_gaussian_parameters(q) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(loc, scale) if q is a Gaussian with diagonal covariance over its last dimension, else None."""
+    base = getattr(q, "base_dist", None)
+    if isinstance(base, torch.distributions.Normal) and getattr(q, "reinterpreted_batch_ndims", 0) == 1:
+        return base.loc, base.scale
+    return None
+
+
+def inverse_softplus(y: torch.Tensor | float) -> torch.Tensor:
+    """x with softplus(x) = y (y > 0): lets a trainable scale start at a chosen value."""
+    y = torch.as_tensor(y, dtype=torch.get_default_dtype())
+    return y + torch.log(-torch.expm1(-y))
+
+
+class DiagonalGaussianMixture(dist.TorchDistribution):
+    """sum_k pi_k N(z; mu_k, diag sigma_k^2) over the last dimension.
+
+    log_prob expands the squares, -1/2 (z - mu)^2 / sigma^2 = -1/2 (z^2 / sigma^2 - 2 z mu / sigma^2
+    + mu^2 / sigma^2), so the (points x components) table is two matrix products and memory holds
+    no (points x components x D) tensor: what makes a 500-component VampPrior affordable when
+    log p(z) is evaluated for thousands of importance samples.
+    """
+
+    arg_constraints = {"logits": constraints.real, "locs": constraints.real, "scales": constraints.positive}
+    support = constraints.independent(constraints.real, 1)
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor,
+                 batch_shape: torch.Size = torch.Size(), validate_args: bool | None = None) -> None:
+        self.logits, self.locs, self.scales = logits, locs, scales
+        super().__init__(torch.Size(batch_shape), locs.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> "DiagonalGaussianMixture":
+        new = self._get_checked_instance(DiagonalGaussianMixture, _instance)
+        new.logits, new.locs, new.scales = self.logits, self.locs, self.scales
+        super(DiagonalGaussianMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def component_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; mu_k, diag sigma_k^2) for every component: shape (*z.shape[:-1], K)."""
+        precision = self.scales.pow(-2)  # (K, D)
+        quadratic = z.pow(2) @ precision.T - 2 * z @ (self.locs * precision).T + (self.locs.pow(2) * precision).sum(-1)
+        return -0.5 * quadratic - self.scales.log().sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(z)
+        return torch.logsumexp(self.component_log_probs(z) + torch.log_softmax(self.logits, -1), -1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            k = torch.distributions.Categorical(logits=self.logits).sample(shape[:-1])
+            return self.locs[k] + self.scales[k] * torch.randn(shape, dtype=self.locs.dtype, device=self.locs.device)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (torch.softmax(self.logits, -1)[:, None] * self.locs).sum(0).expand(self._extended_shape())
+
+
+class StandardNormal(dist.Independent):
+    """N(0, I) over the last dimension; log_prob = -|z|^2 / 2 - (D/2) log 2 pi, without the
+    (z - 0) / 1 arithmetic of a general Normal (same value, fewer operations per step)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return -0.5 * value.pow(2).sum(-1) - 0.5 * value.shape[-1] * LOG_2PI
+
+
+class UniformMixture(dist.TorchDistribution):
+    """(1/K) sum_k q_k(z) for a distribution q with batch shape (K,): log_prob evaluates every q_k at
+    every z (z expanded against the K components explicitly, which flows need)."""
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, components, batch_shape: torch.Size = torch.Size(), validate_args: bool | None = None) -> None:
+        self.component_distribution = components
+        super().__init__(torch.Size(batch_shape), components.event_shape, validate_args=validate_args)
+
+    @property
+    def support(self):
+        return self.component_distribution.support
+
+    def expand(self, batch_shape, _instance=None) -> "UniformMixture":
+        new = self._get_checked_instance(UniformMixture, _instance)
+        new.component_distribution = self.component_distribution
+        super(UniformMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        return new
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        k = self.component_distribution.batch_shape[-1]
+        expanded = z.unsqueeze(-2).expand(*z.shape[:-1], k, z.shape[-1])
+        return torch.logsumexp(self.component_distribution.log_prob(expanded), -1) - math.log(k)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            draws = self.component_distribution.sample(shape[:-1])  # (*shape[:-1], K, D)
+            pick = torch.randint(0, draws.shape[-2], shape[:-1], device=draws.device)
+            return draws.gather(-2, pick[..., None, None].expand(*shape[:-1], 1, shape[-1])).squeeze(-2)
+
+
+def split_latent(latent_dim: int, top_dim: int | None) -> tuple[int, int]:
+    """(dim z_2, dim z_1) of a two-layer latent z = (z_2, z_1): ``top_dim`` (None: half the latent
+    dimension, rounded up) and the rest; both layers need at least one coordinate."""
+    require(latent_dim >= 2, f"two stochastic layers need latent_dim >= 2 (one coordinate each), got {latent_dim}.")
+    top = math.ceil(latent_dim / 2) if top_dim is None else top_dim
+    require(1 <= top < latent_dim,
+            f"top_dim must be in [1, latent_dim - 1] = [1, {latent_dim - 1}] (z_1 gets the rest), got {top}.")
+    return top, latent_dim - top
+
+
+def leading_marginal(q, dim: int) -> dist.TorchDistribution | None:
+    """q's marginal over the first ``dim`` coordinates of z where it is a diagonal Gaussian in closed
+    form (a diagonal Gaussian's slice; the top layer of a two-layer latent), else None (e.g. an IAF)."""
+    own = getattr(q, "leading_marginal", None)
+    if own is not None:
+        return own(dim)
+    diagonal = diagonal_gaussian_parameters(q)
+    if diagonal is None:
+        return None
+    if dim == q.event_shape[-1]:
+        return q
+    loc, scale = diagonal
+    return dist.Normal(loc[..., :dim], scale[..., :dim]).to_event(1)
+
+
+class TwoLayerLatent(dist.TorchDistribution):
+    """A density over z = (z_2, z_1), z_2 ~ ``top`` and z_1 | z_2 ~ ``conditional(z_2)``:
+    log p(z) = log top(z_2) + log conditional(z_2)(z_1), drawn top layer first (ancestral sampling).
+
+    The hierarchical prior's p(z_2) p(z_1|z_2) and the hierarchical guide's q(z_2|x) q(z_1|x, z_2)
+    are both this. ``conditional`` maps z_2 of shape (*sample, *batch, dim z_2) to a distribution
+    over z_1 with that batch shape. Reparameterized when both layers are (z_1 = mu(z_2) + sigma(z_2)
+    eps_1 carries the gradient of z_2 along). There is no closed form for the mean or for a KL.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.real, 1)
+
+    def __init__(self, top: dist.TorchDistribution, conditional: Callable[[torch.Tensor], dist.TorchDistribution],
+                 bottom_dim: int, validate_args: bool | None = None) -> None:
+        self.top, self.conditional, self.top_dim = top, conditional, top.event_shape[-1]
+        super().__init__(top.batch_shape, torch.Size([self.top_dim + bottom_dim]), validate_args=validate_args)
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.top.has_rsample
+
+    def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_2, z_1): the first ``top_dim`` coordinates of z and the rest."""
+        return z[..., : self.top_dim], z[..., self.top_dim:]
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(z)
+        z_2, z_1 = self.split(z)
+        return self.top.log_prob(z_2) + self.conditional(z_2).log_prob(z_1)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        z_2 = self.top.rsample(sample_shape)
+        return torch.cat([z_2, self.conditional(z_2).rsample()], -1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            z_2 = self.top.sample(sample_shape)
+            return torch.cat([z_2, self.conditional(z_2).sample()], -1)
+
+    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and log p(z) together, each layer's log-density from its own noise where it offers that."""
+        z_2, log_top = rsample_and_log_prob(self.top, sample_shape)
+        z_1, log_bottom = rsample_and_log_prob(self.conditional(z_2), torch.Size())
+        return torch.cat([z_2, z_1], -1), log_top + log_bottom
+
+    def leading_marginal(self, dim: int) -> dist.TorchDistribution | None:
+        return leading_marginal(self.top, dim) if dim <= self.top_dim else None
+
+
+def rsample_and_log_prob(d, sample_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """z = d.rsample(sample_shape) and log d(z): fused where the distribution offers it (log q from
+    the reparameterization noise), else rsample then log_prob (the same value and gradient)."""
+    if hasattr(d, "rsample_and_log_prob"):
+        return d.rsample_and_log_prob(sample_shape)
+    z = d.rsample(sample_shape)
+    return z, d.log_prob(z)
+
+
+class DiagonalNormal(dist.Independent):
+    """N(loc, diag scale^2) over the last dimension, reparameterized: z = loc + scale * eps.
+
+    ``rsample_and_log_prob`` returns z together with log q(z), computed from the noise eps as
+    sum(-eps^2/2 - log scale) - (D/2) log 2 pi: the same value and total gradient as
+    ``log_prob(z)``, in fewer operations. ``log_prob`` itself is the general formula, so that
+    path-derivative estimators (STL, DReG) can differentiate log q with respect to z.
+    """
+
+    def log_prob_detached(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z) with the parameters cut from the graph: the value of ``log_prob(z)``, with
+        gradient only through z (the path derivative used by STL and DReG)."""
+        base = self.base_dist
+        loc, scale = base.loc.detach(), base.scale.detach()
+        return (-0.5 * ((z - loc) / scale).pow(2) - scale.log()).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
+
+    def noise(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """eps ~ N(0, I) shaped like a sample (the datapoints are dimension -2); in data-parallel
+        training the whole global batch's noise, this process's rows kept (``numerics.sharded_noise``)."""
+        base = self.base_dist
+        return standard_normal(base._extended_shape(sample_shape), -2, base.loc.dtype, base.loc.device)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        base = self.base_dist
+        return base.loc + self.noise(sample_shape) * base.scale
+
+    def rsample_with_noise(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+        """z = loc + scale * eps and the noise eps it was drawn from."""
+        base = self.base_dist
+        eps = self.noise(sample_shape)
+        return base.loc + eps * base.scale, eps
+
+    def log_prob_of_noise(self, eps: torch.Tensor) -> torch.Tensor:
+        """log q(loc + scale * eps) from eps: sum(-eps^2/2 - log scale) - (D/2) log 2 pi."""
+        return (-0.5 * eps.pow(2) - self.base_dist.scale.log()).sum(-1) - 0.5 * eps.shape[-1] * LOG_2PI
+
+    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+        z, eps = self.rsample_with_noise(sample_shape)
+        return z, self.log_prob_of_noise(eps)
+
+
+def normal_of_one_shape(loc: torch.Tensor, scale: torch.Tensor) -> dist.Normal:
+    """Normal(loc, scale); for a loc and scale of one shape without ``broadcast_all``'s expanded views
+    of them (each a node of the autograd graph, on every step)."""
+    if loc.shape != scale.shape:
+        return dist.Normal(loc, scale)
+    normal = dist.Normal.__new__(dist.Normal)
+    normal.loc, normal.scale = loc, scale
+    torch.distributions.Distribution.__init__(normal, loc.shape)  # (validates the arguments where that is on)
+    return normal
+
+
+@register_kl(DiagonalNormal, StandardNormal)
+def _kl_diagonal_normal_standard_normal(q: DiagonalNormal, p: StandardNormal) -> torch.Tensor:
+    """KL(N(mu, diag sigma^2) || N(0, I)) = sum_i (sigma_i^2 + mu_i^2 - 1) / 2 - log sigma_i."""
+    loc, scale = q.base_dist.loc, q.base_dist.scale
+    kl = 0.5 * (scale.pow(2) + loc.pow(2) - 1).sum(-1) - scale.log().sum(-1)
+    if p.batch_shape == q.batch_shape or not p.batch_shape:
+        return kl
+    return kl.expand(torch.broadcast_shapes(q.batch_shape, p.batch_shape))
+
+
+class BernoulliImage(dist.TorchDistribution):
+    """Independent Bernoulli pixels over the rightmost ``event_dim`` dimensions, from logits.
+
+    The same distribution as ``Bernoulli(logits=logits).to_event(event_dim)``, in one object:
+    log_prob = -(binary cross-entropy summed over the event), negated after the sum. (Fewer objects
+    and full-image passes per step than the composed form; ``tests/test_likelihoods.py`` checks
+    that both agree.)
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, event_dim: int, validate_args: bool | None = None) -> None:
+        self.logits = logits
+        cut = logits.dim() - event_dim
+        super().__init__(logits.shape[:cut], logits.shape[cut:], validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.independent(constraints.boolean, len(self.event_shape))
+
+    def expand(self, batch_shape, _instance=None) -> "BernoulliImage":
+        new = self._get_checked_instance(BernoulliImage, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self.event_shape)
+        super(BernoulliImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        p = torch.sigmoid(self.logits)
+        return p * (1 - p)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.bernoulli(torch.sigmoid(self.logits).expand(self._extended_shape(sample_shape)))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits
+        if logits.shape != value.shape:
+            logits, value = torch.broadcast_tensors(logits, value)
+        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -bce.sum(tuple(range(-len(self.event_shape), 0)))
+
+    def log_prob_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """``log_prob(value).sum()`` (over the batch too), with the sum fused into the cross-entropy."""
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits
+        if logits.shape != value.shape:
+            logits, value = torch.broadcast_tensors(logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="sum")
+
+
+class AutoregressiveBernoulliImage(dist.TorchDistribution):
+    """Binary pixels in raster order: p(x|z) = prod_i Bern(x_i; sigmoid(l_i)), l_i = logit(x_<i, z).
+
+    ``context`` is the decoder's head (*batch, P, 1, H, W); ``net`` is the likelihood module that
+    turns (pixels before i, context at i) into l_i (:class:`PixelCNNBernoulliLikelihood`).
+    ``log_prob`` computes every l_i in one pass (the pixels before i are observed); ``sample``
+    draws pixel by pixel. The mean E[x|z] has no closed form, so there is no ``mean``.
+    """
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, context: torch.Tensor, net: torch.nn.Module, validate_args: bool | None = None) -> None:
+        self.context, self.net = context, net
+        super().__init__(context.shape[:-4], context.shape[-3:], validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.independent(constraints.boolean, 3)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(AutoregressiveBernoulliImage, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.context, new.net = self.context.expand(batch_shape + self.context.shape[-4:]), self.net
+        super(AutoregressiveBernoulliImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def logits(self, value: torch.Tensor) -> torch.Tensor:
+        """l_i for every pixel of ``value`` (*vbatch, 1, H, W): shape (*broadcast batch, H, W)."""
+        return self.net.logits(self.net.pixel_part(value), self.net.context_part(self.context))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits(value)
+        target = value.squeeze(-3).expand_as(logits)
+        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((-2, -1))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """x_1, x_2, ... in raster order, each drawn given those before it (H * W passes over a band
+        of ``rows_seen + 1`` rows: the causal stack reaches no further up)."""
+        with torch.no_grad():
+            shape = self._extended_shape(sample_shape)
+            context = self.net.context_part(self.context.expand(torch.Size(sample_shape) + self.context.shape))
+            x = torch.zeros(shape, dtype=self.context.dtype, device=self.context.device)
+            height, width = shape[-2:]
+            reach = self.net.stack.rows_seen
+            for i in range(height):
+                top = max(0, i - reach)
+                for j in range(width):
+                    band = self.net.pixel_part(x[..., top : i + 1, :])
+                    logit = self.net.logits(band[..., -1:, j : j + 1, :], context[..., i : i + 1, j : j + 1, :])
+                    u = torch.rand(logit.shape, dtype=x.dtype, device=x.device)
+                    x[..., 0, i : i + 1, j : j + 1] = (u < torch.sigmoid(logit)).to(x.dtype)
+            return x
+
+
+def _log1mexp(d: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(d)) for d < 0, accurate near 0 and far from it (Maechler 2012)."""
+    return torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+
+
+class DiscretizedLogisticMixtureImage(dist.TorchDistribution):
+    """Per pixel, a mixture of K logistics discretized to the 256 levels of 8-bit data (PixelCNN++).
+
+    A level k is y = 2k/255 - 1 in [-1, 1]; its bin is [y - 1/255, y + 1/255], except that the
+    first and last bins extend to -inf and +inf, so the 256 probabilities sum to one. With F the
+    logistic CDF, P(k) = sum_j pi_j [F((y + 1/255 - mu_j)/s_j) - F((y - 1/255 - mu_j)/s_j)], computed
+    as log sigma(a) + log sigma(-b) + log(1 - exp(b - a)) (stable in both tails).
+    ``params`` is (*batch, 3K, *event): K mixture logits, K locations, K log-scales.
+    """
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, params: torch.Tensor, components: int, event_dim: int, min_log_scale: float = -7.0,
+                 validate_args: bool | None = None) -> None:
+        self.components, self.min_log_scale = components, min_log_scale
+        k_dim = params.dim() - event_dim - 1
+        self.logit_weights, self.locs, raw_log_scales = params.split(components, dim=k_dim)
+        self.log_scales = min_log_scale + F.softplus(raw_log_scales - min_log_scale)
+        super().__init__(params.shape[:k_dim], params.shape[k_dim + 1 :], validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiscretizedLogisticMixtureImage, _instance)
+        batch_shape = torch.Size(batch_shape)
+        shape = batch_shape + (self.components,) + self.event_shape
+        new.components, new.min_log_scale = self.components, self.min_log_scale
+        new.logit_weights = self.logit_weights.expand(shape)
+        new.locs = self.locs.expand(shape)
+        new.log_scales = self.log_scales.expand(shape)
+        super(DiscretizedLogisticMixtureImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _k_dim(self) -> int:
+        return -1 - len(self.event_shape)
+
+    def level_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """log P(x) per pixel (summed over nothing): x in [0, 1] on the 8-bit levels."""
+        y = (2 * x - 1).unsqueeze(self._k_dim())
+        centred = y - self.locs
+        inv_scale = torch.exp(-self.log_scales)
+        upper = inv_scale * (centred + 1 / 255)
+        lower = inv_scale * (centred - 1 / 255)
+        middle = F.logsigmoid(upper) + F.logsigmoid(-lower) + _log1mexp(lower - upper)
+        log_p = torch.where(y < -0.999, F.logsigmoid(upper), torch.where(y > 0.999, F.logsigmoid(-lower), middle))
+        weights = torch.log_softmax(self.logit_weights, self._k_dim())
+        return torch.logsumexp(weights + log_p, self._k_dim())
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.level_log_probs(value).sum(tuple(range(-len(self.event_shape), 0)))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """sum_j pi_j mu_j mapped back to [0, 1] and kept there: the mixture's location (for pictures)."""
+        weights = torch.softmax(self.logit_weights, self._k_dim())
+        y = (weights * self.locs).sum(self._k_dim())
+        return ((y + 1) / 2).clamp(0, 1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            shape = torch.Size(sample_shape) + self.locs.shape
+            gumbel = -torch.log(-torch.log(torch.rand(shape, device=self.locs.device).clamp_min(1e-12)))
+            pick = (self.logit_weights + gumbel).argmax(self._k_dim(), keepdim=True)
+            loc = self.locs.expand(shape).gather(self._k_dim(), pick).squeeze(self._k_dim())
+            log_scale = self.log_scales.expand(shape).gather(self._k_dim(), pick).squeeze(self._k_dim())
+            u = torch.rand(loc.shape, device=loc.device).clamp(1e-6, 1 - 1e-6)
+            y = loc + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
+            # the edge bins are open: everything below the first level's bin is level 0, above the last is 255
+            return ((y + 1) / 2 * 255).round().clamp(0, 255) / 255
+
+
+class CategoricalImage(dist.TorchDistribution):
+    """Per pixel, a 256-way categorical over the 8-bit levels; ``logits`` is (*batch, 256, *event)."""
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, event_dim: int, validate_args: bool | None = None) -> None:
+        self.logits = logits
+        cut = logits.dim() - event_dim - 1
+        super().__init__(logits.shape[:cut], logits.shape[cut + 1 :], validate_args=validate_args)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(CategoricalImage, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + (256,) + self.event_shape)
+        super(CategoricalImage, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _level_dim(self) -> int:
+        return -1 - len(self.event_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        levels = (value * 255).round().long().unsqueeze(self._level_dim())
+        log_p = torch.log_softmax(self.logits, self._level_dim())
+        levels = levels.expand(*log_p.shape[: self._level_dim()], 1, *self.event_shape)
+        return log_p.gather(self._level_dim(), levels).squeeze(self._level_dim()).sum(
+            tuple(range(-len(self.event_shape), 0)))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        levels = torch.arange(256, dtype=self.logits.dtype, device=self.logits.device) / 255
+        levels = levels.reshape((256,) + (1,) * len(self.event_shape))
+        return (torch.softmax(self.logits, self._level_dim()) * levels).sum(self._level_dim())
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.logits.movedim(self._level_dim(), -1)
+            k = torch.distributions.Categorical(logits=logits).sample(sample_shape)
+            return k.to(self.logits.dtype) / 255
+
+
+class ShiftedImage(dist.Independent):
+    """An image distribution whose log_prob is shifted by a constant: a change of units, e.g. the
+    log-Jacobian of squeezing the data, or -D log 256 for uniformly dequantized 8-bit data."""
+
+    def __init__(self, base, event_dim: int, shift: float) -> None:
+        super().__init__(base, event_dim)
+        self.shift = shift
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ShiftedImage, _instance)
+        new = super().expand(batch_shape, new)
+        new.shift = self.shift
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return super().log_prob(value) + self.shift
