@@ -573,10 +573,19 @@ class EvalConfig:
         require(self.exact_points >= 0, f"{where}.exact_points must be >= 0, got {self.exact_points}.")
 
 
+#: the version of the config's layout, written into every config.toml (``schema``). A config
+#: without one predates it: version 1 (read with ``_migrated``'s conversions of older keys).
+CONFIG_SCHEMA = 1
+
+
 @dataclass
 class Config:
-    """Everything that defines a run; ``config.toml`` in a run folder is this, resolved."""
+    """Everything that defines a run; ``config.toml`` in a run folder is this, resolved.
 
+    ``schema`` is the version of this layout (written, not chosen: a config file written by a
+    newer pyro-vae, with a higher one, is refused rather than misread)."""
+
+    schema: int = CONFIG_SCHEMA
     seed: int = 0
     device: str = "auto"
     data: dict = component("dataset", "mnist5k")
@@ -585,6 +594,10 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self, where: str) -> None:
+        require(self.schema <= CONFIG_SCHEMA,
+                f"this config has schema = {self.schema}: it was written by a newer pyro-vae than this one, which "
+                f"reads configs up to schema {CONFIG_SCHEMA}. Upgrade pyro-vae (pip install -U pyro-vae) to use it.")
+        require(self.schema >= 1, f"schema must be a version >= 1, got {self.schema}.")
         require(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}.",
@@ -615,8 +628,9 @@ class Config:
 
 
 def _migrated(raw: dict[str, Any]) -> dict[str, Any]:
-    """A config of an earlier pyro-vae as today's: ``train.engine`` ("direct" or "pyro", two
-    computations of the same terms, tested equal) is gone; the terms source follows the program."""
+    """A config of an earlier pyro-vae as today's (schema 1, and files from before the schema key):
+    ``train.engine`` ("direct" or "pyro", two computations of the same terms, tested equal) is gone;
+    the terms source follows the program. A later schema adds its conversions here, by version."""
     train = raw.get("train")
     if isinstance(train, dict) and train.get("engine") in ("direct", "pyro"):
         raw = {**raw, "train": {k: v for k, v in train.items() if k != "engine"}}

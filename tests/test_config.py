@@ -176,6 +176,21 @@ def test_registry_descriptions_cover_every_component_and_option():
                 assert option.help, f"{registry.kind} '{name}' option '{option.name}' needs help text"
 
 
+def test_every_config_file_carries_its_schema_version_and_a_newer_one_is_refused(tmp_path):
+    from pyro_vae.config import CONFIG_SCHEMA
+
+    text = Config().to_toml()
+    assert text.splitlines()[0] == f"schema = {CONFIG_SCHEMA}" and CONFIG_SCHEMA == 1
+    old = "\n".join(line for line in text.splitlines() if not line.startswith("schema"))  # from before the key
+    (tmp_path / "old.toml").write_text(old)
+    assert Config.load(tmp_path / "old.toml") == Config.from_dict({})
+    (tmp_path / "new.toml").write_text(text.replace(f"schema = {CONFIG_SCHEMA}", f"schema = {CONFIG_SCHEMA + 1}"))
+    with pytest.raises(ConfigError, match=f"schema = {CONFIG_SCHEMA + 1}: it was written by a newer pyro-vae"):
+        Config.load(tmp_path / "new.toml")
+    with pytest.raises(ConfigError, match="schema must be a version >= 1"):
+        Config.from_dict({"schema": 0})
+
+
 def test_a_config_of_an_earlier_version_with_train_engine_still_loads():
     """train.engine chose between two computations of the same terms (tested equal); it is gone,
     and a run folder written with it still loads, as the same config."""
