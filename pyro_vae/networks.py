@@ -9,6 +9,7 @@ Bodies derive from ``Body``, which lets training run them in mixed precision (``
 
 from __future__ import annotations
 
+import contextvars
 import math
 from contextlib import contextmanager
 from typing import Iterator, Literal
@@ -43,25 +44,35 @@ class Network(Component):
 class Body(nn.Module):
     """Base class of encoder and decoder bodies; a subclass implements ``compute(x)``.
 
-    ``compute_dtype`` (None: off) runs ``compute`` under ``torch.autocast`` in that dtype: mixed
-    precision, where matrix products and convolutions read their inputs and weights in the lower
-    precision, accumulate in float32 and round their outputs to it (bfloat16: about 3 significant
-    digits), while the parameters, their gradients and everything outside the body stay float32.
-    The body's output is returned in the input's dtype, so every density, KL and bound downstream
-    is computed in float32. Set it with ``mixed_precision``, never by hand.
+    Inside :func:`mixed_precision` (a training step's context, not an attribute of the module),
+    ``compute`` runs under ``torch.autocast`` in that dtype: matrix products and convolutions read
+    their inputs and weights in the lower precision, accumulate in float32 and round their outputs
+    to it (bfloat16: about 3 significant digits), while the parameters, their gradients and
+    everything outside the body stay float32. The body's output is returned in the input's dtype,
+    so every density, KL and bound downstream is computed in float32.
     """
 
-    compute_dtype: torch.dtype | None = None
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The dtype this body computes in now (None: its parameters' own, outside mixed_precision)."""
+        active = _PRECISION.get()
+        return active[1] if active is not None and id(self) in active[0] else None
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compute_dtype is None:
+        dtype = self.compute_dtype
+        if dtype is None:
             return self.compute(x)
-        with torch.autocast(x.device.type, dtype=self.compute_dtype):
+        with torch.autocast(x.device.type, dtype=dtype):
             out = self.compute(x)
         return out.to(x.dtype)
+
+
+#: (the ids of the bodies that compute in lower precision, that dtype) inside ``mixed_precision``
+_PRECISION: contextvars.ContextVar[tuple[frozenset[int], torch.dtype] | None] = \
+    contextvars.ContextVar("mixed_precision", default=None)
 
 
 @contextmanager
@@ -80,13 +91,11 @@ def mixed_precision(bodies: list[nn.Module], dtype: torch.dtype | None) -> Itera
             f"pyro_vae.networks.Body (which implement compute(x)); {type(body).__name__} is not one. "
             f"Derive it from Body, or train in float32 (train.precision = \"float32\").",
         )
+    token = _PRECISION.set((frozenset(id(body) for body in bodies), dtype))
     try:
-        for body in bodies:
-            body.compute_dtype = dtype
         yield
     finally:
-        for body in bodies:
-            body.compute_dtype = None
+        _PRECISION.reset(token)
 
 
 def _activated(make, width: int, activation: str, dim: int = -1) -> list[nn.Module]:

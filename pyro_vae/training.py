@@ -151,6 +151,26 @@ def adam(module: torch.nn.Module, lr: float, device: torch.device) -> torch.opti
     return torch.optim.Adam(module.parameters(), lr=lr, fused=device.type in ("cpu", "cuda") or None)
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What one training step runs under besides its batch: ``kl_weight``, beta of KL warm-up;
+    ``shard``, this process's datapoints [start, stop) of a global batch of ``total`` in
+    data-parallel training (None: the whole batch), whose reparameterization noise is drawn for the
+    whole batch (``numerics.sharded_noise``); ``compute_dtype``, the precision the program's network
+    bodies compute in (None: float32; ``networks.mixed_precision``). Context, not module state: it
+    holds inside :meth:`applied` only."""
+
+    kl_weight: float = 1.0
+    shard: tuple[int, int, int] | None = None
+    compute_dtype: torch.dtype | None = None
+
+    @contextmanager
+    def applied(self, bodies: list[torch.nn.Module]) -> Iterator[None]:
+        with sharded_noise(*self.shard) if self.shard is not None else nullcontext(), \
+                mixed_precision(bodies, self.compute_dtype):
+            yield
+
+
 def svi_step(
     program, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float = 1.0,
     dist: Distributed = SINGLE,
@@ -531,13 +551,13 @@ class Trainer:
         if not self.program.module.training:  # (evaluation between steps restores the mode it found)
             self.program.module.train()
         x = self.program.contract.prepare_batch(self.data.train[index], self.generator)  # the whole global batch
-        shard = nullcontext()
+        context = StepContext(kl_weight, None, self.compute_dtype)
         if self.dist.active:  # ... of which this rank keeps its shard, noise included
             start, stop = self.dist.shard(x.shape[0])
-            shard = sharded_noise(start, stop, x.shape[0])
+            context = StepContext(kl_weight, (start, stop, x.shape[0]), self.compute_dtype)
             x = x[start:stop]
-        with shard, mixed_precision(self.bodies, self.compute_dtype):  # steps only
-            loss = svi_step(self.program, self.objective, self.optimizer, x, kl_weight, self.dist)
+        with context.applied(self.bodies):  # (steps only: scores and evaluations run in float32)
+            loss = svi_step(self.program, self.objective, self.optimizer, x, context.kl_weight, self.dist)
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "
