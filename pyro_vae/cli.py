@@ -597,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults)")
     overrides(p)
     p.add_argument("--objectives", default="elbo,elbo-analytic-kl,iwae,stl,dreg",
-                   help="comma-separated objective names, each optionally NAME:K (default: %(default)s)")
+                   help="comma-separated objectives, each NAME, NAME:K (K samples per datapoint) or "
+                   "NAME(key=value; ...):K with options, e.g. 'score-function(baseline=none):4' "
+                   "(default: %(default)s)")
     p.add_argument("--particles", "-k", type=int, default=10,
                    help="samples per datapoint for every objective without its own :K, and the K of the "
                    "test IWAE bound (default 10)")

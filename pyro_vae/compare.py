@@ -32,13 +32,15 @@ from pathlib import Path
 from typing import Callable
 
 import pyro
+import torch
 
 from . import plots
-from .config import DATASETS, OBJECTIVES, Config
+from .config import DATASETS, OBJECTIVES, Config, parse_value
 from .errors import ConfigError, TrainingDiverged
 from .evaluation import EvaluationSettings, evaluate
 from .files import write_text
-from .metrics import gradient_statistics
+from .exact import ENUMERATION_MAX_STATES, enumerable_site
+from .metrics import exact_gradient, gradient_statistics
 from .runs import CONFIG, prepare_run_dir, run_lock
 from .training import Trainer
 
@@ -74,15 +76,46 @@ class Budget:
         return step / self.steps if self.steps is not None else seconds / self.seconds  # type: ignore[operator]
 
 
+_ITEM = re.compile(r"^(?P<name>[\w-]+)(?:\((?P<options>[^()]*)\))?(?::(?P<k>\d+))?$")
+
+
+def _items(text: str) -> list[str]:
+    """The comma-separated items of --objectives (commas inside parentheses kept with their item)."""
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [t for t in [*items, current.strip()] if t]
+
+
 def parse_objectives(text: str, particles: int) -> list[dict]:
-    """``"elbo,iwae,dreg:64"`` -> objective tables; every objective gets ``particles`` samples per
-    datapoint unless it names its own after a colon."""
+    """``"elbo,iwae,dreg:64,score-function(baseline=none; decay=0.5):4"`` -> objective tables:
+    NAME, options in parentheses (``key=value`` separated by ``;``, values in TOML syntax), and
+    after a colon the samples per datapoint; an objective that draws samples and names no K gets
+    ``particles``."""
     specs = []
-    for item in [t.strip() for t in text.split(",") if t.strip()]:
-        name, _, k = item.partition(":")
-        if k and not k.isdigit():
-            raise ConfigError(f"--objectives: {item!r} should be NAME or NAME:K with K a whole number.")
-        spec = {"name": name, "num_particles": int(k) if k else particles}
+    for item in _items(text):
+        match = _ITEM.match(item)
+        if match is None:
+            raise ConfigError(f"--objectives: {item!r} should be NAME, NAME:K or NAME(key=value; ...):K, "
+                              f"K a whole number.")
+        name, k = match["name"], match["k"]
+        options = {}
+        for pair in [p.strip() for p in (match["options"] or "").split(";") if p.strip()]:
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip():
+                raise ConfigError(f"--objectives: {pair!r} in {item!r} should be key=value.")
+            options[key.strip()] = parse_value(value.strip())
+        takes_particles = "num_particles" in OBJECTIVES.get(name, "--objectives").option_specs()
+        if k and not takes_particles:
+            raise ConfigError(f"--objectives: {name!r} takes no number of samples (it draws none: {item!r}).")
+        if "num_particles" in options:
+            raise ConfigError(f"--objectives: give {name}'s samples after a colon ({name}:K), not as num_particles.")
+        spec = {"name": name, **options, **({"num_particles": int(k) if k else particles} if takes_particles else {})}
         OBJECTIVES.build(spec, "--objectives")  # refuse unknown names and bad options now
         specs.append(spec)
     if not specs:
@@ -93,16 +126,24 @@ def parse_objectives(text: str, particles: int) -> list[dict]:
     return specs
 
 
+def _options(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k not in ("name", "num_particles")}
+
+
 def _units(active: int | None, dim: int | None) -> str:
     return "-" if active is None else f"{active}/{dim}"
 
 
 def label(spec: dict) -> str:
-    return f"{spec['name']} (K={spec['num_particles']})"
+    options = "; ".join(f"{k}={v}" for k, v in _options(spec).items())
+    name = f"{spec['name']}({options})" if options else spec["name"]
+    return f"{name} (K={spec['num_particles']})" if "num_particles" in spec else f"{name} (every state)"
 
 
 def folder_name(spec: dict) -> str:
-    return f"{spec['name']}-K{spec['num_particles']}"
+    options = "".join(f"-{k}-{v}" for k, v in _options(spec).items())
+    name = re.sub(r"[^\w.-]+", "-", f"{spec['name']}{options}")
+    return f"{name}-K{spec['num_particles']}" if "num_particles" in spec else name
 
 
 @dataclass
@@ -117,8 +158,8 @@ class ObjectiveResult:
     def row(self, iwae_k: int, final_samples: int) -> dict:
         f = self.final
         row = {
-            "objective": self.spec["name"],
-            "K": self.spec["num_particles"],
+            "objective": label(self.spec).rsplit(" (", 1)[0],
+            "K": self.spec.get("num_particles"),  # (None: the objective sums over every state)
             "steps": self.steps,
             "train_seconds": self.train_seconds,
             "ms_per_step": 1000 * self.train_seconds / max(self.steps, 1),
@@ -132,6 +173,10 @@ class ObjectiveResult:
             stats = self.gradients.get("end", {}).get(group)
             row[f"{group}_grad_variance"] = stats["variance"] if stats else float("nan")
             row[f"{group}_grad_snr"] = stats["snr"] if stats else float("nan")
+            if stats and "bias" in stats:  # (a discrete latent: against the exactly enumerated gradient)
+                row[f"{group}_grad_bias"] = stats["bias"]
+                row[f"{group}_grad_bias_stderr"] = stats["bias_stderr"]
+                row[f"{group}_grad_relative_bias"] = stats["relative_bias"]
         return row
 
 
@@ -204,6 +249,7 @@ class Comparison:
         result = ObjectiveResult(spec)
         next_curve, next_snapshot = 0, 0
         batches = trainer.batch_stream()
+        steps_per_epoch = math.ceil(trainer.data.train.shape[0] / cfg.train.batch_size)
         bar = tqdm(total=self.budget.steps, disable=not self.progress, unit="step", leave=False, dynamic_ncols=True)
         with pyro.validation_enabled(cfg.train.validate):
             while True:
@@ -211,7 +257,8 @@ class Comparison:
                 if next_snapshot < len(SNAPSHOTS) and done >= next_snapshot / 2:
                     result.gradients[SNAPSHOTS[next_snapshot]] = {
                         "step": result.steps,
-                        **gradient_statistics(program, objective, grad_x, self.grad_draws, seed=cfg.seed),
+                        **gradient_statistics(program, objective, grad_x, self.grad_draws, seed=cfg.seed,
+                                              reference=self._exact_gradient(program, grad_x)),
                     }
                     next_snapshot += 1
                 if next_curve <= self.curve_points and done >= next_curve / self.curve_points:
@@ -223,7 +270,8 @@ class Comparison:
                 started = time.perf_counter()  # training time: batch preparation and the SVI step
                 index = next(batches)
                 try:  # the learning-rate schedule over the budget (train.lr_final: lr * lr_final ** done)
-                    loss = trainer.train_step(index, lr=cfg.train.lr * cfg.train.lr_final ** min(1.0, done))
+                    loss = trainer.train_step(index, lr=cfg.train.lr * cfg.train.lr_final ** min(1.0, done),
+                                              epoch=result.steps / steps_per_epoch)
                 except TrainingDiverged as e:
                     raise TrainingDiverged(f"objective {label(spec)}: {e}") from None
                 result.train_seconds += time.perf_counter() - started
@@ -242,6 +290,14 @@ class Comparison:
         if spec["name"] == "iwae" or self._snr_state is None:  # SNR against K: at the IWAE run's end if any
             self._snr_state = (label(spec), program)
         return result
+
+    def _exact_gradient(self, program, x: torch.Tensor) -> dict | None:
+        """The ELBO's true gradient at these parameters where it can be computed (one discrete
+        latent of at most ENUMERATION_MAX_STATES states, every state summed), else None."""
+        site = enumerable_site(program)
+        if site is None or site[1] > ENUMERATION_MAX_STATES:
+            return None
+        return exact_gradient(program, x, max_states=ENUMERATION_MAX_STATES)
 
     def _curve_point(self, program, data, result: ObjectiveResult) -> dict:
         ev = evaluate(program, data.test, EvaluationSettings.of(self.config, self.curve_samples, exact_points=0))
@@ -271,17 +327,33 @@ class Comparison:
         trainer.write_checkpoint()
 
     def _snr_against_k(self) -> None:
-        """Encoder-gradient SNR of IWAE and DReG for several K, at one set of trained parameters."""
+        """Encoder-gradient SNR against the number of samples K, at one set of trained parameters:
+        IWAE and DReG for a continuous latent; for a discrete one, each compared estimator that
+        draws samples, with its bias against the exactly enumerated gradient."""
         where, program = self._snr_state
         grad_x = self.data.train_eval[: self.grad_batch]
-        table: dict[str, dict[int, float]] = {"iwae": {}, "dreg": {}}
+        reference = self._exact_gradient(program, grad_x) if program.discrete_latents else None
+        if program.discrete_latents:
+            specs = {label(s).rsplit(" (", 1)[0]: s for s in self.specs if "num_particles" in s}
+        else:
+            specs = {"iwae": {"name": "iwae"}, "dreg": {"name": "dreg"}}
+        table: dict[str, dict[int, float]] = {name: {} for name in specs}
+        bias: dict[str, dict[int, float]] = {name: {} for name in specs}
         with pyro.validation_enabled(self.config.train.validate):
-            for name in table:
+            for name, spec in specs.items():
                 for k in self.snr_ks:
-                    stats = gradient_statistics(
-                        program, OBJECTIVES.build({"name": name, "num_particles": k}), grad_x, self.grad_draws, self.config.seed)
+                    try:
+                        objective = OBJECTIVES.build({**spec, "num_particles": k})
+                    except ConfigError:  # (e.g. a leave-one-out baseline at K = 1)
+                        continue
+                    stats = gradient_statistics(program, objective, grad_x, self.grad_draws, self.config.seed,
+                                                reference=reference)
                     table[name][k] = stats["encoder"]["snr"]
+                    if reference is not None:
+                        bias[name][k] = stats["encoder"]["relative_bias"]
         self.snr_vs_k = {"parameters": f"end of the {where} run", "encoder_snr": table}
+        if reference is not None:
+            self.snr_vs_k["encoder_relative_bias"] = bias
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -299,7 +371,7 @@ class Comparison:
         for r in self.results:
             row = r.row(k, big)
             lines.append(
-                f"| {row['objective']} | {row['K']} | {row['steps']} | {row['train_seconds']:.1f} | "
+                f"| {row['objective']} | {row['K'] or 'all states'} | {row['steps']} | {row['train_seconds']:.1f} | "
                 f"{row['ms_per_step']:.2f} | {row['test_elbo']:.2f} | {row[f'test_iwae_bound_K{k}']:.2f} | "
                 f"{row[f'test_log_px_K{big}']:.2f} ± {row['test_log_px_stderr']:.2f} | "
                 f"{_units(row['active_units'], r.final['latent_dim'])} | {row['encoder_grad_variance']:.3g} | "
@@ -308,15 +380,25 @@ class Comparison:
         return "\n".join(lines)
 
     def gradient_markdown(self) -> str:
-        lines = ["| objective | snapshot | encoder variance | encoder SNR | decoder variance | decoder SNR |",
-                 "| --- | --- | --- | --- | --- | --- |"]
+        biased = any("bias" in g.get("encoder", {}) for r in self.results for g in r.gradients.values())
+        extra = " encoder bias ± s.e. (relative) | decoder bias ± s.e. (relative) |" if biased else ""
+        lines = ["| objective | snapshot | encoder variance | encoder SNR | decoder variance | decoder SNR |" + extra,
+                 "| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if biased else "")]
         for r in self.results:
             for snap in SNAPSHOTS:
                 g = r.gradients.get(snap)
                 if g:
-                    lines.append(f"| {label(r.spec)} | {snap} (step {g['step']}) | "
-                                 f"{g['encoder']['variance']:.3g} | {g['encoder']['snr']:.3f} | "
-                                 f"{g['decoder']['variance']:.3g} | {g['decoder']['snr']:.3f} |")
+                    line = (f"| {label(r.spec)} | {snap} (step {g['step']}) | "
+                            f"{g['encoder']['variance']:.3g} | {g['encoder']['snr']:.3f} | "
+                            f"{g['decoder']['variance']:.3g} | {g['decoder']['snr']:.3f} |")
+                    if biased:
+                        line += "".join(f" {g[p]['bias']:.3g} ± {g[p]['bias_stderr']:.2g} "
+                                        f"({g[p]['relative_bias']:.3f}) |" for p in ("encoder", "decoder"))
+                    lines.append(line)
+        if biased:
+            lines.append("\nbias: |mean of the estimator's draws - the exact gradient| (every latent state summed); "
+                         "s.e.: the size that distance has from the draws' noise alone (an unbiased estimator's bias "
+                         "is about its s.e.); relative: bias / |exact gradient|.")
         return "\n".join(lines)
 
     def _write(self) -> None:

@@ -541,3 +541,221 @@ class ShiftedImage(dist.Independent):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return super().log_prob(value) + self.shift
+
+
+# ---------------------------------------------------------------------------------------------
+# Discrete latents: one-hot groups and binary units
+
+
+class _OneHotGroupsSupport(constraints.Constraint):
+    """Vectors of M one-hot groups of K, flattened (event (M*K,))."""
+
+    is_discrete = True
+    event_dim = 1
+
+    def __init__(self, groups: int, classes: int) -> None:
+        self.groups, self.classes = groups, classes
+        super().__init__()
+
+    def check(self, value: torch.Tensor) -> torch.Tensor:
+        v = value.unflatten(-1, (self.groups, self.classes))
+        return (((v == 0) | (v == 1)).all(-1) & (v.sum(-1) == 1)).all(-1)
+
+
+def _gumbel(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise -log(-log u), u ~ U(0, 1) (clamped off 0)."""
+    u = torch.rand(shape, dtype=like.dtype, device=like.device)
+    return -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+
+
+class OneHotGroups(dist.TorchDistribution):
+    """M independent categorical groups of K classes, each one-hot, flattened to event (M*K,):
+    q(z) = prod_g Cat(z_g | softmax(logits_g)), ``logits`` of shape (*batch, M, K).
+
+    ``sample`` draws each group's class (no ``rsample``: a discrete latent has no path derivative);
+    ``enumerate_states`` lists every one of the K^M joint states; ``relaxed_rsample`` draws the
+    Gumbel-softmax (Concrete) relaxation at a temperature, or its straight-through version."""
+
+    arg_constraints = {"logits": constraints.real}
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, validate_args: bool | None = None) -> None:
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)  # normalized: log q(z_g = k)
+        self.groups, self.classes = logits.shape[-2:]
+        super().__init__(logits.shape[:-2], torch.Size([self.groups * self.classes]), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=1)
+    def support(self):
+        return _OneHotGroupsSupport(self.groups, self.classes)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.exp()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.probs.flatten(-2)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        p = self.probs
+        return (p * (1 - p)).flatten(-2)
+
+    def expand(self, batch_shape, _instance=None):
+        return OneHotGroups(self.logits.expand(*batch_shape, self.groups, self.classes))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """argmax_k (log q_gk + G_gk), G Gumbel(0, 1) noise (the Gumbel-max trick: an exact draw),
+        from uniforms of shape sample_shape + logits' shape (so an expanded q draws alike)."""
+        with torch.no_grad():
+            index = (self.logits + _gumbel(torch.Size(sample_shape) + self.logits.shape, self.logits)).argmax(-1)
+            return F.one_hot(index, self.classes).to(self.logits.dtype).flatten(-2)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return (value.unflatten(-1, (self.groups, self.classes)) * self.logits).sum((-1, -2))
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.probs * self.logits).sum((-1, -2))
+
+    def enumerate_states(self) -> torch.Tensor:
+        """Every joint state, (K^M, M*K): group g's class is digit g of the state index in base K."""
+        index = torch.arange(self.classes ** self.groups, device=self.logits.device)
+        digits = torch.stack([(index // self.classes ** g) % self.classes for g in reversed(range(self.groups))], -1)
+        return F.one_hot(digits, self.classes).to(self.logits.dtype).flatten(-2)
+
+    def relaxed_rsample(self, sample_shape: torch.Size, temperature: float, hard: bool = False) -> torch.Tensor:
+        """y_g = softmax((logits_g + G) / temperature), G Gumbel(0, 1) noise (Jang et al. 2017, Maddison
+        et al. 2017), flattened; ``hard``: the one-hot argmax forward, the relaxed gradient backward
+        (straight-through Gumbel)."""
+        gumbel = _gumbel(torch.Size(sample_shape) + self.logits.shape, self.logits)
+        y = torch.softmax((self.logits + gumbel) / temperature, -1)
+        if hard:
+            y = F.one_hot(y.argmax(-1), self.classes).to(y.dtype) - y.detach() + y
+        return y.flatten(-2)
+
+
+@register_kl(OneHotGroups, OneHotGroups)
+def _kl_one_hot_groups(q: OneHotGroups, p: OneHotGroups) -> torch.Tensor:
+    """sum_g sum_k q_gk (log q_gk - log p_gk)."""
+    return (q.probs * (q.logits - p.logits)).sum((-1, -2))
+
+
+class BernoulliUnits(dist.TorchDistribution):
+    """D independent binary units, event (D,): q(z) = prod_u Bern(z_u | sigmoid(logits_u)).
+
+    As :class:`OneHotGroups`: ``sample`` (no ``rsample``), ``enumerate_states`` (the 2^D binary
+    vectors), ``relaxed_rsample`` (the binary Concrete relaxation, or straight-through)."""
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.independent(constraints.boolean, 1)
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, validate_args: bool | None = None) -> None:
+        self.logits = logits
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.probs
+
+    @property
+    def variance(self) -> torch.Tensor:
+        p = self.probs
+        return p * (1 - p)
+
+    def expand(self, batch_shape, _instance=None):
+        return BernoulliUnits(self.logits.expand(*batch_shape, self.logits.shape[-1]))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.bernoulli(self.probs.expand(torch.Size(sample_shape) + self.logits.shape))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = torch.broadcast_tensors(self.logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        p = self.probs
+        return F.binary_cross_entropy_with_logits(self.logits, p, reduction="none").sum(-1)
+
+    def enumerate_states(self) -> torch.Tensor:
+        """Every state, (2^D, D): unit u is bit u of the state index (the first unit the most significant)."""
+        units = self.logits.shape[-1]
+        index = torch.arange(2 ** units, device=self.logits.device)
+        return torch.stack([(index >> (units - 1 - u)) & 1 for u in range(units)], -1).to(self.logits.dtype)
+
+    def relaxed_rsample(self, sample_shape: torch.Size, temperature: float, hard: bool = False) -> torch.Tensor:
+        """y = sigmoid((logits + log u - log(1 - u)) / temperature), u ~ U(0, 1) (the binary Concrete,
+        Maddison et al. 2017); ``hard``: the rounded value forward, the relaxed gradient backward."""
+        shape = torch.Size(sample_shape) + self.logits.shape
+        u = torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device).clamp(1e-6, 1 - 1e-6)
+        y = torch.sigmoid((self.logits + torch.log(u) - torch.log1p(-u)) / temperature)
+        if hard:
+            y = (y > 0.5).to(y.dtype) - y.detach() + y
+        return y
+
+
+@register_kl(BernoulliUnits, BernoulliUnits)
+def _kl_bernoulli_units(q: BernoulliUnits, p: BernoulliUnits) -> torch.Tensor:
+    """sum_u q_u (log q_u - log p_u) + (1 - q_u) (log (1 - q_u) - log (1 - p_u)), in log-sigmoids."""
+    on, off = F.logsigmoid(q.logits), F.logsigmoid(-q.logits)
+    return (q.probs * (on - F.logsigmoid(p.logits)) + (1 - q.probs) * (off - F.logsigmoid(-p.logits))).sum(-1)
+
+
+def _discrete_base(q):
+    """(kind, logits) of a latent distribution whose states can be listed: one-hot groups (logits
+    (*batch, M, K)), binary units (logits (*batch, D)), or Pyro's/torch's own OneHotCategorical and
+    Bernoulli reinterpreted over one event dimension (a user's guide); else (None, None)."""
+    if isinstance(q, OneHotGroups):
+        return "groups", q.logits
+    if isinstance(q, BernoulliUnits):
+        return "units", q.logits
+    if isinstance(q, torch.distributions.OneHotCategorical):
+        return "groups", q.logits.unsqueeze(-2)
+    if isinstance(q, torch.distributions.Independent) and q.reinterpreted_batch_ndims == 1 \
+            and isinstance(q.base_dist, torch.distributions.Bernoulli):
+        return "units", q.base_dist.logits
+    return None, None
+
+
+def enumerable(q) -> bool:
+    """Whether a latent distribution's every state can be listed (:func:`enumerate_states`)."""
+    return _discrete_base(q)[0] is not None
+
+
+def one_hot_groups(q) -> tuple[int, int] | None:
+    """(M, K) when q's latent is M one-hot groups of K classes, else None."""
+    kind, logits = _discrete_base(q)
+    return (logits.shape[-2], logits.shape[-1]) if kind == "groups" else None
+
+
+def state_count(q) -> int:
+    """How many joint states the latent of ``q`` has (K^M for M one-hot groups of K, 2^D for D binary units)."""
+    kind, logits = _discrete_base(q)
+    return logits.shape[-1] ** logits.shape[-2] if kind == "groups" else 2 ** logits.shape[-1]
+
+
+def enumerate_states(q) -> torch.Tensor:
+    """Every state of q's event, (states, *event_shape), in the order of ``OneHotGroups`` /
+    ``BernoulliUnits.enumerate_states``."""
+    kind, logits = _discrete_base(q)
+    if kind == "groups":
+        return OneHotGroups(logits.detach()[(0,) * (logits.dim() - 2)]).enumerate_states().view(-1, *q.event_shape)
+    return BernoulliUnits(logits.detach()[(0,) * (logits.dim() - 1)]).enumerate_states()
+
+
+def relaxed_sample(q, sample_shape: torch.Size, temperature: float, hard: bool = False) -> torch.Tensor:
+    """A reparameterized relaxation of a draw from discrete q (Gumbel-softmax for one-hot groups,
+    the binary Concrete for binary units; straight-through with ``hard``), shaped as q's samples."""
+    kind, logits = _discrete_base(q)
+    family = OneHotGroups(logits) if kind == "groups" else BernoulliUnits(logits)
+    y = family.relaxed_rsample(sample_shape, temperature, hard)
+    return y.view(*y.shape[:-1], *q.event_shape)

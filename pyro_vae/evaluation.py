@@ -28,9 +28,9 @@ import torch
 
 from .distributed import SINGLE, Distributed
 from .errors import RunDirError
-from .exact import ExactEvidence, closed_form_available, exact_evidence
+from .exact import ENUMERATION_MAX_STATES, ExactEvidence, closed_form_available, enumerable_site, exact_evidence
 from .files import save_tensors, write_text
-from .metrics import _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, log_evidence
+from .metrics import _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, log_evidence
 from .numerics import seeded
 from .programs import Program, checked_program
 
@@ -77,6 +77,7 @@ class Evaluation:
     exact: object | None = None  # exact.ExactEvidence where a method exists ...
     exact_index: torch.Tensor | None = None  # ... on these datapoints
     kl_per_site: bool = False  # several latent sites, each KL in closed form given the draws before it
+    code_groups: tuple[int, int] | None = None  # (M, K): the latent is M one-hot groups of K classes
 
     @property
     def n(self) -> int:
@@ -109,6 +110,8 @@ class Evaluation:
         }
         if self.posterior_mean is not None:
             out |= {"active_units": active_units(self.posterior_mean), "latent_dim": self.posterior_mean.shape[-1]}
+            if self.code_groups is not None:
+                out["code_usage"] = code_usage(self.posterior_mean, *self.code_groups)
         if self.log_px is not None:
             out["importance_samples"] = self.samples
             out["log_px"] = stat(self.log_px)
@@ -161,7 +164,14 @@ class Evaluation:
         lines = [title] if title else []
         lines.append(f"{'nats per datapoint':<48} {'mean':>11} {'std. err.':>10}")
         lines += [f"{label:<48} {v['mean']:>11.3f} {v['stderr']:>10.3f}" for label, v in rows]
-        if "active_units" in s:
+        if "code_usage" in s:
+            u = s["code_usage"]
+            used, perplexity = u["classes_used"], u["perplexity"]
+            lines.append(f"{'classes used per group (argmax_k q(z_g=k|x))':<48} {sum(used) / len(used):>7.1f} / "
+                         f"{u['classes']}  ({u['groups']} group{'s' if u['groups'] > 1 else ''}, {min(used)} to {max(used)})")
+            lines.append(f"{'code perplexity exp H(mean_x q(z_g|x))':<48} {sum(perplexity) / len(perplexity):>7.2f} / "
+                         f"{u['classes']}")
+        elif "active_units" in s:
             lines.append(f"{'active units (Var_x E_q[z_u] > 0.01)':<48} {s['active_units']:>7} / {s['latent_dim']}")
         if self.log_px is not None:
             kind = "" if self.discrete else "  (of a density, not a discrete likelihood)"
@@ -320,6 +330,7 @@ def evaluate(
         num_pixels=math.prod(x.shape[1:]),
         discrete=program.discrete,
         seed=seed,
+        code_groups=next(iter(program.code_groups.values())) if len(program.code_groups) == 1 else None,
         log_px=cat.get("log_px"),
         samples=samples,
         exact=exact,
@@ -331,8 +342,9 @@ def _exact_part(program: Program, x: torch.Tensor, exact_points: int, chunk_pair
     """Exact values where a method exists: all datapoints for closed forms, else ``exact_points``
     spread over x (which may be sorted by class), the quadrature shared out over processes."""
     n = x.shape[0]
-    closed_form = closed_form_available(program)
-    if not closed_form and program.latent_dim != 2:
+    site = enumerable_site(program)
+    closed_form = closed_form_available(program) or (site is not None and site[1] <= ENUMERATION_MAX_STATES)
+    if not closed_form and (program.latent_dim != 2 or program.discrete_latents):
         return None, None
     if closed_form or exact_points >= n:
         index = torch.arange(n)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributions import LowRankMultivariateNormal, MultivariateNormal, kl_divergence
 
-from .distributions import diagonal_gaussian_parameters
+from .distributions import diagonal_gaussian_parameters, enumerable, enumerate_states, state_count
 from .guides import DiagonalGaussianGuide
 from .likelihoods import GaussianLikelihood
 from .metrics import chunk_pairs_for, chunked_draws, log_evidence_diagnostics
@@ -174,7 +174,7 @@ def _grid(box: torch.Tensor, n: tuple[int, int]) -> tuple[tuple[torch.Tensor, to
 
 def _latent_site(program: Program) -> str:
     """The name of the program's one 2-D latent site (grid quadrature needs exactly that)."""
-    if program.latent_dim != 2:
+    if program.latent_dim != 2 or program.discrete_latents:
         raise ValueError(f"grid quadrature needs one 2-D latent site; this program's latents are {program.latent_shapes}")
     (name,) = program.latent_shapes
     return name
@@ -287,9 +287,61 @@ def exact_evidence(program, x: torch.Tensor, **grid_options) -> ExactEvidence | 
     result = linear_gaussian_evidence(program, x)
     if result is not None:
         return result
+    if program.discrete_latents:
+        return enumeration_evidence(program, x, chunk_pairs=grid_options.get("chunk_pairs"))
     if program.latent_dim == 2:
         return grid_evidence(program, x, **grid_options)
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Discrete latents, every state enumerated
+
+#: the most latent states the exact values enumerate (each costs one decoder pass per datapoint)
+ENUMERATION_MAX_STATES = 4096
+
+
+def enumerable_site(program) -> tuple[str, int] | None:
+    """(name, number of states) of the program's latent when it is one discrete site whose every
+    state can be listed (``distributions.enumerable``: one-hot groups, binary units), else None."""
+    program = as_program(program)
+    if not program.discrete_latents:
+        return None
+    with torch.no_grad(), torch.random.fork_rng():
+        with program.source.given(program._placeholder(1)) as at_x:
+            posteriors = at_x.posteriors()
+    if len(posteriors) != 1:
+        return None
+    ((name, q),) = posteriors.items()
+    return (name, state_count(q)) if enumerable(q) else None
+
+
+@torch.no_grad()
+def enumeration_evidence(program, x: torch.Tensor, *, max_states: int = ENUMERATION_MAX_STATES,
+                         chunk_pairs: int | None = None) -> ExactEvidence | None:
+    """Exact log p(x) = log sum_z p(x|z) p(z), ELBO = sum_z q(z|x) [log p(x, z) - log q(z|x)] and
+    KL(q(z|x) || p(z|x)) = log p(x) - ELBO for every datapoint, summing over every state of one
+    discrete latent site (at most ``max_states`` of them; None beyond, or for another latent)."""
+    program = checked_program(program, x)
+    site = enumerable_site(program)
+    if site is None or site[1] > max_states:
+        return None
+    name, _ = site
+    joint, log_q = [], []
+    with program.source.given(x) as at_x:
+        (q,) = at_x.posteriors().values()
+        states = enumerate_states(q)
+        per_chunk = max(1, chunk_pairs_for(program, x.device, chunk_pairs) // x.shape[0])
+        for start in range(0, states.shape[0], per_chunk):
+            z = states[start : start + per_chunk, None, :].expand(-1, x.shape[0], -1)
+            terms = at_x.at({name: z})
+            joint.append(terms.log_likelihood + terms.log_prior)
+            log_q.append(terms.log_q)
+    joint, log_q = torch.cat(joint).double(), torch.cat(log_q).double()
+    log_px = torch.logsumexp(joint, 0)
+    elbo = (log_q.exp() * (joint - log_q)).sum(0)
+    return ExactEvidence("enumeration of every latent state", log_px.cpu(), elbo.cpu(), (log_px - elbo).cpu(),
+                         torch.zeros_like(log_px).cpu())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +389,8 @@ def decomposition(program, x: torch.Tensor, *, samples: int = 5000, seed: int = 
     with seeded(seed, x.device):
         importance = log_evidence_diagnostics(program, x, samples, chunk_pairs)
         mc = monte_carlo_terms(program, x, samples, chunk_pairs)
-    exact = exact_evidence(program, x, chunk_pairs=chunk_pairs, **grid_options) if program.latent_dim == 2 else \
+    exact = exact_evidence(program, x, chunk_pairs=chunk_pairs, **grid_options) if \
+        program.latent_dim == 2 or program.discrete_latents else \
         linear_gaussian_evidence(program, x)
     rows = []
     for i in range(x.shape[0]):

@@ -7,6 +7,8 @@ returns a distribution with ``has_rsample`` true and event shape ``(latent_dim,)
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from pyro import distributions as dist
@@ -14,12 +16,16 @@ from torch import nn
 
 
 from .config import GUIDES, Component, require
-from .distributions import DiagonalNormal, TwoLayerLatent, normal_of_one_shape, split_latent
+from .distributions import BernoulliUnits, DiagonalNormal, OneHotGroups, TwoLayerLatent, normal_of_one_shape, split_latent
 from .networks import Activation, ConditionalGaussian
 
 
 class Guide(Component, nn.Module):
     """Base class: ``setup(feature_dim, latent_dim)`` builds the head, ``forward(features)`` is q(z|x)."""
+
+    #: True for a latent without a reparameterized path (categorical, Bernoulli): trained by the
+    #: objectives with ``discrete_latents``, paired with a prior or guide of the same space.
+    discrete_latent: ClassVar[bool] = False
 
     def __init__(self) -> None:
         nn.Module.__init__(self)
@@ -29,6 +35,10 @@ class Guide(Component, nn.Module):
 
     def setup(self, feature_dim: int, latent_dim: int) -> "Guide":  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def latent_space(self) -> str:
+        """What z is, in words (the prior checks it is its own): real vectors here."""
+        return "real vectors"
 
     def forward(self, features: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover
         raise NotImplementedError
@@ -130,3 +140,60 @@ class HierarchicalGuide(Guide):
 
         return TwoLayerLatent(self._diagonal_normal(self.loc(features), F.softplus(self.raw_scale(features))),
                               conditional, self.bottom_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discrete latents
+
+
+@GUIDES.register("categorical")
+class CategoricalGuide(Guide):
+    """q(z|x) = prod_g Cat(z_g | softmax(W_g h(x) + b_g)): M groups of K one-hot classes, factorized, amortized.
+
+    Not reparameterized (no rsample): train it with an estimator for discrete latents
+    (``enumerate``, ``score-function``, ``gumbel-softmax``); the pathwise ones refuse it.
+
+    Options:
+        classes: K, the classes of each group (as the categorical prior's).
+    """
+
+    discrete_latent = True
+
+    def __init__(self, *, classes: int = 10) -> None:
+        super().__init__()
+        require(classes >= 2, f"classes must be >= 2, got {classes}.")
+        self.classes = classes
+
+    def setup(self, feature_dim: int, latent_dim: int) -> "CategoricalGuide":
+        require(latent_dim % self.classes == 0,
+                f"the categorical guide needs latent_dim = groups x classes: {latent_dim} is not a multiple of "
+                f"classes = {self.classes}.")
+        self.groups = latent_dim // self.classes
+        self.logits = nn.Linear(feature_dim, latent_dim)
+        return self
+
+    def latent_space(self) -> str:
+        return f"{self.groups} one-hot groups of {self.classes} classes"
+
+    def forward(self, features: torch.Tensor) -> dist.TorchDistribution:
+        return OneHotGroups(self.logits(features).unflatten(-1, (self.groups, self.classes)))
+
+
+@GUIDES.register("bernoulli")
+class BernoulliGuide(Guide):
+    """q(z|x) = prod_u Bern(z_u | sigmoid(W_u h(x) + b_u)): binary units, factorized, amortized (no rsample)."""
+
+    discrete_latent = True
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def setup(self, feature_dim: int, latent_dim: int) -> "BernoulliGuide":
+        self.logits = nn.Linear(feature_dim, latent_dim)
+        return self
+
+    def latent_space(self) -> str:
+        return "binary vectors"
+
+    def forward(self, features: torch.Tensor) -> dist.TorchDistribution:
+        return BernoulliUnits(self.logits(features))

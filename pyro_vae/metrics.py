@@ -31,6 +31,7 @@ from typing import Iterator
 import torch
 
 from .numerics import seeded
+from .objectives import EnumeratedELBO
 from .programs import Program, as_program, checked_program
 from .terms import POSTERIOR_MEAN_SAMPLES, Terms, posterior_mean  # noqa: F401  (re-exported)
 
@@ -197,6 +198,18 @@ def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_T
     return int((posterior_means.var(dim=0) > threshold).sum().item())
 
 
+def code_usage(posterior_means: torch.Tensor, groups: int, classes: int) -> dict:
+    """How a categorical latent of M one-hot groups of K classes uses its codes, from E_q[z|x] =
+    q(z_g = k | x) over a dataset ((N, M*K)): per group, ``classes_used``, the classes that are
+    argmax_k q(z_g = k|x) for at least one datapoint, and ``perplexity``, exp H(mean_x q(z_g|x)) (K
+    when the data spread evenly over the classes, 1 when every datapoint takes the same one)."""
+    q = posterior_means.double().unflatten(-1, (groups, classes))  # (N, M, K)
+    used = [int(q[:, g].argmax(-1).unique().numel()) for g in range(groups)]
+    aggregate = q.mean(0).clamp_min(1e-300)  # (M, K)
+    perplexity = (-(aggregate * aggregate.log()).sum(-1)).exp()
+    return {"groups": groups, "classes": classes, "classes_used": used, "perplexity": perplexity.tolist()}
+
+
 def bits_per_dim(log_px: torch.Tensor, num_pixels: int) -> torch.Tensor:
     """-log p(x) / (D log 2): nats per datapoint as bits per pixel."""
     return -log_px / (num_pixels * math.log(2.0))
@@ -206,7 +219,8 @@ def bits_per_dim(log_px: torch.Tensor, num_pixels: int) -> torch.Tensor:
 # Gradient estimators: variance and signal-to-noise ratio at fixed parameters
 
 
-def gradient_statistics(program, objective, x: torch.Tensor, draws: int = 100, seed: int = 0) -> dict[str, dict]:
+def gradient_statistics(program, objective, x: torch.Tensor, draws: int = 100, seed: int = 0,
+                        reference: dict[str, torch.Tensor] | None = None) -> dict[str, dict]:
     """Draw ``draws`` independent gradient estimates of the objective (per datapoint, on the fixed
     batch x, at the current parameters) and summarize each parameter group
     (``Program.parameter_groups``: the inference network and the generative model) by
@@ -215,15 +229,23 @@ def gradient_statistics(program, objective, x: torch.Tensor, draws: int = 100, s
     * ``snr``: the mean over coordinates of |E[g_i]| / std(g_i) (Rainforth et al. 2018);
     * ``norm_snr``: |E[g]| / sqrt(trace Cov), the same for the whole group at once.
 
+    With ``reference`` (per group, the flattened true gradient: :func:`exact_gradient`), also
+
+    * ``bias``: |E[g] - g_true|, the distance of the estimator's mean from the truth, and
+      ``bias_stderr`` = sqrt(trace Cov / draws), the size that distance has from noise alone (an
+      unbiased estimator's ``bias`` is about that); ``relative_bias`` = bias / |g_true|;
+    * ``mse``: E|g - g_true|^2 = bias^2 + variance, and ``true_snr`` = |g_true| / sqrt(trace Cov).
+
     Moments are accumulated in float64, one draw at a time, so memory does not grow with draws.
-    Runs under its own seed; the parameters are not changed.
+    Runs under its own seed; the parameters, and any state of the estimator (``Objective.measuring``:
+    a running baseline), are not changed.
     """
     program = checked_program(program, x)
     module = program.module
     groups = program.parameter_groups()
     sums = {g: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for g, ps in groups.items()}
     squares = {g: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for g, ps in groups.items()}
-    with seeded(seed, x.device):
+    with seeded(seed, x.device), objective.measuring():
         for _ in range(draws):
             module.zero_grad(set_to_none=True)
             surrogate, _ = objective.step(program.source, x)
@@ -250,6 +272,28 @@ def gradient_statistics(program, objective, x: torch.Tensor, draws: int = 100, s
             "mean_norm": mean.norm().item(),
             "coordinates": mean.numel(),
         }
+        if reference is not None:
+            truth = reference[g].double().to(mean.device)
+            bias = (mean - truth).norm().item()
+            out[g].update(bias=bias, bias_stderr=math.sqrt(var.sum().item() / draws),
+                          relative_bias=bias / max(truth.norm().item(), 1e-300),
+                          mse=bias**2 + var.sum().item(),
+                          true_snr=(truth.norm() / var.sum().sqrt()).item() if var.sum() > 0 else float("inf"))
+    return out
+
+
+def exact_gradient(program, x: torch.Tensor, max_states: int = 4096) -> dict[str, torch.Tensor]:
+    """The ELBO's true gradient per datapoint on batch x, per parameter group (flattened, float64):
+    the gradient of the ELBO summed exactly over every state of the program's one discrete latent
+    (objective ``enumerate``), what :func:`gradient_statistics` measures an estimator against."""
+    program = checked_program(program, x)
+    module = program.module
+    module.zero_grad(set_to_none=True)
+    surrogate, _ = EnumeratedELBO(max_states=max_states).step(program.source, x)
+    (-surrogate / x.shape[0]).backward()
+    out = {g: torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).double().flatten() for p in ps])
+           for g, ps in program.parameter_groups().items() if ps}
+    module.zero_grad(set_to_none=True)
     return out
 
 

@@ -14,8 +14,11 @@ Losses are summed over the datapoints of a batch (Pyro's convention); the librar
 batch size when it reports nats per datapoint. K > 1 particles are vectorized (one batched pass
 over a particle plate outside every plate of the program).
 
-Every objective here differentiates through z (pathwise gradients), so each refuses a latent site
-whose guide distribution is not reparameterized, naming it.
+The pathwise objectives (``elbo`` to ``dreg``) differentiate through z, so each refuses a latent
+site whose guide distribution is not reparameterized, naming it. The estimators for discrete
+latents (``discrete_latents = True``: ``enumerate``, ``score-function``, ``gumbel-softmax``,
+``straight-through-gumbel``) take such sites: summing over every state, weighting log q(z|x) by the
+sampled bound, or relaxing the draw.
 
 ``supports_kl_weight`` says whether the objective honours a KL weight beta (KL warm-up): the ELBO
 becomes E_q[log p(x|z)] - beta KL(q||p), beta multiplying exactly the latent sites' terms
@@ -26,14 +29,22 @@ warm-up.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from contextlib import contextmanager
+from typing import ClassVar, Iterator
 
 import torch
 from pyro.infer import ELBO
 
 from .config import OBJECTIVES, Component, require
+from .distributions import enumerable, enumerate_states, relaxed_sample, state_count
 from .errors import ConfigError, ProgramError
 from .terms import Terms, TraceSource, family, log_mean_exp
+
+#: the registered guide families whose latent is discrete (no rsample)
+DISCRETE_GUIDES = ("categorical", "bernoulli")
+#: the estimators for a latent without a reparameterized path, named in the pathwise ones' refusals
+DISCRETE_ESTIMATORS = "enumerate, score-function, gumbel-softmax or straight-through-gumbel"
 
 
 class Objective(Component, ELBO):
@@ -47,6 +58,8 @@ class Objective(Component, ELBO):
     #: False when the surrogate's gradient is not the gradient of the reported value (STL, DReG):
     #: ``differentiable_loss`` then refuses, since no single tensor has both.
     gradient_of_value: ClassVar[bool] = True
+    #: True for the estimators that take a latent site without rsample (a discrete latent).
+    discrete_latents: ClassVar[bool] = False
 
     def __init__(self, *, num_particles: int = 1) -> None:
         require(num_particles >= 1, f"num_particles must be >= 1, got {num_particles}.")
@@ -55,6 +68,10 @@ class Objective(Component, ELBO):
 
     def check_guide(self, guide_name: str) -> None:
         """Refuse a guide family this estimator does not support, naming the ones it does."""
+        if not self.discrete_latents and guide_name in DISCRETE_GUIDES:
+            raise ConfigError(
+                f"objective '{self.name}' differentiates through z, and the '{guide_name}' guide's latent is "
+                f"discrete (no path to differentiate): train it with {DISCRETE_ESTIMATORS}.")
         if self.guide_families is not None and guide_name not in self.guide_families:
             raise ConfigError(
                 f"objective '{self.name}' supports the guide families {', '.join(self.guide_families)}, "
@@ -73,19 +90,37 @@ class Objective(Component, ELBO):
     def terms(self, source, x: torch.Tensor, *args, **kwargs) -> Terms:
         """The terms this objective needs at batch x: ``num_particles`` draws z ~ q(z|x)."""
         terms = source.draw(x, self.num_particles, *args, **kwargs)
-        if terms.non_reparameterized:
+        if terms.non_reparameterized and not self.discrete_latents:
             site = terms.non_reparameterized[0]
             raise ProgramError(
                 f"objective '{self.name}' differentiates through z, but the guide's site '{site}' "
                 f"({family(terms.latents[site].q)}) is not reparameterized (it has no rsample). Every pyro-vae objective "
-                f"is pathwise; for such a site use a score-function or enumeration estimator of Pyro's "
-                f"(pyro.infer.TraceGraph_ELBO, TraceEnum_ELBO) with pyro.infer.SVI, or make the site "
-                f"reparameterized.")
+                f"is pathwise; for such a site use {DISCRETE_ESTIMATORS} (or Pyro's TraceGraph_ELBO / "
+                f"TraceEnum_ELBO with pyro.infer.SVI), or make the site reparameterized.")
         return terms
 
     def step(self, source, x: torch.Tensor, kl_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(surrogate, loss) of one step on batch x from a program's terms source."""
         return self.surrogate(self.terms(source, x), kl_weight)
+
+    # -- state and schedules (estimators that keep some: a baseline, a temperature) ----------------
+
+    def at_epoch(self, epoch: float) -> None:
+        """Called by the trainer before each step with the training progress in epochs (fractional):
+        where an estimator's own schedule (a temperature's annealing) is driven. Nothing here."""
+
+    def state_dict(self) -> dict:
+        """What the estimator keeps between steps (checkpointed with the run): nothing here."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (on resume)."""
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        """Draws of the gradient that must leave the estimator as it was (the gradient statistics):
+        an estimator that learns from its steps (a running baseline) does not, inside this."""
+        yield
 
     # -- Pyro's ELBO interface -----------------------------------------------------------------
 
@@ -274,3 +309,216 @@ class DReGIWAE(Objective):
                     site.value.register_hook(lambda grad, w=site.broadcast(weights): grad * w)
         value = -log_mean_exp(log_w.detach()).sum()
         return -(weights * log_w).sum(), value
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimators for discrete latents
+
+
+def _one_enumerable_site(objective: Objective, posteriors: dict) -> tuple[str, object]:
+    """The program's one latent site and its q(z|x), refused by name when there are several or
+    when its states cannot be listed (the estimators below relax or enumerate one site)."""
+    if len(posteriors) != 1:
+        raise ProgramError(
+            f"objective '{objective.name}' handles one discrete latent site; the guide has "
+            f"{len(posteriors)} ({', '.join(posteriors)}). Use score-function, which takes any number.")
+    ((name, q),) = posteriors.items()
+    if not enumerable(q):
+        raise ProgramError(
+            f"objective '{objective.name}' needs a discrete latent of one-hot groups or binary units, and the "
+            f"guide's site '{name}' is {family(q)}: use the categorical or bernoulli guide (or Pyro's "
+            f"OneHotCategorical / Bernoulli(...).to_event(1) in your own guide), or a pathwise objective.")
+    return name, q
+
+
+@OBJECTIVES.register("enumerate")
+class EnumeratedELBO(Objective):
+    """ELBO = sum_z q(z|x) [log p(x|z) + log p(z) - log q(z|x)], summed exactly over every state of one discrete latent.
+
+    No sampling: value and gradient are exact (what Pyro's TraceEnum_ELBO computes for a latent
+    enumerated in parallel). Each state costs one decoder pass per datapoint, so a step costs as
+    much as K^M (one-hot groups) or 2^D (binary units) single-sample steps, and memory grows alike:
+    latents with more than ``max_states`` states are refused.
+
+    Options:
+        max_states: the most latent states a step may sum over (its cost is that many decoder passes per datapoint).
+    """
+
+    supports_kl_weight = True
+    discrete_latents = True
+    guide_families = DISCRETE_GUIDES
+
+    def __init__(self, *, max_states: int = 256) -> None:
+        require(max_states >= 2, f"max_states must be >= 2, got {max_states}.")
+        super().__init__(num_particles=1)
+        self.max_states = max_states
+
+    def terms(self, source, x: torch.Tensor, *args, **kwargs) -> Terms:
+        """The terms at every state z_s (the "particles" are the S states, (S, B) each)."""
+        if args or kwargs:
+            raise ProgramError(f"objective '{self.name}' passes the batch x alone to the model and guide.")
+        with source.given(x) as at_x:
+            name, q = _one_enumerable_site(self, at_x.posteriors())
+            count = state_count(q)
+            if count > self.max_states:
+                raise ProgramError(
+                    f"objective 'enumerate': the latent '{name}' has {count} states, more than max_states = "
+                    f"{self.max_states} (each state is one decoder pass per datapoint). Use a smaller latent, raise "
+                    f"train.objective.max_states, or sample it: score-function or gumbel-softmax.")
+            states = enumerate_states(q)
+            return at_x.at({name: states.unsqueeze(1).expand(count, x.shape[0], *states.shape[1:])})
+
+    def surrogate(self, terms, kl_weight=1.0):
+        log_q = terms.log_q  # (S, B): log q(z_s|x), differentiable in the guide's parameters
+        bound = terms.log_likelihood + _kl_weighted(kl_weight, terms.log_prior - log_q)
+        loss = -(log_q.exp() * bound).sum()
+        return loss, loss.detach()
+
+
+SCORE_BASELINES = ("none", "average", "leave-one-out")
+
+
+@OBJECTIVES.register("score-function")
+class ScoreFunctionELBO(Objective):
+    """ELBO by Monte Carlo with the score-function (REINFORCE) gradient for sites without a path (Pyro's TraceGraph_ELBO).
+
+    With f = log p(x|z) + log p(z) - log q(z|x) per datapoint and draw, the gradient is
+    grad f + (f - b) grad log q(z_d|x), summed over the draws z_d of the non-reparameterized sites
+    (pathwise through any reparameterized ones); unbiased for any b that does not depend on z_d.
+    Each datapoint's f weights its own log q only (the datapoints are independent: TraceGraph_ELBO's
+    plate-wise Rao-Blackwellization). The value is the ELBO's Monte-Carlo estimate.
+
+    Baselines b: ``none``; ``average``, a decaying average of f over past steps (b <- decay b +
+    (1 - decay) mean f, starting at the first batch's mean; held in the run's checkpoint);
+    ``leave-one-out``, the mean f of the other K - 1 draws of the same datapoint (num_particles >= 2).
+
+    Options:
+        num_particles: draws z ~ q(z|x) per datapoint; their average is the estimate.
+        baseline: none, average or leave-one-out (what is subtracted from f in the score term).
+        decay: the average baseline's decay per step (0 <= decay < 1).
+    """
+
+    supports_kl_weight = True
+    discrete_latents = True
+
+    def __init__(self, *, num_particles: int = 1, baseline: str = "average", decay: float = 0.9) -> None:
+        require(baseline in SCORE_BASELINES,
+                f"baseline must be one of {', '.join(SCORE_BASELINES)}, got {baseline!r}.")
+        require(0.0 <= decay < 1.0, f"decay must be in [0, 1), got {decay}.")
+        require(baseline != "leave-one-out" or num_particles >= 2,
+                "the leave-one-out baseline needs num_particles >= 2 (the other draws of each datapoint).")
+        super().__init__(num_particles=num_particles)
+        self.baseline, self.decay = baseline, decay
+        self._average: float | None = None
+        self._frozen = False
+
+    def _baseline(self, f: torch.Tensor) -> torch.Tensor | float:
+        if self.baseline == "none":
+            return 0.0
+        if self.baseline == "leave-one-out":
+            return (f.sum(0, keepdim=True) - f) / (f.shape[0] - 1)
+        mean = f.mean().item()
+        if self._average is not None:
+            b = self._average
+        else:  # no past steps yet: the mean f of the batch's other draws (independent of each draw)
+            b = (f.sum() - f) / (f.numel() - 1) if f.numel() > 1 else 0.0
+        if not self._frozen and math.isfinite(mean):
+            self._average = mean if self._average is None else self.decay * self._average + (1 - self.decay) * mean
+        return b
+
+    def surrogate(self, terms, kl_weight=1.0):
+        f = terms.log_likelihood + _kl_weighted(kl_weight, terms.log_prior - terms.log_q)  # (K, B)
+        score = sum(terms.latents[name].log_q for name in terms.non_reparameterized)
+        total = f.sum()
+        if terms.non_reparameterized:  # value zero, gradient (f - b) grad log q
+            total = total + ((f.detach() - self._baseline(f.detach())) * (score - score.detach())).sum()
+        return _mean_over_particles(total, terms.particles)
+
+    def state_dict(self) -> dict:
+        return {} if self._average is None else {"average": self._average}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._average = state.get("average")
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        frozen, self._frozen = self._frozen, True
+        try:
+            yield
+        finally:
+            self._frozen = frozen
+
+
+@OBJECTIVES.register("gumbel-softmax")
+class GumbelSoftmaxELBO(Objective):
+    """Relaxed ELBO E_y[log p(x|y)] - KL(q(z|x) || p(z)), y a Gumbel-softmax (Concrete) relaxation of z ~ q(z|x).
+
+    y_g = softmax((log q_g + G) / tau), G Gumbel noise (Jang et al. 2017; Maddison et al. 2017; the
+    binary Concrete for Bernoulli units) is reparameterized, so the decoder's term gets a pathwise
+    gradient; the KL is between the discrete q and p, in closed form. The decoder reads y, not a
+    one-hot z, while training: the gradient is biased (less as tau -> 0, with more variance), and the
+    reported loss is the relaxed objective's, not the ELBO (evaluation scores the ELBO on discrete
+    draws). The temperature anneals geometrically from ``temperature`` to ``final_temperature``
+    over ``anneal_epochs`` (the trainer drives it like KL warm-up), then stays.
+
+    Options:
+        temperature: tau at the start (> 0).
+        final_temperature: tau after annealing (0 < final <= temperature); unset: no annealing.
+        anneal_epochs: epochs over which tau goes from temperature to final_temperature.
+        num_particles: relaxed draws per datapoint.
+    """
+
+    supports_kl_weight = True
+    discrete_latents = True
+    guide_families = DISCRETE_GUIDES
+    hard: ClassVar[bool] = False
+
+    def __init__(self, *, temperature: float = 1.0, final_temperature: float | None = None, anneal_epochs: float = 0.0,
+                 num_particles: int = 1) -> None:
+        final = temperature if final_temperature is None else final_temperature
+        require(temperature > 0, f"temperature must be > 0, got {temperature}.")
+        require(0 < final <= temperature,
+                f"final_temperature must be in (0, temperature = {temperature}], got {final}: annealing lowers tau.")
+        require(anneal_epochs >= 0, f"anneal_epochs must be >= 0, got {anneal_epochs}.")
+        super().__init__(num_particles=num_particles)
+        self.temperature, self.final_temperature, self.anneal_epochs = temperature, final_temperature, anneal_epochs
+        self.current_temperature = temperature
+
+    def at_epoch(self, epoch: float) -> None:
+        start, final = self.temperature, self.final_temperature or self.temperature
+        done = 1.0 if self.anneal_epochs == 0 else min(1.0, epoch / self.anneal_epochs)
+        self.current_temperature = start * (final / start) ** done
+
+    def terms(self, source, x: torch.Tensor, *args, **kwargs) -> Terms:
+        if args or kwargs:
+            raise ProgramError(f"objective '{self.name}' passes the batch x alone to the model and guide.")
+        with source.given(x) as at_x:
+            name, q = _one_enumerable_site(self, at_x.posteriors())
+            y = relaxed_sample(q, torch.Size([self.num_particles]), self.current_temperature, self.hard)
+            terms = at_x.at({name: y})
+        if terms.latents[name].kl() is None:
+            raise ProgramError(
+                f"objective '{self.name}' needs KL(q(z|x) || p(z)) in closed form at site '{name}' "
+                f"({family(q)} against {family(terms.latents[name].p)}); use score-function or enumerate.")
+        return terms
+
+    def surrogate(self, terms, kl_weight=1.0):
+        kl, _ = terms.kl()
+        return _mean_over_particles(terms.total_log_likelihood() - _kl_weighted(kl_weight, kl.sum()), terms.particles)
+
+
+@OBJECTIVES.register("straight-through-gumbel")
+class StraightThroughGumbelELBO(GumbelSoftmaxELBO):
+    """As gumbel-softmax, but the decoder reads the one-hot (rounded) draw, with the relaxed draw's gradient (Jang et al. 2017's ST Gumbel).
+
+    The forward pass is a draw from q itself, so the reported loss is a Monte-Carlo ELBO; the
+    gradient is still the relaxation's (biased).
+
+    Options:
+        temperature: tau of the relaxation whose gradient is used (> 0).
+        final_temperature: tau after annealing (0 < final <= temperature); unset: no annealing.
+        anneal_epochs: epochs over which tau goes from temperature to final_temperature.
+        num_particles: draws per datapoint.
+    """
+
+    hard = True

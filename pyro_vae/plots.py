@@ -223,7 +223,8 @@ def plot_comparison_curves(curves: dict[str, list[dict]], path: Path) -> Path:
 
 
 def plot_snr_vs_k(snr: dict, path: Path) -> Path:
-    """Encoder-gradient SNR against the number of importance samples K, IWAE vs DReG."""
+    """Encoder-gradient SNR against the number of samples K (IWAE vs DReG; for a discrete latent, the
+    compared estimators, with their bias)."""
     fig = snr_figure(snr)
     _save(fig, path, dpi=100)
     _pyplot().close(fig)
@@ -231,29 +232,36 @@ def plot_snr_vs_k(snr: dict, path: Path) -> Path:
 
 
 def snr_figure(snr: dict):
-    """The figure of :func:`plot_snr_vs_k`: log axes whose ticks read as plain numbers (the K measured on x)."""
+    """The figure of :func:`plot_snr_vs_k`: log axes whose ticks read as plain numbers (the K measured
+    on x); with ``encoder_relative_bias`` (a discrete latent), a second panel of the bias against K."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    measured: set[int] = set()
-    for name, by_k in snr["encoder_snr"].items():
-        ks = sorted(int(k) for k in by_k)
-        measured |= set(ks)
-        ax.plot(ks, [by_k[k] for k in ks], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.xaxis.set_major_locator(FixedLocator(sorted(measured)))
+    panels = [("encoder_snr", "encoder gradient SNR, mean |E g| / std g")]
+    if snr.get("encoder_relative_bias"):
+        panels.append(("encoder_relative_bias", "encoder gradient |E g - exact| / |exact|"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("K (importance samples per datapoint)")
-    ax.set_ylabel("encoder gradient SNR, mean |E g| / std g")
-    ax.set_title(f"inference-network gradient SNR ({snr['parameters']})", fontsize=9)
-    ax.legend()
-    ax.grid(alpha=0.3, which="both")
+    for ax, (key, ylabel) in zip(axes[0], panels):
+        measured: set[int] = set()
+        for name, by_k in snr[key].items():
+            ks = sorted(int(k) for k in by_k)
+            if not ks:
+                continue
+            measured |= set(ks)
+            ax.plot(ks, [by_k[k] for k in ks], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(sorted(measured)))
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("K (samples per datapoint)")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_title(f"inference-network gradient ({snr['parameters']})", fontsize=9)
     fig.tight_layout()
     return fig
 

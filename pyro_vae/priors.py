@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +17,9 @@ from pyro import distributions as dist
 from torch import nn
 
 from .config import PRIORS, Component, require
-from .distributions import (LOG_2PI, DiagonalGaussianMixture, StandardNormal, TwoLayerLatent,  # noqa: F401
-                            UniformMixture, diagonal_gaussian_parameters, inverse_softplus, leading_marginal,
+from .distributions import (LOG_2PI, BernoulliUnits, DiagonalGaussianMixture, OneHotGroups,  # noqa: F401
+                            StandardNormal, TwoLayerLatent, UniformMixture, diagonal_gaussian_parameters,
+                            inverse_softplus, leading_marginal,
                             rsample_and_log_prob, split_latent)  # (LOG_2PI, rsample_and_log_prob: importable here as before)
 from .errors import ConfigError
 from .networks import Activation, ConditionalGaussian
@@ -33,6 +34,10 @@ class Prior(Component, nn.Module):
     before training starts.
     """
 
+    #: True for a latent without a reparameterized path (categorical, Bernoulli): trained by the
+    #: objectives with ``discrete_latents``, paired with a prior or guide of the same space.
+    discrete_latent: ClassVar[bool] = False
+
     def __init__(self) -> None:
         nn.Module.__init__(self)
         self.latent_dim = 0
@@ -42,7 +47,20 @@ class Prior(Component, nn.Module):
         return self
 
     def attach(self, vae) -> None:
-        """Called by the VAE once its encoder, guide and decoder exist."""
+        """Called by the VAE once its encoder, guide and decoder exist (a subclass calls this first):
+        refuses a guide whose latent space is not the prior's (a Gaussian q under a categorical p(z)
+        would have no density ratio to speak of)."""
+        space = getattr(vae.posterior, "latent_space", None)
+        if space is not None and space() != self.latent_space():
+            raise ConfigError(
+                f"the prior '{self.name}' is over {self.latent_space()} and the guide '{vae.posterior.name}' over "
+                f"{space()}: q(z|x) and p(z) must share one latent space. Pair a discrete prior with its guide "
+                f"(categorical with categorical, the same classes; bernoulli with bernoulli), a continuous one with a "
+                f"continuous guide.")
+
+    def latent_space(self) -> str:
+        """What z is, in words (compared with the guide's): real vectors here."""
+        return "real vectors"
 
     def fit_to_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """Called by the trainer with the prepared training set before the first step."""
@@ -160,6 +178,7 @@ class VampPrior(Prior):
         self._model: tuple = ()  # (encoder, posterior), held without registering them twice
 
     def attach(self, vae) -> None:
+        super().attach(vae)
         self._model = (vae.encoder, vae.posterior)
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.ones(()))
@@ -308,6 +327,7 @@ class HierarchicalPrior(Prior):
         return self
 
     def attach(self, vae) -> None:
+        super().attach(vae)
         top = self.dims[0]
         # the top prior sees a model whose posterior is q(z_2|x) (what a VampPrior calls)
         view = types.SimpleNamespace(encoder=vae.encoder, data_shape=vae.data_shape,
@@ -339,3 +359,77 @@ def _top_posterior(posterior: nn.Module, top: int, features: torch.Tensor) -> di
             f"another top prior (model.prior.top)."
         )
     return q
+
+
+# ---------------------------------------------------------------------------------------------
+# Discrete latents
+
+
+@PRIORS.register("categorical")
+class CategoricalPrior(Prior):
+    """p(z) = prod_g Cat(z_g | pi_g): M = latent_dim / K groups of K one-hot classes, uniform pi (or learned).
+
+    z is the M one-hot vectors side by side (latent_dim = M * K numbers, what the decoder reads).
+    Pair it with the ``categorical`` guide and an estimator for discrete latents (``enumerate``,
+    ``score-function``, ``gumbel-softmax``).
+
+    Options:
+        classes: K, the classes of each group; latent_dim must be a multiple of it (M = latent_dim / K groups).
+        learned: false keeps pi uniform (1/K each, no parameters); true learns each group's pi (softmax of logits, starting uniform).
+    """
+
+    discrete_latent = True
+
+    def __init__(self, *, classes: int = 10, learned: bool = False) -> None:
+        super().__init__()
+        require(classes >= 2, f"classes must be >= 2, got {classes}.")
+        self.classes, self.learned = classes, learned
+
+    def setup(self, latent_dim: int) -> "CategoricalPrior":
+        super().setup(latent_dim)
+        require(latent_dim % self.classes == 0,
+                f"the categorical prior needs latent_dim = groups x classes: {latent_dim} is not a multiple of "
+                f"classes = {self.classes}.")
+        logits = torch.zeros(latent_dim // self.classes, self.classes)
+        if self.learned:
+            self.logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("logits", logits)
+        return self
+
+    def latent_space(self) -> str:
+        return f"{self.latent_dim // self.classes} one-hot groups of {self.classes} classes"
+
+    def forward(self) -> dist.TorchDistribution:
+        return OneHotGroups(self.logits)
+
+
+@PRIORS.register("bernoulli")
+class BernoulliPrior(Prior):
+    """p(z) = prod_u Bern(z_u | rho_u): latent_dim binary units, rho = 1/2 (or learned).
+
+    Pair it with the ``bernoulli`` guide and an estimator for discrete latents.
+
+    Options:
+        learned: false keeps rho = 1/2 (no parameters); true learns each unit's rho (sigmoid of a logit, starting at 1/2).
+    """
+
+    discrete_latent = True
+
+    def __init__(self, *, learned: bool = False) -> None:
+        super().__init__()
+        self.learned = learned
+
+    def setup(self, latent_dim: int) -> "BernoulliPrior":
+        super().setup(latent_dim)
+        if self.learned:
+            self.logits = nn.Parameter(torch.zeros(latent_dim))
+        else:
+            self.register_buffer("logits", torch.zeros(latent_dim))
+        return self
+
+    def latent_space(self) -> str:
+        return "binary vectors"
+
+    def forward(self) -> dist.TorchDistribution:
+        return BernoulliUnits(self.logits)

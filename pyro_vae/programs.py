@@ -58,6 +58,7 @@ from torch import nn
 
 from .config import CODE_KEY, Config, ModelConfig, ProgramConfig
 from .data import check_batch, require_finite
+from .distributions import one_hot_groups
 from .errors import ConfigError, DataError, ProgramError
 from .terms import OBSERVED, DirectSource, source_for
 from .vae import VAE
@@ -428,6 +429,19 @@ class Program:
                 return shape[0]
         return None
 
+    @property
+    def discrete_latents(self) -> bool:
+        """Whether some latent site is discrete (its q(z|x) has a discrete support: categorical,
+        Bernoulli): the pathwise estimators, 2-D quadrature and the posterior picture do not apply."""
+        if self.direct:
+            return bool(self.vae.posterior.latent_space() != "real vectors")
+        return self._probe()["discrete"]
+
+    @property
+    def code_groups(self) -> dict[str, tuple[int, int]]:
+        """(M groups, K classes) of each latent site whose q(z|x) is one-hot groups (a categorical latent)."""
+        return self._probe()["groups"]
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The inference network ("encoder": what the guide's q(z|x) reads) and the generative model
         ("decoder": every other parameter)."""
@@ -474,6 +488,9 @@ class Program:
                     terms = at_x.draw(1)
                 self._probed = {"latents": {n: tuple(s.value.shape[1:]) if s.value.dim() > 1 else ()
                                             for n, s in terms.latents.items()},
+                                "discrete": any(s.q.support.is_discrete for s in terms.latents.values()),
+                                "groups": {n: one_hot_groups(s.q) for n, s in terms.latents.items()
+                                           if one_hot_groups(s.q) is not None},
                                 "observed": self._observed_site(x)}
         return self._probed
 

@@ -249,9 +249,13 @@ class DirectSource:
     def _terms(self, q, prior, x: torch.Tensor, particles: int, z: torch.Tensor | None = None) -> Terms:
         vae, batch = self.vae, x.shape[0]
         shape = torch.Size() if particles == 1 else torch.Size([particles])
+        drawn = ()  # the sites drawn without a path (a discrete latent)
         if z is None and hasattr(q, "rsample_with_noise"):  # log q from the noise, when it is read
             z, eps = q.rsample_with_noise(shape)
             log_q = functools.partial(q.log_prob_of_noise, eps)
+        elif z is None and not q.has_rsample:  # a discrete latent: a draw, no path through it
+            z, drawn = q.sample(shape), ("z",)
+            log_q = functools.partial(q.log_prob, z)
         elif z is None:
             z, fused = rsample_and_log_prob(q, shape)
             log_q = lambda: fused  # noqa: E731
@@ -264,7 +268,8 @@ class DirectSource:
 
         site = LatentSite("z", z, q, prior, lambda: per_datapoint(log_q()), lambda: per_datapoint(prior.log_prob(z)),
                           per_datapoint, (-3 if z.dim() == 3 else None, -2))
-        return Terms(particles, {"z": site}, lambda: per_datapoint(p_x.log_prob(x)), lambda: log_prob_sum(p_x, x))
+        return Terms(particles, {"z": site}, lambda: per_datapoint(p_x.log_prob(x)), lambda: log_prob_sum(p_x, x),
+                     non_reparameterized=drawn)
 
     @contextmanager
     def given(self, x: torch.Tensor) -> Iterator["Given"]:
@@ -276,6 +281,7 @@ class DirectSource:
                 draw=lambda k: self._terms(q, prior, x, k),
                 at=lambda z: self._terms(q, prior, x, z["z"].shape[0], z=z["z"]),
                 means=lambda: {"z": posterior_mean(q)},
+                posteriors=lambda: {"z": q},
             )
 
 
@@ -283,11 +289,14 @@ class DirectSource:
 class Given:
     """A program's terms at one fixed batch x: ``draw(K)`` at K draws z ~ q(z|x); ``at(z)`` at given
     z ({site: (P, B, *event)}, P points per datapoint; q(z|x) evaluated there); ``means()`` E_q[z]
-    per latent site, (B, *event) (exact where the family has it, else from draws)."""
+    per latent site, (B, *event) (exact where the family has it, else from draws);
+    ``posteriors()`` q(z|x) per latent site, the guide run without the model (a site that depends on
+    an earlier one: at a draw of it)."""
 
     draw: Callable[[int], Terms]
     at: Callable[[dict[str, torch.Tensor]], Terms]
     means: Callable[[], dict[str, torch.Tensor]]
+    posteriors: Callable[[], dict]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,9 +573,18 @@ class TraceSource:
         return {n: s["value"] for n, s in guide_trace.nodes.items()
                 if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
 
+    def posteriors(self, x: torch.Tensor) -> dict:
+        """q(z|x) per latent site: the guide alone, traced (sites after the first at a draw of those
+        before), its draws from a forked random stream (the caller's draws are as without this call)."""
+        with poutine.block(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            trace = poutine.trace(self.guide).get_trace(x)
+        return {n: s["fn"] for n, s in trace.nodes.items()
+                if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+
     @contextmanager
     def given(self, x: torch.Tensor) -> Iterator[Given]:
-        yield Given(draw=lambda k: self.draw(x, k), at=lambda z: self.at(x, z), means=lambda: self.means(x))
+        yield Given(draw=lambda k: self.draw(x, k), at=lambda z: self.at(x, z), means=lambda: self.means(x),
+                    posteriors=lambda: self.posteriors(x))
 
 
 def source_for(program):

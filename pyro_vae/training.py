@@ -407,8 +407,12 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         progress = {"elapsed": self.elapsed, "last_epoch_seconds": self.last_epoch_seconds,
                     "best_valid": self.best_valid, "best_epoch": self.best_epoch}
-        return checkpoint_state(self.config, self.program, self.optimizer, self.generator, self.epoch, self.step,
-                                progress, self.average, self.data_record)
+        state = checkpoint_state(self.config, self.program, self.optimizer, self.generator, self.epoch, self.step,
+                                 progress, self.average, self.data_record)
+        objective = self.objective.state_dict()
+        if objective:  # what the estimator keeps between steps (a running baseline)
+            state["objective"] = objective
+        return state
 
     def scored(self):
         """What the per-epoch scores and best.pt see: the averaged parameters with train.ema."""
@@ -427,6 +431,7 @@ class Trainer:
         if self.average is not None:
             self.average.load(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.objective.load_state_dict(state.get("objective", {}))
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["data"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -521,7 +526,7 @@ class Trainer:
                     # time from the epoch-level clock every rank shares, so all ranks step alike
                     lr = learning_rate(self.config, self.epoch + i / steps_per_epoch,
                                        self.elapsed + self.last_epoch_seconds * i / steps_per_epoch)
-                    loss = self.train_step(index, kl_weight=beta, lr=lr)
+                    loss = self.train_step(index, kl_weight=beta, lr=lr, epoch=self.epoch + i / steps_per_epoch)
                     total += loss
                     count += index.shape[0]
                     bar.update(1)
@@ -537,14 +542,19 @@ class Trainer:
         finally:
             bar.close()
 
-    def train_step(self, index: torch.Tensor, *, kl_weight: float = 1.0, lr: float | None = None) -> float:
+    def train_step(self, index: torch.Tensor, *, kl_weight: float = 1.0, lr: float | None = None,
+                   epoch: float | None = None) -> float:
         """One training step on the training datapoints ``index`` (their whole global batch): the
         batch prepared for the likelihood (e.g. binarized, from the data generator), this rank's
         shard of it (noise included) in data-parallel training, the networks in ``train.precision``;
         one :func:`svi_step` at KL weight ``kl_weight`` and learning rate ``lr`` (None: as it is);
         a non-finite loss refused (``TrainingDiverged``, parameters unchanged); the parameter
-        average moved. Returns the loss summed over this rank's datapoints, in nats. The trainer's
-        epochs are these steps; ``compare`` drives the same steps on its own budget."""
+        average moved. ``epoch`` (the training progress, fractional) drives the objective's own
+        schedule (``Objective.at_epoch``: a temperature's annealing). Returns the loss summed over this
+        rank's datapoints, in nats. The trainer's epochs are these steps; ``compare`` drives the same
+        steps on its own budget."""
+        if epoch is not None:
+            self.objective.at_epoch(epoch)
         if lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
