@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import DATASETS, REGISTRIES, Config, ProgramConfig, apply_overrides, read_toml
+from .config import DATASETS, REGISTRIES, Config, ProgramConfig, apply_overrides, library_program, read_toml
 from .data import dataset_for_path
 from .distributed import DEFAULT_TIMEOUT
 from .errors import ConfigError, ProgramError, PyroVAEError, RunDirError
@@ -154,7 +154,7 @@ def writing_into(run_dir: Path, out: Path, command: str):
 
 def require_trust(config: Config, run_dir: Path, trusted: bool) -> None:
     """Refuse, before anything is loaded, a run folder naming user code without --trust-code."""
-    if isinstance(config.model, ProgramConfig) and not trusted:
+    if isinstance(config.model, ProgramConfig) and not trusted and not library_program(config.model.program):
         code = config.model.code or {}
         at = f" ({code['file']})" if code.get("file") else ""
         raise ProgramError(

@@ -169,6 +169,8 @@ class ObjectiveResult:
             "test_log_px_stderr": f["log_px_stderr"],
             "active_units": f["active_units"],
         }
+        if "exact_log_px" in f:  # (a discrete latent: every state summed)
+            row["test_exact_log_px"], row["test_exact_log_px_stderr"] = f["exact_log_px"], f["exact_log_px_stderr"]
         for group in ("encoder", "decoder"):
             stats = self.gradients.get("end", {}).get(group)
             row[f"{group}_grad_variance"] = stats["variance"] if stats else float("nan")
@@ -294,10 +296,14 @@ class Comparison:
     def _exact_gradient(self, program, x: torch.Tensor) -> dict | None:
         """The ELBO's true gradient at these parameters where it can be computed (one discrete
         latent of at most ENUMERATION_MAX_STATES states, every state summed), else None."""
-        site = enumerable_site(program)
-        if site is None or site[1] > ENUMERATION_MAX_STATES:
+        if not self._enumerable(program):
             return None
         return exact_gradient(program, x, max_states=ENUMERATION_MAX_STATES)
+
+    @staticmethod
+    def _enumerable(program) -> bool:
+        site = enumerable_site(program)
+        return site is not None and site[1] <= ENUMERATION_MAX_STATES
 
     def _curve_point(self, program, data, result: ObjectiveResult) -> dict:
         ev = evaluate(program, data.test, EvaluationSettings.of(self.config, self.curve_samples, exact_points=0))
@@ -306,10 +312,13 @@ class Comparison:
 
     def _final(self, program, data) -> dict:
         settings = EvaluationSettings.of(self.config, exact_points=0)
-        ev = evaluate(program, data.test, settings)
+        enumerable = self._enumerable(program)
+        ev = evaluate(program, data.test, settings, exact_points=1 if enumerable else 0)  # (a sum: every datapoint)
         iwae = evaluate(program, data.test, settings, samples=self.particles, seed=settings.seed + 1)
         s = ev.summary()
-        return {
+        exact = {"exact_log_px": s["exact"]["log_px"]["mean"], "exact_log_px_stderr": s["exact"]["log_px"]["stderr"]} \
+            if "exact" in s else {}
+        return {**exact,
             "elbo": s["elbo"]["mean"],
             "elbo_stderr": s["elbo"]["stderr"],
             "iwae_bound": iwae.log_px.mean().item(),
@@ -362,18 +371,20 @@ class Comparison:
 
     def markdown(self) -> str:
         k, big = self.particles, self.config.eval.samples
+        exact = all("exact_log_px" in r.final for r in self.results)
         lines = [
             f"| objective | K | steps | train s | ms/step | test ELBO | test IWAE bound (K={k}) | "
-            f"test log p(x) (K={big}) | active units | encoder grad variance | encoder grad SNR | "
-            f"decoder grad variance | decoder grad SNR |",
-            "|" + " --- |" * 13,
+            f"test log p(x) (K={big}) | {'exact test log p(x) | ' if exact else ''}active units | encoder grad variance | "
+            f"encoder grad SNR | decoder grad variance | decoder grad SNR |",
+            "|" + " --- |" * (14 if exact else 13),
         ]
         for r in self.results:
             row = r.row(k, big)
+            exact_cell = f"{row['test_exact_log_px']:.2f} ± {row['test_exact_log_px_stderr']:.2f} | " if exact else ""
             lines.append(
                 f"| {row['objective']} | {row['K'] or 'all states'} | {row['steps']} | {row['train_seconds']:.1f} | "
                 f"{row['ms_per_step']:.2f} | {row['test_elbo']:.2f} | {row[f'test_iwae_bound_K{k}']:.2f} | "
-                f"{row[f'test_log_px_K{big}']:.2f} ± {row['test_log_px_stderr']:.2f} | "
+                f"{row[f'test_log_px_K{big}']:.2f} ± {row['test_log_px_stderr']:.2f} | {exact_cell}"
                 f"{_units(row['active_units'], r.final['latent_dim'])} | {row['encoder_grad_variance']:.3g} | "
                 f"{row['encoder_grad_snr']:.3f} | {row['decoder_grad_variance']:.3g} | {row['decoder_grad_snr']:.3f} |"
             )

@@ -393,6 +393,16 @@ class ModelConfig:
 CODE_KEY = "code"
 
 
+#: model programs of the library besides the stock VAE, by name (``model.program = "gmvae"``):
+#: library code, so a run folder rebuilds them without --trust-code
+LIBRARY_PROGRAMS = {"gmvae": "pyro_vae.gmvae:GaussianMixtureVAE"}
+
+
+def library_program(path: str) -> bool:
+    """Whether ``model.program`` names a program of pyro-vae itself (not user code)."""
+    return path in LIBRARY_PROGRAMS.values()
+
+
 @dataclass
 class ProgramConfig:
     """A model program of your own: ``program = "package.module:ClassName"``, and the class's
@@ -423,10 +433,12 @@ def model_from_dict(raw: Any, where: str) -> "ModelConfig | ProgramConfig":
         raise ConfigError(f"{where}.program must be a string, got {program!r}.")
     if program == "vae":
         return _section_from_dict(ModelConfig, raw, where)
+    program = LIBRARY_PROGRAMS.get(program, program)
     if ":" not in program:
+        names = ", ".join(f'"{n}"' for n in LIBRARY_PROGRAMS)
         raise ConfigError(
-            f"unknown model program {program!r} at {where}.program. Give \"vae\" (the stock VAE, the default) or "
-            f"the import path of your own, \"package.module:ClassName\" (see pyro_vae.programs).")
+            f"unknown model program {program!r} at {where}.program. Give \"vae\" (the stock VAE, the default), "
+            f"{names}, or the import path of your own, \"package.module:ClassName\" (see pyro_vae.programs).")
     options = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ("program", CODE_KEY)}
     code = raw.get(CODE_KEY)
     if code is not None:

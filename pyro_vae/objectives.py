@@ -331,14 +331,35 @@ def _one_enumerable_site(objective: Objective, posteriors: dict) -> tuple[str, o
     return name, q
 
 
+def _enumerated_site(objective: Objective, posteriors: dict) -> tuple[str, object]:
+    """The guide's first latent site, to be summed over, when its states can be listed and every
+    later site is reparameterized (drawn given each state); refused by name otherwise."""
+    (name, q), *rest = posteriors.items()
+    if not enumerable(q):
+        raise ProgramError(
+            f"objective '{objective.name}' sums over the states of the guide's first latent site, which must be "
+            f"one-hot groups or binary units; site '{name}' is {family(q)}: use the categorical or bernoulli guide "
+            f"(or Pyro's OneHotCategorical / Bernoulli(...).to_event(1) first in your own guide), or a pathwise "
+            f"objective.")
+    later = [n for n, p in rest if not p.has_rsample]
+    if later:
+        raise ProgramError(
+            f"objective '{objective.name}' sums over site '{name}' and draws the later sites given each state, "
+            f"pathwise; site(s) {', '.join(later)} are not reparameterized. Use score-function, which takes any "
+            f"discrete sites.")
+    return name, q
+
+
 @OBJECTIVES.register("enumerate")
 class EnumeratedELBO(Objective):
-    """ELBO = sum_z q(z|x) [log p(x|z) + log p(z) - log q(z|x)], summed exactly over every state of one discrete latent.
+    """ELBO = sum_y q(y|x) E_q(z|x,y)[log p(x, y, z) - log q(y, z|x)], the first latent site y summed over every state.
 
-    No sampling: value and gradient are exact (what Pyro's TraceEnum_ELBO computes for a latent
-    enumerated in parallel). Each state costs one decoder pass per datapoint, so a step costs as
-    much as K^M (one-hot groups) or 2^D (binary units) single-sample steps, and memory grows alike:
-    latents with more than ``max_states`` states are refused.
+    With y the only latent (a categorical or Bernoulli latent) there is no sampling: value and
+    gradient are exact, what Pyro's TraceEnum_ELBO computes for a guide site enumerated in parallel.
+    Later sites z (e.g. the Gaussian code of a GMVAE, drawn given its mixture component y) are drawn
+    once per state and datapoint, pathwise. Each state costs one decoder pass per datapoint, so a
+    step costs as much as K^M (one-hot groups) or 2^D (binary units) single-sample steps, and memory
+    grows alike: a y of more than ``max_states`` states is refused.
 
     Options:
         max_states: the most latent states a step may sum over (its cost is that many decoder passes per datapoint).
@@ -346,19 +367,24 @@ class EnumeratedELBO(Objective):
 
     supports_kl_weight = True
     discrete_latents = True
-    guide_families = DISCRETE_GUIDES
 
     def __init__(self, *, max_states: int = 256) -> None:
         require(max_states >= 2, f"max_states must be >= 2, got {max_states}.")
         super().__init__(num_particles=1)
         self.max_states = max_states
 
+    def check_guide(self, guide_name: str) -> None:
+        if guide_name not in DISCRETE_GUIDES:
+            raise ConfigError(
+                f"objective 'enumerate' sums over the states of a discrete latent; the '{guide_name}' guide's is "
+                f"continuous. Use {', '.join(DISCRETE_GUIDES)} (or a program whose first latent site is discrete).")
+
     def terms(self, source, x: torch.Tensor, *args, **kwargs) -> Terms:
-        """The terms at every state z_s (the "particles" are the S states, (S, B) each)."""
+        """The terms at every state y_s (the "particles" are the S states, (S, B) each)."""
         if args or kwargs:
             raise ProgramError(f"objective '{self.name}' passes the batch x alone to the model and guide.")
         with source.given(x) as at_x:
-            name, q = _one_enumerable_site(self, at_x.posteriors())
+            name, q = _enumerated_site(self, at_x.posteriors())
             count = state_count(q)
             if count > self.max_states:
                 raise ProgramError(
@@ -366,12 +392,14 @@ class EnumeratedELBO(Objective):
                     f"{self.max_states} (each state is one decoder pass per datapoint). Use a smaller latent, raise "
                     f"train.objective.max_states, or sample it: score-function or gumbel-softmax.")
             states = enumerate_states(q)
-            return at_x.at({name: states.unsqueeze(1).expand(count, x.shape[0], *states.shape[1:])})
+            terms = at_x.at({name: states.unsqueeze(1).expand(count, x.shape[0], *states.shape[1:])})
+        terms.enumerated = name
+        return terms
 
     def surrogate(self, terms, kl_weight=1.0):
-        log_q = terms.log_q  # (S, B): log q(z_s|x), differentiable in the guide's parameters
-        bound = terms.log_likelihood + _kl_weighted(kl_weight, terms.log_prior - log_q)
-        loss = -(log_q.exp() * bound).sum()
+        log_q_y = terms.latents[terms.enumerated].log_q  # (S, B): log q(y_s|x), differentiable in the guide
+        bound = terms.log_likelihood + _kl_weighted(kl_weight, terms.log_prior - terms.log_q)
+        loss = -(log_q_y.exp() * bound).sum()
         return loss, loss.detach()
 
 

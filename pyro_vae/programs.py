@@ -56,7 +56,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .config import CODE_KEY, Config, ModelConfig, ProgramConfig
+from .config import CODE_KEY, Config, ModelConfig, ProgramConfig, library_program
 from .data import check_batch, require_finite
 from .distributions import one_hot_groups
 from .errors import ConfigError, DataError, ProgramError
@@ -195,7 +195,8 @@ def recorded_options(program: nn.Module) -> tuple[dict[str, Any], str]:
     """The keyword options that rebuild ``program`` (each read from its attribute of the same name;
     a VAE subclass's components from its ``spec()``) and, if some cannot be, why not ("" when all can)."""
     params = _init_parameters(type(program))
-    spec = program.spec() if isinstance(program, VAE) else {}
+    library = isinstance(program, VAE) or library_program(class_path(type(program)))
+    spec = program.spec() if library else {}
     options = {k: v for k, v in spec.items() if k in params or _takes_any_keyword(type(program))}
     missing = []
     for name in params:
@@ -225,7 +226,7 @@ def build_program(model: ModelConfig | ProgramConfig, data_shape: tuple[int, ...
                   likelihood=model.likelihood, guide=model.guide, network=model.network)
         return Program(vae)
     code = CodeIdentity.from_dict(model.code)
-    if not trust_code:
+    if not trust_code and not library_program(model.program):
         at = f" ({code.file})" if code else ""
         raise ProgramError(
             f"{where} names user code, model.program = {model.program!r}{at}. Loading a run folder imports "

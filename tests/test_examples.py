@@ -64,3 +64,9 @@ def test_own_program_example(tmp_path):
 @pytest.mark.parametrize("config", sorted((EXAMPLES / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_example_config_trains(config, tmp_path):
     assert main(["train", str(config), *SMOKE, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+
+
+def test_discrete_latents_example(tmp_path):
+    out = run_script("discrete_latents.py", "--smoke", "--out", str(tmp_path / "discrete"), cwd=tmp_path)
+    assert "| enumerate | all states | 10 |" in out and "exact test log p(x)" in out
+    assert "against the exactly enumerated gradient" in out and "encoder bias" in out
