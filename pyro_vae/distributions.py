@@ -506,9 +506,12 @@ class CategoricalImage(dist.TorchDistribution):
         return -1 - len(self.event_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        levels = (value * 255).round().long().unsqueeze(self._level_dim())
-        log_p = torch.log_softmax(self.logits, self._level_dim())
-        levels = levels.expand(*log_p.shape[: self._level_dim()], 1, *self.event_shape)
+        d = self._level_dim()
+        levels = (value * 255).round().long().unsqueeze(d)
+        log_p = torch.log_softmax(self.logits, d)
+        batch = torch.broadcast_shapes(log_p.shape[:d], levels.shape[:d])  # (a value's batch may broadcast)
+        log_p = log_p.expand(*batch, 256, *self.event_shape)
+        levels = levels.expand(*batch, 1, *self.event_shape)
         return log_p.gather(self._level_dim(), levels).squeeze(self._level_dim()).sum(
             tuple(range(-len(self.event_shape), 0)))
 

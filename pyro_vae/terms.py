@@ -231,6 +231,12 @@ class Terms:
 # The stock VAE, directly
 
 
+def _shared_over_data(z: torch.Tensor | None) -> bool:
+    """Whether given points z (P, B, *event) are the same for every datapoint: expanded along the
+    data dimension (stride 0), as an enumeration's states are."""
+    return z is not None and z.dim() >= 3 and z.shape[1] > 1 and z.stride(1) == 0
+
+
 class DirectSource:
     """Terms of the stock :class:`~pyro_vae.vae.VAE` from its three distributions, untraced.
 
@@ -261,15 +267,18 @@ class DirectSource:
             log_q = lambda: fused  # noqa: E731
         else:
             log_q = functools.partial(q.log_prob, z)
-        p_x = vae.p_x_given_z(z)
+        shared = _shared_over_data(z) and not vae.likelihood.bodies()
+        # every datapoint at the same points (the states of an enumeration): the decoder's work once per
+        # point, p(x|z) broadcast over the datapoints (the same numbers: the decoder reads z alone)
+        p_x = vae.p_x_given_z(z[:, :1] if shared else z)
 
         def per_datapoint(t: torch.Tensor) -> torch.Tensor:
             return t if t.shape == (particles, batch) else t.expand(particles, batch)
 
         site = LatentSite("z", z, q, prior, lambda: per_datapoint(log_q()), lambda: per_datapoint(prior.log_prob(z)),
                           per_datapoint, (-3 if z.dim() == 3 else None, -2))
-        return Terms(particles, {"z": site}, lambda: per_datapoint(p_x.log_prob(x)), lambda: log_prob_sum(p_x, x),
-                     non_reparameterized=drawn)
+        return Terms(particles, {"z": site}, lambda: per_datapoint(p_x.log_prob(x)),
+                     None if shared else lambda: log_prob_sum(p_x, x), non_reparameterized=drawn)
 
     @contextmanager
     def given(self, x: torch.Tensor) -> Iterator["Given"]:

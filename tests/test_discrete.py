@@ -368,3 +368,20 @@ def test_gmvae_by_name_trains_and_loads_without_trust_code(tmp_path):
     run = load_run(tmp_path, trust_code=False)  # library code, not a user's: no --trust-code needed
     assert type(run.program.module).__name__ == "GaussianMixtureVAE" and run.program.module.components == 3
     assert math.isfinite(evaluate(run.program, run.data.test, samples=5).summary()["log_px"]["mean"])
+
+
+@pytest.mark.parametrize("likelihood", [n for n in ("bernoulli", "continuous-bernoulli", "gaussian", "laplace",
+                                                    "discretized-logistic", "categorical", "beta")])
+def test_enumeration_decodes_each_state_once_with_the_same_numbers(likelihood, grey_splits, eight_bit_splits):
+    """The direct terms at states shared by every datapoint decode each state once and broadcast
+    p(x|z) over the datapoints: the same log-likelihoods as decoding every (state, datapoint) pair."""
+    from pyro_vae.terms import DirectSource
+
+    vae = discrete_vae(likelihood={"name": likelihood})
+    splits = eight_bit_splits if likelihood in ("discretized-logistic", "categorical", "beta") else grey_splits
+    x = vae.likelihood.prepare_eval_set(splits.test[:5])
+    states = enumerate_states(vae.q_z_given_x(x))
+    shared = states.unsqueeze(1).expand(states.shape[0], x.shape[0], -1)
+    with torch.no_grad(), DirectSource(vae).given(x) as at_x:
+        once, every = at_x.at({"z": shared}).log_likelihood, at_x.at({"z": shared.contiguous()}).log_likelihood
+    assert once.shape == (9, 5) and torch.allclose(once, every, rtol=1e-5, atol=1e-4)
