@@ -16,8 +16,8 @@ over a particle plate outside every plate of the program).
 
 The pathwise objectives (``elbo`` to ``dreg``) differentiate through z, so each refuses a latent
 site whose guide distribution is not reparameterized, naming it. The estimators for discrete
-latents (``discrete_latents = True``: ``enumerate``, ``score-function``, ``gumbel-softmax``,
-``straight-through-gumbel``) take such sites: summing over every state, weighting log q(z|x) by the
+latents (``discrete_latents = True``: ``enumerate``, ``score-function``, ``vimco``,
+``gumbel-softmax``, ``straight-through-gumbel``) take such sites: summing over every state, weighting log q(z|x) by the
 sampled bound, or relaxing the draw.
 
 ``supports_kl_weight`` says whether the objective honours a KL weight beta (KL warm-up): the ELBO
@@ -44,7 +44,7 @@ from .terms import Terms, TraceSource, family, log_mean_exp
 #: the registered guide families whose latent is discrete (no rsample)
 DISCRETE_GUIDES = ("categorical", "bernoulli")
 #: the estimators for a latent without a reparameterized path, named in the pathwise ones' refusals
-DISCRETE_ESTIMATORS = "enumerate, score-function, gumbel-softmax or straight-through-gumbel"
+DISCRETE_ESTIMATORS = "enumerate, score-function, vimco, gumbel-softmax or straight-through-gumbel"
 
 
 class Objective(Component, ELBO):
@@ -475,6 +475,43 @@ class ScoreFunctionELBO(Objective):
             yield
         finally:
             self._frozen = frozen
+
+
+@OBJECTIVES.register("vimco")
+class VIMCO(Objective):
+    """IWAE bound L_K = E[log (1/K) sum_k w_k] with VIMCO's score-function gradient for sites without a path (Mnih & Rezende 2016).
+
+    The gradient: sum_k w~_k grad log w_k (w~ the normalized weights: the IWAE bound's own
+    gradient through log p and log q) + sum_k (L - L_-k) grad log q(z_k|x), the learning signal of
+    draw k its bound L minus L_-k, the bound with log w_k replaced by the mean of the other K - 1
+    (a baseline from the other draws of the same datapoint: unbiased, no parameters). The value is
+    L_K. Unbiased for the IWAE bound's gradient (not the ELBO's: a multi-sample bound), for any
+    mix of discrete and reparameterized sites (reparameterized ones get their path derivative too).
+
+    Options:
+        num_particles: K >= 2, the draws per datapoint (the bound's K and the baseline's pool).
+    """
+
+    discrete_latents = True
+
+    def __init__(self, *, num_particles: int = 5) -> None:
+        require(num_particles >= 2, f"vimco needs num_particles >= 2 (the other draws are the baseline), "
+                                    f"got {num_particles}.")
+        super().__init__(num_particles=num_particles)
+
+    def surrogate(self, terms, kl_weight=1.0):
+        log_w = terms.log_weights  # (K, B)
+        bound = log_mean_exp(log_w)  # (B,)
+        loss = -bound.sum()
+        if terms.non_reparameterized:
+            lw, k = log_w.detach(), log_w.shape[0]
+            others = (lw.sum(0, keepdim=True) - lw) / (k - 1)  # the mean of the other draws' log w
+            eye = torch.eye(k, dtype=lw.dtype, device=lw.device)[:, :, None]  # (K, K, 1): row j replaces draw j
+            held_out = log_mean_exp(lw[None] * (1 - eye) + others[:, None] * eye, 1)  # (K, B): L_-j
+            signal = bound.detach()[None] - held_out
+            score = sum(terms.latents[name].log_q for name in terms.non_reparameterized)
+            loss = loss - (signal * (score - score.detach())).sum()  # value zero, gradient the score term
+        return loss, -bound.sum().detach()
 
 
 @OBJECTIVES.register("gumbel-softmax")

@@ -238,8 +238,9 @@ def test_refusals_name_the_fix():
     program = as_program(discrete_vae(latent_dim=9))  # 3 groups of 3: 27 states
     with pytest.raises(ProgramError, match="27 states, more than max_states = 8"):
         OBJECTIVES.build({"name": "enumerate", "max_states": 8}).step(program.source, binary_batch())
-    with pytest.raises(ProgramError, match="not reparameterized"):  # a pathwise objective meets the draw
-        OBJECTIVES.build({"name": "elbo"}).step(program.source, binary_batch())
+    for pathwise in ("elbo", "elbo-analytic-kl", "iwae", "stl"):  # a pathwise objective meets the draw
+        with pytest.raises(ProgramError, match="not reparameterized.*enumerate, score-function"):
+            OBJECTIVES.build(pathwise).step(as_program(discrete_vae(cls=TracedVAE)).source, binary_batch())
     gaussian = as_program(tiny_vae())
     with pytest.raises(ProgramError, match="one-hot groups or binary units"):
         OBJECTIVES.build({"name": "enumerate"}).step(gaussian.source, binary_batch())
@@ -305,7 +306,7 @@ def test_code_usage_counts_classes():
     assert usage["perplexity"][1] == pytest.approx(1.0)
 
 
-DISCRETE_SPECS = [{"name": "enumerate"}, {"name": "score-function", "baseline": "none"},
+DISCRETE_SPECS = [{"name": "enumerate"}, {"name": "score-function", "baseline": "none"}, {"name": "vimco", "num_particles": 3},
                   {"name": "score-function", "baseline": "average", "num_particles": 2},
                   {"name": "score-function", "baseline": "leave-one-out", "num_particles": 3},
                   {"name": "gumbel-softmax", "temperature": 0.7}, {"name": "straight-through-gumbel", "num_particles": 2}]
@@ -385,3 +386,38 @@ def test_enumeration_decodes_each_state_once_with_the_same_numbers(likelihood, g
     with torch.no_grad(), DirectSource(vae).given(x) as at_x:
         once, every = at_x.at({"z": shared}).log_likelihood, at_x.at({"z": shared.contiguous()}).log_likelihood
     assert once.shape == (9, 5) and torch.allclose(once, every, rtol=1e-5, atol=1e-4)
+
+
+def exact_iwae2_gradient(program, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gradient of the IWAE bound with K = 2, per datapoint, summed exactly over every pair of
+    states: E = sum_{s,t} q_s q_t log((w_s + w_t) / 2)."""
+    module = program.module
+    module.zero_grad(set_to_none=True)
+    vae = program.module
+    q, prior = vae.q_z_given_x(x), vae.p_z()
+    states = enumerate_states(q)
+    z = states.unsqueeze(1).expand(-1, x.shape[0], -1)
+    log_q = q.log_prob(z)  # (S, B)
+    log_w = vae.p_x_given_z(z).log_prob(x) + prior.log_prob(z) - log_q
+    pair = torch.logaddexp(log_w[:, None], log_w[None]) - math.log(2)  # (S, S, B)
+    bound = (log_q.exp()[:, None] * log_q.exp()[None] * pair).sum((0, 1))
+    (bound.sum() / x.shape[0]).backward()
+    out = {g: torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).double().flatten() for p in ps])
+           for g, ps in program.parameter_groups().items() if ps}
+    module.zero_grad(set_to_none=True)
+    return out
+
+
+def test_vimco_gradient_is_the_iwae_bounds():
+    """VIMCO's mean gradient over many draws is the exact gradient of the K = 2 IWAE bound (every
+    pair of states summed), within its standard error; its value is that bound's estimate."""
+    torch.manual_seed(0)
+    program = as_program(discrete_vae())
+    x = binary_batch(4)
+    truth = exact_iwae2_gradient(program, x)
+    stats = gradient_statistics(program, OBJECTIVES.build({"name": "vimco", "num_particles": 2}), x, draws=400,
+                                reference=truth)
+    for group, s in stats.items():
+        assert s["bias"] < 4 * s["bias_stderr"], (group, s)
+    with pytest.raises(ConfigError, match="vimco needs num_particles >= 2"):
+        OBJECTIVES.build({"name": "vimco", "num_particles": 1})
