@@ -19,7 +19,6 @@ from .config import (  # noqa: E402
     REGISTRIES,
     Config,
 )
-from .data import DataSplits, FashionMNIST, KMNIST, MNIST, MNIST5k, Synthetic  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
@@ -30,31 +29,45 @@ from .errors import (  # noqa: E402
     StorageError,
     TrainingDiverged,
 )
-from .guides import DiagonalGaussianGuide  # noqa: E402
-from .likelihoods import (  # noqa: E402
-    BernoulliLikelihood,
-    ContinuousBernoulliLikelihood,
-    GaussianLikelihood,
-    LaplaceLikelihood,
-)
-from .evaluation import Evaluation, EvaluationSettings, evaluate  # noqa: E402
-from .metrics import elbo_terms, log_evidence  # noqa: E402
-from .networks import MLPNetwork  # noqa: E402
-from .objectives import (  # noqa: E402
-    AnalyticKLELBO,
-    DReGIWAE,
-    IWAEBound,
-    MonteCarloELBO,
-    Objective,
-    RenyiBound,
-    StickingTheLandingELBO,
-)
-from .priors import LearnedGaussianPrior, MixturePrior, StandardNormalPrior  # noqa: E402
-from .programs import Program  # noqa: E402
-from .terms import Terms  # noqa: E402
-from .runs import Run, finish_run, load, load_run  # noqa: E402
-from .training import Trainer  # noqa: E402
-from .vae import VAE  # noqa: E402
+
+# The rest loads on first use (PEP 562), so that `import pyro_vae` and the command line's --help and
+# usage errors do not import torch and pyro; `from pyro_vae import VAE` works as before.
+_LAZY = {
+    "data": ("DataSplits", "FashionMNIST", "KMNIST", "MNIST", "MNIST5k", "Synthetic"),
+    "guides": ("DiagonalGaussianGuide",),
+    "likelihoods": ("BernoulliLikelihood", "ContinuousBernoulliLikelihood", "GaussianLikelihood", "LaplaceLikelihood"),
+    "evaluation": ("Evaluation", "EvaluationSettings", "evaluate"),
+    "metrics": ("elbo_terms", "log_evidence"),
+    "networks": ("MLPNetwork",),
+    "objectives": ("AnalyticKLELBO", "DReGIWAE", "IWAEBound", "MonteCarloELBO", "Objective", "RenyiBound",
+                   "StickingTheLandingELBO"),
+    "priors": ("LearnedGaussianPrior", "MixturePrior", "StandardNormalPrior"),
+    "programs": ("Program",),
+    "terms": ("Terms",),
+    "runs": ("Run", "finish_run", "load", "load_run"),
+    "training": ("Trainer",),
+    "vae": ("VAE",),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    import importlib
+    import importlib.util
+
+    module = _WHERE.get(name)
+    if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)  # a submodule: pyro_vae.evaluation, ...
+        raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # (the next lookup is a plain attribute)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "VAE", "Config", "Trainer", "Run", "load", "load_run", "finish_run",

@@ -31,18 +31,19 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import DATASETS, REGISTRIES, Config, ProgramConfig, apply_overrides, library_program, read_toml
-from .data import dataset_for_path
-from .distributed import DEFAULT_TIMEOUT
+# Only light modules at the top (no torch, no pyro): --help and argparse's usage errors answer at
+# once; each command imports what it runs.
+from .config import (DATASETS, DEFAULT_TIMEOUT, REGISTRIES, Config, ProgramConfig, apply_overrides, library_program,
+                     read_toml)
 from .errors import ConfigError, ProgramError, PyroVAEError, RunDirError
-from .runs import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, default_run_dir, differences_outside
-from .training import Trainer
 
 
 LARGE_K = 100_000  # importance samples per datapoint beyond which `evaluate` asks to be told
 
 
 def _config_from(path: str | None, overrides: list[str], data: str | None = None) -> Config:
+    from .data import dataset_for_path
+
     raw = read_toml(path) if path else {}
     if data is not None:  # --data PATH: the dataset it names, whose options --set data.* may then change
         raw["data"] = dataset_for_path(data)
@@ -53,6 +54,8 @@ def _given_data(args: argparse.Namespace):
     """The splits of ``--data PATH`` for a command reading a run (checked against the run's fingerprint)."""
     if getattr(args, "data", None) is None:
         return None
+    from .data import dataset_for_path
+
     return DATASETS.build(dataset_for_path(args.data), "--data").load()
 
 
@@ -60,6 +63,8 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
     """``pyro-vae train --nproc N ...``: run the same command under torchrun, N processes on this
     machine (torchrun's --standalone rendezvous), and return its exit status."""
     import subprocess
+
+    from .runs import default_run_dir
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}.")
@@ -81,7 +86,8 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import Distributed
-    from .runs import finish_run, load_run
+    from .runs import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, default_run_dir, differences_outside, finish_run, load_run
+    from .training import Trainer
 
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:
         return launch(args, args.argv)

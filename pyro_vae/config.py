@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import importlib
 import inspect
 import json
 import math
@@ -249,22 +250,31 @@ def _unknown_option_message(cls: type[Component], key: str, label: str) -> str:
 class Registry:
     """Names -> component classes of one kind, and the one place components are built."""
 
-    def __init__(self, kind: str, plural: str, description: str):
+    def __init__(self, kind: str, plural: str, description: str, module: str):
         self.kind = kind
         self.plural = plural
         self.description = description
-        self._classes: dict[str, type[Component]] = {}
+        self.module = module  # where the stock components register themselves, imported on first use
+        self._own: dict[str, type[Component]] = {}
+
+    @property
+    def _classes(self) -> dict[str, type[Component]]:
+        """The registered classes, the stock ones imported first (so ``import pyro_vae`` and the CLI's
+        ``--help`` need not import torch: the components' modules load when a registry is first read)."""
+        if self.module not in sys.modules:
+            importlib.import_module(self.module)
+        return self._own
 
     def register(self, name: str):
         """Class decorator: register ``cls`` under ``name`` and validate its options on init."""
 
         def decorate(cls: type[Component]) -> type[Component]:
-            if name in self._classes:
+            if name in self._own:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             cls.name = name
             cls.kind = self.kind
             _validated_init(cls)
-            self._classes[name] = cls
+            self._own[name] = cls
             return cls
 
         return decorate
@@ -349,12 +359,13 @@ def format_value(value: Any) -> str:
     return repr(value)
 
 
-PRIORS = Registry("prior", "priors", "p(z)")
-LIKELIHOODS = Registry("likelihood", "likelihoods", "p(x|z), the decoder's distribution over every pixel")
-GUIDES = Registry("guide", "guides", "q(z|x), the amortized posterior")
-NETWORKS = Registry("network", "networks", "encoder and decoder bodies (no probability in them)")
-OBJECTIVES = Registry("objective", "objectives", "the training objective, a pyro.infer.ELBO")
-DATASETS = Registry("dataset", "datasets", "where x comes from")
+PRIORS = Registry("prior", "priors", "p(z)", "pyro_vae.priors")
+LIKELIHOODS = Registry("likelihood", "likelihoods", "p(x|z), the decoder's distribution over every pixel",
+                       "pyro_vae.likelihoods")
+GUIDES = Registry("guide", "guides", "q(z|x), the amortized posterior", "pyro_vae.guides")
+NETWORKS = Registry("network", "networks", "encoder and decoder bodies (no probability in them)", "pyro_vae.networks")
+OBJECTIVES = Registry("objective", "objectives", "the training objective, a pyro.infer.ELBO", "pyro_vae.objectives")
+DATASETS = Registry("dataset", "datasets", "where x comes from", "pyro_vae.data")
 
 REGISTRIES = {r.kind: r for r in (PRIORS, LIKELIHOODS, GUIDES, NETWORKS, OBJECTIVES, DATASETS)}
 
@@ -392,6 +403,9 @@ class ModelConfig:
 #: the key of a user program's table that holds the identity of its code (written by the trainer)
 CODE_KEY = "code"
 
+
+#: seconds a data-parallel collective waits for the other processes (``pyro-vae train --timeout``)
+DEFAULT_TIMEOUT = 300.0
 
 #: model programs of the library besides the stock VAE, by name (``model.program = "gmvae"``):
 #: library code, so a run folder rebuilds them without --trust-code

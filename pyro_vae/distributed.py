@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-DEFAULT_TIMEOUT = 300.0
+from .config import DEFAULT_TIMEOUT  # noqa: F401  (importable from here as before)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,13 @@ def test_discrete_estimators_runs(capsys, tmp_path):
     assert out.count("| straight-through-gumbel(final_temperature=0.5; anneal_epochs=1.0) | 1 | 3 |") == 2
 
 
+def test_cli_startup_runs(capsys):
+    bench = load("cli_startup")
+    assert bench.main(["--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("x |") == len(bench.COMMANDS) and "pyro-vae --help" in out
+
+
 def test_step_overhead_runs(capsys):
     bench = load("step_overhead")
     assert bench.main(["--batch-sizes", "8", "--rounds", "1", "--steps", "1", "--warmup", "1", "--particles", "2"]) == 0

@@ -176,3 +176,23 @@ def test_train_seed_and_device_are_their_set_forms_and_quiet_prints_nothing(tmp_
     out = capsys.readouterr().out
     summary = json.loads(out)  # stdout holds the JSON alone
     assert summary["importance_samples"] == 3 and set(summary["log_px"]) == {"mean", "stderr"}
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    """--help, every subcommand's --help and argparse's usage errors answer before torch or pyro is
+    imported (each command imports what it runs); `import pyro_vae` alone imports neither."""
+    code = (
+        "import sys\n"
+        "import pyro_vae\n"
+        "from pyro_vae.cli import main, build_parser\n"
+        "for argv in [['--help'], *[[c, '--help'] for c in build_parser()._subparsers._group_actions[0].choices],"
+        " ['train', '--no-such-flag'], ['sample']]:\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'pyro', 'numpy') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:]
