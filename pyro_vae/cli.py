@@ -483,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def command(name: str, examples: list[str], help: str) -> argparse.ArgumentParser:
+        """A subcommand whose own --help opens with its one-line description and ends with examples."""
+        return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                              epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
     def overrides(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set model.prior=mixture --set model.prior.components=10 "
@@ -490,17 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data(p: argparse.ArgumentParser, training: bool = False) -> None:
         p.add_argument("--data", metavar="PATH", help=(
-            "train on your own data: a folder of images (dataset 'image-folder') or a .npy, .npz or .pt file "
-            "(dataset 'array'); --set data.* sets its options; summarized in one line when training starts" if training else
+            "train on your own data: a folder of images (dataset 'image-folder'), a .npy, .npz or .pt file "
+            "(dataset 'array') or a .csv/.tsv table (dataset 'csv'); --set data.* sets its options; summarized in one "
+            "line when training starts" if training else
             "the data the run trained on, where its config cannot rebuild it (a run trained on data from Python): "
-            "a folder of images or a .npy, .npz or .pt file, checked against the run's fingerprint"))
+            "a folder of images, a .npy, .npz or .pt file or a .csv/.tsv table, checked against the run's fingerprint"))
 
     def trust(p: argparse.ArgumentParser) -> None:
         p.add_argument("--trust-code", action="store_true",
                        help="import the user model program a run folder names (model.program); without it such "
                        "a run is refused, since a run folder from elsewhere could name any module")
 
-    p = sub.add_parser("train", help="train a VAE (or your own model program) by SVI and write a run folder")
+    p = command("train", ['pyro-vae train', 'pyro-vae train --set model.prior=mixture --set train.epochs=50 --out runs/mix', 'pyro-vae train --data my_images/ --set model.likelihood=bernoulli', 'pyro-vae train --resume runs/mix --set train.epochs=100'], help="train a VAE (or your own model program) by SVI and write a run folder")
     p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults, MNIST subset)")
     overrides(p)
     p.add_argument("--out", help="run folder to create (default: runs/<time>-<data>-<prior>-<likelihood>)")
@@ -518,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="ELBO, its terms, importance-sampled log p(x), gap, active units, bits/dim")
+    p = command("evaluate", ['pyro-vae evaluate runs/mix --samples 5000', 'pyro-vae evaluate runs/mix --json > summary.json'], help="ELBO, its terms, importance-sampled log p(x), gap, active units, bits/dim")
     p.add_argument("run_dir")
     p.add_argument("--samples", "-k", type=int, help="importance samples K per datapoint (default: eval.samples, 1000)")
     p.add_argument("--seed", type=int, help="seed of the estimates (default: the run's seed)")
@@ -534,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("explain", help="log p(x) = ELBO + KL(q || p(z|x)) term by term for chosen test points; "
+    p = command("explain", ['pyro-vae explain runs/two-d --index 3 --index 7'], help="log p(x) = ELBO + KL(q || p(z|x)) term by term for chosen test points; "
                        "a picture of q(z|x) against p(z|x) for 2-D latents")
     p.add_argument("run_dir")
     p.add_argument("--index", "-i", type=int, action="append", help="a test datapoint (repeatable; default: 4 spread "
@@ -548,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust(p)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("encode", help="per datapoint: q(z|x)'s mean and scale, the ELBO and importance-sampled "
+    p = command("encode", ['pyro-vae encode runs/mix --data new_images.npy --out latents.npz --samples 1000'], help="per datapoint: q(z|x)'s mean and scale, the ELBO and importance-sampled "
                        "log p(x) (an anomaly score), into a .npz or .csv file")
     p.add_argument("run_dir")
     p.add_argument("--data", metavar="PATH", help="a folder of images or a .npy, .npz or .pt file of datapoints "
@@ -572,12 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
         trust(p)
 
-    p = sub.add_parser("interpolate", help="decode the straight line between two datapoints' posterior means")
+    p = command("interpolate", ['pyro-vae interpolate runs/mix --pairs 0:1 2:3 --steps 9'], help="decode the straight line between two datapoints' posterior means")
     picture(p, "interpolate")
     p.add_argument("--pairs", nargs="+", metavar="I:J", help="pairs of datapoint indices (default 0:1), a row each")
     p.set_defaults(func=cmd_interpolate)
 
-    p = sub.add_parser("traverse", help="sweep one latent coordinate at a time around a datapoint's posterior mean")
+    p = command("traverse", ['pyro-vae traverse runs/mix --index 0 --span 3'], help="sweep one latent coordinate at a time around a datapoint's posterior mean")
     picture(p, "traverse")
     p.add_argument("--index", "-i", type=int, default=0, help="the datapoint (default 0)")
     p.add_argument("--dims", type=int, nargs="+", help="latent coordinates, a row each (default: the 8 whose "
@@ -586,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "coordinate's posterior means (default 3)")
     p.set_defaults(func=cmd_traverse)
 
-    p = sub.add_parser("sample", help="decode samples z ~ p(z) into a picture")
+    p = command("sample", ['pyro-vae sample runs/mix --n 64 --seed 1'], help="decode samples z ~ p(z) into a picture")
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--seed", type=int, help="seed (default: the run's seed)")
@@ -599,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     trust(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("compare", help="train one model under several objectives on equal budgets and compare them")
+    p = command("compare", ['pyro-vae compare --objectives elbo,iwae,dreg --particles 5 --budget 2000steps', "pyro-vae compare --set model.latent_dim=16 --set model.prior=categorical --set model.guide=categorical --objectives 'enumerate,score-function(baseline=leave-one-out):4,gumbel-softmax'"], help="train one model under several objectives on equal budgets and compare them "
+                  "(the final test log p(x) takes K = eval.samples: --set eval.samples=N)")
     p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults)")
     overrides(p)
     p.add_argument("--objectives", default="elbo,elbo-analytic-kl,iwae,stl,dreg",
@@ -621,11 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("list", help="every registered component with its options and defaults")
+    p = command("list", ['pyro-vae list', 'pyro-vae list prior'], help="every registered component with its options and defaults")
     p.add_argument("kind", nargs="?", help=f"only one kind: {', '.join(REGISTRIES)}")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("config", help="print the resolved config (defaults filled in) as TOML")
+    p = command("config", ['pyro-vae config examples/configs/mixture-prior.toml --set train.epochs=5'], help="print the resolved config (defaults filled in) as TOML")
     p.add_argument("config", nargs="?")
     overrides(p)
     p.set_defaults(func=cmd_config)

@@ -196,3 +196,17 @@ def test_help_and_usage_errors_do_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:]
+
+
+def test_every_subcommand_describes_itself_with_examples(capsys):
+    from pyro_vae.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in commands:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert "examples:\n  pyro-vae " + name in out, name
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "eval.samples" in capsys.readouterr().out
