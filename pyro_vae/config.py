@@ -356,6 +356,8 @@ def format_value(value: Any) -> str:
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, dict):  # an inline table (a component in a list)
+        return "{" + ", ".join(f"{k} = {format_value(v)}" for k, v in value.items() if v is not None) + "}"
     return repr(value)
 
 
@@ -366,8 +368,10 @@ GUIDES = Registry("guide", "guides", "q(z|x), the amortized posterior", "pyro_va
 NETWORKS = Registry("network", "networks", "encoder and decoder bodies (no probability in them)", "pyro_vae.networks")
 OBJECTIVES = Registry("objective", "objectives", "the training objective, a pyro.infer.ELBO", "pyro_vae.objectives")
 DATASETS = Registry("dataset", "datasets", "where x comes from", "pyro_vae.data")
+CALLBACKS = Registry("callback", "callbacks", "called as training runs: loggers (train.callbacks, a list)",
+                     "pyro_vae.callbacks")
 
-REGISTRIES = {r.kind: r for r in (PRIORS, LIKELIHOODS, GUIDES, NETWORKS, OBJECTIVES, DATASETS)}
+REGISTRIES = {r.kind: r for r in (PRIORS, LIKELIHOODS, GUIDES, NETWORKS, OBJECTIVES, DATASETS, CALLBACKS)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,6 +381,11 @@ REGISTRIES = {r.kind: r for r in (PRIORS, LIKELIHOODS, GUIDES, NETWORKS, OBJECTI
 def component(kind: str, default: str):
     """A config field holding a component table of ``kind``."""
     return field(default_factory=lambda: {"name": default}, metadata={"registry": kind})
+
+
+def components(kind: str):
+    """A config field holding a list of component tables of ``kind`` (empty by default)."""
+    return field(default_factory=list, metadata={"registry": kind, "many": True})
 
 
 @dataclass
@@ -510,6 +519,10 @@ class TrainConfig:
     hardware multiplies bfloat16 faster than float32 (CPUs with AVX-512 BF16 or AMX, recent GPUs);
     the gradients are those of a slightly perturbed network, so compare validation scores before
     adopting it (``benchmarks/precision.py``, ``benchmarks/README.md``).
+
+    ``callbacks`` is a list of callbacks (``pyro_vae.callbacks``: loggers such as ``tensorboard``),
+    each a name or a table with its options, called as training runs; they observe and never change
+    the run.
     """
 
     objective: dict = component("objective", "elbo")
@@ -527,6 +540,7 @@ class TrainConfig:
     curve_every: int = 1
     ema: float = 0.0
     precision: Literal["float32", "bfloat16"] = "float32"
+    callbacks: list = components("callback")
 
     def check(self, where: str) -> None:
         require(
@@ -691,7 +705,13 @@ def _section_from_dict(cls: type, raw: Any, where: str) -> Any:
     values = {}
     for name, f in fields.items():
         path = f"{where}.{name}" if where else name
-        if "registry" in f.metadata:
+        if f.metadata.get("many"):
+            specs = raw.get(name, [])
+            if not isinstance(specs, list):
+                raise ConfigError(f"{path} must be a list of {f.metadata['registry']} names or tables, got {specs!r}.")
+            values[name] = [REGISTRIES[f.metadata["registry"]].resolve(spec, f"{path}[{i}]")
+                            for i, spec in enumerate(specs)]
+        elif "registry" in f.metadata:
             spec = raw.get(name, f.default_factory())  # type: ignore[misc]
             values[name] = REGISTRIES[f.metadata["registry"]].resolve(spec, path)
         elif cls is Config and name == "model":
@@ -737,7 +757,7 @@ def _component_paths(cls: type = Config, prefix: str = "") -> dict[str, dict]:
     for f in dataclasses.fields(cls):
         path = f"{prefix}{f.name}"
         hint = ModelConfig if cls is Config and f.name == "model" else hints[f.name]
-        if "registry" in f.metadata:
+        if "registry" in f.metadata and not f.metadata.get("many"):
             out[path] = f.default_factory()  # type: ignore[misc]
         elif dataclasses.is_dataclass(hint):
             out.update(_component_paths(hint, path + "."))

@@ -78,7 +78,8 @@ CHECKPOINT_FORMAT = 1
 # Keys that may differ between a checkpoint and the config that resumes it.
 # A resume may change these. The data's file locations may change because the data itself may not:
 # every run of a file dataset records its fingerprint, and other data is refused (check_same_data).
-RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes"), ("data", "path"), ("data", "test_path")}
+RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes"), ("train", "callbacks"), ("data", "path"),
+                     ("data", "test_path")}
 
 _HELD: dict[str, int] = {}  # run folders this process holds the lock of, and how many times
 

@@ -32,7 +32,7 @@ import pyro
 import torch
 
 from . import metrics
-from .config import OBJECTIVES, Config, ProgramConfig
+from .config import CALLBACKS, OBJECTIVES, Config, ProgramConfig
 from .data import DATASETS, USER_FILE_DATASETS, DataSplits, prepare_data, probe_generator
 from .data import summary as data_summary
 from .distributed import SINGLE, Distributed
@@ -251,9 +251,13 @@ class Trainer:
     dist: Distributed = SINGLE
     model: torch.nn.Module | None = None
     preloaded: DataSplits | None = field(default=None, repr=False)
+    callbacks: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
+        # train.callbacks' loggers, then the caller's own objects (pyro_vae.callbacks): rank 0 only
+        self.callbacks = [CALLBACKS.build(spec, f"train.callbacks[{i}]") for i, spec in
+                          enumerate(self.config.train.callbacks)] + list(self.callbacks)
         self.rebuild_note = ""
         if self.model is not None:
             table, self.rebuild_note = Program(self.model).model_table()
@@ -500,8 +504,12 @@ class Trainer:
             self.history = []
 
         last = self.config.train.epochs if stop_after is None else min(self.config.train.epochs, self.epoch + stop_after)
-        with pyro.validation_enabled(self.config.train.validate):
-            self._train_epochs(last)
+        self._call("on_train_start")
+        try:
+            with pyro.validation_enabled(self.config.train.validate):
+                self._train_epochs(last)
+        finally:
+            self._call("on_train_end")
         self.dist.barrier()  # the last checkpoint is on disk before any rank reads it
         return self
 
@@ -576,7 +584,15 @@ class Trainer:
         self.step += 1
         if self.average is not None:
             self.average.update(self.step)
+        if self.callbacks:
+            self._call("on_step", loss)
         return loss
+
+    def _call(self, hook: str, *args) -> None:
+        """Each callback's ``hook(self, *args)``, on the main process only."""
+        if self.dist.main:
+            for callback in self.callbacks:
+                getattr(callback, hook)(self, *args)
 
     def batch_stream(self) -> Iterator[torch.Tensor]:
         """Minibatch indices without end: each epoch a fresh permutation of the training set from the
@@ -640,6 +656,7 @@ class Trainer:
                 save_checkpoint(self.run_dir / BEST, state)
             self._snapshot(state)
             save_checkpoint(self.run_dir / CHECKPOINT, state)
+        self._call("on_epoch_end", self.history[-1])
         message = (
             f"epoch {self.epoch:>3}  objective {-mean_loss:9.2f}  "
             + (f"train ELBO {train['elbo']:9.2f}  " if train is not None else "")

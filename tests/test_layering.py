@@ -22,7 +22,7 @@ LAYERS = [
     ("estimators", {"objectives", "metrics"}),
     ("evaluation", {"exact", "evaluation"}),
     ("pictures", {"plots"}),
-    ("runs and training", {"runs", "training", "compare"}),
+    ("runs and training", {"runs", "callbacks", "training", "compare"}),
     ("entry points", {"cli", "__main__", "__init__"}),
 ]
 LAYER = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
