@@ -468,6 +468,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .runs import export_run
+
+    out = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    print(f"wrote {out}: model.safetensors (the parameters), config.toml, export.json; "
+          f"load it with pyro_vae.load({str(out)!r})")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(_config_from(args.config, args.set).to_toml(), end="")
     return 0
@@ -632,6 +641,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", ['pyro-vae list', 'pyro-vae list prior'], help="every registered component with its options and defaults")
     p.add_argument("kind", nargs="?", help=f"only one kind: {', '.join(REGISTRIES)}")
     p.set_defaults(func=cmd_list)
+
+    p = command("export", ["pyro-vae export runs/mix --out exported/mix", "python -c \"import pyro_vae; "
+                "print(pyro_vae.load('exported/mix').sample(4).shape)\""],
+                help="write a trained model to share: its parameters as safetensors (loading runs no code), "
+                "the config and what it trained on")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the export folder to create")
+    p.add_argument("--checkpoint", default="auto", help="auto (best.pt if the run has one, else checkpoint.pt), "
+                   "best, last, or a snapshot's path")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p.set_defaults(func=cmd_export)
 
     p = command("config", ['pyro-vae config examples/configs/mixture-prior.toml --set train.epochs=5'], help="print the resolved config (defaults filled in) as TOML")
     p.add_argument("config", nargs="?")

@@ -41,6 +41,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -533,8 +534,91 @@ def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = T
 
 def load(run_dir: Path | str, device: str | None = None, checkpoint: str = "auto", *, trust_code: bool = False,
          model: torch.nn.Module | None = None) -> Run:
-    """A trained model to use (``pyro_vae.load(RUN_DIR).encode(x)``): :func:`load_run` without its data."""
+    """A trained model to use (``pyro_vae.load(RUN_DIR).encode(x)``): :func:`load_run` without its
+    data; or an exported model (:func:`export_run`'s folder, loaded by :func:`load_export`)."""
+    if (Path(run_dir) / EXPORT_WEIGHTS).is_file() and not (Path(run_dir) / CHECKPOINT).is_file():
+        return load_export(run_dir, device, model=model)
     return load_run(run_dir, device, with_data=False, checkpoint=checkpoint, trust_code=trust_code, model=model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exported models: weights as safetensors, the config as TOML, no code and no pickle
+
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_INFO = "export.json"
+EXPORT_FORMAT = 1
+
+
+def export_run(run_dir: Path | str, out: Path | str, checkpoint: str = "auto", overwrite: bool = False) -> Path:
+    """Write a trained model to share: ``model.safetensors`` (the parameters, a format that holds
+    tensors only: loading it runs no code, unlike a pickled checkpoint), ``config.toml`` (the run's
+    resolved config: the model it rebuilds) and ``export.json`` (data shape, epoch, what it trained
+    on, the weights' SHA-256). :func:`load` reads the folder back. Reads the checkpoint only; no
+    program is built, so a user program's code is not imported."""
+    from safetensors.torch import save
+
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / CONFIG).is_file():
+        raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
+    config = Config.load(run_dir / CONFIG)
+    path = Path(checkpoint) if checkpoint.endswith(".pt") else selected_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(path)
+    check_same_config(state, config, RESUMABLE_CHANGES | eval_keys(config), str(run_dir))
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunDirError(f"{out} exists and is not empty: choose a new --out, or pass --overwrite to replace "
+                              f"the export there.")
+        if not (out / EXPORT_INFO).is_file():
+            raise RunDirError(f"{out} is not an export folder (no {EXPORT_INFO}): pyro-vae replaces only an export.")
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state["model"].items()}
+    weights = out / EXPORT_WEIGHTS
+    data = save(tensors, metadata={"format": str(EXPORT_FORMAT)})
+    atomic_write(weights, lambda f: f.write(data))
+    info = {"format": EXPORT_FORMAT, "data_shape": list(state["data_shape"]), "epoch": state["epoch"],
+            "checkpoint": path.name, "run_dir": str(run_dir), "data": state.get("data"),
+            "sha256": hashlib.sha256(data).hexdigest()}
+    write_text(out / CONFIG, config.to_toml())
+    write_text(out / EXPORT_INFO, json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def load_export(folder: Path | str, device: str | None = None, *, model: torch.nn.Module | None = None) -> Run:
+    """A model :func:`export_run` wrote: the program its config names rebuilt (the stock VAE or a
+    library program; a user program only as the object ``model``, since an export never imports
+    code), its parameters read from safetensors (checked against the recorded SHA-256)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for name in (CONFIG, EXPORT_INFO, EXPORT_WEIGHTS):
+        if not (folder / name).is_file():
+            raise RunDirError(f"{folder} is not a pyro-vae export (no {name}); `pyro-vae export RUN --out DIR` writes one.")
+    info = json.loads((folder / EXPORT_INFO).read_text())
+    if info.get("format", 0) > EXPORT_FORMAT:
+        raise CheckpointError(f"{folder} is an export of format {info['format']}, newer than this pyro-vae reads "
+                              f"({EXPORT_FORMAT}): upgrade pyro-vae.")
+    weights = folder / EXPORT_WEIGHTS
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != info["sha256"]:
+        raise CheckpointError(f"{weights} does not match the SHA-256 recorded in {EXPORT_INFO}: the file changed "
+                              f"or is damaged. Export the run again.")
+    config = Config.load(folder / CONFIG)
+    shape = tuple(info["data_shape"])
+    dev = resolve_device(device or config.device)
+    torch.manual_seed(config.seed)
+    if model is not None:
+        _require_run_program(config, model, folder)
+        program = Program(model, data_shape=shape)
+    else:
+        try:
+            program = build_model(config, shape, trust_code=False, where=str(folder))
+        except ProgramError as e:
+            raise ProgramError(f"{e} An export never imports code: load it with pyro_vae.load({str(folder)!r}, "
+                               f"model=YourProgram(...)) given the program's object.") from None
+    program.module.to(dev)
+    load_parameters(program.module, load_file(str(weights), device=str(dev)), weights)
+    state = {"epoch": info["epoch"], "data_shape": info["data_shape"], "data": info.get("data") or {}}
+    return Run(folder, config, program, state, dev, None, EXPORT_WEIGHTS)
 
 
 def _require_run_program(config: Config, model: torch.nn.Module, run_dir: Path) -> None:
