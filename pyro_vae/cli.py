@@ -477,6 +477,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(_config_from(args.config, args.set).to_toml(), end="")
     return 0
@@ -652,6 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "best, last, or a snapshot's path")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     p.set_defaults(func=cmd_export)
+
+    p = command("completion", ['pyro-vae completion bash > ~/.local/share/bash-completion/completions/pyro-vae',
+                               'pyro-vae completion zsh > ~/.zfunc/_pyro-vae   # with fpath+=(~/.zfunc) in ~/.zshrc'],
+                help="print a shell completion script for pyro-vae (bash, zsh or tcsh; made by shtab from this "
+                "command line's own parser)")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    p.set_defaults(func=cmd_completion)
 
     p = command("config", ['pyro-vae config examples/configs/mixture-prior.toml --set train.epochs=5'], help="print the resolved config (defaults filled in) as TOML")
     p.add_argument("config", nargs="?")

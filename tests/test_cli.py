@@ -210,3 +210,16 @@ def test_every_subcommand_describes_itself_with_examples(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     assert "eval.samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_shell_completion_knows_every_subcommand_without_importing_torch(shell):
+    code = ("import sys\nfrom pyro_vae.cli import main\nmain(['completion', %r])\n"
+            "print('torch' in sys.modules, file=sys.stderr)\n" % shell)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr.strip() == "False", done.stderr
+    from pyro_vae.cli import build_parser
+
+    for name in build_parser()._subparsers._group_actions[0].choices:
+        assert name in done.stdout
+    assert "--trust-code" in done.stdout and "pyro-vae" in done.stdout
