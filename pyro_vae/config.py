@@ -355,10 +355,23 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, str):
-        return json.dumps(value)
+        return toml_string(value)
     if isinstance(value, dict):  # an inline table (a component in a list)
-        return "{" + ", ".join(f"{k} = {format_value(v)}" for k, v in value.items() if v is not None) + "}"
+        return "{" + ", ".join(f"{toml_key(k)} = {format_value(v)}" for k, v in value.items() if v is not None) + "}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return repr(value)
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes (quote, backslash, control characters as \\uXXXX) are
+    TOML's; other characters stay as they are (UTF-8), but DEL, which TOML also escapes."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def toml_key(key: str) -> str:
+    """A TOML key: bare where it may be (letters, digits, _ and -), else a quoted string."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_string(key)
 
 
 PRIORS = Registry("prior", "priors", "p(z)", "pyro_vae.priors")
@@ -680,11 +693,11 @@ def _migrated(raw: dict[str, Any]) -> dict[str, Any]:
 def dumps_toml(table: dict[str, Any], prefix: tuple[str, ...] = ()) -> str:
     """Write a config dict as TOML: plain values first, then sub-tables. None values are left out
     (TOML has no null; an option that is None is at its default)."""
-    lines = [f"{k} = {format_value(v)}" for k, v in table.items() if v is not None and not isinstance(v, dict)]
+    lines = [f"{toml_key(k)} = {format_value(v)}" for k, v in table.items() if v is not None and not isinstance(v, dict)]
     for key, sub in table.items():
         if isinstance(sub, dict):
             path = (*prefix, key)
-            lines += ["", f"[{'.'.join(path)}]", dumps_toml(sub, path).rstrip("\n")]
+            lines += ["", f"[{'.'.join(toml_key(p) for p in path)}]", dumps_toml(sub, path).rstrip("\n")]
     return "\n".join(line for line in lines).lstrip("\n") + "\n"
 
 

@@ -199,3 +199,13 @@ def test_a_config_of_an_earlier_version_with_train_engine_still_loads():
         assert old == Config.from_dict({"train": {"epochs": 3}}) and "engine" not in old.to_dict()["train"]
     with pytest.raises(ConfigError, match="unknown key 'engine'"):
         Config.from_dict({"train": {"engine": "gpu"}})
+
+
+def test_toml_writer_quotes_keys_and_escapes_strings_round_trip():
+    """The config writer's TOML reads back as the same table (tomllib), whatever the strings and
+    keys hold: quotes, backslashes, newlines, unicode, keys that are not bare."""
+    from pyro_vae.config import dumps_toml
+
+    table = {"plain": "a \"quoted\" \\ back\\slash\nnew line\ttab é ∑ 😀 del\x7f nul\x00", "with space": 1, "dotted.key": [1.5, "x"],
+             "inf": float("inf"), "nested": {"key with ' quote": {"deep": True, "list": [{"name": "t", "n": 2}]}}}
+    assert tomllib.loads(dumps_toml(table)) == table
