@@ -97,6 +97,40 @@ class DataSplits:
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
 
+    @classmethod
+    def from_arrays(cls, x, labels=None, *, test=None, test_labels=None, test_fraction: float = 0.1,
+                    split_seed: int = 0, layout: str = "auto", name: str = "arrays") -> "DataSplits":
+        """Splits from arrays in memory (NumPy arrays or tensors), read as the ``array`` dataset reads
+        a file: images (N, H, W), (N, C, H, W) or (N, H, W, C) or vectors (N, D); uint8 as 8-bit
+        levels scaled by 1/255, floats as they are; ``labels`` one integer per datapoint. The test set
+        is ``test`` (and ``test_labels``), else a ``test_fraction`` of x held out by ``split_seed``."""
+        def array(a, what: str) -> np.ndarray:
+            if torch.is_tensor(a):
+                return a.detach().cpu().numpy()
+            if isinstance(a, np.ndarray):
+                return a
+            raise DataError(f"{what} must be a NumPy array or a torch tensor, got {type(a).__name__}.")
+
+        if not 0.0 < test_fraction < 1.0:
+            raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+        images = as_images(array(x, "x"), layout, "x")
+        y = as_labels(array(labels, "labels"), len(images), "labels") if labels is not None else None
+        given = None
+        if test is not None:
+            t = as_images(array(test, "test"), layout, "test")
+            if t.shape[1:] != images.shape[1:]:
+                raise DataError(f"test holds datapoints of shape {tuple(t.shape[1:])} and x of "
+                                f"{tuple(images.shape[1:])}: the test set must be the same kind of data.")
+            given = (t, as_labels(array(test_labels, "test_labels"), len(t), "test_labels")
+                     if test_labels is not None else None)
+        elif test_labels is not None:
+            raise DataError("test_labels without test: give the test set's datapoints too.")
+        train, train_labels, test_x, test_y = train_and_test(images, y, given, test_fraction, split_seed, "x")
+        where = "given test set" if given is not None else f"{len(test_x)} held out by seed {split_seed}"
+        return cls(name, train, train_labels, test_x, test_y,
+                   f"arrays from Python ({where}): {len(train)} train / {len(test_x)} test, "
+                   f"{'x'.join(map(str, train.shape[1:]))}")
+
     def check_finite(self) -> None:
         for split, x in (("train", self.train), ("test", self.test)):
             bad = (~torch.isfinite(x)).sum().item()

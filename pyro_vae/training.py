@@ -240,13 +240,15 @@ class Trainer:
     ``config.toml`` records its class, options and code so that the folder rebuilds it (where
     its options can be read back: otherwise the log says so, and ``load_run(RUN, model=...)``
     loads it). ``splits``: data to train on instead of the config's dataset. ``preloaded``: the
-    config's own dataset, already loaded by the caller (``compare`` loads it once for all its runs)."""
+    config's own dataset, already loaded by the caller (``compare`` loads it once for all its runs).
+    ``splits`` may also be bare data, a NumPy array or tensor ``x`` or a pair ``(x, labels)``:
+    ``DataSplits.from_arrays`` holds out a seeded tenth as the test set."""
 
     config: Config
     run_dir: Path
     progress: bool = True
     log: Callable[[str], None] = print
-    splits: DataSplits | None = None
+    splits: Any = None  # DataSplits, or bare arrays (see above)
     history: list[dict] = field(default_factory=list)
     dist: Distributed = SINGLE
     model: torch.nn.Module | None = None
@@ -255,6 +257,9 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
+        if self.splits is not None and not isinstance(self.splits, DataSplits):  # bare arrays: x, or (x, labels)
+            x, labels = self.splits if isinstance(self.splits, tuple) else (self.splits, None)
+            self.splits = DataSplits.from_arrays(x, labels)
         # train.callbacks' loggers, then the caller's own objects (pyro_vae.callbacks): rank 0 only
         self.callbacks = [CALLBACKS.build(spec, f"train.callbacks[{i}]") for i, spec in
                           enumerate(self.config.train.callbacks)] + list(self.callbacks)

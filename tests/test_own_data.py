@@ -546,3 +546,29 @@ def test_a_moved_data_file_is_pointed_at_again_and_checked_by_its_fingerprint(tm
     err = refused(["train", "--resume", str(run), "--set", "train.epochs=3", "--set",
                    f"data.path={tmp_path / 'other.npy'}", "--no-progress"], capsys)
     assert "not the same data" in err
+
+
+def test_the_trainer_takes_bare_numpy_arrays(tmp_path):
+    """Trainer(splits=x) with a NumPy array (pythae's way): uint8 images scaled by 1/255, a seeded
+    tenth held out, recorded as data from Python; (x, labels) keeps the labels."""
+    import numpy as np
+
+    from pyro_vae import Config, DataSplits, Trainer, load_run
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 6, 6)) < 0.3).astype(np.uint8) * 255
+    labels = rng.integers(0, 3, 60)
+    config = Config.from_dict({"model": {"latent_dim": 2, "network": {"name": "mlp", "hidden": [8]}},
+                               "train": {"epochs": 1, "batch_size": 16}, "eval": {"samples": 4}})
+    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None, splits=(x, labels)).fit()
+    data = trainer.data
+    assert data.train.shape[1:] == (1, 6, 6) and data.train.shape[0] + data.test.shape[0] == 60
+    assert set(data.train.unique().tolist()) <= {0.0, 1.0}
+    assert trainer.config.data["name"] == "given"
+    same = DataSplits.from_arrays(x, labels)
+    assert torch.equal(same.test_labels, data.splits.test_labels)
+    with pytest.raises(DataError, match="NumPy array or a torch tensor"):
+        DataSplits.from_arrays([[0, 1]])
+    with pytest.raises(DataError, match="one label per datapoint"):
+        DataSplits.from_arrays(x, labels[:5])
+    load_run(tmp_path / "run", splits=same)  # the same arrays again: the fingerprint matches
