@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{latents[latent]['prior']['classes']} classes") if latent == "categorical" else \
             f"{latents[latent]['latent_dim']} binary units"
         print(f"\n{latent}: {shape}, "
-              f"{budget.describe()} of training per estimator, test set of {data['name']}; nats per datapoint")
+              f"{budget.describe()} per estimator, test set of {data['name']}; nats per datapoint")
         print(f"| estimator | K | steps | test ELBO | test log p(x) (K={args.samples}) |\n| --- | --- | --- | --- | --- |")
         for row in tables[latent]:
             print(f"| {row['objective']} | {row['K']} | {row['steps']} | {row['test_elbo']:.2f} | "
