@@ -305,13 +305,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
         raise ConfigError(f"--samples must be >= 1, got {samples}.")
     seed = run.config.seed if args.seed is None else args.seed
     size = run.config.eval.batch_size
-    columns: dict[str, list] = {"mean": [], "scale": [], "elbo": [], "log_px": [], "log_px_stderr": []}
+    sites = list(run.program.latent_shapes)
+    # one latent site: "mean", "scale"; several: "mean_<site>", "scale_<site>" for each
+    codes = [("mean", "scale")] if len(sites) == 1 else [(f"mean_{n}", f"scale_{n}") for n in sites]
+    columns: dict[str, list] = {k: [] for pair in codes for k in pair} | {"elbo": [], "log_px": [], "log_px_stderr": []}
     for b in tqdm(range(0, x.shape[0], size), disable=args.no_progress, unit="batch", leave=False,
                   desc=f"encoding, K = {samples}"):
         xb, s = x[b : b + size], batch_seed(seed, b // size)
-        mean, scale = run.encode(xb, seed=s)
+        encoded = run.encode_sites(xb, seed=s)
         evidence = run.log_prob(xb, samples, seed=s)
-        for key, value in (("mean", mean), ("scale", scale), ("elbo", run.elbo(xb, seed=s)),
+        values = [(key, value) for (m, sc), site in zip(codes, sites) for key, value in zip((m, sc), encoded[site])]
+        for key, value in (*values, ("elbo", run.elbo(xb, seed=s)),
                            ("log_px", evidence["log_px"]), ("log_px_stderr", evidence["stderr"])):
             columns[key].append(value.flatten(1) if value.dim() > 1 else value)
     table = {k: torch.cat(v).cpu().numpy() for k, v in columns.items()}
@@ -322,21 +326,22 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if out.suffix.lower() == ".npz":
             np.savez(f, **table)
             return
-        d = table["mean"].shape[1]
+        code_keys = [k for pair in codes for k in pair]
         header = ["index", *(["label"] if labels is not None else []), "elbo", "log_px", "log_px_stderr",
-                  *(f"mean_{i}" for i in range(d)), *(f"scale_{i}" for i in range(d))]
+                  *(f"{k}_{i}" for k in code_keys for i in range(table[k].shape[1]))]
         lines = [",".join(header)]
         for i in range(len(table["elbo"])):
             row = [str(i), *([str(int(table["label"][i]))] if labels is not None else []),
                    *(f"{table[k][i]:.6g}" for k in ("elbo", "log_px", "log_px_stderr")),
-                   *(f"{v:.6g}" for v in table["mean"][i]), *(f"{v:.6g}" for v in table["scale"][i])]
+                   *(f"{v:.6g}" for k in code_keys for v in table[k][i])]
             lines.append(",".join(row))
         f.write(("\n".join(lines) + "\n").encode())
 
     with writing_into(run.run_dir, out, "encode"):
         atomic_write(out, write)
-    print(f"wrote {out}: {len(table['elbo'])} datapoints of {what}: posterior mean and scale "
-          f"({table['mean'].shape[1]} each), ELBO and log p(x) (K = {samples}, with its standard error), nats")
+    sizes = ", ".join(f"{site} {table[m].shape[1]}" for (m, _), site in zip(codes, sites))
+    print(f"wrote {out}: {len(table['elbo'])} datapoints of {what}: posterior mean and scale (per site: {sizes}), "
+          f"ELBO and log p(x) (K = {samples}, with its standard error), nats")
     return 0
 
 

@@ -429,31 +429,49 @@ class Run:
             x = self.program.contract.prepare_eval_set(x)
         return x
 
-    def _site(self) -> str:
+    def _site(self, site: str | None = None) -> str:
         shapes = self.program.latent_shapes
+        if site is not None:
+            if site not in shapes:
+                raise ProgramError(f"{self.program.name} has no latent site {site!r}; its sites: {', '.join(shapes)}.")
+            return site
         if len(shapes) != 1:
-            raise ProgramError(f"{self.program.name} has {len(shapes)} latent sites ({', '.join(shapes)}): encode and "
-                               f"decode take one; use run.program.posterior_means(x) and run.program.decode(z) with "
-                               f"a dict by site.")
+            raise ProgramError(f"{self.program.name} has {len(shapes)} latent sites ({', '.join(shapes)}): name one, "
+                               f"encode(x, site=...), or take them all with encode_sites(x); decode takes a dict by "
+                               f"site.")
         return next(iter(shapes))
 
     @torch.no_grad()
-    def encode(self, x, draws: int = 256, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x, draws: int = 256, seed: int | None = None, site: str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x)'s mean and standard deviation per latent coordinate, each (batch, *event): exact
-        where q's family has them (the diagonal Gaussian), else from ``draws`` draws."""
-        site, x = self._site(), self.inputs(x)
-        with seeded(self.config.seed if seed is None else seed, self.device), self.program.source.given(x) as at_x:
-            q = at_x.draw(1).latents[site].q
-            try:
-                return q.mean, q.stddev
-            except NotImplementedError:
-                z = at_x.draw(draws).latents[site].value
-                return z.mean(0), z.std(0)
+        where q's family has them (the diagonal Gaussian, a categorical's class probabilities), else
+        from ``draws`` draws. A program of several latent sites: ``site`` names one (see
+        :meth:`encode_sites`)."""
+        return self.encode_sites(x, draws, seed)[self._site(site)]
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, pixels: str = "mean") -> torch.Tensor:
-        """Images for latents z (batch, *event): E[x|z], or draws x ~ p(x|z) with ``pixels = "sample"``
-        (or where the mean has no closed form)."""
+    def encode_sites(self, x, draws: int = 256, seed: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(mean, standard deviation) of q per latent site, in the guide's order; a site after the
+        first is q given one draw of the sites before it (its q(z_1|x, z_2) at that z_2)."""
+        x = self.inputs(x)
+        out = {}
+        with seeded(self.config.seed if seed is None else seed, self.device), self.program.source.given(x) as at_x:
+            latents = at_x.draw(1).latents
+            for name, latent in latents.items():
+                try:
+                    out[name] = (latent.q.mean, latent.q.stddev)
+                except NotImplementedError:
+                    z = at_x.draw(draws).latents[name].value
+                    out[name] = (z.mean(0), z.std(0))
+        return out
+
+    @torch.no_grad()
+    def decode(self, z, pixels: str = "mean") -> torch.Tensor:
+        """Images for latents z (batch, *event), or a dict of them by site: E[x|z], or draws
+        x ~ p(x|z) with ``pixels = "sample"`` (or where the mean has no closed form)."""
+        if isinstance(z, dict):  # every latent site by name
+            return self.program.decode({k: torch.as_tensor(v, device=self.device).float() for k, v in z.items()}, pixels)
         return self.program.decode({self._site(): torch.as_tensor(z, device=self.device).float()}, pixels)
 
     def reconstruct(self, x, pixels: str = "mean") -> torch.Tensor:

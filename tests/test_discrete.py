@@ -421,3 +421,32 @@ def test_vimco_gradient_is_the_iwae_bounds():
         assert s["bias"] < 4 * s["bias_stderr"], (group, s)
     with pytest.raises(ConfigError, match="vimco needs num_particles >= 2"):
         OBJECTIVES.build({"name": "vimco", "num_particles": 1})
+
+
+def test_a_program_of_two_sites_encodes_each(tmp_path):
+    """encode(x, site=...) and encode_sites(x) for the GMVAE: q(y|x)'s class probabilities and
+    q(z|x, y)'s mean and scale; the CLI's encode writes both sites' columns."""
+    from pyro_vae.cli import main
+
+    raw = discrete_config({"name": "enumerate"}, epochs=1).to_dict()
+    raw["model"] = {"program": "gmvae", "components": 3, "latent_dim": 2, "network": {"name": "mlp", "hidden": [16]}}
+    Trainer(Config.from_dict(raw), tmp_path / "run", progress=False, log=lambda line: None).fit()
+    run = load_run(tmp_path / "run")
+    x = run.data.test[:5]
+    probs, _ = run.encode(x, site="y")
+    assert probs.shape == (5, 3) and torch.allclose(probs.sum(-1), torch.ones(5))
+    sites = run.encode_sites(x)
+    assert list(sites) == ["y", "z"] and sites["z"][0].shape == sites["z"][1].shape == (5, 2)
+    with pytest.raises(ProgramError, match="2 latent sites \\(y, z\\): name one"):
+        run.encode(x)
+    assert main(["encode", str(tmp_path / "run"), "--out", str(tmp_path / "codes.npz"), "--samples", "3",
+                 "--no-progress"]) == 0
+    import numpy as np
+
+    table = np.load(tmp_path / "codes.npz")
+    assert {"mean_y", "scale_y", "mean_z", "scale_z", "elbo", "log_px"} <= set(table.files)
+    assert main(["encode", str(tmp_path / "run"), "--out", str(tmp_path / "codes.csv"), "--samples", "3",
+                 "--no-progress"]) == 0
+    header = (tmp_path / "codes.csv").read_text().splitlines()[0].split(",")
+    assert header[-10:] == ["mean_y_0", "mean_y_1", "mean_y_2", "scale_y_0", "scale_y_1", "scale_y_2",
+                            "mean_z_0", "mean_z_1", "scale_z_0", "scale_z_1"]
