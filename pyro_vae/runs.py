@@ -511,6 +511,18 @@ def selected_checkpoint(run_dir: Path, which: str = "auto") -> Path:
     return best if which == "best" or (which == "auto" and best.is_file()) else run_dir / CHECKPOINT
 
 
+def read_run_folder(run_dir: Path, checkpoint: str = "auto") -> tuple[Config, Path, dict]:
+    """A run folder's config, the path of the checkpoint ``checkpoint`` selects and its state,
+    checked against each other (a config edited since the checkpoint is refused)."""
+    if not (run_dir / CONFIG).is_file():
+        raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
+    config = Config.load(run_dir / CONFIG)
+    path = Path(checkpoint) if checkpoint.endswith(".pt") else selected_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(path)
+    check_same_config(state, config, RESUMABLE_CHANGES | eval_keys(config), str(run_dir))
+    return config, path, state
+
+
 def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = True,
              checkpoint: str = "auto", *, trust_code: bool = False, model: torch.nn.Module | None = None,
              splits: DataSplits | None = None) -> Run:
@@ -525,12 +537,7 @@ def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = T
     The data is the config's dataset, rebuilt, or ``splits`` (data trained on from Python must be
     given so); either is refused unless it is the data the run trained on (its fingerprint)."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
-    config = Config.load(run_dir / CONFIG)
-    path = Path(checkpoint) if checkpoint.endswith(".pt") else selected_checkpoint(run_dir, checkpoint)
-    state = load_checkpoint(path)
-    check_same_config(state, config, RESUMABLE_CHANGES | eval_keys(config), str(run_dir))
+    config, path, state = read_run_folder(run_dir, checkpoint)
     dev = resolve_device(device or config.device)
     torch.manual_seed(config.seed)
     if with_data:
@@ -576,12 +583,7 @@ def export_run(run_dir: Path | str, out: Path | str, checkpoint: str = "auto", o
     from safetensors.torch import save
 
     run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / CONFIG).is_file():
-        raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
-    config = Config.load(run_dir / CONFIG)
-    path = Path(checkpoint) if checkpoint.endswith(".pt") else selected_checkpoint(run_dir, checkpoint)
-    state = load_checkpoint(path)
-    check_same_config(state, config, RESUMABLE_CHANGES | eval_keys(config), str(run_dir))
+    config, path, state = read_run_folder(run_dir, checkpoint)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise RunDirError(f"{out} exists and is not empty: choose a new --out, or pass --overwrite to replace "
