@@ -109,6 +109,15 @@ class Objective(Component, ELBO):
         """Called by the trainer before each step with the training progress in epochs (fractional):
         where an estimator's own schedule (a temperature's annealing) is driven. Nothing here."""
 
+    def attach(self, program) -> None:
+        """Called by the trainer once the program is built, before the optimizer: where an estimator
+        makes parameters of its own (a neural baseline). Nothing here."""
+
+    def module(self) -> "torch.nn.Module | None":
+        """The estimator's own trainable parameters, which the trainer's optimizer steps with the
+        model's (None: it has none)."""
+        return None
+
     def state_dict(self) -> dict:
         """What the estimator keeps between steps (checkpointed with the run): nothing here."""
         return {}
@@ -403,7 +412,7 @@ class EnumeratedELBO(Objective):
         return loss, loss.detach()
 
 
-SCORE_BASELINES = ("none", "average", "leave-one-out")
+SCORE_BASELINES = ("none", "average", "leave-one-out", "neural")
 
 
 @OBJECTIVES.register("score-function")
@@ -418,27 +427,66 @@ class ScoreFunctionELBO(Objective):
 
     Baselines b: ``none``; ``average``, a decaying average of f over past steps (b <- decay b +
     (1 - decay) mean f, starting at the first batch's mean; held in the run's checkpoint);
-    ``leave-one-out``, the mean f of the other K - 1 draws of the same datapoint (num_particles >= 2).
+    ``leave-one-out``, the mean f of the other K - 1 draws of the same datapoint (num_particles >= 2);
+    ``neural``, b(x) a network of x (one hidden softplus layer of ``hidden`` units) trained along
+    with the model to minimize (f - b(x))^2 (Mnih & Gregor 2014), its parameters in the run's
+    checkpoint (with raw ``pyro.infer.SVI`` they live in Pyro's parameter store as
+    ``score_function_baseline``).
 
     Options:
         num_particles: draws z ~ q(z|x) per datapoint; their average is the estimate.
-        baseline: none, average or leave-one-out (what is subtracted from f in the score term).
+        baseline: none, average, leave-one-out or neural (what is subtracted from f in the score term).
         decay: the average baseline's decay per step (0 <= decay < 1).
+        hidden: the neural baseline's hidden units.
     """
 
     supports_kl_weight = True
     discrete_latents = True
 
-    def __init__(self, *, num_particles: int = 1, baseline: str = "average", decay: float = 0.9) -> None:
+    def __init__(self, *, num_particles: int = 1, baseline: str = "average", decay: float = 0.9,
+                 hidden: int = 100) -> None:
         require(baseline in SCORE_BASELINES,
                 f"baseline must be one of {', '.join(SCORE_BASELINES)}, got {baseline!r}.")
         require(0.0 <= decay < 1.0, f"decay must be in [0, 1), got {decay}.")
+        require(hidden >= 1, f"hidden must be >= 1, got {hidden}.")
         require(baseline != "leave-one-out" or num_particles >= 2,
                 "the leave-one-out baseline needs num_particles >= 2 (the other draws of each datapoint).")
         super().__init__(num_particles=num_particles)
-        self.baseline, self.decay = baseline, decay
+        self.baseline, self.decay, self.hidden = baseline, decay, hidden
         self._average: float | None = None
         self._frozen = False
+        self._network: torch.nn.Module | None = None
+        self._x: torch.Tensor | None = None
+
+    def attach(self, program) -> None:
+        if self.baseline == "neural":
+            self._net(program.data_shape)
+
+    def module(self) -> torch.nn.Module | None:
+        return self._network
+
+    def _net(self, data_shape) -> torch.nn.Module:
+        """b(x): flatten -> Linear -> softplus -> Linear(1), made on first use for data of ``data_shape``,
+        initialized from a seed of its own (the caller's random stream is not disturbed)."""
+        if self._network is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self._network = torch.nn.Sequential(torch.nn.Flatten(-len(data_shape)),
+                                                    torch.nn.Linear(math.prod(data_shape), self.hidden),
+                                                    torch.nn.Softplus(), torch.nn.Linear(self.hidden, 1))
+        return self._network
+
+    def terms(self, source, x: torch.Tensor, *args, **kwargs) -> Terms:
+        self._x = x  # (what the neural baseline reads)
+        return super().terms(source, x, *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        if self.baseline == "neural":  # raw SVI: the baseline's parameters in Pyro's store, so SVI steps them
+            import pyro
+
+            x = args[0]
+            pyro.module("score_function_baseline", self._net(tuple(x.shape[1:])).to(x.device))
+        return super().loss_and_grads(model, guide, *args, **kwargs)
 
     def _baseline(self, f: torch.Tensor) -> torch.Tensor | float:
         if self.baseline == "none":
@@ -457,16 +505,29 @@ class ScoreFunctionELBO(Objective):
     def surrogate(self, terms, kl_weight=1.0):
         f = terms.log_likelihood + _kl_weighted(kl_weight, terms.log_prior - terms.log_q)  # (K, B)
         score = sum(terms.latents[name].log_q for name in terms.non_reparameterized)
-        total = f.sum()
+        total, fit = f.sum(), None
         if terms.non_reparameterized:  # value zero, gradient (f - b) grad log q
-            total = total + ((f.detach() - self._baseline(f.detach())) * (score - score.detach())).sum()
-        return _mean_over_particles(total, terms.particles)
+            if self.baseline == "neural":
+                x = self._x
+                b = self._net(tuple(x.shape[1:])).to(x.device)(x).squeeze(-1)  # (B,): b(x), one per datapoint
+                fit = (f.detach() - b).pow(2).sum() / terms.particles  # trains b(x) alone (f is detached)
+                b = b.detach()
+            else:
+                b = self._baseline(f.detach())
+            total = total + ((f.detach() - b) * (score - score.detach())).sum()
+        surrogate, loss = _mean_over_particles(total, terms.particles)
+        return (surrogate if fit is None else surrogate + fit - fit.detach()), loss
 
     def state_dict(self) -> dict:
-        return {} if self._average is None else {"average": self._average}
+        state = {} if self._average is None else {"average": self._average}
+        if self._network is not None:
+            state["network"] = self._network.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self._average = state.get("average")
+        if "network" in state:
+            self._network.load_state_dict(state["network"])
 
     @contextmanager
     def measuring(self) -> Iterator[None]:

@@ -322,7 +322,17 @@ class Trainer:
         if not self.program.direct:
             self._check_program()
         self.bodies = self.program.network_bodies() or []  # what train.precision runs in bfloat16
-        self.optimizer = adam(self.model_module, self.config.train.lr, self.device)
+        self.objective.attach(self.program)  # (an estimator's own parameters: a neural baseline)
+        own = self.objective.module()
+        if own is not None:
+            if self.dist.active:
+                raise ConfigError(
+                    f"objective '{self.objective.name}' trains parameters of its own (a neural baseline), which "
+                    f"data-parallel training does not share out yet: train it in one process, or use another "
+                    f"baseline (average, leave-one-out).")
+            own.to(self.device)
+        self.optimizer = adam(self.model_module if own is None else torch.nn.ModuleList([self.model_module, own]),
+                              self.config.train.lr, self.device)
         self.average = ParameterAverage(self.model_module, self.config.train.ema) if self.config.train.ema else None
         self.epoch = 0
         self.step = 0

@@ -233,8 +233,8 @@ def test_refusals_name_the_fix():
         OBJECTIVES.build({"name": "gumbel-softmax", "temperature": 0.5, "final_temperature": 1.0})
     with pytest.raises(ConfigError, match="leave-one-out baseline needs num_particles >= 2"):
         OBJECTIVES.build({"name": "score-function", "baseline": "leave-one-out"})
-    with pytest.raises(ConfigError, match="baseline must be one of none, average, leave-one-out"):
-        OBJECTIVES.build({"name": "score-function", "baseline": "neural"})
+    with pytest.raises(ConfigError, match="baseline must be one of none, average, leave-one-out, neural"):
+        OBJECTIVES.build({"name": "score-function", "baseline": "learned"})
     program = as_program(discrete_vae(latent_dim=9))  # 3 groups of 3: 27 states
     with pytest.raises(ProgramError, match="27 states, more than max_states = 8"):
         OBJECTIVES.build({"name": "enumerate", "max_states": 8}).step(program.source, binary_batch())
@@ -309,6 +309,7 @@ def test_code_usage_counts_classes():
 DISCRETE_SPECS = [{"name": "enumerate"}, {"name": "score-function", "baseline": "none"}, {"name": "vimco", "num_particles": 3},
                   {"name": "score-function", "baseline": "average", "num_particles": 2},
                   {"name": "score-function", "baseline": "leave-one-out", "num_particles": 3},
+                  {"name": "score-function", "baseline": "neural", "hidden": 8},
                   {"name": "gumbel-softmax", "temperature": 0.7}, {"name": "straight-through-gumbel", "num_particles": 2}]
 DISCRETE_LATENTS = [(CATEGORICAL, 6), ({**BERNOULLI, "prior": {"name": "bernoulli"}}, 4), (BERNOULLI, 4)]
 
@@ -450,3 +451,39 @@ def test_a_program_of_two_sites_encodes_each(tmp_path):
     header = (tmp_path / "codes.csv").read_text().splitlines()[0].split(",")
     assert header[-10:] == ["mean_y_0", "mean_y_1", "mean_y_2", "scale_y_0", "scale_y_1", "scale_y_2",
                             "mean_z_0", "mean_z_1", "scale_z_0", "scale_z_1"]
+
+
+def test_the_neural_baseline_is_unbiased_trains_and_is_checkpointed(tmp_path):
+    """b(x) a network: the gradient stays unbiased (mean = exact within its s.e.); the trainer steps
+    b's parameters with the model's (its squared error to f falls) and checkpoints them; with raw
+    pyro.infer.SVI they are in Pyro's parameter store and SVI steps them."""
+    torch.manual_seed(0)
+    program = as_program(discrete_vae())
+    x = binary_batch(4)
+    objective = OBJECTIVES.build({"name": "score-function", "baseline": "neural", "hidden": 8})
+    objective.attach(program)
+    truth = exact_gradient(program, x)
+    stats = gradient_statistics(program, objective, x, draws=300, reference=truth)
+    for group, s in stats.items():
+        assert s["bias"] < 4 * s["bias_stderr"], (group, s)
+
+    config = discrete_config({"name": "score-function", "baseline": "neural", "hidden": 8}, epochs=2)
+    trainer = Trainer(config, tmp_path, progress=False, log=lambda line: None)
+    trainer._build()
+    net = trainer.objective.module()
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer = Trainer(config, tmp_path, progress=False, log=lambda line: None).fit(overwrite=True)
+    after = list(trainer.objective.module().parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))  # stepped by the trainer's optimizer
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    for name, value in trainer.objective.module().state_dict().items():
+        assert torch.equal(state["objective"]["network"][name], value)
+
+    vae = discrete_vae()
+    svi_objective = OBJECTIVES.build({"name": "score-function", "baseline": "neural", "hidden": 8})
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), svi_objective)
+    svi.step(binary_batch(8))
+    first = [p.detach().clone() for p in svi_objective.module().parameters()]
+    svi.step(binary_batch(8))
+    assert "score_function_baseline$$$1.weight" in pyro.get_param_store().keys()
+    assert any(not torch.equal(a, b) for a, b in zip(first, svi_objective.module().parameters()))
