@@ -104,7 +104,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             return value
         fail()
     if annotation is type(None):
-        if value is None:
+        if value is None or (isinstance(value, str) and value.lower() == "none"):  # TOML has no null: "none"
             return None
         fail()
     if origin is Literal:
@@ -237,14 +237,17 @@ def _validated_init(cls: type[Component]) -> None:
     cls.__init__ = checked_init  # type: ignore[method-assign]
 
 
-def _unknown_option_message(cls: type[Component], key: str, label: str) -> str:
+def _unknown_option_message(cls: type[Component], key: str, label: str, where: str = "") -> str:
     specs = cls.option_specs()
+    choose = (f" The {cls.kind} itself is chosen by its name: {where}.name = \"...\" in a file, or --set {where}=NAME "
+              f"(`pyro-vae list {cls.kind}` lists them)." if where else "")
     if not specs:
-        return f"{label} takes no options, got '{key}'."
+        return f"{label} takes no options, got '{key}'.{choose}"
     valid = ", ".join(f"{o.name} ({o.type_name}, default {o.default!r})" for o in specs.values())
     hint = difflib.get_close_matches(key, list(specs), n=1)
     hint_text = f" Did you mean '{hint[0]}'?" if hint else ""
-    return f"unknown option '{key}' for {label}.{hint_text} Valid options: {valid}."
+    return f"unknown option '{key}' for {label}.{hint_text} Valid options: {valid}." + (
+        choose if key in (cls.kind, "dataset", "type", "kind") else "")
 
 
 class Registry:
@@ -322,7 +325,7 @@ class Registry:
         specs = cls.option_specs()
         for key, value in options.items():
             if key not in specs:
-                raise ConfigError(_unknown_option_message(cls, key, label))
+                raise ConfigError(_unknown_option_message(cls, key, label, where))
             options[key] = coerce(value, specs[key].annotation, f"{where}.{key}")
         try:
             return cls(**options)
@@ -711,6 +714,9 @@ def _section_from_dict(cls: type, raw: Any, where: str) -> Any:
         hint = difflib.get_close_matches(key, list(fields), n=1)
         hint_text = f" Did you mean '{hint[0]}'?" if hint else ""
         at = f"[{where}]" if where else "the top level"
+        top = {f.name for f in dataclasses.fields(Config)}
+        if where and key in top and not hint:
+            hint_text = f" '{key}' is a top-level key: write it above every [table] of the file, or --set {key}=..."
         raise ConfigError(
             f"unknown key '{key}' in {at} of the config.{hint_text} Valid keys: {', '.join(fields)}."
         )

@@ -209,3 +209,16 @@ def test_toml_writer_quotes_keys_and_escapes_strings_round_trip():
     table = {"plain": "a \"quoted\" \\ back\\slash\nnew line\ttab é ∑ 😀 del\x7f nul\x00", "with space": 1, "dotted.key": [1.5, "x"],
              "inf": float("inf"), "nested": {"key with ' quote": {"deep": True, "list": [{"name": "t", "n": 2}]}}}
     assert tomllib.loads(dumps_toml(table)) == table
+
+
+def test_messages_point_at_the_right_key():
+    from pyro_vae.config import apply_overrides
+
+    with pytest.raises(ConfigError, match=r"takes no options, got 'dataset'\. The dataset itself is chosen by its name: "
+                                          r"data\.name"):
+        Config.from_dict(apply_overrides({}, ["data.dataset=mnist"]))
+    with pytest.raises(ConfigError, match="'seed' is a top-level key"):
+        Config.from_dict(apply_overrides({}, ["train.seed=3"]))
+    # what `pyro-vae list` shows as a default (none) may be set back: TOML has no null, so "none"
+    config = Config.from_dict(apply_overrides({}, ["model.prior=hierarchical", "model.prior.top_dim=none"]))
+    assert config.model.prior.get("top_dim") is None
