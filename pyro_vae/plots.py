@@ -200,6 +200,14 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
 
 def plot_comparison_curves(curves: dict[str, list[dict]], path: Path) -> Path:
     """Test log p(x) and ELBO against steps and against training seconds, one line per objective."""
+    fig = comparison_figure(curves)
+    _save(fig, path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def comparison_figure(curves: dict[str, list[dict]]):
+    """The figure of :func:`plot_comparison_curves`."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey="row")
     for i, (key, name) in enumerate((("test_log_px", "test log p(x) (importance sampled)"), ("test_elbo", "test ELBO"))):
@@ -207,9 +215,9 @@ def plot_comparison_curves(curves: dict[str, list[dict]], path: Path) -> Path:
             ax = axes[i][j]
             for label, points in curves.items():
                 ax.plot([p[xkey] for p in points], [p[key] for p in points], marker=".", label=label)
-            later = [p[key] for points in curves.values() for p in points[1:]]
-            if later:  # zoom on training after the first point; the untrained start is far below
-                lo, hi = min(later), max(later)
+            shown = [p[key] for points in curves.values() for p in points]
+            if shown:  # every curve whole in the frame, from its first evaluated point on
+                lo, hi = min(shown), max(shown)
                 ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{name}, nats per datapoint")
@@ -217,9 +225,7 @@ def plot_comparison_curves(curves: dict[str, list[dict]], path: Path) -> Path:
     axes[0][0].legend(fontsize=8)
     fig.suptitle("objectives on equal budgets: same model, initialization and minibatches")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    _save(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_snr_vs_k(snr: dict, path: Path) -> Path:

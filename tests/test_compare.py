@@ -114,3 +114,18 @@ def test_compare_refuses_warmup_and_unknown_objectives(tmp_path, capsys):
     assert "without KL warm-up" in capsys.readouterr().err
     assert main(["compare", *TINY, "--objectives", "elbo,iwea", "--out", str(tmp_path / "u")]) == 2
     assert "Did you mean 'iwae'" in capsys.readouterr().err
+
+
+def test_compare_curves_hold_every_point_in_the_frame():
+    """The step-0 point (untrained, far below the rest) stays inside the axes, as every later one."""
+    from pyro_vae.plots import comparison_figure
+
+    curves = {name: [{"step": s, "train_seconds": s / 10, "test_log_px": v, "test_elbo": v - 5}
+                     for s, v in zip((0, 50, 100), values)]
+              for name, values in (("elbo", (-540.0, -120.0, -110.0)), ("iwae", (-545.0, -118.0, -109.0)))}
+    fig = comparison_figure(curves)
+    for ax in fig.axes:
+        lo, hi = ax.get_ylim()
+        for line in ax.get_lines():
+            ys = line.get_ydata()
+            assert lo <= min(ys) and max(ys) <= hi
