@@ -386,11 +386,17 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--pairs {text}: {what} has {len(x)} datapoints (0 to {len(x) - 1}).")
         pairs.append((a, b))
     out = _picture_out(args, run, f"interpolate-{'-'.join(f'{a}_{b}' for a, b in pairs)}.png")
-    t = torch.linspace(0, 1, args.steps, device=run.device).view(-1, *[1] * len(run.program.latent_shapes[run._site()]))
+    shapes = run.program.latent_shapes
+    t = torch.linspace(0, 1, args.steps, device=run.device)
     rows = []
     for a, b in pairs:
-        means, _ = run.encode(x[[a, b]])
-        path = (1 - t) * means[0] + t * means[1]  # the straight line between the two posterior means
+        if len(shapes) == 1:
+            means, _ = run.encode(x[[a, b]])
+            means = {run._site(): means}
+        else:  # every latent site at once, each along its own line (E_q of each given the means before it)
+            means = run.program.posterior_means(run.inputs(x[[a, b]]))
+        path = {site: (1 - t.view(-1, *[1] * (m.dim() - 1))) * m[0] + t.view(-1, *[1] * (m.dim() - 1)) * m[1]
+                for site, m in means.items()}  # the straight line between the two posterior means
         rows += [run.inputs(x[a : a + 1]), run.decode(path), run.inputs(x[b : b + 1])]
     with writing_into(run.run_dir, out, "interpolate"):
         save_grid(torch.cat(rows), out, args.steps + 2,
@@ -412,11 +418,18 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     x, what = _picture_inputs(args, run)
     if not 0 <= args.index < len(x):
         raise ConfigError(f"--index {args.index}: {what} has {len(x)} datapoints (0 to {len(x) - 1}).")
-    latent = run.program.latent_shapes[run._site()]
+    site = run._site(args.site)
+    latent = run.program.latent_shapes[site]
     if len(latent) != 1:
-        raise ConfigError(f"traverse sweeps the coordinates of a latent vector; this run's latent has shape {latent}.")
+        raise ConfigError(f"traverse sweeps the coordinates of a latent vector; site {site!r} has shape {latent}.")
     size = run.config.eval.batch_size
-    means = torch.cat([run.encode(x[b : b + size])[0] for b in range(0, len(x), size)])
+    if len(run.program.latent_shapes) == 1:
+        means = torch.cat([run.encode(x[b : b + size])[0] for b in range(0, len(x), size)])
+        held = {}
+    else:  # the other sites held at the datapoint's posterior means
+        parts = [run.program.posterior_means(run.inputs(x[b : b + size])) for b in range(0, len(x), size)]
+        every = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        means, held = every[site], {name: m[args.index] for name, m in every.items() if name != site}
     spread = means.std(0)  # how far each coordinate's posterior mean moves over the datapoints
     dims = args.dims if args.dims else spread.argsort(descending=True)[: min(8, latent[0])].tolist()
     for d in dims:
@@ -428,7 +441,8 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     for d in dims:
         z = means[args.index].repeat(args.steps, 1)
         z[:, d] = z[:, d] + offsets * spread[d].clamp_min(1e-3)
-        rows.append(run.decode(z))
+        rows.append(run.decode({site: z, **{n: m.expand(args.steps, *m.shape) for n, m in held.items()}}
+                               if held else z))
     with writing_into(run.run_dir, out, "traverse"):
         save_grid(torch.cat(rows), out, args.steps,
                   f"datapoint {args.index} of {what}: rows sweep z_d over E_q[z_d|x] +- {args.span:g} sd of the "
@@ -612,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "posterior means spread most over the datapoints)")
     p.add_argument("--span", type=float, default=3.0, help="sweep +- this many standard deviations of the "
                    "coordinate's posterior means (default 3)")
+    p.add_argument("--site", help="the latent site to sweep, for a program of several (the others stay at the "
+                   "datapoint's posterior means)")
     p.set_defaults(func=cmd_traverse)
 
     p = command("sample", ['pyro-vae sample runs/mix --n 64 --seed 1'], help="decode samples z ~ p(z) into a picture")

@@ -487,3 +487,21 @@ def test_the_neural_baseline_is_unbiased_trains_and_is_checkpointed(tmp_path):
     svi.step(binary_batch(8))
     assert "score_function_baseline$$$1.weight" in pyro.get_param_store().keys()
     assert any(not torch.equal(a, b) for a, b in zip(first, svi_objective.module().parameters()))
+
+
+def test_interpolate_and_traverse_a_program_of_two_sites(tmp_path):
+    """The GMVAE's pictures: interpolation moves every site along its line; traverse sweeps the
+    named site's coordinates with the other held at the datapoint's posterior mean."""
+    from PIL import Image
+
+    from pyro_vae.cli import main
+
+    raw = discrete_config({"name": "enumerate"}, epochs=1).to_dict()
+    raw["model"] = {"program": "gmvae", "components": 3, "latent_dim": 2, "network": {"name": "mlp", "hidden": [16]}}
+    Trainer(Config.from_dict(raw), tmp_path / "run", progress=False, log=lambda line: None).fit()
+    assert main(["interpolate", str(tmp_path / "run"), "--pairs", "0:1", "--steps", "4",
+                 "--out", str(tmp_path / "i.png")]) == 0
+    assert main(["traverse", str(tmp_path / "run"), "--site", "z", "--steps", "5", "--out", str(tmp_path / "t.png")]) == 0
+    for name in ("i.png", "t.png"):
+        assert Image.open(tmp_path / name).size[0] > 100
+    assert main(["traverse", str(tmp_path / "run"), "--out", str(tmp_path / "u.png")]) == 2  # which site?
