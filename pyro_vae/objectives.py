@@ -324,19 +324,25 @@ class DReGIWAE(Objective):
 # Estimators for discrete latents
 
 
+def _listable(objective: Objective, name: str, q) -> None:
+    """Refuse, naming it, a latent site whose states cannot be listed (one-hot groups, binary units)."""
+    if not enumerable(q):
+        raise ProgramError(
+            f"objective '{objective.name}' needs a discrete latent of one-hot groups or binary units, and the "
+            f"guide's site '{name}' is {family(q)}: use the categorical or bernoulli guide (or Pyro's "
+            f"OneHotCategorical / Bernoulli(...).to_event(1) in your own guide; enumerate sums over the guide's "
+            f"first latent site), or a pathwise objective.")
+
+
 def _one_enumerable_site(objective: Objective, posteriors: dict) -> tuple[str, object]:
     """The program's one latent site and its q(z|x), refused by name when there are several or
-    when its states cannot be listed (the estimators below relax or enumerate one site)."""
+    when its states cannot be listed (the relaxations relax one site)."""
     if len(posteriors) != 1:
         raise ProgramError(
             f"objective '{objective.name}' handles one discrete latent site; the guide has "
             f"{len(posteriors)} ({', '.join(posteriors)}). Use score-function, which takes any number.")
     ((name, q),) = posteriors.items()
-    if not enumerable(q):
-        raise ProgramError(
-            f"objective '{objective.name}' needs a discrete latent of one-hot groups or binary units, and the "
-            f"guide's site '{name}' is {family(q)}: use the categorical or bernoulli guide (or Pyro's "
-            f"OneHotCategorical / Bernoulli(...).to_event(1) in your own guide), or a pathwise objective.")
+    _listable(objective, name, q)
     return name, q
 
 
@@ -344,12 +350,7 @@ def _enumerated_site(objective: Objective, posteriors: dict) -> tuple[str, objec
     """The guide's first latent site, to be summed over, when its states can be listed and every
     later site is reparameterized (drawn given each state); refused by name otherwise."""
     (name, q), *rest = posteriors.items()
-    if not enumerable(q):
-        raise ProgramError(
-            f"objective '{objective.name}' sums over the states of the guide's first latent site, which must be "
-            f"one-hot groups or binary units; site '{name}' is {family(q)}: use the categorical or bernoulli guide "
-            f"(or Pyro's OneHotCategorical / Bernoulli(...).to_event(1) first in your own guide), or a pathwise "
-            f"objective.")
+    _listable(objective, name, q)
     later = [n for n, p in rest if not p.has_rsample]
     if later:
         raise ProgramError(
@@ -357,6 +358,13 @@ def _enumerated_site(objective: Objective, posteriors: dict) -> tuple[str, objec
             f"pathwise; site(s) {', '.join(later)} are not reparameterized. Use score-function, which takes any "
             f"discrete sites.")
     return name, q
+
+
+def _score_term(terms: Terms, signal: torch.Tensor) -> torch.Tensor:
+    """sum of signal * (log q - stop(log q)) over the non-reparameterized sites' draws: zero in value,
+    signal * grad log q(z_d|x) in gradient (the score-function term; ``signal`` (K, B), detached)."""
+    score = sum(terms.latents[name].log_q for name in terms.non_reparameterized)
+    return (signal * (score - score.detach())).sum()
 
 
 @OBJECTIVES.register("enumerate")
@@ -504,7 +512,6 @@ class ScoreFunctionELBO(Objective):
 
     def surrogate(self, terms, kl_weight=1.0):
         f = terms.log_likelihood + _kl_weighted(kl_weight, terms.log_prior - terms.log_q)  # (K, B)
-        score = sum(terms.latents[name].log_q for name in terms.non_reparameterized)
         total, fit = f.sum(), None
         if terms.non_reparameterized:  # value zero, gradient (f - b) grad log q
             if self.baseline == "neural":
@@ -514,7 +521,7 @@ class ScoreFunctionELBO(Objective):
                 b = b.detach()
             else:
                 b = self._baseline(f.detach())
-            total = total + ((f.detach() - b) * (score - score.detach())).sum()
+            total = total + _score_term(terms, f.detach() - b)
         surrogate, loss = _mean_over_particles(total, terms.particles)
         return (surrogate if fit is None else surrogate + fit - fit.detach()), loss
 
@@ -569,9 +576,7 @@ class VIMCO(Objective):
             others = (lw.sum(0, keepdim=True) - lw) / (k - 1)  # the mean of the other draws' log w
             eye = torch.eye(k, dtype=lw.dtype, device=lw.device)[:, :, None]  # (K, K, 1): row j replaces draw j
             held_out = log_mean_exp(lw[None] * (1 - eye) + others[:, None] * eye, 1)  # (K, B): L_-j
-            signal = bound.detach()[None] - held_out
-            score = sum(terms.latents[name].log_q for name in terms.non_reparameterized)
-            loss = loss - (signal * (score - score.detach())).sum()  # value zero, gradient the score term
+            loss = loss - _score_term(terms, bound.detach()[None] - held_out)
         return loss, -bound.sum().detach()
 
 

@@ -145,7 +145,11 @@ class LatentSite:
     def kl(self) -> torch.Tensor | None:
         """KL(q || p) at this site per particle and datapoint, (K, B), where a closed form is
         registered; None otherwise. (For a site whose p depends on earlier latents, the KL given
-        their draws: the per-site term of Pyro's TraceMeanField_ELBO.)"""
+        their draws: the per-site term of Pyro's TraceMeanField_ELBO.) Computed once per site."""
+        return self._closed_kl
+
+    @functools.cached_property
+    def _closed_kl(self) -> torch.Tensor | None:
         try:
             kl = kl_divergence(self.q, self.p)
         except NotImplementedError:
@@ -259,13 +263,12 @@ class DirectSource:
         if z is None and hasattr(q, "rsample_with_noise"):  # log q from the noise, when it is read
             z, eps = q.rsample_with_noise(shape)
             log_q = functools.partial(q.log_prob_of_noise, eps)
-        elif z is None and not q.has_rsample:  # a discrete latent: a draw, no path through it
-            z, drawn = q.sample(shape), ("z",)
-            log_q = functools.partial(q.log_prob, z)
-        elif z is None:
+        elif z is None and q.has_rsample:
             z, fused = rsample_and_log_prob(q, shape)
             log_q = lambda: fused  # noqa: E731
         else:
+            if z is None:  # a discrete latent: a draw, no path through it
+                z, drawn = q.sample(shape), ("z",)
             log_q = functools.partial(q.log_prob, z)
         shared = _shared_over_data(z) and not vae.likelihood.bodies()
         # every datapoint at the same points (the states of an enumeration): the decoder's work once per
