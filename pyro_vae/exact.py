@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributions import LowRankMultivariateNormal, MultivariateNormal, kl_divergence
 
-from .distributions import diagonal_gaussian_parameters, enumerable, enumerate_states, state_count
+from .distributions import diagonal_gaussian_parameters, enumerate_states
 from .guides import DiagonalGaussianGuide
 from .likelihoods import GaussianLikelihood
 from .metrics import chunk_pairs_for, chunked_draws, log_evidence_diagnostics
@@ -305,15 +305,11 @@ def enumerable_site(program) -> tuple[str, int] | None:
     """(name, number of states) of the program's latent when it is one discrete site whose every
     state can be listed (``distributions.enumerable``: one-hot groups, binary units), else None."""
     program = as_program(program)
-    if not program.discrete_latents:
+    states = program.enumerable_states
+    if len(program.latent_shapes) != 1 or not states:
         return None
-    with torch.no_grad(), torch.random.fork_rng():
-        with program.source.given(program._placeholder(1)) as at_x:
-            posteriors = at_x.posteriors()
-    if len(posteriors) != 1:
-        return None
-    ((name, q),) = posteriors.items()
-    return (name, state_count(q)) if enumerable(q) else None
+    ((name, count),) = states.items()
+    return name, count
 
 
 @torch.no_grad()

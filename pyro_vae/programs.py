@@ -58,7 +58,7 @@ from torch import nn
 
 from .config import CODE_KEY, Config, ModelConfig, ProgramConfig, library_program
 from .data import check_batch, require_finite
-from .distributions import one_hot_groups
+from .distributions import enumerable, one_hot_groups, state_count
 from .errors import ConfigError, DataError, ProgramError
 from .terms import OBSERVED, DirectSource, source_for
 from .vae import VAE
@@ -434,14 +434,18 @@ class Program:
     def discrete_latents(self) -> bool:
         """Whether some latent site is discrete (its q(z|x) has a discrete support: categorical,
         Bernoulli): the pathwise estimators, 2-D quadrature and the posterior picture do not apply."""
-        if self.direct:
-            return bool(self.vae.posterior.latent_space() != "real vectors")
         return self._probe()["discrete"]
 
     @property
     def code_groups(self) -> dict[str, tuple[int, int]]:
         """(M groups, K classes) of each latent site whose q(z|x) is one-hot groups (a categorical latent)."""
         return self._probe()["groups"]
+
+    @property
+    def enumerable_states(self) -> dict[str, int]:
+        """How many states each latent site has whose every state can be listed (one-hot groups,
+        binary units: ``distributions.enumerable``)."""
+        return self._probe()["states"]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The inference network ("encoder": what the guide's q(z|x) reads) and the generative model
@@ -492,6 +496,7 @@ class Program:
                                 "discrete": any(s.q.support.is_discrete for s in terms.latents.values()),
                                 "groups": {n: one_hot_groups(s.q) for n, s in terms.latents.items()
                                            if one_hot_groups(s.q) is not None},
+                                "states": {n: state_count(s.q) for n, s in terms.latents.items() if enumerable(s.q)},
                                 "observed": self._observed_site(x)}
         return self._probed
 
