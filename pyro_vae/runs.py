@@ -546,12 +546,7 @@ def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = T
     else:
         splits = None
     shape = splits.event_shape if splits is not None else tuple(state["data_shape"])
-    if model is not None:
-        _require_run_program(config, model, run_dir)
-        program = Program(model, data_shape=shape)
-    else:
-        program = build_model(config, shape, trust_code=trust_code, where=str(run_dir))
-    program.module.to(dev)
+    program = _run_program(config, shape, run_dir, dev, model, trust_code)
     load_parameters(program.module, state["model"], path)
     data = prepare_data(config, program, dev, splits) if with_data else None
     return Run(run_dir, config, program, state, dev, data, path.name)
@@ -607,7 +602,7 @@ def load_export(folder: Path | str, device: str | None = None, *, model: torch.n
     """A model :func:`export_run` wrote: the program its config names rebuilt (the stock VAE or a
     library program; a user program only as the object ``model``, since an export never imports
     code), its parameters read from safetensors (checked against the recorded SHA-256)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     folder = Path(folder)
     for name in (CONFIG, EXPORT_INFO, EXPORT_WEIGHTS):
@@ -618,27 +613,37 @@ def load_export(folder: Path | str, device: str | None = None, *, model: torch.n
         raise CheckpointError(f"{folder} is an export of format {info['format']}, newer than this pyro-vae reads "
                               f"({EXPORT_FORMAT}): upgrade pyro-vae.")
     weights = folder / EXPORT_WEIGHTS
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if digest != info["sha256"]:
+    data = weights.read_bytes()  # (read once: checked, then parsed)
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
         raise CheckpointError(f"{weights} does not match the SHA-256 recorded in {EXPORT_INFO}: the file changed "
                               f"or is damaged. Export the run again.")
     config = Config.load(folder / CONFIG)
     shape = tuple(info["data_shape"])
     dev = resolve_device(device or config.device)
     torch.manual_seed(config.seed)
-    if model is not None:
-        _require_run_program(config, model, folder)
-        program = Program(model, data_shape=shape)
-    else:
-        try:
-            program = build_model(config, shape, trust_code=False, where=str(folder))
-        except ProgramError as e:
-            raise ProgramError(f"{e} An export never imports code: load it with pyro_vae.load({str(folder)!r}, "
-                               f"model=YourProgram(...)) given the program's object.") from None
-    program.module.to(dev)
-    load_parameters(program.module, load_file(str(weights), device=str(dev)), weights)
+    try:
+        program = _run_program(config, shape, folder, dev, model, trust_code=False)
+    except ProgramError as e:
+        if model is not None:
+            raise
+        raise ProgramError(f"{e} An export never imports code: load it with pyro_vae.load({str(folder)!r}, "
+                           f"model=YourProgram(...)) given the program's object.") from None
+    load_parameters(program.module, {k: v.to(dev) for k, v in load(data).items()}, weights)
     state = {"epoch": info["epoch"], "data_shape": info["data_shape"], "data": info.get("data") or {}}
     return Run(folder, config, program, state, dev, None, EXPORT_WEIGHTS)
+
+
+def _run_program(config: Config, shape: tuple[int, ...], run_dir: Path, device: torch.device,
+                 model: torch.nn.Module | None, trust_code: bool) -> Program:
+    """The program a run folder's config names, on ``device``: the object ``model`` (checked to be
+    of the run's class) or the one the config builds (user code only with ``trust_code``)."""
+    if model is not None:
+        _require_run_program(config, model, run_dir)
+        program = Program(model, data_shape=shape)
+    else:
+        program = build_model(config, shape, trust_code=trust_code, where=str(run_dir))
+    program.module.to(device)
+    return program
 
 
 def _require_run_program(config: Config, model: torch.nn.Module, run_dir: Path) -> None:
