@@ -545,11 +545,11 @@ class Trainer:
                 started = time.perf_counter()
                 total, count = 0.0, 0
                 for i, index in enumerate(self._batches()):
-                    beta = kl_weight(self.config, self.epoch + i / steps_per_epoch)
+                    progress = self.epoch + i / steps_per_epoch  # epochs done, fractional
+                    beta = kl_weight(self.config, progress)
                     # time from the epoch-level clock every rank shares, so all ranks step alike
-                    lr = learning_rate(self.config, self.epoch + i / steps_per_epoch,
-                                       self.elapsed + self.last_epoch_seconds * i / steps_per_epoch)
-                    loss = self.train_step(index, kl_weight=beta, lr=lr, epoch=self.epoch + i / steps_per_epoch)
+                    lr = learning_rate(self.config, progress, self.elapsed + self.last_epoch_seconds * i / steps_per_epoch)
+                    loss = self.train_step(index, kl_weight=beta, lr=lr, epoch=progress)
                     total += loss
                     count += index.shape[0]
                     bar.update(1)
