@@ -39,7 +39,7 @@ from .config import DATASETS, OBJECTIVES, Config, parse_value
 from .errors import ConfigError, TrainingDiverged
 from .evaluation import EvaluationSettings, evaluate
 from .files import write_text
-from .exact import ENUMERATION_MAX_STATES, enumerable_site
+from .exact import ENUMERATION_MAX_STATES, enumeration_available
 from .metrics import exact_gradient, gradient_statistics
 from .runs import CONFIG, prepare_run_dir, run_lock
 from .training import Trainer
@@ -296,14 +296,9 @@ class Comparison:
     def _exact_gradient(self, program, x: torch.Tensor) -> dict | None:
         """The ELBO's true gradient at these parameters where it can be computed (one discrete
         latent of at most ENUMERATION_MAX_STATES states, every state summed), else None."""
-        if not self._enumerable(program):
+        if not enumeration_available(program):
             return None
         return exact_gradient(program, x, max_states=ENUMERATION_MAX_STATES)
-
-    @staticmethod
-    def _enumerable(program) -> bool:
-        site = enumerable_site(program)
-        return site is not None and site[1] <= ENUMERATION_MAX_STATES
 
     def _curve_point(self, program, data, result: ObjectiveResult) -> dict:
         ev = evaluate(program, data.test, EvaluationSettings.of(self.config, self.curve_samples, exact_points=0))
@@ -312,7 +307,7 @@ class Comparison:
 
     def _final(self, program, data) -> dict:
         settings = EvaluationSettings.of(self.config, exact_points=0)
-        enumerable = self._enumerable(program)
+        enumerable = enumeration_available(program)
         ev = evaluate(program, data.test, settings, exact_points=1 if enumerable else 0)  # (a sum: every datapoint)
         iwae = evaluate(program, data.test, settings, samples=self.particles, seed=settings.seed + 1)
         s = ev.summary()

@@ -28,7 +28,7 @@ import torch
 
 from .distributed import SINGLE, Distributed
 from .errors import RunDirError
-from .exact import ENUMERATION_MAX_STATES, ExactEvidence, closed_form_available, enumerable_site, exact_evidence
+from .exact import ExactEvidence, closed_form_available, enumeration_available, exact_evidence
 from .files import save_tensors, write_text
 from .metrics import _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, log_evidence
 from .numerics import seeded
@@ -342,8 +342,7 @@ def _exact_part(program: Program, x: torch.Tensor, exact_points: int, chunk_pair
     """Exact values where a method exists: all datapoints for closed forms, else ``exact_points``
     spread over x (which may be sorted by class), the quadrature shared out over processes."""
     n = x.shape[0]
-    site = enumerable_site(program)
-    closed_form = closed_form_available(program) or (site is not None and site[1] <= ENUMERATION_MAX_STATES)
+    closed_form = closed_form_available(program) or enumeration_available(program)
     if not closed_form and (program.latent_dim != 2 or program.discrete_latents):
         return None, None
     if closed_form or exact_points >= n:

@@ -312,6 +312,13 @@ def enumerable_site(program) -> tuple[str, int] | None:
     return name, count
 
 
+def enumeration_available(program, max_states: int = ENUMERATION_MAX_STATES) -> bool:
+    """Whether the program's latent is one discrete site of at most ``max_states`` states: its
+    exact values (and the ELBO's exact gradient) are sums over every state."""
+    site = enumerable_site(program)
+    return site is not None and site[1] <= max_states
+
+
 @torch.no_grad()
 def enumeration_evidence(program, x: torch.Tensor, *, max_states: int = ENUMERATION_MAX_STATES,
                          chunk_pairs: int | None = None) -> ExactEvidence | None:
@@ -319,10 +326,9 @@ def enumeration_evidence(program, x: torch.Tensor, *, max_states: int = ENUMERAT
     KL(q(z|x) || p(z|x)) = log p(x) - ELBO for every datapoint, summing over every state of one
     discrete latent site (at most ``max_states`` of them; None beyond, or for another latent)."""
     program = checked_program(program, x)
-    site = enumerable_site(program)
-    if site is None or site[1] > max_states:
+    if not enumeration_available(program, max_states):
         return None
-    name, _ = site
+    name, _ = enumerable_site(program)
     joint, log_q = [], []
     with program.source.given(x) as at_x:
         (q,) = at_x.posteriors().values()
