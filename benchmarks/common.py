@@ -26,3 +26,22 @@ def seeded_model(config: Config, images: int) -> tuple[VAE, torch.Tensor]:
     x = (torch.rand(images, 1, 28, 28) < ON).float()
     vae.prior.fit_to_data(x, torch.Generator().manual_seed(config.seed))
     return vae, x
+
+
+def machine() -> str:
+    """The machine in one line: CPU model (and whether it has AVX-512 BF16), cores, torch, pyro, python."""
+    import os
+    import platform
+
+    import pyro
+
+    model, bf16 = platform.processor() or platform.machine(), False
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+        model, bf16 = (names[0] if names else model), "avx512_bf16" in info
+    except OSError:
+        pass
+    return (f"{model}{' (AVX-512 BF16)' if bf16 else ''}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), pyro {pyro.__version__}, python {platform.python_version()}")

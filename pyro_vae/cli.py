@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = finish_run(run, log=say, dist=dist, progress=not (args.no_progress or args.quiet))
     say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, {run.described}"))
     written = [name for name in ("metrics.jsonl", "checkpoint.pt", "best.pt", "evaluation.json", "samples.png",
-                                 "reconstructions.png", "curves.png", "latent.png") if (run_dir / name).is_file()]
+                                 "reconstructions.png", "curves.png", "latent.png", "confusion.png") if (run_dir / name).is_file()]
     say(f"run folder: {run_dir}  ({', '.join(written)})")
     dist.close()
     return 0
@@ -193,7 +193,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with run_lock(run.run_dir, "evaluate"), resumable_evaluation(run.run_dir, stem) as store:
         settings = EvaluationSettings.of(cfg, samples, seed=seed, exact_points=exact_points)
         result = evaluate(run.program, run.data.test, settings, store=store,  # (rerun after an interruption:
-                          progress=not args.no_progress)                     # it resumes at the batches not done)
+                          progress=not args.no_progress,                     # it resumes at the batches not done)
+                          labels=run.data.test_labels if run.program.labels_use else None)
         path = write_evaluation(run, result, stem + ".json")
         result.write_csv(run.run_dir / f"{stem}.csv")
     if args.json:  # stdout holds the JSON alone
@@ -249,6 +250,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classes(text: str | None, program) -> list[int] | None:
+    """``--classes``: "all", or classes "0,3,7"; None when not given (refused for a conditional program)."""
+    if text is None:
+        if program.labels_use == "required":
+            raise ConfigError(f"{program.name} is a conditional program, p(x|z, y): say which classes to draw, "
+                              f"--classes all or --classes 0,3,7 (rows of --n images each).")
+        return None
+    if program.labels_use is None:
+        raise ConfigError(f"--classes: {program.name} does not take labels.")
+    if text == "all":
+        return list(range(program.num_classes))
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--classes {text!r}: give \"all\" or integers separated by commas, e.g. 0,3,7.") from None
+    bad = [c for c in classes if not 0 <= c < program.num_classes]
+    if bad or not classes:
+        raise ConfigError(f"--classes {text!r}: {program.name}'s classes are 0..{program.num_classes - 1}.")
+    return classes
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .plots import prior_samples, save_grid
     from .runs import load_run
@@ -269,10 +291,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"{what} has no closed-form mean E[x|z] (e.g. each pixel depends on those drawn before "
             f"it); pass --pixels sample to draw x ~ p(x|z)."
         )
-    images = prior_samples(run.program, args.n, seed, args.pixels)
+    classes = _classes(args.classes, run.program)
     what = "E[x|z]" if args.pixels == "mean" else "x ~ p(x|z)"
+    if classes is not None:  # n images of each class, one row per class
+        import torch
+
+        labels = torch.tensor(classes).repeat_interleave(args.n)
+        images = prior_samples(run.program.labelled(labels), len(labels), seed, args.pixels)
+        nrow, title = args.n, f"{args.n} samples per class (rows: y = {', '.join(map(str, classes))}): {what}, z ~ p(z)"
+    else:
+        images = prior_samples(run.program, args.n, seed, args.pixels)
+        nrow, title = int(max(1, round(args.n**0.5))), f"{args.n} samples: {what}, z ~ p(z)"
     with writing_into(run.run_dir, out, "sample"):
-        save_grid(images, out, int(max(1, round(args.n**0.5))), f"{args.n} samples: {what}, z ~ p(z) (seed {seed})")
+        save_grid(images, out, nrow, f"{title} (seed {seed})")
     print(f"wrote {out}")
     return 0
 
@@ -630,9 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "datapoint's posterior means)")
     p.set_defaults(func=cmd_traverse)
 
-    p = command("sample", ['pyro-vae sample runs/mix --n 64 --seed 1'], help="decode samples z ~ p(z) into a picture")
+    p = command("sample", ['pyro-vae sample runs/mix --n 64 --seed 1', 'pyro-vae sample runs/cvae --classes all --n 8'],
+                help="decode samples z ~ p(z) into a picture")
     p.add_argument("run_dir")
-    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64; per class with --classes)")
+    p.add_argument("--classes", help="a program that takes labels: draw x ~ p(x|z, y) for these classes, a row of "
+                   "--n each: \"all\" or e.g. 0,3,7 (required by a conditional program)")
     p.add_argument("--seed", type=int, help="seed (default: the run's seed)")
     p.add_argument("--pixels", choices=["mean", "sample"],
                    help="show E[x|z] or a draw x ~ p(x|z) (default: E[x|z] where the likelihood has it in "

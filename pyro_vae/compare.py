@@ -169,6 +169,8 @@ class ObjectiveResult:
             "test_log_px_stderr": f["log_px_stderr"],
             "active_units": f["active_units"],
         }
+        if "accuracy" in f:
+            row["test_accuracy"], row["test_accuracy_stderr"] = f["accuracy"], f["accuracy_stderr"]
         if "exact_log_px" in f:  # (a discrete latent: every state summed)
             row["test_exact_log_px"], row["test_exact_log_px_stderr"] = f["exact_log_px"], f["exact_log_px_stderr"]
         for group in ("encoder", "decoder"):
@@ -248,6 +250,8 @@ class Comparison:
         program, objective = trainer.program, trainer.objective
         self.data = trainer.data
         grad_x = trainer.data.train_eval[: self.grad_batch]
+        if program.labels_use == "required":  # (a conditional program's gradients: given the batch's labels)
+            program = program.labelled(trainer.data.train_eval_labels[: self.grad_batch])
         result = ObjectiveResult(spec)
         next_curve, next_snapshot = 0, 0
         batches = trainer.batch_stream()
@@ -300,19 +304,29 @@ class Comparison:
             return None
         return exact_gradient(program, x, max_states=ENUMERATION_MAX_STATES)
 
+    @staticmethod
+    def _labels(program, data):
+        return data.test_labels if program.labels_use else None
+
     def _curve_point(self, program, data, result: ObjectiveResult) -> dict:
-        ev = evaluate(program, data.test, EvaluationSettings.of(self.config, self.curve_samples, exact_points=0))
+        ev = evaluate(program, data.test, EvaluationSettings.of(self.config, self.curve_samples, exact_points=0),
+                      labels=self._labels(program, data))
         return {"step": result.steps, "train_seconds": result.train_seconds,
                 "test_elbo": ev.elbo.mean().item(), "test_log_px": ev.log_px.mean().item()}
 
     def _final(self, program, data) -> dict:
         settings = EvaluationSettings.of(self.config, exact_points=0)
         enumerable = enumeration_available(program)
-        ev = evaluate(program, data.test, settings, exact_points=1 if enumerable else 0)  # (a sum: every datapoint)
-        iwae = evaluate(program, data.test, settings, samples=self.particles, seed=settings.seed + 1)
+        labels = self._labels(program, data)
+        ev = evaluate(program, data.test, settings, exact_points=1 if enumerable else 0,  # (a sum: every datapoint)
+                      labels=labels)
+        iwae = evaluate(program, data.test, settings, samples=self.particles, seed=settings.seed + 1, labels=labels)
         s = ev.summary()
         exact = {"exact_log_px": s["exact"]["log_px"]["mean"], "exact_log_px_stderr": s["exact"]["log_px"]["stderr"]} \
             if "exact" in s else {}
+        if "classification" in s:  # a semi-supervised program's classifier
+            exact |= {"accuracy": s["classification"]["accuracy"]["mean"],
+                      "accuracy_stderr": s["classification"]["accuracy"]["stderr"]}
         return {**exact,
             "elbo": s["elbo"]["mean"],
             "elbo_stderr": s["elbo"]["stderr"],
@@ -367,15 +381,19 @@ class Comparison:
     def markdown(self) -> str:
         k, big = self.particles, self.config.eval.samples
         exact = all("exact_log_px" in r.final for r in self.results)
+        accuracy = all("accuracy" in r.final for r in self.results)
         lines = [
             f"| objective | K | steps | train s | ms/step | test ELBO | test IWAE bound (K={k}) | "
-            f"test log p(x) (K={big}) | {'exact test log p(x) | ' if exact else ''}active units | encoder grad variance | "
+            f"test log p(x) (K={big}) | {'exact test log p(x) | ' if exact else ''}"
+            f"{'test accuracy | ' if accuracy else ''}active units | encoder grad variance | "
             f"encoder grad SNR | decoder grad variance | decoder grad SNR |",
-            "|" + " --- |" * (14 if exact else 13),
+            "|" + " --- |" * (13 + exact + accuracy),
         ]
         for r in self.results:
             row = r.row(k, big)
             exact_cell = f"{row['test_exact_log_px']:.2f} ± {row['test_exact_log_px_stderr']:.2f} | " if exact else ""
+            if accuracy:
+                exact_cell += f"{row['test_accuracy']:.4f} ± {row['test_accuracy_stderr']:.4f} | "
             lines.append(
                 f"| {row['objective']} | {row['K'] or 'all states'} | {row['steps']} | {row['train_seconds']:.1f} | "
                 f"{row['ms_per_step']:.2f} | {row['test_elbo']:.2f} | {row[f'test_iwae_bound_K{k}']:.2f} | "

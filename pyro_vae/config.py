@@ -175,11 +175,14 @@ class Component:
     """A registered, typed building block: a prior, a likelihood, a guide, a network, ...
 
     Subclasses declare their options as keyword-only ``__init__`` arguments with annotations and
-    defaults, and store each one as an attribute of the same name.
+    defaults, and store each one as an attribute of the same name. ``common_options`` are options
+    every component of a kind takes (a dataset's ``labels``): set as attributes before the
+    subclass's ``__init__`` runs, and written in its table only where they differ from the default.
     """
 
     kind: ClassVar[str] = "component"
     name: ClassVar[str] = ""
+    common_options: ClassVar[tuple[Option, ...]] = ()
 
     @classmethod
     def option_specs(cls) -> dict[str, Option]:
@@ -195,6 +198,8 @@ class Component:
             if p.kind is not inspect.Parameter.KEYWORD_ONLY:
                 continue
             specs[p.name] = Option(p.name, hints.get(p.name, Any), p.default, helps.get(p.name, ""))
+        for option in cls.common_options:
+            specs.setdefault(option.name, option)
         return specs
 
     @classmethod
@@ -208,7 +213,8 @@ class Component:
 
     def spec(self) -> dict[str, Any]:
         """``{"name": ..., **options}``: the table that rebuilds this component."""
-        return {"name": self.name, **self.options()}
+        common = {o.name: o.default for o in self.common_options}
+        return {"name": self.name, **{k: v for k, v in self.options().items() if k not in common or v != common[k]}}
 
     def extra_repr(self) -> str:  # used by nn.Module's repr for module components
         return ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -231,6 +237,10 @@ def _validated_init(cls: type[Component]) -> None:
         for k, opt in specs.items():  # canonical defaults too (tuples become lists, ints floats)
             if k not in kwargs and opt.default is not inspect.Parameter.empty:
                 kwargs[k] = coerce(opt.default, opt.annotation, f"{label} option '{k}'")
+        own = inspect.signature(init).parameters
+        for option in type(self).common_options:
+            if option.name not in own:  # (a subclass may take a common option itself)
+                setattr(self, option.name, kwargs.pop(option.name))
         init(self, *args, **kwargs)
 
     checked_init._validates_options = True  # type: ignore[attr-defined]
@@ -434,7 +444,8 @@ DEFAULT_TIMEOUT = 300.0
 
 #: model programs of the library besides the stock VAE, by name (``model.program = "gmvae"``):
 #: library code, so a run folder rebuilds them without --trust-code
-LIBRARY_PROGRAMS = {"gmvae": "pyro_vae.gmvae:GaussianMixtureVAE"}
+LIBRARY_PROGRAMS = {"gmvae": "pyro_vae.gmvae:GaussianMixtureVAE", "cvae": "pyro_vae.labelled:ConditionalVAE",
+                    "m2": "pyro_vae.labelled:SemiSupervisedVAE"}
 
 
 def library_program(path: str) -> bool:

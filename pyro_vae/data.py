@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .config import DATASETS, Component, Config, require
+from .config import DATASETS, Component, Config, Option, require
 from .errors import ConfigError, DataError, StorageError
 
 MNIST5K_TEST_PER_CLASS = 100
@@ -142,7 +142,18 @@ class DataSplits:
 
 
 class Dataset(Component):
-    """Base class: ``load()`` returns :class:`DataSplits`."""
+    """Base class: ``load()`` returns :class:`DataSplits`.
+
+    Every dataset also takes ``labelled`` and ``labelled_seed``, read by a program that learns from
+    labels where some are missing (a semi-supervised program): the training labels it may see are a
+    stratified draw of ``labels`` of them (the same number per class, by ``labels_seed``), the others
+    hidden; 0 shows every label. (:func:`labelled_subset`.)"""
+
+    common_options = (
+        Option("labelled", int, 0, "how many training datapoints keep their label for a semi-supervised program: a "
+                                   "stratified draw (the same number per class, by labelled_seed); 0: every one."),
+        Option("labelled_seed", int, 0, "the seed of the draw of the labelled datapoints."),
+    )
 
     def load(self) -> DataSplits:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -1033,6 +1044,31 @@ class PreparedData:
     test: torch.Tensor  # fixed evaluation form (e.g. binarized with a fixed seed)
     train_eval: torch.Tensor  # a fixed subset of train, scored every epoch
     valid: torch.Tensor | None = None  # held-out training images (train.validation), evaluation form
+    # labels, on the device (None: the dataset has none), aligned with train, test, train_eval and valid
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    train_eval_labels: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+
+
+def labelled_subset(labels: torch.Tensor, count: int, seed: int, classes: int | None = None) -> torch.Tensor:
+    """Indices (sorted) of ``count`` datapoints, ``count / C`` of each of the C classes, drawn by
+    ``seed``: the labels a semi-supervised program sees (``data.labelled``). Refused, with the numbers,
+    when ``count`` is not a multiple of C or a class has fewer members than its share."""
+    c = classes if classes is not None else int(labels.max().item()) + 1
+    if count % c:
+        raise ConfigError(f"data.labelled = {count}: the labels are drawn stratified, the same number per class, so give "
+                          f"a multiple of the {c} classes (e.g. {max(c, count - count % c)}).")
+    if count > len(labels):
+        raise ConfigError(f"data.labelled = {count}, but the training split has {len(labels)} labelled datapoints.")
+    per_class, generator, chosen = count // c, torch.Generator().manual_seed(seed), []
+    for k in range(c):
+        members = torch.nonzero(labels.cpu() == k).flatten()
+        if len(members) < per_class:
+            raise ConfigError(f"data.labelled = {count} takes {per_class} labels of each class, and class {k} has "
+                              f"{len(members)} in the training split: ask for at most {len(members) * c}.")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
 
 
 def validation_split(n: int, n_valid: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1056,9 +1092,12 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
     for split, x in (("train", splits.train), ("test", splits.test)):
         program.check_data(x, split)
     raw_train, valid = splits.train, None
+    labels, valid_labels = splits.train_labels, None
     if config.train.validation:
         keep, held_out = validation_split(raw_train.shape[0], config.train.validation, config.seed)
         raw_train, valid = raw_train[keep], lik.prepare_eval_set(raw_train[held_out].to(device))
+        if labels is not None:
+            labels, valid_labels = labels[keep], labels[held_out]
     raw_train = raw_train.to(device)
     train = lik.prepare_train_set(raw_train)
     n_sub = min(config.eval.train_subset, train.shape[0])
@@ -1072,6 +1111,10 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
         train_eval=train_eval,
         valid=valid,
     )
+    if labels is not None:
+        on = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        data.train_labels, data.train_eval_labels = on(labels), on(labels[:n_sub])
+        data.valid_labels, data.test_labels = on(valid_labels), on(splits.test_labels)
     program.check_support(data.test, "test")
     program.check_support(lik.prepare_batch(data.train[: min(16, data.train.shape[0])], probe_generator(device)),
                           "train")

@@ -27,10 +27,11 @@ from typing import Iterable
 import torch
 
 from .distributed import SINGLE, Distributed
-from .errors import RunDirError
+from .errors import DataError, ProgramError, RunDirError
 from .exact import ExactEvidence, closed_form_available, enumeration_available, exact_evidence
 from .files import save_tensors, write_text
-from .metrics import _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, log_evidence
+from .metrics import (_elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, enumerated_elbo_terms,
+                      enumerated_log_evidence, label_predictions, log_evidence)
 from .numerics import seeded
 from .programs import Program, checked_program
 
@@ -78,6 +79,10 @@ class Evaluation:
     exact_index: torch.Tensor | None = None  # ... on these datapoints
     kl_per_site: bool = False  # several latent sites, each KL in closed form given the draws before it
     code_groups: tuple[int, int] | None = None  # (M, K): the latent is M one-hot groups of K classes
+    labels_use: str | None = None  # "required": scored given labels (log p(x|y)); "optional": y summed out exactly
+    labels: torch.Tensor | None = None  # the true classes (semi-supervised: for accuracy)
+    predicted: torch.Tensor | None = None  # argmax_y q(y|x) (semi-supervised)
+    num_classes: int | None = None
 
     @property
     def n(self) -> int:
@@ -87,7 +92,17 @@ class Evaluation:
     def gap(self) -> torch.Tensor | None:
         return None if self.log_px is None else self.log_px - self.elbo
 
+    @property
+    def confusion(self) -> torch.Tensor | None:
+        """Counts (C, C): row the true class, column argmax_y q(y|x) (semi-supervised, given labels)."""
+        if self.predicted is None or self.labels is None:
+            return None
+        flat = self.labels.long() * self.num_classes + self.predicted.long()
+        return torch.bincount(flat, minlength=self.num_classes ** 2).view(self.num_classes, self.num_classes)
+
     def _kl_estimator(self) -> str:
+        if self.labels_use == "optional":
+            return "y summed exactly, z's KL by Monte Carlo"
         if self.kl_analytic:
             return "closed form"
         return "closed form per site, given the draws before it" if self.kl_per_site else "Monte Carlo"
@@ -108,6 +123,15 @@ class Evaluation:
             "kl": stat(self.kl),
             "kl_estimator": self._kl_estimator(),
         }
+        if self.labels_use == "required":
+            out["conditional"] = "every value given the datapoint's label y: ELBO(x|y), log p(x|y)"
+        elif self.labels_use == "optional":
+            out["labels_summed"] = "y summed over its classes exactly in the ELBO and log p(x); z sampled"
+        if self.confusion is not None:
+            correct = (self.predicted.long() == self.labels.long()).double()
+            out["classification"] = {"accuracy": stat(correct), "classes": self.num_classes,
+                                     "predicted_by": "argmax_y q(y|x)", "confusion": self.confusion.tolist(),
+                                     "confusion_rows": "true class", "confusion_columns": "predicted class"}
         if self.posterior_mean is not None:
             out |= {"active_units": active_units(self.posterior_mean), "latent_dim": self.posterior_mean.shape[-1]}
             if self.code_groups is not None:
@@ -156,14 +180,28 @@ class Evaluation:
             ("  reconstruction  E_q[log p(x|z)]", s["reconstruction"]),
             (f"  KL(q(z|x) || p(z))  [{kl_how}]", s["kl"]),
         ]
+        if self.labels_use is not None:  # what the numbers are of: x given y, or x with y summed out
+            given = self.labels_use == "required"
+            rename = {"ELBO": "ELBO(x|y)" if given else "ELBO  [y summed exactly]",
+                      "  reconstruction  E_q[log p(x|z)]": "  reconstruction  E_q[log p(x|z, y)]",
+                      f"  KL(q(z|x) || p(z))  [{kl_how}]":
+                          "  KL(q(z|x, y) || p(z|y))" if given else "  KL(q(y, z|x) || p(y, z))"}
+            rows = [(rename.get(label, label), v) for label, v in rows]
         if self.log_px is not None:
+            px = "log p(x|y)" if self.labels_use == "required" else "log p(x)"
+            how = f"importance sampled, K={self.samples}" + (" per class" if self.labels_use == "optional" else "")
             rows += [
-                (f"log p(x)  [importance sampled, K={self.samples}]", s["log_px"]),
-                ("gap log p(x) - ELBO  ~ KL(q(z|x) || p(z|x))", s["gap"]),
+                (f"{px}  [{how}]", s["log_px"]),
+                ({"required": "gap log p(x|y) - ELBO  ~ KL(q(z|x, y) || p(z|x, y))",
+                  "optional": "gap log p(x) - ELBO  ~ KL(q(y, z|x) || p(y, z|x))"}.get(
+                     self.labels_use, "gap log p(x) - ELBO  ~ KL(q(z|x) || p(z|x))"), s["gap"]),
             ]
         lines = [title] if title else []
         lines.append(f"{'nats per datapoint':<48} {'mean':>11} {'std. err.':>10}")
         lines += [f"{label:<48} {v['mean']:>11.3f} {v['stderr']:>10.3f}" for label, v in rows]
+        if "classification" in s:
+            acc = s["classification"]["accuracy"]
+            lines.append(f"{'accuracy  argmax_y q(y|x)':<48} {acc['mean']:>11.4f} {acc['stderr']:>10.4f}")
         if "code_usage" in s:
             u = s["code_usage"]
             used, perplexity = u["classes_used"], u["perplexity"]
@@ -258,6 +296,7 @@ def evaluate(
     dist: Distributed = SINGLE,
     store: str | Path | None = None,
     progress: bool = False,
+    labels: torch.Tensor | None = None,
     **options,
 ) -> Evaluation:
     """ELBO terms for every datapoint of ``x`` and, if ``settings.samples`` > 0, importance-sampled
@@ -277,11 +316,26 @@ def evaluate(
     exact values (2-D latents and linear-Gaussian models only) are recomputed, not stored.
     ``progress`` shows a progress bar over the batches, with the time left (rank 0).
     ``program`` is a model program (the stock VAE or any other) or its :class:`~pyro_vae.programs.Program`.
+
+    ``labels`` (integer classes, one per datapoint of x), for a program that takes them
+    (``programs.label_use``): a conditional program is scored given them (ELBO(x|y), log p(x|y);
+    required); a semi-supervised one is scored on x alone, y summed over its classes exactly (ELBO
+    with y enumerated, log p(x) = log sum_y p(y) p(x|y) with K draws of z per class), and the labels
+    give the accuracy of argmax_y q(y|x) and its confusion matrix.
     """
     s = dataclasses.replace(settings or EvaluationSettings(), **options)
     samples, seed, batch_size, exact_points, posterior_means = \
         s.samples, s.seed, s.batch_size, s.exact_points, s.posterior_means
     program = checked_program(program, x)
+    use = program.labels_use
+    if labels is not None:
+        if use is None:
+            raise ProgramError(f"evaluate(labels=...): {program.name} does not take labels (its model is model(x)).")
+        labels = program.check_labels(labels, "the labels")
+        if labels.shape[0] != x.shape[0]:
+            raise DataError(f"evaluate: {labels.shape[0]} labels for {x.shape[0]} datapoints: give one per datapoint.")
+    elif use == "required":
+        program.labelled(None)  # refused, saying how to give them
     module = program.module
     starts = list(range(0, x.shape[0], batch_size))
     chunk_pairs = chunk_pairs_for(program, x.device, s.chunk_pairs)  # resolved once, not per batch or exact point
@@ -290,7 +344,7 @@ def evaluate(
         kept = EvaluationStore(store, {
             "model": fingerprint(module.state_dict().items()), "data": fingerprint([("x", x)]), "datapoints": x.shape[0],
             "samples": samples, "seed": seed, "batch_size": batch_size, "chunk_pairs": chunk_pairs,
-            "posterior_means": posterior_means})
+            "posterior_means": posterior_means, **({"labels": fingerprint([("y", labels)])} if labels is not None else {})})
 
     def batches(indices: list[int]) -> list[dict]:
         from tqdm.auto import tqdm
@@ -302,10 +356,19 @@ def evaluate(
             terms = kept.load(b) if kept is not None else None
             if terms is None:
                 xb = x[starts[b] : starts[b] + batch_size]
+                yb = labels[starts[b] : starts[b] + batch_size] if labels is not None else None
                 with seeded(batch_seed(seed, b), x.device):
-                    terms = _elbo_terms(program, xb, 1, posterior_means)  # (x checked once, above)
-                    if samples > 0:
-                        terms["log_px"] = log_evidence(program, xb, samples, chunk_pairs)
+                    if use == "optional":  # y summed out exactly; the labels only score the classifier
+                        terms = enumerated_elbo_terms(program, xb)
+                        if samples > 0:
+                            terms["log_px"] = enumerated_log_evidence(program, xb, samples, chunk_pairs)
+                        if yb is not None:
+                            terms["predicted"] = label_predictions(program, xb)[0]
+                    else:
+                        view = program.labelled(yb) if use == "required" else program
+                        terms = _elbo_terms(view, xb, 1, posterior_means)  # (x checked once, above)
+                        if samples > 0:
+                            terms["log_px"] = log_evidence(view, xb, samples, chunk_pairs)
                 terms = {k: v.float().cpu() for k, v in terms.items()}
                 if kept is not None:
                     kept.save(b, terms)
@@ -316,7 +379,8 @@ def evaluate(
     module.eval()
     try:
         parts = dist.map_items(len(starts), batches)
-        exact, exact_index = _exact_part(program, x, exact_points, chunk_pairs, dist) if exact_points > 0 else (None, None)
+        exact, exact_index = _exact_part(program, x, exact_points, chunk_pairs, dist) \
+            if exact_points > 0 and use is None else (None, None)
     finally:
         module.train(was_training)
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("kl_analytic", "kl_per_site")}
@@ -335,6 +399,10 @@ def evaluate(
         samples=samples,
         exact=exact,
         exact_index=exact_index,
+        labels_use=use,
+        labels=labels.cpu() if labels is not None else None,
+        predicted=cat["predicted"].long() if "predicted" in cat else None,
+        num_classes=program.num_classes,
     )
 
 

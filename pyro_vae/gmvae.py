@@ -30,10 +30,11 @@ from torch import nn
 from .config import LIKELIHOODS, NETWORKS, require
 from .data import check_batch, require_finite
 from .distributions import OneHotGroups
+from .likelihoods import LikelihoodDataContract
 from .networks import ConditionalGaussian
 
 
-class GaussianMixtureVAE(nn.Module):
+class GaussianMixtureVAE(LikelihoodDataContract, nn.Module):
     """y ~ Cat(pi); z | y ~ N(mu_y, diag sigma_y^2); x | z ~ likelihood(decoder(z)); q(y|x) q(z|x, y).
 
     Options:
@@ -109,23 +110,3 @@ class GaussianMixtureVAE(nn.Module):
             features = self.encoder(x)
             y = pyro.sample("y", self.q_y_given_x(features))
             pyro.sample("z", self.q_z_given_x_y(features, y))
-
-    # What the library reads: the likelihood's data contract, the bodies for mixed precision.
-    @property
-    def stochastic_batches(self) -> bool:
-        return self.likelihood.stochastic_batches
-
-    def check_data(self, x, split):
-        self.likelihood.check_data(x, split)
-
-    def prepare_train_set(self, x):
-        return self.likelihood.prepare_train_set(x)
-
-    def prepare_eval_set(self, x):
-        return self.likelihood.prepare_eval_set(x)
-
-    def prepare_batch(self, x, generator):
-        return self.likelihood.prepare_batch(x, generator)
-
-    def network_bodies(self) -> list[nn.Module]:
-        return [self.encoder, self.decoder, *self.likelihood.bodies()]

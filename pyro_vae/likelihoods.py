@@ -587,3 +587,29 @@ class BetaLikelihood(Likelihood):
 
     def prepare_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self._dequantized(x, generator) if self.dequantize == "uniform" else x
+
+
+class LikelihoodDataContract:
+    """A model program's data contract (``programs.py``), its likelihood's: the checks, the
+    preparation of the training and evaluation sets and of each batch; and the bodies mixed
+    precision runs in bfloat16. Mixed into a program that keeps ``likelihood``, ``encoder`` and
+    ``decoder`` attributes (the GMVAE, the conditional and semi-supervised VAEs)."""
+
+    @property
+    def stochastic_batches(self) -> bool:
+        return self.likelihood.stochastic_batches
+
+    def check_data(self, x, split):
+        self.likelihood.check_data(x, split)
+
+    def prepare_train_set(self, x):
+        return self.likelihood.prepare_train_set(x)
+
+    def prepare_eval_set(self, x):
+        return self.likelihood.prepare_eval_set(x)
+
+    def prepare_batch(self, x, generator):
+        return self.likelihood.prepare_batch(x, generator)
+
+    def network_bodies(self) -> list:
+        return [self.encoder, self.decoder, *self.likelihood.bodies()]

@@ -31,6 +31,7 @@ from typing import Iterator
 import torch
 
 from .numerics import seeded
+from .distributions import enumerate_states
 from .objectives import EnumeratedELBO
 from .programs import Program, as_program, checked_program
 from .terms import POSTERIOR_MEAN_SAMPLES, Terms, posterior_mean  # noqa: F401  (re-exported)
@@ -38,6 +39,8 @@ from .terms import POSTERIOR_MEAN_SAMPLES, Terms, posterior_mean  # noqa: F401  
 ACTIVE_UNIT_THRESHOLD = 0.01
 CPU_CHUNK_BYTES = 12 * 2**20
 ACCELERATOR_CHUNK_PAIRS = 16384
+#: the most states of y the enumerated evaluation sums over
+ENUMERATED_EVIDENCE_MAX_STATES = 4096
 
 
 def _parameter(module: torch.nn.Module) -> torch.Tensor:
@@ -73,7 +76,7 @@ def widest_activation(program) -> int:
                     vae.likelihood(head).log_prob(torch.zeros(1, *vae.data_shape, device=weight.device, dtype=weight.dtype))
             else:
                 x = program._placeholder(1)
-                site = program._observed_site(x)
+                site = program.probing(1)._observed_site(x)
                 site["fn"].log_prob(x)
     finally:
         for module, mode in zip(modules, modes):
@@ -108,7 +111,7 @@ def analytic_kl_available(program) -> bool:
     program = as_program(program)
     with torch.no_grad(), torch.random.fork_rng():
         x = program._placeholder(1)
-        with program.source.given(x) as at_x:
+        with program.probing(1).source.given(x) as at_x:
             return at_x.draw(1).kl()[1]
 
 
@@ -191,6 +194,59 @@ def log_evidence_diagnostics(program, x: torch.Tensor, num_samples: int = 1000,
         "stderr": ((num_samples * sum_sq_normalized - 1).clamp_min(0) / num_samples).sqrt(),
         "ess": 1.0 / sum_sq_normalized,
     }
+
+
+@torch.no_grad()
+def enumerated_elbo_terms(program, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-datapoint ELBO with the guide's first latent site y summed over its every state (the
+    objective ``enumerate``'s bound; later sites drawn once given each state):
+    ELBO(x) = sum_y q(y|x) E_q(z|x,y)[log p(x|y, z) + log p(y, z) - log q(y, z|x)]; its
+    reconstruction sum_y q(y|x) E_q[log p(x|y, z)] and KL = reconstruction - ELBO (KL(q(y, z|x) ||
+    p(y, z))). What a semi-supervised program's evaluation reports: exact in y."""
+    program = checked_program(program, x)
+    objective = EnumeratedELBO(max_states=ENUMERATED_EVIDENCE_MAX_STATES)
+    terms = objective.terms(program.source, x)
+    weight = terms.latents[terms.enumerated].log_q.exp()  # (S, B): q(y_s|x)
+    reconstruction = (weight * terms.log_likelihood).sum(0)
+    elbo = (weight * (terms.log_likelihood + terms.log_prior - terms.log_q)).sum(0)
+    return {"reconstruction": reconstruction, "kl": reconstruction - elbo, "elbo": elbo,
+            "kl_analytic": torch.tensor(False), "kl_per_site": torch.tensor(False)}
+
+
+@torch.no_grad()
+def enumerated_log_evidence(program, x: torch.Tensor, num_samples: int = 1000,
+                            chunk_pairs: int | None = None) -> torch.Tensor:
+    """log p(x) per datapoint with the guide's first latent site y summed exactly over its states
+    and the later sites z importance-sampled given each, K = ``num_samples`` draws per state:
+    log p(x) = log sum_y p(y) p(x|y),  p(x|y) ~ (1/K) sum_k p(x|y, z_k) p(z_k|y) / q(z_k|x, y)
+    (a semi-supervised program's y: no variance from the classes). Costs S * K decoder passes per
+    datapoint, in chunks of at most ``chunk_pairs`` (datapoint, draw) pairs."""
+    program = checked_program(program, x)
+    with program.source.given(x) as at_x:
+        name, q = next(iter(at_x.posteriors().items()))
+        states = EnumeratedELBO(max_states=ENUMERATED_EVIDENCE_MAX_STATES).listed_states(name, q)
+        count, batch = states.shape[0], x.shape[0]
+        per_chunk = max(1, chunk_pairs_for(program, x.device, chunk_pairs) // (batch * count))
+        total = torch.full((count, batch), -math.inf, device=x.device)
+        done = 0
+        while done < num_samples:
+            k = min(per_chunk, num_samples - done)
+            y = states.repeat(k, *([1] * (states.dim() - 1)))  # (k S, *event): the states, k times over
+            terms = at_x.at({name: y.unsqueeze(1).expand(k * count, batch, *states.shape[1:])})
+            log_w = terms.log_weights + terms.latents[name].log_q  # log p(x, y_s, z) - log q(z|x, y_s)
+            total = torch.logaddexp(total, log_w.view(k, count, batch).logsumexp(0))
+            done += k
+    return (total - math.log(num_samples)).logsumexp(0)
+
+
+@torch.no_grad()
+def label_predictions(program, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax_y q(y|x), q(y|x) per class (batch, C)) of a semi-supervised program: its classifier."""
+    program = as_program(program, tuple(x.shape[1:]))
+    q = program.label_posterior(x)
+    states = enumerate_states(q)  # (C, C): class c one-hot, in class order
+    log_q = q.log_prob(states.unsqueeze(1).expand(states.shape[0], x.shape[0], *states.shape[1:]))  # (C, B)
+    return log_q.argmax(0), log_q.exp().T
 
 
 def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:

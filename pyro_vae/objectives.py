@@ -36,7 +36,7 @@ from typing import ClassVar, Iterator
 import torch
 from pyro.infer import ELBO
 
-from .config import OBJECTIVES, Component, require
+from .config import OBJECTIVES, Component, Option, require
 from .distributions import enumerable, enumerate_states, relaxed_sample, state_count
 from .errors import ConfigError, ProgramError
 from .terms import Terms, TraceSource, family, log_mean_exp
@@ -48,7 +48,17 @@ DISCRETE_ESTIMATORS = "enumerate, score-function, vimco, gumbel-softmax or strai
 
 
 class Objective(Component, ELBO):
-    """Base class of registered objectives: the maths in :meth:`surrogate`, over :class:`~pyro_vae.terms.Terms`."""
+    """Base class of registered objectives: the maths in :meth:`surrogate`, over :class:`~pyro_vae.terms.Terms`.
+
+    Every objective also takes ``classifier_weight`` alpha, read when training a semi-supervised
+    program (``programs.label_use``): each labelled batch adds alpha * log q(y|x) (Kingma et al.
+    2014's classification term, the classifier q(y|x) learning from labels directly) to the bound
+    of (x, y); 0 leaves the bound alone."""
+
+    common_options = (
+        Option("classifier_weight", float, 0.0, "alpha: a semi-supervised program's labelled batches add alpha * "
+                                                "log q(y|x) (Kingma et al.'s classification term); 0: off."),
+    )
 
     supports_kl_weight: ClassVar[bool] = False
     #: True when the KL(q||p) term is computed in closed form where a formula exists.
@@ -334,18 +344,6 @@ def _listable(objective: Objective, name: str, q) -> None:
             f"first latent site), or a pathwise objective.")
 
 
-def _one_enumerable_site(objective: Objective, posteriors: dict) -> tuple[str, object]:
-    """The program's one latent site and its q(z|x), refused by name when there are several or
-    when its states cannot be listed (the relaxations relax one site)."""
-    if len(posteriors) != 1:
-        raise ProgramError(
-            f"objective '{objective.name}' handles one discrete latent site; the guide has "
-            f"{len(posteriors)} ({', '.join(posteriors)}). Use score-function, which takes any number.")
-    ((name, q),) = posteriors.items()
-    _listable(objective, name, q)
-    return name, q
-
-
 def _enumerated_site(objective: Objective, posteriors: dict) -> tuple[str, object]:
     """The guide's first latent site, to be summed over, when its states can be listed and every
     later site is reparameterized (drawn given each state); refused by name otherwise."""
@@ -402,16 +400,21 @@ class EnumeratedELBO(Objective):
             raise ProgramError(f"objective '{self.name}' passes the batch x alone to the model and guide.")
         with source.given(x) as at_x:
             name, q = _enumerated_site(self, at_x.posteriors())
-            count = state_count(q)
-            if count > self.max_states:
-                raise ProgramError(
-                    f"objective 'enumerate': the latent '{name}' has {count} states, more than max_states = "
-                    f"{self.max_states} (each state is one decoder pass per datapoint). Use a smaller latent, raise "
-                    f"train.objective.max_states, or sample it: score-function or gumbel-softmax.")
-            states = enumerate_states(q)
-            terms = at_x.at({name: states.unsqueeze(1).expand(count, x.shape[0], *states.shape[1:])})
+            states = self.listed_states(name, q)
+            terms = at_x.at({name: states.unsqueeze(1).expand(states.shape[0], x.shape[0], *states.shape[1:])})
         terms.enumerated = name
         return terms
+
+    def listed_states(self, name: str, q) -> torch.Tensor:
+        """Every state of site ``name`` (q its guide distribution), (S, *event); refused beyond max_states."""
+        _listable(self, name, q)
+        count = state_count(q)
+        if count > self.max_states:
+            raise ProgramError(
+                f"objective 'enumerate': the latent '{name}' has {count} states, more than max_states = "
+                f"{self.max_states} (each state is one decoder pass per datapoint). Use a smaller latent, raise "
+                f"train.objective.max_states, or sample it: score-function or gumbel-softmax.")
+        return enumerate_states(q)
 
     def surrogate(self, terms, kl_weight=1.0):
         log_q_y = terms.latents[terms.enumerated].log_q  # (S, B): log q(y_s|x), differentiable in the guide
@@ -624,7 +627,7 @@ class GumbelSoftmaxELBO(Objective):
         if args or kwargs:
             raise ProgramError(f"objective '{self.name}' passes the batch x alone to the model and guide.")
         with source.given(x) as at_x:
-            name, q = _one_enumerable_site(self, at_x.posteriors())
+            name, q = _enumerated_site(self, at_x.posteriors())  # relaxed; later sites drawn given it
             y = relaxed_sample(q, torch.Size([self.num_particles]), self.current_temperature, self.hard)
             terms = at_x.at({name: y})
         if terms.latents[name].kl() is None:

@@ -178,15 +178,19 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
     program, out, seed = run.program, run.run_dir, run.config.seed
     program.module.eval()
     what = shown_pixels(program)
-    paths = [
-        save_grid(prior_samples(program, 64, seed), out / "samples.png", 8,
-                  f"64 samples: {what}, z ~ p(z)"),
-    ]
+    if program.labels_use:  # one row per class: x ~ p(x|z, y) for y = 0, 1, ...
+        classes = torch.arange(program.num_classes).repeat_interleave(8)
+        paths = [save_grid(prior_samples(program.labelled(classes), len(classes), seed), out / "samples.png", 8,
+                           f"{what}, z ~ p(z), one row per class y = 0..{program.num_classes - 1}")]
+    else:
+        paths = [save_grid(prior_samples(program, 64, seed), out / "samples.png", 8, f"64 samples: {what}, z ~ p(z)")]
     n_test = run.data.test.shape[0]
     ncol = min(8, n_test)
     spread = torch.linspace(0, n_test - 1, (min(32, n_test) // ncol) * ncol).long()  # across the (often sorted) set
     x = run.data.test[spread.to(run.data.test.device)]
-    recon = reconstructions(program, x, seed)
+    given = program.labelled(run.data.test_labels[spread.to(run.data.test_labels.device)]) if program.labels_use \
+        else program  # (reconstructed through q(z|x, y) at the true label)
+    recon = reconstructions(given, x, seed)
     rows = lambda t: t.reshape(-1, ncol, *t.shape[1:])  # noqa: E731
     pairs = torch.stack([rows(x), rows(recon)], 1).flatten(0, 2)  # input row, reconstruction row, ...
     paths.append(save_grid(pairs, out / "reconstructions.png", ncol,
@@ -195,7 +199,34 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
         paths.append(plot_curves(history, out / "curves.png"))
     if result.posterior_mean is not None:
         paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png"))
+    if result.confusion is not None:
+        paths.append(plot_confusion(result.confusion, out / "confusion.png"))
     return paths
+
+
+def plot_confusion(confusion: torch.Tensor, path: Path) -> Path:
+    """The confusion matrix (rows: true class; columns: argmax_y q(y|x)), each row as fractions of its class."""
+    plt = _pyplot()
+    counts = confusion.double()
+    rows = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    c = counts.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * c, 0.8 + 0.5 * c))
+    ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(c):
+        for j in range(c):
+            if counts[i, j] > 0:
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class, argmax_y q(y|x)")
+    ax.set_ylabel("true class")
+    ax.set_xticks(range(c))
+    ax.set_yticks(range(c))
+    accuracy = counts.diag().sum() / counts.sum()
+    ax.set_title(f"test accuracy {accuracy:.4f}")
+    fig.tight_layout()
+    _save(fig, path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_comparison_curves(curves: dict[str, list[dict]], path: Path) -> Path:

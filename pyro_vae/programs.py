@@ -40,6 +40,8 @@ data contract, pictures (decode z, draw from p(z)), the shape of its latents.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import importlib
 import inspect
@@ -60,10 +62,12 @@ from .config import CODE_KEY, Config, ModelConfig, ProgramConfig, library_progra
 from .data import check_batch, require_finite
 from .distributions import enumerable, one_hot_groups, state_count
 from .errors import ConfigError, DataError, ProgramError
-from .terms import OBSERVED, DirectSource, source_for
+from .terms import OBSERVED, DirectSource, TraceSource, source_for
 from .vae import VAE
 
 STOCK = "vae"
+#: the site of a program that learns from labels: observed in a labelled batch, latent (q(y|x)) otherwise
+LABEL_SITE = "y"
 DATA_CONTRACT = ("check_data", "prepare_train_set", "prepare_eval_set", "prepare_batch")
 
 
@@ -158,6 +162,49 @@ def _require_protocol_methods(cls: type, label: str) -> None:
     if missing:
         raise ProgramError(f"{label} has no {' or '.join(f'{m}(x)' for m in missing)} method: a model program "
                            f"defines model(x) (p(z) p(x|z)) and guide(x) (q(z|x)).")
+
+
+def label_use(cls: type) -> str | None:
+    """How a program's ``model`` and ``guide`` take labels y (integer classes, one per datapoint):
+    None, they do not (``model(x)``); ``"required"``, always (``model(x, y)``: a conditional
+    program, p(x|y)); ``"optional"``, where they are known (``model(x, y=None)``: a semi-supervised
+    program, whose model observes its site "y" given labels and samples it otherwise)."""
+    uses = []
+    for method in ("model", "guide"):
+        p = inspect.signature(getattr(cls, method)).parameters.get("y")
+        uses.append(None if p is None else "required" if p.default is inspect.Parameter.empty else "optional")
+    if uses[0] != uses[1]:
+        raise ProgramError(
+            f"{cls.__qualname__}: model and guide must take labels alike, both (x, y) for a conditional program, both "
+            f"(x, y=None) for a semi-supervised one, or neither; model takes {uses[0] or 'none'}, guide {uses[1] or 'none'}.")
+    return uses[0]
+
+
+class _LabelsNeeded:
+    """The terms source of a conditional program with no labels given: refuses, saying how to give them."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _refuse(self, *args, **kwargs):
+        raise ProgramError(
+            f"{self.name} is a conditional program (model(x, y)): it scores x given its labels y, so give them "
+            f"(Python: evaluate(..., labels=y), Run.elbo(x, labels=y); Program.labelled(y)), with data that has labels.")
+
+    draw = at = means = posteriors = given = nesting = _refuse
+
+
+class _LabelledSource(TraceSource):
+    """The program's model and guide with labels y bound; the plate nesting guessed once per program."""
+
+    def __init__(self, module: nn.Module, y: torch.Tensor | None, cache: dict) -> None:
+        super().__init__(functools.partial(module.model, y=y), functools.partial(module.guide, y=y),
+                         cache.get("nesting"))
+        self._cache = cache
+
+    def nesting(self, *args, **kwargs) -> int:
+        self._cache["nesting"] = super().nesting(*args, **kwargs)
+        return self._cache["nesting"]
 
 
 def class_path(cls: type) -> str:
@@ -307,12 +354,86 @@ class Program:
             raise TypeError("Program(Program): pass the module")
         _require_protocol_methods(type(module), type(module).__qualname__)
         self.module = module
-        self.source = source_for(module)
+        self.labels_use = label_use(type(module))
+        self.labels: torch.Tensor | None = None  # the labels this view of the program is given (labelled())
+        self._nesting: dict = {}
+        if self.labels_use == "required":
+            self.source = _LabelsNeeded(type(module).__qualname__)
+        elif self.labels_use == "optional":
+            self.source = _LabelledSource(module, None, self._nesting)
+        else:
+            self.source = source_for(module)
         self.direct = isinstance(self.source, DirectSource)
         self.vae = module if isinstance(module, VAE) else None  # its components (data contract, networks)
         shape = getattr(module, "data_shape", None) or data_shape  # the program's own, where it declares one
         self.data_shape = tuple(shape) if shape is not None else None
-        self._probed: dict | None = None
+        self._probes: dict = {}  # the probe's findings, shared by every labelled view of this program
+        self.num_classes = getattr(module, "num_classes", None) if self.labels_use else None
+        if self.labels_use and not (isinstance(self.num_classes, int) and self.num_classes >= 2):
+            raise ProgramError(
+                f"{type(module).__qualname__} takes labels y (model(x, y...)): give it a num_classes attribute (an "
+                f"int >= 2, the classes 0..C-1 its labels may take).")
+
+    # -- labels --------------------------------------------------------------------------------
+
+    def labelled(self, y: torch.Tensor | None) -> "Program":
+        """This program with labels y given (integer classes, one per datapoint of the batches it
+        will score): its terms source, pictures and checks all pass y to model and guide. ``None``
+        (a semi-supervised program only): y unobserved, a latent."""
+        if self.labels_use is None:
+            raise ProgramError(f"{self.name} does not take labels (its model is model(x)); labels are given only to "
+                               f"a program whose model and guide take y.")
+        if y is None and self.labels_use == "required":
+            _LabelsNeeded(self.name)._refuse()
+        if y is not None:
+            y = self.check_labels(y)
+        view = copy.copy(self)
+        view.labels = y
+        view.source = _LabelledSource(self.module, y, self._nesting)
+        return view
+
+    def check_labels(self, y, where: str = "labels") -> torch.Tensor:
+        """Labels as the program takes them, integer classes in 0..C-1, refused otherwise (naming the values)."""
+        y = torch.as_tensor(y)
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1:
+            raise DataError(f"{where} must be a 1-D tensor of integer classes, one per datapoint; got {y.dtype} of "
+                            f"shape {tuple(y.shape)}.")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise DataError(f"{where} hold values in [{int(y.min())}, {int(y.max())}]; {self.name} has num_classes = "
+                            f"{self.num_classes}, so labels are 0..{self.num_classes - 1}.")
+        p = next(self.module.parameters(), None)
+        return y.long().to(p.device if p is not None else y.device)
+
+    def probing(self, n: int) -> "Program":
+        """The view of the program the library's probes run (shapes, supports, widths) at n
+        placeholder datapoints: a conditional program given class 0 (a probe's numbers do not depend
+        on it), any other as it is."""
+        if self.labels_use != "required":
+            return self
+        p = next(self.module.parameters(), None)
+        return self.labelled(torch.zeros(n, dtype=torch.long, device=p.device if p is not None else None))
+
+    def label_posterior(self, x: torch.Tensor):
+        """q(y|x) of a semi-supervised program, a distribution over one-hot y, (batch,) datapoints:
+        the program's ``label_posterior(x)`` where it has one, else its guide's site "y" run without labels."""
+        if self.labels_use != "optional":
+            raise ProgramError(f"{self.name} has no posterior over labels: only a semi-supervised program (model(x, "
+                               f"y=None), y latent where not given) does.")
+        own = getattr(self.module, "label_posterior", None)
+        if own is not None:
+            return own(x)
+        with poutine.block(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            trace = poutine.trace(self.module.guide).get_trace(x, y=None)
+        if LABEL_SITE not in trace.nodes:
+            raise ProgramError(f"the guide of {self.name} has no site \"{LABEL_SITE}\": a semi-supervised program's "
+                               f"guide samples y ~ q(y|x) at site \"{LABEL_SITE}\" when no labels are given.")
+        return trace.nodes[LABEL_SITE]["fn"]
+
+    def _model_fn(self):
+        return self.module.model if self.labels_use is None else self.source.model
+
+    def _guide_fn(self):
+        return self.module.guide if self.labels_use is None else self.source.guide
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -373,7 +494,7 @@ class Program:
         if self.vae is not None and self.direct:
             return  # the likelihood's own check_data covers it, with the fix named
         with torch.no_grad(), torch.random.fork_rng():
-            fn = self._observed_site(x[:16])["fn"]
+            fn = self.probing(min(16, x.shape[0]))._observed_site(x[:16])["fn"]
         try:
             ok = bool(fn.support.check(x[:16]).all())
         except Exception:  # a support that cannot be checked elementwise
@@ -457,7 +578,7 @@ class Program:
         params = [p for p in self.module.parameters() if p.requires_grad]
         x = self._placeholder(2)
         with torch.random.fork_rng(), poutine.block():
-            guide_trace = poutine.trace(self.module.guide).get_trace(x)
+            guide_trace = poutine.trace(self.probing(2)._guide_fn()).get_trace(x)
             log_q = sum(s["fn"].log_prob(s["value"]).sum() for s in _sample_sites(guide_trace))
             grads = torch.autograd.grad(log_q, params, allow_unused=True) if torch.is_tensor(log_q) and log_q.requires_grad \
                 else [None] * len(params)
@@ -478,7 +599,9 @@ class Program:
 
     def _observed_site(self, x: torch.Tensor, z: dict[str, torch.Tensor] | None = None) -> dict:
         """The model's site "x" (its fn is p(x|z)) run on x, at given z or at z ~ p(z)."""
-        model = self.module.model if z is None else poutine.condition(self.module.model, data=z)
+        if self.labels_use == "required" and self.labels is None:
+            _LabelsNeeded(self.name)._refuse()
+        model = self._model_fn() if z is None else poutine.condition(self._model_fn(), data=z)
         with poutine.block():
             trace = poutine.trace(model).get_trace(x)
         if OBSERVED not in trace.nodes:
@@ -486,19 +609,19 @@ class Program:
         return trace.nodes[OBSERVED]
 
     def _probe(self) -> dict:
-        if self._probed is None:
+        if "probe" not in self._probes:
             with torch.no_grad(), torch.random.fork_rng(), pyro.validation_enabled(False):
-                x = self._placeholder(2)
-                with self.source.given(x) as at_x:
+                x, probe = self._placeholder(2), self.probing(2)
+                with probe.source.given(x) as at_x:
                     terms = at_x.draw(1)
-                self._probed = {"latents": {n: tuple(s.value.shape[1:]) if s.value.dim() > 1 else ()
+                self._probes["probe"] = {"latents": {n: tuple(s.value.shape[1:]) if s.value.dim() > 1 else ()
                                             for n, s in terms.latents.items()},
                                 "discrete": any(s.q.support.is_discrete for s in terms.latents.values()),
                                 "groups": {n: one_hot_groups(s.q) for n, s in terms.latents.items()
                                            if one_hot_groups(s.q) is not None},
                                 "states": {n: state_count(s.q) for n, s in terms.latents.items() if enumerable(s.q)},
-                                "observed": self._observed_site(x)}
-        return self._probed
+                                "observed": probe._observed_site(x)}
+        return self._probes["probe"]
 
     @property
     def mean_available(self) -> bool:
@@ -534,8 +657,10 @@ class Program:
         """n draws z ~ p(z), by latent site ({site: (n, *event)})."""
         if self.direct:
             return {"z": self.vae.p_z().sample((n,))}
+        if self.labels_use == "required" and self.labels is None:
+            _LabelsNeeded(self.name)._refuse()
         with poutine.block():
-            trace = poutine.trace(self.module.model).get_trace(self._placeholder(n))
+            trace = poutine.trace(self._model_fn()).get_trace(self._placeholder(n))
         return {name: s["value"] for name, s in trace.nodes.items()
                 if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
 
@@ -594,10 +719,12 @@ def check_params_are_the_modules(program: Program, x: torch.Tensor) -> None:
     checkpoints and averages the module's parameters, so such a site would silently stay at its
     initial value."""
     own = {id(p) for p in program.module.parameters()}
+    probe = program.probing(x.shape[0])
+    model, guide = probe._model_fn(), probe._guide_fn()
     with torch.random.fork_rng(), poutine.block(), pyro.validation_enabled(False):
-        guide_trace = poutine.trace(program.module.guide, param_only=True).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(program.module.model, trace=poutine.trace(program.module.guide)
-                                                   .get_trace(x)), param_only=True).get_trace(x)
+        guide_trace = poutine.trace(guide, param_only=True).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=poutine.trace(guide).get_trace(x)),
+                                    param_only=True).get_trace(x)
     for trace in (guide_trace, model_trace):
         for name, site in trace.nodes.items():
             if site["type"] == "param" and id(site["value"].unconstrained()) not in own:

@@ -429,6 +429,13 @@ class Run:
             x = self.program.contract.prepare_eval_set(x)
         return x
 
+    def given(self, labels=None) -> Program:
+        """The program these calls run: given ``labels`` (integer classes, one per datapoint) where
+        it takes them; a conditional program refuses to run without them."""
+        if labels is None:
+            return self.program.labelled(None) if self.program.labels_use == "required" else self.program
+        return self.program.labelled(torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels))
+
     def _site(self, site: str | None = None) -> str:
         shapes = self.program.latent_shapes
         if site is not None:
@@ -442,21 +449,22 @@ class Run:
         return next(iter(shapes))
 
     @torch.no_grad()
-    def encode(self, x, draws: int = 256, seed: int | None = None, site: str | None = None
+    def encode(self, x, draws: int = 256, seed: int | None = None, site: str | None = None, labels=None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x)'s mean and standard deviation per latent coordinate, each (batch, *event): exact
         where q's family has them (the diagonal Gaussian, a categorical's class probabilities), else
         from ``draws`` draws. A program of several latent sites: ``site`` names one (see
-        :meth:`encode_sites`)."""
-        return self.encode_sites(x, draws, seed)[self._site(site)]
+        :meth:`encode_sites`). ``labels``: see :meth:`given`."""
+        return self.encode_sites(x, draws, seed, labels)[self._site(site)]
 
     @torch.no_grad()
-    def encode_sites(self, x, draws: int = 256, seed: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def encode_sites(self, x, draws: int = 256, seed: int | None = None, labels=None
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(mean, standard deviation) of q per latent site, in the guide's order; a site after the
         first is q given one draw of the sites before it (its q(z_1|x, z_2) at that z_2)."""
         x = self.inputs(x)
         out = {}
-        with seeded(self.config.seed if seed is None else seed, self.device), self.program.source.given(x) as at_x:
+        with seeded(self.config.seed if seed is None else seed, self.device), self.given(labels).source.given(x) as at_x:
             latents = at_x.draw(1).latents
             for name, latent in latents.items():
                 try:
@@ -467,37 +475,47 @@ class Run:
         return out
 
     @torch.no_grad()
-    def decode(self, z, pixels: str = "mean") -> torch.Tensor:
+    def decode(self, z, pixels: str = "mean", labels=None) -> torch.Tensor:
         """Images for latents z (batch, *event), or a dict of them by site: E[x|z], or draws
-        x ~ p(x|z) with ``pixels = "sample"`` (or where the mean has no closed form)."""
+        x ~ p(x|z) with ``pixels = "sample"`` (or where the mean has no closed form). ``labels``:
+        see :meth:`given` (a conditional program's p(x|z, y))."""
+        program = self.given(labels)
         if isinstance(z, dict):  # every latent site by name
-            return self.program.decode({k: torch.as_tensor(v, device=self.device).float() for k, v in z.items()}, pixels)
-        return self.program.decode({self._site(): torch.as_tensor(z, device=self.device).float()}, pixels)
+            return program.decode({k: torch.as_tensor(v, device=self.device).float() for k, v in z.items()}, pixels)
+        return program.decode({self._site(): torch.as_tensor(z, device=self.device).float()}, pixels)
 
-    def reconstruct(self, x, pixels: str = "mean") -> torch.Tensor:
+    def reconstruct(self, x, pixels: str = "mean", labels=None) -> torch.Tensor:
         """decode(E_q[z|x]): the images x reconstructed through the posterior mean."""
-        return self.decode(self.encode(x)[0], pixels)
+        return self.decode(self.encode(x, labels=labels)[0], pixels, labels)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int | None = None, pixels: str = "mean") -> torch.Tensor:
-        """n images decoded from z ~ p(z)."""
+    def sample(self, n: int | None = None, seed: int | None = None, pixels: str = "mean", labels=None) -> torch.Tensor:
+        """n images decoded from z ~ p(z); a program that takes labels draws x ~ p(x|z, y) for the
+        classes ``labels`` (one image each; required by a conditional program)."""
+        program = self.given(labels)
+        if labels is not None:
+            n = len(labels) if n is None else n
+            if n != len(labels):
+                raise ConfigError(f"sample(n={n}, labels=...) with {len(labels)} labels: one image per label.")
         with seeded(self.config.seed if seed is None else seed, self.device):
-            return self.program.decode(self.program.prior_draws(n), pixels)
+            return program.decode(program.prior_draws(n), pixels)
 
     @torch.no_grad()
-    def elbo(self, x, samples: int = 1, seed: int | None = None) -> torch.Tensor:
-        """The ELBO per datapoint, in nats (``samples`` draws of z; the KL in closed form where it has one)."""
+    def elbo(self, x, samples: int = 1, seed: int | None = None, labels=None) -> torch.Tensor:
+        """The ELBO per datapoint, in nats (``samples`` draws of z; the KL in closed form where it has
+        one); given ``labels`` for a program that takes them (:meth:`given`)."""
         x = self.inputs(x, scored=True)
         with seeded(self.config.seed if seed is None else seed, self.device):
-            return elbo_terms(self.program, x, samples, posterior_means=False)["elbo"]
+            return elbo_terms(self.given(labels), x, samples, posterior_means=False)["elbo"]
 
     @torch.no_grad()
-    def log_prob(self, x, samples: int = 1000, seed: int | None = None) -> dict[str, torch.Tensor]:
+    def log_prob(self, x, samples: int = 1000, seed: int | None = None, labels=None) -> dict[str, torch.Tensor]:
         """Importance-sampled log p(x) per datapoint, in nats, with K = ``samples`` draws from q(z|x):
-        ``log_px``, its standard error ``stderr`` and the weights' effective sample size ``ess``."""
+        ``log_px``, its standard error ``stderr`` and the weights' effective sample size ``ess``
+        (given ``labels``: log p(x|y) of a conditional program, log p(x, y) of a semi-supervised one)."""
         x = self.inputs(x, scored=True)
         with seeded(self.config.seed if seed is None else seed, self.device):
-            return log_evidence_diagnostics(self.program, x, samples, self.config.eval.chunk_pairs)
+            return log_evidence_diagnostics(self.given(labels), x, samples, self.config.eval.chunk_pairs)
 
 
 def selected_checkpoint(run_dir: Path, which: str = "auto") -> Path:
@@ -723,7 +741,7 @@ def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None
     with run_lock(run.run_dir, "evaluate") if dist.main else nullcontext(), \
             resumable_evaluation(run.run_dir, EVALUATION, dist) as store:
         result = evaluate(run.program, run.data.test, EvaluationSettings.of(cfg, k), dist=dist, store=store,
-                          progress=progress)
+                          progress=progress, labels=run.data.test_labels if run.program.labels_use else None)
         if dist.main:
             write_evaluation(run, result)
             plots.run_pictures(run, result, read_metrics(run.run_dir))

@@ -17,6 +17,7 @@ optimizer moves (what a resume continues from).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -33,10 +34,10 @@ import torch
 
 from . import metrics
 from .config import CALLBACKS, OBJECTIVES, Config, ProgramConfig
-from .data import DATASETS, USER_FILE_DATASETS, DataSplits, prepare_data, probe_generator
+from .data import DATASETS, USER_FILE_DATASETS, DataSplits, labelled_subset, prepare_data, probe_generator
 from .data import summary as data_summary
 from .distributed import SINGLE, Distributed
-from .errors import CheckpointError, ConfigError, ProgramError, RunDirError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDirError, TrainingDiverged
 from .evaluation import Evaluation, evaluate
 from .files import write_text
 from .networks import mixed_precision
@@ -173,7 +174,7 @@ class StepContext:
 
 def svi_step(
     program, objective, optimizer: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float = 1.0,
-    dist: Distributed = SINGLE,
+    dist: Distributed = SINGLE, *, also: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> float:
     """One SVI step on batch x; returns the loss (minus the objective) summed over the batch, in nats.
 
@@ -184,11 +185,15 @@ def svi_step(
     stepping a traced program repeatedly, so its plate nesting is guessed once). In data-parallel
     training x is this rank's shard; gradients and loss are then summed over ranks. One torch
     optimizer updates every parameter of the module. A non-finite loss is returned without
-    stepping, so the parameters stay as they were.
+    stepping, so the parameters stay as they were. ``also`` gives the (surrogate, loss) of another
+    part of the same step (a semi-supervised step's labelled batch), added to this one's.
     """
     program = as_program(program)
     optimizer.zero_grad(set_to_none=True)
     surrogate, loss = objective.step(program.source, x, kl_weight)
+    if also is not None:
+        more, more_loss = also()
+        surrogate, loss = surrogate + more, loss + more_loss
     surrogate.backward()
     if dist.active:
         loss = dist.sum_gradients_and([p for p in program.module.parameters() if p.requires_grad], loss)
@@ -228,7 +233,35 @@ class EpochLog:
 
 
 def _terms(ev: Evaluation) -> dict:
-    return {k: v.mean().item() for k, v in (("elbo", ev.elbo), ("reconstruction", ev.reconstruction), ("kl", ev.kl))}
+    terms = {k: v.mean().item() for k, v in (("elbo", ev.elbo), ("reconstruction", ev.reconstruction), ("kl", ev.kl))}
+    if ev.predicted is not None and ev.labels is not None:  # a semi-supervised program's classifier
+        terms["accuracy"] = (ev.predicted == ev.labels).double().mean().item()
+    return terms
+
+
+@dataclass
+class _LabelledBatch:
+    """A semi-supervised step's labelled batch: its bound ELBO(x, y) (y observed) by ``objective``,
+    plus alpha log q(y|x) (``classifier_weight``): called, its (surrogate, loss); the loss is minus the
+    bound alone, in nats summed over the batch (the classifier term is not part of a bound)."""
+
+    program: Program
+    objective: Any
+    classifier_weight: float
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def datapoints(self) -> int:
+        return self.x.shape[0]
+
+    def __call__(self, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        surrogate, loss = self.objective.step(self.program.labelled(self.y).source, self.x, kl_weight)
+        if self.classifier_weight:
+            q = self.program.label_posterior(self.x)
+            one_hot = torch.nn.functional.one_hot(self.y, self.program.num_classes).to(self.x.dtype)
+            surrogate = surrogate - self.classifier_weight * q.log_prob(one_hot.view(-1, *q.event_shape)).sum()
+        return surrogate, loss
 
 
 @dataclass
@@ -316,6 +349,7 @@ class Trainer:
                 f"{self.program.name} does not say which modules those are: give it a network_bodies() method "
                 f"returning them (pyro_vae.networks.Body modules), or train in float32.")
         self.data = prepare_data(self.config, self.program, self.device, splits)
+        self._set_labels()
         self._check_sizes()
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.program.fit_to_data(self.data.train, self.generator)  # e.g. VampPrior pseudo-inputs
@@ -350,6 +384,59 @@ class Trainer:
             )
             warnings.warn(message, stacklevel=2)
             self.log(f"warning: {message}")
+
+    def _set_labels(self) -> None:
+        """How this run's steps use labels: checked against the program (``programs.label_use``) and the
+        data; for a semi-supervised program the labelled training datapoints (``data.labelled``: a
+        stratified draw, or all) and the unlabelled pool the epochs run over."""
+        use, data = self.program.labels_use, self.data
+        self.labelled_index = self.pool = None
+        count = int(self.config.data.get("labelled", 0))
+        alpha = self.objective.classifier_weight
+        if use != "optional" and (count or alpha):
+            what = f"data.labelled = {count}" if count else f"train.objective.classifier_weight = {alpha:g}"
+            raise ConfigError(f"{what} is for a semi-supervised program (model(x, y=None), e.g. model.program = "
+                              f"\"m2\"); {self.program.name} " + ("takes every label (a conditional program)."
+                                                                   if use else "does not learn from labels."))
+        if use is None:
+            return
+        if data.train_labels is None or data.test_labels is None:
+            raise DataError(
+                f"{self.program.name} learns from labels, and dataset '{self.config.data['name']}' has none"
+                f"{' in its test split' if data.train_labels is not None else ''}: use data with labels (an `array` "
+                f"file with a labels array, an `image-folder` of class subfolders, a `csv` with label_column, or one "
+                f"of the MNIST family).")
+        for split, y in (("training", data.train_labels), ("test", data.test_labels), ("validation", data.valid_labels)):
+            if y is not None:
+                self.program.check_labels(y, f"the {split} labels")
+        present = torch.unique(data.train_labels).numel()
+        if present != self.program.num_classes:
+            raise DataError(
+                f"{self.program.name} has num_classes = {self.program.num_classes}, and the training labels take "
+                f"{present} distinct values: set the program's num_classes to the data's classes.")
+        if use == "optional":
+            if self.dist.active:
+                raise ConfigError("a semi-supervised program trains in one process: data-parallel training does not "
+                                  "share out its labelled batches yet.")
+            n = data.train.shape[0]
+            device = data.train_labels.device
+            self.labelled_index = (labelled_subset(data.train_labels, count, int(self.config.data.get("labelled_seed", 0)),
+                                                   self.program.num_classes).to(device)
+                                   if count else torch.arange(n, device=device))
+            hidden = torch.ones(n, dtype=torch.bool, device=device)
+            hidden[self.labelled_index] = False
+            unlabelled = torch.nonzero(hidden).flatten()
+            self.pool = unlabelled if len(unlabelled) else self.labelled_index
+            self.labelled_objective = self.objective if not self.objective.discrete_latents else OBJECTIVES.build(
+                "elbo", "the labelled batches' objective")
+            self.data_record["labelled"] = {"count": len(self.labelled_index),
+                                            "seed": int(self.config.data.get("labelled_seed", 0)),
+                                            "indices_sha256": hashlib.sha256(
+                                                self.labelled_index.cpu().numpy().tobytes()).hexdigest()}
+            self.log(f"labels: {len(self.labelled_index)} of {n} training datapoints labelled"
+                     + (f" ({count // self.program.num_classes} per class, seed {self.data_record['labelled']['seed']})"
+                        if count else " (all)") + f"; {len(unlabelled)} unlabelled, y summed or sampled by "
+                     f"'{self.objective.name}'")
 
     @property
     def model_module(self) -> torch.nn.Module:
@@ -418,7 +505,12 @@ class Trainer:
             check_params_are_the_modules(self.program, x)
             try:
                 with pyro.validation_enabled(True):
-                    self.objective.terms(self.program.source, x)
+                    if self.program.labels_use == "required":
+                        self.objective.terms(self.program.labelled(self.data.train_labels[:n]).source, x)
+                    else:
+                        self.objective.terms(self.program.source, x)
+                    if self.program.labels_use == "optional":  # and a labelled batch
+                        self.labelled_objective.terms(self.program.labelled(self.data.train_labels[:n]).source, x)
             except (ValueError, RuntimeError) as e:
                 raise ProgramError(f"model program {self.program.name} failed on a training batch of shape "
                                    f"{tuple(x.shape)}: {type(e).__name__}: {e}") from None
@@ -528,13 +620,19 @@ class Trainer:
         self.dist.barrier()  # the last checkpoint is on disk before any rank reads it
         return self
 
+    @property
+    def epoch_size(self) -> int:
+        """The datapoints an epoch runs over: the training set, or a semi-supervised run's unlabelled pool."""
+        return self.data.train.shape[0] if self.pool is None else len(self.pool)
+
     def _batches(self) -> list[torch.Tensor]:
-        return epoch_batches(self.data.train.shape[0], self.config.train.batch_size, self.generator)
+        batches = epoch_batches(self.epoch_size, self.config.train.batch_size, self.generator)
+        return batches if self.pool is None else [self.pool[b.to(self.pool.device)] for b in batches]
 
     def _train_epochs(self, last_epoch: int) -> None:
         from tqdm.auto import tqdm
 
-        steps_per_epoch = math.ceil(self.data.train.shape[0] / self.config.train.batch_size)
+        steps_per_epoch = math.ceil(self.epoch_size / self.config.train.batch_size)
         bar = tqdm(
             total=(last_epoch - self.epoch) * steps_per_epoch, disable=not self.progress,
             unit="step", dynamic_ncols=True, leave=False,
@@ -551,11 +649,11 @@ class Trainer:
                     lr = learning_rate(self.config, progress, self.elapsed + self.last_epoch_seconds * i / steps_per_epoch)
                     loss = self.train_step(index, kl_weight=beta, lr=lr, epoch=progress)
                     total += loss
-                    count += index.shape[0]
+                    count += self.step_datapoints
                     bar.update(1)
                     if self.progress:
                         bar.set_postfix_str(
-                            f"epoch {self.epoch + 1}/{last_epoch} loss {loss / index.shape[0]:.2f} nats/datapoint",
+                            f"epoch {self.epoch + 1}/{last_epoch} loss {loss / self.step_datapoints:.2f} nats/datapoint",
                             refresh=False,
                         )
                 train_seconds = time.perf_counter() - started
@@ -584,13 +682,16 @@ class Trainer:
         if not self.program.module.training:  # (evaluation between steps restores the mode it found)
             self.program.module.train()
         x = self.program.contract.prepare_batch(self.data.train[index], self.generator)  # the whole global batch
+        program, also = self._labelled_step(index)
+        self.step_datapoints = x.shape[0] if also is None else x.shape[0] + also.datapoints
         context = StepContext(kl_weight, None, self.compute_dtype)
         if self.dist.active:  # ... of which this rank keeps its shard, noise included
             start, stop = self.dist.shard(x.shape[0])
             context = StepContext(kl_weight, (start, stop, x.shape[0]), self.compute_dtype)
             x = x[start:stop]
         with context.applied(self.bodies):  # (steps only: scores and evaluations run in float32)
-            loss = svi_step(self.program, self.objective, self.optimizer, x, context.kl_weight, self.dist)
+            loss = svi_step(program, self.objective, self.optimizer, x, context.kl_weight, self.dist,
+                            also=None if also is None else lambda: also(context.kl_weight))
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "
@@ -602,6 +703,24 @@ class Trainer:
         if self.callbacks:
             self._call("on_step", loss)
         return loss
+
+    def _labelled_step(self, index: torch.Tensor) -> tuple[Program, "_LabelledBatch | None"]:
+        """The program view a step on training datapoints ``index`` scores (given their labels, for a
+        conditional program; y latent, for a semi-supervised one's unlabelled batch), and a
+        semi-supervised step's labelled batch (None: none)."""
+        use = self.program.labels_use
+        if use == "required":
+            return self.program.labelled(self.data.train_labels[index]), None
+        if use != "optional":
+            return self.program, None
+        if self.pool is self.labelled_index:  # every label shown: each batch is a labelled one
+            return self.program.labelled(self.data.train_labels[index]), None
+        n = len(self.labelled_index)  # a labelled batch beside the unlabelled one, drawn from the data generator
+        pick = torch.randperm(n, generator=self.generator, device=self.generator.device)[:min(n, index.shape[0])]
+        chosen = self.labelled_index[pick.to(self.labelled_index.device)]
+        x = self.program.contract.prepare_batch(self.data.train[chosen], self.generator)
+        return self.program, _LabelledBatch(self.program, self.labelled_objective, self.objective.classifier_weight,
+                                            x, self.data.train_labels[chosen])
 
     def _call(self, hook: str, *args) -> None:
         """Each callback's ``hook(self, *args)``, on the main process only."""
@@ -646,14 +765,16 @@ class Trainer:
     def _end_epoch(self, mean_loss: float, beta: float, train_seconds: float, bar) -> None:
         started = time.perf_counter()
         ev = self.config.eval
-        def score(x: torch.Tensor) -> dict:
-            return _terms(evaluate(self.program, x, seed=self.config.seed, batch_size=ev.batch_size,
-                                           dist=self.dist, posterior_means=False))
+        def score(x: torch.Tensor, labels: torch.Tensor | None) -> dict:
+            return _terms(evaluate(self.program, x, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist,
+                                   posterior_means=False, labels=labels if self.program.labels_use else None))
 
         curves = self.epoch == 1 or self.epoch % self.config.train.curve_every == 0
+        data = self.data
         with self.scored():
-            test, train = (score(self.data.test), score(self.data.train_eval)) if curves else (None, None)
-            valid = score(self.data.valid) if self.data.valid is not None else None
+            test, train = ((score(data.test, data.test_labels), score(data.train_eval, data.train_eval_labels))
+                           if curves else (None, None))
+            valid = score(data.valid, data.valid_labels) if data.valid is not None else None
         # the slowest rank's times, so that every rank takes the same time-cap decision
         train_seconds, eval_seconds = self.dist.slowest(train_seconds, time.perf_counter() - started)
         log = EpochLog(self.epoch, self.step, -mean_loss, beta, train_seconds, train, test, eval_seconds, valid,
@@ -678,6 +799,7 @@ class Trainer:
             + (f"valid ELBO {valid['elbo']:9.2f}{'*' if improved else ' '} " if valid is not None else "")
             + (f"test ELBO {test['elbo']:9.2f} (recon {test['reconstruction']:8.2f}, KL {test['kl']:6.2f})  "
                if test is not None else "")
+            + (f"test accuracy {test['accuracy']:.4f}  " if test is not None and "accuracy" in test else "")
             + f"[nats/datapoint]  {train_seconds:.1f}s"
         )
         if self.progress:

@@ -37,6 +37,25 @@ def test_discrete_step_runs_the_same_maths(capsys):
         assert loss < 1e-6 and grad < 1e-4, row
 
 
+@pytest.mark.parametrize("labelled", [False, True])
+def test_m2_step_runs_the_same_maths(labelled, capsys):
+    bench = load("m2_step")
+    argv = ["--batch-size", "6", "--classes", "3", "--latent-dim", "2", "--hidden", "8", "--rounds", "1", "--steps", "1",
+            "--warmup", "1"]
+    assert bench.main(argv + (["--labelled"] if labelled else [])) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| M2, y enumerated")]
+    loss, grad = (float(v) for v in row.rstrip(" |").rsplit(" | ", 1)[1].split(", "))
+    assert loss < 1e-6 and grad < 1e-4, row  # the hand-written step is the library's maths
+
+
+def test_semi_supervised_runs_m2_and_the_classifier_alone(capsys, tmp_path):
+    bench = load("semi_supervised")
+    assert bench.main(["--labels", "20", "--minutes", "0.01", "--classifier-steps", "50", "--samples", "1",
+                       "--validation", "100", "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "| 20 | 0 | 1 (1) |" in out and (tmp_path / "s" / "result.json").is_file()
+
+
 def test_discrete_estimators_runs(capsys, tmp_path):
     bench = load("discrete_estimators")
     assert bench.main(["--smoke", "--out", str(tmp_path / "d")]) == 0

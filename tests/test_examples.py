@@ -61,9 +61,15 @@ def test_own_program_example(tmp_path):
     assert recorded.options == {"top_dim": 8, "bottom_dim": 16, "hidden": 256}
 
 
+# the synthetic data's 4 classes (clusters), 8 of its 64 training images labelled
+FOR_LABELS = ["--set", "model.num_classes=4", "--set", "train.validation=8"]
+SMOKE_EXTRA = {"conditional": FOR_LABELS, "semi-supervised": [*FOR_LABELS, "--set", "data.labelled=8"]}
+
+
 @pytest.mark.parametrize("config", sorted((EXAMPLES / "configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_example_config_trains(config, tmp_path):
-    assert main(["train", str(config), *SMOKE, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    extra = SMOKE_EXTRA.get(config.stem, [])
+    assert main(["train", str(config), *SMOKE, *extra, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
 
 
 def test_discrete_latents_example(tmp_path):

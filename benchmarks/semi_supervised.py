@@ -1,0 +1,145 @@
+"""Semi-supervised M2 with few labels: test accuracy and log p(x), against a classifier trained on the labels alone.
+
+For each label count N (``--labels``) and seed (``--seeds``), with the M2 of
+``examples/configs/semi-supervised.toml`` (784-512-256 softplus MLPs, z 16-D, Bernoulli pixels,
+y enumerated by ``enumerate``, alpha = ``--alpha``):
+
+* **M2**: trained for ``--minutes`` of wall time (``train.max_minutes``) on the training split,
+  of which N labels are shown (``data.labelled = N``: N/10 per class, drawn by ``data.labelled_seed =
+  seed``) and the rest unlabelled; ``train.validation`` images held out, best.pt chosen by the
+  validation ELBO (no labels used). Test accuracy of argmax_y q(y|x) ± s.e. over test images,
+  the ELBO and log p(x) with y summed exactly (``eval.samples`` = ``--samples`` draws of z per class).
+* **classifier alone**: the same encoder and q(y|x) head, freshly initialized, trained by
+  cross-entropy on the same N labelled images (Adam 1e-3, batches of min(100, N)) for at most
+  ``--classifier-steps`` steps, keeping the step with the best validation accuracy (checked every
+  50 steps on the validation images, labels used): a supervised-only baseline given every advantage.
+
+    python benchmarks/semi_supervised.py --labels 100 400 1000 --minutes 3            # mnist5k
+    python benchmarks/semi_supervised.py --data-dir ../shared/data/fashion-mnist --labels 100 3000 \\
+        --minutes 15 --validation 10000 --samples 20
+
+Writes ``--out``/result.json (every number, the commands, the machine) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine as describe_machine  # noqa: E402
+
+from pyro_vae import Config, Trainer  # noqa: E402
+from pyro_vae.config import DATASETS, apply_overrides  # noqa: E402
+from pyro_vae.evaluation import EvaluationSettings, evaluate  # noqa: E402
+from pyro_vae.labelled import SemiSupervisedVAE  # noqa: E402
+from pyro_vae.runs import load_run  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parent.parent / "examples" / "configs" / "semi-supervised.toml"
+
+
+def stat(values: torch.Tensor) -> dict:
+    return {"mean": values.double().mean().item(), "stderr": values.double().std().item() / math.sqrt(len(values))}
+
+
+def classifier_alone(config: Config, trainer: Trainer, steps: int, seed: int) -> dict:
+    """The M2's encoder + q(y|x) head, fresh, trained on the labelled images alone (see the docstring)."""
+    data = trainer.data
+    torch.manual_seed(seed)
+    model = SemiSupervisedVAE(data_shape=tuple(data.train.shape[1:]), **{
+        k: v for k, v in config.model.options.items() if k in ("num_classes", "latent_dim", "network", "likelihood")})
+    params = [*model.encoder.parameters(), *model.q_y_logits.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    index = trainer.labelled_index
+    x_all, y_all = data.train[index], data.train_labels[index]
+    x_all = trainer.program.contract.prepare_eval_set(x_all)  # (the same binarization as the M2's evaluation)
+    batch = min(100, len(index))
+    generator = torch.Generator().manual_seed(seed)
+    best, best_state, best_step = -1.0, None, 0
+
+    def accuracy(x, y) -> torch.Tensor:
+        with torch.no_grad():
+            return (model.label_posterior(x).logits.squeeze(-2).argmax(-1) == y).double()
+
+    for step in range(1, steps + 1):
+        pick = torch.randperm(len(index), generator=generator)[:batch]
+        logits = model.q_y_logits(model.encoder(x_all[pick]))
+        loss = F.cross_entropy(logits, y_all[pick])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            valid = accuracy(data.valid, data.valid_labels).mean().item()
+            if valid > best:
+                best, best_step = valid, step
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return {"test_accuracy": stat(accuracy(data.test, data.test_labels)), "valid_accuracy": best, "steps": best_step}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", help="an IDX folder (Fashion-MNIST layout); unset: the embedded mnist5k")
+    parser.add_argument("--labels", type=int, nargs="+", default=[100, 400, 1000])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--minutes", type=float, default=3.0, help="M2 training wall time per run")
+    parser.add_argument("--validation", type=int, default=500, help="training images held out (train.validation)")
+    parser.add_argument("--alpha", type=float, default=50.0, help="classifier_weight alpha")
+    parser.add_argument("--samples", type=int, default=100, help="K, draws of z per class for log p(x)")
+    parser.add_argument("--classifier-steps", type=int, default=3000)
+    parser.add_argument("--out", type=Path, default=Path("runs/semi-supervised"))
+    args = parser.parse_args(argv)
+    machine = describe_machine()
+    print(f"machine: {machine}")
+    data = {"name": "fashion-mnist", "data_dir": args.data_dir} if args.data_dir else {"name": "mnist5k"}
+    splits = DATASETS.build(data, "data").load()
+    rows = []
+    for n_labels in args.labels:
+        for seed in args.seeds:
+            raw = apply_overrides(Config.load(CONFIG).to_dict(), [
+                f"seed={seed}", f"data.labelled={n_labels}", f"data.labelled_seed={seed}", "train.epochs=100000",
+                f"train.max_minutes={args.minutes}", f"train.validation={args.validation}",
+                f"train.objective.classifier_weight={args.alpha}", f"eval.samples={args.samples}"])
+            raw["data"] = {**raw["data"], **data}
+            config = Config.from_dict(raw)
+            run_dir = args.out / f"m2-labels{n_labels}-seed{seed}"
+            started = time.perf_counter()
+            trainer = Trainer(config, run_dir, progress=False, log=lambda line: None, preloaded=splits)
+            trainer.fit(overwrite=True)
+            train_seconds = time.perf_counter() - started
+            run = load_run(run_dir, trust_code=False, splits=None)
+            result = evaluate(run.program, run.data.test, EvaluationSettings.of(run.config), labels=run.data.test_labels)
+            s = result.summary()
+            baseline = classifier_alone(config, trainer, args.classifier_steps, seed)
+            row = {"labels": n_labels, "seed": seed, "epochs": trainer.epoch, "steps": trainer.step,
+                   "train_seconds": train_seconds, "selected_epoch": run.epoch,
+                   "m2_test_accuracy": s["classification"]["accuracy"], "m2_test_elbo": s["elbo"],
+                   "m2_test_log_px": s["log_px"], "classifier_alone": baseline}
+            rows.append(row)
+            print(json.dumps(row))
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+              "machine": machine, "config": str(CONFIG.relative_to(CONFIG.parent.parent.parent)),
+              "dataset": data["name"], "settings": vars(args) | {"out": str(args.out)}, "rows": rows,
+              "units": "nats per datapoint; accuracy as a fraction of test images, ± its standard error"}
+    (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n| labels | seed | M2 epochs (selected) | M2 test accuracy | classifier alone | M2 test ELBO | "
+          f"M2 test log p(x) (K={args.samples} per class) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        a, c = r["m2_test_accuracy"], r["classifier_alone"]["test_accuracy"]
+        print(f"| {r['labels']} | {r['seed']} | {r['epochs']} ({r['selected_epoch']}) | {a['mean']:.4f} ± {a['stderr']:.4f} | "
+              f"{c['mean']:.4f} ± {c['stderr']:.4f} | {r['m2_test_elbo']['mean']:.2f} | "
+              f"{r['m2_test_log_px']['mean']:.2f} ± {r['m2_test_log_px']['stderr']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
