@@ -104,15 +104,20 @@ def hand_surrogate(estimator: str, model: HandVAE, x: torch.Tensor) -> tuple[tor
     return loss, loss.detach()
 
 
-def hand_step(estimator: str, model: HandVAE, optimizer, x: torch.Tensor) -> Callable[[], float]:
+def optimizer_step(optimizer, surrogate: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], float]:
+    """One step of ``optimizer`` on ``surrogate()``'s (surrogate, loss): the hand-written contestants' step."""
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        surrogate, loss = hand_surrogate(estimator, model, x)
-        surrogate.backward()
+        value, loss = surrogate()
+        value.backward()
         optimizer.step()
         return loss.item()
 
     return step
+
+
+def hand_step(estimator: str, model: HandVAE, optimizer, x: torch.Tensor) -> Callable[[], float]:
+    return optimizer_step(optimizer, lambda: hand_surrogate(estimator, model, x))
 
 
 def spec(estimator: str) -> dict:

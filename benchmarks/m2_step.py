@@ -37,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
-from discrete_step import measure  # noqa: E402
+from discrete_step import measure, optimizer_step  # noqa: E402
 
 from pyro_vae.config import OBJECTIVES  # noqa: E402
 from pyro_vae.labelled import SemiSupervisedVAE  # noqa: E402
@@ -162,20 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     with pyro.validation_enabled(False):
         loss_diff, grad_diff = same_maths(hand, program, objective, x, labelled)
 
-        def hand_step(optimizer) -> Callable[[], float]:
-            def step() -> float:
-                optimizer.zero_grad(set_to_none=True)
-                surrogate, value = hand_surrogate(hand, x, labelled)
-                surrogate.backward()
-                optimizer.step()
-                return value.item()
-            return step
-
         def library_step(optimizer) -> Callable[[], float]:
             also = (lambda: _LabelledBatch(program, OBJECTIVES.build("elbo"), ALPHA, *labelled)(1.0)) if labelled else None
             return lambda: svi_step(program, objective, optimizer, x, also=also)
 
-        contestants = {HAND: hand_step(torch.optim.Adam(hand.parameters(), lr=1e-3)),
+        contestants = {HAND: optimizer_step(torch.optim.Adam(hand.parameters(), lr=1e-3),
+                                            lambda: hand_surrogate(hand, x, labelled)),
                        LIBRARY: library_step(torch.optim.Adam(module.parameters(), lr=1e-3))}
         times = measure(contestants, args.rounds, args.steps, args.warmup)
     ratio = statistics.median(a / b for a, b in zip(times[LIBRARY], times[HAND]))

@@ -445,7 +445,7 @@ DEFAULT_TIMEOUT = 300.0
 #: model programs of the library besides the stock VAE, by name (``model.program = "gmvae"``):
 #: library code, so a run folder rebuilds them without --trust-code
 LIBRARY_PROGRAMS = {"gmvae": "pyro_vae.gmvae:GaussianMixtureVAE", "cvae": "pyro_vae.labelled:ConditionalVAE",
-                    "m2": "pyro_vae.labelled:SemiSupervisedVAE"}
+                    "m2": "pyro_vae.labelled:SemiSupervisedVAE", "quadrant-cvae": "pyro_vae.completion:QuadrantCVAE"}
 
 
 def library_program(path: str) -> bool:

@@ -223,7 +223,7 @@ def enumerated_log_evidence(program, x: torch.Tensor, num_samples: int = 1000,
     datapoint, in chunks of at most ``chunk_pairs`` (datapoint, draw) pairs."""
     program = checked_program(program, x)
     with program.source.given(x) as at_x:
-        name, q = next(iter(at_x.posteriors().items()))
+        name, q = at_x.first()
         states = EnumeratedELBO(max_states=ENUMERATED_EVIDENCE_MAX_STATES).listed_states(name, q)
         count, batch = states.shape[0], x.shape[0]
         per_chunk = max(1, chunk_pairs_for(program, x.device, chunk_pairs) // (batch * count))

@@ -344,18 +344,23 @@ def _listable(objective: Objective, name: str, q) -> None:
             f"first latent site), or a pathwise objective.")
 
 
-def _enumerated_site(objective: Objective, posteriors: dict) -> tuple[str, object]:
-    """The guide's first latent site, to be summed over, when its states can be listed and every
-    later site is reparameterized (drawn given each state); refused by name otherwise."""
-    (name, q), *rest = posteriors.items()
+def _enumerated_site(objective: Objective, at_x) -> tuple[str, object]:
+    """The guide's first latent site (``at_x.first()``), to be summed over or relaxed, refused by
+    name when its states cannot be listed (the later sites are checked on the terms: :func:`_pathwise_after`)."""
+    name, q = at_x.first()
     _listable(objective, name, q)
-    later = [n for n, p in rest if not p.has_rsample]
+    return name, q
+
+
+def _pathwise_after(objective: Objective, name: str, terms: Terms) -> Terms:
+    """``terms`` (site ``name`` given its states), refused by name when a later site is not reparameterized."""
+    later = [n for n in terms.non_reparameterized if n != name]
     if later:
         raise ProgramError(
             f"objective '{objective.name}' sums over site '{name}' and draws the later sites given each state, "
             f"pathwise; site(s) {', '.join(later)} are not reparameterized. Use score-function, which takes any "
             f"discrete sites.")
-    return name, q
+    return terms
 
 
 def _score_term(terms: Terms, signal: torch.Tensor) -> torch.Tensor:
@@ -399,9 +404,10 @@ class EnumeratedELBO(Objective):
         if args or kwargs:
             raise ProgramError(f"objective '{self.name}' passes the batch x alone to the model and guide.")
         with source.given(x) as at_x:
-            name, q = _enumerated_site(self, at_x.posteriors())
+            name, q = _enumerated_site(self, at_x)
             states = self.listed_states(name, q)
-            terms = at_x.at({name: states.unsqueeze(1).expand(states.shape[0], x.shape[0], *states.shape[1:])})
+            terms = _pathwise_after(self, name, at_x.at(
+                {name: states.unsqueeze(1).expand(states.shape[0], x.shape[0], *states.shape[1:])}))
         terms.enumerated = name
         return terms
 
@@ -627,9 +633,9 @@ class GumbelSoftmaxELBO(Objective):
         if args or kwargs:
             raise ProgramError(f"objective '{self.name}' passes the batch x alone to the model and guide.")
         with source.given(x) as at_x:
-            name, q = _enumerated_site(self, at_x.posteriors())  # relaxed; later sites drawn given it
+            name, q = _enumerated_site(self, at_x)  # relaxed; later sites drawn given it
             y = relaxed_sample(q, torch.Size([self.num_particles]), self.current_temperature, self.hard)
-            terms = at_x.at({name: y})
+            terms = _pathwise_after(self, name, at_x.at({name: y}))
         if terms.latents[name].kl() is None:
             raise ProgramError(
                 f"objective '{self.name}' needs KL(q(z|x) || p(z)) in closed form at site '{name}' "

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
@@ -294,6 +295,7 @@ class DirectSource:
                 at=lambda z: self._terms(q, prior, x, z["z"].shape[0], z=z["z"]),
                 means=lambda: {"z": posterior_mean(q)},
                 posteriors=lambda: {"z": q},
+                first=lambda: ("z", q),
             )
 
 
@@ -303,12 +305,14 @@ class Given:
     z ({site: (P, B, *event)}, P points per datapoint; q(z|x) evaluated there); ``means()`` E_q[z]
     per latent site, (B, *event) (exact where the family has it, else from draws);
     ``posteriors()`` q(z|x) per latent site, the guide run without the model (a site that depends on
-    an earlier one: at a draw of it)."""
+    an earlier one: at a draw of it); ``first()`` (name, q) of the guide's first latent site alone,
+    the guide stopped there (what an enumeration or relaxation of that site needs to list its states)."""
 
     draw: Callable[[int], Terms]
     at: Callable[[dict[str, torch.Tensor]], Terms]
     means: Callable[[], dict[str, torch.Tensor]]
     posteriors: Callable[[], dict]
+    first: Callable[[], tuple[str, object]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,10 +597,23 @@ class TraceSource:
         return {n: s["fn"] for n, s in trace.nodes.items()
                 if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
 
+    def first(self, x: torch.Tensor) -> tuple[str, object]:
+        """(name, q) of the guide's first latent site: the guide run up to that site and stopped
+        (``poutine.escape``), so nothing after it is computed; the caller's random stream untouched."""
+        def latent(msg) -> bool:
+            return msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg)
+
+        with poutine.block(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            try:
+                poutine.escape(self.guide, escape_fn=latent)(x)
+            except NonlocalExit as stop:
+                return stop.site["name"], stop.site["fn"]
+        raise ProgramError("the guide has no latent site: a model program needs at least one latent z ~ q(z|x).")
+
     @contextmanager
     def given(self, x: torch.Tensor) -> Iterator[Given]:
         yield Given(draw=lambda k: self.draw(x, k), at=lambda z: self.at(x, z), means=lambda: self.means(x),
-                    posteriors=lambda: self.posteriors(x))
+                    posteriors=lambda: self.posteriors(x), first=lambda: self.first(x))
 
 
 def source_for(program):

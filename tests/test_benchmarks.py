@@ -56,6 +56,14 @@ def test_semi_supervised_runs_m2_and_the_classifier_alone(capsys, tmp_path):
     assert "| 20 | 0 | 1 (1) |" in out and (tmp_path / "s" / "result.json").is_file()
 
 
+def test_quadrants_runs_the_cvae_and_the_network(capsys, tmp_path):
+    bench = load("quadrants")
+    assert bench.main(["--visible", "2", "--minutes", "0.005", "--samples", "2", "--latent-dim", "2",
+                       "--validation", "100", "--out", str(tmp_path / "q")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| 2 | ") == 1 and (tmp_path / "q" / "completions-2.png").is_file()
+
+
 def test_discrete_estimators_runs(capsys, tmp_path):
     bench = load("discrete_estimators")
     assert bench.main(["--smoke", "--out", str(tmp_path / "d")]) == 0

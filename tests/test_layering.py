@@ -18,7 +18,7 @@ LAYERS = [
     ("foundations", {"errors", "files", "numerics", "distributed", "config", "distributions"}),
     ("data and networks", {"data", "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
-    ("model programs", {"vae", "gmvae", "labelled", "terms", "programs"}),
+    ("model programs", {"vae", "gmvae", "labelled", "completion", "terms", "programs"}),
     ("estimators", {"objectives", "metrics"}),
     ("evaluation", {"exact", "evaluation"}),
     ("pictures", {"plots"}),
