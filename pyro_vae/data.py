@@ -482,6 +482,75 @@ class CIFAR10(Dataset):
         return out
 
 
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+
+
+def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) in [0, 1] and labels 0..9 from an official SVHN file (format 2,
+    ``X`` uint8 (32, 32, 3, N), ``y`` (N, 1) in 1..10 with 10 for the digit 0), read with
+    ``scipy.io.loadmat`` (MATLAB data, no code run)."""
+    try:
+        import scipy.io
+    except ImportError:
+        raise DataError(f"reading {path} (SVHN's MATLAB files) needs scipy: pip install \"pyro-vae[svhn]\" (or scipy)."
+                        ) from None
+    if not path.is_file():
+        raise DataError(f"dataset 'svhn': {path} does not exist: data.data_dir must hold the official files "
+                        f"{', '.join(SVHN_FILES.values())} (format 2, the cropped digits).")
+    try:
+        arrays = scipy.io.loadmat(str(path))
+    except Exception as e:  # a truncated or foreign file: scipy's reader says why
+        raise DataError(f"dataset 'svhn': {path} could not be read as a MATLAB file ({type(e).__name__}: {e}).") from None
+    x, y = arrays.get("X"), arrays.get("y")
+    if x is None or y is None or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
+        got = f"X {getattr(x, 'shape', None)} {getattr(x, 'dtype', '')}, y {getattr(y, 'shape', None)}"
+        raise DataError(f"dataset 'svhn': {path} is not an SVHN cropped-digits file (format 2: X uint8 of shape "
+                        f"(32, 32, 3, N) and y of shape (N, 1)); it holds {got}.")
+    y = np.asarray(y).reshape(-1)
+    if len(y) != x.shape[3] or not np.all(np.isin(y, np.arange(1, 11))):
+        raise DataError(f"dataset 'svhn': {path} holds {len(y)} labels for {x.shape[3]} images, or labels outside "
+                        f"1..10 (SVHN's 10 is the digit 0): not an official file.")
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))).float().div_(255.0)
+    return images, torch.from_numpy((y % 10).astype(np.int64))
+
+
+@DATASETS.register("svhn")
+class SVHN(Dataset):
+    """SVHN cropped digits (Netzer et al. 2011): 73,257 train / 26,032 test colour images 3x32x32, labels 0..9.
+
+    Options:
+        data_dir: folder of the official files train_32x32.mat and test_32x32.mat (format 2; read with scipy: pip install "pyro-vae[svhn]"). Unset: download with torchvision into $PYRO_VAE_DATA.
+    """
+
+    def __init__(self, *, data_dir: str | None = None) -> None:
+        self.data_dir = data_dir
+
+    def load(self) -> DataSplits:
+        if self.data_dir is not None:
+            folder = data_folder(self.data_dir, self.name)
+            (train, train_labels), (test, test_labels) = (read_svhn(folder / SVHN_FILES[s]) for s in ("train", "test"))
+            where = str(folder)
+        else:
+            train, train_labels, test, test_labels = self._download()
+            where = "torchvision"
+        return DataSplits("svhn", train, train_labels, test, test_labels,
+                          f"svhn from {where}: {len(train)} train / {len(test)} test, 3x32x32")
+
+    def _download(self):
+        import torchvision.datasets as tvd
+
+        root = default_data_root() / "svhn"
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            for split in ("train", "test"):
+                tvd.SVHN(str(root), split=split, download=True)  # torchvision's checked download of the same files
+        except Exception as e:  # offline: URLError, RuntimeError, ...
+            raise DataError(
+                f"could not download dataset 'svhn' with torchvision ({type(e).__name__}: {e}). Offline, put the "
+                f"official files ({', '.join(SVHN_FILES.values())}) in a folder and set data.data_dir to it.") from None
+        return [t for split in ("train", "test") for t in read_svhn(root / SVHN_FILES[split])]
+
+
 # ---------------------------------------------------------------------------------------------
 # Your own arrays
 

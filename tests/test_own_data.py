@@ -530,6 +530,52 @@ def test_a_damaged_cifar10_folder_is_refused_naming_the_file(tmp_path, capsys):
     assert "data_batch_3.bin" in err  # the first fault found is named; the missing file is next
 
 
+# -- SVHN from its official MATLAB files ---------------------------------------------------------
+
+
+def write_svhn(folder: Path, n: int = 4) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Files laid out as SVHN's format 2: X uint8 (32, 32, 3, N), y (N, 1) in 1..10 (10: the digit 0)."""
+    import scipy.io
+
+    rng, written = np.random.default_rng(0), {}
+    folder.mkdir(parents=True)
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        y = rng.integers(1, 11, (n, 1)).astype(np.float64)
+        y[0] = 10
+        scipy.io.savemat(folder / name, {"X": x, "y": y})
+        written[name] = (x, y)
+    return written
+
+
+def test_svhn_reads_the_official_files_channel_first_with_ten_as_zero(tmp_path):
+    written = write_svhn(tmp_path / "svhn")
+    splits = DATASETS.build({"name": "svhn", "data_dir": str(tmp_path / "svhn")}, "data").load()
+    assert splits.train.shape == (4, 3, 32, 32) and splits.test.shape == (4, 3, 32, 32)
+    x, y = written["train_32x32.mat"]
+    assert splits.train_labels.tolist() == (y.reshape(-1) % 10).astype(int).tolist() and splits.train_labels[0] == 0
+    green_of_the_third = x[:, :, 1, 2]  # (row, column) of image 2's green channel
+    assert torch.equal((splits.train[2, 1] * 255).round().to(torch.uint8), torch.from_numpy(green_of_the_third))
+
+
+def test_a_damaged_svhn_folder_is_refused_naming_the_file(tmp_path, capsys):
+    import scipy.io
+
+    write_svhn(tmp_path / "s")
+    scipy.io.savemat(tmp_path / "s" / "test_32x32.mat", {"X": np.zeros((28, 28, 5), np.uint8), "y": np.ones((5, 1))})
+    err = refused(["train", "--set", "data=svhn", "--set", f"data.data_dir={tmp_path / 's'}", *SMALL,
+                   "--out", str(tmp_path / "run")], capsys)
+    assert "test_32x32.mat is not an SVHN cropped-digits file" in err
+    (tmp_path / "s" / "train_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, truncated")
+    err = refused(["train", "--set", "data=svhn", "--set", f"data.data_dir={tmp_path / 's'}", *SMALL,
+                   "--out", str(tmp_path / "run")], capsys)
+    assert "train_32x32.mat could not be read as a MATLAB file" in err
+    (tmp_path / "s" / "train_32x32.mat").unlink()
+    err = refused(["train", "--set", "data=svhn", "--set", f"data.data_dir={tmp_path / 's'}", *SMALL,
+                   "--out", str(tmp_path / "run")], capsys)
+    assert "train_32x32.mat does not exist" in err
+
+
 def test_a_moved_data_file_is_pointed_at_again_and_checked_by_its_fingerprint(tmp_path, capsys):
     np.save(tmp_path / "d.npy", (digits(30) > 127).astype(np.float32))
     run = tmp_path / "run"
