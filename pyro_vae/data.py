@@ -440,8 +440,26 @@ def read_cifar10_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Te
             torch.from_numpy(np.concatenate(labels)))
 
 
+class _ColourDigits(Dataset):
+    """A colour set 3x32x32 read from the official files in ``data_dir`` (``read_folder``), else
+    downloaded by torchvision (``_download``): train, train labels, test, test labels."""
+
+    data_dir: str | None
+
+    def load(self) -> DataSplits:
+        if self.data_dir is not None:
+            folder = data_folder(self.data_dir, self.name)
+            train, train_labels, test, test_labels = self.read_folder(folder)
+            where = str(folder)
+        else:
+            train, train_labels, test, test_labels = self._download()
+            where = "torchvision"
+        return DataSplits(self.name, train, train_labels, test, test_labels,
+                          f"{self.name} from {where}: {len(train)} train / {len(test)} test, 3x32x32")
+
+
 @DATASETS.register("cifar10")
-class CIFAR10(Dataset):
+class CIFAR10(_ColourDigits):
     """CIFAR-10 (Krizhevsky 2009): 50,000 train / 10,000 test colour images 3x32x32, 10 classes.
 
     Options:
@@ -451,19 +469,10 @@ class CIFAR10(Dataset):
     def __init__(self, *, data_dir: str | None = None) -> None:
         self.data_dir = data_dir
 
-    def load(self) -> DataSplits:
-        if self.data_dir is not None:
-            folder = data_folder(self.data_dir, self.name)
-            if (folder / "cifar-10-batches-bin").is_dir():
-                folder = folder / "cifar-10-batches-bin"
-            train, train_labels = read_cifar10_batches(folder, CIFAR10_TRAIN)
-            test, test_labels = read_cifar10_batches(folder, CIFAR10_TEST)
-            where = str(folder)
-        else:
-            train, train_labels, test, test_labels = self._download()
-            where = "torchvision"
-        return DataSplits("cifar10", train, train_labels, test, test_labels,
-                          f"cifar10 from {where}: {len(train)} train / {len(test)} test, 3x32x32")
+    def read_folder(self, folder: Path) -> list[torch.Tensor]:
+        if (folder / "cifar-10-batches-bin").is_dir():
+            folder = folder / "cifar-10-batches-bin"
+        return [*read_cifar10_batches(folder, CIFAR10_TRAIN), *read_cifar10_batches(folder, CIFAR10_TEST)]
 
     def _download(self):
         import torchvision.datasets as tvd
@@ -515,7 +524,7 @@ def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @DATASETS.register("svhn")
-class SVHN(Dataset):
+class SVHN(_ColourDigits):
     """SVHN cropped digits (Netzer et al. 2011): 73,257 train / 26,032 test colour images 3x32x32, labels 0..9.
 
     Options:
@@ -525,16 +534,8 @@ class SVHN(Dataset):
     def __init__(self, *, data_dir: str | None = None) -> None:
         self.data_dir = data_dir
 
-    def load(self) -> DataSplits:
-        if self.data_dir is not None:
-            folder = data_folder(self.data_dir, self.name)
-            (train, train_labels), (test, test_labels) = (read_svhn(folder / SVHN_FILES[s]) for s in ("train", "test"))
-            where = str(folder)
-        else:
-            train, train_labels, test, test_labels = self._download()
-            where = "torchvision"
-        return DataSplits("svhn", train, train_labels, test, test_labels,
-                          f"svhn from {where}: {len(train)} train / {len(test)} test, 3x32x32")
+    def read_folder(self, folder: Path) -> list[torch.Tensor]:
+        return [t for split in ("train", "test") for t in read_svhn(folder / SVHN_FILES[split])]
 
     def _download(self):
         import torchvision.datasets as tvd

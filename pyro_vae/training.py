@@ -436,7 +436,9 @@ class Trainer:
             self.log(f"labels: {len(self.labelled_index)} of {n} training datapoints labelled"
                      + (f" ({count // self.program.num_classes} per class, seed {self.data_record['labelled']['seed']})"
                         if count else " (all)") + f"; {len(unlabelled)} unlabelled, y summed or sampled by "
-                     f"'{self.objective.name}'")
+                     f"'{self.objective.name}'; labelled batches' ELBO(x, y) by '{self.labelled_objective.name}'"
+                     + (f" (y observed: nothing discrete left for '{self.objective.name}')"
+                        if self.labelled_objective is not self.objective else ""))
 
     @property
     def model_module(self) -> torch.nn.Module:
