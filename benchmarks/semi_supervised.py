@@ -5,7 +5,7 @@ For each label count N (``--labels``) and seed (``--seeds``), with the M2 of
 y enumerated by ``enumerate``, alpha = ``--alpha``):
 
 * **M2**: trained for ``--minutes`` of wall time (``train.max_minutes``) on the training split,
-  of which N labels are shown (``data.labelled = N``: N/10 per class, drawn by ``data.labelled_seed =
+  of which N labels are shown (``data.labels = N``: N/10 per class, drawn by ``data.labels_seed =
   seed``) and the rest unlabelled; ``train.validation`` images held out, best.pt chosen by the
   validation ELBO (no labels used). Test accuracy of argmax_y q(y|x) ± s.e. over test images,
   the ELBO and log p(x) with y summed exactly (``eval.samples`` = ``--samples`` draws of z per class).
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for n_labels in args.labels:
         for seed in args.seeds:
             raw = apply_overrides(Config.load(CONFIG).to_dict(), [
-                f"seed={seed}", f"data.labelled={n_labels}", f"data.labelled_seed={seed}", "train.epochs=100000",
+                f"seed={seed}", f"data.labels={n_labels}", f"data.labels_seed={seed}", "train.epochs=100000",
                 f"train.max_minutes={args.minutes}", f"train.validation={args.validation}",
                 f"train.objective.classifier_weight={args.alpha}", f"eval.samples={args.samples}"])
             raw["data"] = {**raw["data"], **data}

@@ -336,7 +336,10 @@ class Registry:
         for key, value in options.items():
             if key not in specs:
                 raise ConfigError(_unknown_option_message(cls, key, label, where))
-            options[key] = coerce(value, specs[key].annotation, f"{where}.{key}")
+            try:
+                options[key] = coerce(value, specs[key].annotation, f"{where}.{key}")
+            except ConfigError as e:  # say what the option is for: its one-line help
+                raise ConfigError(f"{e} ({key}: {specs[key].help})" if specs[key].help else str(e)) from None
         try:
             return cls(**options)
         except ConfigError as e:

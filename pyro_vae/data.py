@@ -144,15 +144,15 @@ class DataSplits:
 class Dataset(Component):
     """Base class: ``load()`` returns :class:`DataSplits`.
 
-    Every dataset also takes ``labelled`` and ``labelled_seed``, read by a program that learns from
+    Every dataset also takes ``labels`` and ``labels_seed``, read by a program that learns from
     labels where some are missing (a semi-supervised program): the training labels it may see are a
     stratified draw of ``labels`` of them (the same number per class, by ``labels_seed``), the others
     hidden; 0 shows every label. (:func:`labelled_subset`.)"""
 
     common_options = (
-        Option("labelled", int, 0, "how many training datapoints keep their label for a semi-supervised program: a "
-                                   "stratified draw (the same number per class, by labelled_seed); 0: every one."),
-        Option("labelled_seed", int, 0, "the seed of the draw of the labelled datapoints."),
+        Option("labels", int, 0, "how many training datapoints keep their label for a semi-supervised program: a "
+                                 "stratified draw (the same number per class, by labels_seed); 0: every one."),
+        Option("labels_seed", int, 0, "the seed of the draw of the labelled datapoints."),
     )
 
     def load(self) -> DataSplits:  # pragma: no cover - abstract
@@ -674,19 +674,19 @@ class ArrayDataset(Dataset):
     Options:
         path: the file of the training data (or of all the data, split by test_fraction).
         key: in a .npz file or a .pt dict, the array of the data; unset: x, x_train, images, data or X (a .npy file holds only it).
-        labels: in the same file, the key of the labels; or a .npy/.pt file of them; unset: y, y_train, labels, targets or Y when present, else no labels.
+        label_key: in the same file, the key of the labels; or a .npy/.pt file of them; unset: y, y_train, labels, targets or Y when present, else no labels.
         test_path: a file of the test data, read like path (its labels under the same key); unset: the arrays x_test (and y_test) of path when it has them, else path split by test_fraction.
         test_fraction: without test_path, the fraction of the datapoints held out as the test set (chosen by split_seed).
         split_seed: seed of that split.
         layout: "auto" tells (N, C, H, W) from (N, H, W, C) by which axis has 1, 3 or 4 entries; or "NCHW" / "NHWC".
     """
 
-    def __init__(self, *, path: str = "", key: str | None = None, labels: str | None = None,
+    def __init__(self, *, path: str = "", key: str | None = None, label_key: str | None = None,
                  test_path: str | None = None, test_fraction: float = 0.1, split_seed: int = 0,
                  layout: Literal["auto", "NCHW", "NHWC"] = "auto") -> None:
         require(bool(path), "data.path must name a .npy, .npz or .pt file (dataset 'array').")
         require(0.0 < test_fraction < 1.0, f"test_fraction must be in (0, 1), got {test_fraction}.")
-        self.path, self.key, self.labels, self.test_path = path, key, labels, test_path
+        self.path, self.key, self.label_key, self.test_path = path, key, label_key, test_path
         self.test_fraction, self.split_seed, self.layout = test_fraction, split_seed, layout
 
     def _read(self, path: Path, arrays: dict[str, np.ndarray], keys=_DATA_KEYS, label_keys=_LABEL_KEYS,
@@ -698,10 +698,11 @@ class ArrayDataset(Dataset):
             key = next(iter(arrays))
         x = as_images(arrays[key], self.layout, f"{path} [{key}]")
         labels = None
-        if self.labels is not None and Path(self.labels).suffix.lower() in (".npy", ".pt") and self.labels not in arrays:
-            labels = as_labels(_read_arrays(Path(self.labels).expanduser())["x"], len(x), self.labels)
+        if (self.label_key is not None and Path(self.label_key).suffix.lower() in (".npy", ".pt")
+                and self.label_key not in arrays):
+            labels = as_labels(_read_arrays(Path(self.label_key).expanduser())["x"], len(x), self.label_key)
         else:
-            label_key = _pick(arrays, self.labels if keys is _DATA_KEYS else None, label_keys, path, "labels")
+            label_key = _pick(arrays, self.label_key if keys is _DATA_KEYS else None, label_keys, path, "labels")
             if label_key is not None and label_key != key:
                 labels = as_labels(arrays[label_key], len(x), f"{path} [{label_key}]")
         return x, labels
@@ -1123,19 +1124,19 @@ class PreparedData:
 
 def labelled_subset(labels: torch.Tensor, count: int, seed: int, classes: int | None = None) -> torch.Tensor:
     """Indices (sorted) of ``count`` datapoints, ``count / C`` of each of the C classes, drawn by
-    ``seed``: the labels a semi-supervised program sees (``data.labelled``). Refused, with the numbers,
+    ``seed``: the labels a semi-supervised program sees (``data.labels``). Refused, with the numbers,
     when ``count`` is not a multiple of C or a class has fewer members than its share."""
     c = classes if classes is not None else int(labels.max().item()) + 1
     if count % c:
-        raise ConfigError(f"data.labelled = {count}: the labels are drawn stratified, the same number per class, so give "
+        raise ConfigError(f"data.labels = {count}: the labels are drawn stratified, the same number per class, so give "
                           f"a multiple of the {c} classes (e.g. {max(c, count - count % c)}).")
     if count > len(labels):
-        raise ConfigError(f"data.labelled = {count}, but the training split has {len(labels)} labelled datapoints.")
+        raise ConfigError(f"data.labels = {count}, but the training split has {len(labels)} labelled datapoints.")
     per_class, generator, chosen = count // c, torch.Generator().manual_seed(seed), []
     for k in range(c):
         members = torch.nonzero(labels.cpu() == k).flatten()
         if len(members) < per_class:
-            raise ConfigError(f"data.labelled = {count} takes {per_class} labels of each class, and class {k} has "
+            raise ConfigError(f"data.labels = {count} takes {per_class} labels of each class, and class {k} has "
                               f"{len(members)} in the training split: ask for at most {len(members) * c}.")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     return torch.cat(chosen).sort().values

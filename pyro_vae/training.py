@@ -387,14 +387,14 @@ class Trainer:
 
     def _set_labels(self) -> None:
         """How this run's steps use labels: checked against the program (``programs.label_use``) and the
-        data; for a semi-supervised program the labelled training datapoints (``data.labelled``: a
+        data; for a semi-supervised program the labelled training datapoints (``data.labels``: a
         stratified draw, or all) and the unlabelled pool the epochs run over."""
         use, data = self.program.labels_use, self.data
         self.labelled_index = self.pool = None
-        count = int(self.config.data.get("labelled", 0))
+        count = int(self.config.data.get("labels", 0))
         alpha = self.objective.classifier_weight
         if use != "optional" and (count or alpha):
-            what = f"data.labelled = {count}" if count else f"train.objective.classifier_weight = {alpha:g}"
+            what = f"data.labels = {count}" if count else f"train.objective.classifier_weight = {alpha:g}"
             raise ConfigError(f"{what} is for a semi-supervised program (model(x, y=None), e.g. model.program = "
                               f"\"m2\"); {self.program.name} " + ("takes every label (a conditional program)."
                                                                    if use else "does not learn from labels."))
@@ -420,7 +420,7 @@ class Trainer:
                                   "share out its labelled batches yet.")
             n = data.train.shape[0]
             device = data.train_labels.device
-            self.labelled_index = (labelled_subset(data.train_labels, count, int(self.config.data.get("labelled_seed", 0)),
+            self.labelled_index = (labelled_subset(data.train_labels, count, int(self.config.data.get("labels_seed", 0)),
                                                    self.program.num_classes).to(device)
                                    if count else torch.arange(n, device=device))
             hidden = torch.ones(n, dtype=torch.bool, device=device)
@@ -430,7 +430,7 @@ class Trainer:
             self.labelled_objective = self.objective if not self.objective.discrete_latents else OBJECTIVES.build(
                 "elbo", "the labelled batches' objective")
             self.data_record["labelled"] = {"count": len(self.labelled_index),
-                                            "seed": int(self.config.data.get("labelled_seed", 0)),
+                                            "seed": int(self.config.data.get("labels_seed", 0)),
                                             "indices_sha256": hashlib.sha256(
                                                 self.labelled_index.cpu().numpy().tobytes()).hexdigest()}
             self.log(f"labels: {len(self.labelled_index)} of {n} training datapoints labelled"

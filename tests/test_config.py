@@ -215,7 +215,7 @@ def test_messages_point_at_the_right_key():
     from pyro_vae.config import apply_overrides
 
     with pytest.raises(ConfigError, match=r"unknown option 'dataset' for data \(dataset 'mnist5k'\)\. Valid options: "
-                                          r"labelled .*The dataset itself is chosen by its name: data\.name"):
+                                          r"labels .*The dataset itself is chosen by its name: data\.name"):
         Config.from_dict(apply_overrides({}, ["data.dataset=mnist"]))
     with pytest.raises(ConfigError, match="'seed' is a top-level key"):
         Config.from_dict(apply_overrides({}, ["train.seed=3"]))

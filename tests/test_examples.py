@@ -63,7 +63,7 @@ def test_own_program_example(tmp_path):
 
 # the synthetic data's 4 classes (clusters), 8 of its 64 training images labelled
 FOR_LABELS = ["--set", "model.num_classes=4", "--set", "train.validation=8"]
-SMOKE_EXTRA = {"conditional": FOR_LABELS, "semi-supervised": [*FOR_LABELS, "--set", "data.labelled=8"],
+SMOKE_EXTRA = {"conditional": FOR_LABELS, "semi-supervised": [*FOR_LABELS, "--set", "data.labels=8"],
                "quadrant-completion": ["--set", "train.validation=8"]}
 
 

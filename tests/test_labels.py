@@ -42,7 +42,7 @@ def batch(n=5, seed=0):
 
 def labelled_config(program: str, objective="enumerate", labels=0, **model) -> Config:
     """Synthetic 6x6 data (4 clusters, labels = cluster), binarized, a tiny program over its 4 classes."""
-    return tiny_config(data={"binary": True, "labelled": labels},
+    return tiny_config(data={"binary": True, "labels": labels},
                        model={"program": program, "num_classes": 4, "latent_dim": 2, "network": NET, **model},
                        train={"objective": {"name": objective} if isinstance(objective, str) else objective,
                               "epochs": 2, "validation": 16})
@@ -277,7 +277,7 @@ def test_bad_label_settings_are_refused_in_words(tmp_path):
         with pytest.raises(error, match=match):
             Trainer(config, tmp_path / "r", progress=False, log=lambda line: None, splits=splits).fit()
 
-    refused(tiny_config(data={"labelled": 8}), "data.labelled = 8 is for a semi-supervised program")
+    refused(tiny_config(data={"labels": 8}), "data.labels = 8 is for a semi-supervised program")
     refused(labelled_config("cvae", "elbo", labels=8), "takes every label")
     refused(tiny_config(train={"objective": {"name": "elbo", "classifier_weight": 1.0}}),
             "classifier_weight = 1 is for a semi-supervised program")
@@ -295,7 +295,7 @@ def test_bad_label_settings_are_refused_in_words(tmp_path):
 def test_the_cli_trains_evaluates_and_samples_a_semi_supervised_run(tmp_path, capsys):
     run = tmp_path / "m2"
     argv = ["train", "--set", "data=synthetic", "--set", "data.side=6", "--set", "data.n_train=96",
-            "--set", "data.n_test=32", "--set", "data.binary=true", "--set", "data.labelled=8",
+            "--set", "data.n_test=32", "--set", "data.binary=true", "--set", "data.labels=8",
             "--set", "model.program=m2", "--set", "model.num_classes=4", "--set", "model.latent_dim=2",
             "--set", "model.network.hidden=[16]", "--set", "train.epochs=1", "--set", "train.objective=enumerate",
             "--set", "train.objective.classifier_weight=5", "--set", "eval.samples=3", "--out", str(run),

@@ -65,6 +65,21 @@ def test_a_npz_with_labels_and_channels_last_colour_images(tmp_path):
     assert len(matches) == 1 and splits.train_labels[0].item() == matches[0] % 4
 
 
+def test_label_key_names_the_labels_in_the_same_file_or_a_file_of_them(tmp_path):
+    x = digits(20)
+    np.savez(tmp_path / "a.npz", x=x, digit=np.arange(20) % 5, y=np.zeros(20, np.int64))
+    np.save(tmp_path / "classes.npy", np.arange(20) % 2)
+    by_key = load(path=str(tmp_path / "a.npz"), label_key="digit", test_fraction=0.25)
+    by_default = load(path=str(tmp_path / "a.npz"), test_fraction=0.25)  # y, the default key
+    by_file = load(path=str(tmp_path / "a.npz"), label_key=str(tmp_path / "classes.npy"), test_fraction=0.25)
+    assert torch.equal(by_key.train, by_default.train) and torch.equal(by_key.train, by_file.train)
+    first = [i for i in range(20) if torch.equal(torch.from_numpy(x[i]).float().div(255), by_key.train[0, 0])]
+    assert by_key.train_labels[0].item() == first[0] % 5 and by_file.train_labels[0].item() == first[0] % 2
+    assert by_default.train_labels.eq(0).all()
+    with pytest.raises(DataError, match="no array 'label' for the labels; it holds x, digit, y"):
+        load(path=str(tmp_path / "a.npz"), label_key="label")
+
+
 def test_keras_style_train_and_test_arrays_in_one_file(tmp_path):
     np.savez(tmp_path / "k.npz", x_train=digits(12), y_train=np.zeros(12, np.int64), x_test=digits(5, seed=1),
              y_test=np.ones(5, np.int64))
