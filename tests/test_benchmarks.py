@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -50,10 +51,14 @@ def test_m2_step_runs_the_same_maths(labelled, capsys):
 
 def test_semi_supervised_runs_m2_and_the_classifier_alone(capsys, tmp_path):
     bench = load("semi_supervised")
-    assert bench.main(["--labels", "20", "--minutes", "0.01", "--classifier-steps", "50", "--samples", "1",
-                       "--validation", "100", "--out", str(tmp_path / "s")]) == 0
+    assert bench.main(["--labels", "20", "--seeds", "0", "1", "--minutes", "0.01", "--classifier-steps", "50",
+                       "--samples", "1", "--validation", "100", "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
-    assert "| 20 | 0 | 1 (1) |" in out and (tmp_path / "s" / "result.json").is_file()
+    assert "| 20 | 0 | 1 (1) |" in out and "| 20 | 1 | 1 (1) |" in out and "Across the 2 label draws" in out
+    result = json.loads((tmp_path / "s" / "result.json").read_text())
+    accuracies = [r["m2_test_accuracy"]["mean"] for r in result["rows"]]
+    mean, sd = result["across_seeds"]["20"]["m2_test_accuracy"]
+    assert mean == pytest.approx(sum(accuracies) / 2) and sd == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)
 
 
 def test_quadrants_runs_the_cvae_and_the_network(capsys, tmp_path):
