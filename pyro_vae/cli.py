@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = finish_run(run, log=say, dist=dist, progress=not (args.no_progress or args.quiet))
     say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, {run.described}"))
     written = [name for name in ("metrics.jsonl", "checkpoint.pt", "best.pt", "evaluation.json", "samples.png",
-                                 "reconstructions.png", "curves.png", "latent.png", "confusion.png") if (run_dir / name).is_file()]
+                                 "reconstructions.png", "curves.png", "latent.png", "analogies.png", "confusion.png") if (run_dir / name).is_file()]
     say(f"run folder: {run_dir}  ({', '.join(written)})")
     dist.close()
     return 0

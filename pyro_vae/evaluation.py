@@ -210,7 +210,8 @@ class Evaluation:
             lines.append(f"{'code perplexity exp H(mean_x q(z_g|x))':<48} {sum(perplexity) / len(perplexity):>7.2f} / "
                          f"{u['classes']}")
         elif "active_units" in s:
-            lines.append(f"{'active units (Var_x E_q[z_u] > 0.01)':<48} {s['active_units']:>7} / {s['latent_dim']}")
+            mean = "E_q[z_u|x, y]" if self.labels_use else "E_q[z_u]"  # (semi-supervised: y the true label)
+            lines.append(f"{f'active units (Var_x {mean} > 0.01)':<48} {s['active_units']:>7} / {s['latent_dim']}")
         if self.log_px is not None:
             kind = "" if self.discrete else "  (of a density, not a discrete likelihood)"
             lines.append(f"{'bits/dim':<48} {s['bits_per_dim']['mean']:>11.4f}{kind}")
@@ -321,7 +322,8 @@ def evaluate(
     (``programs.label_use``): a conditional program is scored given them (ELBO(x|y), log p(x|y);
     required); a semi-supervised one is scored on x alone, y summed over its classes exactly (ELBO
     with y enumerated, log p(x) = log sum_y p(y) p(x|y) with K draws of z per class), and the labels
-    give the accuracy of argmax_y q(y|x) and its confusion matrix.
+    give the accuracy of argmax_y q(y|x) and its confusion matrix, and the posterior means are
+    E_q[z|x, y] at each datapoint's own label.
     """
     s = dataclasses.replace(settings or EvaluationSettings(), **options)
     samples, seed, batch_size, exact_points, posterior_means = \
@@ -364,6 +366,8 @@ def evaluate(
                             terms["log_px"] = enumerated_log_evidence(program, xb, samples, chunk_pairs)
                         if yb is not None:
                             terms["predicted"] = label_predictions(program, xb)[0]
+                            if posterior_means and program.labelled(yb).latent_dim is not None:  # E_q[z|x, y], y the label
+                                (terms["posterior_mean"],) = program.labelled(yb).posterior_means(xb).values()
                     else:
                         view = program.labelled(yb) if use == "required" else program
                         terms = _elbo_terms(view, xb, 1, posterior_means)  # (x checked once, above)
@@ -384,6 +388,7 @@ def evaluate(
     finally:
         module.train(was_training)
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("kl_analytic", "kl_per_site")}
+    meant = program.labelled(labels) if use == "optional" and labels is not None else program  # whose E_q[z] it is
     return Evaluation(
         reconstruction=cat["reconstruction"],
         kl=cat["kl"],
@@ -394,7 +399,7 @@ def evaluate(
         num_pixels=math.prod(x.shape[1:]),
         discrete=program.discrete,
         seed=seed,
-        code_groups=next(iter(program.code_groups.values())) if len(program.code_groups) == 1 else None,
+        code_groups=next(iter(meant.code_groups.values())) if len(meant.code_groups) == 1 else None,
         log_px=cat.get("log_px"),
         samples=samples,
         exact=exact,

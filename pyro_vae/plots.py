@@ -96,6 +96,19 @@ def reconstructions(program, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         return program.decode(program.posterior_means(x))
 
 
+@torch.no_grad()
+def analogies(program, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """For a program whose model takes a label y: each input x_i, then its z = E_q[z|x_i, y_i] (at
+    its own label) decoded under every class, E[x|z, y = c] for c = 0..C-1 (or a draw, see
+    ``shown_pixels``): the images (n * (C + 1), ...), a row per input, the input first. What z keeps
+    of x with y changed: the style of Kingma et al.'s analogies when y carries the class."""
+    program = as_program(program, tuple(x.shape[1:]))
+    with seeded(seed, x.device):
+        z = program.labelled(y).posterior_means(x)
+        rows = [program.labelled(torch.full_like(y, c)).decode(z) for c in range(program.num_classes)]
+    return torch.stack([x.to(rows[0].dtype), *rows], 1).flatten(0, 1)
+
+
 def plot_curves(history: list[dict], path: Path) -> Path:
     """The training objective (every epoch) and the train/test ELBO with its two terms (the epochs
     that scored them: train.curve_every)."""
@@ -134,23 +147,25 @@ def curves_figure(history: list[dict]):
     return fig
 
 
-def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path) -> Path:
-    """Posterior means E_q[z|x] in 2-D: as they are if latent_dim <= 2, else their top-2 PCA projection."""
+def plot_latent(means: torch.Tensor, labels: torch.Tensor | None, path: Path, given: str = "") -> Path:
+    """Posterior means E_q[z|x] in 2-D: as they are if latent_dim <= 2, else their top-2 PCA projection;
+    coloured by label where there are labels. ``given``: what else q is given (", y its label": E_q[z|x, y])."""
+    q = f"E_q[z|x{', y' if given else ''}]"
     plt = _pyplot()
     means = means.detach().float().cpu()
     d = means.shape[1]
     if d == 1:
         xy = torch.stack([means[:, 0], torch.zeros_like(means[:, 0])], 1)
-        xlabel, ylabel, title = "z", "", "posterior means E_q[z|x] (1-D latent)"
+        xlabel, ylabel, title = "z", "", f"posterior means {q}{given} (1-D latent)"
     elif d == 2:
-        xy, xlabel, ylabel, title = means, "z_1", "z_2", "posterior means E_q[z|x]"
+        xy, xlabel, ylabel, title = means, "z_1", "z_2", f"posterior means {q}{given}"
     else:
         centred = means - means.mean(0)
         _, s, v = torch.linalg.svd(centred, full_matrices=False)
         xy = centred @ v[:2].T
         share = (s**2 / (s**2).sum())[:2].tolist()
         xlabel, ylabel = f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})"
-        title = f"posterior means E_q[z|x], {d}-D, projected on their top-2 principal components"
+        title = f"posterior means {q}{given}, {d}-D, projected on their top-2 principal components"
     fig = plt.figure(figsize=(6.5, 5.5))
     if labels is None:
         plt.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7)
@@ -197,8 +212,17 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
                            f"test inputs (odd rows) and reconstructions {what}, z = E_q[z|x] (even rows)"))
     if history:
         paths.append(plot_curves(history, out / "curves.png"))
+    if program.labels_use and program.labelled(run.data.test_labels[:1]).latent_dim is not None:
+        few = spread[:: max(1, len(spread) // 8)][:8]
+        y = run.data.test_labels[few.to(run.data.test_labels.device)]
+        paths.append(save_grid(analogies(program, run.data.test[few.to(run.data.test.device)], y, seed),
+                               out / "analogies.png", program.num_classes + 1,
+                               f"each row: a test input, then {what.replace('|z]', '|z, y]')} at its z = E_q[z|x, y] "
+                               f"under y = 0.."
+                               f"{program.num_classes - 1}"))
     if result.posterior_mean is not None:
-        paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png"))
+        given = ", y its label" if program.labels_use else ""
+        paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png", given))
     if result.confusion is not None:
         paths.append(plot_confusion(result.confusion, out / "confusion.png"))
     return paths

@@ -367,7 +367,8 @@ class Program:
         self.vae = module if isinstance(module, VAE) else None  # its components (data contract, networks)
         shape = getattr(module, "data_shape", None) or data_shape  # the program's own, where it declares one
         self.data_shape = tuple(shape) if shape is not None else None
-        self._probes: dict = {}  # the probe's findings, shared by every labelled view of this program
+        self._probes: dict = {}  # the probe's findings, shared by every labelled view of this program (keyed by
+        # whether y is given: a semi-supervised program's latents are y and z, and z alone with y observed)
         self.num_classes = getattr(module, "num_classes", None) if self.labels_use else None
         if self.labels_use and not (isinstance(self.num_classes, int) and self.num_classes >= 2):
             raise ProgramError(
@@ -406,9 +407,9 @@ class Program:
 
     def probing(self, n: int) -> "Program":
         """The view of the program the library's probes run (shapes, supports, widths) at n
-        placeholder datapoints: a conditional program given class 0 (a probe's numbers do not depend
-        on it), any other as it is."""
-        if self.labels_use != "required":
+        placeholder datapoints: a conditional program, or a semi-supervised one viewed with its
+        labels given, given class 0 (a probe's numbers do not depend on it); any other as it is."""
+        if self.labels_use is None or (self.labels_use == "optional" and self.labels is None):
             return self
         p = next(self.module.parameters(), None)
         return self.labelled(torch.zeros(n, dtype=torch.long, device=p.device if p is not None else None))
@@ -609,19 +610,20 @@ class Program:
         return trace.nodes[OBSERVED]
 
     def _probe(self) -> dict:
-        if "probe" not in self._probes:
+        key = "probe" if self.labels is None else "probe, y given"
+        if key not in self._probes:
             with torch.no_grad(), torch.random.fork_rng(), pyro.validation_enabled(False):
                 x, probe = self._placeholder(2), self.probing(2)
                 with probe.source.given(x) as at_x:
                     terms = at_x.draw(1)
-                self._probes["probe"] = {"latents": {n: tuple(s.value.shape[1:]) if s.value.dim() > 1 else ()
+                self._probes[key] = {"latents": {n: tuple(s.value.shape[1:]) if s.value.dim() > 1 else ()
                                             for n, s in terms.latents.items()},
                                 "discrete": any(s.q.support.is_discrete for s in terms.latents.values()),
                                 "groups": {n: one_hot_groups(s.q) for n, s in terms.latents.items()
                                            if one_hot_groups(s.q) is not None},
                                 "states": {n: state_count(s.q) for n, s in terms.latents.items() if enumerable(s.q)},
                                 "observed": probe._observed_site(x)}
-        return self._probes["probe"]
+        return self._probes[key]
 
     @property
     def mean_available(self) -> bool:

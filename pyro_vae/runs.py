@@ -9,7 +9,8 @@ A run folder holds everything needed to re-run, resume or evaluate it:
     best.pt              (with a validation split) the same, at the best validation ELBO so far
     snapshots/           (with train.snapshot_minutes) checkpoints every so many training minutes
     evaluation.json      the final test evaluation; samples.png, reconstructions.png,
-                         curves.png, latent.png
+                         curves.png, latent.png (and, where the model takes labels,
+                         analogies.png; semi-supervised, confusion.png)
 
 :func:`load_run` rebuilds a run from its folder (its program, trained parameters and data, each
 checked against what the run recorded); :class:`Run` is that run, with the trained model to use

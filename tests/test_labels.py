@@ -175,6 +175,32 @@ def test_a_conditional_program_scores_x_given_its_labels():
         evaluate(module, x)
 
 
+def test_a_semi_supervised_program_given_its_labels_has_z_alone_for_latent_whichever_view_is_probed_first():
+    y = torch.tensor([0, 1, 2, 0, 1])
+    base = as_program(m2())
+    assert base.latent_shapes == {"y": (3,), "z": (2,)} and base.labelled(y).latent_shapes == {"z": (2,)}
+    other = as_program(m2())
+    assert other.labelled(y).latent_dim == 2 and other.latent_dim is None
+
+
+def test_m2_posterior_means_and_analogies_are_q_and_the_decoder_at_the_labels_by_hand():
+    from pyro_vae.plots import analogies
+
+    torch.manual_seed(0)
+    module = m2()
+    x, y = batch(4)
+    program = as_program(module)
+    result = evaluate(program, x, samples=0, labels=y)
+    features = module._features(x)
+    loc = module.q_z_given_x_y(features, module.one_hot(y)).mean  # E_q[z|x, y] at each one's own label
+    torch.testing.assert_close(result.posterior_mean, loc)
+    grid = analogies(program, x, y).reshape(4, 4, 1, 6, 6)  # a row per input: the input, then classes 0..2
+    torch.testing.assert_close(grid[:, 0], x)
+    for c in range(3):
+        by_hand = module.p_x_given_z_y(loc, module.one_hot(torch.full_like(y, c))).mean
+        torch.testing.assert_close(grid[:, c + 1], by_hand)
+
+
 def test_the_relaxation_and_the_score_function_train_m2_on_unlabelled_batches():
     program = as_program(m2())
     x, _ = batch(5)
@@ -303,7 +329,7 @@ def test_the_cli_trains_evaluates_and_samples_a_semi_supervised_run(tmp_path, ca
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "accuracy  argmax_y q(y|x)" in out and "ELBO  [y summed exactly]" in out
-    assert (run / "confusion.png").is_file() and (run / "samples.png").is_file()
+    assert all((run / name).is_file() for name in ("confusion.png", "samples.png", "latent.png", "analogies.png"))
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert 0 <= evaluation["classification"]["accuracy"]["mean"] <= 1
     assert main(["sample", str(run), "--classes", "0,3", "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
