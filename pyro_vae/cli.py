@@ -35,7 +35,7 @@ from . import __version__
 # once; each command imports what it runs.
 from .config import (DATASETS, DEFAULT_TIMEOUT, REGISTRIES, Config, ProgramConfig, apply_overrides, library_program,
                      read_toml)
-from .errors import ConfigError, ProgramError, PyroVAEError, RunDirError
+from .errors import ConfigError, DataError, ProgramError, PyroVAEError, RunDirError
 
 
 LARGE_K = 100_000  # importance samples per datapoint beyond which `evaluate` asks to be told
@@ -227,11 +227,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     seed = cfg.seed if args.seed is None else args.seed
     run.model.eval()
     x = test[torch.tensor(indices, device=test.device)]
-    rows, exact = decomposition(run.program, x, samples=args.samples, seed=seed, chunk_pairs=cfg.eval.chunk_pairs)
-    labels = run.data.splits.test_labels
+    labels, program = run.data.test_labels, run.program
+    if program.labels_use == "required":  # a conditional program explains x given its label
+        if labels is None:
+            raise DataError(f"{program.name} scores x given its label y (model(x, y)), and this test set has no labels.")
+        program = program.labelled(labels[torch.tensor(indices, device=labels.device)])
+    rows, exact = decomposition(program, x, samples=args.samples, seed=seed, chunk_pairs=cfg.eval.chunk_pairs)
     titles = [f"test datapoint {i}" + (f" (label {labels[i].item()})" if labels is not None else "") for i in indices]
-    print(f"{run.run_dir}: log p(x) = ELBO + KL(q(z|x) || p(z|x)),  ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)); "
-          f"nats, seed {seed}")
+    print(f"{run.run_dir}: " + ("log p(x|y) = ELBO(x|y) + KL(q(z|x, y) || p(z|x, y)),  ELBO(x|y) = E_q[log p(x|z, y)] "
+                                "- KL(q(z|x, y) || p(z|y))" if program.labels is not None else
+                                "log p(x) = ELBO + KL(q(z|x) || p(z|x)),  ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z))")
+          + f"; nats, seed {seed}")
     for row, title in zip(rows, titles):
         print()
         print(format_decomposition(row, title))
@@ -240,7 +246,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.out and out.exists() and not args.overwrite:
             raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
         with writing_into(run.run_dir, out, "explain"):
-            plot_posteriors(run.program, x, exact.grids, out, titles, seed=seed)
+            plot_posteriors(program, x, exact.grids, out, titles, seed=seed)
         print(f"\nwrote {out}: p(z|x) (exact, by quadrature) against q(z|x), and decoded images")
     else:
         shapes = ", ".join(f"{name} {tuple(shape)}" for name, shape in run.program.latent_shapes.items())
@@ -336,17 +342,31 @@ def cmd_encode(args: argparse.Namespace) -> int:
         raise ConfigError(f"--samples must be >= 1, got {samples}.")
     seed = run.config.seed if args.seed is None else args.seed
     size = run.config.eval.batch_size
-    sites = list(run.program.latent_shapes)
+    use = run.program.labels_use
+    if use == "required" and labels is None:
+        raise DataError(f"{run.program.name} scores x given its label y (model(x, y)), and {what} has no labels: give "
+                        f"--data a file with them (an .npz with a y array, a csv with a label column, a folder of one "
+                        f"subfolder per class).")
+    # a conditional program: z given the datapoint's label; a semi-supervised one: z given argmax_y q(y|x)
+    sites = list((run.program.probing(1) if use == "required" else run.program.labelled(torch.zeros(1, dtype=torch.long))
+                  if use else run.program).latent_shapes)
     # one latent site: "mean", "scale"; several: "mean_<site>", "scale_<site>" for each
     codes = [("mean", "scale")] if len(sites) == 1 else [(f"mean_{n}", f"scale_{n}") for n in sites]
     columns: dict[str, list] = {k: [] for pair in codes for k in pair} | {"elbo": [], "log_px": [], "log_px_stderr": []}
+    if use == "optional":
+        columns |= {"predicted": [], "q_y": []}
     for b in tqdm(range(0, x.shape[0], size), disable=args.no_progress, unit="batch", leave=False,
                   desc=f"encoding, K = {samples}"):
         xb, s = x[b : b + size], batch_seed(seed, b // size)
-        encoded = run.encode_sites(xb, seed=s)
-        evidence = run.log_prob(xb, samples, seed=s)
+        yb = labels[b : b + size] if use == "required" else None
+        extra = []
+        if use == "optional":  # q(y|x), and z at its most probable class
+            yb_z, q_y = run.classify(xb)
+            extra = [("predicted", yb_z), ("q_y", q_y)]
+        encoded = run.encode_sites(xb, seed=s, labels=yb_z if use == "optional" else yb)
+        evidence = run.log_prob(xb, samples, seed=s, labels=yb)
         values = [(key, value) for (m, sc), site in zip(codes, sites) for key, value in zip((m, sc), encoded[site])]
-        for key, value in (*values, ("elbo", run.elbo(xb, seed=s)),
+        for key, value in (*values, *extra, ("elbo", run.elbo(xb, seed=s, labels=yb)),
                            ("log_px", evidence["log_px"]), ("log_px_stderr", evidence["stderr"])):
             columns[key].append(value.flatten(1) if value.dim() > 1 else value)
     table = {k: torch.cat(v).cpu().numpy() for k, v in columns.items()}
@@ -357,12 +377,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if out.suffix.lower() == ".npz":
             np.savez(f, **table)
             return
-        code_keys = [k for pair in codes for k in pair]
-        header = ["index", *(["label"] if labels is not None else []), "elbo", "log_px", "log_px_stderr",
+        code_keys = [k for pair in codes for k in pair] + (["q_y"] if use == "optional" else [])
+        classes = [k for k in ("label", "predicted") if k in table]
+        header = ["index", *classes, "elbo", "log_px", "log_px_stderr",
                   *(f"{k}_{i}" for k in code_keys for i in range(table[k].shape[1]))]
         lines = [",".join(header)]
         for i in range(len(table["elbo"])):
-            row = [str(i), *([str(int(table["label"][i]))] if labels is not None else []),
+            row = [str(i), *(str(int(table[k][i])) for k in classes),
                    *(f"{table[k][i]:.6g}" for k in ("elbo", "log_px", "log_px_stderr")),
                    *(f"{v:.6g}" for k in code_keys for v in table[k][i])]
             lines.append(",".join(row))
@@ -371,8 +392,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     with writing_into(run.run_dir, out, "encode"):
         atomic_write(out, write)
     sizes = ", ".join(f"{site} {table[m].shape[1]}" for (m, _), site in zip(codes, sites))
-    print(f"wrote {out}: {len(table['elbo'])} datapoints of {what}: posterior mean and scale (per site: {sizes}), "
-          f"ELBO and log p(x) (K = {samples}, with its standard error), nats")
+    given = {"required": " given each datapoint's label", "optional": " given y = argmax_y q(y|x) (predicted; q_y: "
+             "q(y|x) per class)"}.get(use, "")
+    score = {"required": "ELBO(x|y) and log p(x|y)", "optional": "ELBO and log p(x) with y summed exactly"}.get(
+        use, "ELBO and log p(x)")
+    print(f"wrote {out}: {len(table['elbo'])} datapoints of {what}: posterior mean and scale{given} (per site: {sizes}), "
+          f"{score} (K = {samples}{' per class' if use == 'optional' else ''}, with its standard error), nats")
     return 0
 
 

@@ -221,22 +221,46 @@ def enumerated_log_evidence(program, x: torch.Tensor, num_samples: int = 1000,
     log p(x) = log sum_y p(y) p(x|y),  p(x|y) ~ (1/K) sum_k p(x|y, z_k) p(z_k|y) / q(z_k|x, y)
     (a semi-supervised program's y: no variance from the classes). Costs S * K decoder passes per
     datapoint, in chunks of at most ``chunk_pairs`` (datapoint, draw) pairs."""
-    program = checked_program(program, x)
+    return _enumerated_log_sums(checked_program(program, x), x, num_samples, chunk_pairs, squares=False)[0]
+
+
+@torch.no_grad()
+def enumerated_log_evidence_diagnostics(program, x: torch.Tensor, num_samples: int = 1000,
+                                        chunk_pairs: int | None = None) -> dict[str, torch.Tensor]:
+    """log p(x) as in :func:`enumerated_log_evidence`, with its standard error per datapoint: the
+    classes' estimates p_hat(x, y) = (1/K) sum_k w_{y,k} are independent, so Var p_hat(x) =
+    sum_y Var(w_y) / K, and by the delta method s.e.(log p_hat(x)) ~= sqrt(Var p_hat(x)) / p_hat(x)
+    (one class: :func:`log_evidence_diagnostics`'s)."""
+    log_px, sums = _enumerated_log_sums(checked_program(program, x), x, num_samples, chunk_pairs, squares=True)
+    total, total_sq = sums
+    k = math.log(num_samples)
+    ratio = (total - k - log_px).exp()  # p_hat(x, y) / p_hat(x), (S, B)
+    second = (total_sq - k - 2 * log_px).exp()  # E_k[w_y^2] / p_hat(x)^2
+    return {"log_px": log_px, "stderr": ((second - ratio**2).clamp_min(0).sum(0) / num_samples).sqrt()}
+
+
+def _enumerated_log_sums(program: Program, x: torch.Tensor, num_samples: int, chunk_pairs: int | None,
+                         squares: bool) -> tuple[torch.Tensor, tuple | None]:
+    """log p_hat(x) with the first site summed over its states, and (``squares``) per state the
+    log sums over the K draws of w and of w^2, each (S, B)."""
     with program.source.given(x) as at_x:
         name, q = at_x.first()
         states = EnumeratedELBO(max_states=ENUMERATED_EVIDENCE_MAX_STATES).listed_states(name, q)
         count, batch = states.shape[0], x.shape[0]
         per_chunk = max(1, chunk_pairs_for(program, x.device, chunk_pairs) // (batch * count))
         total = torch.full((count, batch), -math.inf, device=x.device)
+        total_sq = total.clone() if squares else None
         done = 0
         while done < num_samples:
             k = min(per_chunk, num_samples - done)
             y = states.repeat(k, *([1] * (states.dim() - 1)))  # (k S, *event): the states, k times over
             terms = at_x.at({name: y.unsqueeze(1).expand(k * count, batch, *states.shape[1:])})
-            log_w = terms.log_weights + terms.latents[name].log_q  # log p(x, y_s, z) - log q(z|x, y_s)
-            total = torch.logaddexp(total, log_w.view(k, count, batch).logsumexp(0))
+            log_w = (terms.log_weights + terms.latents[name].log_q).view(k, count, batch)  # log p(x, y_s, z) - log q(z|x, y_s)
+            total = torch.logaddexp(total, log_w.logsumexp(0))
+            if squares:
+                total_sq = torch.logaddexp(total_sq, (2 * log_w).logsumexp(0))
             done += k
-    return (total - math.log(num_samples)).logsumexp(0)
+    return (total - math.log(num_samples)).logsumexp(0), ((total, total_sq) if squares else None)
 
 
 @torch.no_grad()

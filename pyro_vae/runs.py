@@ -14,8 +14,8 @@ A run folder holds everything needed to re-run, resume or evaluate it:
 
 :func:`load_run` rebuilds a run from its folder (its program, trained parameters and data, each
 checked against what the run recorded); :class:`Run` is that run, with the trained model to use
-(``encode``, ``decode``, ``reconstruct``, ``sample``, ``elbo``, ``log_prob``); :func:`finish_run`
-evaluates it on the test set and draws its pictures.
+(``encode``, ``decode``, ``reconstruct``, ``sample``, ``elbo``, ``log_prob``; ``classify`` for a
+semi-supervised one); :func:`finish_run` evaluates it on the test set and draws its pictures.
 
 What pyro-vae creates, writes and removes there:
 
@@ -64,7 +64,8 @@ from .distributed import SINGLE, Distributed
 from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDirError, StorageError
 from .evaluation import Evaluation, EvaluationSettings, evaluate
 from .files import atomic_write, save_tensors, write_text  # noqa: F401  (the run folder's writers)
-from .metrics import elbo_terms, log_evidence_diagnostics
+from .metrics import (elbo_terms, enumerated_elbo_terms, enumerated_log_evidence_diagnostics, label_predictions,
+                      log_evidence_diagnostics)
 from .numerics import resolve_device, seeded
 from .programs import STOCK, CodeIdentity, Program, as_program, build_model, class_path
 
@@ -377,7 +378,7 @@ def read_metrics(run_dir: Path, log: Callable[[str], None] | None = None) -> lis
 class Run:
     """A loaded run folder: its config, its model program with trained parameters (``program``;
     ``model`` is the module itself), its checkpoint state; and the trained model to use:
-    ``encode``, ``decode``, ``reconstruct``, ``sample``, ``elbo``, ``log_prob``."""
+    ``encode``, ``decode``, ``reconstruct``, ``sample``, ``elbo``, ``log_prob`` (and ``classify``)."""
 
     run_dir: Path
     config: Config
@@ -462,8 +463,10 @@ class Run:
     def encode_sites(self, x, draws: int = 256, seed: int | None = None, labels=None
                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(mean, standard deviation) of q per latent site, in the guide's order; a site after the
-        first is q given one draw of the sites before it (its q(z_1|x, z_2) at that z_2)."""
-        x = self.inputs(x)
+        first is q given one draw of the sites before it (its q(z_1|x, z_2) at that z_2). x is
+        encoded as evaluation sees it (binarized with the fixed seed under a Bernoulli likelihood:
+        the inputs q was trained on)."""
+        x = self.inputs(x, scored=True)
         out = {}
         with seeded(self.config.seed if seed is None else seed, self.device), self.given(labels).source.given(x) as at_x:
             latents = at_x.draw(1).latents
@@ -502,20 +505,40 @@ class Run:
             return program.decode(program.prior_draws(n), pixels)
 
     @torch.no_grad()
+    def _summed_over_y(self, labels) -> bool:
+        """Whether a score sums the label out exactly: a semi-supervised program given no labels
+        (its y a latent, scored as evaluation scores it)."""
+        return labels is None and self.program.labels_use == "optional"
+
     def elbo(self, x, samples: int = 1, seed: int | None = None, labels=None) -> torch.Tensor:
         """The ELBO per datapoint, in nats (``samples`` draws of z; the KL in closed form where it has
-        one); given ``labels`` for a program that takes them (:meth:`given`)."""
+        one); given ``labels`` for a program that takes them (:meth:`given`). A semi-supervised
+        program without labels: the ELBO with y summed over its classes exactly (one z per class)."""
         x = self.inputs(x, scored=True)
         with seeded(self.config.seed if seed is None else seed, self.device):
+            if self._summed_over_y(labels):
+                return enumerated_elbo_terms(self.program, x)["elbo"]
             return elbo_terms(self.given(labels), x, samples, posterior_means=False)["elbo"]
+
+    @torch.no_grad()
+    def classify(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """A semi-supervised program's classifier q(y|x): (argmax_y q(y|x), q(y|x) per class (batch, C))."""
+        if self.program.labels_use != "optional":
+            raise ProgramError(f"classify: {self.program.name} has no classifier q(y|x); a semi-supervised program "
+                               f"(model(x, y=None), y a latent) has one.")
+        return label_predictions(self.program, self.inputs(x, scored=True))
 
     @torch.no_grad()
     def log_prob(self, x, samples: int = 1000, seed: int | None = None, labels=None) -> dict[str, torch.Tensor]:
         """Importance-sampled log p(x) per datapoint, in nats, with K = ``samples`` draws from q(z|x):
         ``log_px``, its standard error ``stderr`` and the weights' effective sample size ``ess``
-        (given ``labels``: log p(x|y) of a conditional program, log p(x, y) of a semi-supervised one)."""
+        (given ``labels``: log p(x|y) of a conditional program, log p(x, y) of a semi-supervised one).
+        A semi-supervised program without labels: log p(x) = log sum_y p(x, y), y summed exactly and
+        K draws of z per class (``log_px`` and ``stderr``, as evaluation reports it)."""
         x = self.inputs(x, scored=True)
         with seeded(self.config.seed if seed is None else seed, self.device):
+            if self._summed_over_y(labels):
+                return enumerated_log_evidence_diagnostics(self.program, x, samples, self.config.eval.chunk_pairs)
             return log_evidence_diagnostics(self.given(labels), x, samples, self.config.eval.chunk_pairs)
 
 
