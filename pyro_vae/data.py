@@ -144,7 +144,7 @@ class DataSplits:
 class Dataset(Component):
     """Base class: ``load()`` returns :class:`DataSplits`.
 
-    Every dataset also takes ``labels`` and ``labels_seed``, read by a program that learns from
+    Every dataset also takes ``labels`` (or ``labels_per_class``) and ``labels_seed``, read by a program that learns from
     labels where some are missing (a semi-supervised program): the training labels it may see are a
     stratified draw of ``labels`` of them (the same number per class, by ``labels_seed``), the others
     hidden; 0 shows every label. (:func:`labelled_subset`.)"""
@@ -152,6 +152,8 @@ class Dataset(Component):
     common_options = (
         Option("labels", int, 0, "how many training datapoints keep their label for a semi-supervised program: a "
                                  "stratified draw (the same number per class, by labels_seed); 0: every one."),
+        Option("labels_per_class", int, 0, "the same draw given per class: labels = labels_per_class * the "
+                                           "program's classes (set one of the two)."),
         Option("labels_seed", int, 0, "the seed of the draw of the labelled datapoints."),
     )
 

@@ -391,10 +391,17 @@ class Trainer:
         stratified draw, or all) and the unlabelled pool the epochs run over."""
         use, data = self.program.labels_use, self.data
         self.labelled_index = self.pool = None
-        count = int(self.config.data.get("labels", 0))
+        count, per_class = int(self.config.data.get("labels", 0)), int(self.config.data.get("labels_per_class", 0))
+        if count and per_class:
+            raise ConfigError(f"data.labels = {count} and data.labels_per_class = {per_class}: set one of the two.")
+        if per_class < 0:
+            raise ConfigError(f"data.labels_per_class must be >= 0 (0: every label shown), got {per_class}.")
+        if per_class and use:
+            count = per_class * self.program.num_classes
         alpha = self.objective.classifier_weight
-        if use != "optional" and (count or alpha):
-            what = f"data.labels = {count}" if count else f"train.objective.classifier_weight = {alpha:g}"
+        if use != "optional" and (count or per_class or alpha):
+            what = (f"data.labels = {count}" if count else f"data.labels_per_class = {per_class}" if per_class
+                    else f"train.objective.classifier_weight = {alpha:g}")
             raise ConfigError(f"{what} is for a semi-supervised program (model(x, y=None), e.g. model.program = "
                               f"\"m2\"); {self.program.name} " + ("takes every label (a conditional program)."
                                                                    if use else "does not learn from labels."))

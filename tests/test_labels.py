@@ -270,6 +270,12 @@ def test_m2_trains_with_few_labels_and_reports_accuracy(tmp_path):
     summary = result.summary()
     assert summary["labels_summed"].startswith("y summed") and len(summary["classification"]["confusion"]) == 4
     assert "accuracy  argmax_y q(y|x)" in result.table()
+    per_class = tiny_config(**{**config.to_dict(), "data": {**config.data, "labels": 0, "labels_per_class": 2}})
+    other = Trainer(per_class, tmp_path / "per-class", progress=False, log=lambda line: None).fit()
+    assert torch.equal(other.labelled_index, trainer.labelled_index)  # 2 per class of 4: the same draw as 8
+    both = tiny_config(**{**config.to_dict(), "data": {**config.data, "labels_per_class": 2}})
+    with pytest.raises(ConfigError, match="data.labels = 8 and data.labels_per_class = 2: set one of the two"):
+        Trainer(both, tmp_path / "both", progress=False, log=lambda line: None).fit()
 
 
 def test_a_loaded_m2_scores_with_y_summed_classifies_and_the_cli_encodes_and_explains(tmp_path, capsys):
