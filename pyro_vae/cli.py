@@ -348,8 +348,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                         f"--data a file with them (an .npz with a y array, a csv with a label column, a folder of one "
                         f"subfolder per class).")
     # a conditional program: z given the datapoint's label; a semi-supervised one: z given argmax_y q(y|x)
-    sites = list((run.program.probing(1) if use == "required" else run.program.labelled(torch.zeros(1, dtype=torch.long))
-                  if use else run.program).latent_shapes)
+    sites = list((run.program.labelled(torch.zeros(1, dtype=torch.long)) if use else run.program).latent_shapes)
     # one latent site: "mean", "scale"; several: "mean_<site>", "scale_<site>" for each
     codes = [("mean", "scale")] if len(sites) == 1 else [(f"mean_{n}", f"scale_{n}") for n in sites]
     columns: dict[str, list] = {k: [] for pair in codes for k in pair} | {"elbo": [], "log_px": [], "log_px_stderr": []}
@@ -359,11 +358,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
                   desc=f"encoding, K = {samples}"):
         xb, s = x[b : b + size], batch_seed(seed, b // size)
         yb = labels[b : b + size] if use == "required" else None
-        extra = []
+        z_given, extra = yb, []
         if use == "optional":  # q(y|x), and z at its most probable class
-            yb_z, q_y = run.classify(xb)
-            extra = [("predicted", yb_z), ("q_y", q_y)]
-        encoded = run.encode_sites(xb, seed=s, labels=yb_z if use == "optional" else yb)
+            z_given, q_y = run.classify(xb)
+            extra = [("predicted", z_given), ("q_y", q_y)]
+        encoded = run.encode_sites(xb, seed=s, labels=z_given)
         evidence = run.log_prob(xb, samples, seed=s, labels=yb)
         values = [(key, value) for (m, sc), site in zip(codes, sites) for key, value in zip((m, sc), encoded[site])]
         for key, value in (*values, *extra, ("elbo", run.elbo(xb, seed=s, labels=yb)),

@@ -366,8 +366,9 @@ def evaluate(
                             terms["log_px"] = enumerated_log_evidence(program, xb, samples, chunk_pairs)
                         if yb is not None:
                             terms["predicted"] = label_predictions(program, xb)[0]
-                            if posterior_means and program.labelled(yb).latent_dim is not None:  # E_q[z|x, y], y the label
-                                (terms["posterior_mean"],) = program.labelled(yb).posterior_means(xb).values()
+                            given = program.labelled(yb)
+                            if posterior_means and given.latent_dim is not None:  # E_q[z|x, y], y the label
+                                (terms["posterior_mean"],) = given.posterior_means(xb).values()
                     else:
                         view = program.labelled(yb) if use == "required" else program
                         terms = _elbo_terms(view, xb, 1, posterior_means)  # (x checked once, above)

@@ -504,12 +504,12 @@ class Run:
         with seeded(self.config.seed if seed is None else seed, self.device):
             return program.decode(program.prior_draws(n), pixels)
 
-    @torch.no_grad()
     def _summed_over_y(self, labels) -> bool:
         """Whether a score sums the label out exactly: a semi-supervised program given no labels
         (its y a latent, scored as evaluation scores it)."""
         return labels is None and self.program.labels_use == "optional"
 
+    @torch.no_grad()
     def elbo(self, x, samples: int = 1, seed: int | None = None, labels=None) -> torch.Tensor:
         """The ELBO per datapoint, in nats (``samples`` draws of z; the KL in closed form where it has
         one); given ``labels`` for a program that takes them (:meth:`given`). A semi-supervised
