@@ -4,8 +4,10 @@ against `evaluate` on the same work.
 1. Writes ``--images`` PNG files (28x28 grey, in 10 class subfolders) from Fashion-MNIST's training
    set (``--data-dir``, IDX files) or, without one, from the embedded MNIST subset repeated; then
    times the first load of dataset ``image-folder`` (decoding every file: images per second), a
-   second load (the uint8 cache), and reports the memory of the loaded tensors (float32) against
-   the uint8 cache.
+   second load (the uint8 cache), and reports the bytes the loaded splits hold (8-bit levels)
+   against a float32 copy; then prepares them as the trainer does (default config) and reports
+   the training set's bytes until batching, and the time to draw a batch of 128 from the levels
+   (decoded per batch) against from a float32 copy, interleaved.
 2. Trains a small MLP VAE on the embedded subset for ``--epochs`` epochs, then scores ``--encode``
    test images with K = ``--samples`` importance samples twice, interleaved ``--rounds`` times:
    `pyro-vae evaluate`'s estimate (metrics.evaluate) and `encode`'s per-datapoint work (Run.encode
@@ -32,7 +34,8 @@ import torch
 
 from pyro_vae import Config, Trainer, load
 from pyro_vae.config import DATASETS
-from pyro_vae.data import MNIST5k, load_idx_split
+from pyro_vae.data import Levels, MNIST5k, load_idx_split, nbytes, prepare_data
+from pyro_vae.programs import build_model
 from pyro_vae.evaluation import batch_seed, evaluate
 
 
@@ -54,9 +57,10 @@ def png_folder(args, work: Path) -> dict:
     if args.data_dir:
         x, y = load_idx_split(Path(args.data_dir), "train", "fashion-mnist")
     else:
-        x, y = MNIST5k().load().train, MNIST5k().load().train_labels
+        splits = MNIST5k().load()
+        x, y = splits.held("train"), splits.train_labels
     reps = -(-args.images // len(x))
-    images = (x.repeat(reps, 1, 1, 1)[: args.images, 0] * 255).round().to(torch.uint8).numpy()
+    images = x.values.repeat(reps, 1, 1, 1)[: args.images, 0].numpy()
     labels = y.repeat(reps)[: args.images].numpy()
     folder = work / "pngs"
     start = time.perf_counter()
@@ -73,9 +77,36 @@ def png_folder(args, work: Path) -> dict:
         again = DATASETS.build(spec, "data").load()
         reloads.append(time.perf_counter() - start)
     assert again.fingerprint() == first.fingerprint() and "from the cache" in again.description
-    held = first.train.element_size() * (first.train.numel() + first.test.numel())
+    values = sum(first.held(split).shape.numel() for split in ("train", "test"))
     return {"images": args.images, "write_s": wrote, "first_load_s": first_s, "images_per_s": args.images / first_s,
-            "cached_reload_s": statistics.median(reloads), "float32_bytes": held, "uint8_bytes": held // 4}
+            "cached_reload_s": statistics.median(reloads), "splits": first,
+            "held_bytes": sum(nbytes(first.held(split)) for split in ("train", "test")), "float32_bytes": 4 * values}
+
+
+def held_until_batching(args, splits) -> dict:
+    """The training set as the trainer holds it (the default config: dynamic binarization) against a
+    float32 copy, and the time to draw a batch of 128 from each, interleaved."""
+    config = Config.from_dict({"train": {"epochs": 1}})
+    program = build_model(config, splits.event_shape)
+    start = time.perf_counter()
+    data = prepare_data(config, program, torch.device("cpu"), splits)
+    prepared_s = time.perf_counter() - start
+    floats = data.train.float()
+    assert isinstance(data.train, Levels), "the training set is not held as levels"
+    generator = torch.Generator().manual_seed(0)
+    indices = [torch.randint(0, len(floats), (128,), generator=generator) for _ in range(200)]
+    times: dict[str, list[float]] = {"levels": [], "float32": []}
+    for r in range(args.rounds * 5):
+        for name in (("levels", "float32") if r % 2 == 0 else ("float32", "levels")):
+            start = time.perf_counter()
+            for index in indices:
+                batch = data.train[index].float() if name == "levels" else floats[index]
+            times[name].append((time.perf_counter() - start) / len(indices))
+    assert torch.equal(batch, floats[indices[-1]])
+    ratios = [a / b for a, b in zip(times["levels"], times["float32"])]
+    return {"train_bytes": nbytes(data.train), "train_float32_bytes": 4 * data.train.shape.numel(),
+            "prepare_s": prepared_s, "batch_levels_us": 1e6 * statistics.median(times["levels"]),
+            "batch_float32_us": 1e6 * statistics.median(times["float32"]), "batch_ratio": statistics.median(ratios)}
 
 
 def encode_against_evaluate(args, work: Path) -> dict:
@@ -127,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         folder = png_folder(args, work)
         print(f"| PNG folder | {folder['images']:,} files | first load {folder['first_load_s']:.1f} s "
               f"({folder['images_per_s']:,.0f} images/s) | cached reload {folder['cached_reload_s']:.2f} s (median of 3) "
-              f"| held as float32 {folder['float32_bytes'] / 2**20:.0f} MiB (uint8: "
-              f"{folder['uint8_bytes'] / 2**20:.0f} MiB) | writing the files took {folder['write_s']:.1f} s |")
+              f"| loaded splits held in {folder['held_bytes'] / 2**20:.0f} MiB (as float32: "
+              f"{folder['float32_bytes'] / 2**20:.0f} MiB) | writing the files took {folder['write_s']:.1f} s |")
+        held = held_until_batching(args, folder.pop("splits"))
+        print(f"| training set until batching | prepared in {held['prepare_s']:.2f} s | held in "
+              f"{held['train_bytes'] / 2**20:.0f} MiB (as float32: {held['train_float32_bytes'] / 2**20:.0f} MiB) | a "
+              f"batch of 128 drawn from levels {held['batch_levels_us']:.0f} us, from float32 "
+              f"{held['batch_float32_us']:.0f} us: ratio {held['batch_ratio']:.2f} (median of {args.rounds * 5} "
+              f"interleaved rounds of 200 batches) |")
         if args.encode == 0:
             return 0
         scored = encode_against_evaluate(args, work)

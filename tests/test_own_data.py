@@ -624,7 +624,7 @@ def test_the_trainer_takes_bare_numpy_arrays(tmp_path):
     trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None, splits=(x, labels)).fit()
     data = trainer.data
     assert data.train.shape[1:] == (1, 6, 6) and data.train.shape[0] + data.test.shape[0] == 60
-    assert set(data.train.unique().tolist()) <= {0.0, 1.0}
+    assert set(data.train.float().unique().tolist()) <= {0.0, 1.0}
     assert trainer.config.data["name"] == "given"
     same = DataSplits.from_arrays(x, labels)
     assert torch.equal(same.test_labels, data.splits.test_labels)

@@ -318,7 +318,7 @@ def test_the_training_subset_scored_each_epoch_is_what_the_model_trains_on(grey_
     static = tiny_config(model={"likelihood": {"name": "bernoulli", "binarize": "static"}})
     vae = tiny_vae(likelihood={"name": "bernoulli", "binarize": "static"})
     data = prepare_data(static, Program(vae), torch.device("cpu"), grey_splits)
-    assert torch.equal(data.train_eval, data.train[: data.train_eval.shape[0]])  # the fixed binarization trained on
+    assert torch.equal(data.train_eval, data.train[: data.train_eval.shape[0]].float())  # the fixed binarization trained on
     dynamic = tiny_config()
     data = prepare_data(dynamic, Program(tiny_vae()), torch.device("cpu"), grey_splits)
     assert set(data.train_eval.unique().tolist()) == {0.0, 1.0}  # one fixed draw of the grey training images
