@@ -304,3 +304,12 @@ def test_fashion_mnist_driver_runs_the_autoregressive_and_two_layer_conv_setting
     assert "| 225.38 (ConvHVAE) |" in row and "not run" not in row and f"`{SMALL_CONV[setting][-1]}`" in row
     result = bench.json.loads((tmp_path / "runs" / setting / bench.RESULT).read_text())
     assert result["samples"] == 3 and result["nll"] > 0 and result["epochs"] == 1
+
+
+def test_own_data_runs_the_png_folder_the_levels_and_encode(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path))  # (the script points it at its own folder too)
+    bench = load("own_data")
+    assert bench.main(["--images", "120", "--encode", "40", "--samples", "4", "--rounds", "1", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| PNG folder | 120 files |" in out and "(median of 3)" in out
+    assert "| training set until batching |" in out and "ratio" in out and "| encode vs evaluate | 40 images" in out
