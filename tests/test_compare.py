@@ -129,3 +129,31 @@ def test_compare_curves_hold_every_point_in_the_frame():
         for line in ax.get_lines():
             ys = line.get_ydata()
             assert lo <= min(ys) and max(ys) <= hi
+
+
+def test_compare_tells_the_semi_supervised_story_sampled_enumerated_and_with_the_classification_term(tmp_path):
+    """Pyro's tutorial in one table: M2's y sampled (score function), enumerated, and enumerated with
+    alpha log q(y|x) on the labelled batches; each row with its test accuracy."""
+    import torch
+
+    config = tiny_config(data={"binary": True, "labels": 8}, eval={"samples": 5, "train_subset": 16},
+                         model={"program": "m2", "num_classes": 4, "latent_dim": 2, "network": {"name": "mlp", "hidden": [16]}})
+    comparison = Comparison(config, parse_objectives("score-function,enumerate,enumerate(classifier_weight=20)", 2),
+                            Budget.parse("10"), tmp_path / "m2", particles=2, curve_points=1, curve_samples=3,
+                            grad_draws=4, grad_batch=8, snr_ks=(1, 2), progress=False, log=lambda s: None)
+    comparison.run()
+    payload = json.loads((tmp_path / "m2" / "results.json").read_text())
+    rows = {r["objective"]: r for r in payload["rows"]}
+    assert list(rows) == ["score-function", "enumerate", "enumerate(classifier_weight=20)"]
+    for row in rows.values():
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["test_accuracy_stderr"] > 0 and row["steps"] == 10
+    assert "test accuracy" in (tmp_path / "m2" / "results.md").read_text()
+    first = [r.curve[0] for r in comparison.results]
+    assert first[0] == first[1] == first[2]  # one initialization
+    # the classification term fits q(y|x) to the labels: log q(y|x) of the test labels, summed, without and with it
+    fits = {}
+    for name in ("enumerate", "enumerate-classifier_weight-20"):
+        run = load_run(tmp_path / "m2" / name)
+        _, q_y = run.classify(run.data.test)
+        fits[name] = torch.log(q_y[torch.arange(len(q_y)), run.data.test_labels]).sum().item()
+    assert fits["enumerate-classifier_weight-20"] > fits["enumerate"]
