@@ -1330,7 +1330,8 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
     if isinstance(raw_train, Levels) and prepared is values:
         train = raw_train  # left as it is: the levels themselves
     else:
-        train = Levels.exactly(prepared) or prepared
+        levels = Levels.exactly(prepared)
+        train = prepared if levels is None else levels
     del values, prepared
     n_sub = min(config.eval.train_subset, train.shape[0])
     # the training subset scored each epoch: the images trained on, or (when every batch draws
