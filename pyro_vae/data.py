@@ -167,6 +167,22 @@ def nbytes(x: "torch.Tensor | Levels | None") -> int:
     return x.nbytes if isinstance(x, Levels) else x.numel() * x.element_size()
 
 
+class _Split:
+    """A split of :class:`DataSplits` as a float32 tensor: what it holds, or its levels decoded afresh."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.split = name
+
+    def __get__(self, splits, owner=None):
+        if splits is None:
+            return self
+        x = splits.held(self.split)
+        return x.float() if isinstance(x, Levels) else x
+
+    def __set__(self, splits, x: "torch.Tensor | Levels") -> None:
+        splits._held[self.split] = x
+
+
 class DataSplits:
     """Train and test data of one dataset (labels: one integer per datapoint, or None).
 
@@ -186,23 +202,8 @@ class DataSplits:
         """A split as it is held: a float tensor, or :class:`Levels`."""
         return self._held[split]
 
-    @property
-    def train(self) -> torch.Tensor:
-        x = self._held["train"]
-        return x.float() if isinstance(x, Levels) else x
-
-    @train.setter
-    def train(self, x: "torch.Tensor | Levels") -> None:
-        self._held["train"] = x
-
-    @property
-    def test(self) -> torch.Tensor:
-        x = self._held["test"]
-        return x.float() if isinstance(x, Levels) else x
-
-    @test.setter
-    def test(self, x: "torch.Tensor | Levels") -> None:
-        self._held["test"] = x
+    train = _Split()
+    test = _Split()
 
     @property
     def nbytes(self) -> int:
