@@ -507,7 +507,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import Budget, Comparison, parse_objectives
+    from .compare import Budget, Comparison, parse_objectives, title
 
     config = _config_from(args.config, args.set)
     specs = parse_objectives(args.objectives, args.particles)
@@ -518,7 +518,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     comparison = Comparison(config, specs, budget, out, particles=args.particles, curve_points=args.curve_points,
                             curve_samples=args.curve_samples, grad_draws=args.grad_draws,
                             grad_batch=args.grad_batch, snr_ks=ks, progress=not args.no_progress)
-    print(f"comparing {', '.join(s['name'] for s in specs)} on {config.data['name']}: {budget.describe()} each, "
+    print(f"comparing {', '.join(title(s) for s in specs)} on {config.data['name']}: {budget.describe()} each, "
           f"seed {config.seed} -> {out}")
     comparison.run(overwrite=args.overwrite)
     print(f"\nnats per datapoint, test set of {config.data['name']}; {budget.describe()} per objective\n")

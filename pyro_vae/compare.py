@@ -134,9 +134,14 @@ def _units(active: int | None, dim: int | None) -> str:
     return "-" if active is None else f"{active}/{dim}"
 
 
-def label(spec: dict) -> str:
+def title(spec: dict) -> str:
+    """An objective's name with its options, as --objectives takes it: enumerate(classifier_weight=50)."""
     options = "; ".join(f"{k}={v}" for k, v in _options(spec).items())
-    name = f"{spec['name']}({options})" if options else spec["name"]
+    return f"{spec['name']}({options})" if options else spec["name"]
+
+
+def label(spec: dict) -> str:
+    name = title(spec)
     return f"{name} (K={spec['num_particles']})" if "num_particles" in spec else f"{name} (every state)"
 
 
@@ -158,7 +163,7 @@ class ObjectiveResult:
     def row(self, iwae_k: int, final_samples: int) -> dict:
         f = self.final
         row = {
-            "objective": label(self.spec).rsplit(" (", 1)[0],
+            "objective": title(self.spec),
             "K": self.spec.get("num_particles"),  # (None: the objective sums over every state)
             "steps": self.steps,
             "train_seconds": self.train_seconds,

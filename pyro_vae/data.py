@@ -103,8 +103,8 @@ class Levels:
             if not (low >= 0 and high <= 255):  # NaN compares False: not levels
                 return None
             values[start:start + step] = scaled.round_().to(torch.uint8)
-            if not torch.equal(_from_levels(values[start:start + step]), part):
-                return None
+            if not torch.equal(_from_levels(values[start:start + step]).view(torch.int32), part.view(torch.int32)):
+                return None  # (compared bit for bit: -0.0 is not the level 0)
         return cls(values)
 
     @property

@@ -105,6 +105,7 @@ def test_compare_cli_prints_the_table(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| elbo | 2 | 6 |" in printed and "| dreg | 2 | 6 |" in printed and "encoder gradient SNR against K" in printed
+    assert "comparing elbo, dreg on synthetic" in printed
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
 

@@ -145,9 +145,11 @@ def test_levels_exactly_recovers_levels_and_refuses_everything_else():
     assert Levels.exactly(off_grid) is None
     for bad in (values * 2, values - 0.5, values.double()):
         assert Levels.exactly(bad) is None
-    nan = values.clone()
+    nan, negative_zero = values.clone(), torch.zeros(3, 2)
     nan[0, 0, 0, 0] = float("nan")
-    assert Levels.exactly(nan) is None
+    negative_zero[1, 1] = -0.0
+    assert Levels.exactly(nan) is None and Levels.exactly(negative_zero) is None
+    assert torch.equal(Levels.exactly(torch.zeros(3, 2)).values, torch.zeros(3, 2, dtype=torch.uint8))
 
 
 def test_8bit_datasets_hold_a_quarter_of_the_bytes_with_the_float_fingerprint(tmp_path):
