@@ -90,16 +90,14 @@ class Levels:
     def exactly(cls, x: torch.Tensor) -> "Levels | None":
         """The levels whose values equal float32 ``x`` in every element (x = v / 255 exactly), or
         None when ``x`` is not such data. Checked in slices, each against the decoding itself."""
-        if isinstance(x, Levels):
-            return x
-        if x.dtype != torch.float32 or x.dim() == 0:
+        if x.dtype != torch.float32 or x.dim() == 0 or x.numel() == 0:
             return None
         values = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
-        step = max(1, (1 << 22) // max(1, x[0].numel()))  # about 16 MiB of float32 a slice
+        step = _rows_per_slice(x)
         for start in range(0, x.shape[0], step):
             part = x[start:start + step]
             scaled = part * 255.0
-            low, high = torch.aminmax(scaled) if scaled.numel() else (scaled.new_zeros(()), scaled.new_zeros(()))
+            low, high = torch.aminmax(scaled)
             if not (low >= 0 and high <= 255):  # NaN compares False: not levels
                 return None
             values[start:start + step] = scaled.round_().to(torch.uint8)
@@ -134,6 +132,11 @@ class Levels:
 
     def __repr__(self) -> str:
         return f"Levels(shape={tuple(self.shape)}, device={self.device})"
+
+
+def _rows_per_slice(x) -> int:
+    """Datapoints per slice of a loop over ``x`` (a tensor or Levels): about 4M values, 16 MiB of float32."""
+    return max(1, (1 << 22) // max(1, math.prod(x.shape[1:])))
 
 
 _LEVEL_VALUES = torch.arange(256, dtype=torch.float32).div_(255.0)  # v / 255, divided on the CPU, exactly rounded
@@ -224,7 +227,7 @@ class DataSplits:
                 continue
             if isinstance(t, Levels):
                 h.update(f"{t.dtype} {tuple(t.shape)}".encode())
-                step = max(1, (1 << 22) // max(1, t.values[0].numel()))
+                step = _rows_per_slice(t)
                 for start in range(0, len(t), step):
                     h.update(t[start:start + step].float().cpu().numpy().tobytes())
                 continue
@@ -1266,12 +1269,6 @@ class PreparedData:
     train_eval_labels: torch.Tensor | None = None
     valid_labels: torch.Tensor | None = None
 
-    @property
-    def nbytes(self) -> dict[str, int]:
-        """Bytes held: the loaded splits, and each prepared set (those on the device included)."""
-        return {"splits": self.splits.nbytes, "train": nbytes(self.train), "test": nbytes(self.test),
-                "train_eval": nbytes(self.train_eval), "valid": nbytes(self.valid)}
-
 
 def labelled_subset(labels: torch.Tensor, count: int, seed: int, classes: int | None = None) -> torch.Tensor:
     """Indices (sorted) of ``count`` datapoints, ``count / C`` of each of the C classes, drawn by
@@ -1316,32 +1313,32 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
     splits = splits or DATASETS.build(config.data, "data").load()
     splits.check_finite()
     lik = program.contract
-    for split in ("train", "test"):
-        program.check_data(getattr(splits, split), split)
-    raw_train, valid = splits.held("train"), None
+    values, test = splits.train, splits.test  # (levels decoded once each)
+    program.check_data(values, "train")
+    program.check_data(test, "test")
+    held, valid = splits.held("train"), None
     labels, valid_labels = splits.train_labels, None
     if config.train.validation:
-        keep, held_out = validation_split(raw_train.shape[0], config.train.validation, config.seed)
-        raw_train, valid = raw_train[keep], lik.prepare_eval_set(raw_train[held_out].to(device).float())
+        keep, held_out = validation_split(values.shape[0], config.train.validation, config.seed)
+        valid = lik.prepare_eval_set(values[held_out].to(device))
+        held, values = held[keep], values[keep]
         if labels is not None:
             labels, valid_labels = labels[keep], labels[held_out]
-    raw_train = raw_train.to(device)
-    values = raw_train.float()
+    held, values = held.to(device), values.to(device)
     prepared = lik.prepare_train_set(values)
-    if isinstance(raw_train, Levels) and prepared is values:
-        train = raw_train  # left as it is: the levels themselves
+    if isinstance(held, Levels) and prepared is values:
+        train = held  # left as it is: the levels themselves
     else:
         levels = Levels.exactly(prepared)
         train = prepared if levels is None else levels
-    del values, prepared
     n_sub = min(config.eval.train_subset, train.shape[0])
     # the training subset scored each epoch: the images trained on, or (when every batch draws
     # afresh, e.g. dynamic binarization) one fixed draw of them
-    train_eval = lik.prepare_eval_set(raw_train[:n_sub].float()) if lik.stochastic_batches else train[:n_sub].float()
+    train_eval = lik.prepare_eval_set(values[:n_sub]) if lik.stochastic_batches else train[:n_sub].float()
     data = PreparedData(
         splits=splits,
         train=train,
-        test=lik.prepare_eval_set(splits.held("test").to(device).float()),
+        test=lik.prepare_eval_set(test.to(device)),
         train_eval=train_eval,
         valid=valid,
     )

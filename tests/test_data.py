@@ -12,7 +12,7 @@ import torch
 
 from pyro_vae import DataError, DataSplits, Trainer
 from pyro_vae.config import DATASETS
-from pyro_vae.data import FashionMNIST, Levels, MNIST5k, Synthetic, read_idx
+from pyro_vae.data import FashionMNIST, Levels, MNIST5k, Synthetic, nbytes, read_idx
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -195,7 +195,7 @@ def test_batches_from_levels_are_the_float_paths_bit_for_bit(likelihood, held_as
     batches = [program.contract.prepare_batch(d.train[index].float(), torch.Generator().manual_seed(3)) for d in (a, b)]
     assert batches[0].dtype == torch.float32 and torch.equal(*batches)
     if held_as_levels:
-        assert a.nbytes["train"] == 40 * 36  # one byte a value
+        assert nbytes(a.train) == 40 * 36  # one byte a value
 
 
 def test_the_trainer_trains_alike_on_levels_and_floats(tmp_path, monkeypatch):
