@@ -75,9 +75,8 @@ def widest_activation(program) -> int:
                 if any(True for _ in vae.likelihood.children()):  # layers of its own (an autoregressive likelihood's)
                     vae.likelihood(head).log_prob(torch.zeros(1, *vae.data_shape, device=weight.device, dtype=weight.dtype))
             else:
-                x = program._placeholder(1)
-                site = program.probing(1)._observed_site(x)
-                site["fn"].log_prob(x)
+                site = program.probing(1)._observed_site(program._placeholder(1))
+                site["fn"].log_prob(site["value"])  # the value the site observed (a program may reshape x)
     finally:
         for module, mode in zip(modules, modes):
             module.train(mode)

@@ -495,9 +495,10 @@ class Program:
         if self.vae is not None and self.direct:
             return  # the likelihood's own check_data covers it, with the fix named
         with torch.no_grad(), torch.random.fork_rng():
-            fn = self.probing(min(16, x.shape[0]))._observed_site(x[:16])["fn"]
-        try:
-            ok = bool(fn.support.check(x[:16]).all())
+            site = self.probing(min(16, x.shape[0]))._observed_site(x[:16])
+        fn = site["fn"]
+        try:  # the value the site observed, which a program may have reshaped or transformed from x
+            ok = bool(fn.support.check(site["value"]).all())
         except Exception:  # a support that cannot be checked elementwise
             return
         if not ok:
@@ -649,10 +650,23 @@ class Program:
         fn = self._observed_site(self._placeholder(n), z)["fn"]
         if pixels != "sample":
             try:
-                return fn.mean
+                return self._as_data(fn.mean)
             except NotImplementedError:
                 pass
-        return fn.sample()
+        return self._as_data(fn.sample())
+
+    def _as_data(self, value: torch.Tensor) -> torch.Tensor:
+        """A value of site "x" (n, *its event) in the data's shape (n, *data_shape): as it is, or
+        reshaped in row-major order where the program observed a reshaped x (e.g. images flattened
+        to vectors inside its model); refused where the site holds another number of values."""
+        if self.data_shape is None or tuple(value.shape[1:]) == self.data_shape:
+            return value
+        if value[0].numel() == math.prod(self.data_shape):
+            return value.reshape(value.shape[0], *self.data_shape)
+        raise ProgramError(
+            f"the observed site \"{OBSERVED}\" of {self.name} holds {tuple(value.shape[1:])} values per datapoint, "
+            f"which do not reshape to the data's shape {self.data_shape}: the library cannot draw what the model "
+            f"generates as the data it observed. Observe x (or a reshape of it) at site \"{OBSERVED}\".")
 
     @torch.no_grad()
     def prior_draws(self, n: int) -> dict[str, torch.Tensor]:

@@ -185,3 +185,92 @@ class Doubled(TwoLatents):
 
     def __init__(self, *, data_shape=(1, 6, 6), hidden: int = 8):
         super().__init__(data_shape=data_shape, hidden=2 * hidden)
+
+
+# -- programs of other shapes: what each probe of the library must read off the trace, never assume
+
+
+class FlatPoisson(nn.Module):
+    """A Poisson VAE on pixel counts that flattens its images inside the model: the observed site
+    holds ``x.reshape(B, -1)``, not x, and its likelihood is outside the registry."""
+
+    def __init__(self, *, data_shape=(1, 6, 6), latent_dim: int = 2, hidden: int = 16):
+        super().__init__()
+        self.data_shape, self.latent_dim, self.hidden = tuple(data_shape), latent_dim, hidden
+        d = math.prod(self.data_shape)
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, d))
+        self.encoder = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent_dim))
+
+    def model(self, x):
+        batch = x.shape[0]
+        with pyro.plate("data", batch):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Poisson(F.softplus(self.decoder(z))).to_event(1), obs=x.reshape(batch, -1))
+
+    def guide(self, x):
+        batch = x.shape[0]
+        with pyro.plate("data", batch):
+            loc, raw = self.encoder(x.reshape(batch, -1)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, F.softplus(raw)).to_event(1))
+
+    def prepare_train_set(self, x):
+        return (x * 8).round()  # grey values in [0, 1] as counts 0..8
+
+    prepare_eval_set = prepare_train_set
+
+
+class PixelPlate(nn.Module):
+    """A Bernoulli VAE that flattens x and declares its pixels by a second plate, not ``to_event``:
+    log p(x|z) per datapoint is the sum over the inner plate."""
+
+    stochastic_batches = True
+
+    def __init__(self, *, data_shape=(1, 6, 6), latent_dim: int = 3, hidden: int = 16):
+        super().__init__()
+        self.data_shape, self.latent_dim, self.hidden = tuple(data_shape), latent_dim, hidden
+        d = math.prod(self.data_shape)
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, d))
+        self.encoder = nn.Sequential(nn.Flatten(-3), nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent_dim))
+
+    def model(self, x):
+        batch, pixels = x.shape[0], math.prod(self.data_shape)
+        with pyro.plate("data", batch, dim=-2):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1).expand([batch, 1]))
+            logits = self.decoder(z.squeeze(-2))
+            with pyro.plate("pixels", pixels, dim=-1):
+                pyro.sample("x", dist.Bernoulli(logits=logits), obs=x.reshape(batch, pixels))
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            loc, raw = self.encoder(x).unsqueeze(-2).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, F.softplus(raw)).to_event(1))
+
+    def prepare_eval_set(self, x):
+        return torch.bernoulli(x, generator=torch.Generator(device=x.device).manual_seed(2))
+
+    def prepare_batch(self, x, generator):
+        return torch.bernoulli(x, generator=generator)
+
+
+class MatrixLatent(nn.Module):
+    """A latent of event shape (2, 2) (a matrix, not a vector) and a Gaussian on grey pixels."""
+
+    def __init__(self, *, data_shape=(1, 6, 6), hidden: int = 16):
+        super().__init__()
+        self.data_shape, self.hidden = tuple(data_shape), hidden
+        d = math.prod(self.data_shape)
+        self.decoder = nn.Sequential(nn.Flatten(-2), nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, d),
+                                     nn.Unflatten(-1, self.data_shape))
+        self.encoder = nn.Sequential(nn.Flatten(-3), nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, 8),
+                                     nn.Unflatten(-1, (2, 2, 2)))
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2, 2), 1.0).to_event(2))
+            pyro.sample("x", dist.Normal(self.decoder(z), self.log_scale.exp()).to_event(3), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            h = self.encoder(x)
+            pyro.sample("z", dist.Normal(h[..., 0], F.softplus(h[..., 1])).to_event(2))
