@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .config import LIKELIHOODS, NETWORKS, require
-from .data import check_batch, require_finite
+from .data.checks import check_batch, require_finite
 from .likelihoods import LikelihoodDataContract
 from .networks import ConditionalGaussian
 

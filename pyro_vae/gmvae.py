@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LIKELIHOODS, NETWORKS, require
-from .data import check_batch, require_finite
+from .data.checks import check_batch, require_finite
 from .distributions import OneHotGroups
 from .likelihoods import LikelihoodDataContract
 from .networks import ConditionalGaussian

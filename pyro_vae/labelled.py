@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LIKELIHOODS, NETWORKS, PRIORS, require
-from .data import check_batch, require_finite
+from .data.checks import check_batch, require_finite
 from .distributions import OneHotGroups
 from .likelihoods import LikelihoodDataContract
 from .networks import ConditionalGaussian

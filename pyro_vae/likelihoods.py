@@ -32,7 +32,7 @@ from pyro import distributions as dist
 from torch import nn
 
 from .config import LIKELIHOODS, Component, require
-from .data import check_batch, require_finite
+from .data.checks import check_batch, require_finite
 from .distributions import (AutoregressiveBernoulliImage, BernoulliImage, CategoricalImage,
                             DiscretizedLogisticMixtureImage, ShiftedImage, inverse_softplus)
 from .errors import DataError

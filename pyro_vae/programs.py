@@ -59,7 +59,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from .config import CODE_KEY, Config, ModelConfig, ProgramConfig, library_program
-from .data import check_batch, require_finite
+from .data.checks import check_batch, require_finite
 from .distributions import enumerable, one_hot_groups, state_count
 from .errors import ConfigError, DataError, ProgramError
 from .terms import OBSERVED, DirectSource, TraceSource, source_for

@@ -33,7 +33,7 @@ import pyro
 import torch
 
 from . import metrics
-from .config import CALLBACKS, OBJECTIVES, Config, ProgramConfig
+from .config import CALLBACKS, LIKELIHOODS, OBJECTIVES, Config, ProgramConfig
 from .data import DATASETS, USER_FILE_DATASETS, DataSplits, labelled_subset, prepare_data, probe_generator
 from .data import summary as data_summary
 from .distributed import SINGLE, Distributed
@@ -331,7 +331,8 @@ class Trainer:
         splits = self.splits or self.preloaded or DATASETS.build(self.config.data, "data").load()
         self.data_record = data_record(splits, given=self.splits is not None)
         if self.config.data["name"] in USER_FILE_DATASETS:  # the user's own files: say what was read
-            self.log(f"data: {data_summary(splits)}")
+            checks = {name: LIKELIHOODS.build(name, "model.likelihood").check_data for name in LIKELIHOODS.names()}
+            self.log(f"data: {data_summary(splits, checks)}")
         recorded = self.config.data
         if recorded["name"] == "given" and recorded.get("fingerprint") == self.data_record["fingerprint"]:
             self.data_record["description"] = recorded["description"]  # the same data, given again (a resume)

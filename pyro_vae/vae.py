@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import GUIDES, LIKELIHOODS, NETWORKS, PRIORS, require
-from .data import check_batch, require_finite
+from .data.checks import check_batch, require_finite
 
 
 class VAE(nn.Module):

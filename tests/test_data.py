@@ -216,7 +216,7 @@ def test_the_trainer_trains_alike_on_levels_and_floats(tmp_path, monkeypatch):
 
 
 def test_levels_off_the_cpu_read_the_table_of_the_cpus_division():
-    from pyro_vae.data import _from_level_table, _from_levels
+    from pyro_vae.data.storage import _from_level_table, _from_levels
 
     images = torch.randint(0, 256, (9, 3, 5, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     for v in (images, torch.arange(256).to(torch.uint8)):

@@ -13,10 +13,11 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "pyro_vae"
 
-# lowest first; a module may import its own layer (without circles) and the layers below it
+# lowest first; a module may import its own layer (without circles) and the layers below it. A
+# package's modules are named with dots ("data.checks"); the package itself by its __init__ ("data").
 LAYERS = [
-    ("foundations", {"errors", "files", "numerics", "distributed", "config", "distributions"}),
-    ("data and networks", {"data", "networks"}),
+    ("foundations", {"errors", "files", "numerics", "distributed", "config", "distributions", "data.checks"}),
+    ("data and networks", {"data", "data.storage", "data.datasets", "data.user_files", "data.prepare", "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
     ("model programs", {"vae", "gmvae", "labelled", "completion", "terms", "programs"}),
     ("estimators", {"objectives", "metrics"}),
@@ -28,9 +29,39 @@ LAYERS = [
 LAYER = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
 
 
+def module_name(path: pathlib.Path) -> str:
+    """"config" for pyro_vae/config.py, "data.checks" for pyro_vae/data/checks.py, "data" for its __init__."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if len(parts) > 1 and parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _known(dotted: str) -> str | None:
+    """The package module ``dotted`` ("data.checks.x" -> "data.checks") names, or None."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        name = ".".join(parts[:n])
+        if name in MODULES:
+            return name
+    return None
+
+
 def imports_of(path: pathlib.Path) -> set[str]:
     """The package modules ``path`` imports (see the module docstring for what counts)."""
     found: set[str] = set()
+    here = module_name(path).split(".") if path.is_relative_to(PACKAGE) else [path.stem]
+    package = here if path.name == "__init__.py" and path.is_relative_to(PACKAGE) and len(here) and here != ["__init__"] \
+        else here[:-1]
+
+    def add(dotted: str, names) -> None:
+        module = _known(dotted) if dotted else None
+        for alias in names:  # from X import Y: Y may be a module of X
+            sub = _known(f"{dotted}.{alias.name}" if dotted else alias.name)
+            if sub is not None and sub != module:
+                found.add(sub)
+            elif module is not None:
+                found.add(module)
 
     class Visitor(ast.NodeVisitor):
         def visit_If(self, node):
@@ -42,20 +73,27 @@ def imports_of(path: pathlib.Path) -> set[str]:
                 self.generic_visit(node)
 
         def visit_ImportFrom(self, node):
-            if node.level == 1:  # from .x import y / from . import x
-                found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-            elif node.level == 0 and node.module and node.module.split(".")[0] == "pyro_vae":
-                parts = node.module.split(".")
-                found.update(parts[1:2] if len(parts) > 1 else [a.name for a in node.names])
+            if node.level >= 1:  # from .x import y, from ..x import y, from . import x
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                add(".".join([*base, *([node.module] if node.module else [])]), node.names)
+            elif node.module and node.module.split(".")[0] == "pyro_vae":
+                add(".".join(node.module.split(".")[1:]), node.names)
 
         def visit_Import(self, node):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("pyro_vae."))
+            for a in node.names:
+                if a.name.startswith("pyro_vae."):
+                    module = _known(a.name.split(".", 1)[1])
+                    if module is not None:
+                        found.add(module)
 
     Visitor().visit(ast.parse(path.read_text()))
-    return {m for m in found if (PACKAGE / f"{m}.py").is_file()}  # (names such as __version__ are not modules)
+    found.discard(module_name(path) if path.is_relative_to(PACKAGE) else path.stem)
+    return found
 
 
-GRAPH = {path.stem: imports_of(path) for path in sorted(PACKAGE.glob("*.py"))}
+FILES = sorted(p for p in PACKAGE.rglob("*.py") if "assets" not in p.parts)
+MODULES = {module_name(p) for p in FILES}
+GRAPH = {module_name(path): imports_of(path) for path in FILES}
 
 
 def test_every_module_has_a_layer():
@@ -93,3 +131,11 @@ def test_the_checker_sees_lazy_imports_and_skips_type_only_ones(tmp_path):
                      "def later():\n    from .runs import load_run\n"
                      "def __getattr__(name):\n    from . import training\n")
     assert imports_of(probe) == {"errors", "runs"}
+
+
+def test_the_checker_names_the_modules_of_a_package():
+    assert imports_of(PACKAGE / "likelihoods.py") >= {"data.checks"}  # from .data.checks import ...
+    assert "data" not in imports_of(PACKAGE / "likelihoods.py")  # the checks alone, not the package's upper modules
+    assert imports_of(PACKAGE / "data" / "storage.py") == {"errors"}  # from ..errors import ...
+    assert {"data.datasets", "data.storage"} <= imports_of(PACKAGE / "data" / "user_files.py")  # from .x import ...
+    assert {"data.checks", "data.prepare"} <= imports_of(PACKAGE / "data" / "__init__.py")

@@ -1,0 +1,142 @@
+"""A dataset prepared for a run: loaded, checked, prepared for the program's data contract, on
+the device (:func:`prepare_data`); the labelled subset of a semi-supervised run; the validation
+split; and the one-line summary a run prints of the data it reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+from ..config import DATASETS, Config
+from ..errors import ConfigError
+from .storage import DataSplits, Levels
+
+
+def summary(splits: DataSplits, checks: "Mapping[str, Callable[[torch.Tensor, str], None]] | None" = None) -> str:
+    """One line: sizes, shape, value range, labels, and which of ``checks`` (by name, a function
+    that refuses data it cannot take: the likelihoods' ``check_data``, passed in by the caller)
+    the training values meet."""
+    x = splits.train
+    low, high = x.min().item(), x.max().item()
+    kind = ("binary" if bool(((x == 0) | (x == 1)).all()) else
+            "8-bit levels" if bool(((x * 255 - (x * 255).round()).abs() <= 1e-4).all()) and low >= 0 and high <= 1
+            else "real values")
+    labels = "no labels" if splits.train_labels is None else \
+        f"labels: {len(torch.unique(splits.train_labels))} classes"
+    line = f"{splits.description}; values in [{low:g}, {high:g}] ({kind}); {labels}"
+    if checks is None:
+        return line
+    fits = []
+    for name, check in checks.items():
+        try:
+            check(x, "train")
+        except Exception:
+            continue
+        fits.append(name)
+    return f"{line}; likelihoods that fit: {', '.join(fits) or 'none'}"
+
+
+@dataclass
+class PreparedData:
+    """The dataset on the training device, prepared for the likelihood once."""
+
+    splits: DataSplits
+    # what batches are drawn from (e.g. statically binarized): Levels wherever the prepared values are
+    # exactly 8-bit levels (each batch decoded as it is drawn: train[index].float()), else a float tensor
+    train: "torch.Tensor | Levels"
+    test: torch.Tensor  # fixed evaluation form (e.g. binarized with a fixed seed)
+    train_eval: torch.Tensor  # a fixed subset of train, scored every epoch
+    valid: torch.Tensor | None = None  # held-out training images (train.validation), evaluation form
+    # labels, on the device (None: the dataset has none), aligned with train, test, train_eval and valid
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    train_eval_labels: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+
+
+def labelled_subset(labels: torch.Tensor, count: int, seed: int, classes: int | None = None) -> torch.Tensor:
+    """Indices (sorted) of ``count`` datapoints, ``count / C`` of each of the C classes, drawn by
+    ``seed``: the labels a semi-supervised program sees (``data.labels``). Refused, with the numbers,
+    when ``count`` is not a multiple of C or a class has fewer members than its share."""
+    c = classes if classes is not None else int(labels.max().item()) + 1
+    if count % c:
+        raise ConfigError(f"data.labels = {count}: the labels are drawn stratified, the same number per class, so give "
+                          f"a multiple of the {c} classes (e.g. {max(c, count - count % c)}).")
+    if count > len(labels):
+        raise ConfigError(f"data.labels = {count}, but the training split has {len(labels)} labelled datapoints.")
+    per_class, generator, chosen = count // c, torch.Generator().manual_seed(seed), []
+    for k in range(c):
+        members = torch.nonzero(labels.cpu() == k).flatten()
+        if len(members) < per_class:
+            raise ConfigError(f"data.labels = {count} takes {per_class} labels of each class, and class {k} has "
+                              f"{len(members)} in the training split: ask for at most {len(members) * c}.")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def validation_split(n: int, n_valid: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, valid) of a training set of ``n``: a fixed permutation by ``seed``, the
+    first ``n_valid`` held out."""
+    if not 0 <= n_valid < n:
+        raise ConfigError(
+            f"train.validation = {n_valid} must leave training images: the training split has {n}."
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_valid:].sort().values, order[:n_valid].sort().values
+
+
+def prepare_data(config: Config, program, device: torch.device, splits: DataSplits | None = None) -> PreparedData:
+    """Load (unless given), validate at the boundary, prepare for the program (its likelihood's or
+    its own data contract), move to device, and check the prepared data against the support of
+    the program's site "x". ``program``: a :class:`~pyro_vae.programs.Program` (``as_program(module)``).
+
+    8-bit data stays 8-bit until batching: the training set is held as :class:`Levels` where its
+    prepared values are exactly levels (always when preparation leaves the set as it is; else
+    checked value for value, e.g. a static binarization's 0s and 1s), so each batch is bit for bit
+    what a float32 copy would give."""
+    splits = splits or DATASETS.build(config.data, "data").load()
+    splits.check_finite()
+    lik = program.contract
+    values, test = splits.train, splits.test  # (levels decoded once each)
+    program.check_data(values, "train")
+    program.check_data(test, "test")
+    held, valid = splits.held("train"), None
+    labels, valid_labels = splits.train_labels, None
+    if config.train.validation:
+        keep, held_out = validation_split(values.shape[0], config.train.validation, config.seed)
+        valid = lik.prepare_eval_set(values[held_out].to(device))
+        held, values = held[keep], values[keep]
+        if labels is not None:
+            labels, valid_labels = labels[keep], labels[held_out]
+    held, values = held.to(device), values.to(device)
+    prepared = lik.prepare_train_set(values)
+    if isinstance(held, Levels) and prepared is values:
+        train = held  # left as it is: the levels themselves
+    else:
+        levels = Levels.exactly(prepared)
+        train = prepared if levels is None else levels
+    n_sub = min(config.eval.train_subset, train.shape[0])
+    # the training subset scored each epoch: the images trained on, or (when every batch draws
+    # afresh, e.g. dynamic binarization) one fixed draw of them
+    train_eval = lik.prepare_eval_set(values[:n_sub]) if lik.stochastic_batches else train[:n_sub].float()
+    data = PreparedData(
+        splits=splits,
+        train=train,
+        test=lik.prepare_eval_set(test.to(device)),
+        train_eval=train_eval,
+        valid=valid,
+    )
+    if labels is not None:
+        on = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        data.train_labels, data.train_eval_labels = on(labels), on(labels[:n_sub])
+        data.valid_labels, data.test_labels = on(valid_labels), on(splits.test_labels)
+    program.check_support(data.test, "test")
+    program.check_support(lik.prepare_batch(data.train[: min(16, data.train.shape[0])].float(), probe_generator(device)),
+                          "train")
+    return data
+
+
+def probe_generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(0)
