@@ -27,13 +27,16 @@ from typing import Iterable
 import torch
 
 from .distributed import SINGLE, Distributed
-from .errors import DataError, ProgramError, RunDirError
+from .errors import RunDirError
 from .exact import ExactEvidence, closed_form_available, enumeration_available, exact_evidence
 from .files import save_tensors, write_text
-from .metrics import (_elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, enumerated_elbo_terms,
-                      enumerated_log_evidence, label_predictions, log_evidence)
+from .labels import LabelPolicy, Unlabelled
+from .metrics import ESTIMATES, _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage
 from .numerics import seeded
 from .programs import Program, checked_program
+
+#: evaluation's estimators: the batch x is checked once for the whole evaluation, not again per batch
+_BATCH_ESTIMATES = dataclasses.replace(ESTIMATES, elbo_terms=_elbo_terms)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class Evaluation:
     exact_index: torch.Tensor | None = None  # ... on these datapoints
     kl_per_site: bool = False  # several latent sites, each KL in closed form given the draws before it
     code_groups: tuple[int, int] | None = None  # (M, K): the latent is M one-hot groups of K classes
-    labels_use: str | None = None  # "required": scored given labels (log p(x|y)); "optional": y summed out exactly
+    policy: LabelPolicy = dataclasses.field(default_factory=Unlabelled)  # how the program took labels (labels.py)
     labels: torch.Tensor | None = None  # the true classes (semi-supervised: for accuracy)
     predicted: torch.Tensor | None = None  # argmax_y q(y|x) (semi-supervised)
     num_classes: int | None = None
@@ -101,8 +104,8 @@ class Evaluation:
         return torch.bincount(flat, minlength=self.num_classes ** 2).view(self.num_classes, self.num_classes)
 
     def _kl_estimator(self) -> str:
-        if self.labels_use == "optional":
-            return "y summed exactly, z's KL by Monte Carlo"
+        if self.policy.wording.kl_estimator:
+            return self.policy.wording.kl_estimator
         if self.kl_analytic:
             return "closed form"
         return "closed form per site, given the draws before it" if self.kl_per_site else "Monte Carlo"
@@ -123,10 +126,9 @@ class Evaluation:
             "kl": stat(self.kl),
             "kl_estimator": self._kl_estimator(),
         }
-        if self.labels_use == "required":
-            out["conditional"] = "every value given the datapoint's label y: ELBO(x|y), log p(x|y)"
-        elif self.labels_use == "optional":
-            out["labels_summed"] = "y summed over its classes exactly in the ELBO and log p(x); z sampled"
+        if self.policy.wording.note is not None:
+            key, note = self.policy.wording.note
+            out[key] = note
         if self.confusion is not None:
             correct = (self.predicted.long() == self.labels.long()).double()
             out["classification"] = {"accuracy": stat(correct), "classes": self.num_classes,
@@ -175,26 +177,16 @@ class Evaluation:
         s = self.summary()
         kl_how = {"closed form per site, given the draws before it": "closed form per site"}.get(
             self._kl_estimator(), self._kl_estimator())
+        words = self.policy.wording  # what the numbers are of: x alone, x given y, or x with y summed out
         rows = [
-            ("ELBO", s["elbo"]),
-            ("  reconstruction  E_q[log p(x|z)]", s["reconstruction"]),
-            (f"  KL(q(z|x) || p(z))  [{kl_how}]", s["kl"]),
+            (words.elbo, s["elbo"]),
+            (words.reconstruction, s["reconstruction"]),
+            (words.kl or f"  KL(q(z|x) || p(z))  [{kl_how}]", s["kl"]),
         ]
-        if self.labels_use is not None:  # what the numbers are of: x given y, or x with y summed out
-            given = self.labels_use == "required"
-            rename = {"ELBO": "ELBO(x|y)" if given else "ELBO  [y summed exactly]",
-                      "  reconstruction  E_q[log p(x|z)]": "  reconstruction  E_q[log p(x|z, y)]",
-                      f"  KL(q(z|x) || p(z))  [{kl_how}]":
-                          "  KL(q(z|x, y) || p(z|y))" if given else "  KL(q(y, z|x) || p(y, z))"}
-            rows = [(rename.get(label, label), v) for label, v in rows]
         if self.log_px is not None:
-            px = "log p(x|y)" if self.labels_use == "required" else "log p(x)"
-            how = f"importance sampled, K={self.samples}" + (" per class" if self.labels_use == "optional" else "")
             rows += [
-                (f"{px}  [{how}]", s["log_px"]),
-                ({"required": "gap log p(x|y) - ELBO  ~ KL(q(z|x, y) || p(z|x, y))",
-                  "optional": "gap log p(x) - ELBO  ~ KL(q(y, z|x) || p(y, z|x))"}.get(
-                     self.labels_use, "gap log p(x) - ELBO  ~ KL(q(z|x) || p(z|x))"), s["gap"]),
+                (f"{words.log_px}  [importance sampled, K={self.samples}{words.per_class}]", s["log_px"]),
+                (words.gap, s["gap"]),
             ]
         lines = [title] if title else []
         lines.append(f"{'nats per datapoint':<48} {'mean':>11} {'std. err.':>10}")
@@ -210,7 +202,7 @@ class Evaluation:
             lines.append(f"{'code perplexity exp H(mean_x q(z_g|x))':<48} {sum(perplexity) / len(perplexity):>7.2f} / "
                          f"{u['classes']}")
         elif "active_units" in s:
-            mean = "E_q[z_u|x, y]" if self.labels_use else "E_q[z_u]"  # (semi-supervised: y the true label)
+            mean = self.policy.wording.posterior_mean  # (semi-supervised: y the true label)
             lines.append(f"{f'active units (Var_x {mean} > 0.01)':<48} {s['active_units']:>7} / {s['latent_dim']}")
         if self.log_px is not None:
             kind = "" if self.discrete else "  (of a density, not a discrete likelihood)"
@@ -319,7 +311,7 @@ def evaluate(
     ``program`` is a model program (the stock VAE or any other) or its :class:`~pyro_vae.programs.Program`.
 
     ``labels`` (integer classes, one per datapoint of x), for a program that takes them
-    (``programs.label_use``): a conditional program is scored given them (ELBO(x|y), log p(x|y);
+    (its label policy, ``labels.py``): a conditional program is scored given them (ELBO(x|y), log p(x|y);
     required); a semi-supervised one is scored on x alone, y summed over its classes exactly (ELBO
     with y enumerated, log p(x) = log sum_y p(y) p(x|y) with K draws of z per class), and the labels
     give the accuracy of argmax_y q(y|x) and its confusion matrix, and the posterior means are
@@ -329,15 +321,8 @@ def evaluate(
     samples, seed, batch_size, exact_points, posterior_means = \
         s.samples, s.seed, s.batch_size, s.exact_points, s.posterior_means
     program = checked_program(program, x)
-    use = program.labels_use
-    if labels is not None:
-        if use is None:
-            raise ProgramError(f"evaluate(labels=...): {program.name} does not take labels (its model is model(x)).")
-        labels = program.check_labels(labels, "the labels")
-        if labels.shape[0] != x.shape[0]:
-            raise DataError(f"evaluate: {labels.shape[0]} labels for {x.shape[0]} datapoints: give one per datapoint.")
-    elif use == "required":
-        program.labelled(None)  # refused, saying how to give them
+    policy = program.policy
+    labels = policy.evaluation_labels(program, labels, x.shape[0])
     module = program.module
     starts = list(range(0, x.shape[0], batch_size))
     chunk_pairs = chunk_pairs_for(program, x.device, s.chunk_pairs)  # resolved once, not per batch or exact point
@@ -360,20 +345,7 @@ def evaluate(
                 xb = x[starts[b] : starts[b] + batch_size]
                 yb = labels[starts[b] : starts[b] + batch_size] if labels is not None else None
                 with seeded(batch_seed(seed, b), x.device):
-                    if use == "optional":  # y summed out exactly; the labels only score the classifier
-                        terms = enumerated_elbo_terms(program, xb)
-                        if samples > 0:
-                            terms["log_px"] = enumerated_log_evidence(program, xb, samples, chunk_pairs)
-                        if yb is not None:
-                            terms["predicted"] = label_predictions(program, xb)[0]
-                            given = program.labelled(yb)
-                            if posterior_means and given.latent_dim is not None:  # E_q[z|x, y], y the label
-                                (terms["posterior_mean"],) = given.posterior_means(xb).values()
-                    else:
-                        view = program.labelled(yb) if use == "required" else program
-                        terms = _elbo_terms(view, xb, 1, posterior_means)  # (x checked once, above)
-                        if samples > 0:
-                            terms["log_px"] = log_evidence(view, xb, samples, chunk_pairs)
+                    terms = policy.score_batch(program, xb, yb, samples, chunk_pairs, posterior_means, _BATCH_ESTIMATES)
                 terms = {k: v.float().cpu() for k, v in terms.items()}
                 if kept is not None:
                     kept.save(b, terms)
@@ -385,11 +357,11 @@ def evaluate(
     try:
         parts = dist.map_items(len(starts), batches)
         exact, exact_index = _exact_part(program, x, exact_points, chunk_pairs, dist) \
-            if exact_points > 0 and use is None else (None, None)
+            if exact_points > 0 and policy.exact_evidence else (None, None)
     finally:
         module.train(was_training)
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("kl_analytic", "kl_per_site")}
-    meant = program.labelled(labels) if use == "optional" and labels is not None else program  # whose E_q[z] it is
+    meant = policy.mean_view(program, labels)  # whose E_q[z] it is
     return Evaluation(
         reconstruction=cat["reconstruction"],
         kl=cat["kl"],
@@ -405,7 +377,7 @@ def evaluate(
         samples=samples,
         exact=exact,
         exact_index=exact_index,
-        labels_use=use,
+        policy=policy,
         labels=labels.cpu() if labels is not None else None,
         predicted=cat["predicted"].long() if "predicted" in cat else None,
         num_classes=program.num_classes,

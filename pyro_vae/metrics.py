@@ -32,6 +32,7 @@ import torch
 
 from .numerics import seeded
 from .distributions import enumerate_states
+from .labels import Estimates
 from .objectives import EnumeratedELBO
 from .programs import Program, as_program, checked_program
 from .terms import POSTERIOR_MEAN_SAMPLES, Terms, posterior_mean  # noqa: F401  (re-exported)
@@ -270,6 +271,13 @@ def label_predictions(program, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     states = enumerate_states(q)  # (C, C): class c one-hot, in class order
     log_q = q.log_prob(states.unsqueeze(1).expand(states.shape[0], x.shape[0], *states.shape[1:]))  # (C, B)
     return log_q.argmax(0), log_q.exp().T
+
+
+#: the estimators the label policies score with (labels.Estimates), each checking its batch first
+ESTIMATES = Estimates(
+    elbo_terms=elbo_terms, log_evidence=log_evidence, log_evidence_diagnostics=log_evidence_diagnostics,
+    summed_elbo_terms=enumerated_elbo_terms, summed_log_evidence=enumerated_log_evidence,
+    summed_log_evidence_diagnostics=enumerated_log_evidence_diagnostics, predictions=label_predictions)
 
 
 def active_units(posterior_means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:

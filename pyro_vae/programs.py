@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import importlib
 import inspect
@@ -62,12 +61,12 @@ from .config import CODE_KEY, Config, ModelConfig, ProgramConfig, library_progra
 from .data.checks import check_batch, require_finite
 from .distributions import enumerable, one_hot_groups, state_count
 from .errors import ConfigError, DataError, ProgramError
-from .terms import OBSERVED, DirectSource, TraceSource, source_for
+from .labels import LABEL_SITE, LabelPolicy, policy_of  # noqa: F401  (LABEL_SITE: re-exported)
+from .labels import label_use  # noqa: F401  (deprecated: labels.policy_of)
+from .terms import OBSERVED, DirectSource
 from .vae import VAE
 
 STOCK = "vae"
-#: the site of a program that learns from labels: observed in a labelled batch, latent (q(y|x)) otherwise
-LABEL_SITE = "y"
 DATA_CONTRACT = ("check_data", "prepare_train_set", "prepare_eval_set", "prepare_batch")
 
 
@@ -162,49 +161,6 @@ def _require_protocol_methods(cls: type, label: str) -> None:
     if missing:
         raise ProgramError(f"{label} has no {' or '.join(f'{m}(x)' for m in missing)} method: a model program "
                            f"defines model(x) (p(z) p(x|z)) and guide(x) (q(z|x)).")
-
-
-def label_use(cls: type) -> str | None:
-    """How a program's ``model`` and ``guide`` take labels y (integer classes, one per datapoint):
-    None, they do not (``model(x)``); ``"required"``, always (``model(x, y)``: a conditional
-    program, p(x|y)); ``"optional"``, where they are known (``model(x, y=None)``: a semi-supervised
-    program, whose model observes its site "y" given labels and samples it otherwise)."""
-    uses = []
-    for method in ("model", "guide"):
-        p = inspect.signature(getattr(cls, method)).parameters.get("y")
-        uses.append(None if p is None else "required" if p.default is inspect.Parameter.empty else "optional")
-    if uses[0] != uses[1]:
-        raise ProgramError(
-            f"{cls.__qualname__}: model and guide must take labels alike, both (x, y) for a conditional program, both "
-            f"(x, y=None) for a semi-supervised one, or neither; model takes {uses[0] or 'none'}, guide {uses[1] or 'none'}.")
-    return uses[0]
-
-
-class _LabelsNeeded:
-    """The terms source of a conditional program with no labels given: refuses, saying how to give them."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def _refuse(self, *args, **kwargs):
-        raise ProgramError(
-            f"{self.name} is a conditional program (model(x, y)): it scores x given its labels y, so give them "
-            f"(Python: evaluate(..., labels=y), Run.elbo(x, labels=y); Program.labelled(y)), with data that has labels.")
-
-    draw = at = means = posteriors = given = nesting = _refuse
-
-
-class _LabelledSource(TraceSource):
-    """The program's model and guide with labels y bound; the plate nesting guessed once per program."""
-
-    def __init__(self, module: nn.Module, y: torch.Tensor | None, cache: dict) -> None:
-        super().__init__(functools.partial(module.model, y=y), functools.partial(module.guide, y=y),
-                         cache.get("nesting"))
-        self._cache = cache
-
-    def nesting(self, *args, **kwargs) -> int:
-        self._cache["nesting"] = super().nesting(*args, **kwargs)
-        return self._cache["nesting"]
 
 
 def class_path(cls: type) -> str:
@@ -354,43 +310,37 @@ class Program:
             raise TypeError("Program(Program): pass the module")
         _require_protocol_methods(type(module), type(module).__qualname__)
         self.module = module
-        self.labels_use = label_use(type(module))
+        self.policy: LabelPolicy = policy_of(type(module))  # how its model and guide take labels (labels.py)
         self.labels: torch.Tensor | None = None  # the labels this view of the program is given (labelled())
         self._nesting: dict = {}
-        if self.labels_use == "required":
-            self.source = _LabelsNeeded(type(module).__qualname__)
-        elif self.labels_use == "optional":
-            self.source = _LabelledSource(module, None, self._nesting)
-        else:
-            self.source = source_for(module)
+        self.source = self.policy.source(module, None, self._nesting)
         self.direct = isinstance(self.source, DirectSource)
         self.vae = module if isinstance(module, VAE) else None  # its components (data contract, networks)
         shape = getattr(module, "data_shape", None) or data_shape  # the program's own, where it declares one
         self.data_shape = tuple(shape) if shape is not None else None
         self._probes: dict = {}  # the probe's findings, shared by every labelled view of this program (keyed by
         # whether y is given: a semi-supervised program's latents are y and z, and z alone with y observed)
-        self.num_classes = getattr(module, "num_classes", None) if self.labels_use else None
-        if self.labels_use and not (isinstance(self.num_classes, int) and self.num_classes >= 2):
-            raise ProgramError(
-                f"{type(module).__qualname__} takes labels y (model(x, y...)): give it a num_classes attribute (an "
-                f"int >= 2, the classes 0..C-1 its labels may take).")
+        self.num_classes = self.policy.check_module(module)
 
     # -- labels --------------------------------------------------------------------------------
+
+    @property
+    def labels_use(self) -> str | None:
+        """Deprecated: ``policy`` (labels.py) says how the program takes labels."""
+        import warnings
+
+        warnings.warn("Program.labels_use is deprecated: use Program.policy (pyro_vae.labels)", DeprecationWarning,
+                      stacklevel=2)
+        return self.policy.legacy_use
 
     def labelled(self, y: torch.Tensor | None) -> "Program":
         """This program with labels y given (integer classes, one per datapoint of the batches it
         will score): its terms source, pictures and checks all pass y to model and guide. ``None``
         (a semi-supervised program only): y unobserved, a latent."""
-        if self.labels_use is None:
-            raise ProgramError(f"{self.name} does not take labels (its model is model(x)); labels are given only to "
-                               f"a program whose model and guide take y.")
-        if y is None and self.labels_use == "required":
-            _LabelsNeeded(self.name)._refuse()
-        if y is not None:
-            y = self.check_labels(y)
+        y = self.policy.view_labels(self, y)
         view = copy.copy(self)
         view.labels = y
-        view.source = _LabelledSource(self.module, y, self._nesting)
+        view.source = self.policy.source(self.module, y, self._nesting)
         return view
 
     def check_labels(self, y, where: str = "labels") -> torch.Tensor:
@@ -409,7 +359,7 @@ class Program:
         """The view of the program the library's probes run (shapes, supports, widths) at n
         placeholder datapoints: a conditional program, or a semi-supervised one viewed with its
         labels given, given class 0 (a probe's numbers do not depend on it); any other as it is."""
-        if self.labels_use is None or (self.labels_use == "optional" and self.labels is None):
+        if not self.policy.probe_labels(self.labels):
             return self
         p = next(self.module.parameters(), None)
         return self.labelled(torch.zeros(n, dtype=torch.long, device=p.device if p is not None else None))
@@ -417,24 +367,13 @@ class Program:
     def label_posterior(self, x: torch.Tensor):
         """q(y|x) of a semi-supervised program, a distribution over one-hot y, (batch,) datapoints:
         the program's ``label_posterior(x)`` where it has one, else its guide's site "y" run without labels."""
-        if self.labels_use != "optional":
-            raise ProgramError(f"{self.name} has no posterior over labels: only a semi-supervised program (model(x, "
-                               f"y=None), y latent where not given) does.")
-        own = getattr(self.module, "label_posterior", None)
-        if own is not None:
-            return own(x)
-        with poutine.block(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            trace = poutine.trace(self.module.guide).get_trace(x, y=None)
-        if LABEL_SITE not in trace.nodes:
-            raise ProgramError(f"the guide of {self.name} has no site \"{LABEL_SITE}\": a semi-supervised program's "
-                               f"guide samples y ~ q(y|x) at site \"{LABEL_SITE}\" when no labels are given.")
-        return trace.nodes[LABEL_SITE]["fn"]
+        return self.policy.label_posterior(self, x)
 
     def _model_fn(self):
-        return self.module.model if self.labels_use is None else self.source.model
+        return self.policy.model_fn(self)
 
     def _guide_fn(self):
-        return self.module.guide if self.labels_use is None else self.source.guide
+        return self.policy.guide_fn(self)
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -601,8 +540,7 @@ class Program:
 
     def _observed_site(self, x: torch.Tensor, z: dict[str, torch.Tensor] | None = None) -> dict:
         """The model's site "x" (its fn is p(x|z)) run on x, at given z or at z ~ p(z)."""
-        if self.labels_use == "required" and self.labels is None:
-            _LabelsNeeded(self.name)._refuse()
+        self.policy.require_runnable(self)
         model = self._model_fn() if z is None else poutine.condition(self._model_fn(), data=z)
         with poutine.block():
             trace = poutine.trace(model).get_trace(x)
@@ -673,8 +611,7 @@ class Program:
         """n draws z ~ p(z), by latent site ({site: (n, *event)})."""
         if self.direct:
             return {"z": self.vae.p_z().sample((n,))}
-        if self.labels_use == "required" and self.labels is None:
-            _LabelsNeeded(self.name)._refuse()
+        self.policy.require_runnable(self)
         with poutine.block():
             trace = poutine.trace(self._model_fn()).get_trace(self._placeholder(n))
         return {name: s["value"] for name, s in trace.nodes.items()

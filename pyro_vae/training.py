@@ -17,11 +17,8 @@ optimizer moves (what a resume continues from).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import shutil
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -32,19 +29,18 @@ from typing import Any, Callable, Iterator
 import pyro
 import torch
 
-from . import metrics
-from .config import CALLBACKS, LIKELIHOODS, OBJECTIVES, Config, ProgramConfig
-from .data import DATASETS, USER_FILE_DATASETS, DataSplits, labelled_subset, prepare_data, probe_generator
-from .data import summary as data_summary
+from . import metrics, preflight
+from .config import CALLBACKS, OBJECTIVES, Config, ProgramConfig
+from .data import DATASETS, DataSplits, prepare_data
 from .distributed import SINGLE, Distributed
-from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDirError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, RunDirError, TrainingDiverged
 from .evaluation import Evaluation, evaluate
 from .files import write_text
 from .networks import mixed_precision
 from .numerics import resolve_device, sharded_noise
-from .programs import Program, as_program, build_model, check_params_are_the_modules, record_program
+from .programs import Program, as_program, build_model, record_program
 from .runs import (BEST, CHECKPOINT, CONFIG, METRICS, RESUMABLE_CHANGES, SNAPSHOTS, append_line, check_same_config,
-                   check_same_data, checkpoint_state, data_record, discard_unstarted, eval_keys, load_checkpoint,
+                   check_same_data, checkpoint_state, discard_unstarted, eval_keys, load_checkpoint,
                    load_parameters, prepare_run_dir, read_metrics, run_lock, save_checkpoint)
 
 def kl_weight(config: Config, epoch_progress: float) -> float:
@@ -64,30 +60,6 @@ def learning_rate(config: Config, epoch_progress: float, elapsed_seconds: float)
     if t.max_minutes:
         done = max(done, elapsed_seconds / (60 * t.max_minutes))
     return t.lr * t.lr_final ** min(1.0, done)
-
-
-def _physical_memory() -> int:
-    """This machine's memory in bytes (0 where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def _existing(path: Path) -> Path:
-    """``path`` or its nearest folder above that exists."""
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _free_disk(path: Path) -> int | None:
-    """Bytes free on the filesystem that holds (or will hold) ``path``; None where it cannot be said."""
-    try:
-        return shutil.disk_usage(_existing(path)).free
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,31 +212,6 @@ def _terms(ev: Evaluation) -> dict:
 
 
 @dataclass
-class _LabelledBatch:
-    """A semi-supervised step's labelled batch: its bound ELBO(x, y) (y observed) by ``objective``,
-    plus alpha log q(y|x) (``classifier_weight``): called, its (surrogate, loss); the loss is minus the
-    bound alone, in nats summed over the batch (the classifier term is not part of a bound)."""
-
-    program: Program
-    objective: Any
-    classifier_weight: float
-    x: torch.Tensor
-    y: torch.Tensor
-
-    @property
-    def datapoints(self) -> int:
-        return self.x.shape[0]
-
-    def __call__(self, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-        surrogate, loss = self.objective.step(self.program.labelled(self.y).source, self.x, kl_weight)
-        if self.classifier_weight:
-            q = self.program.label_posterior(self.x)
-            one_hot = torch.nn.functional.one_hot(self.y, self.program.num_classes).to(self.x.dtype)
-            surrogate = surrogate - self.classifier_weight * q.log_prob(one_hot.view(-1, *q.event_shape)).sum()
-        return surrogate, loss
-
-
-@dataclass
 class Trainer:
     """Trains ``config`` into ``run_dir``; ``fit()`` runs or resumes it to ``train.epochs``.
 
@@ -310,71 +257,49 @@ class Trainer:
             self.progress, self.log = False, lambda message: None
         self.objective = OBJECTIVES.build(self.config.train.objective, "train.objective")
         self.compute_dtype = {"float32": None, "bfloat16": torch.bfloat16}[self.config.train.precision]
-        if self.compute_dtype is not None and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError(
-                f"train.precision = \"bfloat16\" needs a GPU that computes in bfloat16, and "
-                f"{torch.cuda.get_device_name(self.device)} does not. Use train.precision = \"float32\"."
-            )
-        if self.config.train.kl_warmup_epochs > 0 and not self.objective.supports_kl_weight:
-            raise ConfigError(
-                f"train.kl_warmup_epochs = {self.config.train.kl_warmup_epochs} needs an objective with "
-                f"a separate KL term, but '{self.objective.name}' is an importance-weighted bound whose "
-                f"KL cannot be scaled on its own. Use objective \"elbo\" or \"elbo-analytic-kl\" for "
-                f"warm-up, or set train.kl_warmup_epochs = 0."
-            )
+        preflight.check_settings(self.config, self.objective, self.device)
 
     # -- setup ---------------------------------------------------------------------------------
 
     def _build(self) -> None:
+        """The program, the data prepared for it, the optimizer and the random streams, in the order
+        that makes a run's numbers depend on its seed alone (each consumes the global stream in turn)."""
         pyro.clear_param_store()
         torch.manual_seed(self.config.seed)
         splits = self.splits or self.preloaded or DATASETS.build(self.config.data, "data").load()
-        self.data_record = data_record(splits, given=self.splits is not None)
-        if self.config.data["name"] in USER_FILE_DATASETS:  # the user's own files: say what was read
-            checks = {name: LIKELIHOODS.build(name, "model.likelihood").check_data for name in LIKELIHOODS.names()}
-            self.log(f"data: {data_summary(splits, checks)}")
-        recorded = self.config.data
-        if recorded["name"] == "given" and recorded.get("fingerprint") == self.data_record["fingerprint"]:
-            self.data_record["description"] = recorded["description"]  # the same data, given again (a resume)
-        elif self.splits is not None:  # the config says so, and never names a dataset it did not train on
-            self.config = Config.from_dict({**self.config.to_dict(), "data": {
-                "name": "given", "description": self.data_record["description"],
-                "fingerprint": self.data_record["fingerprint"]}})
+        preflight.say_data(self.config, splits, self.log)
+        self.config, self.data_record = preflight.data_config(self.config, splits, given=self.splits is not None)
         self.program = self._program(splits.event_shape)
         self.program.module.to(self.device)
-        if self.program.guide_family is not None:
-            self.objective.check_guide(self.program.guide_family)
-        if self.compute_dtype is not None and self.program.network_bodies() is None:
-            raise ConfigError(
-                f"train.precision = \"bfloat16\" runs the program's networks in bfloat16, and model program "
-                f"{self.program.name} does not say which modules those are: give it a network_bodies() method "
-                f"returning them (pyro_vae.networks.Body modules), or train in float32.")
+        preflight.check_program_settings(self.config, self.program, self.objective)
         self.data = prepare_data(self.config, self.program, self.device, splits)
-        self._set_labels()
-        self._check_sizes()
+        labelled = self.program.policy.prepare_training(self.program, self.data, self.config, self.objective,
+                                                        self.log, self.dist)
+        if labelled is not None:
+            self.data_record["labelled"] = labelled
+        preflight.check_sizes(self.config, self.model_module, self.data.train.shape[0], self.run_dir, self.log)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.program.fit_to_data(self.data.train.float(), self.generator)  # e.g. VampPrior pseudo-inputs
         if not self.program.direct:
-            self._check_program()
+            preflight.check_program(self.program, self.objective, self.data, self.device)
         self.bodies = self.program.network_bodies() or []  # what train.precision runs in bfloat16
         self.objective.attach(self.program)  # (an estimator's own parameters: a neural baseline)
+        preflight.check_objective_parameters(self.objective, self.dist)
         own = self.objective.module()
         if own is not None:
-            if self.dist.active:
-                raise ConfigError(
-                    f"objective '{self.objective.name}' trains parameters of its own (a neural baseline), which "
-                    f"data-parallel training does not share out yet: train it in one process, or use another "
-                    f"baseline (average, leave-one-out).")
             own.to(self.device)
         self.optimizer = adam(self.model_module if own is None else torch.nn.ModuleList([self.model_module, own]),
                               self.config.train.lr, self.device)
         self.average = ParameterAverage(self.model_module, self.config.train.ema) if self.config.train.ema else None
-        self.epoch = 0
-        self.step = 0
+        self.epoch = self.step = 0
         self.elapsed = 0.0  # training wall seconds: steps plus per-epoch scoring
         self.last_epoch_seconds = 0.0  # the same, of the last epoch (predicts the next one)
         self.best_valid, self.best_epoch = -math.inf, 0
         self.stopped = ""  # why training stopped before train.epochs, if it did
+        self._say_kl_estimator()
+
+    def _say_kl_estimator(self) -> None:
+        """elbo-analytic-kl where some latent site has no closed-form KL: said, and estimated by Monte Carlo."""
         if getattr(self.objective, "analytic_kl", False) and not metrics.analytic_kl_available(self.program):
             vae = self.program.vae
             pair = (f"guide '{vae.posterior.name}' and prior '{vae.prior.name}'" if self.program.direct else
@@ -383,70 +308,18 @@ class Trainer:
                 f"elbo-analytic-kl: KL(q(z|x) || p(z)) has no closed form for {pair}; the KL term is "
                 f"estimated by Monte Carlo instead (as objective \"elbo\" would), where no formula is registered."
             )
-            warnings.warn(message, stacklevel=2)
+            warnings.warn(message, stacklevel=3)
             self.log(f"warning: {message}")
 
-    def _set_labels(self) -> None:
-        """How this run's steps use labels: checked against the program (``programs.label_use``) and the
-        data; for a semi-supervised program the labelled training datapoints (``data.labels``: a
-        stratified draw, or all) and the unlabelled pool the epochs run over."""
-        use, data = self.program.labels_use, self.data
-        self.labelled_index = self.pool = None
-        count, per_class = int(self.config.data.get("labels", 0)), int(self.config.data.get("labels_per_class", 0))
-        if count and per_class:
-            raise ConfigError(f"data.labels = {count} and data.labels_per_class = {per_class}: set one of the two.")
-        if per_class < 0:
-            raise ConfigError(f"data.labels_per_class must be >= 0 (0: every label shown), got {per_class}.")
-        if per_class and use:
-            count = per_class * self.program.num_classes
-        alpha = self.objective.classifier_weight
-        if use != "optional" and (count or per_class or alpha):
-            what = (f"data.labels = {count}" if count else f"data.labels_per_class = {per_class}" if per_class
-                    else f"train.objective.classifier_weight = {alpha:g}")
-            raise ConfigError(f"{what} is for a semi-supervised program (model(x, y=None), e.g. model.program = "
-                              f"\"m2\"); {self.program.name} " + ("takes every label (a conditional program)."
-                                                                   if use else "does not learn from labels."))
-        if use is None:
-            return
-        if data.train_labels is None or data.test_labels is None:
-            raise DataError(
-                f"{self.program.name} learns from labels, and dataset '{self.config.data['name']}' has none"
-                f"{' in its test split' if data.train_labels is not None else ''}: use data with labels (an `array` "
-                f"file with a labels array, an `image-folder` of class subfolders, a `csv` with label_column, or one "
-                f"of the MNIST family).")
-        for split, y in (("training", data.train_labels), ("test", data.test_labels), ("validation", data.valid_labels)):
-            if y is not None:
-                self.program.check_labels(y, f"the {split} labels")
-        present = torch.unique(data.train_labels).numel()
-        if present != self.program.num_classes:
-            raise DataError(
-                f"{self.program.name} has num_classes = {self.program.num_classes}, and the training labels take "
-                f"{present} distinct values: set the program's num_classes to the data's classes.")
-        if use == "optional":
-            if self.dist.active:
-                raise ConfigError("a semi-supervised program trains in one process: data-parallel training does not "
-                                  "share out its labelled batches yet.")
-            n = data.train.shape[0]
-            device = data.train_labels.device
-            self.labelled_index = (labelled_subset(data.train_labels, count, int(self.config.data.get("labels_seed", 0)),
-                                                   self.program.num_classes).to(device)
-                                   if count else torch.arange(n, device=device))
-            hidden = torch.ones(n, dtype=torch.bool, device=device)
-            hidden[self.labelled_index] = False
-            unlabelled = torch.nonzero(hidden).flatten()
-            self.pool = unlabelled if len(unlabelled) else self.labelled_index
-            self.labelled_objective = self.objective if not self.objective.discrete_latents else OBJECTIVES.build(
-                "elbo", "the labelled batches' objective")
-            self.data_record["labelled"] = {"count": len(self.labelled_index),
-                                            "seed": int(self.config.data.get("labels_seed", 0)),
-                                            "indices_sha256": hashlib.sha256(
-                                                self.labelled_index.cpu().numpy().tobytes()).hexdigest()}
-            self.log(f"labels: {len(self.labelled_index)} of {n} training datapoints labelled"
-                     + (f" ({count // self.program.num_classes} per class, seed {self.data_record['labelled']['seed']})"
-                        if count else " (all)") + f"; {len(unlabelled)} unlabelled, y summed or sampled by "
-                     f"'{self.objective.name}'; labelled batches' ELBO(x, y) by '{self.labelled_objective.name}'"
-                     + (f" (y observed: nothing discrete left for '{self.objective.name}')"
-                        if self.labelled_objective is not self.objective else ""))
+    @property
+    def labelled_index(self) -> torch.Tensor | None:
+        """A semi-supervised run's labelled training datapoints (``data.labels``; None: another regime)."""
+        return self.program.policy.labelled_index
+
+    @property
+    def pool(self) -> torch.Tensor | None:
+        """The training datapoints an epoch runs over where not all (a semi-supervised run's unlabelled ones)."""
+        return self.program.policy.pool
 
     @property
     def model_module(self) -> torch.nn.Module:
@@ -470,60 +343,6 @@ class Trainer:
             self.log(f"note: this run folder cannot rebuild its program by itself ({self.rebuild_note}); load it in "
                      f"Python with load_run(RUN, model={type(program.module).__qualname__}(...)).")
         return program
-
-    def _check_sizes(self) -> None:
-        """Settings that cannot be meant, refused (or noted) with the numbers that show it, before any step."""
-        n, batch = self.data.train.shape[0], self.config.train.batch_size
-        if batch > n:
-            held = f" after holding out train.validation = {self.config.train.validation}" if \
-                self.config.train.validation else ""
-            self.log(f"note: train.batch_size = {batch} is larger than the training set ({n} datapoints{held}): every "
-                     f"step sees the whole set, one step an epoch.")
-        parameters = sum(p.numel() for p in self.model_module.parameters())
-        copies = 4 + (1 if self.config.train.ema else 0)  # parameters, gradients, Adam's two moments (+ the average)
-        need, have = 4 * parameters * copies, _physical_memory()
-        if have and need > 0.8 * have:
-            raise ConfigError(
-                f"the model has {parameters:,} parameters: training holds about {need / 2**30:.1f} GiB of them "
-                f"(parameters, gradients, Adam's moments{', the average' if self.config.train.ema else ''}), more than "
-                f"this machine's {have / 2**30:.1f} GiB of memory can spare. Make the model smaller (model.latent_dim, "
-                f"the network's widths).")
-        checkpoint = 4 * parameters * (3 + (1 if self.config.train.ema else 0))  # (+ Adam's moments, the average)
-        names = [CHECKPOINT] + ([BEST] if self.config.train.validation else [])
-        at_once = len(names) + 1  # the files kept, and a replacement while it is written
-        there = sum((self.run_dir / n).stat().st_size for n in names if (self.run_dir / n).is_file())
-        free = _free_disk(self.run_dir)
-        if free is not None and at_once * checkpoint - there > free:
-            raise ConfigError(
-                f"the model has {parameters:,} parameters: each checkpoint is about {checkpoint / 2**30:.2f} GiB and "
-                f"the run folder needs {at_once} of them at once, {at_once * checkpoint / 2**30:.2f} GiB, while "
-                f"{_existing(self.run_dir)} has {free / 2**30:.2f} GiB free. Free some space, train into another "
-                f"folder (--out), or make the model smaller.")
-        if checkpoint > 2**30:
-            self.log(f"note: the model has {parameters:,} parameters; each checkpoint will be about "
-                     f"{checkpoint / 2**30:.1f} GiB (the run folder keeps checkpoint.pt"
-                     f"{', best.pt' if self.config.train.validation else ''}"
-                     f"{' and snapshots' if self.config.train.snapshot_minutes else ''}).")
-
-    def _check_program(self) -> None:
-        """The protocol, checked once on a training batch before training: sites and plates
-        (``terms.py``), reparameterized guide sites, parameters that are the module's, and Pyro's
-        and torch's validation of every distribution's arguments and shapes."""
-        n = min(8, self.data.train.shape[0])
-        x = self.program.contract.prepare_batch(self.data.train[:n].float(), probe_generator(self.device))
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            check_params_are_the_modules(self.program, x)
-            try:
-                with pyro.validation_enabled(True):
-                    if self.program.labels_use == "required":
-                        self.objective.terms(self.program.labelled(self.data.train_labels[:n]).source, x)
-                    else:
-                        self.objective.terms(self.program.source, x)
-                    if self.program.labels_use == "optional":  # and a labelled batch
-                        self.labelled_objective.terms(self.program.labelled(self.data.train_labels[:n]).source, x)
-            except (ValueError, RuntimeError) as e:
-                raise ProgramError(f"model program {self.program.name} failed on a training batch of shape "
-                                   f"{tuple(x.shape)}: {type(e).__name__}: {e}") from None
 
     def _state(self) -> dict[str, Any]:
         progress = {"elapsed": self.elapsed, "last_epoch_seconds": self.last_epoch_seconds,
@@ -633,11 +452,11 @@ class Trainer:
     @property
     def epoch_size(self) -> int:
         """The datapoints an epoch runs over: the training set, or a semi-supervised run's unlabelled pool."""
-        return self.data.train.shape[0] if self.pool is None else len(self.pool)
+        return self.program.policy.epoch_size(self.data.train.shape[0])
 
     def _batches(self) -> list[torch.Tensor]:
-        batches = epoch_batches(self.epoch_size, self.config.train.batch_size, self.generator)
-        return batches if self.pool is None else [self.pool[b.to(self.pool.device)] for b in batches]
+        return self.program.policy.epoch_batches(
+            epoch_batches(self.epoch_size, self.config.train.batch_size, self.generator))
 
     def _train_epochs(self, last_epoch: int) -> None:
         from tqdm.auto import tqdm
@@ -692,7 +511,7 @@ class Trainer:
         if not self.program.module.training:  # (evaluation between steps restores the mode it found)
             self.program.module.train()
         x = self.program.contract.prepare_batch(self.data.train[index].float(), self.generator)  # the whole global batch
-        program, also = self._labelled_step(index)
+        program, also = self.program.policy.step(self.program, self.data, index, self.generator)
         self.step_datapoints = x.shape[0] if also is None else x.shape[0] + also.datapoints
         context = StepContext(kl_weight, None, self.compute_dtype)
         if self.dist.active:  # ... of which this rank keeps its shard, noise included
@@ -713,24 +532,6 @@ class Trainer:
         if self.callbacks:
             self._call("on_step", loss)
         return loss
-
-    def _labelled_step(self, index: torch.Tensor) -> tuple[Program, "_LabelledBatch | None"]:
-        """The program view a step on training datapoints ``index`` scores (given their labels, for a
-        conditional program; y latent, for a semi-supervised one's unlabelled batch), and a
-        semi-supervised step's labelled batch (None: none)."""
-        use = self.program.labels_use
-        if use == "required":
-            return self.program.labelled(self.data.train_labels[index]), None
-        if use != "optional":
-            return self.program, None
-        if self.pool is self.labelled_index:  # every label shown: each batch is a labelled one
-            return self.program.labelled(self.data.train_labels[index]), None
-        n = len(self.labelled_index)  # a labelled batch beside the unlabelled one, drawn from the data generator
-        pick = torch.randperm(n, generator=self.generator, device=self.generator.device)[:min(n, index.shape[0])]
-        chosen = self.labelled_index[pick.to(self.labelled_index.device)]
-        x = self.program.contract.prepare_batch(self.data.train[chosen].float(), self.generator)
-        return self.program, _LabelledBatch(self.program, self.labelled_objective, self.objective.classifier_weight,
-                                            x, self.data.train_labels[chosen])
 
     def _call(self, hook: str, *args) -> None:
         """Each callback's ``hook(self, *args)``, on the main process only."""
@@ -777,7 +578,7 @@ class Trainer:
         ev = self.config.eval
         def score(x: torch.Tensor, labels: torch.Tensor | None) -> dict:
             return _terms(evaluate(self.program, x, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist,
-                                   posterior_means=False, labels=labels if self.program.labels_use else None))
+                                   posterior_means=False, labels=self.program.policy.scored_labels(labels)))
 
         curves = self.epoch == 1 or self.epoch % self.config.train.curve_every == 0
         data = self.data

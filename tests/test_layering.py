@@ -19,11 +19,11 @@ LAYERS = [
     ("foundations", {"errors", "files", "numerics", "distributed", "config", "distributions", "data.checks"}),
     ("data and networks", {"data", "data.storage", "data.datasets", "data.user_files", "data.prepare", "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
-    ("model programs", {"vae", "gmvae", "labelled", "completion", "terms", "programs"}),
+    ("model programs", {"vae", "gmvae", "labelled", "completion", "terms", "labels", "programs"}),
     ("estimators", {"objectives", "metrics"}),
     ("evaluation", {"exact", "evaluation"}),
     ("pictures", {"plots"}),
-    ("runs and training", {"runs", "callbacks", "training", "compare"}),
+    ("runs and training", {"runs", "callbacks", "preflight", "training", "compare"}),
     ("entry points", {"cli", "__main__", "__init__"}),
 ]
 LAYER = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
