@@ -20,7 +20,7 @@ LAYERS = [
     ("data and networks", {"data", "data.storage", "data.datasets", "data.user_files", "data.prepare", "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
     ("model programs", {"vae", "gmvae", "labelled", "completion", "terms", "labels", "programs"}),
-    ("estimators", {"objectives", "metrics"}),
+    ("estimators", {"objectives", "metrics", "scores"}),
     ("evaluation", {"exact", "evaluation"}),
     ("pictures", {"plots"}),
     ("runs and training", {"runs", "callbacks", "preflight", "training", "compare"}),
