@@ -136,8 +136,9 @@ ARRAY_FAULTS = {
     "no-such-file": (lambda d: d / "missing.npy", "does not exist"),
     "five-dimensional": (lambda d: np.save(d / "a.npy", np.zeros((4, 2, 2, 2, 2), np.float32)) or d / "a.npy",
                          "fits no network"),
-    "int32-values": (lambda d: np.save(d / "a.npy", np.zeros((4, 6, 6), np.int32)) or d / "a.npy",
-                     "pyro-vae takes uint8"),
+    # integers load as float32 values equal to them (counts), refused only where float32 is no longer exact
+    "int32-beyond-float32": (lambda d: np.save(d / "a.npy", np.full((4, 6, 6), 2 ** 24 + 1, np.int32)) or d / "a.npy",
+                             "exact for integers only up to 2**24"),
     "label-count": (lambda d: _save(d / "a.npz", x=digits(10), y=np.zeros(7, np.int64)), "labels of shape (7,) for 10"),
     "fractional-labels": (lambda d: _save(d / "a.npz", x=digits(10), y=np.full(10, 0.5)), "labels must be integers"),
     "ambiguous-layout": (lambda d: np.save(d / "a.npy", np.zeros((4, 3, 5, 3), np.float32)) or d / "a.npy",

@@ -13,14 +13,18 @@ is held in memory and batched by indexing; there is no per-item ``Dataset.__geti
   folder of IDX files (``data_dir``) or downloaded with torchvision when online.
 * ``cifar10``, ``svhn``: colour images 3x32x32, from the official files or torchvision.
 * ``array``, ``image-folder``, ``csv``: your own files; ``given``: data handed in from Python.
+* ``counts``: count matrices (cells x genes, documents x words) as their users keep them: a SciPy
+  sparse .npz, a 10x folder, an .h5ad file, LIBSVM / NVDM text; held sparse (:class:`SparseRows`)
+  until a batch is drawn.
 * ``synthetic``: a small set drawn from a random 2-D latent-variable model, for tests.
 
 One concern a module, lowest first:
 
 =================  ============================================================================
 ``checks``         the boundary checks of a batch handed in from Python (components import these)
-``storage``        the containers: :class:`Levels`, :class:`DataSplits`, arrays into them
+``storage``        the containers: :class:`Levels`, :class:`SparseRows`, :class:`DataSplits`, arrays into them
 ``datasets``       the :class:`Dataset` interface and the built-in datasets
+``counts``         count matrices: the readers (.npz, 10x, .h5ad, text), column selection, ``counts``
 ``user_files``     your own files (arrays, image folders, CSV tables) and ``--data PATH``
 ``prepare``        a dataset prepared for a run (:func:`prepare_data`), labelled subsets, summary
 =================  ============================================================================
@@ -35,7 +39,13 @@ from .datasets import (  # noqa: F401
     Dataset, FashionMNIST, IDXDataset, MNIST5k, Synthetic, data_folder, default_data_root, find_idx, load_idx_split,
     read_cifar10_batches, read_idx, read_svhn, stratified_split)
 from .prepare import PreparedData, labelled_subset, prepare_data, probe_generator, summary, validation_split  # noqa: F401
-from .storage import DataSplits, Levels, as_images, as_labels, nbytes, seeded_split, train_and_test  # noqa: F401
+from .storage import (  # noqa: F401
+    FLOAT32_EXACT, DataSplits, Levels, SparseRows, as_images, as_labels, dense_limit, nbytes, seeded_split,
+    seeded_split_indices, train_and_test)
 from .user_files import (  # noqa: F401
     ARRAY_SUFFIXES, IMAGE_SUFFIXES, USER_FILE_DATASETS, ArrayDataset, CSVDataset, GivenData, ImageFolder,
     apply_scaling, dataset_for_path, read_datapoints)
+from .counts import (  # noqa: F401  (after user_files: the counts dataset is listed after the others)
+    COUNT_FORMATS, COUNT_SUFFIXES, CountDataset, CountMatrix, check_counts, count_format, find_10x, is_sparse_npz,
+    log_normalized_variance, read_10x, read_counts, read_h5ad, read_names, read_sparse_npz, read_text_counts,
+    seen_in_rows, top_variable_columns)

@@ -1,11 +1,13 @@
 """Containers of data and how values are held: :class:`Levels` (8-bit data as uint8, read as
-v / 255 in float32), :class:`DataSplits` (train and test, labels, the fingerprint), and the
-conversions of arrays into them (images or vectors, labels, a seeded test split)."""
+v / 255 in float32), :class:`SparseRows` (count rows held in CSR, made dense a batch at a time),
+:class:`DataSplits` (train and test, labels, the fingerprint), and the conversions of arrays into
+them (images or vectors, labels, a seeded test split)."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 
 import numpy as np
 import torch
@@ -106,15 +108,211 @@ def _from_level_table(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def nbytes(x: "torch.Tensor | Levels | None") -> int:
-    """Bytes of data held (a tensor's or its levels')."""
+FLOAT32_EXACT = 2 ** 24  #: every integer of magnitude up to this is exact in float32 (2**24 + 1 is not)
+
+
+def dense_limit(device) -> int:
+    """Bytes a dense float32 copy of a whole :class:`SparseRows` may take on ``device``: half of its
+    memory (a GPU's total memory; on the CPU the machine's physical memory, 16 GiB where unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # (not every system says)
+        total = 16 << 30
+    return total // 2
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):,.2f} GiB" if n >= (1 << 30) else f"{n / (1 << 20):,.1f} MiB"
+
+
+class SparseRows:
+    """Count rows held sparse, in CSR as torch tensors, made dense (float32) only where used: the
+    rows a batch draws (``rows[index].float()``).
+
+    ``indptr`` (int64, n + 1 offsets starting at 0), ``indices`` (int32 or int64 column of each
+    stored value, sorted and unique within a row) and ``values`` (float32 counts, whole numbers held
+    exactly) of an (n, D) matrix. It behaves as :class:`Levels` does, a read-only container of
+    datapoints: ``rows[index]`` for an integer tensor, a list, a slice or a boolean mask (a subset,
+    still sparse: the rows' segments gathered at once, no loop over rows), ``shape``, ``len``,
+    ``to(device)``, ``nbytes`` (bytes held) against ``dense_nbytes`` (float32 dense); ``float()``
+    gives the (n, D) float32 values, refused where they would take more than half the device's
+    memory (:func:`dense_limit`). Build it with :meth:`from_scipy`."""
+
+    dtype = torch.float32  #: the dtype of the values it yields
+
+    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+                 shape: tuple[int, int]) -> None:
+        n, d = (int(v) for v in shape)
+        if indptr.dtype != torch.int64 or indptr.dim() != 1 or len(indptr) != n + 1:
+            raise TypeError(f"SparseRows needs indptr int64 of length {n + 1}, got {indptr.dtype} {tuple(indptr.shape)}.")
+        if indices.dtype not in (torch.int32, torch.int64) or values.dtype != torch.float32:
+            raise TypeError(f"SparseRows needs int32/int64 indices and float32 values, got {indices.dtype}, {values.dtype}.")
+        if indices.shape != values.shape or indices.dim() != 1:
+            raise TypeError(f"SparseRows needs indices and values of one length, got {tuple(indices.shape)}, "
+                            f"{tuple(values.shape)}.")
+        self.indptr, self.indices, self.values, self._shape = indptr, indices, values, torch.Size((n, d))
+
+    @classmethod
+    def from_scipy(cls, matrix) -> "SparseRows":
+        """The rows of a SciPy sparse matrix (any format) or a 2-D array, in canonical CSR (duplicate
+        entries summed, stored zeros left out, columns sorted within each row). Values must be exact in
+        float32 (whole numbers up to 2**24, as counts are); refused otherwise."""
+        import scipy.sparse as sp
+
+        if sp.issparse(matrix):
+            m = sp.csr_matrix(matrix, copy=True) if matrix.format == "csr" else sp.csr_matrix(matrix.tocsr())
+        else:
+            m = sp.csr_matrix(np.asarray(matrix))
+        if m.ndim != 2:
+            raise DataError(f"SparseRows holds a matrix (rows x columns), got shape {m.shape}.")
+        m.sum_duplicates()  # (sorts the columns of each row too)
+        m.eliminate_zeros()
+        data = m.data
+        values = data.astype(np.float32)
+        if data.dtype != np.float32 and not np.array_equal(values.astype(data.dtype), data, equal_nan=True):
+            big = np.abs(data[np.isfinite(data)]).max() if data.size else 0
+            raise DataError(f"counts of type {data.dtype} (up to {big:,}) are not exact in float32, which holds them: "
+                            f"whole numbers up to 2**24 = {FLOAT32_EXACT:,} are; these are larger or fractional.")
+        index_dtype = np.int32 if m.shape[1] < 2 ** 31 else np.int64
+        return cls(torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(index_dtype)),
+                   torch.from_numpy(np.ascontiguousarray(values)), m.shape)
+
+    def to_scipy(self):
+        """The rows as a SciPy ``csr_matrix`` of float32 (on the CPU it shares the values' memory)."""
+        import scipy.sparse as sp
+
+        return sp.csr_matrix((self.values.cpu().numpy(), self.indices.cpu().numpy(), self.indptr.cpu().numpy()),
+                             shape=tuple(self._shape))
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored (non-zero) values."""
+        return self.values.numel()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the offsets, the column indices and the values."""
+        return sum(t.numel() * t.element_size() for t in (self.indptr, self.indices, self.values))
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes the same rows take dense in float32."""
+        return self._shape[0] * self._shape[1] * 4
+
+    def __len__(self) -> int:
+        return self._shape[0]
+
+    def _row_ids(self) -> torch.Tensor:
+        """The row of each stored value (int64)."""
+        n = self._shape[0]
+        return torch.repeat_interleave(torch.arange(n, device=self.device), self.indptr.diff(), output_size=self.nnz)
+
+    def _positions(self, index) -> torch.Tensor | slice:
+        """The rows ``index`` names: a step-1 slice as itself, anything else as int64 row numbers."""
+        n = self._shape[0]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step == 1:
+                return slice(start, max(start, stop))
+            return torch.arange(start, stop, step, device=self.device)
+        if isinstance(index, (int, np.integer)) or (torch.is_tensor(index) and index.dim() == 0):
+            raise TypeError("SparseRows is indexed by rows (an index tensor, a list, a slice or a boolean mask), "
+                            "never by a single integer: rows[i:i + 1] keeps the row as a matrix of one.")
+        if not torch.is_tensor(index):
+            index = torch.as_tensor(np.asarray(index))
+        if index.dtype == torch.bool:
+            if index.shape != (n,):
+                raise IndexError(f"a boolean mask of shape {tuple(index.shape)} for {n} rows.")
+            return torch.nonzero(index.to(self.device)).flatten()
+        if index.dim() != 1 or index.is_floating_point() or index.is_complex():
+            raise IndexError(f"rows are chosen by a 1-D integer tensor, got {index.dtype} {tuple(index.shape)}.")
+        rows = index.to(self.device, torch.int64)
+        if rows.numel():
+            low, high = torch.aminmax(rows)
+            if low < -n or high >= n:
+                raise IndexError(f"row index {int(low) if low < -n else int(high)} is out of range for {n} rows.")
+            rows = torch.where(rows < 0, rows + n, rows)
+        return rows
+
+    def __getitem__(self, index) -> "SparseRows":
+        rows = self._positions(index)
+        d = self._shape[1]
+        if isinstance(rows, slice):  # one block of rows: views of its segments
+            first, last = int(self.indptr[rows.start]), int(self.indptr[rows.stop])
+            return SparseRows(self.indptr[rows.start:rows.stop + 1] - first, self.indices[first:last],
+                              self.values[first:last], (rows.stop - rows.start, d))
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        indptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(lengths, 0, out=indptr[1:])
+        total = int(indptr[-1])
+        # the position of each gathered value: its row's start, plus its place within the row
+        where = torch.repeat_interleave(starts - indptr[:-1], lengths, output_size=total)
+        where += torch.arange(total, device=self.device)
+        return SparseRows(indptr, self.indices[where], self.values[where], (len(rows), d))
+
+    def to(self, device) -> "SparseRows":
+        return SparseRows(self.indptr.to(device), self.indices.to(device), self.values.to(device), self._shape)
+
+    def float(self) -> torch.Tensor:
+        """The values, dense: (n, D) float32, written by one scatter. Refused, before anything is
+        allocated, where rows x columns x 4 bytes exceeds :func:`dense_limit` of the device."""
+        n, d = self._shape
+        limit = dense_limit(self.device)
+        if self.dense_nbytes > limit:
+            raise DataError(
+                f"{n:,} rows x {d:,} columns x 4 bytes = {_gib(self.dense_nbytes)} dense in float32, more than the "
+                f"{_gib(limit)} allowed on {self.device} (half its memory; held sparse they take "
+                f"{_gib(self.nbytes)}): make dense a batch of rows at a time (rows[index].float()), or keep fewer "
+                f"columns (data.top_variable or data.features).")
+        out = torch.zeros(n * d, dtype=torch.float32, device=self.device)
+        out.scatter_(0, self._row_ids() * d + self.indices.long(), self.values)
+        return out.view(n, d)
+
+    def row_totals(self) -> torch.Tensor:
+        """Each row's total count, (n,) float32 (exact up to 2**24 a row)."""
+        totals = torch.zeros(self._shape[0], dtype=torch.float32, device=self.device)
+        return totals.index_add_(0, self._row_ids(), self.values)
+
+    def __repr__(self) -> str:
+        return f"SparseRows(shape={tuple(self._shape)}, nnz={self.nnz}, device={self.device})"
+
+
+def _hash_sparse(h, t: SparseRows) -> None:
+    """Feed ``h`` the counts of ``t``, whatever its memory layout (views, offsets, int32 or int64
+    indices): its shape, then digests of the row lengths (int64), the column indices (int64) and the
+    values (float32), each read in slices of 4M entries."""
+    h.update(f"sparse {t.dtype} {tuple(t.shape)} {t.nnz}".encode())
+    step = 1 << 22
+    lengths = t.indptr.diff()
+    for part, dtype in ((lengths, torch.int64), (t.indices, torch.int64), (t.values, torch.float32)):
+        sub = hashlib.sha256()
+        for start in range(0, part.numel(), step):
+            sub.update(part[start:start + step].to(dtype).cpu().contiguous().numpy().tobytes())
+        h.update(sub.digest())
+
+
+def nbytes(x: "torch.Tensor | Levels | SparseRows | None") -> int:
+    """Bytes of data held (a tensor's, its levels' or its sparse rows')."""
     if x is None:
         return 0
-    return x.nbytes if isinstance(x, Levels) else x.numel() * x.element_size()
+    return x.nbytes if isinstance(x, (Levels, SparseRows)) else x.numel() * x.element_size()
 
 
 class _Split:
-    """A split of :class:`DataSplits` as a float32 tensor: what it holds, or its levels decoded afresh."""
+    """A split of :class:`DataSplits` as a float32 tensor: what it holds, or its levels decoded (its
+    sparse rows made dense) afresh."""
 
     def __set_name__(self, owner, name: str) -> None:
         self.split = name
@@ -123,9 +321,9 @@ class _Split:
         if splits is None:
             return self
         x = splits.held(self.split)
-        return x.float() if isinstance(x, Levels) else x
+        return x.float() if isinstance(x, (Levels, SparseRows)) else x
 
-    def __set__(self, splits, x: "torch.Tensor | Levels") -> None:
+    def __set__(self, splits, x: "torch.Tensor | Levels | SparseRows") -> None:
         splits._held[self.split] = x
 
 
@@ -133,17 +331,25 @@ class DataSplits:
     """Train and test data of one dataset (labels: one integer per datapoint, or None).
 
     ``train`` and ``test`` are float32 tensors. A dataset of 8-bit levels is held as
-    :class:`Levels` (``held("train")``) and ``train``/``test`` decode it afresh on each access: a
-    new tensor, which the splits do not keep (changing it changes nothing held).
+    :class:`Levels` (``held("train")``), one of counts as :class:`SparseRows`, and ``train``/``test``
+    decode it (make it dense) afresh on each access: a new tensor, which the splits do not keep
+    (changing it changes nothing held).
 
     ``factors``: where the data was generated from known factors of variation (a disentanglement
     dataset), ``{"train": (N, F), "test": (M, F)}`` integer factor indices per datapoint, named by
-    ``factor_names`` (F names); None otherwise."""
+    ``factor_names`` (F names); None otherwise.
 
-    def __init__(self, name: str, train: "torch.Tensor | Levels", train_labels: torch.Tensor | None,
-                 test: "torch.Tensor | Levels", test_labels: torch.Tensor | None, description: str = "",
+    ``covariates``: a batch covariate (the sample, donor or technology each datapoint came from),
+    ``{"train": (N,), "test": (M,)}`` integer codes into ``covariate_names``; None otherwise.
+    ``label_names``: the class names the labels code (label k is ``label_names[k]``), where known.
+    ``feature_names``: the names of the columns of vector data (genes, words), where known."""
+
+    def __init__(self, name: str, train: "torch.Tensor | Levels | SparseRows", train_labels: torch.Tensor | None,
+                 test: "torch.Tensor | Levels | SparseRows", test_labels: torch.Tensor | None, description: str = "",
                  scaling: dict | None = None, factors: dict[str, torch.Tensor] | None = None,
-                 factor_names: tuple[str, ...] = ()) -> None:
+                 factor_names: tuple[str, ...] = (), covariates: dict[str, torch.Tensor] | None = None,
+                 covariate_names: tuple[str, ...] = (), feature_names: tuple[str, ...] | None = None,
+                 label_names: tuple[str, ...] | None = None) -> None:
         self.name, self.description = name, description
         self.train_labels, self.test_labels = train_labels, test_labels
         self.scaling = scaling  # how a table's columns were scaled (csv): applied again to new datapoints
@@ -155,9 +361,25 @@ class DataSplits:
                     raise DataError(f"the {split} factors have shape {tuple(f.shape)}: one row of "
                                     f"{len(factor_names)} factors ({', '.join(factor_names)}) per datapoint is needed.")
         self.factors, self.factor_names = factors, tuple(factor_names)
+        if covariates is not None:
+            for split in ("train", "test"):
+                c = covariates[split]
+                if c.dim() != 1 or len(c) != len(self._held[split]) or c.dtype != torch.int64:
+                    raise DataError(f"the {split} covariates are {c.dtype} of shape {tuple(c.shape)}: one int64 code "
+                                    f"per datapoint ({len(self._held[split])}) is needed.")
+                if len(c) and (c.min() < 0 or c.max() >= len(covariate_names)):
+                    raise DataError(f"the {split} covariates hold codes outside 0..{len(covariate_names) - 1}, the "
+                                    f"{len(covariate_names)} covariate names.")
+        self.covariates, self.covariate_names = covariates, tuple(covariate_names)
+        width = self._held["train"].shape[-1] if len(self._held["train"].shape) == 2 else None
+        if feature_names is not None and len(feature_names) != width:
+            raise DataError(f"{len(feature_names)} feature names for data of shape {tuple(self._held['train'].shape)}: "
+                            f"one name per column is needed.")
+        self.feature_names = tuple(feature_names) if feature_names is not None else None
+        self.label_names = tuple(label_names) if label_names is not None else None
 
-    def held(self, split: str) -> "torch.Tensor | Levels":
-        """A split as it is held: a float tensor, or :class:`Levels`."""
+    def held(self, split: str) -> "torch.Tensor | Levels | SparseRows":
+        """A split as it is held: a float tensor, :class:`Levels` or :class:`SparseRows`."""
         return self._held[split]
 
     train = _Split()
@@ -174,12 +396,18 @@ class DataSplits:
 
     def fingerprint(self) -> str:
         """SHA-256 of the data as trained on: the train and test values (float32 dtype, shape, values,
-        decoded in slices when held as levels) and labels."""
+        decoded in slices when held as levels; the CSR counts, row lengths, columns and values, when
+        held as sparse rows), labels, and the factors and covariates where there are any."""
         h = hashlib.sha256()
         extra = (self.factors["train"], self.factors["test"]) if self.factors is not None else ()  # (unchanged without)
+        if self.covariates is not None:
+            extra += (self.covariates["train"], self.covariates["test"])
         for t in (self._held["train"], self._held["test"], self.train_labels, self.test_labels, *extra):
             if t is None:
                 h.update(b"none")
+                continue
+            if isinstance(t, SparseRows):
+                _hash_sparse(h, t)
                 continue
             if isinstance(t, Levels):
                 h.update(f"{t.dtype} {tuple(t.shape)}".encode())
@@ -201,8 +429,9 @@ class DataSplits:
                     split_seed: int = 0, layout: str = "auto", name: str = "arrays") -> "DataSplits":
         """Splits from arrays in memory (NumPy arrays or tensors), read as the ``array`` dataset reads
         a file: images (N, H, W), (N, C, H, W) or (N, H, W, C) or vectors (N, D); uint8 as 8-bit
-        levels scaled by 1/255, floats as they are; ``labels`` one integer per datapoint. The test set
-        is ``test`` (and ``test_labels``), else a ``test_fraction`` of x held out by ``split_seed``."""
+        levels scaled by 1/255, floats as they are, other integers as float32 equal to them; ``labels``
+        one integer per datapoint. The test set is ``test`` (and ``test_labels``), else a
+        ``test_fraction`` of x held out by ``split_seed``."""
         def array(a, what: str) -> np.ndarray:
             if torch.is_tensor(a):
                 return a.detach().cpu().numpy()
@@ -234,7 +463,7 @@ class DataSplits:
         for split, x in self._held.items():
             if isinstance(x, Levels):
                 continue  # 8-bit levels are finite
-            bad = (~torch.isfinite(x)).sum().item()
+            bad = (~torch.isfinite(x.values if isinstance(x, SparseRows) else x)).sum().item()
             if bad:
                 raise DataError(
                     f"the {split} split of dataset '{self.name}' has {bad} NaN or infinite values; "
@@ -251,23 +480,30 @@ def train_and_test(x: torch.Tensor, labels: torch.Tensor | None, test: tuple | N
     return seeded_split(x, labels, fraction, seed, where)
 
 
-def seeded_split(x: torch.Tensor, labels: torch.Tensor | None, fraction: float, seed: int, where) -> tuple:
-    """(train, train_labels, test, test_labels): a fraction of the datapoints, chosen by a seeded
-    permutation, held out as the test set (each part in its original order)."""
-    n = len(x)
+def seeded_split_indices(n: int, fraction: float, seed: int, where) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) row numbers, each sorted: a fraction of ``n`` datapoints, chosen by a seeded
+    permutation, held out as the test set (the split of :func:`seeded_split`)."""
     n_test = max(1, round(n * fraction))
     if n_test >= n:
         raise DataError(f"{where} holds {n} datapoint(s): too few to hold out a test set (test_fraction = "
                         f"{fraction}); add data or give data.test_path.")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    test, train = order[:n_test].sort().values, order[n_test:].sort().values
+    return order[n_test:].sort().values, order[:n_test].sort().values
+
+
+def seeded_split(x: torch.Tensor, labels: torch.Tensor | None, fraction: float, seed: int, where) -> tuple:
+    """(train, train_labels, test, test_labels): a fraction of the datapoints, chosen by a seeded
+    permutation, held out as the test set (each part in its original order)."""
+    train, test = seeded_split_indices(len(x), fraction, seed, where)
     pick = (lambda i: labels[i]) if labels is not None else (lambda i: None)
     return x[train], pick(train), x[test], pick(test)
 
 
 def as_images(array: np.ndarray, layout: str, where: str) -> "torch.Tensor | Levels":
     """Datapoints (N, C, H, W) or (N, D) from an array of images (N, H, W), (N, C, H, W),
-    (N, H, W, C) or vectors (N, D): uint8 as :class:`Levels` (read as v / 255), floats as float32."""
+    (N, H, W, C) or vectors (N, D): uint8 as :class:`Levels` (read as v / 255), floats as float32,
+    other integers (signed or unsigned: counts) as float32 values equal to them, refused beyond 2**24
+    in magnitude, where float32 stops being exact (a likelihood refuses values outside its support)."""
     if array.ndim == 4 and layout == "auto":
         first, last = array.shape[1] in (1, 3, 4), array.shape[3] in (1, 3, 4)
         if first == last:
@@ -287,8 +523,17 @@ def as_images(array: np.ndarray, layout: str, where: str) -> "torch.Tensor | Lev
         return Levels(torch.from_numpy(np.ascontiguousarray(array)))
     if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.floating):
         return torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
-    raise DataError(f"{where}: values of type {array.dtype}; pyro-vae takes uint8 (8-bit levels, scaled by 1/255) or "
-                    f"floating-point values (kept as they are): convert it, e.g. x.astype(np.float32) / scale.")
+    if np.issubdtype(array.dtype, np.integer):  # counts: float32 values equal to the integers
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if max(-low, high) > FLOAT32_EXACT:
+            raise DataError(f"{where}: integer values from {low:,} to {high:,}; pyro-vae holds data in float32, exact "
+                            f"for integers only up to 2**24 = {FLOAT32_EXACT:,} in magnitude, and changes none: if these "
+                            f"are counts, check the file (counts this large are rare); else convert the array to "
+                            f"floating point yourself (x.astype(np.float32), rounded) or rescale it.")
+        return torch.from_numpy(np.ascontiguousarray(array).astype(np.float32))
+    raise DataError(f"{where}: values of type {array.dtype}; pyro-vae takes uint8 (8-bit levels, scaled by 1/255), "
+                    f"other integers (counts, kept exactly as float32) or floating-point values (kept as they are): "
+                    f"convert it, e.g. x.astype(np.float32).")
 
 
 def as_labels(array: np.ndarray, n: int, where: str) -> torch.Tensor:

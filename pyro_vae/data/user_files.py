@@ -473,9 +473,16 @@ USER_FILE_DATASETS = ("array", "image-folder", "csv")  # read from the user's ow
 
 
 def dataset_for_path(path: str) -> dict:
-    """The ``[data]`` table of the dataset kind a path names (``--data PATH``): a folder of images,
-    or an array file."""
+    """The ``[data]`` table of the dataset kind a path names (``--data PATH``): counts (an .h5ad
+    file, a .mtx[.gz] file or a 10x folder holding matrix.mtx[.gz], or one level above it, .feat /
+    .svm / .libsvm text, a .npz holding a SciPy sparse matrix), a folder of images, an array file or
+    a CSV table."""
+    from .counts import COUNT_SUFFIXES, count_format
+
     p = Path(path).expanduser()
+    if p.name.lower().endswith(COUNT_SUFFIXES) or p.suffix.lower() == ".npz" or p.is_dir():
+        if count_format(p) is not None:
+            return {"name": "counts", "path": str(p)}
     if p.suffix.lower() in ARRAY_SUFFIXES:
         return {"name": "array", "path": str(p)}
     if p.is_dir():
@@ -485,5 +492,6 @@ def dataset_for_path(path: str) -> dict:
     if not p.exists():
         raise DataError(f"--data {path}: there is no such file or folder.")
     raise DataError(f"--data {path}: pyro-vae reads a folder of images (dataset 'image-folder'), a "
-                    f"{', '.join(ARRAY_SUFFIXES)} file (dataset 'array') or a .csv/.tsv table (dataset 'csv'); for "
+                    f"{', '.join(ARRAY_SUFFIXES)} file (dataset 'array'), a .csv/.tsv table (dataset 'csv') or counts "
+                    f"(dataset 'counts': {', '.join(COUNT_SUFFIXES)}, a SciPy sparse .npz or a 10x folder); for "
                     f"anything else name a dataset with --set data.name=... (pyro-vae list datasets).")
