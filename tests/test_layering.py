@@ -17,7 +17,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "pyro_vae"
 # package's modules are named with dots ("data.checks"); the package itself by its __init__ ("data").
 LAYERS = [
     ("foundations", {"errors", "files", "numerics", "distributed", "config", "distributions", "data.checks"}),
-    ("data and networks", {"data", "data.storage", "data.datasets", "data.user_files", "data.prepare", "networks"}),
+    ("data and networks", {"data", "data.storage", "data.datasets", "data.dsprites", "data.user_files", "data.prepare",
+                           "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
     ("model programs", {"vae", "gmvae", "labelled", "completion", "terms", "programs"}),
     ("estimators", {"objectives", "metrics"}),
