@@ -17,8 +17,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "pyro_vae"
 # package's modules are named with dots ("data.checks"); the package itself by its __init__ ("data").
 LAYERS = [
     ("foundations", {"errors", "files", "numerics", "distributed", "config", "distributions", "data.checks"}),
-    ("data and networks", {"data", "data.storage", "data.datasets", "data.user_files", "data.prepare", "data.counts",
-                           "networks"}),
+    ("data and networks", {"data", "data.storage", "data.datasets", "data.dsprites", "data.user_files",
+                           "data.counts", "data.prepare", "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
     ("model programs", {"vae", "gmvae", "labelled", "completion", "terms", "labels", "programs"}),
     ("estimators", {"objectives", "metrics", "scores"}),

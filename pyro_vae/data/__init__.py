@@ -24,6 +24,7 @@ One concern a module, lowest first:
 ``checks``         the boundary checks of a batch handed in from Python (components import these)
 ``storage``        the containers: :class:`Levels`, :class:`SparseRows`, :class:`DataSplits`, arrays into them
 ``datasets``       the :class:`Dataset` interface and the built-in datasets
+``dsprites``       a dSprites-like set generated from its factors of variation (shape, scale, orientation, x, y)
 ``counts``         count matrices: the readers (.npz, 10x, .h5ad, text), column selection, ``counts``
 ``user_files``     your own files (arrays, image folders, CSV tables) and ``--data PATH``
 ``prepare``        a dataset prepared for a run (:func:`prepare_data`), labelled subsets, summary
@@ -49,3 +50,4 @@ from .counts import (  # noqa: F401  (after user_files: the counts dataset is li
     COUNT_FORMATS, COUNT_SUFFIXES, CountDataset, CountMatrix, check_counts, count_format, find_10x, is_sparse_npz,
     log_normalized_variance, read_10x, read_counts, read_h5ad, read_names, read_sparse_npz, read_text_counts,
     seen_in_rows, top_variable_columns)
+from .dsprites import DSPRITES_FACTORS, DSPRITES_SIZES, DSprites  # noqa: F401  (registers "dsprites")
