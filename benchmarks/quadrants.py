@@ -43,7 +43,7 @@ from pyro_vae.config import DATASETS  # noqa: E402
 from pyro_vae.evaluation import evaluate  # noqa: E402
 from pyro_vae.networks import MLPEncoder  # noqa: E402
 from pyro_vae.plots import save_grid  # noqa: E402
-from pyro_vae.runs import load_run  # noqa: E402
+from pyro_vae.trained import load_run  # noqa: E402
 
 HIDDEN = [500, 500]
 

@@ -41,7 +41,7 @@ from pyro_vae import Config, Trainer  # noqa: E402
 from pyro_vae.config import DATASETS, apply_overrides  # noqa: E402
 from pyro_vae.evaluation import EvaluationSettings, evaluate  # noqa: E402
 from pyro_vae.labelled import SemiSupervisedVAE  # noqa: E402
-from pyro_vae.runs import load_run  # noqa: E402
+from pyro_vae.trained import load_run  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "configs" / "semi-supervised.toml"
 

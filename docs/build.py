@@ -6,10 +6,10 @@ Writes, from the code itself,
                                    dataset, with its maths line and typed options (the registries)
     docs/reference/config.md       every config key, its type and default (the config dataclasses)
     docs/reference/cli.md          every command with its description and flags (the argparse parser)
+    docs/reference/api.md          the Python API: signatures and docstrings of the names users import
 
-then builds the site (``mkdocs build --strict``, into ``site/``): those pages, the hand-written
-guides in ``docs/guide/`` and the Python API in ``docs/reference/api.md``, rendered from the
-docstrings by mkdocstrings. The generated pages are committed so that they read on the
+then builds the site (``mkdocs build --strict``, into ``site/``): those pages and the hand-written
+guides in ``docs/guide/``. The generated pages are committed so that they read on the
 repository's web page too; the test suite fails when one of them is stale.
 """
 
@@ -100,6 +100,67 @@ def cli_page() -> str:
     return "\n".join(lines)
 
 
+#: what the Python API page documents, by section: (title, module, names)
+API = [
+    ("The model", "pyro_vae.vae", ["VAE"]),
+    ("Training", "pyro_vae.training", ["Trainer", "svi_step"]),
+    ("The trained model", "pyro_vae.trained", ["load", "load_run", "Run", "EncodedTable", "finish_run", "export_run"]),
+    ("Evaluation", "pyro_vae.evaluation", ["evaluate", "EvaluationSettings", "Evaluation"]),
+    ("Estimates", "pyro_vae.metrics", ["elbo_terms", "log_evidence", "log_evidence_diagnostics",
+                                       "gradient_statistics"]),
+    ("Exact values", "pyro_vae.exact", ["exact_evidence", "decomposition", "grid_posterior"]),
+    ("Scores with definitions", "pyro_vae.scores", ["mig", "dci", "sap", "factorvae_score", "npmi", "with_stderr"]),
+    ("Your own program", "pyro_vae.programs", ["Program"]),
+    ("Labels", "pyro_vae.labels", ["LabelPolicy", "Unlabelled", "Conditional", "SemiSupervised", "policy_of"]),
+    ("The terms every bound is written over", "pyro_vae.terms", ["Terms"]),
+    ("Objectives", "pyro_vae.objectives", ["Objective"]),
+    ("Data", "pyro_vae.data", ["DataSplits", "Levels", "SparseRows", "prepare_data"]),
+    ("Configs", "pyro_vae.config", ["Config", "Registry"]),
+    ("Comparing objectives", "pyro_vae.compare", ["Comparison"]),
+]
+
+
+def _markdown(doc: str) -> str:
+    """A docstring as Markdown: reStructuredText's ``code`` and :role:`name` as `code`."""
+    import re
+
+    doc = re.sub(r":(?:class|func|meth|attr|mod):`~?([^`]+)`", r"`\1`", doc)
+    return doc.replace("``", "`")
+
+
+def _signature(obj) -> str:
+    try:
+        return str(inspect.signature(obj)).replace("'", "")
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def api_page() -> str:
+    import importlib
+
+    lines = [GENERATED, "", "# Python API", "",
+             "The names a user imports, with their signatures and docstrings. Everything here is importable from its "
+             "module as named; the most used are importable from `pyro_vae` directly.", ""]
+    for title, module_name, names in API:
+        module = importlib.import_module(module_name)
+        lines += [f"## {title}: `{module_name}`", ""]
+        for name in names:
+            obj = getattr(module, name)
+            kind = "class" if inspect.isclass(obj) else "def"
+            lines += [f"### `{name}`", "", "```python", f"{kind} {name}{_signature(obj)}", "```", "",
+                      _markdown(_doc(obj)), ""]
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if attr.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
+                        continue
+                    doc = _markdown(_doc(member))
+                    if not doc:
+                        continue
+                    head = f"{name}.{attr}" + ("" if isinstance(member, property) else _signature(member))
+                    lines += [f"#### `{head}`", "", doc, ""]
+    return "\n".join(lines)
+
+
 def pages() -> dict[Path, str]:
     import os
 
@@ -107,7 +168,7 @@ def pages() -> dict[Path, str]:
     os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal: the same page on every machine
     try:
         return {REFERENCE / "components.md": components_page(), REFERENCE / "config.md": config_page(),
-                REFERENCE / "cli.md": cli_page()}
+                REFERENCE / "cli.md": cli_page(), REFERENCE / "api.md": api_page()}
     finally:
         if columns is None:
             del os.environ["COLUMNS"]

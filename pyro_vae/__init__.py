@@ -44,7 +44,8 @@ _LAZY = {
     "priors": ("LearnedGaussianPrior", "MixturePrior", "StandardNormalPrior"),
     "programs": ("Program",),
     "terms": ("Terms",),
-    "runs": ("Run", "finish_run", "load", "load_run"),
+    "trained": ("Run", "finish_run", "load", "load_run", "export_run"),
+    "labels": ("LabelPolicy", "Unlabelled", "Conditional", "SemiSupervised"),
     "training": ("Trainer",),
     "vae": ("VAE",),
 }

@@ -35,7 +35,7 @@ from . import __version__
 # once; each command imports what it runs.
 from .config import (DATASETS, DEFAULT_TIMEOUT, REGISTRIES, Config, ProgramConfig, apply_overrides, library_program,
                      read_toml)
-from .errors import ConfigError, DataError, ProgramError, PyroVAEError, RunDirError
+from .errors import ConfigError, ProgramError, PyroVAEError, RunDirError
 
 
 LARGE_K = 100_000  # importance samples per datapoint beyond which `evaluate` asks to be told
@@ -86,7 +86,8 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import Distributed
-    from .runs import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, default_run_dir, differences_outside, finish_run, load_run
+    from .runs import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, default_run_dir, differences_outside
+    from .trained import finish_run, load_run
     from .training import Trainer
 
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:
@@ -171,7 +172,8 @@ def require_trust(config: Config, run_dir: Path, trusted: bool) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import EvaluationSettings, evaluate
-    from .runs import load_run, resumable_evaluation, run_lock, write_evaluation
+    from .runs import resumable_evaluation, run_lock
+    from .trained import load_run, write_evaluation
 
     run = load_run(args.run_dir, device=args.device, checkpoint=args.checkpoint, trust_code=args.trust_code,
                    splits=_given_data(args))
@@ -194,7 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         settings = EvaluationSettings.of(cfg, samples, seed=seed, exact_points=exact_points)
         result = evaluate(run.program, run.data.test, settings, store=store,  # (rerun after an interruption:
                           progress=not args.no_progress,                     # it resumes at the batches not done)
-                          labels=run.data.test_labels if run.program.labels_use else None)
+                          labels=run.program.policy.scored_labels(run.data.test_labels))
         path = write_evaluation(run, result, stem + ".json")
         result.write_csv(run.run_dir / f"{stem}.csv")
     if args.json:  # stdout holds the JSON alone
@@ -213,7 +215,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from .exact import decomposition, format_decomposition
     from .plots import plot_posteriors
-    from .runs import load_run
+    from .trained import load_run
 
     run = load_run(args.run_dir, device=args.device, trust_code=args.trust_code, splits=_given_data(args))
     cfg, test = run.config, run.data.test
@@ -228,10 +230,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     run.model.eval()
     x = test[torch.tensor(indices, device=test.device)]
     labels, program = run.data.test_labels, run.program
-    if program.labels_use == "required":  # a conditional program explains x given its label
-        if labels is None:
-            raise DataError(f"{program.name} scores x given its label y (model(x, y)), and this test set has no labels.")
-        program = program.labelled(labels[torch.tensor(indices, device=labels.device)])
+    chosen = labels[torch.tensor(indices, device=labels.device)] if labels is not None else None
+    program = program.policy.scoring_view(program, program.policy.encode_labels(program, chosen, "this test set"))
     rows, exact = decomposition(program, x, samples=args.samples, seed=seed, chunk_pairs=cfg.eval.chunk_pairs)
     titles = [f"test datapoint {i}" + (f" (label {labels[i].item()})" if labels is not None else "") for i in indices]
     print(f"{run.run_dir}: " + ("log p(x|y) = ELBO(x|y) + KL(q(z|x, y) || p(z|x, y)),  ELBO(x|y) = E_q[log p(x|z, y)] "
@@ -258,13 +258,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _classes(text: str | None, program) -> list[int] | None:
     """``--classes``: "all", or classes "0,3,7"; None when not given (refused for a conditional program)."""
-    if text is None:
-        if program.labels_use == "required":
-            raise ConfigError(f"{program.name} is a conditional program, p(x|z, y): say which classes to draw, "
-                              f"--classes all or --classes 0,3,7 (rows of --n images each).")
-        return None
-    if program.labels_use is None:
-        raise ConfigError(f"--classes: {program.name} does not take labels.")
+    if text is None or not program.policy.takes_labels:
+        return program.policy.drawing_labels(program, None if text is None else [])  # (refused where wrong)
     if text == "all":
         return list(range(program.num_classes))
     try:
@@ -279,7 +274,7 @@ def _classes(text: str | None, program) -> list[int] | None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .plots import prior_samples, save_grid
-    from .runs import load_run
+    from .trained import load_run
 
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}.")
@@ -315,14 +310,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
     from .data import read_datapoints
     from .files import atomic_write
-    from .evaluation import batch_seed
-    from .runs import load_run
+    from .trained import load_run
 
     out = Path(args.out)
     if out.suffix.lower() not in (".npz", ".csv"):
@@ -337,66 +327,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     else:
         x, labels = run.data.splits.test, run.data.splits.test_labels
         what = f"the test set of {run.config.data['name']}"
-    samples = run.config.eval.samples if args.samples is None else args.samples
-    if samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {samples}.")
-    seed = run.config.seed if args.seed is None else args.seed
-    size = run.config.eval.batch_size
-    use = run.program.labels_use
-    if use == "required" and labels is None:
-        raise DataError(f"{run.program.name} scores x given its label y (model(x, y)), and {what} has no labels: give "
-                        f"--data a file with them (an .npz with a y array, a csv with a label column, a folder of one "
-                        f"subfolder per class).")
-    # a conditional program: z given the datapoint's label; a semi-supervised one: z given argmax_y q(y|x)
-    sites = list((run.program.labelled(torch.zeros(1, dtype=torch.long)) if use else run.program).latent_shapes)
-    # one latent site: "mean", "scale"; several: "mean_<site>", "scale_<site>" for each
-    codes = [("mean", "scale")] if len(sites) == 1 else [(f"mean_{n}", f"scale_{n}") for n in sites]
-    columns: dict[str, list] = {k: [] for pair in codes for k in pair} | {"elbo": [], "log_px": [], "log_px_stderr": []}
-    if use == "optional":
-        columns |= {"predicted": [], "q_y": []}
-    for b in tqdm(range(0, x.shape[0], size), disable=args.no_progress, unit="batch", leave=False,
-                  desc=f"encoding, K = {samples}"):
-        xb, s = x[b : b + size], batch_seed(seed, b // size)
-        yb = labels[b : b + size] if use == "required" else None
-        z_given, extra = yb, []
-        if use == "optional":  # q(y|x), and z at its most probable class
-            z_given, q_y = run.classify(xb)
-            extra = [("predicted", z_given), ("q_y", q_y)]
-        encoded = run.encode_sites(xb, seed=s, labels=z_given)
-        evidence = run.log_prob(xb, samples, seed=s, labels=yb)
-        values = [(key, value) for (m, sc), site in zip(codes, sites) for key, value in zip((m, sc), encoded[site])]
-        for key, value in (*values, *extra, ("elbo", run.elbo(xb, seed=s, labels=yb)),
-                           ("log_px", evidence["log_px"]), ("log_px_stderr", evidence["stderr"])):
-            columns[key].append(value.flatten(1) if value.dim() > 1 else value)
-    table = {k: torch.cat(v).cpu().numpy() for k, v in columns.items()}
-    if labels is not None:
-        table["label"] = labels.cpu().numpy()
-
-    def write(f) -> None:
-        if out.suffix.lower() == ".npz":
-            np.savez(f, **table)
-            return
-        code_keys = [k for pair in codes for k in pair] + (["q_y"] if use == "optional" else [])
-        classes = [k for k in ("label", "predicted") if k in table]
-        header = ["index", *classes, "elbo", "log_px", "log_px_stderr",
-                  *(f"{k}_{i}" for k in code_keys for i in range(table[k].shape[1]))]
-        lines = [",".join(header)]
-        for i in range(len(table["elbo"])):
-            row = [str(i), *(str(int(table[k][i])) for k in classes),
-                   *(f"{table[k][i]:.6g}" for k in ("elbo", "log_px", "log_px_stderr")),
-                   *(f"{v:.6g}" for k in code_keys for v in table[k][i])]
-            lines.append(",".join(row))
-        f.write(("\n".join(lines) + "\n").encode())
-
+    table = run.encode_table(x, labels, samples=args.samples, seed=args.seed, progress=not args.no_progress, what=what)
     with writing_into(run.run_dir, out, "encode"):
-        atomic_write(out, write)
-    sizes = ", ".join(f"{site} {table[m].shape[1]}" for (m, _), site in zip(codes, sites))
-    given = {"required": " given each datapoint's label", "optional": " given y = argmax_y q(y|x) (predicted; q_y: "
-             "q(y|x) per class)"}.get(use, "")
-    score = {"required": "ELBO(x|y) and log p(x|y)", "optional": "ELBO and log p(x) with y summed exactly"}.get(
-        use, "ELBO and log p(x)")
-    print(f"wrote {out}: {len(table['elbo'])} datapoints of {what}: posterior mean and scale{given} (per site: {sizes}), "
-          f"{score} (K = {samples}{' per class' if use == 'optional' else ''}, with its standard error), nats")
+        atomic_write(out, table.write_npz if out.suffix.lower() == ".npz" else table.write_csv)
+    print(f"wrote {out}: {table.description}")
     return 0
 
 
@@ -424,7 +358,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     import torch
 
     from .plots import save_grid
-    from .runs import load_run
+    from .trained import load_run
 
     if args.steps < 2:
         raise ConfigError(f"--steps must be >= 2, got {args.steps}.")
@@ -465,7 +399,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     import torch
 
     from .plots import save_grid
-    from .runs import load_run
+    from .trained import load_run
 
     if args.steps < 2 or args.span <= 0:
         raise ConfigError(f"--steps must be >= 2 and --span > 0, got {args.steps} and {args.span}.")
@@ -543,7 +477,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .runs import export_run
+    from .trained import export_run
 
     out = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
     print(f"wrote {out}: model.safetensors (the parameters), config.toml, export.json; "

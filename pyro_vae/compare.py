@@ -255,8 +255,8 @@ class Comparison:
         program, objective = trainer.program, trainer.objective
         self.data = trainer.data
         grad_x = trainer.data.train_eval[: self.grad_batch]
-        if program.labels_use == "required":  # (a conditional program's gradients: given the batch's labels)
-            program = program.labelled(trainer.data.train_eval_labels[: self.grad_batch])
+        labels = trainer.data.train_eval_labels  # (a conditional program's gradients: given the batch's labels)
+        program = program.policy.scoring_view(program, labels[: self.grad_batch] if labels is not None else None)
         result = ObjectiveResult(spec)
         next_curve, next_snapshot = 0, 0
         batches = trainer.batch_stream()
@@ -311,7 +311,7 @@ class Comparison:
 
     @staticmethod
     def _labels(program, data):
-        return data.test_labels if program.labels_use else None
+        return program.policy.scored_labels(data.test_labels)
 
     def _curve_point(self, program, data, result: ObjectiveResult) -> dict:
         ev = evaluate(program, data.test, EvaluationSettings.of(self.config, self.curve_samples, exact_points=0),

@@ -292,6 +292,12 @@ class Registry:
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` again (a component registered for a while: a test's, a plugin's)."""
+        if name not in self._classes:
+            raise KeyError(f"{self.kind} '{name}' is not registered")
+        del self._own[name]
+
     def names(self) -> list[str]:
         return list(self._classes)
 

@@ -94,6 +94,13 @@ class Likelihood(Component, nn.Module):
 
     # -- data contract -------------------------------------------------------------------------
 
+    def example(self, grey: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Data this likelihood's contract takes, made from grey values in [0, 1]: what the shared
+        test suites train every likelihood on, so that a new likelihood is tested by its class alone
+        (binary pixels drawn from the grey levels, 8-bit levels rounded from them, counts drawn with
+        them as rates, ...). Default: the grey values themselves."""
+        return grey
+
     def check_data(self, x: torch.Tensor, split: str) -> None:
         """Refuse data this likelihood cannot score. Default: any finite real number."""
 
@@ -173,6 +180,9 @@ class _BinaryImageLikelihood(Likelihood):
         super().__init__()
         self.binarize = binarize
         self.stochastic_batches = binarize == "dynamic"
+
+    def example(self, grey: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.bernoulli(grey, generator=generator) if self.binarize == "none" else grey
 
     def check_data(self, x: torch.Tensor, split: str) -> None:
         if self.binarize == "none":
@@ -451,8 +461,16 @@ def _is_8bit(x: torch.Tensor) -> bool:
     return _in_unit_interval(x) and (levels - levels.round()).abs().amax().item() <= 1e-4
 
 
+def _as_8bit(grey: torch.Tensor) -> torch.Tensor:
+    """Grey values in [0, 1] rounded to the 256 levels k/255 of 8-bit data."""
+    return (grey * 255).round() / 255
+
+
 class _EightBitObserved:
     """Observes the data as loaded: 8-bit levels k/255 (the discrete likelihoods)."""
+
+    def example(self, grey: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return _as_8bit(grey)
 
     def observable(self, x: torch.Tensor) -> bool:
         return _is_8bit(x)
@@ -553,6 +571,9 @@ class BetaLikelihood(Likelihood):
     def mean(self, head: torch.Tensor) -> torch.Tensor:
         m = self(head).mean
         return (256 * m - 0.5) / 255 if self.dequantize == "uniform" else (m - self.squeeze) / (1 - 2 * self.squeeze)
+
+    def example(self, grey: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return _as_8bit(grey) if self.dequantize == "uniform" else grey
 
     def check_data(self, x: torch.Tensor, split: str) -> None:
         if self.dequantize == "uniform":

@@ -19,7 +19,7 @@ from .programs import as_program
 
 if TYPE_CHECKING:  # pragma: no cover
     from .evaluation import Evaluation
-    from .runs import Run
+    from .trained import Run
 
 
 def _save(fig, path: Path, **options) -> Path:
@@ -193,7 +193,7 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
     program, out, seed = run.program, run.run_dir, run.config.seed
     program.module.eval()
     what = shown_pixels(program)
-    if program.labels_use:  # one row per class: x ~ p(x|z, y) for y = 0, 1, ...
+    if program.policy.takes_labels:  # one row per class: x ~ p(x|z, y) for y = 0, 1, ...
         classes = torch.arange(program.num_classes).repeat_interleave(8)
         paths = [save_grid(prior_samples(program.labelled(classes), len(classes), seed), out / "samples.png", 8,
                            f"{what}, z ~ p(z), one row per class y = 0..{program.num_classes - 1}")]
@@ -203,8 +203,8 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
     ncol = min(8, n_test)
     spread = torch.linspace(0, n_test - 1, (min(32, n_test) // ncol) * ncol).long()  # across the (often sorted) set
     x = run.data.test[spread.to(run.data.test.device)]
-    given = program.labelled(run.data.test_labels[spread.to(run.data.test_labels.device)]) if program.labels_use \
-        else program  # (reconstructed through q(z|x, y) at the true label)
+    given = program.labelled(run.data.test_labels[spread.to(run.data.test_labels.device)]) \
+        if program.policy.takes_labels else program  # (reconstructed through q(z|x, y) at the true label)
     recon = reconstructions(given, x, seed)
     rows = lambda t: t.reshape(-1, ncol, *t.shape[1:])  # noqa: E731
     pairs = torch.stack([rows(x), rows(recon)], 1).flatten(0, 2)  # input row, reconstruction row, ...
@@ -212,7 +212,7 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
                            f"test inputs (odd rows) and reconstructions {what}, z = E_q[z|x] (even rows)"))
     if history:
         paths.append(plot_curves(history, out / "curves.png"))
-    if program.labels_use and program.labelled(run.data.test_labels[:1]).latent_dim is not None:
+    if program.policy.takes_labels and program.labelled(run.data.test_labels[:1]).latent_dim is not None:
         few = spread[:: max(1, len(spread) // 8)][:8]
         y = run.data.test_labels[few.to(run.data.test_labels.device)]
         paths.append(save_grid(analogies(program, run.data.test[few.to(run.data.test.device)], y, seed),
@@ -221,7 +221,7 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
                                f"under y = 0.."
                                f"{program.num_classes - 1}"))
     if result.posterior_mean is not None:
-        given = ", y its label" if program.labels_use else ""
+        given = ", y its label" if program.policy.takes_labels else ""
         paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png", given))
     if result.confusion is not None:
         paths.append(plot_confusion(result.confusion, out / "confusion.png"))

@@ -1,4 +1,4 @@
-"""Run folders: their layout, checkpoints, loading a trained run, and the guarantees around them.
+"""Run folders: their layout, checkpoints, and the guarantees around them.
 
 A run folder holds everything needed to re-run, resume or evaluate it:
 
@@ -12,10 +12,7 @@ A run folder holds everything needed to re-run, resume or evaluate it:
                          curves.png, latent.png (and, where the model takes labels,
                          analogies.png; semi-supervised, confusion.png)
 
-:func:`load_run` rebuilds a run from its folder (its program, trained parameters and data, each
-checked against what the run recorded); :class:`Run` is that run, with the trained model to use
-(``encode``, ``decode``, ``reconstruct``, ``sample``, ``elbo``, ``log_prob``; ``classify`` for a
-semi-supervised one); :func:`finish_run` evaluates it on the test set and draws its pictures.
+Loading a run to use its trained model (``load_run``, ``load``, ``Run``, export) is ``trained.py``'s.
 
 What pyro-vae creates, writes and removes there:
 
@@ -42,32 +39,23 @@ import contextlib
 import datetime
 import errno
 import fcntl
-import hashlib
 import json
-import math
 import os
 import shutil
 import socket
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 
-from . import plots
 from .config import CODE_KEY, Config
-from .data import DATASETS, DataSplits, PreparedData, check_batch, prepare_data, require_finite
+from .data import DataSplits
 from .distributed import SINGLE, Distributed
-from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDirError, StorageError
-from .evaluation import Evaluation, EvaluationSettings, evaluate
+from .errors import CheckpointError, ConfigError, DataError, RunDirError, StorageError
 from .files import atomic_write, save_tensors, write_text  # noqa: F401  (the run folder's writers)
-from .metrics import (elbo_terms, enumerated_elbo_terms, enumerated_log_evidence_diagnostics, label_predictions,
-                      log_evidence_diagnostics)
-from .numerics import resolve_device, seeded
-from .programs import STOCK, CodeIdentity, Program, as_program, build_model, class_path
+from .programs import CodeIdentity, as_program
 
 MARKER = ".pyro-vae-run"
 LOCK = ".lock"
@@ -374,174 +362,6 @@ def read_metrics(run_dir: Path, log: Callable[[str], None] | None = None) -> lis
     return read_json_lines(Path(run_dir) / METRICS, log)
 
 
-@dataclass
-class Run:
-    """A loaded run folder: its config, its model program with trained parameters (``program``;
-    ``model`` is the module itself), its checkpoint state; and the trained model to use:
-    ``encode``, ``decode``, ``reconstruct``, ``sample``, ``elbo``, ``log_prob`` (and ``classify``)."""
-
-    run_dir: Path
-    config: Config
-    program: Program
-    checkpoint: dict
-    device: torch.device
-    data: PreparedData | None = None
-    source: str = CHECKPOINT  # which checkpoint file the parameters came from
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.program.module
-
-    @property
-    def epoch(self) -> int:
-        return self.checkpoint["epoch"]
-
-    @property
-    def described(self) -> str:
-        """'epoch N', saying when that is the best-validation checkpoint or a snapshot."""
-        kind = {BEST: ", best validation ELBO", CHECKPOINT: ""}.get(self.source, f", {self.source}")
-        return f"epoch {self.epoch}{kind}"
-
-    # -- using a trained model ---------------------------------------------------------------
-    # Inputs are checked here: a tensor or array of shape (batch, *data_shape), or flat (batch, D)
-    # when D is the data's size (reshaped); uint8 as 8-bit levels (/255); values the program's data
-    # contract accepts. Scores see the data as evaluation does (e.g. binarized with the fixed seed).
-
-    def inputs(self, x, scored: bool = False) -> torch.Tensor:
-        """``x`` as the program takes it (see above): on the run's device, float32, shaped
-        (batch, *data_shape), finite; with ``scored``, checked against the data contract and
-        prepared as evaluation prepares data (e.g. binarized with the fixed evaluation seed)."""
-        shape = tuple(self.program.data_shape)
-        if not torch.is_tensor(x):
-            try:
-                x = torch.as_tensor(np.asarray(x))
-            except (TypeError, ValueError) as e:
-                raise DataError(f"the input is a {type(x).__name__}, not an array of numbers: {e}.") from None
-        if x.dim() == 2 and len(shape) > 1 and x.shape[1] == math.prod(shape):
-            x = x.reshape(-1, *shape)  # a flat batch of the right size
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        elif x.is_floating_point() or x.dtype == torch.bool:
-            x = x.float()
-        x = x.to(self.device)
-        check_batch(x, shape, "input")
-        require_finite(x, "input")
-        if scored:
-            self.program.check_data(x, "input")
-            x = self.program.contract.prepare_eval_set(x)
-        return x
-
-    def given(self, labels=None) -> Program:
-        """The program these calls run: given ``labels`` (integer classes, one per datapoint) where
-        it takes them; a conditional program refuses to run without them."""
-        if labels is None:
-            return self.program.labelled(None) if self.program.labels_use == "required" else self.program
-        return self.program.labelled(torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels))
-
-    def _site(self, site: str | None = None) -> str:
-        shapes = self.program.latent_shapes
-        if site is not None:
-            if site not in shapes:
-                raise ProgramError(f"{self.program.name} has no latent site {site!r}; its sites: {', '.join(shapes)}.")
-            return site
-        if len(shapes) != 1:
-            raise ProgramError(f"{self.program.name} has {len(shapes)} latent sites ({', '.join(shapes)}): name one, "
-                               f"encode(x, site=...), or take them all with encode_sites(x); decode takes a dict by "
-                               f"site.")
-        return next(iter(shapes))
-
-    @torch.no_grad()
-    def encode(self, x, draws: int = 256, seed: int | None = None, site: str | None = None, labels=None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z|x)'s mean and standard deviation per latent coordinate, each (batch, *event): exact
-        where q's family has them (the diagonal Gaussian, a categorical's class probabilities), else
-        from ``draws`` draws. A program of several latent sites: ``site`` names one (see
-        :meth:`encode_sites`). ``labels``: see :meth:`given`."""
-        return self.encode_sites(x, draws, seed, labels)[self._site(site)]
-
-    @torch.no_grad()
-    def encode_sites(self, x, draws: int = 256, seed: int | None = None, labels=None
-                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(mean, standard deviation) of q per latent site, in the guide's order; a site after the
-        first is q given one draw of the sites before it (its q(z_1|x, z_2) at that z_2). x is
-        encoded as evaluation sees it (binarized with the fixed seed under a Bernoulli likelihood:
-        the inputs q was trained on)."""
-        x = self.inputs(x, scored=True)
-        out = {}
-        with seeded(self.config.seed if seed is None else seed, self.device), self.given(labels).source.given(x) as at_x:
-            latents = at_x.draw(1).latents
-            for name, latent in latents.items():
-                try:
-                    out[name] = (latent.q.mean, latent.q.stddev)
-                except NotImplementedError:
-                    z = at_x.draw(draws).latents[name].value
-                    out[name] = (z.mean(0), z.std(0))
-        return out
-
-    @torch.no_grad()
-    def decode(self, z, pixels: str = "mean", labels=None) -> torch.Tensor:
-        """Images for latents z (batch, *event), or a dict of them by site: E[x|z], or draws
-        x ~ p(x|z) with ``pixels = "sample"`` (or where the mean has no closed form). ``labels``:
-        see :meth:`given` (a conditional program's p(x|z, y))."""
-        program = self.given(labels)
-        if isinstance(z, dict):  # every latent site by name
-            return program.decode({k: torch.as_tensor(v, device=self.device).float() for k, v in z.items()}, pixels)
-        return program.decode({self._site(): torch.as_tensor(z, device=self.device).float()}, pixels)
-
-    def reconstruct(self, x, pixels: str = "mean", labels=None) -> torch.Tensor:
-        """decode(E_q[z|x]): the images x reconstructed through the posterior mean."""
-        return self.decode(self.encode(x, labels=labels)[0], pixels, labels)
-
-    @torch.no_grad()
-    def sample(self, n: int | None = None, seed: int | None = None, pixels: str = "mean", labels=None) -> torch.Tensor:
-        """n images decoded from z ~ p(z); a program that takes labels draws x ~ p(x|z, y) for the
-        classes ``labels`` (one image each; required by a conditional program)."""
-        program = self.given(labels)
-        if labels is not None:
-            n = len(labels) if n is None else n
-            if n != len(labels):
-                raise ConfigError(f"sample(n={n}, labels=...) with {len(labels)} labels: one image per label.")
-        with seeded(self.config.seed if seed is None else seed, self.device):
-            return program.decode(program.prior_draws(n), pixels)
-
-    def _summed_over_y(self, labels) -> bool:
-        """Whether a score sums the label out exactly: a semi-supervised program given no labels
-        (its y a latent, scored as evaluation scores it)."""
-        return labels is None and self.program.labels_use == "optional"
-
-    @torch.no_grad()
-    def elbo(self, x, samples: int = 1, seed: int | None = None, labels=None) -> torch.Tensor:
-        """The ELBO per datapoint, in nats (``samples`` draws of z; the KL in closed form where it has
-        one); given ``labels`` for a program that takes them (:meth:`given`). A semi-supervised
-        program without labels: the ELBO with y summed over its classes exactly (one z per class)."""
-        x = self.inputs(x, scored=True)
-        with seeded(self.config.seed if seed is None else seed, self.device):
-            if self._summed_over_y(labels):
-                return enumerated_elbo_terms(self.program, x)["elbo"]
-            return elbo_terms(self.given(labels), x, samples, posterior_means=False)["elbo"]
-
-    @torch.no_grad()
-    def classify(self, x) -> tuple[torch.Tensor, torch.Tensor]:
-        """A semi-supervised program's classifier q(y|x): (argmax_y q(y|x), q(y|x) per class (batch, C))."""
-        if self.program.labels_use != "optional":
-            raise ProgramError(f"classify: {self.program.name} has no classifier q(y|x); a semi-supervised program "
-                               f"(model(x, y=None), y a latent) has one.")
-        return label_predictions(self.program, self.inputs(x, scored=True))
-
-    @torch.no_grad()
-    def log_prob(self, x, samples: int = 1000, seed: int | None = None, labels=None) -> dict[str, torch.Tensor]:
-        """Importance-sampled log p(x) per datapoint, in nats, with K = ``samples`` draws from q(z|x):
-        ``log_px``, its standard error ``stderr`` and the weights' effective sample size ``ess``
-        (given ``labels``: log p(x|y) of a conditional program, log p(x, y) of a semi-supervised one).
-        A semi-supervised program without labels: log p(x) = log sum_y p(x, y), y summed exactly and
-        K draws of z per class (``log_px`` and ``stderr``, as evaluation reports it)."""
-        x = self.inputs(x, scored=True)
-        with seeded(self.config.seed if seed is None else seed, self.device):
-            if self._summed_over_y(labels):
-                return enumerated_log_evidence_diagnostics(self.program, x, samples, self.config.eval.chunk_pairs)
-            return log_evidence_diagnostics(self.given(labels), x, samples, self.config.eval.chunk_pairs)
-
-
 def selected_checkpoint(run_dir: Path, which: str = "auto") -> Path:
     """The checkpoint a run reports: ``"best"`` (best validation ELBO), ``"last"``, or ``"auto"``:
     the best one when the run kept a validation split, else the last."""
@@ -563,139 +383,6 @@ def read_run_folder(run_dir: Path, checkpoint: str = "auto") -> tuple[Config, Pa
     state = load_checkpoint(path)
     check_same_config(state, config, RESUMABLE_CHANGES | eval_keys(config), str(run_dir))
     return config, path, state
-
-
-def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = True,
-             checkpoint: str = "auto", *, trust_code: bool = False, model: torch.nn.Module | None = None,
-             splits: DataSplits | None = None) -> Run:
-    """Rebuild a run from its folder: config.toml + a checkpoint (checked against each other);
-    ``checkpoint`` as in :func:`selected_checkpoint`, or a path to a snapshot.
-
-    A run of a user program imports its module only with ``trust_code=True`` (and refuses a source
-    file changed since, naming it); or pass ``model``, an instance of the run's program class,
-    to receive the trained parameters (how a program defined in a script, or one whose options
-    the config could not record, is loaded).
-
-    The data is the config's dataset, rebuilt, or ``splits`` (data trained on from Python must be
-    given so); either is refused unless it is the data the run trained on (its fingerprint)."""
-    run_dir = Path(run_dir)
-    config, path, state = read_run_folder(run_dir, checkpoint)
-    dev = resolve_device(device or config.device)
-    torch.manual_seed(config.seed)
-    if with_data:
-        splits = splits or DATASETS.build(config.data, "data").load()
-        check_same_data(state, data_record(splits, given=False), run_dir)
-    else:
-        splits = None
-    shape = splits.event_shape if splits is not None else tuple(state["data_shape"])
-    program = _run_program(config, shape, run_dir, dev, model, trust_code)
-    load_parameters(program.module, state["model"], path)
-    data = prepare_data(config, program, dev, splits) if with_data else None
-    return Run(run_dir, config, program, state, dev, data, path.name)
-
-
-def load(run_dir: Path | str, device: str | None = None, checkpoint: str = "auto", *, trust_code: bool = False,
-         model: torch.nn.Module | None = None) -> Run:
-    """A trained model to use (``pyro_vae.load(RUN_DIR).encode(x)``): :func:`load_run` without its
-    data; or an exported model (:func:`export_run`'s folder, loaded by :func:`load_export`)."""
-    if (Path(run_dir) / EXPORT_WEIGHTS).is_file() and not (Path(run_dir) / CHECKPOINT).is_file():
-        return load_export(run_dir, device, model=model)
-    return load_run(run_dir, device, with_data=False, checkpoint=checkpoint, trust_code=trust_code, model=model)
-
-
-# ---------------------------------------------------------------------------------------------
-# Exported models: weights as safetensors, the config as TOML, no code and no pickle
-
-EXPORT_WEIGHTS = "model.safetensors"
-EXPORT_INFO = "export.json"
-EXPORT_FORMAT = 1
-
-
-def export_run(run_dir: Path | str, out: Path | str, checkpoint: str = "auto", overwrite: bool = False) -> Path:
-    """Write a trained model to share: ``model.safetensors`` (the parameters, a format that holds
-    tensors only: loading it runs no code, unlike a pickled checkpoint), ``config.toml`` (the run's
-    resolved config: the model it rebuilds) and ``export.json`` (data shape, epoch, what it trained
-    on, the weights' SHA-256). :func:`load` reads the folder back. Reads the checkpoint only; no
-    program is built, so a user program's code is not imported."""
-    from safetensors.torch import save
-
-    run_dir, out = Path(run_dir), Path(out)
-    config, path, state = read_run_folder(run_dir, checkpoint)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"{out} exists and is not empty: choose a new --out, or pass --overwrite to replace "
-                              f"the export there.")
-        if not (out / EXPORT_INFO).is_file():
-            raise RunDirError(f"{out} is not an export folder (no {EXPORT_INFO}): pyro-vae replaces only an export.")
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state["model"].items()}
-    weights = out / EXPORT_WEIGHTS
-    data = save(tensors, metadata={"format": str(EXPORT_FORMAT)})
-    atomic_write(weights, lambda f: f.write(data))
-    info = {"format": EXPORT_FORMAT, "data_shape": list(state["data_shape"]), "epoch": state["epoch"],
-            "checkpoint": path.name, "run_dir": str(run_dir), "data": state.get("data"),
-            "sha256": hashlib.sha256(data).hexdigest()}
-    write_text(out / CONFIG, config.to_toml())
-    write_text(out / EXPORT_INFO, json.dumps(info, indent=2) + "\n")
-    return out
-
-
-def load_export(folder: Path | str, device: str | None = None, *, model: torch.nn.Module | None = None) -> Run:
-    """A model :func:`export_run` wrote: the program its config names rebuilt (the stock VAE or a
-    library program; a user program only as the object ``model``, since an export never imports
-    code), its parameters read from safetensors (checked against the recorded SHA-256)."""
-    from safetensors.torch import load
-
-    folder = Path(folder)
-    for name in (CONFIG, EXPORT_INFO, EXPORT_WEIGHTS):
-        if not (folder / name).is_file():
-            raise RunDirError(f"{folder} is not a pyro-vae export (no {name}); `pyro-vae export RUN --out DIR` writes one.")
-    info = json.loads((folder / EXPORT_INFO).read_text())
-    if info.get("format", 0) > EXPORT_FORMAT:
-        raise CheckpointError(f"{folder} is an export of format {info['format']}, newer than this pyro-vae reads "
-                              f"({EXPORT_FORMAT}): upgrade pyro-vae.")
-    weights = folder / EXPORT_WEIGHTS
-    data = weights.read_bytes()  # (read once: checked, then parsed)
-    if hashlib.sha256(data).hexdigest() != info["sha256"]:
-        raise CheckpointError(f"{weights} does not match the SHA-256 recorded in {EXPORT_INFO}: the file changed "
-                              f"or is damaged. Export the run again.")
-    config = Config.load(folder / CONFIG)
-    shape = tuple(info["data_shape"])
-    dev = resolve_device(device or config.device)
-    torch.manual_seed(config.seed)
-    try:
-        program = _run_program(config, shape, folder, dev, model, trust_code=False)
-    except ProgramError as e:
-        if model is not None:
-            raise
-        raise ProgramError(f"{e} An export never imports code: load it with pyro_vae.load({str(folder)!r}, "
-                           f"model=YourProgram(...)) given the program's object.") from None
-    load_parameters(program.module, {k: v.to(dev) for k, v in load(data).items()}, weights)
-    state = {"epoch": info["epoch"], "data_shape": info["data_shape"], "data": info.get("data") or {}}
-    return Run(folder, config, program, state, dev, None, EXPORT_WEIGHTS)
-
-
-def _run_program(config: Config, shape: tuple[int, ...], run_dir: Path, device: torch.device,
-                 model: torch.nn.Module | None, trust_code: bool) -> Program:
-    """The program a run folder's config names, on ``device``: the object ``model`` (checked to be
-    of the run's class) or the one the config builds (user code only with ``trust_code``)."""
-    if model is not None:
-        _require_run_program(config, model, run_dir)
-        program = Program(model, data_shape=shape)
-    else:
-        program = build_model(config, shape, trust_code=trust_code, where=str(run_dir))
-    program.module.to(device)
-    return program
-
-
-def _require_run_program(config: Config, model: torch.nn.Module, run_dir: Path) -> None:
-    """Refuse a model object of another class than the run's (a script's class, recorded as
-    ``__main__:Name``, matches a class of that name imported from its module)."""
-    named = config.model.program
-    given = class_path(type(model)) if Program(model).user_code else STOCK
-    same_script_class = named.startswith("__main__:") and named.partition(":")[2] == type(model).__qualname__
-    if named != given and not same_script_class:
-        raise ProgramError(f"{run_dir} was trained with model program {named!r}; the model given is a {given!r}.")
 
 
 def load_parameters(module: torch.nn.Module, state: dict, path: Path) -> None:
@@ -755,23 +442,6 @@ def checkpoint_state(config: Config, program, optimizer, generator: torch.Genera
     return state
 
 
-def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None = None,
-               dist: Distributed = SINGLE, progress: bool = False) -> Evaluation:
-    """Final test evaluation (with importance-sampled log p(x)) and the run's pictures (rank 0 writes)."""
-    cfg = run.config
-    k = cfg.eval.samples if samples is None else samples
-    if dist.main:
-        log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
-    with run_lock(run.run_dir, "evaluate") if dist.main else nullcontext(), \
-            resumable_evaluation(run.run_dir, EVALUATION, dist) as store:
-        result = evaluate(run.program, run.data.test, EvaluationSettings.of(cfg, k), dist=dist, store=store,
-                          progress=progress, labels=run.data.test_labels if run.program.labels_use else None)
-        if dist.main:
-            write_evaluation(run, result)
-            plots.run_pictures(run, result, read_metrics(run.run_dir))
-    return result
-
-
 @contextmanager
 def resumable_evaluation(run_dir: Path, name: str, dist: Distributed = SINGLE):
     """The folder ``RUN_DIR/<name>.batches`` for ``metrics.evaluate(store=...)``: it keeps the
@@ -784,7 +454,17 @@ def resumable_evaluation(run_dir: Path, name: str, dist: Distributed = SINGLE):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def write_evaluation(run: Run, result: Evaluation, name: str = EVALUATION) -> Path:
-    summary = {"epoch": run.epoch, "checkpoint": run.source, "dataset": run.config.data["name"], "split": "test",
-               "model_program": run.config.model.program, **result.summary()}
-    return write_text(run.run_dir / name, json.dumps(summary, indent=2) + "\n")
+# Moved to trained.py (the trained-model API): importing them from here still works, with a DeprecationWarning.
+_MOVED_TO_TRAINED = ("Run", "load_run", "load", "finish_run", "write_evaluation", "export_run", "load_export",
+                     "EXPORT_WEIGHTS", "EXPORT_INFO", "EXPORT_FORMAT", "EncodedTable")
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_TRAINED:
+        import warnings
+
+        warnings.warn(f"pyro_vae.runs.{name} is now pyro_vae.trained.{name}", DeprecationWarning, stacklevel=2)
+        from . import trained  # (a deprecation path: resolved only when the old name is asked for)
+
+        return getattr(trained, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -631,12 +631,12 @@ class Trainer:
         write_text(self.run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in self.history))
 
 
-# Moved to runs.py, data.py, programs.py and numerics.py: importing them from here still works, with a
+# Moved to trained.py, runs.py and data:  importing them from here still works, with a
 # DeprecationWarning.
 _MOVED = {
-    **dict.fromkeys(("Run", "load_run", "load", "finish_run", "resumable_evaluation", "write_evaluation",
-                     "selected_checkpoint", "default_run_dir", "config_differences", "differences_outside",
-                     "check_same_code", "EVALUATION", "CHECKPOINT_FORMAT"), "runs"),
+    **dict.fromkeys(("Run", "load_run", "load", "finish_run", "write_evaluation"), "trained"),
+    **dict.fromkeys(("resumable_evaluation", "selected_checkpoint", "default_run_dir", "config_differences",
+                     "differences_outside", "check_same_code", "EVALUATION", "CHECKPOINT_FORMAT"), "runs"),
     **dict.fromkeys(("PreparedData", "validation_split"), "data"),
 }
 

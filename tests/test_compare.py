@@ -9,7 +9,7 @@ import pytest
 from pyro_vae import ConfigError
 from pyro_vae.cli import main
 from pyro_vae.compare import Budget, Comparison, parse_objectives
-from pyro_vae.runs import load_run
+from pyro_vae.trained import load_run
 
 from conftest import tiny_config
 

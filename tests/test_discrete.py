@@ -317,7 +317,7 @@ DISCRETE_LATENTS = [(CATEGORICAL, 6), ({**BERNOULLI, "prior": {"name": "bernoull
 @pytest.mark.parametrize("spec", DISCRETE_SPECS, ids=lambda s: "-".join(map(str, s.values())))
 @pytest.mark.parametrize("kind,latent_dim", DISCRETE_LATENTS, ids=["categorical", "bernoulli", "bernoulli-learned"])
 def test_every_discrete_estimator_trains_each_discrete_latent(spec, kind, latent_dim, binary_splits):
-    from test_training import assert_trains, train_steps
+    from suites import assert_trains, train_steps
 
     vae = discrete_vae(kind, latent_dim=latent_dim, likelihood={"name": "bernoulli", "binarize": "none"})
     assert_trains(train_steps(vae, OBJECTIVES.build(spec), binary_splits, steps=40))
@@ -328,7 +328,7 @@ def test_every_discrete_estimator_trains_each_discrete_latent(spec, kind, latent
 def test_direct_terms_equal_traced_ones_for_discrete_latents(spec, kind, latent_dim):
     """The stock VAE's direct terms and its Pyro program traced give the same loss and gradients
     (the same draws from the same seed) for every estimator of discrete latents."""
-    from test_objectives import assert_same_step
+    from suites import assert_same_step
 
     objective = OBJECTIVES.build(spec)
     with objective.measuring():  # (a running baseline's state would differ between the two calls)

@@ -11,7 +11,7 @@ import torch
 import pyro_vae
 from pyro_vae.cli import main
 from pyro_vae.errors import CheckpointError, ProgramError, RunDirError
-from pyro_vae.runs import EXPORT_INFO, EXPORT_WEIGHTS, export_run
+from pyro_vae.trained import EXPORT_INFO, EXPORT_WEIGHTS, export_run
 
 from conftest import tiny_config
 

@@ -296,7 +296,7 @@ def test_an_operating_system_refusal_is_a_runtime_failure_in_one_line_naming_the
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(run / "config.toml"))
 
-    monkeypatch.setattr("pyro_vae.runs.load_run", denied)
+    monkeypatch.setattr("pyro_vae.trained.load_run", denied)
     capsys.readouterr()
     err = refused(["evaluate", str(run)], capsys, status=1, inside=run)
     assert err.strip() == f"error: {run / 'config.toml'}: Permission denied."

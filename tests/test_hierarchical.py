@@ -20,7 +20,7 @@ from pyro_vae.metrics import log_evidence
 
 from conftest import log_weights
 from test_estimators import assert_dreg_unbiased
-from test_objectives import assert_same_step
+from suites import assert_same_step
 from test_priors import grid_2d
 
 

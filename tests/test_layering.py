@@ -24,7 +24,7 @@ LAYERS = [
     ("estimators", {"objectives", "metrics", "scores"}),
     ("evaluation", {"exact", "evaluation"}),
     ("pictures", {"plots"}),
-    ("runs and training", {"runs", "callbacks", "preflight", "training", "compare"}),
+    ("runs and training", {"runs", "callbacks", "preflight", "training", "trained", "compare"}),
     ("entry points", {"cli", "__main__", "__init__"}),
 ]
 LAYER = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}

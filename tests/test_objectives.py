@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -22,9 +21,9 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import ProgramError
 from pyro_vae.config import OBJECTIVES, PRIORS
-from pyro_vae.terms import DirectSource
 
 from conftest import tiny_vae
+from suites import assert_same_gradients, assert_same_step, direct_step, gradients, in_float64  # noqa: F401
 
 OBJECTIVE_SPECS = [
     {"name": "elbo"},
@@ -47,59 +46,6 @@ LIKELIHOODS = [
     {"name": "laplace", "scale": 0.3, "learn_scale": "global"},
     {"name": "pixelcnn-bernoulli", "channels": 4, "kernel": 3},
 ]
-
-
-def gradients(vae, step, seed: int = 7) -> tuple[float, dict[str, torch.Tensor]]:
-    """(loss, gradients) of one call ``step()`` that backpropagates and returns the loss."""
-    vae.zero_grad(set_to_none=True)
-    pyro.clear_param_store()
-    torch.manual_seed(seed)
-    with pyro.validation_enabled(False), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loss = step()
-    return loss, {n: p.grad.clone() for n, p in vae.named_parameters() if p.grad is not None}
-
-
-def direct_step(vae, objective, x, kl_weight: float = 1.0):
-    def step():
-        surrogate, value = objective.step(DirectSource(vae), x, kl_weight)
-        surrogate.backward()
-        return value.item()
-
-    return step
-
-
-def assert_same_gradients(a: tuple, b: tuple, names: set[str]) -> None:
-    (loss_a, grads_a), (loss_b, grads_b) = a, b
-    assert loss_a == pytest.approx(loss_b, rel=1e-10, abs=1e-9)
-    assert grads_a.keys() == grads_b.keys() == names
-    for name, g in grads_b.items():  # relative to the gradient's norm
-        error = (grads_a[name] - g).norm() / g.norm().clamp_min(1e-12)
-        assert error < 1e-9, (name, error.item())
-
-
-def in_float64(check):
-    """Run ``check`` with float64 as the default: in float32 two orders of summation differ by
-    rounding that an importance-weighted objective can amplify past any fixed tolerance (Renyi with
-    alpha < 0 weights by w^(1 - alpha)); in float64 the maths must agree to about 1e-12, so a real
-    difference cannot hide below the tolerance."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        check()
-    finally:
-        torch.set_default_dtype(default)
-
-
-def assert_same_step(vae, objective, x) -> None:
-    """Pyro's API (the program traced) and the direct terms give the same loss and gradients."""
-    def check():
-        model, xd = vae.double(), x.double()
-        traced = gradients(model, lambda: objective.loss_and_grads(model.model, model.guide, xd))
-        direct = gradients(model, direct_step(model, objective, xd))
-        assert_same_gradients(direct, traced, {n for n, _ in model.named_parameters()})
-
-    in_float64(check)
 
 
 @pytest.mark.parametrize("spec", OBJECTIVE_SPECS, ids=lambda s: "-".join(map(str, s.values())))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 
@@ -23,11 +22,11 @@ from pyro_vae import evaluation, terms
 from pyro_vae.config import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS, Config
 from pyro_vae.data import DataSplits
 from pyro_vae.runs import CHECKPOINT, CONFIG, METRICS, load_checkpoint, read_metrics
-from pyro_vae.training import kl_weight, learning_rate, svi_step
+from pyro_vae.training import kl_weight, learning_rate
 
 from conftest import TracedVAE, tiny_config, tiny_vae
+from suites import assert_trains, example_splits, train_steps
 
-EIGHT_BIT = {"discretized-logistic", "categorical", "beta"}
 LIKELIHOOD_VARIANTS = [
     {"name": "bernoulli", "binarize": "dynamic"},
     {"name": "bernoulli", "binarize": "static"},
@@ -51,33 +50,9 @@ CONTINUOUS_PRIORS = [n for n in PRIORS.names() if not PRIORS.get(n).discrete_lat
 CONTINUOUS_GUIDES = [n for n in GUIDES.names() if not GUIDES.get(n).discrete_latent]
 
 
-def train_steps(vae, objective, splits, steps: int = 60, lr: float = 1e-2) -> list[float]:
-    """Run the library's SVI step on 32-image batches; return per-datapoint losses."""
-    lik = vae.likelihood
-    lik.check_data(splits.train, "train")
-    x_all = lik.prepare_train_set(splits.train)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(0)
-    losses = []
-    for i in range(steps):
-        x = lik.prepare_batch(x_all[(i % 4) * 32 : (i % 4 + 1) * 32], g)
-        losses.append(svi_step(vae, objective, optimizer, x) / x.shape[0])
-    return losses
-
-
-def assert_trains(losses: list[float]) -> None:
-    assert all(math.isfinite(v) for v in losses), losses
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < first, (first, last)
-
-
-def _splits_for(likelihood, grey_splits, binary_splits, eight_bit_splits) -> DataSplits:
-    likelihood = {"name": likelihood} if isinstance(likelihood, str) else likelihood
-    if likelihood.get("binarize") == "none":
-        return binary_splits
-    if likelihood["name"] in EIGHT_BIT and likelihood.get("dequantize") != "none":
-        return eight_bit_splits
-    return grey_splits
+def _splits_for(likelihood, grey_splits, *unused) -> DataSplits:
+    """The data each likelihood trains on: the grey splits as its own data contract makes them."""
+    return example_splits(likelihood, grey_splits)
 
 
 @pytest.mark.parametrize("objective", PATHWISE_OBJECTIVES)
