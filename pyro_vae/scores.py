@@ -34,7 +34,8 @@ score is the same.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -140,6 +141,14 @@ def _split(n: int, test_fraction: float, seed: int) -> np.ndarray:
     mask = np.zeros(n, dtype=bool)
     mask[np.random.default_rng(seed).permutation(n)[:n_test]] = True
     return mask
+
+
+def _ordered_split(z: np.ndarray, v: np.ndarray, test_fraction: float,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The datapoints in canonical order (:func:`_canonical_order`) and the seeded test mask over them."""
+    order = _canonical_order(z, v)
+    z, v = z[order], v[order]
+    return z, v, _split(z.shape[0], test_fraction, seed)
 
 
 def _check_fraction(test_fraction) -> float:
@@ -292,6 +301,114 @@ def _fit_logistic_here(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float,
     return weight.detach().numpy().copy(), bias.detach().numpy().copy(), gradient <= 1e-6
 
 
+def _dci_settings(test_fraction, seed, l2, max_iter) -> tuple[float, int, float, int]:
+    """DCI's settings checked: test_fraction, seed, l2 (as a float) and max_iter."""
+    test_fraction = _check_fraction(test_fraction)
+    seed = _check_int(seed, "seed", 0)
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    if not isinstance(l2, (int, float)) or not l2 > 0:
+        raise ConfigError(f"l2 must be a positive number (the L2 penalty on the weights); got {l2!r}.")
+    return test_fraction, seed, float(l2), max_iter
+
+
+class _FactorFits(NamedTuple):
+    """DCI's predictors of the factors: per factor, None where the factor is excluded."""
+
+    importance: np.ndarray  # R, L x F (a column of zeros for an excluded factor)
+    accuracy_train: list[float | None]
+    accuracy_test: list[float | None]
+    converged: list[bool | None]
+    excluded: list[int]  # the factors with a single value
+
+
+def _standardized(z_train: np.ndarray, z_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits standardized by the training split's mean and standard deviation (a constant coordinate: 0)."""
+    mean = z_train.mean(axis=0)
+    std = z_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return (z_train - mean) / std, (z_test - mean) / std
+
+
+def _fit_factor(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, l2: float,
+                max_iter: int) -> tuple[np.ndarray | None, float, float, bool]:
+    """One factor's classifier: the codes' importance (None: none matters), train and test accuracy, convergence."""
+    classes, y_fit = np.unique(y_train, return_inverse=True)
+    if classes.size == 1:  # nothing to separate: always that class, no code matters
+        pred_train = np.full(y_train.shape, classes[0])
+        pred_test = np.full(y_test.shape, classes[0])
+        importance, converged = None, True
+    else:
+        w, b, converged = _fit_logistic(x_train, y_fit, classes.size, l2, max_iter)
+        importance = np.abs(w).mean(axis=0)
+        pred_train = classes[np.argmax(x_train @ w.T + b, axis=1)]
+        pred_test = classes[np.argmax(x_test @ w.T + b, axis=1)]
+    return importance, float(np.mean(pred_train == y_train)), float(np.mean(pred_test == y_test)), converged
+
+
+def _fit_factors(z: np.ndarray, v: np.ndarray, sizes: list[int], test: np.ndarray, l2: float,
+                 max_iter: int) -> _FactorFits:
+    """The classifier of each factor that varies, fitted on the standardized training split."""
+    x_train, x_test = _standardized(z[~test], z[test])
+    n_latents, n_factors = z.shape[1], v.shape[1]
+    excluded = [k for k in range(n_factors) if sizes[k] < 2]
+    if len(excluded) == n_factors:
+        raise DataError("every factor takes a single value in these datapoints; DCI needs a factor that varies.")
+    fits = _FactorFits(np.zeros((n_latents, n_factors)), [None] * n_factors, [None] * n_factors,
+                       [None] * n_factors, excluded)
+    for k in range(n_factors):
+        if k in excluded:
+            continue
+        importance, fits.accuracy_train[k], fits.accuracy_test[k], fits.converged[k] = _fit_factor(
+            x_train, v[~test, k], x_test, v[test, k], l2, max_iter)
+        if importance is not None:
+            fits.importance[:, k] = importance
+    return fits
+
+
+def _entropy_weighted(r: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray, np.ndarray]:
+    """D, C, per-code D, per-factor C and the code weights rho from R's scored columns (all 0 if R is)."""
+    n_latents, n_kept = r.shape
+    total = r.sum()
+    if not total > 0:
+        return 0.0, 0.0, np.zeros(n_latents), np.zeros(n_kept), np.zeros(n_latents)
+    code_sum, factor_sum = r.sum(axis=1), r.sum(axis=0)
+    p_code = np.where(code_sum[:, None] > 0, r / np.where(code_sum > 0, code_sum, 1.0)[:, None], 0.0)
+    p_factor = np.where(factor_sum[None, :] > 0, r / np.where(factor_sum > 0, factor_sum, 1.0)[None, :], 0.0)
+    d_code = np.where(code_sum > 0, 1.0 - _normalized_entropy(p_code, n_kept), 0.0)
+    c_factor = np.where(factor_sum > 0, 1.0 - _normalized_entropy(p_factor.T, n_latents), 0.0)
+    rho, rho_factor = code_sum / total, factor_sum / total
+    return float(rho @ d_code), float(rho_factor @ c_factor), d_code, c_factor, rho
+
+
+def _dci_result(fits: _FactorFits, test: np.ndarray, test_fraction: float, seed: int, l2: float) -> dict:
+    """DCI's result: the entropy-weighted scores of the importance matrix, the accuracies and the settings."""
+    n_factors = fits.importance.shape[1]
+    kept = [k for k in range(n_factors) if k not in fits.excluded]
+    disentanglement, completeness, d_code, c_factor, rho = _entropy_weighted(fits.importance[:, kept])
+    completeness_per_factor: list[float | None] = [None] * n_factors
+    for i, k in enumerate(kept):
+        completeness_per_factor[k] = float(c_factor[i])
+    return {
+        "disentanglement": disentanglement,
+        "completeness": completeness,
+        "informativeness": float(np.mean([fits.accuracy_test[k] for k in kept])),
+        "informativeness_train": float(np.mean([fits.accuracy_train[k] for k in kept])),
+        "accuracy_test": fits.accuracy_test,
+        "accuracy_train": fits.accuracy_train,
+        "disentanglement_per_code": [float(d) for d in d_code],
+        "completeness_per_factor": completeness_per_factor,
+        "code_weight": [float(x) for x in rho],
+        "importance": fits.importance.tolist(),
+        "excluded_factors": fits.excluded,
+        "converged": fits.converged,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "l2": l2,
+        "n_train": int((~test).sum()),
+        "n_test": int(test.sum()),
+    }
+
+
 def dci(latents, factors, test_fraction: float = 0.25, seed: int = 0, l2: float = 0.001, max_iter: int = 500) -> dict:
     """Disentanglement, completeness and informativeness (Eastwood & Williams 2018, "A Framework
     for the Quantitative Evaluation of Disentangled Representations").
@@ -338,84 +455,11 @@ def dci(latents, factors, test_fraction: float = 0.25, seed: int = 0, l2: float 
     ``code_weight`` (rho), ``importance`` (R as L rows of F), ``excluded_factors``, ``converged``
     (per factor: the L-BFGS gradient fell under 1e-6), and the settings.
     """
-    test_fraction = _check_fraction(test_fraction)
-    seed = _check_int(seed, "seed", 0)
-    max_iter = _check_int(max_iter, "max_iter", 1)
-    if not isinstance(l2, (int, float)) or not l2 > 0:
-        raise ConfigError(f"l2 must be a positive number (the L2 penalty on the weights); got {l2!r}.")
+    test_fraction, seed, l2, max_iter = _dci_settings(test_fraction, seed, l2, max_iter)
     z, v, sizes = _checked_pair(latents, factors, least=4)
-    order = _canonical_order(z, v)
-    z, v = z[order], v[order]
-    test = _split(z.shape[0], test_fraction, seed)
-    z_train, z_test = z[~test], z[test]
-    mean = z_train.mean(axis=0)
-    std = z_train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    x_train, x_test = (z_train - mean) / std, (z_test - mean) / std
-
-    n_latents, n_factors = z.shape[1], v.shape[1]
-    excluded = [k for k in range(n_factors) if sizes[k] < 2]
-    if len(excluded) == n_factors:
-        raise DataError("every factor takes a single value in these datapoints; DCI needs a factor that varies.")
-    importance = np.zeros((n_latents, n_factors))
-    acc_train: list[float | None] = [None] * n_factors
-    acc_test: list[float | None] = [None] * n_factors
-    converged: list[bool | None] = [None] * n_factors
-    for k in range(n_factors):
-        if k in excluded:
-            continue
-        y_train, y_test = v[~test, k], v[test, k]
-        classes, y_fit = np.unique(y_train, return_inverse=True)
-        if classes.size == 1:  # nothing to separate: always that class, no code matters
-            pred_train = np.full(y_train.shape, classes[0])
-            pred_test = np.full(y_test.shape, classes[0])
-            converged[k] = True
-        else:
-            w, b, ok = _fit_logistic(x_train, y_fit, classes.size, float(l2), max_iter)
-            importance[:, k] = np.abs(w).mean(axis=0)
-            pred_train = classes[np.argmax(x_train @ w.T + b, axis=1)]
-            pred_test = classes[np.argmax(x_test @ w.T + b, axis=1)]
-            converged[k] = ok
-        acc_train[k] = float(np.mean(pred_train == y_train))
-        acc_test[k] = float(np.mean(pred_test == y_test))
-
-    kept = [k for k in range(n_factors) if k not in excluded]
-    r = importance[:, kept]
-    total = r.sum()
-    if total > 0:
-        code_sum, factor_sum = r.sum(axis=1), r.sum(axis=0)
-        p_code = np.where(code_sum[:, None] > 0, r / np.where(code_sum > 0, code_sum, 1.0)[:, None], 0.0)
-        p_factor = np.where(factor_sum[None, :] > 0, r / np.where(factor_sum > 0, factor_sum, 1.0)[None, :], 0.0)
-        d_code = np.where(code_sum > 0, 1.0 - _normalized_entropy(p_code, len(kept)), 0.0)
-        c_factor = np.where(factor_sum > 0, 1.0 - _normalized_entropy(p_factor.T, n_latents), 0.0)
-        rho, rho_factor = code_sum / total, factor_sum / total
-        disentanglement, completeness = float(rho @ d_code), float(rho_factor @ c_factor)
-    else:
-        d_code, c_factor = np.zeros(n_latents), np.zeros(len(kept))
-        rho = np.zeros(n_latents)
-        disentanglement = completeness = 0.0
-    completeness_per_factor: list[float | None] = [None] * n_factors
-    for i, k in enumerate(kept):
-        completeness_per_factor[k] = float(c_factor[i])
-    return {
-        "disentanglement": disentanglement,
-        "completeness": completeness,
-        "informativeness": float(np.mean([acc_test[k] for k in kept])),
-        "informativeness_train": float(np.mean([acc_train[k] for k in kept])),
-        "accuracy_test": acc_test,
-        "accuracy_train": acc_train,
-        "disentanglement_per_code": [float(d) for d in d_code],
-        "completeness_per_factor": completeness_per_factor,
-        "code_weight": [float(x) for x in rho],
-        "importance": importance.tolist(),
-        "excluded_factors": excluded,
-        "converged": converged,
-        "test_fraction": test_fraction,
-        "seed": seed,
-        "l2": float(l2),
-        "n_train": int((~test).sum()),
-        "n_test": int(test.sum()),
-    }
+    z, v, test = _ordered_split(z, v, test_fraction, seed)
+    fits = _fit_factors(z, v, sizes, test, l2, max_iter)
+    return _dci_result(fits, test, test_fraction, seed, l2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,6 +489,27 @@ def _adjusted_balanced_accuracy(y: np.ndarray, prediction: np.ndarray) -> float 
     recall = [np.mean(prediction[y == c] == c) for c in classes]
     chance = 1.0 / classes.size
     return float(max((np.mean(recall) - chance) / (1.0 - chance), 0.0))
+
+
+def _sap_scores(z: np.ndarray, v: np.ndarray, sizes: list[int],
+                test: np.ndarray) -> tuple[list[list[float | None]], list[float | None], list[int]]:
+    """SAP's score matrix S (None in unscored columns), each factor's gap S_(1)k - S_(2)k, the factors not scored."""
+    n_latents, n_factors = z.shape[1], v.shape[1]
+    scores: list[list[float | None]] = [[None] * n_factors for _ in range(n_latents)]
+    per_factor: list[float | None] = [None] * n_factors
+    excluded = []
+    for k in range(n_factors):
+        y_test = v[test, k]
+        if sizes[k] < 2 or np.unique(y_test).size < 2:
+            excluded.append(k)
+            continue
+        predictions = _nearest_mean_predictions(z[~test], v[~test, k], z[test], sizes[k])
+        column = [_adjusted_balanced_accuracy(y_test, predictions[:, j]) for j in range(n_latents)]
+        for j in range(n_latents):
+            scores[j][k] = column[j]
+        ranked = sorted(column, reverse=True)
+        per_factor[k] = float(ranked[0] - (ranked[1] if n_latents > 1 else 0.0))
+    return scores, per_factor, excluded
 
 
 def sap(latents, factors, test_fraction: float = 0.25, seed: int = 0) -> dict:
@@ -485,24 +550,8 @@ def sap(latents, factors, test_fraction: float = 0.25, seed: int = 0) -> dict:
     test_fraction = _check_fraction(test_fraction)
     seed = _check_int(seed, "seed", 0)
     z, v, sizes = _checked_pair(latents, factors, least=4)
-    order = _canonical_order(z, v)
-    z, v = z[order], v[order]
-    test = _split(z.shape[0], test_fraction, seed)
-    n_latents, n_factors = z.shape[1], v.shape[1]
-    scores: list[list[float | None]] = [[None] * n_factors for _ in range(n_latents)]
-    per_factor: list[float | None] = [None] * n_factors
-    excluded = []
-    for k in range(n_factors):
-        y_test = v[test, k]
-        if sizes[k] < 2 or np.unique(y_test).size < 2:
-            excluded.append(k)
-            continue
-        predictions = _nearest_mean_predictions(z[~test], v[~test, k], z[test], sizes[k])
-        column = [_adjusted_balanced_accuracy(y_test, predictions[:, j]) for j in range(n_latents)]
-        for j in range(n_latents):
-            scores[j][k] = column[j]
-        ranked = sorted(column, reverse=True)
-        per_factor[k] = float(ranked[0] - (ranked[1] if n_latents > 1 else 0.0))
+    z, v, test = _ordered_split(z, v, test_fraction, seed)
+    scores, per_factor, excluded = _sap_scores(z, v, sizes, test)
     kept = [g for g in per_factor if g is not None]
     if not kept:
         raise DataError("no factor takes two values in the test split, so SAP scores none; pass more datapoints "
@@ -541,6 +590,127 @@ def _represent(represent: Callable, rows: np.ndarray, width: int | None, step: i
         width = z.shape[1]
         parts.append(z)
     return np.concatenate(parts)
+
+
+def _factorvae_settings(represent, seed, batch_size, train_votes, eval_votes, variance_samples,
+                        min_std) -> tuple[int, int, int, int, int]:
+    """The FactorVAE score's settings checked: seed, batch_size, train_votes, eval_votes, variance_samples."""
+    seed = _check_int(seed, "seed", 0)
+    batch_size = _check_int(batch_size, "batch_size", 2)
+    train_votes = _check_int(train_votes, "train_votes", 1)
+    eval_votes = _check_int(eval_votes, "eval_votes", 1)
+    variance_samples = _check_int(variance_samples, "variance_samples", 2)
+    if not callable(represent):
+        raise ConfigError("represent must be a callable: factors (B, F) integer array -> latents (B, L).")
+    if not isinstance(min_std, (int, float)) or not min_std >= 0:
+        raise ConfigError(f"min_std must be a number >= 0; got {min_std!r}.")
+    return seed, batch_size, train_votes, eval_votes, variance_samples
+
+
+def _checked_factor_sizes(factor_sizes) -> np.ndarray:
+    """``factor_sizes`` as an int64 array of positive sizes, at least one of them 2 or more."""
+    sizes = np.asarray(factor_sizes)
+    if sizes.ndim != 1 or sizes.size < 1 or not np.issubdtype(sizes.dtype, np.integer) or (sizes < 1).any():
+        raise ConfigError("factor_sizes must be a list of positive integers (values per factor); "
+                          f"got {factor_sizes!r}.")
+    sizes = sizes.astype(np.int64)
+    if not (sizes >= 2).any():
+        raise ConfigError("every factor has a single value; the FactorVAE score needs a factor that varies.")
+    return sizes
+
+
+def _factor_sampler(sizes: np.ndarray, sample_factors: Callable | None,
+                    rng: np.random.Generator) -> Callable[[int], np.ndarray]:
+    """``draw(n)``: n rows of factor indices, uniform per factor, or by ``sample_factors(n, rng)`` (checked)."""
+    n_factors = sizes.size
+
+    def draw(n: int) -> np.ndarray:
+        if sample_factors is None:
+            return np.stack([rng.integers(0, size, n) for size in sizes], axis=1).astype(np.int64)
+        rows = _numpy(sample_factors(n, rng), "sample_factors(n, rng)")
+        if rows.shape != (n, n_factors) or not np.issubdtype(rows.dtype, np.integer):
+            raise DataError(f"sample_factors(n, rng) must return an ({n}, {n_factors}) integer array; got shape "
+                            f"{tuple(rows.shape)}, dtype {rows.dtype}.")
+        if (rows < 0).any() or (rows >= sizes).any():
+            raise DataError("sample_factors(n, rng) returned a factor index outside 0..factor_sizes[k]-1.")
+        return rows.astype(np.int64)
+
+    return draw
+
+
+def _factorvae_record(global_std: np.ndarray, active: np.ndarray, sizes: np.ndarray, min_std: float, seed: int,
+                      batch_size: int) -> dict:
+    """The part of the FactorVAE result that records the global scale and the settings."""
+    return {
+        "global_std": [float(s) for s in global_std],
+        "active": [bool(a) for a in active],
+        "excluded_factors": [int(k) for k in np.flatnonzero(sizes < 2)],
+        "min_std": float(min_std),
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+
+
+@dataclass
+class _Voter:
+    """FactorVAE votes: a batch with one factor fixed votes for its kept coordinate of least normalized variance."""
+
+    represent: Callable
+    draw: Callable[[int], np.ndarray]
+    rng: np.random.Generator
+    varying: np.ndarray  # the factors a vote may fix (two values or more)
+    kept: np.ndarray  # the coordinates kept
+    variance: np.ndarray  # their global variances s_j^2
+    batch_size: int
+    width: int  # L, every coordinate
+    n_factors: int
+
+    def table(self, count: int) -> np.ndarray:
+        """``count`` votes as an L x F table of counts, represented in blocks of whole votes."""
+        table = np.zeros((self.width, self.n_factors), dtype=np.int64)
+        per_call = max(1, REPRESENT_ROWS // self.batch_size)
+        done = 0
+        while done < count:
+            block = min(per_call, count - done)
+            for k, j in zip(*self.votes(block)):
+                table[j, k] += 1
+            done += block
+        return table
+
+    def votes(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """``block`` votes in one call of ``represent``: the factors fixed and the coordinates voted for."""
+        fixed = self.varying[self.rng.integers(0, self.varying.size, block)]
+        rows = []
+        for k in fixed:
+            batch = self.draw(self.batch_size)
+            batch[:, k] = batch[0, k]
+            rows.append(batch)
+        z = _represent(self.represent, np.concatenate(rows), self.width, block * self.batch_size)
+        z = z.reshape(block, self.batch_size, self.width)
+        local = z[:, :, self.kept].var(axis=1, ddof=1) / self.variance
+        return fixed, self.kept[np.argmin(local, axis=1)]
+
+
+def _no_votes(width: int, n_factors: int, record: dict) -> dict:
+    """The FactorVAE result where every coordinate is dropped: a score of 0 and no votes."""
+    empty = [[0] * n_factors for _ in range(width)]
+    return {"score": 0.0, "train_accuracy": 0.0, "votes_train": empty, "votes_eval": empty,
+            "classifier": [None] * width, **record}
+
+
+def _vote_result(votes_train: np.ndarray, votes_eval: np.ndarray, active: np.ndarray, record: dict) -> dict:
+    """The majority-vote classifier of the training votes, its accuracy on both tables, and the record."""
+    width = active.size
+    classifier = np.argmax(votes_train, axis=1)
+    rows = np.arange(width)
+    return {
+        "score": float(votes_eval[rows, classifier].sum() / votes_eval.sum()),
+        "train_accuracy": float(votes_train[rows, classifier].sum() / votes_train.sum()),
+        "votes_train": votes_train.tolist(),
+        "votes_eval": votes_eval.tolist(),
+        "classifier": [int(classifier[j]) if active[j] else None for j in range(width)],
+        **record,
+    }
 
 
 def factorvae_score(represent: Callable, factor_sizes, seed: int = 0, batch_size: int = 64,
@@ -587,89 +757,20 @@ def factorvae_score(represent: Callable, factor_sizes, seed: int = 0, batch_size
     (L rows of F counts), ``classifier`` (per coordinate its factor, None for dropped ones),
     ``active`` (per coordinate, kept or not), ``global_std``, ``excluded_factors`` and the settings.
     """
-    seed = _check_int(seed, "seed", 0)
-    batch_size = _check_int(batch_size, "batch_size", 2)
-    train_votes = _check_int(train_votes, "train_votes", 1)
-    eval_votes = _check_int(eval_votes, "eval_votes", 1)
-    variance_samples = _check_int(variance_samples, "variance_samples", 2)
-    if not callable(represent):
-        raise ConfigError("represent must be a callable: factors (B, F) integer array -> latents (B, L).")
-    if not isinstance(min_std, (int, float)) or not min_std >= 0:
-        raise ConfigError(f"min_std must be a number >= 0; got {min_std!r}.")
-    sizes = np.asarray(factor_sizes)
-    if sizes.ndim != 1 or sizes.size < 1 or not np.issubdtype(sizes.dtype, np.integer) or (sizes < 1).any():
-        raise ConfigError("factor_sizes must be a list of positive integers (values per factor); "
-                          f"got {factor_sizes!r}.")
-    sizes = sizes.astype(np.int64)
-    n_factors = sizes.size
-    varying = np.flatnonzero(sizes >= 2)
-    if varying.size == 0:
-        raise ConfigError("every factor has a single value; the FactorVAE score needs a factor that varies.")
+    seed, batch_size, train_votes, eval_votes, variance_samples = _factorvae_settings(
+        represent, seed, batch_size, train_votes, eval_votes, variance_samples, min_std)
+    sizes = _checked_factor_sizes(factor_sizes)
     rng = np.random.default_rng(seed)
-
-    def draw(n: int) -> np.ndarray:
-        if sample_factors is None:
-            return np.stack([rng.integers(0, size, n) for size in sizes], axis=1).astype(np.int64)
-        rows = _numpy(sample_factors(n, rng), "sample_factors(n, rng)")
-        if rows.shape != (n, n_factors) or not np.issubdtype(rows.dtype, np.integer):
-            raise DataError(f"sample_factors(n, rng) must return an ({n}, {n_factors}) integer array; got shape "
-                            f"{tuple(rows.shape)}, dtype {rows.dtype}.")
-        if (rows < 0).any() or (rows >= sizes).any():
-            raise DataError("sample_factors(n, rng) returned a factor index outside 0..factor_sizes[k]-1.")
-        return rows.astype(np.int64)
-
-    latents = _represent(represent, draw(variance_samples), None)
-    width = latents.shape[1]
-    global_std = latents.std(axis=0, ddof=1)
-    active = global_std >= min_std
-    active &= global_std > 0
+    draw = _factor_sampler(sizes, sample_factors, rng)
+    global_std = _represent(represent, draw(variance_samples), None).std(axis=0, ddof=1)
+    active = (global_std >= min_std) & (global_std > 0)
+    record = _factorvae_record(global_std, active, sizes, min_std, seed, batch_size)
     kept = np.flatnonzero(active)
-    result = {
-        "global_std": [float(s) for s in global_std],
-        "active": [bool(a) for a in active],
-        "excluded_factors": [int(k) for k in np.flatnonzero(sizes < 2)],
-        "min_std": float(min_std),
-        "seed": seed,
-        "batch_size": batch_size,
-    }
     if kept.size == 0:
-        empty = [[0] * n_factors for _ in range(width)]
-        return {"score": 0.0, "train_accuracy": 0.0, "votes_train": empty, "votes_eval": empty,
-                "classifier": [None] * width, **result}
-
-    variance = global_std[kept] ** 2
-    per_call = max(1, REPRESENT_ROWS // batch_size)
-
-    def votes(count: int) -> np.ndarray:
-        table = np.zeros((width, n_factors), dtype=np.int64)
-        done = 0
-        while done < count:
-            block = min(per_call, count - done)
-            fixed = varying[rng.integers(0, varying.size, block)]
-            rows = []
-            for k in fixed:
-                batch = draw(batch_size)
-                batch[:, k] = batch[0, k]
-                rows.append(batch)
-            z = _represent(represent, np.concatenate(rows), width, block * batch_size).reshape(block, batch_size, width)
-            local = z[:, :, kept].var(axis=1, ddof=1) / variance
-            for k, j in zip(fixed, kept[np.argmin(local, axis=1)]):
-                table[j, k] += 1
-            done += block
-        return table
-
-    votes_train = votes(train_votes)
-    votes_eval = votes(eval_votes)
-    classifier = np.argmax(votes_train, axis=1)
-    rows = np.arange(width)
-    return {
-        "score": float(votes_eval[rows, classifier].sum() / votes_eval.sum()),
-        "train_accuracy": float(votes_train[rows, classifier].sum() / votes_train.sum()),
-        "votes_train": votes_train.tolist(),
-        "votes_eval": votes_eval.tolist(),
-        "classifier": [int(classifier[j]) if active[j] else None for j in range(width)],
-        **result,
-    }
+        return _no_votes(active.size, sizes.size, record)
+    voter = _Voter(represent, draw, rng, np.flatnonzero(sizes >= 2), kept, global_std[kept] ** 2, batch_size,
+                   active.size, sizes.size)
+    return _vote_result(voter.table(train_votes), voter.table(eval_votes), active, record)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -763,6 +864,53 @@ def _presence(reference, columns: np.ndarray):
     return (counts > 0).astype(np.float64)
 
 
+def _checked_top_words(top_words) -> np.ndarray:
+    """``top_words`` as an int64 (T, n) array, T >= 1, n >= 2."""
+    words = _numpy(top_words, "top_words")
+    if words.ndim != 2 or words.shape[0] < 1 or words.shape[1] < 2:
+        raise DataError(f"top_words must be a 2-D array (T topics, n >= 2 top words); got shape {tuple(words.shape)}.")
+    if not np.issubdtype(words.dtype, np.integer):
+        raise DataError(f"top_words must hold integer word ids (columns of the reference); got dtype {words.dtype}.")
+    return words.astype(np.int64)
+
+
+def _reference_shape(reference) -> tuple[int, int]:
+    """The reference's number of documents (at least one) and its vocabulary size."""
+    shape = getattr(reference, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise DataError(f"reference must be a 2-D (documents, vocabulary) count matrix; got shape {shape}.")
+    n_docs, vocabulary = int(shape[0]), int(shape[1])
+    if n_docs < 1:
+        raise DataError("reference has no documents.")
+    return n_docs, vocabulary
+
+
+def _check_word_ids(words: np.ndarray, vocabulary: int) -> None:
+    """Refuse word ids outside the vocabulary, and a topic that repeats a word."""
+    if (words < 0).any() or (words >= vocabulary).any():
+        raise DataError(f"top_words holds word ids outside 0..{vocabulary - 1} (the reference's vocabulary).")
+    for t, row in enumerate(words):
+        if np.unique(row).size != row.size:
+            raise DataError(f"topic {t} repeats a word among its top words ({row.tolist()}); they must be distinct.")
+
+
+def _pair_npmi(sub, doc_freq: np.ndarray, upper: tuple[np.ndarray, np.ndarray], n_docs: int,
+               never_together: float) -> np.ndarray:
+    """NPMI of one topic's word pairs (in ``upper``'s order) from their presence columns and document frequencies."""
+    co = sub.T @ sub
+    co = np.asarray(co.toarray() if hasattr(co, "toarray") else co, dtype=np.float64)
+    c_ij = co[upper]
+    c_i, c_j = doc_freq[upper[0]], doc_freq[upper[1]]
+    values = np.full(c_ij.shape, float(never_together))
+    both = c_ij > 0
+    every = both & (c_ij == n_docs)
+    middle = both & ~every
+    values[every] = 1.0
+    values[middle] = (np.log(c_ij[middle] * n_docs / (c_i[middle] * c_j[middle]))
+                      / np.log(n_docs / c_ij[middle]))
+    return values
+
+
 def npmi(top_words, reference, never_together: float = -1.0) -> dict:
     """Topic coherence: the mean normalized pointwise mutual information of each topic's top words
     over a reference corpus (Bouma 2009; as topic coherence, Lau et al. 2014).
@@ -793,44 +941,17 @@ def npmi(top_words, reference, never_together: float = -1.0) -> dict:
     """
     if not isinstance(never_together, (int, float)) or not -1 <= never_together <= 1:
         raise ConfigError(f"never_together must be a number in [-1, 1]; got {never_together!r}.")
-    words = _numpy(top_words, "top_words")
-    if words.ndim != 2 or words.shape[0] < 1 or words.shape[1] < 2:
-        raise DataError(f"top_words must be a 2-D array (T topics, n >= 2 top words); got shape {tuple(words.shape)}.")
-    if not np.issubdtype(words.dtype, np.integer):
-        raise DataError(f"top_words must hold integer word ids (columns of the reference); got dtype {words.dtype}.")
-    words = words.astype(np.int64)
-    shape = getattr(reference, "shape", None)
-    if shape is None or len(shape) != 2:
-        raise DataError(f"reference must be a 2-D (documents, vocabulary) count matrix; got shape {shape}.")
-    n_docs, vocabulary = int(shape[0]), int(shape[1])
-    if n_docs < 1:
-        raise DataError("reference has no documents.")
-    if (words < 0).any() or (words >= vocabulary).any():
-        raise DataError(f"top_words holds word ids outside 0..{vocabulary - 1} (the reference's vocabulary).")
-    for t, row in enumerate(words):
-        if np.unique(row).size != row.size:
-            raise DataError(f"topic {t} repeats a word among its top words ({row.tolist()}); they must be distinct.")
-
+    words = _checked_top_words(top_words)
+    n_docs, vocabulary = _reference_shape(reference)
+    _check_word_ids(words, vocabulary)
     columns = np.unique(words)
     presence = _presence(reference, columns)
     doc_freq = np.asarray(presence.sum(axis=0), dtype=np.float64).reshape(-1)
     position = np.searchsorted(columns, words)
-    n = words.shape[1]
-    upper = np.triu_indices(n, 1)
+    upper = np.triu_indices(words.shape[1], 1)
     per_topic, per_pair = [], []
     for t in range(words.shape[0]):
-        sub = presence[:, position[t]]
-        co = sub.T @ sub
-        co = np.asarray(co.toarray() if hasattr(co, "toarray") else co, dtype=np.float64)
-        c_ij = co[upper]
-        c_i, c_j = doc_freq[position[t]][upper[0]], doc_freq[position[t]][upper[1]]
-        values = np.full(c_ij.shape, float(never_together))
-        both = c_ij > 0
-        every = both & (c_ij == n_docs)
-        middle = both & ~every
-        values[every] = 1.0
-        values[middle] = (np.log(c_ij[middle] * n_docs / (c_i[middle] * c_j[middle]))
-                          / np.log(n_docs / c_ij[middle]))
+        values = _pair_npmi(presence[:, position[t]], doc_freq[position[t]], upper, n_docs, never_together)
         per_pair.append([float(x) for x in values])
         per_topic.append(float(values.mean()))
     return {

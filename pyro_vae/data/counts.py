@@ -15,7 +15,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -505,6 +505,25 @@ def read_text_counts(path, one_based: bool = True) -> CountMatrix:
 
     path = Path(path).expanduser()
     lines = _read_lines(path, "bag-of-words text")
+    labels, lengths, pieces = _text_fields(path, lines)
+    numbers = _text_numbers(path, pieces, lengths)
+    ids, values = numbers[:, 0], numbers[:, 1]
+    rows = np.repeat(np.arange(len(lines)), lengths)
+    first = 1 if one_based else 0
+    _check_word_ids(path, ids, rows, one_based)
+    check_counts(values, path, "give the raw word counts of each document.")
+    columns = ids.astype(np.int64) - first
+    width = int(columns.max()) + 1 if columns.size else 0
+    matrix = sp.coo_matrix((values, (rows, columns)), shape=(len(lines), width)).tocsr()  # (repeats summed)
+    notes = [f"{'1' if one_based else '0'}-based word ids"]
+    repeated = len(columns) - matrix.nnz
+    if repeated:
+        notes.append(f"{repeated:,} repeated ids within a document summed")
+    return CountMatrix(matrix, None, None, path, "text", {"label": _text_labels(labels)}, notes)
+
+
+def _text_fields(path: Path, lines: list[str]) -> tuple[list, np.ndarray, list[str]]:
+    """Each line's label (None if none), its number of id:count pairs and the pairs; a non-pair field refused."""
     labels: list = []
     lengths = np.zeros(len(lines), dtype=np.int64)
     pieces = []
@@ -522,13 +541,18 @@ def read_text_counts(path, one_based: bool = True) -> CountMatrix:
                             f"(LIBSVM): fix the line.")
         lengths[i] = len(fields)
         pieces.append(piece)
+    return labels, lengths, pieces
+
+
+def _text_numbers(path: Path, pieces: list[str], lengths: np.ndarray) -> np.ndarray:
+    """Every line's id:count pairs as a (pairs, 2) float64 array; a token that is no number refused, by line."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # (a token that is no number stops the parse: an error, not a warning)
             numbers = np.fromstring(" ".join(pieces).replace(":", " "), dtype=np.float64, sep=" ")
         if numbers.size != 2 * lengths.sum():
             raise ValueError("not every token is a number")
-        numbers = numbers.reshape(-1, 2)
+        return numbers.reshape(-1, 2)
     except (ValueError, DeprecationWarning):
         for i, piece in enumerate(pieces):
             try:
@@ -538,8 +562,10 @@ def read_text_counts(path, one_based: bool = True) -> CountMatrix:
                                 f"is LABEL id:count id:count ... (LIBSVM): fix the line.") from None
         raise DataError(f"{path}: an id or count is not a number: each line is LABEL id:count id:count ... "
                         f"(LIBSVM): fix the file.") from None
-    ids, values = numbers[:, 0], numbers[:, 1]
-    rows = np.repeat(np.arange(len(lines)), lengths)
+
+
+def _check_word_ids(path: Path, ids: np.ndarray, rows: np.ndarray, one_based: bool) -> None:
+    """Refuse a word id that is not a whole number >= 1 (``one_based``) or >= 0, naming its line (``rows``)."""
     first = 1 if one_based else 0
     if ids.size:
         bad = (ids != np.floor(ids)) | (ids < first)
@@ -548,19 +574,15 @@ def read_text_counts(path, one_based: bool = True) -> CountMatrix:
             hint = " (ids start at 1 here: set data.one_based = false for a 0-based file)" if ids[k] == 0 else ""
             raise DataError(f"{path}, line {rows[k] + 1}: word id {ids[k]:g} is not a {'1' if one_based else '0'}-based "
                             f"whole number{hint}.")
-    check_counts(values, path, "give the raw word counts of each document.")
-    columns = ids.astype(np.int64) - first
-    width = int(columns.max()) + 1 if columns.size else 0
-    matrix = sp.coo_matrix((values, (rows, columns)), shape=(len(lines), width)).tocsr()  # (repeats summed)
-    notes = [f"{'1' if one_based else '0'}-based word ids"]
-    repeated = len(columns) - matrix.nnz
-    if repeated:
-        notes.append(f"{repeated:,} repeated ids within a document summed")
+
+
+def _text_labels(labels: list) -> np.ndarray:
+    """The labels as an object array: ints where every label present is an integer, else strings (None: none)."""
     label = np.array(labels, dtype=object)
     present = [v for v in labels if v is not None]
     if present and all(_is_int(v) for v in present):
         label = np.array([int(v) if v is not None else None for v in labels], dtype=object)
-    return CountMatrix(matrix, None, None, path, "text", {"label": label}, notes)
+    return label
 
 
 def _is_int(text: str) -> bool:
@@ -788,119 +810,160 @@ class CountDataset(Dataset):
             start += len(v)
         return out, tuple(str(n) for n in names)
 
+    def _read_test(self, m: CountMatrix, path: Path) -> CountMatrix | None:
+        """The test file's matrix (None without test_path), refused unless its columns are the data file's."""
+        if self.test_path is None:
+            return None
+        test_path = Path(self.test_path).expanduser()
+        tm = self._read(test_path)
+        if m.format == tm.format == "text" and self.vocabulary is None:  # columns named by number: the wider
+            width = max(m.shape[1], tm.shape[1])
+            for each in (m, tm):
+                each.counts.resize((each.shape[0], width))
+                each.columns = [str(j + self.one_based) for j in range(width)]
+        if tm.format != m.format or tm.columns != m.columns:
+            differ = (f"is {tm.format} and {path} {m.format}" if tm.format != m.format else
+                      f"has {len(tm.columns):,} columns and {path} {len(m.columns):,}" if len(tm.columns) != len(m.columns)
+                      else f"names its columns otherwise (e.g. column {_first_difference(tm.columns, m.columns)})")
+            raise DataError(f"the test file {test_path} {differ}: the test rows must have the same columns, "
+                            f"in the same order.")
+        return tm
+
+    def _split_rows(self, m: CountMatrix, tm: CountMatrix | None, path: Path) -> _RowSplit:
+        """The rows with counts, split into train and test: the test file's rows, or a seeded test_fraction."""
+        keep, empty = self._drop_empty(m, np.arange(m.shape[0]), str(path))
+        if tm is not None:
+            test_keep, test_empty = self._drop_empty(tm, np.arange(tm.shape[0]), str(self.test_path))
+            return _RowSplit(keep, test_keep, tm, f"test rows from {self.test_path}", empty, test_empty)
+        train_at, test_at = seeded_split_indices(len(keep), self.test_fraction, self.split_seed, path)
+        said = f"{len(test_at):,} rows held out by seed {self.split_seed} (test_fraction {self.test_fraction:g})"
+        return _RowSplit(keep[train_at.numpy()], keep[test_at.numpy()], m, said, empty, 0)
+
+    def _choose_columns(self, m: CountMatrix, train_rows: np.ndarray, path: Path) -> tuple[np.ndarray | None, str]:
+        """The columns to keep (None: all), by name (features) or top_variable / min_rows, and how chosen."""
+        if self.features is not None:
+            return _named_columns(self.features, m.columns, path)
+        if not (self.top_variable or self.min_rows):
+            return None, ""
+        selected, dropped = top_variable_columns(m.counts[train_rows], self.top_variable, self.min_rows)
+        parts = []
+        if self.min_rows:
+            parts.append(f"seen in >= {self.min_rows} training rows ({dropped:,} columns left out)")
+        if self.top_variable:
+            kept_all = len(selected) < self.top_variable
+            parts.append(f"the {self.top_variable:,} of largest variance of log1p(x / row total * 1e4) over the "
+                         f"training rows (Seurat's LogNormalize)"
+                         + (f": only {len(selected):,} columns to choose from, all kept" if kept_all else ""))
+        return selected, ", then ".join(parts)
+
+    def _take_columns(self, m: CountMatrix, split: _RowSplit, selected: np.ndarray | None,
+                      path: Path) -> tuple[SparseRows, SparseRows, list[str], _RowSplit, tuple[int, int]]:
+        """Both splits held sparse in the selected columns, their names, the split less rows left empty there."""
+        if selected is None:
+            return (SparseRows.from_scipy(m.counts[split.train]),
+                    SparseRows.from_scipy(split.test_m.counts[split.test]), list(m.columns), split, (0, 0))
+        names = [m.columns[j] for j in selected]
+        sub = CountMatrix(m.counts[:, selected], names, m.rows, m.path, m.format)
+        if self.test_path is None:  # (the test rows are the data file's)
+            test_sub, test_where = sub, str(path)
+        else:
+            tm = split.test_m
+            test_sub = CountMatrix(tm.counts[:, selected], names, tm.rows, tm.path, tm.format)
+            test_where = str(self.test_path)
+        train_rows, n_train = self._drop_empty(sub, split.train, str(path), " in the selected columns")
+        test_rows, n_test = self._drop_empty(test_sub, split.test, test_where, " in the selected columns")
+        return (SparseRows.from_scipy(sub.counts[train_rows]), SparseRows.from_scipy(test_sub.counts[test_rows]),
+                names, split._replace(train=train_rows, test=test_rows), (n_train, n_test))
+
+    def _coded(self, m: CountMatrix, split: _RowSplit, key: str, what: str,
+               path: Path) -> tuple[list[torch.Tensor], tuple]:
+        """The row column ``key`` of the train and test rows, coded 0..K-1 (:meth:`_codes`), and the K names."""
+        return self._codes([m.row_columns[key][split.train], split.test_m.row_columns[key][split.test]], what,
+                           [path, Path(self.test_path or path)])
+
+    def _labels(self, m: CountMatrix, split: _RowSplit, path: Path) -> tuple[list, tuple | None, str]:
+        """The train and test labels (each line's first field, or label_column), their names, and what is said."""
+        label_key = "label" if self.labels_from_text else self.label_column
+        if label_key is None:
+            return [None, None], None, ""
+        what = "label" if self.labels_from_text else f"obs column {self.label_column!r}"
+        labels, names = self._coded(m, split, label_key, f"{what} values", path)
+        return labels, names, f"labels: {what}, {len(names):,} classes ({_said(list(names), 8)})"
+
+    def _batches(self, m: CountMatrix, split: _RowSplit, path: Path) -> tuple[dict | None, tuple, str]:
+        """The batch covariate of the train and test rows (batch_column), its names, and what is said."""
+        if self.batch_column is None:
+            return None, (), ""
+        (train, test), names = self._coded(m, split, self.batch_column, f"obs column {self.batch_column!r} values",
+                                           path)
+        return ({"train": train, "test": test}, names,
+                f"batch: obs column {self.batch_column!r}, {len(names):,} batches ({_said(list(names), 8)})")
+
+    def _said_empty(self, split: _RowSplit, after_empty: tuple[int, int], selected: bool) -> str:
+        """The description's count of the empty rows dropped (in the files; in the selected columns)."""
+        said = f"empty rows dropped: {split.empty:,}" + (f" (test file: {split.test_empty:,})"
+                                                         if self.test_path is not None else "")
+        if selected:
+            said += f"; rows empty in the selected columns dropped: {after_empty[0]:,} train, {after_empty[1]:,} test"
+        return said
+
     def load(self) -> DataSplits:
         path = Path(self.path).expanduser()
         m = self._read(path)
         notes = list(m.notes)
-        tm = None
-        if self.test_path is not None:
-            test_path = Path(self.test_path).expanduser()
-            tm = self._read(test_path)
-            if m.format == tm.format == "text" and self.vocabulary is None:  # columns named by number: the wider
-                width = max(m.shape[1], tm.shape[1])
-                for each in (m, tm):
-                    each.counts.resize((each.shape[0], width))
-                    each.columns = [str(j + self.one_based) for j in range(width)]
-            if tm.format != m.format or tm.columns != m.columns:
-                differ = (f"is {tm.format} and {path} {m.format}" if tm.format != m.format else
-                          f"has {len(tm.columns):,} columns and {path} {len(m.columns):,}" if len(tm.columns) != len(m.columns)
-                          else f"names its columns otherwise (e.g. column {_first_difference(tm.columns, m.columns)})")
-                raise DataError(f"the test file {test_path} {differ}: the test rows must have the same columns, "
-                                f"in the same order.")
-        # empty rows of the files
-        keep, empty = self._drop_empty(m, np.arange(m.shape[0]), str(path))
-        if tm is not None:
-            test_keep, test_empty = self._drop_empty(tm, np.arange(tm.shape[0]), str(self.test_path))
-            train_rows, test_rows, test_m = keep, test_keep, tm
-            said_split = f"test rows from {self.test_path}"
-        else:
-            test_empty = 0
-            train_at, test_at = seeded_split_indices(len(keep), self.test_fraction, self.split_seed, path)
-            train_rows, test_rows, test_m = keep[train_at.numpy()], keep[test_at.numpy()], m
-            said_split = f"{len(test_at):,} rows held out by seed {self.split_seed} (test_fraction {self.test_fraction:g})"
-        # columns
-        train_counts = m.counts[train_rows]
-        width = m.shape[1]
-        selected, said_columns = None, ""
-        if self.features is not None:
-            wanted = read_names(self.features, "a file of feature names")
-            where = {name: j for j, name in enumerate(m.columns)}
-            unknown = [n for n in wanted if n not in where]
-            if unknown:
-                raise DataError(f"{self.features} names {len(unknown):,} features that {path} does not have: "
-                                f"{_said(unknown)}; its columns are e.g. {_said(m.columns)}: correct the names, or "
-                                f"remove them from the file.")
-            repeated = sorted({n for n in wanted if wanted.count(n) > 1}) if len(set(wanted)) != len(wanted) else []
-            if repeated:
-                raise DataError(f"{self.features} names {_said(repeated)} more than once: each feature once.")
-            selected = np.array([where[n] for n in wanted], dtype=np.int64)
-            said_columns = f"the {len(selected):,} named in {self.features}"
-        elif self.top_variable or self.min_rows:
-            selected, dropped = top_variable_columns(train_counts, self.top_variable, self.min_rows)
-            parts = []
-            if self.min_rows:
-                parts.append(f"seen in >= {self.min_rows} training rows ({dropped:,} columns left out)")
-            if self.top_variable:
-                kept_all = len(selected) < self.top_variable
-                parts.append(f"the {self.top_variable:,} of largest variance of log1p(x / row total * 1e4) over the "
-                             f"training rows (Seurat's LogNormalize)"
-                             + (f": only {len(selected):,} columns to choose from, all kept" if kept_all else ""))
-            said_columns = ", then ".join(parts)
-        after_empty = (0, 0)
-        if selected is not None:
-            m_counts, t_counts = m.counts[:, selected], (test_m.counts[:, selected] if tm is not None else None)
-            names = [m.columns[j] for j in selected]
-            sub = CountMatrix(m_counts, names, m.rows, m.path, m.format)
-            train_rows, n_train = self._drop_empty(sub, train_rows, str(path), " in the selected columns")
-            if tm is not None:
-                test_rows, n_test = self._drop_empty(CountMatrix(t_counts, names, tm.rows, tm.path, tm.format),
-                                                     test_rows, str(self.test_path), " in the selected columns")
-            else:
-                test_rows, n_test = self._drop_empty(sub, test_rows, str(path), " in the selected columns")
-            after_empty = (n_train, n_test)
-        else:
-            m_counts, t_counts, names = m.counts, (tm.counts if tm is not None else None), list(m.columns)
-        train = SparseRows.from_scipy(m_counts[train_rows])
-        test = SparseRows.from_scipy((t_counts if tm is not None else m_counts)[test_rows])
-        # labels and the batch covariate
-        train_labels = test_labels = label_names = None
-        said_labels = ""
-        label_key = "label" if self.labels_from_text else self.label_column
-        if label_key is not None:
-            what = "label" if self.labels_from_text else f"obs column {self.label_column!r}"
-            (train_labels, test_labels), label_names = self._codes(
-                [m.row_columns[label_key][train_rows], test_m.row_columns[label_key][test_rows]],
-                f"{what} values", [path, Path(self.test_path or path)])
-            said_labels = f"labels: {what}, {len(label_names):,} classes ({_said(list(label_names), 8)})"
-        covariates, covariate_names, said_batch = None, (), ""
-        if self.batch_column is not None:
-            (c_train, c_test), covariate_names = self._codes(
-                [m.row_columns[self.batch_column][train_rows], test_m.row_columns[self.batch_column][test_rows]],
-                f"obs column {self.batch_column!r} values", [path, Path(self.test_path or path)])
-            covariates = {"train": c_train, "test": c_test}
-            said_batch = f"batch: obs column {self.batch_column!r}, {len(covariate_names):,} batches " \
-                         f"({_said(list(covariate_names), 8)})"
-        # the description
-        held = train.nbytes + test.nbytes
-        dense = train.dense_nbytes + test.dense_nbytes
-        cells = len(train) * train.shape[1] + len(test) * test.shape[1]
-        nonzero = (train.nnz + test.nnz) / cells if cells else 0.0
-        empty_said = f"empty rows dropped: {empty:,}" + (f" (test file: {test_empty:,})" if tm is not None else "")
-        if selected is not None:
-            empty_said += f"; rows empty in the selected columns dropped: {after_empty[0]:,} train, {after_empty[1]:,} test"
-        parts = [f"counts ({m.format}) from {path}" + (f" ({'; '.join(notes)})" if notes else ""),
-                 said_split,
-                 f"{len(train):,} train / {len(test):,} test rows x {train.shape[1]:,} columns"
-                 + (f" (of {width:,})" if selected is not None else ""),
-                 f"non-zeros {nonzero:.2%}",
-                 f"held sparse {_size(held)} against {_size(dense)} dense float32",
-                 empty_said]
+        split = self._split_rows(m, self._read_test(m, path), path)
+        selected, said_columns = self._choose_columns(m, split.train, path)
+        train, test, names, split, after_empty = self._take_columns(m, split, selected, path)
+        (train_labels, test_labels), label_names, said_labels = self._labels(m, split, path)
+        covariates, covariate_names, said_batch = self._batches(m, split, path)
+        parts = [f"counts ({m.format}) from {path}" + (f" ({'; '.join(notes)})" if notes else ""), split.said,
+                 *_said_rows(train, test, m.shape[1] if selected is not None else None),
+                 self._said_empty(split, after_empty, selected is not None)]
         parts += [p for p in (said_labels, said_batch) if p]
         if selected is not None:
             parts.append(f"columns: {said_columns}; kept (in the file's column order): {', '.join(names)}")
         return DataSplits("counts", train, train_labels, test, test_labels, "; ".join(parts),
                           covariates=covariates, covariate_names=covariate_names, feature_names=tuple(names),
                           label_names=label_names)
+
+
+class _RowSplit(NamedTuple):
+    """The rows of :meth:`CountDataset.load`'s train and test splits, as indices into their files."""
+
+    train: np.ndarray
+    test: np.ndarray
+    test_m: CountMatrix  # the matrix the test rows index: the test file's, or the data file's
+    said: str  # how the split was made, for the description
+    empty: int  # rows with no counts dropped from the data file
+    test_empty: int  # ... and from the test file
+
+
+def _named_columns(features: str, columns: list[str], path: Path) -> tuple[np.ndarray, str]:
+    """The columns named in the file ``features`` (data.features), in its order; and what is said of them."""
+    wanted = read_names(features, "a file of feature names")
+    where = {name: j for j, name in enumerate(columns)}
+    unknown = [n for n in wanted if n not in where]
+    if unknown:
+        raise DataError(f"{features} names {len(unknown):,} features that {path} does not have: "
+                        f"{_said(unknown)}; its columns are e.g. {_said(columns)}: correct the names, or "
+                        f"remove them from the file.")
+    repeated = sorted({n for n in wanted if wanted.count(n) > 1}) if len(set(wanted)) != len(wanted) else []
+    if repeated:
+        raise DataError(f"{features} names {_said(repeated)} more than once: each feature once.")
+    selected = np.array([where[n] for n in wanted], dtype=np.int64)
+    return selected, f"the {len(selected):,} named in {features}"
+
+
+def _said_rows(train: SparseRows, test: SparseRows, width: int | None) -> list[str]:
+    """The description's sizes: rows x columns (of ``width`` if selected), non-zeros, memory sparse and dense."""
+    held = train.nbytes + test.nbytes
+    dense = train.dense_nbytes + test.dense_nbytes
+    cells = len(train) * train.shape[1] + len(test) * test.shape[1]
+    nonzero = (train.nnz + test.nnz) / cells if cells else 0.0
+    return [f"{len(train):,} train / {len(test):,} test rows x {train.shape[1]:,} columns"
+            + (f" (of {width:,})" if width is not None else ""),
+            f"non-zeros {nonzero:.2%}",
+            f"held sparse {_size(held)} against {_size(dense)} dense float32"]
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:
