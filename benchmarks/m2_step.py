@@ -42,7 +42,8 @@ from discrete_step import measure, optimizer_step  # noqa: E402
 from pyro_vae.config import OBJECTIVES  # noqa: E402
 from pyro_vae.labelled import SemiSupervisedVAE  # noqa: E402
 from pyro_vae.programs import Program  # noqa: E402
-from pyro_vae.training import _LabelledBatch, svi_step  # noqa: E402
+from pyro_vae.labels import LabelledBatch  # noqa: E402
+from pyro_vae.training import svi_step  # noqa: E402
 
 HAND = "hand-written PyTorch"
 LIBRARY = "pyro-vae (m2, enumerate)"
@@ -114,7 +115,7 @@ def hand_surrogate(hand: HandM2, x: torch.Tensor, labelled) -> tuple[torch.Tenso
 def library_surrogate(program: Program, objective, x: torch.Tensor, labelled) -> tuple[torch.Tensor, torch.Tensor]:
     surrogate, value = objective.step(program.source, x)
     if labelled is not None:
-        more, more_value = _LabelledBatch(program, OBJECTIVES.build("elbo"), ALPHA, *labelled)(1.0)
+        more, more_value = LabelledBatch(program, OBJECTIVES.build("elbo"), ALPHA, *labelled)(1.0)
         surrogate, value = surrogate + more, value + more_value
     return surrogate, value
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         loss_diff, grad_diff = same_maths(hand, program, objective, x, labelled)
 
         def library_step(optimizer) -> Callable[[], float]:
-            also = (lambda: _LabelledBatch(program, OBJECTIVES.build("elbo"), ALPHA, *labelled)(1.0)) if labelled else None
+            also = (lambda: LabelledBatch(program, OBJECTIVES.build("elbo"), ALPHA, *labelled)(1.0)) if labelled else None
             return lambda: svi_step(program, objective, optimizer, x, also=also)
 
         contestants = {HAND: optimizer_step(torch.optim.Adam(hand.parameters(), lr=1e-3),

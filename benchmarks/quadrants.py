@@ -3,7 +3,7 @@
 Pyro's CVAE task (``examples/cvae``): shown quadrants x_v (1: bottom-left; 2: the left half; 3: all
 but the bottom-right), the rest x_h predicted. For each ``--visible`` count:
 
-* **CVAE** (``model.program = "quadrant-cvae"``, ``pyro_vae/completion.py``): p(z|x_v) a prior
+* **CVAE** (``model.program = "quadrant-cvae"``, ``pyro_vae/quadrants.py``): p(z|x_v) a prior
   network, x_h ~ Bernoulli(decoder(z)), q(z|x); 784-500-500 softplus MLPs, z 16-D (``--latent-dim``),
   Adam 1e-3, batch 100, trained for ``--minutes`` of wall time; best.pt by the validation ELBO.
   Reported on the test set: -log p(x_h | x_v) importance-sampled with K = ``--samples`` draws of z
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
 from pyro_vae import Config, Trainer  # noqa: E402
-from pyro_vae.completion import QuadrantCVAE, visible_mask  # noqa: E402
+from pyro_vae.quadrants import QuadrantCVAE, visible_mask  # noqa: E402
 from pyro_vae.config import DATASETS  # noqa: E402
 from pyro_vae.evaluation import evaluate  # noqa: E402
 from pyro_vae.networks import MLPEncoder  # noqa: E402

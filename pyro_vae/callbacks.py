@@ -123,3 +123,10 @@ def _displayable(images):
     if images.dim() == 3:
         images = images.unsqueeze(1)
     return images.clamp(0, 1)
+
+
+def build_callbacks(config, given: list) -> list:
+    """A run's callbacks: the loggers ``train.callbacks`` names, built from the registry, then the
+    caller's own objects (``Trainer(callbacks=[...])``) in their order."""
+    return [CALLBACKS.build(spec, f"train.callbacks[{i}]") for i, spec in enumerate(config.train.callbacks)] + \
+        list(given)

@@ -86,7 +86,7 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import Distributed
-    from .runs import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, default_run_dir, differences_outside
+    from .runs import CONFIG, default_run_dir
     from .trained import finish_run, load_run
     from .training import Trainer
 
@@ -96,30 +96,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.set = [*args.set, *([f"seed={args.seed}"] if args.seed is not None else []),
                 *([f"device={args.device}"] if args.device is not None else [])]
 
-    if args.resume:
-        if args.config:
-            raise ConfigError("give either a CONFIG file or --resume RUN_DIR, not both: a resumed run keeps its own config.")
-        run_dir = Path(args.resume)
-        if not (run_dir / CONFIG).is_file() or not (run_dir / CHECKPOINT).is_file():
-            raise RunDirError(f"cannot resume {run_dir}: it needs {CONFIG} and {CHECKPOINT} (a run that finished at least one epoch).")
-        saved = Config.load(run_dir / CONFIG)
-        if args.data and saved.data["name"] != "given":
-            raise ConfigError(f"--data: {run_dir} rebuilds its own data from its config (dataset "
-                              f"'{saved.data['name']}'); resume it without --data.")
-        config = Config.load(run_dir / CONFIG, args.set)
-        changed = differences_outside(saved.to_dict(), config.to_dict(), RESUMABLE_CHANGES)
-        if changed:
-            keys = ", ".join(".".join(p) for p, _, _ in changed)
-            allowed = ", ".join(".".join(p) for p in sorted(RESUMABLE_CHANGES))
-            raise ConfigError(f"--resume can only change {allowed} (and respell data.data_dir as the same "
-                              f"folder); these overrides would change the run: {keys}.")
-    else:
-        config = _config_from(args.config, args.set, args.data)
+    config = _resumed_config(args) if args.resume else _config_from(args.config, args.set, args.data)
     dist = Distributed.from_environment(config.device, args.timeout)
     args.dist = dist
     say = print if dist.main and not args.quiet else (lambda *a, **k: None)
     if args.resume:
-        pass  # run_dir is the resumed folder
+        run_dir = Path(args.resume)
     elif args.out:
         run_dir = Path(args.out)
     elif dist.active:
@@ -148,6 +130,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     say(f"run folder: {run_dir}  ({', '.join(written)})")
     dist.close()
     return 0
+
+
+def _resumed_config(args: argparse.Namespace) -> Config:
+    """The config of ``train --resume RUN``: the run's own, with only the changes a resume may make."""
+    from .runs import CHECKPOINT, CONFIG, RESUMABLE_CHANGES, differences_outside
+
+    if args.config:
+        raise ConfigError("give either a CONFIG file or --resume RUN_DIR, not both: a resumed run keeps its own config.")
+    run_dir = Path(args.resume)
+    if not (run_dir / CONFIG).is_file() or not (run_dir / CHECKPOINT).is_file():
+        raise RunDirError(f"cannot resume {run_dir}: it needs {CONFIG} and {CHECKPOINT} (a run that finished at least one epoch).")
+    saved = Config.load(run_dir / CONFIG)
+    if args.data and saved.data["name"] != "given":
+        raise ConfigError(f"--data: {run_dir} rebuilds its own data from its config (dataset "
+                          f"'{saved.data['name']}'); resume it without --data.")
+    config = Config.load(run_dir / CONFIG, args.set)
+    changed = differences_outside(saved.to_dict(), config.to_dict(), RESUMABLE_CHANGES)
+    if changed:
+        keys = ", ".join(".".join(p) for p, _, _ in changed)
+        allowed = ", ".join(".".join(p) for p in sorted(RESUMABLE_CHANGES))
+        raise ConfigError(f"--resume can only change {allowed} (and respell data.data_dir as the same "
+                          f"folder); these overrides would change the run: {keys}.")
+    return config
 
 
 def writing_into(run_dir: Path, out: Path, command: str):
@@ -497,43 +502,44 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pyro-vae",
-        description="Variational autoencoders in Pyro: declared priors, likelihoods and ELBO estimators. "
-        "All numbers are nats per datapoint (summed over pixels).",
-    )
-    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
-    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _command(sub, name: str, examples: list[str], help: str) -> argparse.ArgumentParser:
+    """A subcommand whose own --help opens with its one-line description and ends with examples."""
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                          epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def command(name: str, examples: list[str], help: str) -> argparse.ArgumentParser:
-        """A subcommand whose own --help opens with its one-line description and ends with examples."""
-        return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
-                              epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.prior=mixture --set model.prior.components=10 "
+                   "(values use TOML syntax: 10, 1e-3, true, [400, 200], or a bare word)")
 
-    def overrides(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set model.prior=mixture --set model.prior.components=10 "
-                       "(values use TOML syntax: 10, 1e-3, true, [400, 200], or a bare word)")
+def _data(p: argparse.ArgumentParser, training: bool = False) -> None:
+    p.add_argument("--data", metavar="PATH", help=(
+        "train on your own data: a folder of images (dataset 'image-folder'), a .npy, .npz or .pt file "
+        "(dataset 'array') or a .csv/.tsv table (dataset 'csv'); --set data.* sets its options; summarized in one "
+        "line when training starts" if training else
+        "the data the run trained on, where its config cannot rebuild it (a run trained on data from Python): "
+        "a folder of images, a .npy, .npz or .pt file or a .csv/.tsv table, checked against the run's fingerprint"))
 
-    def data(p: argparse.ArgumentParser, training: bool = False) -> None:
-        p.add_argument("--data", metavar="PATH", help=(
-            "train on your own data: a folder of images (dataset 'image-folder'), a .npy, .npz or .pt file "
-            "(dataset 'array') or a .csv/.tsv table (dataset 'csv'); --set data.* sets its options; summarized in one "
-            "line when training starts" if training else
-            "the data the run trained on, where its config cannot rebuild it (a run trained on data from Python): "
-            "a folder of images, a .npy, .npz or .pt file or a .csv/.tsv table, checked against the run's fingerprint"))
+def _trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="import the user model program a run folder names (model.program); without it such "
+                   "a run is refused, since a run folder from elsewhere could name any module")
 
-    def trust(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--trust-code", action="store_true",
-                       help="import the user model program a run folder names (model.program); without it such "
-                       "a run is refused, since a run folder from elsewhere could name any module")
+def _picture(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--data", metavar="PATH", help="a folder of images or a .npy, .npz or .pt file to take the "
+                   "datapoints from (default: the run's test set)")
+    p.add_argument("--steps", type=int, default=9, help="pictures per row (default 9)")
+    p.add_argument("--out", help=f"picture path (default: RUN_DIR/{name}-....png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
+    _trust(p)
 
-    p = command("train", ['pyro-vae train', 'pyro-vae train --set model.prior=mixture --set train.epochs=50 --out runs/mix', 'pyro-vae train --data my_images/ --set model.likelihood=bernoulli', 'pyro-vae train --resume runs/mix --set train.epochs=100'], help="train a VAE (or your own model program) by SVI and write a run folder")
+def _parser_train(sub) -> None:
+    p = _command(sub, "train", ['pyro-vae train', 'pyro-vae train --set model.prior=mixture --set train.epochs=50 --out runs/mix', 'pyro-vae train --data my_images/ --set model.likelihood=bernoulli', 'pyro-vae train --resume runs/mix --set train.epochs=100'], help="train a VAE (or your own model program) by SVI and write a run folder")
     p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults, MNIST subset)")
-    overrides(p)
+    _overrides(p)
     p.add_argument("--out", help="run folder to create (default: runs/<time>-<data>-<prior>-<likelihood>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
@@ -545,11 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "for several machines run torchrun yourself: see the README)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help="seconds a collective may wait for the other processes before failing (default %(default)g)")
-    data(p, training=True)
-    trust(p)
+    _data(p, training=True)
+    _trust(p)
     p.set_defaults(func=cmd_train)
 
-    p = command("evaluate", ['pyro-vae evaluate runs/mix --samples 5000', 'pyro-vae evaluate runs/mix --json > summary.json'], help="ELBO, its terms, importance-sampled log p(x), gap, active units, bits/dim")
+
+def _parser_evaluate(sub) -> None:
+    p = _command(sub, "evaluate", ['pyro-vae evaluate runs/mix --samples 5000', 'pyro-vae evaluate runs/mix --json > summary.json'], help="ELBO, its terms, importance-sampled log p(x), gap, active units, bits/dim")
     p.add_argument("run_dir")
     p.add_argument("--samples", "-k", type=int, help="importance samples K per datapoint (default: eval.samples, 1000)")
     p.add_argument("--seed", type=int, help="seed of the estimates (default: the run's seed)")
@@ -561,11 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-large-k", action="store_true", help=f"allow --samples beyond {LARGE_K:,}")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (and nothing else there)")
-    data(p)
-    trust(p)
+    _data(p)
+    _trust(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = command("explain", ['pyro-vae explain runs/two-d --index 3 --index 7'], help="log p(x) = ELBO + KL(q || p(z|x)) term by term for chosen test points; "
+
+def _parser_explain(sub) -> None:
+    p = _command(sub, "explain", ['pyro-vae explain runs/two-d --index 3 --index 7'], help="log p(x) = ELBO + KL(q || p(z|x)) term by term for chosen test points; "
                        "a picture of q(z|x) against p(z|x) for 2-D latents")
     p.add_argument("run_dir")
     p.add_argument("--index", "-i", type=int, action="append", help="a test datapoint (repeatable; default: 4 spread "
@@ -575,11 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="posterior picture path (default: RUN_DIR/posterior.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
-    data(p)
-    trust(p)
+    _data(p)
+    _trust(p)
     p.set_defaults(func=cmd_explain)
 
-    p = command("encode", ['pyro-vae encode runs/mix --data new_images.npy --out latents.npz --samples 1000'], help="per datapoint: q(z|x)'s mean and scale, the ELBO and importance-sampled "
+
+def _parser_encode(sub) -> None:
+    p = _command(sub, "encode", ['pyro-vae encode runs/mix --data new_images.npy --out latents.npz --samples 1000'], help="per datapoint: q(z|x)'s mean and scale, the ELBO and importance-sampled "
                        "log p(x) (an anomaly score), into a .npz or .csv file")
     p.add_argument("run_dir")
     p.add_argument("--data", metavar="PATH", help="a folder of images or a .npy, .npz or .pt file of datapoints "
@@ -590,26 +602,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    trust(p)
+    _trust(p)
     p.set_defaults(func=cmd_encode)
 
-    def picture(p: argparse.ArgumentParser, name: str) -> None:
-        p.add_argument("run_dir")
-        p.add_argument("--data", metavar="PATH", help="a folder of images or a .npy, .npz or .pt file to take the "
-                       "datapoints from (default: the run's test set)")
-        p.add_argument("--steps", type=int, default=9, help="pictures per row (default 9)")
-        p.add_argument("--out", help=f"picture path (default: RUN_DIR/{name}-....png)")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-        p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
-        trust(p)
 
-    p = command("interpolate", ['pyro-vae interpolate runs/mix --pairs 0:1 2:3 --steps 9'], help="decode the straight line between two datapoints' posterior means")
-    picture(p, "interpolate")
+def _parser_interpolate(sub) -> None:
+    p = _command(sub, "interpolate", ['pyro-vae interpolate runs/mix --pairs 0:1 2:3 --steps 9'], help="decode the straight line between two datapoints' posterior means")
+    _picture(p, "interpolate")
     p.add_argument("--pairs", nargs="+", metavar="I:J", help="pairs of datapoint indices (default 0:1), a row each")
     p.set_defaults(func=cmd_interpolate)
 
-    p = command("traverse", ['pyro-vae traverse runs/mix --index 0 --span 3'], help="sweep one latent coordinate at a time around a datapoint's posterior mean")
-    picture(p, "traverse")
+
+def _parser_traverse(sub) -> None:
+    p = _command(sub, "traverse", ['pyro-vae traverse runs/mix --index 0 --span 3'], help="sweep one latent coordinate at a time around a datapoint's posterior mean")
+    _picture(p, "traverse")
     p.add_argument("--index", "-i", type=int, default=0, help="the datapoint (default 0)")
     p.add_argument("--dims", type=int, nargs="+", help="latent coordinates, a row each (default: the 8 whose "
                    "posterior means spread most over the datapoints)")
@@ -619,7 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "datapoint's posterior means)")
     p.set_defaults(func=cmd_traverse)
 
-    p = command("sample", ['pyro-vae sample runs/mix --n 64 --seed 1', 'pyro-vae sample runs/cvae --classes all --n 8'],
+
+def _parser_sample(sub) -> None:
+    p = _command(sub, "sample", ['pyro-vae sample runs/mix --n 64 --seed 1', 'pyro-vae sample runs/cvae --classes all --n 8'],
                 help="decode samples z ~ p(z) into a picture")
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64; per class with --classes)")
@@ -632,13 +640,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="picture path (default: RUN_DIR/samples-n<N>-seed<S>-<pixels>.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", help="cpu, cuda or auto (default: the run's device)")
-    trust(p)
+    _trust(p)
     p.set_defaults(func=cmd_sample)
 
-    p = command("compare", ['pyro-vae compare --objectives elbo,iwae,dreg --particles 5 --budget 2000steps', "pyro-vae compare --set model.latent_dim=16 --set model.prior=categorical --set model.guide=categorical --objectives 'enumerate,score-function(baseline=leave-one-out):4,gumbel-softmax'"], help="train one model under several objectives on equal budgets and compare them "
+
+def _parser_compare(sub) -> None:
+    p = _command(sub, "compare", ['pyro-vae compare --objectives elbo,iwae,dreg --particles 5 --budget 2000steps', "pyro-vae compare --set model.latent_dim=16 --set model.prior=categorical --set model.guide=categorical --objectives 'enumerate,score-function(baseline=leave-one-out):4,gumbel-softmax'"], help="train one model under several objectives on equal budgets and compare them "
                   "(the final test log p(x) takes K = eval.samples: --set eval.samples=N)")
     p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults)")
-    overrides(p)
+    _overrides(p)
     p.add_argument("--objectives", default="elbo,elbo-analytic-kl,iwae,stl,dreg",
                    help="comma-separated objectives, each NAME, NAME:K (K samples per datapoint) or "
                    "NAME(key=value; ...):K with options, e.g. 'score-function(baseline=none):4' "
@@ -658,11 +668,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    p = command("list", ['pyro-vae list', 'pyro-vae list prior'], help="every registered component with its options and defaults")
+
+def _parser_list(sub) -> None:
+    p = _command(sub, "list", ['pyro-vae list', 'pyro-vae list prior'], help="every registered component with its options and defaults")
     p.add_argument("kind", nargs="?", help=f"only one kind: {', '.join(REGISTRIES)}")
     p.set_defaults(func=cmd_list)
 
-    p = command("export", ["pyro-vae export runs/mix --out exported/mix", "python -c \"import pyro_vae; "
+
+def _parser_export(sub) -> None:
+    p = _command(sub, "export", ["pyro-vae export runs/mix --out exported/mix", "python -c \"import pyro_vae; "
                 "print(pyro_vae.load('exported/mix').sample(4).shape)\""],
                 help="write a trained model to share: its parameters as safetensors (loading runs no code), "
                 "the config and what it trained on")
@@ -673,17 +687,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     p.set_defaults(func=cmd_export)
 
-    p = command("completion", ['pyro-vae completion bash > ~/.local/share/bash-completion/completions/pyro-vae',
+
+def _parser_completion(sub) -> None:
+    p = _command(sub, "completion", ['pyro-vae completion bash > ~/.local/share/bash-completion/completions/pyro-vae',
                                'pyro-vae completion zsh > ~/.zfunc/_pyro-vae   # with fpath+=(~/.zfunc) in ~/.zshrc'],
                 help="print a shell completion script for pyro-vae (bash, zsh or tcsh; made by shtab from this "
                 "command line's own parser)")
     p.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     p.set_defaults(func=cmd_completion)
 
-    p = command("config", ['pyro-vae config examples/configs/mixture-prior.toml --set train.epochs=5'], help="print the resolved config (defaults filled in) as TOML")
+
+def _parser_config(sub) -> None:
+    p = _command(sub, "config", ['pyro-vae config examples/configs/mixture-prior.toml --set train.epochs=5'], help="print the resolved config (defaults filled in) as TOML")
     p.add_argument("config", nargs="?")
-    overrides(p)
+    _overrides(p)
     p.set_defaults(func=cmd_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae",
+        description="Variational autoencoders in Pyro: declared priors, likelihoods and ELBO estimators. "
+        "All numbers are nats per datapoint (summed over pixels).",
+    )
+    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_parser_train, _parser_evaluate, _parser_explain, _parser_encode, _parser_interpolate, _parser_traverse, _parser_sample, _parser_compare, _parser_list, _parser_export, _parser_completion, _parser_config):
+        add(sub)
     return parser
 
 

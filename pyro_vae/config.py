@@ -454,7 +454,9 @@ DEFAULT_TIMEOUT = 300.0
 #: model programs of the library besides the stock VAE, by name (``model.program = "gmvae"``):
 #: library code, so a run folder rebuilds them without --trust-code
 LIBRARY_PROGRAMS = {"gmvae": "pyro_vae.gmvae:GaussianMixtureVAE", "cvae": "pyro_vae.labelled:ConditionalVAE",
-                    "m2": "pyro_vae.labelled:SemiSupervisedVAE", "quadrant-cvae": "pyro_vae.completion:QuadrantCVAE"}
+                    "m2": "pyro_vae.labelled:SemiSupervisedVAE", "quadrant-cvae": "pyro_vae.quadrants:QuadrantCVAE"}
+#: library programs that moved, by the path a run folder may have recorded: read as where they are now
+MOVED_PROGRAMS = {"pyro_vae.completion:QuadrantCVAE": "pyro_vae.quadrants:QuadrantCVAE"}
 
 
 def library_program(path: str) -> bool:
@@ -492,7 +494,7 @@ def model_from_dict(raw: Any, where: str) -> "ModelConfig | ProgramConfig":
         raise ConfigError(f"{where}.program must be a string, got {program!r}.")
     if program == "vae":
         return _section_from_dict(ModelConfig, raw, where)
-    program = LIBRARY_PROGRAMS.get(program, program)
+    program = MOVED_PROGRAMS.get(program, LIBRARY_PROGRAMS.get(program, program))
     if ":" not in program:
         names = ", ".join(f'"{n}"' for n in LIBRARY_PROGRAMS)
         raise ConfigError(

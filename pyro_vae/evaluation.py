@@ -16,6 +16,7 @@ the batches not yet done, with the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,12 +32,16 @@ from .errors import RunDirError
 from .exact import ExactEvidence, closed_form_available, enumeration_available, exact_evidence
 from .files import save_tensors, write_text
 from .labels import LabelPolicy, Unlabelled
-from .metrics import ESTIMATES, _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage
+from .labels import Estimates
+from .metrics import ESTIMATES, _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, log_evidence
 from .numerics import seeded
 from .programs import Program, checked_program
 
-#: evaluation's estimators: the batch x is checked once for the whole evaluation, not again per batch
-_BATCH_ESTIMATES = dataclasses.replace(ESTIMATES, elbo_terms=_elbo_terms)
+
+def _batch_estimates() -> Estimates:
+    """Evaluation's estimators (``metrics.py``'s), read as an evaluation starts: x is checked once for
+    the whole evaluation (``checked_program``), not again per batch."""
+    return dataclasses.replace(ESTIMATES, elbo_terms=_elbo_terms, log_evidence=log_evidence)
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,18 @@ class EvaluationStore:
         else:
             write_text(path, json.dumps(key, indent=2) + "\n")  # (each writer a temporary file of its own)
 
+    @classmethod
+    def for_evaluation(cls, folder, program: Program, x: torch.Tensor, labels: torch.Tensor | None,
+                       settings: EvaluationSettings, chunk_pairs: int) -> "EvaluationStore":
+        """The store of the evaluation of ``program`` on x (and labels) with ``settings``: keyed on
+        the parameters, the data and every setting that changes the numbers."""
+        s = settings
+        return cls(folder, {
+            "model": fingerprint(program.module.state_dict().items()), "data": fingerprint([("x", x)]),
+            "datapoints": x.shape[0], "samples": s.samples, "seed": s.seed, "batch_size": s.batch_size,
+            "chunk_pairs": chunk_pairs, "posterior_means": s.posterior_means,
+            **({"labels": fingerprint([("y", labels)])} if labels is not None else {})})
+
     def _batch(self, index: int) -> Path:
         return self.folder / f"batch-{index:06d}.pt"
 
@@ -318,70 +335,83 @@ def evaluate(
     E_q[z|x, y] at each datapoint's own label.
     """
     s = dataclasses.replace(settings or EvaluationSettings(), **options)
-    samples, seed, batch_size, exact_points, posterior_means = \
-        s.samples, s.seed, s.batch_size, s.exact_points, s.posterior_means
     program = checked_program(program, x)
     policy = program.policy
     labels = policy.evaluation_labels(program, labels, x.shape[0])
-    module = program.module
-    starts = list(range(0, x.shape[0], batch_size))
     chunk_pairs = chunk_pairs_for(program, x.device, s.chunk_pairs)  # resolved once, not per batch or exact point
-    kept = None
-    if store is not None:
-        kept = EvaluationStore(store, {
-            "model": fingerprint(module.state_dict().items()), "data": fingerprint([("x", x)]), "datapoints": x.shape[0],
-            "samples": samples, "seed": seed, "batch_size": batch_size, "chunk_pairs": chunk_pairs,
-            "posterior_means": posterior_means, **({"labels": fingerprint([("y", labels)])} if labels is not None else {})})
-
-    def batches(indices: list[int]) -> list[dict]:
-        from tqdm.auto import tqdm
-
-        out = []
-        bar = tqdm(indices, disable=not (progress and dist.main), unit="batch", leave=False, dynamic_ncols=True,
-                   desc=f"evaluating, K = {samples}" if samples else "evaluating")
-        for b in bar:
-            terms = kept.load(b) if kept is not None else None
-            if terms is None:
-                xb = x[starts[b] : starts[b] + batch_size]
-                yb = labels[starts[b] : starts[b] + batch_size] if labels is not None else None
-                with seeded(batch_seed(seed, b), x.device):
-                    terms = policy.score_batch(program, xb, yb, samples, chunk_pairs, posterior_means, _BATCH_ESTIMATES)
-                terms = {k: v.float().cpu() for k, v in terms.items()}
-                if kept is not None:
-                    kept.save(b, terms)
-            out.append(terms)
-        return out
-
-    was_training = module.training
-    module.eval()
-    try:
-        parts = dist.map_items(len(starts), batches)
-        exact, exact_index = _exact_part(program, x, exact_points, chunk_pairs, dist) \
-            if exact_points > 0 and policy.exact_evidence else (None, None)
-    finally:
-        module.train(was_training)
+    kept = EvaluationStore.for_evaluation(store, program, x, labels, s, chunk_pairs) if store is not None else None
+    batches = _Batches(program, x, labels, s, chunk_pairs, kept, progress and dist.main, _batch_estimates())
+    with _eval_mode(program.module):
+        parts = dist.map_items(len(batches.starts), batches)
+        exact, exact_index = _exact_part(program, x, s.exact_points, chunk_pairs, dist) \
+            if s.exact_points > 0 and policy.exact_evidence else (None, None)
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("kl_analytic", "kl_per_site")}
     meant = policy.mean_view(program, labels)  # whose E_q[z] it is
     return Evaluation(
-        reconstruction=cat["reconstruction"],
-        kl=cat["kl"],
-        elbo=cat["elbo"],
-        posterior_mean=cat.get("posterior_mean"),
+        reconstruction=cat["reconstruction"], kl=cat["kl"], elbo=cat["elbo"], posterior_mean=cat.get("posterior_mean"),
         kl_analytic=all(bool(p["kl_analytic"]) for p in parts),
         kl_per_site=all(bool(p.get("kl_per_site", False)) for p in parts),
-        num_pixels=math.prod(x.shape[1:]),
-        discrete=program.discrete,
-        seed=seed,
+        num_pixels=math.prod(x.shape[1:]), discrete=program.discrete, seed=s.seed,
         code_groups=next(iter(meant.code_groups.values())) if len(meant.code_groups) == 1 else None,
-        log_px=cat.get("log_px"),
-        samples=samples,
-        exact=exact,
-        exact_index=exact_index,
-        policy=policy,
+        log_px=cat.get("log_px"), samples=s.samples, exact=exact, exact_index=exact_index, policy=policy,
         labels=labels.cpu() if labels is not None else None,
-        predicted=cat["predicted"].long() if "predicted" in cat else None,
-        num_classes=program.num_classes,
+        predicted=cat["predicted"].long() if "predicted" in cat else None, num_classes=program.num_classes,
     )
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """The module in eval mode inside the block (batch norm's running statistics, no dropout), its
+    own mode again after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+@dataclass
+class _Batches:
+    """The evaluation's batches as a callable of the batch indices a process computes (what
+    ``Distributed.map_items`` shares out): each batch scored by the program's label policy under its
+    own seed (:func:`batch_seed`), or read back from the store where it was kept before."""
+
+    program: Program
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    settings: EvaluationSettings
+    chunk_pairs: int
+    kept: EvaluationStore | None
+    progress: bool
+    estimates: Estimates
+
+    @property
+    def starts(self) -> range:
+        return range(0, self.x.shape[0], self.settings.batch_size)
+
+    def __call__(self, indices: list[int]) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        s = self.settings
+        bar = tqdm(indices, disable=not self.progress, unit="batch", leave=False, dynamic_ncols=True,
+                   desc=f"evaluating, K = {s.samples}" if s.samples else "evaluating")
+        return [self.one(b) for b in bar]
+
+    def one(self, b: int) -> dict:
+        terms = self.kept.load(b) if self.kept is not None else None
+        if terms is not None:
+            return terms
+        s, start = self.settings, self.starts[b]
+        xb = self.x[start : start + s.batch_size]
+        yb = self.labels[start : start + s.batch_size] if self.labels is not None else None
+        with seeded(batch_seed(s.seed, b), self.x.device):
+            terms = self.program.policy.score_batch(self.program, xb, yb, s.samples, self.chunk_pairs,
+                                                    s.posterior_means, self.estimates)
+        terms = {k: v.float().cpu() for k, v in terms.items()}
+        if self.kept is not None:
+            self.kept.save(b, terms)
+        return terms
 
 
 def _exact_part(program: Program, x: torch.Tensor, exact_points: int, chunk_pairs: int | None, dist: Distributed):

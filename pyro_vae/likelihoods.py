@@ -1,6 +1,6 @@
 """Likelihoods p(x|z): the decoder's output read as a distribution over every pixel.
 
-A likelihood owns three things:
+A likelihood owns four things:
 
 * the decoder head: ``head_shape = (params_per_pixel, C, H, W)``; the decoder emits that many
   numbers per image and ``forward(head)`` turns them into a distribution whose event covers the

@@ -344,28 +344,31 @@ def gradient_statistics(program, objective, x: torch.Tensor, draws: int = 100, s
                         s += grad
                         q += grad * grad
     module.zero_grad(set_to_none=True)
-    out = {}
-    for g in groups:
-        if not sums[g]:
-            continue
-        mean = torch.cat([s.flatten() for s in sums[g]]) / draws
-        var = (torch.cat([q.flatten() for q in squares[g]]) / draws - mean**2) * draws / max(draws - 1, 1)
-        var = var.clamp_min(0.0)
-        moving = var > 0
-        out[g] = {
-            "variance": var.sum().item(),
-            "snr": (mean[moving].abs() / var[moving].sqrt()).mean().item() if moving.any() else float("nan"),
-            "norm_snr": (mean.norm() / var.sum().sqrt()).item() if var.sum() > 0 else float("inf"),
-            "mean_norm": mean.norm().item(),
-            "coordinates": mean.numel(),
-        }
-        if reference is not None:
-            truth = reference[g].double().to(mean.device)
-            bias = (mean - truth).norm().item()
-            out[g].update(bias=bias, bias_stderr=math.sqrt(var.sum().item() / draws),
-                          relative_bias=bias / max(truth.norm().item(), 1e-300),
-                          mse=bias**2 + var.sum().item(),
-                          true_snr=(truth.norm() / var.sum().sqrt()).item() if var.sum() > 0 else float("inf"))
+    return {g: _gradient_summary(sums[g], squares[g], draws, None if reference is None else reference[g])
+            for g in groups if sums[g]}
+
+
+def _gradient_summary(sums: list[torch.Tensor], squares: list[torch.Tensor], draws: int,
+                      truth: torch.Tensor | None) -> dict:
+    """One parameter group's variance, SNRs (and, against ``truth``, bias and MSE) from the sums of
+    ``draws`` gradient draws and of their squares (see :func:`gradient_statistics`)."""
+    mean = torch.cat([s.flatten() for s in sums]) / draws
+    var = (torch.cat([q.flatten() for q in squares]) / draws - mean**2) * draws / max(draws - 1, 1)
+    var = var.clamp_min(0.0)
+    moving = var > 0
+    out = {
+        "variance": var.sum().item(),
+        "snr": (mean[moving].abs() / var[moving].sqrt()).mean().item() if moving.any() else float("nan"),
+        "norm_snr": (mean.norm() / var.sum().sqrt()).item() if var.sum() > 0 else float("inf"),
+        "mean_norm": mean.norm().item(),
+        "coordinates": mean.numel(),
+    }
+    if truth is not None:
+        truth = truth.double().to(mean.device)
+        bias = (mean - truth).norm().item()
+        out.update(bias=bias, bias_stderr=math.sqrt(var.sum().item() / draws),
+                   relative_bias=bias / max(truth.norm().item(), 1e-300), mse=bias**2 + var.sum().item(),
+                   true_snr=(truth.norm() / var.sum().sqrt()).item() if var.sum() > 0 else float("inf"))
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +27,7 @@ from .config import LIKELIHOODS, Config
 from .data import USER_FILE_DATASETS, DataSplits, probe_generator
 from .data import summary as data_summary
 from .errors import ConfigError, ProgramError
+from .metrics import analytic_kl_available
 from .programs import Program, check_params_are_the_modules
 from .runs import BEST, CHECKPOINT, data_record
 
@@ -141,6 +143,20 @@ def check_program(program: Program, objective, data, device: torch.device) -> No
         except (ValueError, RuntimeError) as e:
             raise ProgramError(f"model program {program.name} failed on a training batch of shape "
                                f"{tuple(x.shape)}: {type(e).__name__}: {e}") from None
+
+
+def say_kl_estimator(objective, program: Program, log: Callable[[str], None]) -> None:
+    """elbo-analytic-kl where some latent site has no closed-form KL: said (a warning and the log),
+    and estimated by Monte Carlo there."""
+    if getattr(objective, "analytic_kl", False) and not analytic_kl_available(program):
+        vae = program.vae
+        pair = (f"guide '{vae.posterior.name}' and prior '{vae.prior.name}'" if program.direct else
+                f"every latent site of {program.name}")
+        message = (
+            f"elbo-analytic-kl: KL(q(z|x) || p(z)) has no closed form for {pair}; the KL term is "
+            f"estimated by Monte Carlo instead (as objective \"elbo\" would), where no formula is registered.")
+        warnings.warn(message, stacklevel=3)
+        log(f"warning: {message}")
 
 
 def say_data(config: Config, splits: DataSplits, log: Callable[[str], None]) -> None:

@@ -297,7 +297,81 @@ class _Identity:
         return x
 
 
-class Program:
+class _DataContract:
+    """The data side of a :class:`Program`: what prepares and checks the data it scores (the stock
+    VAE's likelihood, the program's own methods, or nothing), the refusals at its Python boundary,
+    and its draws in the data's shape. (A base class of Program, which provides ``module``, ``vae``,
+    ``direct``, ``data_shape``, ``name`` and the probes these read.)"""
+
+    @property
+    def contract(self):
+        """What prepares and checks data: the stock VAE's likelihood, the program's own methods, or nothing."""
+        if self.vae is not None:
+            return self.vae.likelihood
+        if any(hasattr(self.module, m) for m in DATA_CONTRACT):
+            return _OwnContract(self.module)
+        return _Identity()
+
+    def check_data(self, x: torch.Tensor, split: str) -> None:
+        """Refuse data the program cannot score: its contract's checks, and for a program without
+        the stock likelihood's, the support of its observed site "x"."""
+        self.contract.check_data(x, split)
+
+    def check_observed(self, x: torch.Tensor, where: str = "input") -> None:
+        """The Python boundary of evaluation: refuse a batch the program cannot score as it is (the
+        prepared data) with the fix named: the stock likelihood's ``check_observed``; for other
+        programs the shape (where the data shape is known), dtype, finiteness and the support of
+        site "x"."""
+        if self.vae is not None:
+            self.vae.likelihood.check_observed(x, where, like=self.vae.decoder)
+            if self.direct:
+                return
+        else:
+            if self.data_shape is not None:
+                check_batch(x, self.data_shape, where, like=self.module)
+            require_finite(x, where)
+        self.check_support(x, where)
+
+    def check_support(self, x: torch.Tensor, split: str) -> None:
+        """Refuse prepared data outside the support of site "x" (programs other than the stock VAE)."""
+        if self.vae is not None and self.direct:
+            return  # the likelihood's own check_data covers it, with the fix named
+        with torch.no_grad(), torch.random.fork_rng():
+            site = self.probing(min(16, x.shape[0]))._observed_site(x[:16])
+        fn = site["fn"]
+        try:  # the value the site observed, which a program may have reshaped or transformed from x
+            ok = bool(fn.support.check(site["value"]).all())
+        except Exception:  # a support that cannot be checked elementwise
+            return
+        if not ok:
+            raise DataError(
+                f"the {split} data (values in [{x.min().item():g}, {x.max().item():g}]) is outside the support of "
+                f"the program's observed site \"x\" ({type(fn).__name__}, support {fn.support}). Prepare the data "
+                f"for it (a prepare_eval_set / prepare_batch method on the program, e.g. binarizing), or choose a "
+                f"likelihood whose support holds it.")
+
+    def fit_to_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        """Once, before training: the stock prior's ``fit_to_data`` (VampPrior), or the program's own."""
+        if self.vae is not None:
+            self.vae.prior.fit_to_data(x, generator)
+        elif hasattr(self.module, "fit_to_data"):
+            self.module.fit_to_data(x, generator)
+
+    def _as_data(self, value: torch.Tensor) -> torch.Tensor:
+        """A value of site "x" (n, *its event) in the data's shape (n, *data_shape): as it is, or
+        reshaped in row-major order where the program observed a reshaped x (e.g. images flattened
+        to vectors inside its model); refused where the site holds another number of values."""
+        if self.data_shape is None or tuple(value.shape[1:]) == self.data_shape:
+            return value
+        if value[0].numel() == math.prod(self.data_shape):
+            return value.reshape(value.shape[0], *self.data_shape)
+        raise ProgramError(
+            f"the observed site \"{OBSERVED}\" of {self.name} holds {tuple(value.shape[1:])} values per datapoint, "
+            f"which do not reshape to the data's shape {self.data_shape}: the library cannot draw what the model "
+            f"generates as the data it observed. Observe x (or a reshape of it) at site \"{OBSERVED}\".")
+
+
+class Program(_DataContract):
     """Any model program as the trainer, evaluator, ``compare`` and the pictures use it.
 
     ``module`` is the nn.Module itself (what is trained and checkpointed); ``source`` computes its
@@ -397,62 +471,6 @@ class Program:
         if why and missing:
             code = CodeIdentity(code.module, code.file, code.sha256, tuple(missing))
         return {"program": class_path(type(self.module)), **options, "code": code.to_dict()}, why
-
-    # -- data ----------------------------------------------------------------------------------
-
-    @property
-    def contract(self):
-        """What prepares and checks data: the stock VAE's likelihood, the program's own methods, or nothing."""
-        if self.vae is not None:
-            return self.vae.likelihood
-        if any(hasattr(self.module, m) for m in DATA_CONTRACT):
-            return _OwnContract(self.module)
-        return _Identity()
-
-    def check_data(self, x: torch.Tensor, split: str) -> None:
-        """Refuse data the program cannot score: its contract's checks, and for a program without
-        the stock likelihood's, the support of its observed site "x"."""
-        self.contract.check_data(x, split)
-
-    def check_observed(self, x: torch.Tensor, where: str = "input") -> None:
-        """The Python boundary of evaluation: refuse a batch the program cannot score as it is (the
-        prepared data) with the fix named: the stock likelihood's ``check_observed``; for other
-        programs the shape (where the data shape is known), dtype, finiteness and the support of
-        site "x"."""
-        if self.vae is not None:
-            self.vae.likelihood.check_observed(x, where, like=self.vae.decoder)
-            if self.direct:
-                return
-        else:
-            if self.data_shape is not None:
-                check_batch(x, self.data_shape, where, like=self.module)
-            require_finite(x, where)
-        self.check_support(x, where)
-
-    def check_support(self, x: torch.Tensor, split: str) -> None:
-        """Refuse prepared data outside the support of site "x" (programs other than the stock VAE)."""
-        if self.vae is not None and self.direct:
-            return  # the likelihood's own check_data covers it, with the fix named
-        with torch.no_grad(), torch.random.fork_rng():
-            site = self.probing(min(16, x.shape[0]))._observed_site(x[:16])
-        fn = site["fn"]
-        try:  # the value the site observed, which a program may have reshaped or transformed from x
-            ok = bool(fn.support.check(site["value"]).all())
-        except Exception:  # a support that cannot be checked elementwise
-            return
-        if not ok:
-            raise DataError(
-                f"the {split} data (values in [{x.min().item():g}, {x.max().item():g}]) is outside the support of "
-                f"the program's observed site \"x\" ({type(fn).__name__}, support {fn.support}). Prepare the data "
-                f"for it (a prepare_eval_set / prepare_batch method on the program, e.g. binarizing), or choose a "
-                f"likelihood whose support holds it.")
-
-    def fit_to_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        """Once, before training: the stock prior's ``fit_to_data`` (VampPrior), or the program's own."""
-        if self.vae is not None:
-            self.vae.prior.fit_to_data(x, generator)
-        elif hasattr(self.module, "fit_to_data"):
-            self.module.fit_to_data(x, generator)
 
     def network_bodies(self) -> list[nn.Module] | None:
         """The networks mixed precision may run in bfloat16; None when the program does not say."""
@@ -593,19 +611,6 @@ class Program:
                 pass
         return self._as_data(fn.sample())
 
-    def _as_data(self, value: torch.Tensor) -> torch.Tensor:
-        """A value of site "x" (n, *its event) in the data's shape (n, *data_shape): as it is, or
-        reshaped in row-major order where the program observed a reshaped x (e.g. images flattened
-        to vectors inside its model); refused where the site holds another number of values."""
-        if self.data_shape is None or tuple(value.shape[1:]) == self.data_shape:
-            return value
-        if value[0].numel() == math.prod(self.data_shape):
-            return value.reshape(value.shape[0], *self.data_shape)
-        raise ProgramError(
-            f"the observed site \"{OBSERVED}\" of {self.name} holds {tuple(value.shape[1:])} values per datapoint, "
-            f"which do not reshape to the data's shape {self.data_shape}: the library cannot draw what the model "
-            f"generates as the data it observed. Observe x (or a reshape of it) at site \"{OBSERVED}\".")
-
     @torch.no_grad()
     def prior_draws(self, n: int) -> dict[str, torch.Tensor]:
         """n draws z ~ p(z), by latent site ({site: (n, *event)})."""
@@ -693,6 +698,41 @@ def build_model(config: Config, data_shape: tuple[int, ...], *, trust_code: bool
     """The model program ``config.model`` names (the stock VAE, or a user program), for data of
     ``data_shape``: ``programs.build_program``."""
     return build_program(config.model, data_shape, trust_code=trust_code, where=where)
+
+
+def config_with_model(config: Config, model: nn.Module | None) -> tuple[Config, str]:
+    """``config`` with its ``[model]`` table replaced by the one that rebuilds the program object
+    ``model`` (a run trained with ``Trainer(model=...)``), and why the folder cannot rebuild it where
+    it cannot; ``config`` unchanged without one. A config naming another program is refused."""
+    if model is None:
+        return config, ""
+    table, note = Program(model).model_table()
+    named = config.model
+    if isinstance(named, ProgramConfig) and named.program != table["program"]:
+        raise ConfigError(
+            f"the config names model program {named.program!r} and model= is a {table['program']!r}: "
+            f"give one of them (model= replaces the config's [model] table).")
+    return Config.from_dict({**config.to_dict(), "model": table}), note
+
+
+def program_for_run(config: Config, model: nn.Module | None, data_shape: tuple[int, ...], rebuild_note: str,
+                    log) -> tuple[Program, Config]:
+    """The program a run trains and its config: ``model`` (a program object) if given, checked against
+    the data's shape, else the one the config names, whose ``[model]`` table is then resolved
+    (:func:`record_program`). Says so where the run folder cannot rebuild it by itself."""
+    if model is not None:
+        program = Program(model, data_shape=data_shape)
+        own = getattr(model, "data_shape", None)
+        if own is not None and tuple(own) != tuple(data_shape):
+            raise ConfigError(f"the model was built for data of shape {tuple(own)}, and the data has shape "
+                              f"{tuple(data_shape)}: build it for this data (data_shape={tuple(data_shape)}).")
+    else:
+        program = build_model(config, data_shape)
+        config, rebuild_note = record_program(config, program)
+    if rebuild_note:
+        log(f"note: this run folder cannot rebuild its program by itself ({rebuild_note}); load it in "
+            f"Python with load_run(RUN, model={type(program.module).__qualname__}(...)).")
+    return program, config
 
 
 def record_program(config: Config, program: Program) -> tuple[Config, str]:

@@ -408,12 +408,40 @@ def eval_keys(config: Config) -> set[tuple]:
     return {("eval", k) for k in config.to_dict()["eval"]} | {("device",)}
 
 
+def check_same_device(state: dict, device: torch.device, run_dir: Path) -> None:
+    """Refuse to resume on another kind of device than the checkpoint's: its random states belong to it."""
+    written_on = state["rng"].get("device", "cpu")
+    if written_on != device.type:
+        raise CheckpointError(
+            f"the checkpoint in {run_dir} was written on {written_on} and this run is on "
+            f"{device.type}: its random states (data order, binarization, noise) belong to that "
+            f"device. Resume it with device = \"{written_on}\" (--set device={written_on}), or start "
+            f"a new run.")
+
+
+def restore_random_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    """The global torch stream, the data generator and (on CUDA) the device's stream as the checkpoint
+    recorded them (:func:`checkpoint_state`)."""
+    torch.set_rng_state(state["rng"]["torch"])
+    generator.set_state(state["rng"]["data"])
+    if "cuda" in state["rng"] and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+
+
+def snapshot_path(run_dir: Path, epoch: int) -> Path:
+    """Where the snapshot of ``epoch`` is kept (``train.snapshot_minutes``), its folder made."""
+    folder = Path(run_dir) / SNAPSHOTS
+    folder.mkdir(exist_ok=True)
+    return folder / f"epoch-{epoch:05d}.pt"
+
+
 def checkpoint_state(config: Config, program, optimizer, generator: torch.Generator, epoch: int, step: int,
                      progress: dict | None = None, average=None,
-                     data: dict | None = None) -> dict:
+                     data: dict | None = None, objective: dict | None = None) -> dict:
     """Everything a run needs to resume: parameters, optimizer and random states (tensors and plain
     values), and what it trained on (``data``: :func:`data_record`). With ``average``, ``model``
-    holds the averaged parameters and ``training_model`` the optimizer's."""
+    holds the averaged parameters and ``training_model`` the optimizer's; ``objective``, what the
+    estimator keeps between steps (a running baseline), where it keeps anything."""
     program = as_program(program)
     module = program.module
     device = next(module.parameters()).device
@@ -435,6 +463,8 @@ def checkpoint_state(config: Config, program, optimizer, generator: torch.Genera
     }
     if data is not None:
         state["data"] = dict(data)
+    if objective:
+        state["objective"] = objective
     if average is not None:
         state["training_model"] = state["model"]  # the live tensors: the optimizer's values again after the block
         with average.applied():

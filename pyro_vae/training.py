@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,19 +28,21 @@ from typing import Any, Callable, Iterator
 import pyro
 import torch
 
-from . import metrics, preflight
-from .config import CALLBACKS, OBJECTIVES, Config, ProgramConfig
+from . import preflight
+from .callbacks import build_callbacks
+from .config import OBJECTIVES, Config
 from .data import DATASETS, DataSplits, prepare_data
 from .distributed import SINGLE, Distributed
-from .errors import CheckpointError, ConfigError, RunDirError, TrainingDiverged
+from .errors import RunDirError, TrainingDiverged
 from .evaluation import Evaluation, evaluate
 from .files import write_text
 from .networks import mixed_precision
 from .numerics import resolve_device, sharded_noise
-from .programs import Program, as_program, build_model, record_program
-from .runs import (BEST, CHECKPOINT, CONFIG, METRICS, RESUMABLE_CHANGES, SNAPSHOTS, append_line, check_same_config,
-                   check_same_data, checkpoint_state, discard_unstarted, eval_keys, load_checkpoint,
-                   load_parameters, prepare_run_dir, read_metrics, run_lock, save_checkpoint)
+from .programs import as_program, config_with_model, program_for_run
+from .runs import (BEST, CHECKPOINT, CONFIG, METRICS, RESUMABLE_CHANGES, append_line, check_same_config,
+                   check_same_data, check_same_device, checkpoint_state, discard_unstarted, eval_keys, load_checkpoint,
+                   load_parameters, prepare_run_dir, read_metrics, restore_random_state, run_lock, save_checkpoint,
+                   snapshot_path)
 
 def kl_weight(config: Config, epoch_progress: float) -> float:
     """beta at a point in training measured in epochs: start -> 1 linearly over kl_warmup_epochs."""
@@ -137,6 +138,16 @@ class StepContext:
     shard: tuple[int, int, int] | None = None
     compute_dtype: torch.dtype | None = None
 
+    @classmethod
+    def for_rank(cls, x: torch.Tensor, kl_weight: float, compute_dtype, dist: Distributed
+                 ) -> tuple[torch.Tensor, "StepContext"]:
+        """This rank's part of a global batch x (all of it in one process) and the context its step
+        runs under: the shard's noise drawn for the whole batch."""
+        if not dist.active:
+            return x, cls(kl_weight, None, compute_dtype)
+        start, stop = dist.shard(x.shape[0])
+        return x[start:stop], cls(kl_weight, (start, stop, x.shape[0]), compute_dtype)
+
     @contextmanager
     def applied(self, bodies: list[torch.nn.Module]) -> Iterator[None]:
         with sharded_noise(*self.shard) if self.shard is not None else nullcontext(), \
@@ -203,6 +214,75 @@ class EpochLog:
             line["valid"] = self.valid
         return line
 
+    def message(self, improved: bool) -> str:
+        """The epoch's line of the training log (``*``: a new best validation ELBO)."""
+        train, valid, test = self.train, self.valid, self.test
+        return (
+            f"epoch {self.epoch:>3}  objective {self.objective:9.2f}  "
+            + (f"train ELBO {train['elbo']:9.2f}  " if train is not None else "")
+            + (f"valid ELBO {valid['elbo']:9.2f}{'*' if improved else ' '} " if valid is not None else "")
+            + (f"test ELBO {test['elbo']:9.2f} (recon {test['reconstruction']:8.2f}, KL {test['kl']:6.2f})  "
+               if test is not None else "")
+            + (f"test accuracy {test['accuracy']:.4f}  " if test is not None and "accuracy" in test else "")
+            + f"[nats/datapoint]  {self.train_seconds:.1f}s"
+        )
+
+
+def epoch_scores(program, data, config: Config, dist: Distributed, curves: bool) -> tuple[dict | None, ...]:
+    """(test, train, valid): the mean ELBO and its terms (and a classifier's accuracy) on the test
+    set and the scored training subset (epochs that draw the curves, ``train.curve_every``) and on
+    the validation split (every epoch, where there is one); None where not scored."""
+    def score(x: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        return _terms(evaluate(program, x, seed=config.seed, batch_size=config.eval.batch_size, dist=dist,
+                               posterior_means=False, labels=program.policy.scored_labels(labels)))
+
+    test, train = ((score(data.test, data.test_labels), score(data.train_eval, data.train_eval_labels))
+                   if curves else (None, None))
+    valid = score(data.valid, data.valid_labels) if data.valid is not None else None
+    return test, train, valid
+
+
+def resuming(run_dir: Path, epoch: int, step: int, epochs: int) -> str:
+    """What a resume says: where it continues from, or that the run already finished its epochs."""
+    if epoch >= epochs:
+        return (f"{run_dir} already finished its {epoch} epochs; to train further, "
+                f"resume with --set train.epochs=N for some N > {epoch}.")
+    return f"resuming {run_dir} from epoch {epoch} (step {step})"
+
+
+def last_good(run_dir: Path, epoch: int) -> str:
+    """What is left of a run that stops on a failure: its last good checkpoint, or none."""
+    if (run_dir / CHECKPOINT).is_file():
+        return f"The last good checkpoint (epoch {epoch}) in {run_dir} is intact."
+    return "No epoch had finished, so there is no checkpoint."
+
+
+def check_finite_parameters(module: torch.nn.Module, epoch: int, run_dir: Path) -> None:
+    """Refuse parameters that stopped being finite during epoch ``epoch + 1`` (``TrainingDiverged``)."""
+    bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"parameters {', '.join(bad[:3])} stopped being finite during epoch {epoch + 1}. "
+                               f"{last_good(run_dir, epoch)} Try a smaller train.lr.")
+
+
+def crossed(before: float, after: float, every: float) -> bool:
+    """Whether a clock going from ``before`` to ``after`` crossed a multiple of ``every`` (0: never)."""
+    return bool(every) and math.floor(after / every) > math.floor(before / every)
+
+
+def stop_reason(config: Config, epoch: int, best_epoch: int, best_valid: float, elapsed: float,
+                last_epoch_seconds: float) -> str:
+    """Why training stops before its next epoch ("" where it goes on): no better validation ELBO in
+    ``train.early_stopping`` epochs, or ``train.max_minutes`` of training time that the next epoch,
+    predicted to take as long as the last one, would overrun."""
+    train = config.train
+    if train.early_stopping and epoch - best_epoch >= train.early_stopping:
+        return (f"early stopping: no better validation ELBO in {train.early_stopping} epochs "
+                f"(best {best_valid:.2f} at epoch {best_epoch})")
+    if train.max_minutes and elapsed + last_epoch_seconds > 60 * train.max_minutes:
+        return f"time cap: {elapsed / 60:.1f} of train.max_minutes = {train.max_minutes:g} used"
+    return ""
+
 
 def _terms(ev: Evaluation) -> dict:
     terms = {k: v.mean().item() for k, v in (("elbo", ev.elbo), ("reconstruction", ev.reconstruction), ("kl", ev.kl))}
@@ -237,21 +317,9 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
-        if self.splits is not None and not isinstance(self.splits, DataSplits):  # bare arrays: x, or (x, labels)
-            x, labels = self.splits if isinstance(self.splits, tuple) else (self.splits, None)
-            self.splits = DataSplits.from_arrays(x, labels)
-        # train.callbacks' loggers, then the caller's own objects (pyro_vae.callbacks): rank 0 only
-        self.callbacks = [CALLBACKS.build(spec, f"train.callbacks[{i}]") for i, spec in
-                          enumerate(self.config.train.callbacks)] + list(self.callbacks)
-        self.rebuild_note = ""
-        if self.model is not None:
-            table, self.rebuild_note = Program(self.model).model_table()
-            named = self.config.model
-            if isinstance(named, ProgramConfig) and named.program != table["program"]:
-                raise ConfigError(
-                    f"the config names model program {named.program!r} and model= is a {table['program']!r}: "
-                    f"give one of them (model= replaces the config's [model] table).")
-            self.config = Config.from_dict({**self.config.to_dict(), "model": table})
+        self.splits = DataSplits.given(self.splits)  # (bare arrays: x, or (x, labels))
+        self.callbacks = build_callbacks(self.config, self.callbacks)  # (called on rank 0 only)
+        self.config, self.rebuild_note = config_with_model(self.config, self.model)
         self.device = resolve_device(self.dist.device(self.config.device))
         if not self.dist.main:  # only rank 0 speaks and writes
             self.progress, self.log = False, lambda message: None
@@ -269,7 +337,8 @@ class Trainer:
         splits = self.splits or self.preloaded or DATASETS.build(self.config.data, "data").load()
         preflight.say_data(self.config, splits, self.log)
         self.config, self.data_record = preflight.data_config(self.config, splits, given=self.splits is not None)
-        self.program = self._program(splits.event_shape)
+        self.program, self.config = program_for_run(self.config, self.model, splits.event_shape, self.rebuild_note,
+                                                    self.log)
         self.program.module.to(self.device)
         preflight.check_program_settings(self.config, self.program, self.objective)
         self.data = prepare_data(self.config, self.program, self.device, splits)
@@ -277,7 +346,7 @@ class Trainer:
                                                         self.log, self.dist)
         if labelled is not None:
             self.data_record["labelled"] = labelled
-        preflight.check_sizes(self.config, self.model_module, self.data.train.shape[0], self.run_dir, self.log)
+        preflight.check_sizes(self.config, self.program.module, self.data.train.shape[0], self.run_dir, self.log)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.program.fit_to_data(self.data.train.float(), self.generator)  # e.g. VampPrior pseudo-inputs
         if not self.program.direct:
@@ -288,28 +357,15 @@ class Trainer:
         own = self.objective.module()
         if own is not None:
             own.to(self.device)
-        self.optimizer = adam(self.model_module if own is None else torch.nn.ModuleList([self.model_module, own]),
+        self.optimizer = adam(self.program.module if own is None else torch.nn.ModuleList([self.program.module, own]),
                               self.config.train.lr, self.device)
-        self.average = ParameterAverage(self.model_module, self.config.train.ema) if self.config.train.ema else None
+        self.average = ParameterAverage(self.program.module, self.config.train.ema) if self.config.train.ema else None
         self.epoch = self.step = 0
         self.elapsed = 0.0  # training wall seconds: steps plus per-epoch scoring
         self.last_epoch_seconds = 0.0  # the same, of the last epoch (predicts the next one)
         self.best_valid, self.best_epoch = -math.inf, 0
         self.stopped = ""  # why training stopped before train.epochs, if it did
-        self._say_kl_estimator()
-
-    def _say_kl_estimator(self) -> None:
-        """elbo-analytic-kl where some latent site has no closed-form KL: said, and estimated by Monte Carlo."""
-        if getattr(self.objective, "analytic_kl", False) and not metrics.analytic_kl_available(self.program):
-            vae = self.program.vae
-            pair = (f"guide '{vae.posterior.name}' and prior '{vae.prior.name}'" if self.program.direct else
-                    f"every latent site of {self.program.name}")
-            message = (
-                f"elbo-analytic-kl: KL(q(z|x) || p(z)) has no closed form for {pair}; the KL term is "
-                f"estimated by Monte Carlo instead (as objective \"elbo\" would), where no formula is registered."
-            )
-            warnings.warn(message, stacklevel=3)
-            self.log(f"warning: {message}")
+        preflight.say_kl_estimator(self.objective, self.program, self.log)
 
     @property
     def labelled_index(self) -> torch.Tensor | None:
@@ -321,61 +377,24 @@ class Trainer:
         """The training datapoints an epoch runs over where not all (a semi-supervised run's unlabelled ones)."""
         return self.program.policy.pool
 
-    @property
-    def model_module(self) -> torch.nn.Module:
-        """The module being trained (the program's parameters)."""
-        return self.program.module
-
-    def _program(self, data_shape: tuple[int, ...]) -> Program:
-        """The program this run trains: ``model`` if given, else the one the config names; the
-        config's ``[model]`` table then records it (resolved options, code identity)."""
-        if self.model is not None:
-            program = Program(self.model, data_shape=data_shape)
-            own = getattr(self.model, "data_shape", None)
-            if own is not None and tuple(own) != tuple(data_shape):
-                raise ConfigError(f"the model was built for data of shape {tuple(own)}, and the data has shape "
-                                  f"{tuple(data_shape)}: build it for this data (data_shape={tuple(data_shape)}).")
-        else:
-            program = build_model(self.config, data_shape)
-        if self.model is None:
-            self.config, self.rebuild_note = record_program(self.config, program)
-        if self.rebuild_note:
-            self.log(f"note: this run folder cannot rebuild its program by itself ({self.rebuild_note}); load it in "
-                     f"Python with load_run(RUN, model={type(program.module).__qualname__}(...)).")
-        return program
-
     def _state(self) -> dict[str, Any]:
         progress = {"elapsed": self.elapsed, "last_epoch_seconds": self.last_epoch_seconds,
                     "best_valid": self.best_valid, "best_epoch": self.best_epoch}
-        state = checkpoint_state(self.config, self.program, self.optimizer, self.generator, self.epoch, self.step,
-                                 progress, self.average, self.data_record)
-        objective = self.objective.state_dict()
-        if objective:  # what the estimator keeps between steps (a running baseline)
-            state["objective"] = objective
-        return state
+        return checkpoint_state(self.config, self.program, self.optimizer, self.generator, self.epoch, self.step,
+                                progress, self.average, self.data_record, self.objective.state_dict())
 
     def scored(self):
         """What the per-epoch scores and best.pt see: the averaged parameters with train.ema."""
         return self.average.applied() if self.average is not None else nullcontext()
 
     def _restore(self, state: dict[str, Any]) -> None:
-        written_on = state["rng"].get("device", "cpu")
-        if written_on != self.device.type:
-            raise CheckpointError(
-                f"the checkpoint in {self.run_dir} was written on {written_on} and this run is on "
-                f"{self.device.type}: its random states (data order, binarization, noise) belong to that "
-                f"device. Resume it with device = \"{written_on}\" (--set device={written_on}), or start "
-                f"a new run."
-            )
-        load_parameters(self.model_module, state.get("training_model", state["model"]), self.run_dir / CHECKPOINT)
+        check_same_device(state, self.device, self.run_dir)
+        load_parameters(self.program.module, state.get("training_model", state["model"]), self.run_dir / CHECKPOINT)
         if self.average is not None:
             self.average.load(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.objective.load_state_dict(state.get("objective", {}))
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["data"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        restore_random_state(state, self.generator, self.device)
         self.epoch, self.step = state["epoch"], state["step"]
         progress = state.get("progress", {})
         self.elapsed, self.last_epoch_seconds = progress.get("elapsed", 0.0), progress.get("last_epoch_seconds", 0.0)
@@ -424,15 +443,9 @@ class Trainer:
             self._restore(state)
             if self.dist.main:  # (only rank 0 reads, rewrites and extends the metrics)
                 self.history = [m for m in read_metrics(self.run_dir, self.log) if m["epoch"] <= self.epoch]
-                self._write_metrics()
+                write_text(self.run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in self.history))
                 write_text(self.run_dir / CONFIG, self.config.to_toml())
-            if self.epoch >= self.config.train.epochs:
-                self.log(
-                    f"{self.run_dir} already finished its {self.epoch} epochs; to train further, "
-                    f"resume with --set train.epochs=N for some N > {self.epoch}."
-                )
-            else:
-                self.log(f"resuming {self.run_dir} from epoch {self.epoch} (step {self.step})")
+            self.log(resuming(self.run_dir, self.epoch, self.step, self.config.train.epochs))
         else:
             self._build()
             if self.dist.main:
@@ -486,7 +499,7 @@ class Trainer:
                             refresh=False,
                         )
                 train_seconds = time.perf_counter() - started
-                self._check_parameters()
+                check_finite_parameters(self.program.module, self.epoch, self.run_dir)
                 self.epoch += 1
                 self._end_epoch(total / count, beta, train_seconds, bar)
         finally:
@@ -513,18 +526,15 @@ class Trainer:
         x = self.program.contract.prepare_batch(self.data.train[index].float(), self.generator)  # the whole global batch
         program, also = self.program.policy.step(self.program, self.data, index, self.generator)
         self.step_datapoints = x.shape[0] if also is None else x.shape[0] + also.datapoints
-        context = StepContext(kl_weight, None, self.compute_dtype)
-        if self.dist.active:  # ... of which this rank keeps its shard, noise included
-            start, stop = self.dist.shard(x.shape[0])
-            context = StepContext(kl_weight, (start, stop, x.shape[0]), self.compute_dtype)
-            x = x[start:stop]
+        x, context = StepContext.for_rank(x, kl_weight, self.compute_dtype, self.dist)  # this rank's shard, noise included
         with context.applied(self.bodies):  # (steps only: scores and evaluations run in float32)
             loss = svi_step(program, self.objective, self.optimizer, x, context.kl_weight, self.dist,
                             also=None if also is None else lambda: also(context.kl_weight))
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "
-                f"{self._last_good()} Try a smaller train.lr{', or KL warm-up' if self.objective.supports_kl_weight else ''}."
+                f"{last_good(self.run_dir, self.epoch)} Try a smaller "
+                f"train.lr{', or KL warm-up' if self.objective.supports_kl_weight else ''}."
             )
         self.step += 1
         if self.average is not None:
@@ -546,46 +556,18 @@ class Trainer:
             yield from self._batches()
 
     def _should_stop(self) -> bool:
-        """Early stopping on the validation ELBO, and the wall-time cap (an epoch predicted to
-        overrun it, from the last epoch's time, is not started)."""
-        train = self.config.train
-        if train.early_stopping and self.epoch - self.best_epoch >= train.early_stopping:
-            self.stopped = (
-                f"early stopping: no better validation ELBO in {train.early_stopping} epochs "
-                f"(best {self.best_valid:.2f} at epoch {self.best_epoch})"
-            )
-        elif train.max_minutes and self.elapsed + self.last_epoch_seconds > 60 * train.max_minutes:
-            self.stopped = f"time cap: {self.elapsed / 60:.1f} of train.max_minutes = {train.max_minutes:g} used"
+        """Early stopping on the validation ELBO, and the wall-time cap (``stop_reason``), said when it stops."""
+        self.stopped = self.stopped or stop_reason(self.config, self.epoch, self.best_epoch, self.best_valid,
+                                                   self.elapsed, self.last_epoch_seconds)
         if self.stopped:
             self.log(f"stopped after epoch {self.epoch}: {self.stopped}")
         return bool(self.stopped)
 
-    def _last_good(self) -> str:
-        if (self.run_dir / CHECKPOINT).is_file():
-            return f"The last good checkpoint (epoch {self.epoch}) in {self.run_dir} is intact."
-        return "No epoch had finished, so there is no checkpoint."
-
-    def _check_parameters(self) -> None:
-        bad = [n for n, p in self.model_module.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise TrainingDiverged(
-                f"parameters {', '.join(bad[:3])} stopped being finite during epoch {self.epoch + 1}. "
-                f"{self._last_good()} Try a smaller train.lr."
-            )
-
     def _end_epoch(self, mean_loss: float, beta: float, train_seconds: float, bar) -> None:
         started = time.perf_counter()
-        ev = self.config.eval
-        def score(x: torch.Tensor, labels: torch.Tensor | None) -> dict:
-            return _terms(evaluate(self.program, x, seed=self.config.seed, batch_size=ev.batch_size, dist=self.dist,
-                                   posterior_means=False, labels=self.program.policy.scored_labels(labels)))
-
         curves = self.epoch == 1 or self.epoch % self.config.train.curve_every == 0
-        data = self.data
         with self.scored():
-            test, train = ((score(data.test, data.test_labels), score(data.train_eval, data.train_eval_labels))
-                           if curves else (None, None))
-            valid = score(data.valid, data.valid_labels) if data.valid is not None else None
+            test, train, valid = epoch_scores(self.program, self.data, self.config, self.dist, curves)
         # the slowest rank's times, so that every rank takes the same time-cap decision
         train_seconds, eval_seconds = self.dist.slowest(train_seconds, time.perf_counter() - started)
         log = EpochLog(self.epoch, self.step, -mean_loss, beta, train_seconds, train, test, eval_seconds, valid,
@@ -601,34 +583,11 @@ class Trainer:
             state = self._state()
             if improved:
                 save_checkpoint(self.run_dir / BEST, state)
-            self._snapshot(state)
+            if crossed(self.elapsed - self.last_epoch_seconds, self.elapsed, 60 * self.config.train.snapshot_minutes):
+                save_checkpoint(snapshot_path(self.run_dir, self.epoch), state)
             save_checkpoint(self.run_dir / CHECKPOINT, state)
         self._call("on_epoch_end", self.history[-1])
-        message = (
-            f"epoch {self.epoch:>3}  objective {-mean_loss:9.2f}  "
-            + (f"train ELBO {train['elbo']:9.2f}  " if train is not None else "")
-            + (f"valid ELBO {valid['elbo']:9.2f}{'*' if improved else ' '} " if valid is not None else "")
-            + (f"test ELBO {test['elbo']:9.2f} (recon {test['reconstruction']:8.2f}, KL {test['kl']:6.2f})  "
-               if test is not None else "")
-            + (f"test accuracy {test['accuracy']:.4f}  " if test is not None and "accuracy" in test else "")
-            + f"[nats/datapoint]  {train_seconds:.1f}s"
-        )
-        if self.progress:
-            bar.write(message)
-        else:
-            self.log(message)
-
-    def _snapshot(self, state: dict) -> None:
-        """Keep a copy of ``state`` each time the training time crosses a multiple of snapshot_minutes."""
-        every = 60 * self.config.train.snapshot_minutes
-        before = self.elapsed - self.last_epoch_seconds
-        if every and math.floor(self.elapsed / every) > math.floor(before / every):
-            folder = self.run_dir / SNAPSHOTS
-            folder.mkdir(exist_ok=True)
-            save_checkpoint(folder / f"epoch-{self.epoch:05d}.pt", state)
-
-    def _write_metrics(self) -> None:
-        write_text(self.run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in self.history))
+        (bar.write if self.progress else self.log)(log.message(improved))
 
 
 # Moved to trained.py, runs.py and data:  importing them from here still works, with a

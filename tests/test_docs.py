@@ -38,3 +38,29 @@ def test_the_site_builds_with_no_warning(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
     assert "log_evidence" in api and "Trainer" in api  # rendered from the docstrings
+
+
+def test_contributing_lists_the_layers_of_the_layering_test():
+    import re
+
+    from test_layering import LAYERS
+
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        if len(cells) == 3 and cells[0] in {name for name, _ in LAYERS}:
+            rows[cells[0]] = {re.sub(r" \(.*\)$", "", m) for m in re.findall(r"`([^`]+)`", cells[1])}
+    assert rows == {name: modules for name, modules in LAYERS}
+
+
+def test_the_module_map_names_every_module_and_objective():
+    from pyro_vae.config import OBJECTIVES
+
+    from test_layering import MODULES
+
+    text = (ROOT / "docs" / "guide" / "layout.md").read_text()
+    for module in MODULES:
+        assert f"{module.split('.')[-1]}.py" in text or module == "data", module
+    for name in OBJECTIVES.names():
+        assert name in text, name

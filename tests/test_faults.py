@@ -397,7 +397,7 @@ def test_a_batch_larger_than_the_training_set_is_said(tmp_path, capsys):
 
 
 def test_a_model_too_large_for_the_machine_is_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("pyro_vae.training._physical_memory", lambda: 2**12)  # a machine of 4 KiB
+    monkeypatch.setattr("pyro_vae.preflight.physical_memory", lambda: 2**12)  # a machine of 4 KiB
     err = refused(["train", *TINY, "--out", str(tmp_path / "run")], capsys)
     assert "parameters: training holds about" in err and "0.0 GiB of memory" in err
     assert not (tmp_path / "run" / CHECKPOINT).exists()
@@ -595,7 +595,7 @@ def test_a_python_trainer_refuses_nan_data_before_any_step(tmp_path):
 
 
 def test_a_run_folder_larger_than_the_free_disk_is_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("pyro_vae.training._free_disk", lambda path: 1000)  # 1,000 bytes free
+    monkeypatch.setattr("pyro_vae.preflight.free_disk", lambda path: 1000)  # 1,000 bytes free
     err = refused(["train", *TINY, "--out", str(tmp_path / "run")], capsys)
     assert "the run folder needs 2 of them at once" in err and "GiB free" in err and str(tmp_path) in err
     assert not (tmp_path / "run" / CHECKPOINT).exists()

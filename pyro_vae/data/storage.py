@@ -425,6 +425,15 @@ class DataSplits:
         return tuple(self._held["train"].shape[1:])
 
     @classmethod
+    def given(cls, splits) -> "DataSplits | None":
+        """Data handed in from Python: DataSplits as they are (None: none given), or bare arrays, x
+        or a pair (x, labels), by :meth:`from_arrays` (a seeded tenth held out as the test set)."""
+        if splits is None or isinstance(splits, DataSplits):
+            return splits
+        x, labels = splits if isinstance(splits, tuple) else (splits, None)
+        return cls.from_arrays(x, labels)
+
+    @classmethod
     def from_arrays(cls, x, labels=None, *, test=None, test_labels=None, test_fraction: float = 0.1,
                     split_seed: int = 0, layout: str = "auto", name: str = "arrays") -> "DataSplits":
         """Splits from arrays in memory (NumPy arrays or tensors), read as the ``array`` dataset reads

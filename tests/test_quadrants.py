@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyro_vae import Config, Trainer, load_run
-from pyro_vae.completion import QuadrantCVAE, visible_mask
+from pyro_vae.quadrants import QuadrantCVAE, visible_mask
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import evaluate
 from pyro_vae.metrics import log_evidence
@@ -66,3 +66,10 @@ def test_a_quadrant_run_trains_evaluates_and_completes(tmp_path):
     shown = visible_mask((1, 6, 6), 2)
     assert completions.shape == (3, *x.shape)
     assert torch.equal(completions[:, :, shown], x[:, shown].expand(3, *x[:, shown].shape))
+
+
+def test_a_run_folder_that_recorded_the_old_module_path_still_names_the_program():
+    from pyro_vae.config import Config, library_program
+
+    config = Config.from_dict({"model": {"program": "pyro_vae.completion:QuadrantCVAE"}})
+    assert config.model.program == "pyro_vae.quadrants:QuadrantCVAE" and library_program(config.model.program)
