@@ -634,7 +634,9 @@ class EvalConfig:
     widest activation of p(x|z) near 12 MiB; 16384 on an accelerator; ``metrics.chunk_pairs_for``);
     ``train_subset``: training datapoints evaluated each epoch; ``exact_points``: test datapoints
     (spread over the set) given exact values by 2-D quadrature (linear-Gaussian models get closed
-    forms on all; 0 turns exact values off).
+    forms on all; 0 turns exact values off). The final evaluation's ELBO is averaged over the same
+    ``samples`` draws that estimate log p(x) (each with its standard error); an evaluation without
+    importance samples (the per-epoch scores) averages it over ``elbo_samples`` draws.
     """
 
     samples: int = 1000
@@ -642,6 +644,7 @@ class EvalConfig:
     chunk_pairs: int | None = None
     train_subset: int = 1000
     exact_points: int = 100
+    elbo_samples: int = 1
 
     def check(self, where: str) -> None:
         require(self.samples >= 1, f"{where}.samples must be >= 1, got {self.samples}.")
@@ -649,6 +652,7 @@ class EvalConfig:
         require(self.chunk_pairs is None or self.chunk_pairs >= 1, f"{where}.chunk_pairs must be >= 1, got {self.chunk_pairs}.")
         require(self.train_subset >= 0, f"{where}.train_subset must be >= 0, got {self.train_subset}.")
         require(self.exact_points >= 0, f"{where}.exact_points must be >= 0, got {self.exact_points}.")
+        require(self.elbo_samples >= 1, f"{where}.elbo_samples must be >= 1, got {self.elbo_samples}.")
 
 
 #: the version of the config's layout, written into every config.toml (``schema``). A config

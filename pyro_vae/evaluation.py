@@ -33,7 +33,7 @@ from .exact import ExactEvidence, closed_form_available, enumeration_available, 
 from .files import save_tensors, write_text
 from .labels import LabelPolicy, Unlabelled
 from .labels import Estimates
-from .metrics import ESTIMATES, _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, log_evidence
+from .metrics import ESTIMATES, _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, evidence_terms
 from .numerics import seeded
 from .programs import Program, checked_program
 
@@ -41,7 +41,7 @@ from .programs import Program, checked_program
 def _batch_estimates() -> Estimates:
     """Evaluation's estimators (``metrics.py``'s), read as an evaluation starts: x is checked once for
     the whole evaluation (``checked_program``), not again per batch."""
-    return dataclasses.replace(ESTIMATES, elbo_terms=_elbo_terms, log_evidence=log_evidence)
+    return dataclasses.replace(ESTIMATES, elbo_terms=_elbo_terms, evidence_terms=evidence_terms)
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class EvaluationSettings:
     only), the ``seed`` of its draws, ``batch_size`` datapoints at a time, at most ``chunk_pairs``
     (datapoint, sample) pairs in memory (None: the device's default, ``metrics.chunk_pairs_for``),
     exact values on ``exact_points`` datapoints where a method exists (0: none), and E_q[z] for the
-    active units (``posterior_means``)."""
+    active units (``posterior_means``). With K > 0 the ELBO is averaged over the same K draws that
+    estimate log p(x); without, over ``elbo_samples`` draws."""
 
     samples: int = 0
     seed: int = 0
@@ -58,6 +59,7 @@ class EvaluationSettings:
     chunk_pairs: int | None = None
     exact_points: int = 0
     posterior_means: bool = True
+    elbo_samples: int = 1
 
     @classmethod
     def of(cls, config, samples: int | None = None, **changes) -> "EvaluationSettings":
@@ -65,7 +67,8 @@ class EvaluationSettings:
         ``eval.samples``), with ``changes``."""
         ev = config.eval
         settings = cls(samples=ev.samples if samples is None else samples, seed=config.seed,
-                       batch_size=ev.batch_size, chunk_pairs=ev.chunk_pairs, exact_points=ev.exact_points)
+                       batch_size=ev.batch_size, chunk_pairs=ev.chunk_pairs, exact_points=ev.exact_points,
+                       elbo_samples=ev.elbo_samples)
         return dataclasses.replace(settings, **changes)
 
 
@@ -91,6 +94,9 @@ class Evaluation:
     labels: torch.Tensor | None = None  # the true classes (semi-supervised: for accuracy)
     predicted: torch.Tensor | None = None  # argmax_y q(y|x) (semi-supervised)
     num_classes: int | None = None
+    elbo_draws: int = 1  # the draws of z each datapoint's ELBO is averaged over
+    elbo_stderr: torch.Tensor | None = None  # per datapoint: the standard error of that average
+    log_px_stderr: torch.Tensor | None = None  # per datapoint: the importance-sampling standard error
 
     @property
     def n(self) -> int:
@@ -99,6 +105,14 @@ class Evaluation:
     @property
     def gap(self) -> torch.Tensor | None:
         return None if self.log_px is None else self.log_px - self.elbo
+
+    @property
+    def gap_stderr(self) -> torch.Tensor | None:
+        """Per datapoint, a standard error of the gap: the ELBO's and log p(x)'s combined as if
+        independent (they come from the same draws and are positively correlated, so this errs large)."""
+        if self.elbo_stderr is None or self.log_px_stderr is None:
+            return None
+        return (self.elbo_stderr**2 + self.log_px_stderr**2).sqrt()
 
     @property
     def confusion(self) -> torch.Tensor | None:
@@ -130,7 +144,11 @@ class Evaluation:
             "reconstruction": stat(self.reconstruction),
             "kl": stat(self.kl),
             "kl_estimator": self._kl_estimator(),
+            "elbo_draws": self.elbo_draws,
         }
+        if self.elbo_stderr is not None:  # each datapoint's ELBO is a mean of draws: how far it may be from its value
+            out["elbo_stderr_per_datapoint"] = {"mean": self.elbo_stderr.mean().item(),
+                                                "largest": self.elbo_stderr.max().item()}
         if self.policy.wording.note is not None:
             key, note = self.policy.wording.note
             out[key] = note
@@ -147,6 +165,11 @@ class Evaluation:
             out["importance_samples"] = self.samples
             out["log_px"] = stat(self.log_px)
             out["gap"] = stat(self.gap)
+            if self.gap_stderr is not None:
+                out["gap_stderr_per_datapoint"] = {"mean": self.gap_stderr.mean().item(),
+                                                   "largest": self.gap_stderr.max().item()}
+                out["gap_below_zero"] = {"datapoints": int((self.gap < 0).sum()),
+                                         "beyond_two_stderr": int((self.gap < -2 * self.gap_stderr).sum())}
             out["bits_per_dim"] = stat(bits_per_dim(self.log_px, self.num_pixels))
             out["bits_per_dim_is_discrete"] = self.discrete
         if self.exact is not None:
@@ -168,11 +191,16 @@ class Evaluation:
         return out
 
     def write_csv(self, path: str | Path) -> None:
-        """One row per datapoint (its index in the dataset, then its values in nats), for paired
-        comparisons of two models on the same datapoints."""
+        """One row per datapoint (its index in the dataset, then its values in nats: the ELBO averaged
+        over ``elbo_draws`` draws and its terms, log p(x), the gap, each estimate's standard error),
+        for paired comparisons of two models on the same datapoints."""
         columns = {"elbo": self.elbo, "reconstruction": self.reconstruction, "kl": self.kl}
         if self.log_px is not None:
             columns |= {"log_px": self.log_px, "gap": self.gap}
+        if self.elbo_stderr is not None:  # (after the columns of before: readers by position keep working)
+            columns["elbo_stderr"] = self.elbo_stderr
+        if self.log_px_stderr is not None and self.gap_stderr is not None:
+            columns |= {"log_px_stderr": self.log_px_stderr, "gap_stderr": self.gap_stderr}
         header = "index," + ",".join(f"{k}_nats" for k in columns)
         rows = [f"{i}," + ",".join(f"{v[i].item():.6f}" for v in columns.values()) for i in range(self.n)]
         write_text(path, "\n".join([header, *rows]) + "\n")
@@ -183,8 +211,9 @@ class Evaluation:
         kl_how = {"closed form per site, given the draws before it": "closed form per site"}.get(
             self._kl_estimator(), self._kl_estimator())
         words = self.policy.wording  # what the numbers are of: x alone, x given y, or x with y summed out
+        draws = f"  [mean of {self.elbo_draws} draws]" if self.elbo_draws > 1 else "  [one draw]"
         rows = [
-            (words.elbo, s["elbo"]),
+            (words.elbo + draws, s["elbo"]),
             (words.reconstruction, s["reconstruction"]),
             (words.kl or f"  KL(q(z|x) || p(z))  [{kl_how}]", s["kl"]),
         ]
@@ -274,6 +303,7 @@ class EvaluationStore:
             "model": fingerprint(program.module.state_dict().items()), "data": fingerprint([("x", x)]),
             "datapoints": x.shape[0], "samples": s.samples, "seed": s.seed, "batch_size": s.batch_size,
             "chunk_pairs": chunk_pairs, "posterior_means": s.posterior_means,
+            "elbo_draws": program.policy.elbo_draws(s),
             **({"labels": fingerprint([("y", labels)])} if labels is not None else {})})
 
     def _batch(self, index: int) -> Path:
@@ -354,6 +384,7 @@ def evaluate(
         num_pixels=math.prod(x.shape[1:]), discrete=program.discrete, seed=s.seed,
         code_groups=next(iter(meant.code_groups.values())) if len(meant.code_groups) == 1 else None,
         log_px=cat.get("log_px"), samples=s.samples, exact=exact, exact_index=exact_index, policy=policy,
+        elbo_draws=policy.elbo_draws(s), elbo_stderr=cat.get("elbo_stderr"), log_px_stderr=cat.get("log_px_stderr"),
         labels=labels.cpu() if labels is not None else None,
         predicted=cat["predicted"].long() if "predicted" in cat else None, num_classes=program.num_classes,
     )
@@ -406,8 +437,7 @@ class _Batches:
         xb = self.x[start : start + s.batch_size]
         yb = self.labels[start : start + s.batch_size] if self.labels is not None else None
         with seeded(batch_seed(s.seed, b), self.x.device):
-            terms = self.program.policy.score_batch(self.program, xb, yb, s.samples, self.chunk_pairs,
-                                                    s.posterior_means, self.estimates)
+            terms = self.program.policy.score_batch(self.program, xb, yb, s, self.chunk_pairs, self.estimates)
         terms = {k: v.float().cpu() for k, v in terms.items()}
         if self.kept is not None:
             self.kept.save(b, terms)

@@ -48,13 +48,16 @@ from .terms import TraceSource, source_for
 class Estimates:
     """The estimators a policy scores with (``metrics.ESTIMATES`` fills it), per datapoint in nats:
     ``elbo_terms(program, x, num_samples, posterior_means)``, ``log_evidence(program, x, K, chunk)``
-    and its ``..._diagnostics`` (with the standard error and ESS); the same with the label y summed
+    and its ``..._diagnostics`` (with the standard error and ESS), ``evidence_terms(program, x, K,
+    chunk, posterior_means)`` (the ELBO's terms and log p(x) from one pass of K draws, each with its
+    standard error); the same with the label y summed
     exactly over its classes (``summed_...``); and ``predictions(program, x)``, argmax_y q(y|x) and
     q(y|x) per class."""
 
     elbo_terms: Callable
     log_evidence: Callable
     log_evidence_diagnostics: Callable
+    evidence_terms: Callable
     summed_elbo_terms: Callable
     summed_log_evidence: Callable
     summed_log_evidence_diagnostics: Callable
@@ -176,14 +179,19 @@ class LabelPolicy:
             raise ProgramError(f"evaluate(labels=...): {program.name} does not take labels (its model is model(x)).")
         return None
 
-    def score_batch(self, program, x: torch.Tensor, labels: torch.Tensor | None, samples: int,
-                    chunk_pairs: int | None, posterior_means: bool, estimates: Estimates) -> dict:
-        """One evaluation batch's per-datapoint terms (ELBO, its two terms, E_q[z], log p(x) with K = samples)."""
+    def score_batch(self, program, x: torch.Tensor, labels: torch.Tensor | None, settings,
+                    chunk_pairs: int | None, estimates: Estimates) -> dict:
+        """One evaluation batch's per-datapoint terms: with K = ``settings.samples`` > 0 the ELBO,
+        its two terms and log p(x) from the same K draws, each with its standard error; else the ELBO
+        and its terms from ``settings.elbo_samples`` draws; E_q[z] where asked."""
         view = self.scoring_view(program, labels)
-        terms = estimates.elbo_terms(view, x, 1, posterior_means)
-        if samples > 0:
-            terms["log_px"] = estimates.log_evidence(view, x, samples, chunk_pairs)
-        return terms
+        if settings.samples > 0:
+            return estimates.evidence_terms(view, x, settings.samples, chunk_pairs, settings.posterior_means)
+        return estimates.elbo_terms(view, x, settings.elbo_samples, settings.posterior_means)
+
+    def elbo_draws(self, settings) -> int:
+        """How many draws of z each datapoint's ELBO is averaged over in an evaluation with ``settings``."""
+        return settings.samples if settings.samples > 0 else settings.elbo_samples
 
     def scoring_view(self, program, labels: torch.Tensor | None):
         """The view that scores x where the program is run as it scores data: given the labels where
@@ -208,16 +216,21 @@ class LabelPolicy:
     def log_prob(self, program, x, labels, samples: int, chunk_pairs: int | None, estimates: Estimates) -> dict:
         return estimates.log_evidence_diagnostics(self.given(program, labels), x, samples, chunk_pairs)
 
+    def evidence(self, program, x, labels, samples: int, chunk_pairs: int | None, estimates: Estimates) -> dict:
+        """Per datapoint: the ELBO and log p(x) from one pass of K = ``samples`` draws, each with its
+        standard error (``Estimates.evidence_terms``), given ``labels`` where the program takes them."""
+        terms = estimates.evidence_terms(self.given(program, labels), x, samples, chunk_pairs, False)
+        return {k: terms[k] for k in ("elbo", "elbo_stderr", "log_px", "log_px_stderr")}
+
     def classify(self, program, x, estimates: Estimates):
         raise ProgramError(f"classify: {program.name} has no classifier q(y|x); a semi-supervised program "
                            f"(model(x, y=None), y a latent) has one.")
 
     def encode_batch(self, run, x: torch.Tensor, labels: torch.Tensor | None, samples: int, seed: int) -> dict:
         """One batch of ``encode``'s table: per latent site q's mean and scale, the ELBO and the
-        importance-sampled log p(x) with its standard error (and what the policy adds)."""
-        evidence = run.log_prob(x, samples, seed=seed, labels=labels)
-        return {"sites": run.encode_sites(x, seed=seed, labels=labels), "elbo": run.elbo(x, seed=seed, labels=labels),
-                "log_px": evidence["log_px"], "log_px_stderr": evidence["stderr"]}
+        importance-sampled log p(x) from the same K draws, each with its standard error (and what the
+        policy adds)."""
+        return {"sites": run.encode_sites(x, seed=seed, labels=labels), **run.evidence(x, samples, seed, labels)}
 
     def encode_labels(self, program, labels: torch.Tensor | None, what: str) -> torch.Tensor | None:
         """The labels ``encode`` passes on for data ``what`` with ``labels`` (None where unused)."""
@@ -425,19 +438,22 @@ class SemiSupervised(LabelPolicy):
     def evaluation_labels(self, program, labels, n):
         return None if labels is None else _one_per_datapoint(program, labels, n)
 
-    def score_batch(self, program, x, labels, samples, chunk_pairs, posterior_means, estimates):
+    def score_batch(self, program, x, labels, settings, chunk_pairs, estimates):
         terms = estimates.summed_elbo_terms(program, x)  # y summed out exactly; the labels only score the classifier
-        if samples > 0:
-            terms["log_px"] = estimates.summed_log_evidence(program, x, samples, chunk_pairs)
+        if settings.samples > 0:
+            terms["log_px"] = estimates.summed_log_evidence(program, x, settings.samples, chunk_pairs)
         if labels is not None:
             terms["predicted"] = estimates.predictions(program, x)[0]
             given = program.labelled(labels)
-            if posterior_means and given.latent_dim is not None:  # E_q[z|x, y], y the label
+            if settings.posterior_means and given.latent_dim is not None:  # E_q[z|x, y], y the label
                 (terms["posterior_mean"],) = given.posterior_means(x).values()
         return terms
 
     def mean_view(self, program, labels):
         return program.labelled(labels) if labels is not None else program
+
+    def elbo_draws(self, settings) -> int:
+        return 1  # one draw of z per class (y summed exactly)
 
     def elbo(self, program, x, labels, samples, estimates):
         if labels is None:  # y a latent, summed over its classes exactly (as evaluation scores it)
@@ -449,14 +465,20 @@ class SemiSupervised(LabelPolicy):
             return estimates.summed_log_evidence_diagnostics(program, x, samples, chunk_pairs)
         return super().log_prob(program, x, labels, samples, chunk_pairs, estimates)
 
+    def evidence(self, program, x, labels, samples, chunk_pairs, estimates):
+        if labels is not None:
+            return super().evidence(program, x, labels, samples, chunk_pairs, estimates)
+        evidence = estimates.summed_log_evidence_diagnostics(program, x, samples, chunk_pairs)
+        return {"elbo": estimates.summed_elbo_terms(program, x)["elbo"],  # (one draw of z per class)
+                "log_px": evidence["log_px"], "log_px_stderr": evidence["stderr"]}
+
     def classify(self, program, x, estimates):
         return estimates.predictions(program, x)
 
     def encode_batch(self, run, x, labels, samples, seed):
         predicted, q_y = run.classify(x)  # q(y|x), and z at its most probable class
-        evidence = run.log_prob(x, samples, seed=seed)
         return {"sites": run.encode_sites(x, seed=seed, labels=predicted), "predicted": predicted, "q_y": q_y,
-                "elbo": run.elbo(x, seed=seed), "log_px": evidence["log_px"], "log_px_stderr": evidence["stderr"]}
+                **run.evidence(x, samples, seed)}
 
     def latent_sites(self, program):
         return list(program.probing(1).labelled(torch.zeros(1, dtype=torch.long)).latent_shapes)

@@ -197,6 +197,55 @@ def log_evidence_diagnostics(program, x: torch.Tensor, num_samples: int = 1000,
 
 
 @torch.no_grad()
+def evidence_terms(program, x: torch.Tensor, num_samples: int = 1000, chunk_pairs: int | None = None,
+                   posterior_means: bool = True) -> dict[str, torch.Tensor]:
+    """Per datapoint, from one pass of K = ``num_samples`` draws z_k ~ q(z|x) (in chunks: memory does
+    not grow with K):
+
+    * the ELBO and its two terms averaged over the K draws, ELBO_k = log p(x|z_k) - KL_k (the KL in
+      closed form where every latent site has one, else the draw's log q(z_k|x) - log p(z_k)), with
+      the standard error of that mean, ``elbo_stderr`` = sd_k(ELBO_k) / sqrt(K);
+    * log p(x) by importance sampling from the same draws, log (1/K) sum_k w_k, with its standard
+      error ``log_px_stderr`` (delta method, as :func:`log_evidence_diagnostics`);
+    * (``posterior_means``, one continuous latent vector) E_q[z].
+
+    The gap log p(x) - ELBO is then a difference of two estimates from the same draws, each with
+    its standard error; with Monte-Carlo KL it is >= 0 for every datapoint (Jensen's inequality on
+    the K draws), as KL(q(z|x) || p(z|x)) is."""
+    return _evidence_terms(checked_program(program, x), x, num_samples, chunk_pairs, posterior_means)
+
+
+def _evidence_terms(program: Program, x: torch.Tensor, num_samples: int, chunk_pairs: int | None,
+                    posterior_means: bool) -> dict[str, torch.Tensor]:
+    total = torch.full(x.shape[:1], -math.inf, device=x.device)
+    total_sq = total.clone()
+    sums = torch.zeros(3, x.shape[0], dtype=torch.float64, device=x.device)  # sum_k recon_k, KL_k, ELBO_k^2
+    analytic, single = True, True
+    with program.source.given(x) as at_x:
+        for terms in chunked_draws(program, at_x, x, num_samples, chunk_pairs):
+            log_w = terms.log_weights
+            total = torch.logaddexp(total, log_w.logsumexp(0))
+            total_sq = torch.logaddexp(total_sq, (2 * log_w).logsumexp(0))
+            kl, closed = terms.kl()
+            analytic, single = analytic and closed, len(terms.latents) == 1
+            recon, kl = terms.log_likelihood.double(), kl.double().expand_as(terms.log_likelihood)
+            sums += torch.stack([recon.sum(0), kl.sum(0), ((recon - kl) ** 2).sum(0)])
+        out = {}
+        if posterior_means and program.latent_dim is not None:
+            (out["posterior_mean"],) = at_x.means().values()
+    k = num_samples
+    reconstruction, kl = sums[0] / k, sums[1] / k
+    elbo = reconstruction - kl
+    variance = ((sums[2] / k - elbo**2) * k / max(k - 1, 1)).clamp_min(0)
+    sum_sq_normalized = (total_sq - 2 * total).exp()
+    out |= {"reconstruction": reconstruction.float(), "kl": kl.float(), "elbo": elbo.float(),
+            "elbo_stderr": (variance / k).sqrt().float(), "log_px": total - math.log(k),
+            "log_px_stderr": ((k * sum_sq_normalized - 1).clamp_min(0) / k).sqrt(),
+            "kl_analytic": torch.tensor(analytic and single), "kl_per_site": torch.tensor(analytic and not single)}
+    return out
+
+
+@torch.no_grad()
 def enumerated_elbo_terms(program, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-datapoint ELBO with the guide's first latent site y summed over its every state (the
     objective ``enumerate``'s bound; later sites drawn once given each state):
@@ -276,6 +325,7 @@ def label_predictions(program, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 #: the estimators the label policies score with (labels.Estimates), each checking its batch first
 ESTIMATES = Estimates(
     elbo_terms=elbo_terms, log_evidence=log_evidence, log_evidence_diagnostics=log_evidence_diagnostics,
+    evidence_terms=evidence_terms,
     summed_elbo_terms=enumerated_elbo_terms, summed_log_evidence=enumerated_log_evidence,
     summed_log_evidence_diagnostics=enumerated_log_evidence_diagnostics, predictions=label_predictions)
 

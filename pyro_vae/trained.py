@@ -177,6 +177,18 @@ class Run:
             return self.program.policy.elbo(self.program, x, labels, samples, ESTIMATES)
 
     @torch.no_grad()
+    def evidence(self, x, samples: int = 1000, seed: int | None = None, labels=None) -> dict[str, torch.Tensor]:
+        """Per datapoint, from one pass of K = ``samples`` draws z ~ q(z|x): ``elbo`` (the mean of the K
+        draws' ELBO) and ``log_px`` (importance sampled), each with its standard error (``elbo_stderr``,
+        ``log_px_stderr``), in nats; the gap log p(x) - ELBO between them estimates KL(q(z|x) ||
+        p(z|x)). Given ``labels`` as :meth:`elbo` is (a semi-supervised program without labels: y
+        summed exactly, one draw of z per class for the ELBO)."""
+        x = self.inputs(x, scored=True)
+        with seeded(self.config.seed if seed is None else seed, self.device):
+            return self.program.policy.evidence(self.program, x, labels, samples, self.config.eval.chunk_pairs,
+                                                ESTIMATES)
+
+    @torch.no_grad()
     def classify(self, x) -> tuple[torch.Tensor, torch.Tensor]:
         """A semi-supervised program's classifier q(y|x): (argmax_y q(y|x), q(y|x) per class (batch, C))."""
         return self.program.policy.classify(self.program, self.inputs(x, scored=True), ESTIMATES)
@@ -196,10 +208,10 @@ class Run:
     def encode_table(self, x, labels=None, samples: int | None = None, seed: int | None = None,
                      batch_size: int | None = None, progress: bool = False, what: str = "the data") -> "EncodedTable":
         """What ``pyro-vae encode`` writes, per datapoint of x: q(z|x)'s mean and scale per latent
-        site, the ELBO and the importance-sampled log p(x) (K = ``samples``, default eval.samples)
-        with its standard error, in nats; and what the program's label policy adds (a conditional
-        program's z and scores given ``labels``, which it needs; a semi-supervised one's q(y|x), its
-        argmax and z there, the scores with y summed exactly). Batch b of ``batch_size`` (default
+        site, the ELBO and the importance-sampled log p(x) from the same K = ``samples`` draws
+        (default eval.samples), each with its standard error, in nats; and what the program's label
+        policy adds (a conditional program's z and scores given ``labels``, which it needs; a
+        semi-supervised one's q(y|x), its argmax and z there, the scores with y summed exactly). Batch b of ``batch_size`` (default
         eval.batch_size) runs under the evaluation's seed of batch b, so a batch's numbers do not
         depend on the others. ``what`` names the data in messages."""
         from tqdm.auto import tqdm
@@ -267,7 +279,7 @@ class EncodedTable:
         import io
 
         classes = [k for k in ("label", "predicted") if k in self.columns]
-        scores = [k for k in ("elbo", "log_px", "log_px_stderr") if k in self.columns]
+        scores = [k for k in ("elbo", "log_px", "log_px_stderr", "elbo_stderr") if k in self.columns]  # (new last)
         vectors = [k for k, v in self.columns.items() if v.ndim > 1]
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")

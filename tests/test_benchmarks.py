@@ -227,17 +227,17 @@ def test_fashion_mnist_driver_trains_selects_on_validation_evaluates_and_resumes
     metrics_before = (tmp_path / "runs" / "mlp" / "metrics.jsonl").read_text()
     (tmp_path / "runs" / "mlp" / bench.RESULT).unlink()
     # ... and an evaluation killed after its first batch (of three) resumes from the second
-    scored, real = [], evaluation.log_evidence
+    scored, real = [], evaluation.evidence_terms
     def killed_in_the_second_batch(*args, **kwargs):
         if scored:
             raise KeyboardInterrupt
         scored.append(1)
         return real(*args, **kwargs)
-    monkeypatch.setattr(evaluation, "log_evidence", killed_in_the_second_batch)
+    monkeypatch.setattr(evaluation, "evidence_terms", killed_in_the_second_batch)
     with pytest.raises(KeyboardInterrupt):
         bench.main([*smoke, "--settings", "mlp", "--evaluate-only"])
     assert [p.name for p in (tmp_path / "runs" / "mlp" / f"{bench.RESULT}.batches").glob("batch-*")] == ["batch-000000.pt"]
-    monkeypatch.setattr(evaluation, "log_evidence", real)
+    monkeypatch.setattr(evaluation, "evidence_terms", real)
     assert bench.main([*smoke, "--settings", "mlp", "--evaluate-only"]) == 0
     assert "resuming the evaluation, 1 batches already scored" in capsys.readouterr().out
     rescored = bench.json.loads((tmp_path / "runs" / "mlp" / bench.RESULT).read_text())

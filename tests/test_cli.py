@@ -54,7 +54,8 @@ def test_evaluate_gives_the_same_numbers_for_the_same_seed(trained, capsys):
     assert main(["evaluate", str(trained), "--samples", "50", "--seed", "3"]) == 0
     assert (trained / "evaluation-K50-seed3.json").read_text() == first
     rows = (trained / "evaluation-K50-seed3.csv").read_text().splitlines()
-    assert rows[0] == "index,elbo_nats,reconstruction_nats,kl_nats,log_px_nats,gap_nats" and len(rows) == 41
+    assert rows[0] == ("index,elbo_nats,reconstruction_nats,kl_nats,log_px_nats,gap_nats,elbo_stderr_nats,"
+                       "log_px_stderr_nats,gap_stderr_nats") and len(rows) == 41
     assert not list(trained.glob("*.batches"))
 
 

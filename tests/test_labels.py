@@ -303,13 +303,13 @@ def test_a_loaded_m2_scores_with_y_summed_classifies_and_the_cli_encodes_and_exp
                  "--no-progress"]) == 0
     cv = load_run(tmp_path / "cv", trust_code=False)
     header, first = (tmp_path / "cv.csv").read_text().splitlines()[:2]
-    assert header.startswith("index,label,elbo,log_px,log_px_stderr,mean_0")
+    assert header.startswith("index,label,elbo,log_px,log_px_stderr,elbo_stderr,mean_0")
     elbo = float(first.split(",")[2])
     from pyro_vae.evaluation import batch_seed  # (encode seeds batch b by batch_seed(seed, b), as evaluate does)
 
     first_batch = slice(0, cv.config.eval.batch_size)
-    assert elbo == pytest.approx(cv.elbo(cv.data.test[first_batch], seed=batch_seed(cv.config.seed, 0),
-                                         labels=cv.data.test_labels[first_batch])[0].item(), rel=1e-5)
+    assert elbo == pytest.approx(cv.evidence(cv.data.test[first_batch], 3, seed=batch_seed(cv.config.seed, 0),
+                                             labels=cv.data.test_labels[first_batch])["elbo"][0].item(), rel=1e-5)
     np.save(tmp_path / "unlabelled.npy", cv.data.splits.test[:4, 0].numpy())
     assert main(["encode", str(tmp_path / "cv"), "--data", str(tmp_path / "unlabelled.npy"), "--out",
                  str(tmp_path / "no.npz"), "--no-progress"]) == 2

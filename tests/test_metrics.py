@@ -235,7 +235,7 @@ def test_evaluation_is_reproducible_and_leaves_the_training_random_stream_alone(
 def test_an_interrupted_evaluation_resumes_from_its_store_with_the_same_numbers(binary_splits, tmp_path, monkeypatch):
     vae, x = tiny_vae(), binary_splits.test  # 32 datapoints: 5 batches of 7
     whole = evaluate(vae, x, samples=20, seed=5, batch_size=7)
-    scored, real = [], metrics.log_evidence
+    scored, real = [], metrics.evidence_terms
 
     def killed_in_the_third_batch(*args, **kwargs):
         if len(scored) == 2:
@@ -243,7 +243,7 @@ def test_an_interrupted_evaluation_resumes_from_its_store_with_the_same_numbers(
         scored.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "log_evidence", killed_in_the_third_batch)
+    monkeypatch.setattr(evaluation, "evidence_terms", killed_in_the_third_batch)
     store = tmp_path / "batches"
     with pytest.raises(KeyboardInterrupt):
         evaluate(vae, x, samples=20, seed=5, batch_size=7, store=store)
@@ -252,7 +252,7 @@ def test_an_interrupted_evaluation_resumes_from_its_store_with_the_same_numbers(
         {"samples": 20, "seed": 5, "batch_size": 7, "datapoints": 32}
     assert EvaluationStore.count(store) == 2  # the two finished batches, no half-written third
     scored.clear()
-    monkeypatch.setattr(evaluation, "log_evidence", lambda *a, **k: scored.append(1) or real(*a, **k))
+    monkeypatch.setattr(evaluation, "evidence_terms", lambda *a, **k: scored.append(1) or real(*a, **k))
     resumed = evaluate(vae, x, samples=20, seed=5, batch_size=7, store=store)
     assert len(scored) == 3  # only the batches not yet done
     for name in ("log_px", "elbo", "reconstruction", "kl", "posterior_mean"):
@@ -290,7 +290,35 @@ def test_per_datapoint_values_are_written_one_row_each(binary_splits, tmp_path):
     result = evaluate(tiny_vae(), binary_splits.test, samples=4, batch_size=7)
     result.write_csv(tmp_path / "v.csv")
     rows = (tmp_path / "v.csv").read_text().splitlines()
-    assert rows[0] == "index,elbo_nats,reconstruction_nats,kl_nats,log_px_nats,gap_nats" and len(rows) == 33
+    assert rows[0] == ("index,elbo_nats,reconstruction_nats,kl_nats,log_px_nats,gap_nats,elbo_stderr_nats,"
+                       "log_px_stderr_nats,gap_stderr_nats") and len(rows) == 33
     values = torch.tensor([[float(v) for v in row.split(",")] for row in rows[1:]])
     assert torch.equal(values[:, 0], torch.arange(32.0))
     assert torch.allclose(values[:, 4], result.log_px, atol=1e-5) and torch.allclose(values[:, 1], result.elbo, atol=1e-5)
+
+
+def test_the_evaluation_elbo_is_a_mean_over_the_importance_draws_with_its_standard_error(binary_splits, tmp_path):
+    """issue: a one-draw ELBO made the per-datapoint gap negative for a quarter of the datapoints.
+    Averaged over the K draws that estimate log p(x), with Monte-Carlo KL the gap is >= 0 for every
+    datapoint (Jensen on the same draws); with a closed-form KL none is below zero beyond 2 s.e."""
+    from pyro_vae.evaluation import EvaluationSettings
+
+    vae = tiny_vae(prior={"name": "mixture", "components": 3})  # no closed-form KL: Monte Carlo
+    x = binary_splits.test
+    ev = evaluate(vae, x, samples=50, seed=3)
+    assert ev.elbo_draws == 50 and ev.kl_analytic is False
+    assert (ev.gap >= -1e-4).all()  # log (1/K) sum w_k >= (1/K) sum log w_k, datapoint by datapoint
+    torch.testing.assert_close(ev.elbo, ev.reconstruction - ev.kl)
+    stock = tiny_vae()
+    closed = evaluate(stock, x, samples=50, seed=3)
+    summary = closed.summary()
+    assert summary["elbo_draws"] == 50 and summary["gap_below_zero"]["beyond_two_stderr"] == 0
+    assert (closed.elbo_stderr > 0).all() and (closed.log_px_stderr >= 0).all()
+    many = evaluate(stock, x, samples=800, seed=3)  # the ELBO's standard error shrinks like 1/sqrt(K)
+    ratio = (many.elbo_stderr / closed.elbo_stderr).median().item()
+    assert 0.15 < ratio < 0.4, ratio  # sqrt(50 / 800) = 0.25
+    closed.write_csv(tmp_path / "e.csv")
+    header = (tmp_path / "e.csv").read_text().splitlines()[0].split(",")
+    assert {"elbo_stderr_nats", "log_px_stderr_nats", "gap_stderr_nats"} <= set(header)
+    one = evaluate(stock, x, EvaluationSettings(samples=0, elbo_samples=1))  # the per-epoch scores: named so
+    assert one.elbo_draws == 1 and "[one draw]" in one.table()

@@ -291,7 +291,7 @@ def test_encode_writes_per_datapoint_latents_and_scores(trained, tmp_path, capsy
     assert main(["encode", str(trained), "--data", str(tmp_path / "new.npy"), "--out", str(tmp_path / "l.csv"),
                  "--samples", "20", "--no-progress"]) == 0
     rows = (tmp_path / "l.csv").read_text().splitlines()
-    assert rows[0] == "index,elbo,log_px,log_px_stderr,mean_0,mean_1,scale_0,scale_1" and len(rows) == 11
+    assert rows[0] == "index,elbo,log_px,log_px_stderr,elbo_stderr,mean_0,mean_1,scale_0,scale_1" and len(rows) == 11
     np.testing.assert_allclose([float(v) for v in rows[1].split(",")[2:3]], table["log_px"][:1], rtol=1e-4)
     capsys.readouterr()
     err = refused(["encode", str(trained), "--data", str(tmp_path / "new.npy"), "--out", str(out)], capsys)
