@@ -188,7 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}.")
     if samples > LARGE_K and not args.allow_large_k:
-        n = run.data.test.shape[0]
+        n = run.prepared.test.shape[0]
         raise ConfigError(
             f"--samples {samples:,} is beyond {LARGE_K:,} importance samples per datapoint: {samples * n:,} decoder "
             f"passes over the {n:,} test datapoints (K = 5,000, the largest the papers report, already takes "
@@ -199,9 +199,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          f"command resumes them")
     with run_lock(run.run_dir, "evaluate"), resumable_evaluation(run.run_dir, stem) as store:
         settings = EvaluationSettings.of(cfg, samples, seed=seed, exact_points=exact_points)
-        result = evaluate(run.program, run.data.test, settings, store=store,  # (rerun after an interruption:
+        result = evaluate(run.program, run.prepared.test, settings, store=store,  # (rerun after an interruption:
                           progress=not args.no_progress,                     # it resumes at the batches not done)
-                          labels=run.program.policy.scored_labels(run.data.test_labels))
+                          labels=run.program.policy.scored_labels(run.prepared.test_labels))
         path = write_evaluation(run, result, stem + ".json")
         result.write_csv(run.run_dir / f"{stem}.csv")
     if args.json:  # stdout holds the JSON alone
@@ -223,7 +223,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .trained import load_run
 
     run = load_run(args.run_dir, device=args.device, trust_code=args.trust_code, splits=_given_data(args))
-    cfg, test = run.config, run.data.test
+    cfg, test = run.config, run.prepared.test
     n = test.shape[0]
     indices = args.index or torch.linspace(0, n - 1, 4).long().tolist()
     bad = [i for i in indices if not 0 <= i < n]
@@ -234,7 +234,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     seed = cfg.seed if args.seed is None else args.seed
     run.model.eval()
     x = test[torch.tensor(indices, device=test.device)]
-    labels, program = run.data.test_labels, run.program
+    labels, program = run.prepared.test_labels, run.program
     chosen = labels[torch.tensor(indices, device=labels.device)] if labels is not None else None
     program = program.policy.scoring_view(program, program.policy.encode_labels(program, chosen, "this test set"))
     rows, exact = decomposition(program, x, samples=args.samples, seed=seed, chunk_pairs=cfg.eval.chunk_pairs)
@@ -247,9 +247,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print()
         print(format_decomposition(row, title))
     if exact is not None and exact.grids:
-        out = Path(args.out) if args.out else run.run_dir / "posterior.png"
-        if args.out and out.exists() and not args.overwrite:
-            raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+        out = _given_out(args, "picture") or run.run_dir / "posterior.png"
         with writing_into(run.run_dir, out, "explain"):
             plot_posteriors(program, x, exact.grids, out, titles, seed=seed)
         print(f"\nwrote {out}: p(z|x) (exact, by quadrature) against q(z|x), and decoded images")
@@ -283,13 +281,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}.")
+    given = _given_out(args, "picture")
     run = load_run(args.run_dir, device=args.device, with_data=False, trust_code=args.trust_code)
     seed = run.config.seed if args.seed is None else args.seed
     if args.pixels is None:
         args.pixels = "mean" if run.program.mean_available else "sample"
-    out = Path(args.out) if args.out else run.run_dir / f"samples-n{args.n}-seed{seed}-{args.pixels}.png"
-    if args.out and out.exists() and not args.overwrite:
-        raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    out = given or run.run_dir / f"samples-n{args.n}-seed{seed}-{args.pixels}.png"
     if args.pixels == "mean" and not run.program.mean_available:
         what = f"the {run.program.vae.likelihood.name} likelihood" if run.program.vae is not None else \
             f"the observed site \"x\" of {run.program.name}"
@@ -309,7 +306,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         images = prior_samples(run.program, args.n, seed, args.pixels)
         nrow, title = int(max(1, round(args.n**0.5))), f"{args.n} samples: {what}, z ~ p(z)"
     with writing_into(run.run_dir, out, "sample"):
-        save_grid(images, out, nrow, f"{title} (seed {seed})")
+        save_grid(images, out, nrow, f"{title} (seed {seed})", run.config.data.get("view"))
     print(f"wrote {out}")
     return 0
 
@@ -319,18 +316,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .files import atomic_write
     from .trained import load_run
 
-    out = Path(args.out)
-    if out.suffix.lower() not in (".npz", ".csv"):
-        raise ConfigError(f"--out {out}: encode writes a .npz or a .csv file.")
-    if out.exists() and not args.overwrite:
-        raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    out = _given_out(args, "table")
     run = load_run(args.run_dir, device=args.device, with_data=args.data is None, trust_code=args.trust_code)
     if args.data is not None:
-        x, labels = read_datapoints(args.data, run.program.data_shape, run.checkpoint.get("data", {}).get("scaling"),
-                                    run.config.data)
+        x, labels = read_datapoints(args.data, run.program.data_shape, None, run.config.data)  # (Run scales it)
         what = args.data
     else:
-        x, labels = run.data.splits.test, run.data.splits.test_labels
+        x, labels = run.data.test, run.data.test_labels
         what = f"the test set of {run.config.data['name']}"
     table = run.encode_table(x, labels, samples=args.samples, seed=args.seed, progress=not args.no_progress, what=what)
     with writing_into(run.run_dir, out, "encode"):
@@ -344,19 +336,23 @@ def _picture_inputs(args: argparse.Namespace, run) -> tuple:
     from .data import read_datapoints
 
     shape = tuple(run.program.data_shape)
-    if len(shape) != 3:
-        raise ConfigError(f"{args.command} draws pictures of images (C, H, W); this run's datapoints are {shape}.")
     if args.data is not None:
         x, _ = read_datapoints(args.data, shape)
         return x, args.data
-    return run.data.splits.test, "the test set"
+    return run.data.test, "the test set"
+
+
+def _given_out(args: argparse.Namespace, kind: str) -> Path | None:
+    """``--out`` checked for what the command writes (``runs.check_output_file``), None where not given."""
+    from .runs import check_output_file
+
+    return check_output_file(Path(args.out), kind, args.overwrite) if args.out else None
 
 
 def _picture_out(args: argparse.Namespace, run, default: str) -> Path:
-    out = Path(args.out) if args.out else run.run_dir / default
-    if out.exists() and not args.overwrite:
-        raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
-    return out
+    from .runs import check_output_file
+
+    return _given_out(args, "picture") or check_output_file(run.run_dir / default, "picture", args.overwrite)
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
@@ -379,6 +375,11 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
             if not 0 <= i < len(x):
                 raise ConfigError(f"--pairs {text}: {what} has {len(x)} datapoints (0 to {len(x) - 1}).")
         pairs.append((a, b))
+    if run.program.discrete_sites:
+        raise ConfigError(
+            f"interpolate draws the straight line between two posterior means, and {run.program.name}'s latent site(s) "
+            f"{', '.join(run.program.discrete_sites)} are discrete (one-hot groups or binary units): the points between "
+            f"two codes are no code at all. Use `pyro-vae traverse` (it switches one group's class at a time).")
     out = _picture_out(args, run, f"interpolate-{'-'.join(f'{a}_{b}' for a, b in pairs)}.png")
     shapes = run.program.latent_shapes
     t = torch.linspace(0, 1, args.steps, device=run.device)
@@ -393,7 +394,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
                 for site, m in means.items()}  # the straight line between the two posterior means
         rows += [run.inputs(x[a : a + 1]), run.decode(path), run.inputs(x[b : b + 1])]
     with writing_into(run.run_dir, out, "interpolate"):
-        save_grid(torch.cat(rows), out, args.steps + 2,
+        save_grid(torch.cat(rows), out, args.steps + 2, view=run.config.data.get("view"), title=
                   f"{len(pairs)} pair(s) of {what}: the inputs at the ends, E[x|z] along z = (1 - t) E_q[z|x_a] + "
                   f"t E_q[z|x_b], {args.steps} steps")
     print(f"wrote {out}")
@@ -424,6 +425,8 @@ def cmd_traverse(args: argparse.Namespace) -> int:
         parts = [run.program.posterior_means(run.inputs(x[b : b + size])) for b in range(0, len(x), size)]
         every = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         means, held = every[site], {name: m[args.index] for name, m in every.items() if name != site}
+    if site in run.program.discrete_sites:  # one-hot groups or binary units: switch codes, never sweep them
+        return _traverse_codes(args, run, site, means[args.index], held, what)
     spread = means.std(0)  # how far each coordinate's posterior mean moves over the datapoints
     dims = args.dims if args.dims else spread.argsort(descending=True)[: min(8, latent[0])].tolist()
     for d in dims:
@@ -438,10 +441,48 @@ def cmd_traverse(args: argparse.Namespace) -> int:
         rows.append(run.decode({site: z, **{n: m.expand(args.steps, *m.shape) for n, m in held.items()}}
                                if held else z))
     with writing_into(run.run_dir, out, "traverse"):
-        save_grid(torch.cat(rows), out, args.steps,
+        save_grid(torch.cat(rows), out, args.steps, view=run.config.data.get("view"), title=
                   f"datapoint {args.index} of {what}: rows sweep z_d over E_q[z_d|x] +- {args.span:g} sd of the "
                   f"posterior means (d = {', '.join(map(str, dims))})")
     print(f"wrote {out}: latent coordinates {', '.join(map(str, dims))}")
+    return 0
+
+
+def _traverse_codes(args: argparse.Namespace, run, site: str, mean, held: dict, what: str) -> int:
+    """``traverse`` of a discrete latent, where sweeping a coordinate means nothing: the datapoint's
+    most probable code, then one row per group (one-hot groups of K classes: the group switched to
+    each class in turn) or per unit (binary units: the unit off, then on), the rest of the code held."""
+    import torch
+
+    from .plots import save_grid
+
+    groups = run.program.code_groups.get(site)
+    code = mean.clone()
+    if groups is not None:
+        m, k = groups
+        code = torch.nn.functional.one_hot(code.view(m, k).argmax(-1), k).flatten().float()
+        rows_of = [[(g, c) for c in range(k)] for g in range(m)][:8]
+    else:
+        code = (code > 0.5).float()
+        rows_of = [[(u, 0), (u, 1)] for u in range(code.numel())][:16]
+    points = []
+    for row in rows_of:
+        for unit, value in row:
+            z = code.clone()
+            if groups is not None:
+                z.view(groups)[unit] = torch.nn.functional.one_hot(torch.tensor(value), groups[1]).float()
+            else:
+                z[unit] = float(value)
+            points.append(z)
+    z = torch.stack(points).to(run.device)
+    out = _picture_out(args, run, f"traverse-{args.index}.png")
+    shown = run.decode({site: z, **{n: m.expand(len(z), *m.shape) for n, m in held.items()}} if held else z)
+    how = (f"row g: group g of the code switched to class 0..{groups[1] - 1}" if groups is not None else
+           "row u: unit u of the code off, then on")
+    with writing_into(run.run_dir, out, "traverse"):
+        save_grid(shown, out, len(rows_of[0]), view=run.config.data.get("view"), title=f"datapoint {args.index} of {what}, its most probable code "
+                  f"(a discrete latent: codes are switched, not swept); {how}, the rest held")
+    print(f"wrote {out}: {len(rows_of)} {'groups' if groups is not None else 'units'} of site {site!r} switched")
     return 0
 
 
@@ -472,13 +513,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    kinds = [args.kind] if args.kind else [*REGISTRIES, "program"]
     for kind in kinds:
-        if kind not in REGISTRIES:
-            raise ConfigError(f"unknown kind '{kind}'; valid kinds: {', '.join(REGISTRIES)}.")
-        print(REGISTRIES[kind].describe())
+        if kind in ("program", "programs"):
+            print(describe_programs())
+        elif kind not in REGISTRIES:
+            raise ConfigError(f"unknown kind '{kind}'; valid kinds: {', '.join([*REGISTRIES, 'program'])}.")
+        else:
+            print(REGISTRIES[kind].describe())
         print()
     return 0
+
+
+def describe_programs() -> str:
+    """The library's model programs (``model.program = NAME``), each with its options and defaults,
+    as `pyro-vae list` prints every registry."""
+    import inspect
+
+    from .config import LIBRARY_PROGRAMS
+    from .programs import import_program_class, signature_defaults
+
+    lines = ["model programs (model.program = NAME; \"vae\", the stock VAE, is the default; your own: "
+             "\"package.module:ClassName\"):"]
+    for name, path in LIBRARY_PROGRAMS.items():
+        cls = import_program_class(path)
+        summary = (inspect.getdoc(cls) or "").strip().splitlines()[0]
+        lines.append(f"  {name}  ({path})  {summary}")
+        for option, default in signature_defaults(cls).items():
+            lines.append(f"      {option} = {default!r}")
+    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -671,7 +734,7 @@ def _parser_compare(sub) -> None:
 
 def _parser_list(sub) -> None:
     p = _command(sub, "list", ['pyro-vae list', 'pyro-vae list prior'], help="every registered component with its options and defaults")
-    p.add_argument("kind", nargs="?", help=f"only one kind: {', '.join(REGISTRIES)}")
+    p.add_argument("kind", nargs="?", help=f"only one kind: {', '.join(REGISTRIES)}, program")
     p.set_defaults(func=cmd_list)
 
 
@@ -724,6 +787,10 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (`pyro-vae list | head`): nothing left to say, and no one to say it to
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (so that Python's own flush at exit does not fail again)
+        return 0
     except (PyroVAEError, OSError) as e:
         if args.debug:
             import traceback

@@ -222,7 +222,7 @@ class Comparison:
     # -- running -------------------------------------------------------------------------------
 
     def run(self, overwrite: bool = False) -> list[ObjectiveResult]:
-        prepare_run_dir(self.out, overwrite, "compare")
+        prepare_run_dir(self.out, overwrite, "compare", kind="comparison")
         with run_lock(self.out, "compare"):
             return self._run()
 

@@ -776,6 +776,9 @@ def _section_from_dict(cls: type, raw: Any, where: str) -> Any:
 
 def read_toml(path: Path | str) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a directory: give the path of a TOML file (e.g. "
+                          f"{str(path / 'config.toml')!r}, a run folder's resolved config).")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
     try:

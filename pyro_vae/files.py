@@ -9,6 +9,7 @@ failure the temporary file is removed and the target keeps its last good content
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -37,11 +38,26 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None]) -> Path:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError):
+        cause = _os_cause(e)
+        if cause is None and isinstance(e, RuntimeError) and "writ" in str(e).lower() and "fail" in str(e).lower():
+            cause = OSError(errno.EIO, str(e).strip().splitlines()[0])  # torch's own writer failed (a full disk)
+        if cause is not None:
             kept = " Its previous contents are intact." if path.exists() else ""
-            raise StorageError(f"could not write {path}: {e.strerror or e}.{kept}", e) from None
+            full = " (the disk is full)" if cause.errno == errno.ENOSPC else ""
+            raise StorageError(f"could not write {path}: {cause.strerror or cause}{full}.{kept}", cause) from None
         raise
     return path
+
+
+def _os_cause(e: BaseException) -> OSError | None:
+    """The operating system's refusal behind ``e``: e itself, or the OSError a library's writer
+    (torch.save's) met and wrapped in its own error (a RuntimeError); None for anything else."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def write_text(path: Path | str, text: str) -> Path:

@@ -408,7 +408,8 @@ class SemiSupervised(LabelPolicy):
             "elbo", "the labelled batches' objective")
         self.classifier_weight = objective.classifier_weight
         record = {"count": len(self.labelled_index), "seed": seed,
-                  "indices_sha256": hashlib.sha256(self.labelled_index.cpu().numpy().tobytes()).hexdigest()}
+                  "indices_sha256": hashlib.sha256(self.labelled_index.cpu().numpy().tobytes()).hexdigest(),
+                  "indices": self.labelled_index.cpu().tolist()}  # (Run.data.labelled_indices: a baseline's labels)
         log(f"labels: {len(self.labelled_index)} of {n} training datapoints labelled"
             + (f" ({count // program.num_classes} per class, seed {seed})" if count else " (all)")
             + f"; {len(unlabelled)} unlabelled, y summed or sampled by '{objective.name}'; labelled batches' "

@@ -68,9 +68,37 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def resolve_device(name: str) -> torch.device:
+def available_devices() -> list[str]:
+    """The devices this machine can compute on, by name: cpu, cuda (and cuda:i) where CUDA is, mps
+    where Apple's Metal is."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(name) -> torch.device:
+    """The device ``name`` names ("auto": CUDA where there is one, else the CPU), refused in words
+    where it is not a device or not one this machine has, listing those it has."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise ConfigError(f"device must be a name such as \"cpu\", \"cuda\" or \"auto\", got {name!r}.")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device = {name!r} but CUDA is not available here; use device = \"auto\" or \"cpu\".")
-    return torch.device(name)
+    here = ", ".join(["auto", *available_devices()])
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name; this machine has: {here}.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device = {name!r} but CUDA is not available here; this machine has: {here}.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device = {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s): {here}.")
+    if device.type not in ("cpu", "cuda") and name not in available_devices():
+        raise ConfigError(f"device = {name!r} is not available here (this machine, or this build of torch); this "
+                          f"machine has: {here}.")
+    return device

@@ -41,6 +41,19 @@ GRID_MIN_SIDE = 84  # screen pixels per image at least: each image pixel becomes
 CAPTION_LINE = 14  # screen pixels per caption line (Pillow's default font)
 
 
+def _caption_font():
+    """The captions' font: DejaVu Sans at 11 px, which matplotlib ships (Pillow's built-in bitmap font
+    drops colons and narrows spaces to nothing); Pillow's default where it cannot be read."""
+    from PIL import ImageFont
+
+    try:
+        from matplotlib import font_manager
+
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), 11)
+    except (OSError, ValueError, ImportError):
+        return ImageFont.load_default()
+
+
 def grid_picture(images: torch.Tensor, nrow: int, title: str):
     """Images (N, C, H, W) in [0, 1] as one picture, pixel-exact: the grid (2-pixel white gaps)
     upscaled by the integer that makes each image at least ``GRID_MIN_SIDE`` pixels high, nearest
@@ -54,20 +67,65 @@ def grid_picture(images: torch.Tensor, nrow: int, title: str):
     scale = max(1, math.ceil(GRID_MIN_SIDE / images.shape[-2]))
     array = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     body = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
-    lines = textwrap.wrap(title, max(20, body.width // 6)) or [""]
+    font = _caption_font()
+    lines = textwrap.wrap(title, max(20, body.width // 7)) or [""]
     top = CAPTION_LINE * len(lines) + 6
     picture = Image.new("RGB", (body.width, body.height + top), "white")
     draw = ImageDraw.Draw(picture)
     for i, line in enumerate(lines):
-        draw.text((3, 3 + CAPTION_LINE * i), line, fill="black")
+        draw.text((3, 3 + CAPTION_LINE * i), line, fill="black", font=font)
     picture.paste(body, (0, top))
     return picture, top, scale
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int, title: str) -> Path:
-    """Save images (N, C, H, W) as one pixel-exact grid picture with a caption line (:func:`grid_picture`)."""
+def save_grid(images: torch.Tensor, path: Path, nrow: int, title: str, view: list[int] | None = None) -> Path:
+    """Save datapoints as one picture with a caption: images (N, C, H, W) as a pixel-exact grid
+    (:func:`grid_picture`); vectors (N, D) shown as images of shape ``view`` ([H, W] or [C, H, W],
+    ``data.view``: as many values as D, scaled to [0, 1] by their range where they leave it), or
+    without a view as a heat map, one row per datapoint and a column per feature, in the data's own
+    units (:func:`vector_picture`)."""
+    images = images.detach().float().cpu()
+    if view:
+        images = as_view(images, view)
+    if images.dim() != 4:
+        return vector_picture(images.reshape(len(images), -1), path, title)
     picture, _, _ = grid_picture(images, nrow, title)
     atomic_write(path, lambda f: picture.save(f, format="PNG"))
+    return Path(path)
+
+
+def as_view(x: torch.Tensor, view: list[int]) -> torch.Tensor:
+    """Datapoints (N, ...) as images of shape ``view`` ([H, W]: one channel, or [C, H, W]), scaled
+    to [0, 1] by their own range where they are not already in it; refused where the numbers differ."""
+    from .errors import ConfigError
+
+    view = [1, *view] if len(view) == 2 else list(view)
+    if len(view) != 3 or math.prod(view) != x[0].numel():
+        raise ConfigError(f"data.view = {view}: each datapoint holds {x[0].numel()} values, which a view of "
+                          f"{math.prod(view)} ([H, W] or [C, H, W]) cannot show; give a view of exactly that many.")
+    x = x.reshape(len(x), *view)
+    low, high = x.min(), x.max()
+    if low < 0 or high > 1:
+        x = (x - low) / (high - low).clamp_min(1e-12)
+    return x
+
+
+def vector_picture(rows: torch.Tensor, path: Path, title: str) -> Path:
+    """Vectors (N, D) as a heat map: a row per datapoint, a column per feature, coloured by value in
+    the data's own units (a colour bar beside it)."""
+    import textwrap
+
+    plt = _pyplot()
+    n, d = rows.shape
+    fig, ax = plt.subplots(figsize=(min(12.0, 3 + 0.12 * d), min(14.0, 1.6 + 0.14 * n)))
+    shown = ax.imshow(rows.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
+    fig.colorbar(shown, ax=ax, label="value")
+    ax.set_xlabel(f"feature (column), {d} of them")
+    ax.set_ylabel("datapoint")
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, dpi=100)
+    plt.close(fig)
     return Path(path)
 
 
@@ -193,36 +251,43 @@ def run_pictures(run: "Run", result: "Evaluation", history: list[dict]) -> list[
     program, out, seed = run.program, run.run_dir, run.config.seed
     program.module.eval()
     what = shown_pixels(program)
+    view = run.config.data.get("view")  # how a vector datapoint is drawn (data.view), if the user said
+
+    def save(images, name, nrow, title):
+        return save_grid(images, out / name, nrow, title, view)
+
     if program.policy.takes_labels:  # one row per class: x ~ p(x|z, y) for y = 0, 1, ...
         classes = torch.arange(program.num_classes).repeat_interleave(8)
-        paths = [save_grid(prior_samples(program.labelled(classes), len(classes), seed), out / "samples.png", 8,
-                           f"{what}, z ~ p(z), one row per class y = 0..{program.num_classes - 1}")]
+        paths = [save(prior_samples(program.labelled(classes), len(classes), seed), "samples.png", 8,
+                      f"{what}, z ~ p(z), one row per class y = 0..{program.num_classes - 1}")]
     else:
-        paths = [save_grid(prior_samples(program, 64, seed), out / "samples.png", 8, f"64 samples: {what}, z ~ p(z)")]
-    n_test = run.data.test.shape[0]
+        paths = [save(prior_samples(program, 64, seed), "samples.png", 8, f"64 samples: {what}, z ~ p(z)")]
+    n_test = run.prepared.test.shape[0]
     ncol = min(8, n_test)
     spread = torch.linspace(0, n_test - 1, (min(32, n_test) // ncol) * ncol).long()  # across the (often sorted) set
-    x = run.data.test[spread.to(run.data.test.device)]
-    given = program.labelled(run.data.test_labels[spread.to(run.data.test_labels.device)]) \
+    x = run.prepared.test[spread.to(run.prepared.test.device)]
+    given = program.labelled(run.prepared.test_labels[spread.to(run.prepared.test_labels.device)]) \
         if program.policy.takes_labels else program  # (reconstructed through q(z|x, y) at the true label)
     recon = reconstructions(given, x, seed)
-    rows = lambda t: t.reshape(-1, ncol, *t.shape[1:])  # noqa: E731
-    pairs = torch.stack([rows(x), rows(recon)], 1).flatten(0, 2)  # input row, reconstruction row, ...
-    paths.append(save_grid(pairs, out / "reconstructions.png", ncol,
-                           f"test inputs (odd rows) and reconstructions {what}, z = E_q[z|x] (even rows)"))
+    if x.dim() == 2 and not view:  # vectors, a heat map row each: every input directly above its reconstruction
+        pairs, caption = torch.stack([x, recon], 1).flatten(0, 1), "each test input, then its reconstruction"
+    else:
+        rows = lambda t: t.reshape(-1, ncol, *t.shape[1:])  # noqa: E731
+        pairs, caption = torch.stack([rows(x), rows(recon)], 1).flatten(0, 2), "test inputs (odd rows) and reconstructions"
+    paths.append(save(pairs, "reconstructions.png", ncol, f"{caption} {what}, z = E_q[z|x] (even rows)"
+                      if x.dim() != 2 or view else f"{caption} {what} at z = E_q[z|x] (rows 0, 1: datapoint 0; ...)"))
     if history:
         paths.append(plot_curves(history, out / "curves.png"))
-    if program.policy.takes_labels and program.labelled(run.data.test_labels[:1]).latent_dim is not None:
+    if program.policy.takes_labels and program.labelled(run.prepared.test_labels[:1]).latent_dim is not None:
         few = spread[:: max(1, len(spread) // 8)][:8]
-        y = run.data.test_labels[few.to(run.data.test_labels.device)]
-        paths.append(save_grid(analogies(program, run.data.test[few.to(run.data.test.device)], y, seed),
-                               out / "analogies.png", program.num_classes + 1,
-                               f"each row: a test input, then {what.replace('|z]', '|z, y]')} at its z = E_q[z|x, y] "
-                               f"under y = 0.."
-                               f"{program.num_classes - 1}"))
+        y = run.prepared.test_labels[few.to(run.prepared.test_labels.device)]
+        paths.append(save(analogies(program, run.prepared.test[few.to(run.prepared.test.device)], y, seed),
+                          "analogies.png", program.num_classes + 1,
+                          f"each row: a test input, then {what.replace('|z]', '|z, y]')} at its z = E_q[z|x, y] "
+                          f"under y = 0..{program.num_classes - 1}"))
     if result.posterior_mean is not None:
         given = ", y its label" if program.policy.takes_labels else ""
-        paths.append(plot_latent(result.posterior_mean, run.data.splits.test_labels, out / "latent.png", given))
+        paths.append(plot_latent(result.posterior_mean, run.prepared.splits.test_labels, out / "latent.png", given))
     if result.confusion is not None:
         paths.append(plot_confusion(result.confusion, out / "confusion.png"))
     return paths

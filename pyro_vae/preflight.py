@@ -163,6 +163,8 @@ def say_data(config: Config, splits: DataSplits, log: Callable[[str], None]) -> 
     """The one line about the data a run of the user's own files reads: sizes, values, labels, and
     which likelihoods' data contracts the values meet."""
     if config.data["name"] in USER_FILE_DATASETS:
+        splits.check_nonempty()
+        splits.check_finite()  # (refused before a summary of NaN values could be printed)
         checks = {name: LIKELIHOODS.build(name, "model.likelihood").check_data for name in LIKELIHOODS.names()}
         log(f"data: {data_summary(splits, checks)}")
 

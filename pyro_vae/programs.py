@@ -517,6 +517,11 @@ class Program(_DataContract):
         return self._probe()["discrete"]
 
     @property
+    def discrete_sites(self) -> list[str]:
+        """The latent sites whose q(z|x) is over a discrete set (one-hot groups, binary units)."""
+        return [name for name in self.latent_shapes if name in self._probe()["states"] or name in self.code_groups]
+
+    @property
     def code_groups(self) -> dict[str, tuple[int, int]]:
         """(M groups, K classes) of each latent site whose q(z|x) is one-hot groups (a categorical latent)."""
         return self._probe()["groups"]

@@ -70,6 +70,7 @@ CHECKPOINT_FORMAT = 1
 # A resume may change these. The data's file locations may change because the data itself may not:
 # every run of a file dataset records its fingerprint, and other data is refused (check_same_data).
 RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes"), ("train", "callbacks"), ("data", "path"),
+                     ("data", "vocabulary"), ("data", "features"),
                      ("data", "test_path")}
 
 _HELD: dict[str, int] = {}  # run folders this process holds the lock of, and how many times
@@ -130,41 +131,67 @@ def _protected(folder: Path) -> str:
     return ""
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool, command: str = "train") -> None:
-    """Make ``run_dir`` a new, empty run folder with its marker, under this process's lock.
+#: what a folder pyro-vae made holds, by the marker's ``kind``: --overwrite replaces one only with its like
+FOLDER_KINDS = {"run": "a run folder", "comparison": "a comparison (pyro-vae compare's folder of runs)"}
+
+
+def folder_kind(run_dir: Path) -> str | None:
+    """The kind of folder pyro-vae made at ``run_dir`` ("run" or "comparison"), read from its marker
+    (a marker written before kinds were recorded: a compare folder is one holding results.json or
+    no config.toml); None where there is no marker."""
+    marker = Path(run_dir) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        identity = json.loads(marker.read_text())
+    except (ValueError, OSError):
+        identity = {}
+    kind = identity.get("kind")
+    if kind in FOLDER_KINDS:
+        return kind
+    made_by_compare = identity.get("created_by") == "pyro-vae compare"
+    looks_compared = (run_dir / "results.json").exists() or not (run_dir / CONFIG).exists()
+    return "comparison" if made_by_compare and looks_compared else "run"
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, command: str = "train", kind: str = "run") -> None:
+    """Make ``run_dir`` a new, empty folder of ``kind`` ("run", or "comparison") with its marker,
+    under this process's lock.
 
     An existing folder with contents is refused unless ``overwrite``; with it, only a folder
-    pyro-vae created (it holds the marker) is emptied, and never a protected one (the current
-    directory or a parent of it, the home folder, the root). A refused folder is left exactly as
-    it was: nothing is created in it, not even the lock."""
+    pyro-vae created (it holds the marker) of the same kind is emptied (a run with a run, a
+    comparison with a comparison), and never a protected one (the current directory or a parent of
+    it, the home folder, the root). A refused folder is left exactly as it was: nothing is created
+    in it, not even the lock."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is a file, not a run folder. Choose another --out.")
-    _replaceable(run_dir, overwrite)
+    _replaceable(run_dir, overwrite, kind)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StorageError(f"cannot create the run folder {run_dir}: {e.strerror}.", e) from None
     with run_lock(run_dir, command):
-        for name in _replaceable(run_dir, overwrite):  # again, under the lock: it may have changed
+        for name in _replaceable(run_dir, overwrite, kind):  # again, under the lock: it may have changed
             target = run_dir / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             else:
                 target.unlink()
-        write_text(run_dir / MARKER, json.dumps(_identity(command), indent=2) + "\n")
+        write_text(run_dir / MARKER, json.dumps({**_identity(command), "kind": kind}, indent=2) + "\n")
 
 
 def discard_unstarted(run_dir: Path) -> bool:
-    """Remove a run folder that :func:`prepare_run_dir` made and that holds nothing else yet (its
-    marker and lock only: the run failed before writing anything, e.g. on refused data), so the
-    same command can simply be run again. Anything else in it is kept."""
+    """Remove a run folder that :func:`prepare_run_dir` made and that holds nothing a run wrote yet
+    (its marker, lock, and the config.toml written as training starts: the run was refused before
+    its first checkpoint, e.g. on refused data or a callback that failed to start), so the same
+    command can simply be run again. A folder holding anything else is kept whole."""
     run_dir = Path(run_dir)
     try:
         names = {p.name for p in run_dir.iterdir()}
     except OSError:
         return False
-    if MARKER not in names or not names <= {MARKER, LOCK}:
+    if MARKER not in names or not names <= {MARKER, LOCK, CONFIG}:
         return False
     for name in names:
         (run_dir / name).unlink(missing_ok=True)
@@ -172,9 +199,9 @@ def discard_unstarted(run_dir: Path) -> bool:
     return True
 
 
-def _replaceable(run_dir: Path, overwrite: bool) -> list[str]:
-    """What would be removed to make ``run_dir`` a new run folder ([] for a new or empty one), or a
-    RunDirError saying why it may not be."""
+def _replaceable(run_dir: Path, overwrite: bool, kind: str = "run") -> list[str]:
+    """What would be removed to make ``run_dir`` a new folder of ``kind`` ([] for a new or empty
+    one), or a RunDirError saying why it may not be."""
     if not run_dir.is_dir():
         return []
     contents = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
@@ -193,6 +220,12 @@ def _replaceable(run_dir: Path, overwrite: bool) -> list[str]:
         raise RunDirError(
             f"refusing to empty {run_dir} even with --overwrite: pyro-vae did not create it (it has no "
             f"{MARKER} marker) and it holds {listed}. Choose another --out, or remove it yourself.")
+    there = folder_kind(run_dir)
+    if there != kind:
+        raise RunDirError(
+            f"refusing to replace {run_dir} even with --overwrite: it is {FOLDER_KINDS[there]} (it holds {listed}), "
+            f"and this command makes {FOLDER_KINDS[kind]}; --overwrite replaces a thing only with one of the same "
+            f"kind. Choose another --out.")
     return contents
 
 
@@ -357,6 +390,41 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{stamp}-{config.data['name']}-{config.model.label}"
 
 
+#: the files of a run folder (or an export) that belong to the run: never an --out of another command
+RUN_FILES = {MARKER, LOCK, CONFIG, CHECKPOINT, BEST, METRICS, EVALUATION, "model.safetensors", "export.json"}
+#: what a command's --out may be, by what it writes: its suffixes, and how to recognize a file of that kind
+OUTPUT_KINDS = {
+    "picture": ((".png",), lambda head: head.startswith(b"\x89PNG")),
+    "table": ((".npz", ".csv"), lambda head: True),
+}
+
+
+def check_output_file(out: Path, kind: str, overwrite: bool) -> Path:
+    """Refuse an ``--out`` file that cannot be written as asked: another suffix than the kind of file
+    the command writes (a picture: .png), one of a run folder's own files (its checkpoint, config,
+    metrics ...), a folder, or an existing file without ``overwrite``, or with it a file of another
+    kind (a picture replaces only a picture). Returns ``out``."""
+    out = Path(out)
+    suffixes, recognize = OUTPUT_KINDS[kind]
+    if out.name in RUN_FILES or SNAPSHOTS in out.parts or (out.parent / MARKER).is_file() and out.suffix == ".pt":
+        raise RunDirError(f"--out {out} is one of a run folder's own files: choose another name (the run's "
+                          f"pictures go beside them, e.g. {out.parent / ('picture' + suffixes[0])}).")
+    if out.is_dir():
+        raise RunDirError(f"--out {out} is a folder; give a file path ending in {suffixes[0]}.")
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"--out {out}: this command writes a {kind} ({' or '.join(suffixes)}); give a path "
+                          f"ending in {suffixes[0]}.")
+    if out.exists():
+        if not overwrite:
+            raise RunDirError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+        with open(out, "rb") as f:
+            head = f.read(8)
+        if not recognize(head):
+            raise RunDirError(f"refusing to replace {out} even with --overwrite: it is not a {kind} (it does not "
+                              f"start as one), and --overwrite replaces a file only with one of the same kind.")
+    return out
+
+
 def read_metrics(run_dir: Path, log: Callable[[str], None] | None = None) -> list[dict]:
     """The run's metrics.jsonl lines (a partial last line dropped: ``runs.read_json_lines``)."""
     return read_json_lines(Path(run_dir) / METRICS, log)
@@ -373,27 +441,47 @@ def selected_checkpoint(run_dir: Path, which: str = "auto") -> Path:
     return best if which == "best" or (which == "auto" and best.is_file()) else run_dir / CHECKPOINT
 
 
+def checkpoint_path(run_dir: Path, name: str) -> Path:
+    """A checkpoint named by path (``--checkpoint snapshots/epoch-00040.pt``): relative to the run
+    folder where it is there (as a run's own files are named), else as given (from the current
+    directory); refused, naming both places, where neither holds it."""
+    given = Path(name).expanduser()
+    inside = Path(run_dir) / given
+    if not given.is_absolute() and inside.is_file():
+        return inside
+    if given.is_file():
+        return given
+    where = f"{given}" if given.is_absolute() else f"{inside} (in the run folder) or {given.absolute()}"
+    raise CheckpointError(f"--checkpoint {name}: there is no checkpoint at {where}. A run's checkpoints are "
+                          f"checkpoint.pt, best.pt (--checkpoint last / best) and snapshots/epoch-NNNNN.pt.")
+
+
 def read_run_folder(run_dir: Path, checkpoint: str = "auto") -> tuple[Config, Path, dict]:
     """A run folder's config, the path of the checkpoint ``checkpoint`` selects and its state,
     checked against each other (a config edited since the checkpoint is refused)."""
     if not (run_dir / CONFIG).is_file():
         raise RunDirError(f"{run_dir} is not a pyro-vae run folder (no {CONFIG}).")
     config = Config.load(run_dir / CONFIG)
-    path = Path(checkpoint) if checkpoint.endswith(".pt") else selected_checkpoint(run_dir, checkpoint)
+    path = checkpoint_path(run_dir, checkpoint) if checkpoint.endswith(".pt") else selected_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     check_same_config(state, config, RESUMABLE_CHANGES | eval_keys(config), str(run_dir))
     return config, path, state
 
 
-def load_parameters(module: torch.nn.Module, state: dict, path: Path) -> None:
-    """``module.load_state_dict(state)``, a mismatch said in words (a checkpoint of other code), and
-    a checkpoint holding NaN or infinite parameters refused (a damaged file)."""
+def check_finite_parameters(state: dict, path: Path) -> None:
+    """Refuse a checkpoint's parameters that hold NaN or infinite values (a damaged file)."""
     bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(
             f"{path} holds NaN or infinite values in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}: the "
             f"file is damaged (or was written after a divergence). Use another checkpoint (--checkpoint best or a "
             f"snapshot), or train again.")
+
+
+def load_parameters(module: torch.nn.Module, state: dict, path: Path) -> None:
+    """``module.load_state_dict(state)``, a mismatch said in words (a checkpoint of other code), and
+    a checkpoint holding NaN or infinite parameters refused (a damaged file)."""
+    check_finite_parameters(state, path)
     try:
         module.load_state_dict(state)
     except RuntimeError as e:

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from . import plots
-from .config import Config
-from .data import DATASETS, DataSplits, PreparedData, check_batch, prepare_data, require_finite
+from .config import Config, ProgramConfig, library_program
+from .data import (DATASETS, PATH_KEYS, DataSplits, PreparedData, apply_scaling, check_batch, prepare_data,
+                   require_finite)
 from .distributed import SINGLE, Distributed
 from .errors import CheckpointError, ConfigError, DataError, ProgramError, RunDirError
 from .evaluation import Evaluation, EvaluationSettings, batch_seed, evaluate
@@ -35,8 +36,72 @@ from .files import atomic_write, write_text
 from .metrics import ESTIMATES
 from .numerics import resolve_device, seeded
 from .programs import STOCK, Program, build_model, class_path
-from .runs import (BEST, CHECKPOINT, CONFIG, EVALUATION, check_same_data, data_record, load_parameters,
+from .runs import (BEST, CHECKPOINT, CONFIG, EVALUATION, check_finite_parameters, check_same_data, data_record,
+                   load_parameters,
                    read_metrics, read_run_folder, resumable_evaluation, run_lock)
+
+
+@dataclass
+class RunData:
+    """A loaded run's data, in the units its API takes: ``train`` and ``test`` as the dataset holds
+    them (float32; a CSV table's rows as its file has them, before the run's scaling), with their
+    ``train_labels`` and ``test_labels``; ``prepared_test`` (and ``prepared_test_labels``), the test
+    set as the program scores it (binarized with the fixed seed under a Bernoulli likelihood, ...):
+    what evaluation reads; ``labelled_indices``, the training datapoints whose labels a
+    semi-supervised run saw (``data.labels``; None: another run); ``splits``, the dataset's splits."""
+
+    prepared: PreparedData
+    scaling: dict | None = None
+    labelled: dict | None = None
+
+    @property
+    def splits(self) -> DataSplits:
+        return self.prepared.splits
+
+    @property
+    def train(self) -> torch.Tensor:
+        return unscaled(self.splits.train, self.scaling)
+
+    @property
+    def test(self) -> torch.Tensor:
+        return unscaled(self.splits.test, self.scaling)
+
+    @property
+    def train_labels(self) -> torch.Tensor | None:
+        return self.splits.train_labels
+
+    @property
+    def test_labels(self) -> torch.Tensor | None:
+        return self.splits.test_labels
+
+    @property
+    def prepared_test(self) -> torch.Tensor:
+        return self.prepared.test
+
+    @property
+    def prepared_test_labels(self) -> torch.Tensor | None:
+        return self.prepared.test_labels
+
+    @property
+    def labelled_indices(self) -> torch.Tensor | None:
+        if not self.labelled or "indices" not in self.labelled:
+            return None
+        return torch.tensor(self.labelled["indices"], dtype=torch.long)
+
+
+def _count(n, what: str) -> int:
+    """A number of samples or draws: a whole number >= 1, refused in words otherwise."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"{what} must be a whole number >= 1, got {n!r}.")
+    return int(n)
+
+
+def unscaled(x: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """x * scale + shift per column: rows in a CSV table's own units from the run's scaled ones (to
+    float rounding); x itself where the run has no scaling."""
+    if not scaling or scaling.get("kind", "none") == "none":
+        return x
+    return x * torch.tensor(scaling["scale"], dtype=x.dtype) + torch.tensor(scaling["shift"], dtype=x.dtype)
 
 
 @dataclass
@@ -50,8 +115,25 @@ class Run:
     program: Program
     checkpoint: dict
     device: torch.device
-    data: PreparedData | None = None
+    prepared: PreparedData | None = None  # the data as the program scores it (evaluation sets binarized, ...)
     source: str = CHECKPOINT  # which checkpoint file the parameters came from
+
+    def __repr__(self) -> str:
+        data = f", data={self.prepared.splits.name!r}" if self.prepared is not None else ""
+        return (f"Run({str(self.run_dir)!r}, program={self.program.name!r}, {self.described}, "
+                f"device={self.device.type!r}{data})")
+
+    @property
+    def data(self) -> "RunData | None":
+        """The run's data in the units this API takes (as the dataset holds it: a CSV table's rows as
+        in its file), with the prepared evaluation set beside it (None: loaded without its data)."""
+        return None if self.prepared is None else RunData(self.prepared, self.scaling,
+                                                          self.checkpoint.get("data", {}).get("labelled"))
+
+    @property
+    def scaling(self) -> dict | None:
+        """How a CSV table's columns were scaled for this run (x' = (x - shift) / scale), or None."""
+        return (self.checkpoint.get("data") or {}).get("scaling")
 
     @property
     def model(self) -> torch.nn.Module:
@@ -69,28 +151,39 @@ class Run:
 
     # -- using a trained model ---------------------------------------------------------------
     # Inputs are checked here: a tensor or array of shape (batch, *data_shape), or flat (batch, D)
-    # when D is the data's size (reshaped); uint8 as 8-bit levels (/255); values the program's data
-    # contract accepts. Scores see the data as evaluation does (e.g. binarized with the fixed seed).
+    # when D is the data's size (reshaped), or (batch, H, W) for one-channel images; uint8 as 8-bit
+    # levels (/255), other integers as counts; values the program's data contract accepts; for a
+    # run of a CSV table, rows as the file holds them (the run applies its own scaling). Scores see
+    # the data as evaluation does (e.g. binarized with the fixed seed).
 
     def inputs(self, x, scored: bool = False) -> torch.Tensor:
         """``x`` as the program takes it (see above): on the run's device, float32, shaped
-        (batch, *data_shape), finite; with ``scored``, checked against the data contract and
-        prepared as evaluation prepares data (e.g. binarized with the fixed evaluation seed)."""
+        (batch, *data_shape), finite, scaled as the run's CSV table was; with ``scored``, checked
+        against the data contract and prepared as evaluation prepares data (e.g. binarized with the
+        fixed evaluation seed)."""
         shape = tuple(self.program.data_shape)
         if not torch.is_tensor(x):
             try:
                 x = torch.as_tensor(np.asarray(x))
             except (TypeError, ValueError) as e:
                 raise DataError(f"the input is a {type(x).__name__}, not an array of numbers: {e}.") from None
+        if x.device.type == "meta":
+            raise DataError("the input is a tensor on the meta device, which holds no values: give data (a tensor on "
+                            "the CPU or the run's device, or an array).")
+        if x.dim() >= 1 and x.shape[0] == 0:
+            raise DataError(f"the input holds no datapoints (shape {tuple(x.shape)}): give at least one.")
         if x.dim() == 2 and len(shape) > 1 and x.shape[1] == math.prod(shape):
             x = x.reshape(-1, *shape)  # a flat batch of the right size
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        elif x.is_floating_point() or x.dtype == torch.bool:
-            x = x.float()
+        elif x.dim() == len(shape) and len(shape) == 3 and shape[0] == 1 and tuple(x.shape[1:]) == shape[1:]:
+            x = x.unsqueeze(1)  # one-channel images given as (batch, H, W)
+        if x.is_complex():
+            raise DataError(f"the input holds complex numbers ({x.dtype}); the model takes real values.")
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()  # (other integers: counts, as they are)
         x = x.to(self.device)
         check_batch(x, shape, "input")
         require_finite(x, "input")
+        if self.scaling:
+            x = apply_scaling(x, self.scaling)
         if scored:
             self.program.check_data(x, "input")
             x = self.program.contract.prepare_eval_set(x)
@@ -147,9 +240,26 @@ class Run:
         x ~ p(x|z) with ``pixels = "sample"`` (or where the mean has no closed form). ``labels``:
         see :meth:`given` (a conditional program's p(x|z, y))."""
         program = self.given(labels)
-        if isinstance(z, dict):  # every latent site by name
-            return program.decode({k: torch.as_tensor(v, device=self.device).float() for k, v in z.items()}, pixels)
-        return program.decode({self._site(): torch.as_tensor(z, device=self.device).float()}, pixels)
+        z = {k: self._latent(k, v) for k, v in z.items()} if isinstance(z, dict) else {self._site(): self._latent(
+            self._site(), z)}
+        return program.decode(z, pixels)
+
+    def _latent(self, site: str, z) -> torch.Tensor:
+        """Latent values z of ``site`` for decode, checked: (batch, *event) of the site's shape, finite."""
+        shapes = self.program.probing(1).latent_shapes if self.program.policy.takes_labels else \
+            self.program.latent_shapes
+        if site not in shapes:
+            raise ProgramError(f"{self.program.name} has no latent site {site!r}; its sites: {', '.join(shapes)}.")
+        z = torch.as_tensor(np.asarray(z) if not torch.is_tensor(z) else z).to(self.device).float()
+        event = tuple(shapes[site])
+        if z.dim() == len(event):
+            z = z.unsqueeze(0)  # one latent point
+        if tuple(z.shape[1:]) != event:
+            raise DataError(f"z for site {site!r} has shape {tuple(z.shape)}; the model's latent is "
+                            f"(batch, {', '.join(map(str, event))}): give points of that size (e.g. run.encode(x)[0], "
+                            f"or torch.randn(n, {', '.join(map(str, event))})).")
+        require_finite(z, f"z of site {site!r}")
+        return z
 
     def reconstruct(self, x, pixels: str = "mean", labels=None) -> torch.Tensor:
         """decode(E_q[z|x]): the images x reconstructed through the posterior mean."""
@@ -164,6 +274,7 @@ class Run:
             n = len(labels) if n is None else n
             if n != len(labels):
                 raise ConfigError(f"sample(n={n}, labels=...) with {len(labels)} labels: one image per label.")
+        n = _count(n, "sample(n)")
         with seeded(self.config.seed if seed is None else seed, self.device):
             return program.decode(program.prior_draws(n), pixels)
 
@@ -172,6 +283,7 @@ class Run:
         """The ELBO per datapoint, in nats (``samples`` draws of z; the KL in closed form where it has
         one); given ``labels`` for a program that takes them (:meth:`given`). A semi-supervised
         program without labels: the ELBO with y summed over its classes exactly (one z per class)."""
+        samples = _count(samples, "samples")
         x = self.inputs(x, scored=True)
         with seeded(self.config.seed if seed is None else seed, self.device):
             return self.program.policy.elbo(self.program, x, labels, samples, ESTIMATES)
@@ -183,6 +295,7 @@ class Run:
         ``log_px_stderr``), in nats; the gap log p(x) - ELBO between them estimates KL(q(z|x) ||
         p(z|x)). Given ``labels`` as :meth:`elbo` is (a semi-supervised program without labels: y
         summed exactly, one draw of z per class for the ELBO)."""
+        samples = _count(samples, "samples")
         x = self.inputs(x, scored=True)
         with seeded(self.config.seed if seed is None else seed, self.device):
             return self.program.policy.evidence(self.program, x, labels, samples, self.config.eval.chunk_pairs,
@@ -200,6 +313,7 @@ class Run:
         (given ``labels``: log p(x|y) of a conditional program, log p(x, y) of a semi-supervised one).
         A semi-supervised program without labels: log p(x) = log sum_y p(x, y), y summed exactly and
         K draws of z per class (``log_px`` and ``stderr``, as evaluation reports it)."""
+        samples = _count(samples, "samples")
         x = self.inputs(x, scored=True)
         with seeded(self.config.seed if seed is None else seed, self.device):
             return self.program.policy.log_prob(self.program, x, labels, samples, self.config.eval.chunk_pairs,
@@ -217,9 +331,7 @@ class Run:
         from tqdm.auto import tqdm
 
         policy = self.program.policy
-        samples = self.config.eval.samples if samples is None else samples
-        if samples < 1:
-            raise ConfigError(f"samples must be >= 1, got {samples}.")
+        samples = _count(self.config.eval.samples if samples is None else samples, "samples")
         seed = self.config.seed if seed is None else seed
         size = batch_size or self.config.eval.batch_size
         labels = None if labels is None else torch.as_tensor(labels)
@@ -302,13 +414,18 @@ def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = T
     the config could not record, is loaded).
 
     The data is the config's dataset, rebuilt, or ``splits`` (data trained on from Python must be
-    given so); either is refused unless it is the data the run trained on (its fingerprint)."""
+    given so); either is refused unless it is the data the run trained on (its fingerprint).
+
+    An export folder (:func:`export_run`) loads too, its data given as ``splits`` (an export holds
+    none; checked against the fingerprint it records)."""
     run_dir = Path(run_dir)
+    if is_export(run_dir):
+        return _export_with_data(run_dir, device, with_data, model, splits)
     config, path, state = read_run_folder(run_dir, checkpoint)
     dev = resolve_device(device or config.device)
     torch.manual_seed(config.seed)
     if with_data:
-        splits = splits or DATASETS.build(config.data, "data").load()
+        splits = splits or _recorded_data(config, run_dir)
         check_same_data(state, data_record(splits, given=False), run_dir)
     else:
         splits = None
@@ -319,11 +436,45 @@ def load_run(run_dir: Path | str, device: str | None = None, with_data: bool = T
     return Run(run_dir, config, program, state, dev, data, path.name)
 
 
+def _recorded_data(config: Config, run_dir: Path) -> DataSplits:
+    """The data a run's config names, loaded; where it cannot be (a file moved, or named relative to
+    a directory the command is not run from), the refusal says which run recorded what, and the fix."""
+    try:
+        return DATASETS.build(config.data, "data").load()
+    except DataError as e:
+        recorded = ", ".join(f"data.{k} = {v!r}" for k, v in config.data.items() if k in PATH_KEYS and v)
+        if not recorded:
+            raise
+        raise DataError(f"{e} ({run_dir} recorded {recorded}; relative paths are read from the current directory, "
+                        f"{Path.cwd()}.) Give the data it trained on with --data PATH (Python: load_run(..., "
+                        f"splits=...)): it is checked against the run's fingerprint.") from None
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an export (its weights as safetensors, no checkpoint)."""
+    return (Path(folder) / EXPORT_WEIGHTS).is_file() and not (Path(folder) / CHECKPOINT).is_file()
+
+
+def _export_with_data(folder: Path, device: str | None, with_data: bool, model, splits: DataSplits | None) -> Run:
+    """An export loaded as a run: with the data given for it (refused without: an export holds none)."""
+    run = load_export(folder, device, model=model)
+    if not with_data:
+        return run
+    if splits is None:
+        raise RunDirError(
+            f"{folder} is an export (model.safetensors, config.toml, export.json: a trained model to share, without "
+            f"its data): give the data to score with --data PATH (Python: load_run(..., splits=...)), checked against "
+            f"the fingerprint the export records; or use the run folder it came from.")
+    check_same_data({"data": run.checkpoint.get("data") or None}, data_record(splits, given=False), folder)
+    run.prepared = prepare_data(run.config, run.program, run.device, splits)
+    return run
+
+
 def load(run_dir: Path | str, device: str | None = None, checkpoint: str = "auto", *, trust_code: bool = False,
          model: torch.nn.Module | None = None) -> Run:
     """A trained model to use (``pyro_vae.load(RUN_DIR).encode(x)``): :func:`load_run` without its
     data; or an exported model (:func:`export_run`'s folder, loaded by :func:`load_export`)."""
-    if (Path(run_dir) / EXPORT_WEIGHTS).is_file() and not (Path(run_dir) / CHECKPOINT).is_file():
+    if is_export(Path(run_dir)):
         return load_export(run_dir, device, model=model)
     return load_run(run_dir, device, with_data=False, checkpoint=checkpoint, trust_code=trust_code, model=model)
 
@@ -333,19 +484,23 @@ def load(run_dir: Path | str, device: str | None = None, checkpoint: str = "auto
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_INFO = "export.json"
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: export.json records every file's SHA-256 and its own
 
 
 def export_run(run_dir: Path | str, out: Path | str, checkpoint: str = "auto", overwrite: bool = False) -> Path:
     """Write a trained model to share: ``model.safetensors`` (the parameters, a format that holds
     tensors only: loading it runs no code, unlike a pickled checkpoint), ``config.toml`` (the run's
     resolved config: the model it rebuilds) and ``export.json`` (data shape, epoch, what it trained
-    on, the weights' SHA-256). :func:`load` reads the folder back. Reads the checkpoint only; no
-    program is built, so a user program's code is not imported."""
+    on, and the SHA-256 of each file and of its own fields, so that the export is tamper-evident as a
+    whole: a config edited after the export is refused on load, as are changed weights). A checkpoint
+    holding NaN or infinite parameters is refused, as ``evaluate`` refuses it. :func:`load` reads the
+    folder back. Reads the checkpoint only; no program is built, so a user program's code is not
+    imported."""
     from safetensors.torch import save
 
     run_dir, out = Path(run_dir), Path(out)
     config, path, state = read_run_folder(run_dir, checkpoint)
+    check_finite_parameters(state["model"], path)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise RunDirError(f"{out} exists and is not empty: choose a new --out, or pass --overwrite to replace "
@@ -354,48 +509,91 @@ def export_run(run_dir: Path | str, out: Path | str, checkpoint: str = "auto", o
             raise RunDirError(f"{out} is not an export folder (no {EXPORT_INFO}): pyro-vae replaces only an export.")
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state["model"].items()}
-    weights = out / EXPORT_WEIGHTS
-    data = save(tensors, metadata={"format": str(EXPORT_FORMAT)})
-    atomic_write(weights, lambda f: f.write(data))
+    weights = save(tensors, metadata={"format": str(EXPORT_FORMAT)})
+    config_text = config.to_toml()
     info = {"format": EXPORT_FORMAT, "data_shape": list(state["data_shape"]), "epoch": state["epoch"],
-            "checkpoint": path.name, "run_dir": str(run_dir), "data": state.get("data"),
-            "sha256": hashlib.sha256(data).hexdigest()}
-    write_text(out / CONFIG, config.to_toml())
+            "checkpoint": path.name, "run_dir": str(run_dir.resolve()), "data": state.get("data"),
+            "sha256": hashlib.sha256(weights).hexdigest(),
+            "files": {EXPORT_WEIGHTS: hashlib.sha256(weights).hexdigest(),
+                      CONFIG: hashlib.sha256(config_text.encode()).hexdigest()}}
+    info["info_sha256"] = _info_digest(info)
+    atomic_write(out / EXPORT_WEIGHTS, lambda f: f.write(weights))
+    write_text(out / CONFIG, config_text)
     write_text(out / EXPORT_INFO, json.dumps(info, indent=2) + "\n")
     return out
+
+
+def _info_digest(info: dict) -> str:
+    """SHA-256 of export.json's fields (all but this digest itself), canonically serialized."""
+    fields = {k: v for k, v in info.items() if k != "info_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def read_export_info(folder: Path) -> dict:
+    """export.json of an export folder, parsed and checked: its fields whole (the digest of format 2
+    covers them), a format this pyro-vae reads; refused in words otherwise, naming the file."""
+    path = folder / EXPORT_INFO
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e}): the export is damaged or was edited. Export the "
+                              f"run again (pyro-vae export RUN --out DIR).") from None
+    if not isinstance(info, dict) or not isinstance(info.get("format"), int):
+        raise CheckpointError(f"{path} is not a pyro-vae export's record (no format field). Export the run again.")
+    if info["format"] > EXPORT_FORMAT:
+        raise CheckpointError(f"{folder} is an export of format {info['format']}, newer than this pyro-vae reads "
+                              f"({EXPORT_FORMAT}): upgrade pyro-vae.")
+    needed = ("data_shape", "epoch", "sha256") + (("files", "info_sha256") if info["format"] >= 2 else ())
+    missing = [k for k in needed if k not in info]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: the record was edited or damaged. Export the run "
+                              f"again.")
+    if info["format"] >= 2 and _info_digest(info) != info["info_sha256"]:
+        raise CheckpointError(f"{path} was changed after the export (its fields do not match their recorded "
+                              f"SHA-256): refusing to load a model whose record may not be its own. Export the run "
+                              f"again.")
+    return info
+
+
+def _verified(folder: Path, name: str, info: dict) -> bytes:
+    """The bytes of an export's file ``name``, checked against the SHA-256 export.json records for it."""
+    data = (folder / name).read_bytes()
+    recorded = info.get("files", {}).get(name, info["sha256"] if name == EXPORT_WEIGHTS else None)
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+        raise CheckpointError(f"{folder / name} does not match the SHA-256 recorded in {EXPORT_INFO}: the file "
+                              f"changed (edited, or damaged) since the export, and the parameters mean what that "
+                              f"file said when it was written. Export the run again.")
+    return data
 
 
 def load_export(folder: Path | str, device: str | None = None, *, model: torch.nn.Module | None = None) -> Run:
     """A model :func:`export_run` wrote: the program its config names rebuilt (the stock VAE or a
     library program; a user program only as the object ``model``, since an export never imports
-    code), its parameters read from safetensors (checked against the recorded SHA-256)."""
+    code), its parameters read from safetensors; every file checked against the SHA-256 export.json
+    records for it (format 1 exports recorded the weights' only)."""
     from safetensors.torch import load
 
     folder = Path(folder)
     for name in (CONFIG, EXPORT_INFO, EXPORT_WEIGHTS):
         if not (folder / name).is_file():
             raise RunDirError(f"{folder} is not a pyro-vae export (no {name}); `pyro-vae export RUN --out DIR` writes one.")
-    info = json.loads((folder / EXPORT_INFO).read_text())
-    if info.get("format", 0) > EXPORT_FORMAT:
-        raise CheckpointError(f"{folder} is an export of format {info['format']}, newer than this pyro-vae reads "
-                              f"({EXPORT_FORMAT}): upgrade pyro-vae.")
-    weights = folder / EXPORT_WEIGHTS
-    data = weights.read_bytes()  # (read once: checked, then parsed)
-    if hashlib.sha256(data).hexdigest() != info["sha256"]:
-        raise CheckpointError(f"{weights} does not match the SHA-256 recorded in {EXPORT_INFO}: the file changed "
-                              f"or is damaged. Export the run again.")
+    info = read_export_info(folder)
+    data = _verified(folder, EXPORT_WEIGHTS, info)  # (read once: checked, then parsed)
+    _verified(folder, CONFIG, info)
     config = Config.load(folder / CONFIG)
     shape = tuple(info["data_shape"])
     dev = resolve_device(device or config.device)
     torch.manual_seed(config.seed)
     try:
         program = _run_program(config, shape, folder, dev, model, trust_code=False)
-    except ProgramError as e:
-        if model is not None:
+    except ProgramError:
+        if model is not None or not isinstance(config.model, ProgramConfig) or library_program(config.model.program):
             raise
-        raise ProgramError(f"{e} An export never imports code: load it with pyro_vae.load({str(folder)!r}, "
-                           f"model=YourProgram(...)) given the program's object.") from None
-    load_parameters(program.module, {k: v.to(dev) for k, v in load(data).items()}, weights)
+        raise ProgramError(f"{folder} is an export of a model program of your own ({config.model.program}), and an "
+                           f"export never imports code (so --trust-code does not apply to it): load it in Python "
+                           f"with pyro_vae.load({str(folder)!r}, model=YourProgram(...)), given the program's "
+                           f"object, or use the run folder it came from.") from None
+    load_parameters(program.module, {k: v.to(dev) for k, v in load(data).items()}, folder / EXPORT_WEIGHTS)
     state = {"epoch": info["epoch"], "data_shape": info["data_shape"], "data": info.get("data") or {}}
     return Run(folder, config, program, state, dev, None, EXPORT_WEIGHTS)
 
@@ -428,11 +626,11 @@ def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None
     cfg = run.config
     k = cfg.eval.samples if samples is None else samples
     if dist.main:
-        log(f"evaluating log p(x) on {run.data.test.shape[0]} test datapoints with K = {k} importance samples ...")
+        log(f"evaluating log p(x) on {run.prepared.test.shape[0]} test datapoints with K = {k} importance samples ...")
     with run_lock(run.run_dir, "evaluate") if dist.main else nullcontext(), \
             resumable_evaluation(run.run_dir, EVALUATION, dist) as store:
-        result = evaluate(run.program, run.data.test, EvaluationSettings.of(cfg, k), dist=dist, store=store,
-                          progress=progress, labels=run.program.policy.scored_labels(run.data.test_labels))
+        result = evaluate(run.program, run.prepared.test, EvaluationSettings.of(cfg, k), dist=dist, store=store,
+                          progress=progress, labels=run.program.policy.scored_labels(run.prepared.test_labels))
         if dist.main:
             write_evaluation(run, result)
             plots.run_pictures(run, result, read_metrics(run.run_dir))

@@ -31,9 +31,9 @@ import torch
 from . import preflight
 from .callbacks import build_callbacks
 from .config import OBJECTIVES, Config
-from .data import DATASETS, DataSplits, prepare_data
+from .data import DATASETS, DataSplits, absolute_paths, prepare_data
 from .distributed import SINGLE, Distributed
-from .errors import RunDirError, TrainingDiverged
+from .errors import RunDirError, StorageError, TrainingDiverged
 from .evaluation import Evaluation, evaluate
 from .files import write_text
 from .networks import mixed_precision
@@ -242,6 +242,20 @@ def epoch_scores(program, data, config: Config, dist: Distributed, curves: bool)
     return test, train, valid
 
 
+@contextmanager
+def storage_failure_said(run_dir: Path, epoch: int) -> Iterator[None]:
+    """A write of epoch ``epoch``'s files that fails (a full disk, lost permission) ends the run with
+    what was kept and how to continue: the last good checkpoint is the one before (every file is
+    written whole or not at all), and the same command with --resume goes on from it."""
+    try:
+        yield
+    except StorageError as e:
+        kept = f"the last good checkpoint is epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written yet"
+        raise StorageError(f"epoch {epoch} could not be saved: {e} In {run_dir}, {kept} (files are written whole or "
+                           f"not at all). Free space (or restore write access) and run `pyro-vae train --resume "
+                           f"{run_dir}` to go on from there.", e.cause) from None
+
+
 def resuming(run_dir: Path, epoch: int, step: int, epochs: int) -> str:
     """What a resume says: where it continues from, or that the run already finished its epochs."""
     if epoch >= epochs:
@@ -334,6 +348,7 @@ class Trainer:
         that makes a run's numbers depend on its seed alone (each consumes the global stream in turn)."""
         pyro.clear_param_store()
         torch.manual_seed(self.config.seed)
+        self.config = Config.from_dict({**self.config.to_dict(), "data": absolute_paths(self.config.data)})
         splits = self.splits or self.preloaded or DATASETS.build(self.config.data, "data").load()
         preflight.say_data(self.config, splits, self.log)
         self.config, self.data_record = preflight.data_config(self.config, splits, given=self.splits is not None)
@@ -579,13 +594,14 @@ class Trainer:
             self.best_valid, self.best_epoch = valid["elbo"], self.epoch
         self.history.append(log.line())
         if self.dist.main:
-            append_line(self.run_dir / METRICS, json.dumps(self.history[-1]))  # first: resume drops lines past the checkpoint
-            state = self._state()
-            if improved:
-                save_checkpoint(self.run_dir / BEST, state)
-            if crossed(self.elapsed - self.last_epoch_seconds, self.elapsed, 60 * self.config.train.snapshot_minutes):
-                save_checkpoint(snapshot_path(self.run_dir, self.epoch), state)
-            save_checkpoint(self.run_dir / CHECKPOINT, state)
+            with storage_failure_said(self.run_dir, self.epoch):
+                append_line(self.run_dir / METRICS, json.dumps(self.history[-1]))  # first: resume drops later lines
+                state = self._state()
+                if improved:
+                    save_checkpoint(self.run_dir / BEST, state)
+                if crossed(self.elapsed - self.last_epoch_seconds, self.elapsed, 60 * self.config.train.snapshot_minutes):
+                    save_checkpoint(snapshot_path(self.run_dir, self.epoch), state)
+                save_checkpoint(self.run_dir / CHECKPOINT, state)
         self._call("on_epoch_end", self.history[-1])
         (bar.write if self.progress else self.log)(log.message(improved))
 

@@ -40,7 +40,12 @@ class VAE(nn.Module):
         network: Any = "mlp",
     ) -> None:
         super().__init__()
-        require(latent_dim >= 1, f"latent_dim must be >= 1, got {latent_dim}.")
+        require(isinstance(latent_dim, int) and not isinstance(latent_dim, bool) and latent_dim >= 1,
+                f"latent_dim must be a whole number >= 1, got {latent_dim!r}.")
+        require(isinstance(data_shape, (tuple, list)) and len(data_shape) >= 1 and
+                all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in data_shape),
+                f"data_shape must be the shape of one datapoint, whole numbers >= 1 such as (1, 28, 28) or (64,), "
+                f"got {data_shape!r}.")
         self.data_shape = tuple(data_shape)
         self.latent_dim = latent_dim
         self.prior = PRIORS.build(prior, "model.prior").setup(latent_dim)

@@ -424,9 +424,12 @@ def test_a_csv_table_is_standardized_by_its_training_rows_and_the_scaling_record
                  "--samples", "3", "--no-progress"]) == 0
     import pyro_vae
 
-    new = (torch.from_numpy(write_table(tmp_path / "same.csv", rows=5, seed=3)).float() - shift) / scale
-    np.testing.assert_allclose(np.load(tmp_path / "z.npz")["mean"], pyro_vae.load(run).encode(new)[0].numpy(),
-                               rtol=1e-4, atol=1e-5)  # new rows scaled as the training rows were
+    raw = torch.from_numpy(write_table(tmp_path / "same.csv", rows=5, seed=3)).float()  # rows as the file has them
+    loaded = pyro_vae.load(run)  # the API scales them itself, as the training rows were
+    np.testing.assert_allclose(np.load(tmp_path / "z.npz")["mean"], loaded.encode(raw)[0].numpy(), rtol=1e-4, atol=1e-5)
+    scaled = (raw - shift) / scale
+    torch.testing.assert_close(loaded.inputs(raw), scaled)
+    np.testing.assert_allclose(pyro_vae.data.apply_scaling(raw.numpy(), loaded.scaling), scaled.numpy(), rtol=1e-6)
 
 
 CSV_FAULTS = {

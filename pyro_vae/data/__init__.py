@@ -44,8 +44,8 @@ from .storage import (  # noqa: F401
     FLOAT32_EXACT, DataSplits, Levels, SparseRows, as_images, as_labels, dense_limit, nbytes, seeded_split,
     seeded_split_indices, train_and_test)
 from .user_files import (  # noqa: F401
-    ARRAY_SUFFIXES, IMAGE_SUFFIXES, USER_FILE_DATASETS, ArrayDataset, CSVDataset, GivenData, ImageFolder,
-    apply_scaling, dataset_for_path, read_datapoints)
+    ARRAY_SUFFIXES, IMAGE_SUFFIXES, PATH_KEYS, USER_FILE_DATASETS, ArrayDataset, CSVDataset, GivenData, ImageFolder,
+    absolute_paths, apply_scaling, dataset_for_path, read_datapoints)
 from .counts import (  # noqa: F401  (after user_files: the counts dataset is listed after the others)
     COUNT_FORMATS, COUNT_SUFFIXES, CountDataset, CountMatrix, check_counts, count_format, find_10x, is_sparse_npz,
     log_normalized_variance, read_10x, read_counts, read_h5ad, read_names, read_sparse_npz, read_text_counts,

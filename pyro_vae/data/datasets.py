@@ -33,6 +33,9 @@ class Dataset(Component):
         Option("labels_per_class", int, 0, "the same draw given per class: labels = labels_per_class * the "
                                            "program's classes (set one of the two)."),
         Option("labels_seed", int, 0, "the seed of the draw of the labelled datapoints."),
+        Option("view", list[int] | None, None, "how pictures draw a datapoint of vector data: as an image of this shape, "
+                                               "[H, W] or [C, H, W] (as many values as the data has columns); unset: "
+                                               "images as they are, vectors as a heat map (a row per datapoint)."),
     )
 
     def load(self) -> DataSplits:  # pragma: no cover - abstract

@@ -97,6 +97,7 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
     checked value for value, e.g. a static binarization's 0s and 1s), so each batch is bit for bit
     what a float32 copy would give."""
     splits = splits or DATASETS.build(config.data, "data").load()
+    splits.check_nonempty()
     splits.check_finite()
     lik = program.contract
     values, test = splits.train, splits.test  # (levels decoded once each)

@@ -468,6 +468,13 @@ class DataSplits:
                    f"arrays from Python ({where}): {len(train)} train / {len(test_x)} test, "
                    f"{'x'.join(map(str, train.shape[1:]))}")
 
+    def check_nonempty(self) -> None:
+        """Refuse a split without datapoints: nothing to train on or to score."""
+        for split, x in self._held.items():
+            if len(x) == 0:
+                raise DataError(f"the {split} split of dataset '{self.name}' holds no datapoints (shape "
+                                f"{tuple(x.shape)}): give data with at least one datapoint in each split.")
+
     def check_finite(self) -> None:
         for split, x in self._held.items():
             if isinstance(x, Levels):

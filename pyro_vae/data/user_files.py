@@ -15,7 +15,7 @@ import torch
 from ..config import DATASETS, require
 from ..errors import DataError, StorageError
 from .datasets import Dataset, default_data_root
-from .storage import DataSplits, Levels, as_images, as_labels, train_and_test
+from .storage import DataSplits, Levels, as_images, as_labels, dense_limit, train_and_test
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,12 +28,49 @@ _TEST_KEYS, _TEST_LABEL_KEYS = ("x_test",), ("y_test",)
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
 
 
+def _declared_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The shape and dtype each array of a .npy or .npz file declares in its header, read without
+    reading the arrays ({} where the headers cannot be read: the loader then says why)."""
+    import zipfile
+
+    def header(f) -> tuple[tuple[int, ...], np.dtype]:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0) else
+                           np.lib.format.read_array_header_2_0(f))
+        return tuple(shape), np.dtype(dtype)
+
+    try:
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as f:
+                return {"x": header(f)}
+        with zipfile.ZipFile(path) as z:
+            return {name[:-4]: header(z.open(name)) for name in z.namelist() if name.endswith(".npy")}
+    except Exception:  # (a damaged file: np.load's own error names it)
+        return {}
+
+
+def _refuse_oversized(path: Path) -> None:
+    """Refuse, before allocating, an array file declaring more than this machine can hold (half its
+    memory), with the numbers."""
+    limit = dense_limit("cpu")
+    for key, (shape, dtype) in _declared_arrays(path).items():
+        size = math.prod(shape) * dtype.itemsize
+        if size > limit:
+            raise DataError(f"{path} [{key}] declares an array of shape {shape} ({dtype}), {size / 2**30:,.1f} GiB, "
+                            f"more than this machine can hold ({limit / 2**30:,.1f} GiB, half its memory): "
+                            f"refusing to read it. Is the file what you meant? For counts larger than memory, "
+                            f"convert them to a sparse or streamed layout.")
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a .npy (under the key "x"), .npz or .pt file (a tensor, or a dict of tensors),
-    read without running code (no pickles)."""
+    read without running code (no pickles); a file declaring arrays larger than memory is refused
+    before anything is allocated."""
     if not path.is_file():
         raise DataError(f"{path} does not exist." if not path.exists() else f"{path} is not a file.")
     suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        _refuse_oversized(path)
     try:
         if suffix == ".npy":
             return {"x": np.load(path, allow_pickle=False)}
@@ -185,17 +222,36 @@ class GivenData(Dataset):
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _scan(folder: Path, prefix: str = "") -> list[tuple[str, int, int]]:
+def _scan(folder: Path, prefix: str = "", seen: frozenset = frozenset()) -> list[tuple[str, int, int]]:
     """(relative name, size, modification time) of every image file below ``folder``, by os.scandir
-    (one stat a file: a 60,000-file folder is listed in a fraction of a second)."""
+    (one stat a file: a 60,000-file folder is listed in a fraction of a second); a link back to a
+    folder above (a symlink loop) refused, naming it."""
+    real = os.path.realpath(folder)
+    if real in seen:
+        raise DataError(f"symlink loop at {folder}: it leads back to {real}, a folder above it, so the image folder "
+                        f"has no end. Remove or replace that link.")
+    seen = seen | {real}
     out = []
     for entry in os.scandir(folder):
         if entry.is_dir() and not entry.name.startswith("."):
-            out += _scan(Path(entry.path), f"{prefix}{entry.name}/")
+            out += _scan(Path(entry.path), f"{prefix}{entry.name}/", seen)
         elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
             st = entry.stat()
             out.append((prefix + entry.name, st.st_size, st.st_mtime_ns))
     return out
+
+
+def _content_key(folder: Path, stats: list[tuple[str, int, int]]) -> str:
+    """The cache key of an image folder: SHA-256 of every file's name and bytes (streamed, in name
+    order), so that a cached decoding is used only for the very same files, whatever their sizes
+    and modification times say (files replaced keeping both are decoded again)."""
+    h = hashlib.sha256()
+    for name, _, _ in stats:
+        h.update(f"{name}\0".encode())
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def _image_files(folder: Path) -> tuple[list[tuple[str, int, int]], list[str] | None]:
@@ -277,7 +333,7 @@ class ImageFolder(Dataset):
     def _read(self, folder: Path, channels: int = 0) -> tuple[Levels, torch.Tensor | None, list, int, str]:
         stats, classes = _image_files(folder)
         channels = channels or self.channels  # 0: from the images (found once, then kept in the cache)
-        key = hashlib.sha256(repr(stats).encode()).hexdigest()
+        key = _content_key(folder, stats)
         which = hashlib.sha256(repr((str(folder.resolve()), channels, self.size)).encode()).hexdigest()[:20]
         cache = default_data_root() / "cache" / f"image-folder-{which}.npz"
         said, images = "decoded, cached", None
@@ -456,20 +512,61 @@ class CSVDataset(Dataset):
         train, train_labels, test, test_labels = train_and_test(x, labels, given, self.test_fraction, self.split_seed,
                                                                 path)
         scaling = self.scaling_of(train)
+        hint = self._label_column_hint(names, train) if self.label_column is None else ""
         train, test = apply_scaling(train, scaling), apply_scaling(test, scaling)
         return DataSplits("csv", train, train_labels, test, test_labels,
                           f"csv {path}: {len(train)} train / {len(test)} test rows, {train.shape[1]} columns "
-                          f"({self.scale})", scaling=scaling)
+                          f"({self.scale}){hint}", scaling=scaling)
+
+    @staticmethod
+    def _label_column_hint(names: list[str], train: torch.Tensor) -> str:
+        """What the description says of a column that looks like labels (named so, whole numbers) but
+        is read as a feature, since data.label_column is unset: how to read it as labels."""
+        for j, name in enumerate(names):
+            if name.strip().lower() in ("label", "labels", "class", "target", "y"):
+                column = train[:, j]
+                if bool((column == column.round()).all()):
+                    return (f"; note: column {name!r} holds whole numbers and is read as a feature: set "
+                            f"data.label_column = \"{name}\" to read it as labels")
+        return ""
 
 
-def apply_scaling(x: torch.Tensor, scaling: dict | None) -> torch.Tensor:
-    """x' = (x - shift) / scale per column, as a CSV dataset's run recorded it."""
+def apply_scaling(x, scaling: dict | None):
+    """x' = (x - shift) / scale per column, as a CSV dataset's run recorded it: for a tensor (on its
+    device, in its dtype; integers as float32) or a NumPy array (as float32), returned as the same kind."""
     if not scaling or scaling.get("kind", "none") == "none":
         return x
-    return (x - torch.tensor(scaling["shift"], dtype=x.dtype)) / torch.tensor(scaling["scale"], dtype=x.dtype)
+    if isinstance(x, np.ndarray):
+        return apply_scaling(torch.from_numpy(np.asarray(x, dtype=np.float32)), scaling).numpy()
+    if not torch.is_tensor(x):
+        raise DataError(f"apply_scaling takes a NumPy array or a torch tensor of rows, got {type(x).__name__}.")
+    x = x if x.is_floating_point() else x.float()
+    shift = torch.tensor(scaling["shift"], dtype=x.dtype, device=x.device)
+    scale = torch.tensor(scaling["scale"], dtype=x.dtype, device=x.device)
+    if x.shape[-1] != shift.numel():
+        raise DataError(f"apply_scaling: rows of {x.shape[-1]} columns, and the run's table has {shift.numel()}: "
+                        f"give rows with the columns of the file it trained on (the label column left out).")
+    return (x - shift) / scale
 
 
-USER_FILE_DATASETS = ("array", "image-folder", "csv")  # read from the user's own files (summarized when trained on)
+USER_FILE_DATASETS = ("array", "image-folder", "csv", "counts")  # the user's own files (summarized when trained on)
+#: the options of a dataset that name files or folders: a run records them absolute (``absolute_paths``)
+PATH_KEYS = ("path", "test_path", "data_dir", "vocabulary", "features")
+
+
+def absolute_paths(table: dict) -> dict:
+    """A ``[data]`` table with its file and folder options (``PATH_KEYS``, and a labels file named by
+    ``label_key``) made absolute: what a run records, so that a later command finds the data from
+    any directory (the data itself is checked by its fingerprint, not by its path)."""
+    out = dict(table)
+    for key in PATH_KEYS:
+        if isinstance(out.get(key), str) and out[key]:
+            out[key] = os.path.abspath(os.path.expanduser(out[key]))
+    label_key = out.get("label_key")
+    if isinstance(label_key, str) and Path(label_key).suffix.lower() in (".npy", ".pt") and \
+            Path(label_key).expanduser().is_file():
+        out["label_key"] = os.path.abspath(os.path.expanduser(label_key))
+    return out
 
 
 def dataset_for_path(path: str) -> dict:
