@@ -105,7 +105,7 @@ def score_test_set(run, samples: int, store: Path | None = None, share: Share | 
     """The importance-sampled evaluation of ``run`` on its test set with K = ``samples`` (its
     batches kept in ``store`` as they finish, if given; with ``share``, only that process's batches)."""
     cfg = run.config
-    return evaluate(run.program, run.data.test, samples=samples, seed=cfg.seed, batch_size=cfg.eval.batch_size,
+    return evaluate(run.program, run.data.prepared_test, samples=samples, seed=cfg.seed, batch_size=cfg.eval.batch_size,
                     chunk_pairs=cfg.eval.chunk_pairs, exact_points=0, store=store, dist=share or SINGLE)
 
 
@@ -132,12 +132,12 @@ def evaluate_run(run_dir: Path, samples: int, log, processes: int = 1) -> dict:
             return saved
     run = load_run(run_dir)
     started = time.perf_counter()
-    log(f"{run_dir.name}: evaluating {run.data.test.shape[0]} test images with K = {samples} ({run.described}) ...")
+    log(f"{run_dir.name}: evaluating {run.data.prepared_test.shape[0]} test images with K = {samples} ({run.described}) ...")
     with resumable_evaluation(run_dir, RESULT) as store:
         resumed = EvaluationStore.count(store)
         if resumed:
             log(f"{run_dir.name}: resuming the evaluation, {resumed} batches already scored in {store}")
-        processes = min(processes, -(-run.data.test.shape[0] // run.config.eval.batch_size))  # at most one a batch
+        processes = min(processes, -(-run.data.prepared_test.shape[0] // run.config.eval.batch_size))  # at most one a batch
         if processes > 1:
             threads = max(1, torch.get_num_threads() // processes)
             log(f"{run_dir.name}: scoring in {processes} processes of {threads} threads each")

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(config, run_dir, progress=False, log=lambda line: None, preloaded=splits)
         trainer.fit(overwrite=True)
         run = load_run(run_dir, trust_code=False)
-        result = evaluate(run.program, run.data.test, samples=args.samples, seed=args.seed)
+        result = evaluate(run.program, run.data.prepared_test, samples=args.samples, seed=args.seed)
         data = trainer.data
         data.train_eval_form = data.train.float()  # statically binarized once: the network sees the same pixels
         shown = visible_mask(tuple(data.train.shape[1:]), visible)

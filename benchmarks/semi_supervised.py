@@ -9,10 +9,17 @@ y enumerated by ``enumerate``, alpha = ``--alpha``):
   seed``) and the rest unlabelled; ``train.validation`` images held out, best.pt chosen by the
   validation ELBO (no labels used). Test accuracy of argmax_y q(y|x) ± s.e. over test images,
   the ELBO and log p(x) with y summed exactly (``eval.samples`` = ``--samples`` draws of z per class).
-* **classifier alone**: the same encoder and q(y|x) head, freshly initialized, trained by
+* **classifier alone**, twice: the same encoder and q(y|x) head, freshly initialized, trained by
   cross-entropy on the same N labelled images (Adam 1e-3, batches of min(100, N)) for at most
   ``--classifier-steps`` steps, keeping the step with the best validation accuracy (checked every
-  50 steps on the validation images, labels used): a supervised-only baseline given every advantage.
+  50 steps on the validation images, labels used): a supervised-only baseline given every
+  advantage. **As given**: on the images as the dataset holds them (grey pixels; validation and
+  test images too): the baseline a user would run. **Binarized**: on the images as M2 sees its
+  evaluation data (binarized with the fixed seed), as earlier rounds measured it.
+
+``--baselines-only RESULT.json`` trains no M2: it measures the two baselines on the label draws of
+an earlier result (the same seeds, so the same labelled images) and reports them beside that
+result's M2 numbers.
 
     python benchmarks/semi_supervised.py --labels 100 400 1000 --minutes 3            # mnist5k
     python benchmarks/semi_supervised.py --data-dir ../shared/data/fashion-mnist --labels 100 3000 \\
@@ -39,6 +46,7 @@ from common import machine as describe_machine  # noqa: E402
 
 from pyro_vae import Config, Trainer  # noqa: E402
 from pyro_vae.config import DATASETS, apply_overrides  # noqa: E402
+from pyro_vae.data import validation_split  # noqa: E402
 from pyro_vae.evaluation import EvaluationSettings, evaluate  # noqa: E402
 from pyro_vae.labelled import SemiSupervisedVAE  # noqa: E402
 from pyro_vae.trained import load_run  # noqa: E402
@@ -50,7 +58,18 @@ def stat(values: torch.Tensor) -> dict:
     return {"mean": values.double().mean().item(), "stderr": values.double().std().item() / math.sqrt(len(values))}
 
 
-def classifier_alone(config: Config, trainer: Trainer, steps: int, seed: int) -> dict:
+def images(trainer: Trainer, as_given: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train, validation, test) images of the trainer's split: as the dataset holds them (grey), or
+    as M2 sees its evaluation data (binarized with the fixed seed)."""
+    data, cfg = trainer.data, trainer.config
+    if not as_given:
+        return trainer.program.contract.prepare_eval_set(data.train.float()), data.valid, data.test
+    train = data.splits.train
+    keep, held = validation_split(len(train), cfg.train.validation, cfg.seed)
+    return train[keep], train[held], data.splits.test
+
+
+def classifier_alone(config: Config, trainer: Trainer, steps: int, seed: int, as_given: bool) -> dict:
     """The M2's encoder + q(y|x) head, fresh, trained on the labelled images alone (see the docstring)."""
     data = trainer.data
     torch.manual_seed(seed)
@@ -59,8 +78,8 @@ def classifier_alone(config: Config, trainer: Trainer, steps: int, seed: int) ->
     params = [*model.encoder.parameters(), *model.q_y_logits.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     index = trainer.labelled_index
-    x_all, y_all = data.train[index].float(), data.train_labels[index]
-    x_all = trainer.program.contract.prepare_eval_set(x_all)  # (the same binarization as the M2's evaluation)
+    train, valid, test = images(trainer, as_given)
+    x_all, y_all = train[index.to(train.device)], data.train_labels[index]
     batch = min(100, len(index))
     generator = torch.Generator().manual_seed(seed)
     best, best_state, best_step = -1.0, None, 0
@@ -77,12 +96,13 @@ def classifier_alone(config: Config, trainer: Trainer, steps: int, seed: int) ->
         loss.backward()
         optimizer.step()
         if step % 50 == 0:
-            valid = accuracy(data.valid, data.valid_labels).mean().item()
-            if valid > best:
-                best, best_step = valid, step
+            score = accuracy(valid, data.valid_labels).mean().item()
+            if score > best:
+                best, best_step = score, step
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    return {"test_accuracy": stat(accuracy(data.test, data.test_labels)), "valid_accuracy": best, "steps": best_step}
+    return {"test_accuracy": stat(accuracy(test, data.test_labels)), "valid_accuracy": best, "steps": best_step,
+            "images": "as given (grey)" if as_given else "binarized (as M2's evaluation sees them)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,60 +116,80 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=100, help="K, draws of z per class for log p(x)")
     parser.add_argument("--classifier-steps", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=Path("runs/semi-supervised"))
+    parser.add_argument("--baselines-only", type=Path, metavar="RESULT.json",
+                        help="train no M2: measure the baselines on the label draws of this earlier result")
     args = parser.parse_args(argv)
     machine = describe_machine()
     print(f"machine: {machine}")
     data = {"name": "fashion-mnist", "data_dir": args.data_dir} if args.data_dir else {"name": "mnist5k"}
     splits = DATASETS.build(data, "data").load()
-    rows = []
-    for n_labels in args.labels:
-        for seed in args.seeds:
-            raw = apply_overrides(Config.load(CONFIG).to_dict(), [
-                f"seed={seed}", f"data.labels={n_labels}", f"data.labels_seed={seed}", "train.epochs=100000",
-                f"train.max_minutes={args.minutes}", f"train.validation={args.validation}",
-                f"train.objective.classifier_weight={args.alpha}", f"eval.samples={args.samples}"])
-            raw["data"] = {**raw["data"], **data}
-            config = Config.from_dict(raw)
-            run_dir = args.out / f"m2-labels{n_labels}-seed{seed}"
-            started = time.perf_counter()
-            trainer = Trainer(config, run_dir, progress=False, log=lambda line: None, preloaded=splits)
-            trainer.fit(overwrite=True)
-            train_seconds = time.perf_counter() - started
-            run = load_run(run_dir, trust_code=False, splits=None)
-            result = evaluate(run.program, run.data.test, EvaluationSettings.of(run.config), labels=run.data.test_labels)
-            s = result.summary()
-            baseline = classifier_alone(config, trainer, args.classifier_steps, seed)
-            row = {"labels": n_labels, "seed": seed, "epochs": trainer.epoch, "steps": trainer.step,
-                   "train_seconds": train_seconds, "selected_epoch": run.epoch,
-                   "m2_test_accuracy": s["classification"]["accuracy"], "m2_test_elbo": s["elbo"],
-                   "m2_test_log_px": s["log_px"], "classifier_alone": baseline}
-            rows.append(row)
-            print(json.dumps(row))
+    earlier = json.loads(args.baselines_only.read_text())["rows"] if args.baselines_only else None
+    rows = [one_row(args, data, splits, n, seed, earlier) for n in args.labels for seed in args.seeds]
     summary = across_seeds(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine, "config": str(CONFIG.relative_to(CONFIG.parent.parent.parent)),
-              "dataset": data["name"], "settings": vars(args) | {"out": str(args.out)}, "rows": rows,
-              "across_seeds": summary,
+              "dataset": data["name"], "settings": vars(args) | {"out": str(args.out), "baselines_only":
+                                                                 str(args.baselines_only)},
+              "rows": rows, "across_seeds": summary,
               "units": "nats per datapoint; accuracy as a fraction of test images, ± its standard error"}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n| labels | seed | M2 epochs (selected) | M2 test accuracy | classifier alone | M2 test ELBO | "
-          f"M2 test log p(x) (K={args.samples} per class) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print_tables(rows, summary, args)
+    return 0
+
+
+def one_row(args, data: dict, splits, n_labels: int, seed: int, earlier: list[dict] | None) -> dict:
+    """One label draw: M2 trained and scored (or its numbers from an earlier result), and the two baselines."""
+    raw = apply_overrides(Config.load(CONFIG).to_dict(), [
+        f"seed={seed}", f"data.labels={n_labels}", f"data.labels_seed={seed}", "train.epochs=100000",
+        f"train.max_minutes={args.minutes}", f"train.validation={args.validation}",
+        f"train.objective.classifier_weight={args.alpha}", f"eval.samples={args.samples}"])
+    raw["data"] = {**raw["data"], **data}
+    config = Config.from_dict(raw)
+    run_dir = args.out / f"m2-labels{n_labels}-seed{seed}"
+    trainer = Trainer(config, run_dir, progress=False, log=lambda line: None, preloaded=splits)
+    if earlier is not None:  # the same label draw (seed) as the earlier result's row: only the baselines are new
+        (row,) = [r for r in earlier if r["labels"] == n_labels and r["seed"] == seed]
+        row = {**row, "m2_from": str(args.baselines_only)}
+        trainer.start()
+    else:
+        started = time.perf_counter()
+        trainer.fit(overwrite=True)
+        train_seconds = time.perf_counter() - started
+        run = load_run(run_dir, trust_code=False, splits=None)
+        result = evaluate(run.program, run.data.prepared_test, EvaluationSettings.of(run.config),
+                          labels=run.data.test_labels)
+        s = result.summary()
+        row = {"labels": n_labels, "seed": seed, "epochs": trainer.epoch, "steps": trainer.step,
+               "train_seconds": train_seconds, "selected_epoch": run.epoch,
+               "m2_test_accuracy": s["classification"]["accuracy"], "m2_test_elbo": s["elbo"],
+               "m2_test_log_px": s["log_px"]}
+    row["classifier_alone_as_given"] = classifier_alone(config, trainer, args.classifier_steps, seed, as_given=True)
+    row["classifier_alone"] = classifier_alone(config, trainer, args.classifier_steps, seed, as_given=False)
+    print(json.dumps(row))
+    return row
+
+
+def print_tables(rows: list[dict], summary: dict, args) -> None:
+    print("\n| labels | seed | M2 epochs (selected) | M2 test accuracy | classifier alone, as given (grey) | "
+          "classifier alone, binarized | M2 test ELBO | M2 test log p(x) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        a, c = r["m2_test_accuracy"], r["classifier_alone"]["test_accuracy"]
-        print(f"| {r['labels']} | {r['seed']} | {r['epochs']} ({r['selected_epoch']}) | {a['mean']:.4f} ± {a['stderr']:.4f} | "
-              f"{c['mean']:.4f} ± {c['stderr']:.4f} | {r['m2_test_elbo']['mean']:.2f} | "
-              f"{r['m2_test_log_px']['mean']:.2f} ± {r['m2_test_log_px']['stderr']:.2f} |")
+        a, g, c = r["m2_test_accuracy"], r["classifier_alone_as_given"]["test_accuracy"], \
+            r["classifier_alone"]["test_accuracy"]
+        print(f"| {r['labels']} | {r['seed']} | {r['epochs']} ({r['selected_epoch']}) | {a['mean']:.4f} ± "
+              f"{a['stderr']:.4f} | {g['mean']:.4f} ± {g['stderr']:.4f} | {c['mean']:.4f} ± {c['stderr']:.4f} | "
+              f"{r['m2_test_elbo']['mean']:.2f} | {r['m2_test_log_px']['mean']:.2f} ± {r['m2_test_log_px']['stderr']:.2f} |")
     if len(args.seeds) > 1:
         print(f"\nAcross the {len(args.seeds)} label draws (mean ± standard deviation over seeds):\n")
-        print("| labels | M2 test accuracy | classifier alone | M2 test log p(x) |")
-        print("| --- | --- | --- | --- |")
+        print("| labels | M2 test accuracy | classifier alone, as given (grey) | classifier alone, binarized | "
+              "M2 test log p(x) |")
+        print("| --- | --- | --- | --- | --- |")
         for n, m in summary.items():
             print(f"| {n} | {m['m2_test_accuracy'][0]:.4f} ± {m['m2_test_accuracy'][1]:.4f} | "
+                  f"{m['classifier_alone_as_given'][0]:.4f} ± {m['classifier_alone_as_given'][1]:.4f} | "
                   f"{m['classifier_alone'][0]:.4f} ± {m['classifier_alone'][1]:.4f} | "
                   f"{m['m2_test_log_px'][0]:.2f} ± {m['m2_test_log_px'][1]:.2f} |")
-    return 0
 
 
 def across_seeds(rows: list[dict]) -> dict[int, dict[str, tuple[float, float]]]:
@@ -164,6 +204,8 @@ def across_seeds(rows: list[dict]) -> dict[int, dict[str, tuple[float, float]]]:
         out[n] = {"seeds": [r["seed"] for r in mine],
                   "m2_test_accuracy": mean_sd([r["m2_test_accuracy"]["mean"] for r in mine]),
                   "classifier_alone": mean_sd([r["classifier_alone"]["test_accuracy"]["mean"] for r in mine]),
+                  "classifier_alone_as_given": mean_sd([r["classifier_alone_as_given"]["test_accuracy"]["mean"]
+                                                        for r in mine]),
                   "m2_test_log_px": mean_sd([r["m2_test_log_px"]["mean"] for r in mine])}
     return out
 

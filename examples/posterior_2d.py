@@ -43,7 +43,7 @@ if args.smoke:
 
 Trainer(Config.from_dict(raw), Path(args.out), progress=not args.smoke).fit(overwrite=True)
 run = load_run(args.out)
-program, test, labels = run.program, run.data.test, run.data.splits.test_labels
+program, test, labels = run.program, run.data.prepared_test, run.data.splits.test_labels
 run.model.eval()
 
 cfg = run.config.eval

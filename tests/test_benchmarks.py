@@ -59,6 +59,15 @@ def test_semi_supervised_runs_m2_and_the_classifier_alone(capsys, tmp_path):
     accuracies = [r["m2_test_accuracy"]["mean"] for r in result["rows"]]
     mean, sd = result["across_seeds"]["20"]["m2_test_accuracy"]
     assert mean == pytest.approx(sum(accuracies) / 2) and sd == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2 ** 0.5)
+    assert [r["classifier_alone_as_given"]["images"] for r in result["rows"]] == ["as given (grey)"] * 2
+    # the baselines again on the same label draws, beside the earlier M2 numbers (no M2 trained)
+    assert bench.main(["--labels", "20", "--seeds", "0", "1", "--classifier-steps", "50", "--validation", "100",
+                       "--out", str(tmp_path / "b"), "--baselines-only", str(tmp_path / "s" / "result.json")]) == 0
+    again = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert [r["m2_test_accuracy"] for r in again["rows"]] == [r["m2_test_accuracy"] for r in result["rows"]]
+    assert [r["classifier_alone_as_given"] for r in again["rows"]] == [r["classifier_alone_as_given"]
+                                                                       for r in result["rows"]]  # (seeded: the same)
+    assert not (tmp_path / "b" / "m2-labels20-seed0").exists()
 
 
 def test_quadrants_runs_the_cvae_and_the_network(capsys, tmp_path):

@@ -155,6 +155,6 @@ def test_compare_tells_the_semi_supervised_story_sampled_enumerated_and_with_the
     fits = {}
     for name in ("enumerate", "enumerate-classifier_weight-20"):
         run = load_run(tmp_path / "m2" / name)
-        _, q_y = run.classify(run.data.test)
+        _, q_y = run.classify(run.data.prepared_test)
         fits[name] = torch.log(q_y[torch.arange(len(q_y)), run.data.test_labels]).sum().item()
     assert fits["enumerate-classifier_weight-20"] > fits["enumerate"]

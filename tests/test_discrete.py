@@ -280,10 +280,10 @@ def test_a_run_trains_evaluates_exactly_and_resumes_its_baseline(tmp_path):
     resumed._restore(state)
     assert resumed.objective.state_dict() == state["objective"]
     run = load_run(tmp_path)
-    result = evaluate(run.program, run.data.test, samples=20, exact_points=1)  # closed form: every datapoint
+    result = evaluate(run.program, run.data.prepared_test, samples=20, exact_points=1)  # closed form: every datapoint
     summary = result.summary()
     assert summary["exact"]["method"] == "enumeration of every latent state"
-    assert summary["exact"]["datapoints"] == run.data.test.shape[0]  # every datapoint: the sum is exact
+    assert summary["exact"]["datapoints"] == run.data.prepared_test.shape[0]  # every datapoint: the sum is exact
     usage = summary["code_usage"]
     assert usage["groups"] == 2 and usage["classes"] == 3 and all(1 <= u <= 3 for u in usage["classes_used"])
     assert "classes used per group" in result.table()
@@ -371,7 +371,7 @@ def test_gmvae_by_name_trains_and_loads_without_trust_code(tmp_path):
     assert all(math.isfinite(m["test"]["elbo"]) for m in trainer.history)
     run = load_run(tmp_path, trust_code=False)  # library code, not a user's: no --trust-code needed
     assert type(run.program.module).__name__ == "GaussianMixtureVAE" and run.program.module.components == 3
-    assert math.isfinite(evaluate(run.program, run.data.test, samples=5).summary()["log_px"]["mean"])
+    assert math.isfinite(evaluate(run.program, run.data.prepared_test, samples=5).summary()["log_px"]["mean"])
 
 
 @pytest.mark.parametrize("likelihood", [n for n in ("bernoulli", "continuous-bernoulli", "gaussian", "laplace",
@@ -435,7 +435,7 @@ def test_a_program_of_two_sites_encodes_each(tmp_path):
     raw["model"] = {"program": "gmvae", "components": 3, "latent_dim": 2, "network": {"name": "mlp", "hidden": [16]}}
     Trainer(Config.from_dict(raw), tmp_path / "run", progress=False, log=lambda line: None).fit()
     run = load_run(tmp_path / "run")
-    x = run.data.test[:5]
+    x = run.data.prepared_test[:5]
     probs, _ = run.encode(x, site="y")
     assert probs.shape == (5, 3) and torch.allclose(probs.sum(-1), torch.ones(5))
     sites = run.encode_sites(x)

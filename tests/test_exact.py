@@ -123,7 +123,7 @@ def trained_2d(tmp_path_factory):
 
 
 def test_importance_sampling_converges_to_the_quadrature_on_a_trained_2d_model(trained_2d):
-    vae, x = trained_2d.model, trained_2d.data.test[:8]
+    vae, x = trained_2d.model, trained_2d.data.prepared_test[:8]
     exact = grid_evidence(vae, x)
     assert exact.log_px_error.max() < 1e-3
     errors = {}
@@ -135,7 +135,7 @@ def test_importance_sampling_converges_to_the_quadrature_on_a_trained_2d_model(t
 
 
 def test_exact_kl_to_the_posterior_is_log_px_minus_the_elbo(trained_2d):
-    vae, x = trained_2d.model, trained_2d.data.test[:4]
+    vae, x = trained_2d.model, trained_2d.data.prepared_test[:4]
     rows, exact = decomposition(vae, x, samples=20000, seed=0)
     for row in rows:
         gap = row["exact"]["log_px"] - row["elbo_mc"][0]  # quadrature log p(x) - Monte-Carlo ELBO

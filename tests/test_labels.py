@@ -266,7 +266,7 @@ def test_m2_trains_with_few_labels_and_reports_accuracy(tmp_path):
     state = load_checkpoint(tmp_path / CHECKPOINT)
     assert state["data"]["labelled"]["count"] == 8
     run = load_run(tmp_path, trust_code=False)  # a library program: no --trust-code
-    result = evaluate(run.program, run.data.test, samples=5, labels=run.data.test_labels)
+    result = evaluate(run.program, run.data.prepared_test, samples=5, labels=run.data.test_labels)
     summary = result.summary()
     assert summary["labels_summed"].startswith("y summed") and len(summary["classification"]["confusion"]) == 4
     assert "accuracy  argmax_y q(y|x)" in result.table()
@@ -282,7 +282,7 @@ def test_a_loaded_m2_scores_with_y_summed_classifies_and_the_cli_encodes_and_exp
     Trainer(labelled_config("m2", {"name": "enumerate", "classifier_weight": 5.0}, labels=8), tmp_path / "m2",
             progress=False, log=lambda line: None).fit()
     run = load_run(tmp_path / "m2", trust_code=False)
-    x = run.data.test[:6]
+    x = run.data.prepared_test[:6]
     with seeded(3, "cpu"):
         elbo = enumerated_elbo_terms(run.program, x)["elbo"]
     with seeded(3, "cpu"):
@@ -296,7 +296,7 @@ def test_a_loaded_m2_scores_with_y_summed_classifies_and_the_cli_encodes_and_exp
         load_run(tmp_path / "cv", trust_code=False).classify(x)
     assert main(["encode", str(tmp_path / "m2"), "--out", str(tmp_path / "m2.npz"), "--samples", "3", "--no-progress"]) == 0
     table = np.load(tmp_path / "m2.npz")
-    assert table["q_y"].shape == (len(run.data.test), 4) and table["mean"].shape == (len(run.data.test), 2)
+    assert table["q_y"].shape == (len(run.data.prepared_test), 4) and table["mean"].shape == (len(run.data.prepared_test), 2)
     assert np.array_equal(table["predicted"], table["q_y"].argmax(1)) and "label" in table
     # the conditional run: z, ELBO(x|y) and log p(x|y) given each datapoint's label; refused without labels
     assert main(["encode", str(tmp_path / "cv"), "--out", str(tmp_path / "cv.csv"), "--samples", "3",
@@ -343,7 +343,7 @@ def test_cvae_trains_loads_and_scores_given_labels(tmp_path):
         run.sample(4)  # which classes?
     images = run.sample(labels=[0, 1, 2, 3])
     assert images.shape == (4, 1, 6, 6)
-    e = run.elbo(run.data.test[:4], labels=run.data.test_labels[:4])
+    e = run.elbo(run.data.prepared_test[:4], labels=run.data.test_labels[:4])
     assert e.shape == (4,) and torch.all(torch.isfinite(e))
 
 

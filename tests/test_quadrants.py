@@ -59,7 +59,7 @@ def test_a_quadrant_run_trains_evaluates_and_completes(tmp_path):
         "train": {"epochs": 2, "batch_size": 32, "lr": 1e-2}, "eval": {"samples": 10, "train_subset": 16}})
     Trainer(config, tmp_path, progress=False, log=lambda line: None).fit()
     run = load_run(tmp_path, trust_code=False)  # a library program
-    x = run.data.test
+    x = run.data.prepared_test
     result = evaluate(run.program, x, samples=10)
     assert result.elbo.mean() <= result.log_px.mean() + 0.5 and result.log_px.mean() > -18 * math.log(2) - 5
     completions = run.program.module.complete(x, 3)

@@ -29,7 +29,8 @@ class Dataset(Component):
 
     common_options = (
         Option("labels", int, 0, "how many training datapoints keep their label for a semi-supervised program: a "
-                                 "stratified draw (the same number per class, by labels_seed); 0: every one."),
+                                 "stratified draw (the same number per class, by labels_seed); 0: every one. (Where "
+                                 "the labels are, a key or a .npy/.pt file of them, is data.label_key.)"),
         Option("labels_per_class", int, 0, "the same draw given per class: labels = labels_per_class * the "
                                            "program's classes (set one of the two)."),
         Option("labels_seed", int, 0, "the seed of the draw of the labelled datapoints."),
