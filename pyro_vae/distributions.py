@@ -1076,3 +1076,172 @@ def dirichlet_laplace_approximation(alpha: torch.Tensor) -> tuple[torch.Tensor, 
     inverse = alpha.reciprocal()
     variance = inverse * (1 - 2 / k) + inverse.sum(-1, keepdim=True) / k**2
     return loc, variance.sqrt()
+
+
+# ---------------------------------------------------------------------------------------------
+# The count likelihoods' distributions over a whole datapoint (an event of any shape: a count
+# vector (D,), an image of counts (C, H, W)), whose rates are proportions times a library size
+
+#: Added to every rate mu of :class:`LibraryScaled` (and of the count likelihoods' library = "none").
+#: It keeps log mu finite where softmax(logits)_i underflows to 0 (logits 104 apart in float32) or
+#: softplus does; the floored model is still a normalized distribution, of mean mu + 1e-8. At a zero
+#: count each family's log p(0) has d log p(0) / d mu in [-1, 0] (Poisson -mu; NB -theta log1p(mu /
+#: theta), slope -theta / (theta + mu); the ZINB's zero mixes the NB's with a constant), so the floor
+#: lowers it by at most 1e-8 nats a feature: at most D x 1e-8 nats a datapoint (3e-4 for 30,000 genes).
+#: Where x > 0 it matters only where mu is itself near 1e-8, a count the model held all but impossible.
+COUNT_RATE_FLOOR = 1e-8
+
+
+def _event_sum(t: torch.Tensor, event_dims: int) -> torch.Tensor:
+    return t.sum(tuple(range(-event_dims, 0))) if event_dims else t
+
+
+def _per_row(t: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """A tensor of the batch shape, with event_dims trailing dimensions of size 1 to scale an event."""
+    return t.reshape(t.shape + (1,) * event_dims)
+
+
+def _library_for(library: torch.Tensor | None, what: str) -> torch.Tensor:
+    """The library size that draws and means use; refused where it is missing or NaN (not yet recorded)."""
+    require(library is not None and not bool(torch.isnan(library).any()),
+            f"{what} needs the library size l (the total count of a datapoint to draw at), and it is "
+            f"{'missing' if library is None else 'not recorded yet (NaN)'}: a count likelihood records it, the "
+            f"median row total of the training set, with likelihood.fit_to_data(x_train) (the Trainer calls it "
+            f"before training; a checkpoint keeps it).")
+    return library
+
+
+class LibraryScaled(dist.TorchDistribution):
+    """Independent counts over the whole event, x_i ~ family(mu_i, *params_i), with rates
+
+        mu_i = l p_i + 1e-8,   p = softmax(logits) over all of the event's features,
+
+    l the library size (``COUNT_RATE_FLOOR``: the 1e-8). ``log_prob(x)`` reads l = sum_i x_i from the
+    value itself, the datapoint's observed total (scVI's default), and so is log p(x | l = sum_i x_i):
+    for each fixed l, p(. | l) is a normalized distribution over x, but across x the l plugged in
+    changes, so the number is a log-probability conditional on the total, not a mass over x. ``sample``,
+    ``mean`` and ``variance`` use ``library`` (a tensor broadcasting to the batch shape: the count
+    likelihoods give the training set's median total).
+
+    ``family(mu, *params)`` builds elementwise counts (``pyro.distributions.Poisson``,
+    :class:`NegativeBinomial`, :class:`ZeroInflatedNegativeBinomial`); ``params`` broadcast against
+    ``logits`` (*batch, *event). A row whose total is 0 has mu = 0 for every feature, where each of these
+    families is the point mass at 0: its log p is exactly 0 (``torch.where`` picks 0; the floored
+    branch it discards is finite, so no NaN reaches a gradient).
+    """
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, family: Callable, logits: torch.Tensor, params: tuple[torch.Tensor, ...] = (),
+                 library: torch.Tensor | None = None, event_dims: int = 1,
+                 validate_args: bool | None = None) -> None:
+        self.family, self.params, self.library, self.event_dims = family, tuple(params), library, event_dims
+        self.proportions = torch.softmax(logits.flatten(-event_dims), -1).reshape(logits.shape)
+        shape = torch.broadcast_shapes(logits.shape, *(p.shape for p in self.params))
+        batch_shape, event_shape = shape[:len(shape) - event_dims], shape[len(shape) - event_dims:]
+        if library is not None:
+            batch_shape = torch.broadcast_shapes(batch_shape, library.shape)
+        super().__init__(batch_shape, event_shape, validate_args=validate_args)
+
+    @property
+    def support(self):
+        return constraints.independent(constraints.nonnegative_integer, self.event_dims)
+
+    def expand(self, batch_shape, _instance=None) -> "LibraryScaled":
+        new = self._get_checked_instance(LibraryScaled, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.family, new.event_dims = self.family, self.event_dims
+        new.proportions = self.proportions.expand(batch_shape + self.event_shape)
+        new.params = tuple(p.expand(batch_shape + self.event_shape) for p in self.params)
+        new.library = None if self.library is None else self.library.expand(batch_shape)
+        super(LibraryScaled, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        total = _event_sum(value, self.event_dims)
+        mu = _per_row(total, self.event_dims) * self.proportions + COUNT_RATE_FLOOR
+        log_p = _event_sum(self.family(mu, *self.params).log_prob(value), self.event_dims)
+        return torch.where(total == 0, 0.0, log_p)  # l = 0: the point mass at x = 0
+
+    def _at_library(self, what: str) -> dist.TorchDistribution:
+        library = _library_for(self.library, f"LibraryScaled.{what}")
+        return self.family(_per_row(library, self.event_dims) * self.proportions + COUNT_RATE_FLOOR, *self.params)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[x] at the library size l: l p + 1e-8 (Poisson, NB), (1 - pi)(l p + 1e-8) (ZINB)."""
+        return self._at_library("mean").mean.expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self._at_library("variance").variance.expand(self.batch_shape + self.event_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            drawn = self._at_library("sample").sample(sample_shape)
+            return drawn.expand(self._extended_shape(sample_shape))
+
+
+class MultinomialEvent(dist.TorchDistribution):
+    """x ~ Multinomial(n = sum_i x_i, softmax(logits)) over all of a datapoint's features (an event of
+    any shape, flattened): :class:`MultinomialRows`, each row's total its own, read from the value, so
+    ``log_prob`` is log p(x | n = sum_i x_i), a mass over the compositions of that n (exactly 0 for a
+    row of total 0). ``sample`` and ``mean`` (n p) use ``library`` as n (rounded to a whole number)."""
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, library: torch.Tensor | None = None, event_dims: int = 1,
+                 validate_args: bool | None = None) -> None:
+        self.rows = MultinomialRows(logits=logits.flatten(-event_dims), validate_args=False)
+        self.library, self.event_dims = library, event_dims
+        batch_shape = logits.shape[:logits.dim() - event_dims]
+        if library is not None:
+            batch_shape = torch.broadcast_shapes(batch_shape, library.shape)
+        super().__init__(batch_shape, logits.shape[logits.dim() - event_dims:], validate_args=validate_args)
+
+    @property
+    def support(self):
+        return constraints.independent(constraints.nonnegative_integer, self.event_dims)
+
+    def expand(self, batch_shape, _instance=None) -> "MultinomialEvent":
+        new = self._get_checked_instance(MultinomialEvent, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.rows = self.rows.expand(batch_shape)
+        new.library, new.event_dims = None if self.library is None else self.library.expand(batch_shape), self.event_dims
+        super(MultinomialEvent, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.rows.probs.reshape(self.rows.batch_shape + self.event_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return self.rows.log_prob(value.flatten(-self.event_dims))
+
+    def _at_library(self, what: str) -> MultinomialRows:
+        library = _library_for(self.library, f"MultinomialEvent.{what}").round()
+        return MultinomialRows(logits=self.rows.logits, total_count=library, validate_args=False)
+
+    def _unflatten(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[:-1] + self.event_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """n p, n the library size."""
+        return self._unflatten(self._at_library("mean").mean).expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self._unflatten(self._at_library("variance").variance).expand(self.batch_shape + self.event_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return self._unflatten(self._at_library("sample").sample(sample_shape))

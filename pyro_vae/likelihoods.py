@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import ClassVar, Iterator, Literal
+from typing import Callable, ClassVar, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +33,10 @@ from torch import nn
 
 from .config import LIKELIHOODS, Component, require
 from .data.checks import check_batch, require_finite
-from .distributions import (AutoregressiveBernoulliImage, BernoulliImage, CategoricalImage,
-                            DiscretizedLogisticMixtureImage, ShiftedImage, inverse_softplus)
-from .errors import DataError
+from .distributions import (COUNT_RATE_FLOOR, AutoregressiveBernoulliImage, BernoulliImage, CategoricalImage,
+                            DiscretizedLogisticMixtureImage, LibraryScaled, MultinomialEvent, NegativeBinomial,
+                            ShiftedImage, ZeroInflatedNegativeBinomial, inverse_softplus)
+from .errors import ConfigError, DataError
 from .networks import CausalStack
 
 # Binarization seeds are constants, not the run's seed, so every run scores the same binary test set.
@@ -107,6 +108,10 @@ class Likelihood(Component, nn.Module):
     def prepare_train_set(self, x: torch.Tensor) -> torch.Tensor:
         """The training set as the model will see it (e.g. statically binarized), done once."""
         return x
+
+    def fit_to_data(self, x: torch.Tensor) -> None:
+        """Once, before training, the prepared training set: what the likelihood records from the data
+        (the count likelihoods' library size, at which they draw and picture counts). Default: nothing."""
 
     def prepare_eval_set(self, x: torch.Tensor) -> torch.Tensor:
         """An evaluation set as the model will see it, done once with a fixed seed."""
@@ -632,5 +637,221 @@ class LikelihoodDataContract:
     def prepare_batch(self, x, generator):
         return self.likelihood.prepare_batch(x, generator)
 
+    def fit_to_data(self, x, generator):
+        """Once, before training: the likelihood's ``fit_to_data`` (the count likelihoods' library size)."""
+        self.likelihood.fit_to_data(x)
+
     def network_bodies(self) -> list:
         return [self.encoder, self.decoder, *self.likelihood.bodies()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Count data: the counts of a datapoint's features (a cell's genes, a document's words), over an
+# event of any shape (vectors (D,), images (C, H, W)): proportions and totals over all of its features
+
+#: What grey level 1 becomes in the examples the shared suites train on: counts x ~ Poisson(20 grey).
+COUNT_EXAMPLE_RATE = 20.0
+#: Added to every learned inverse dispersion theta = softplus(.) + 1e-6, so that theta > 0 in float32
+#: too (softplus underflows to 0 below -104); a theta this small is a count that is 0 with probability
+#: (theta / (theta + mu))^theta ~ 1 - 1e-6 log(1 + mu / 1e-6), far from any data's fit.
+THETA_FLOOR = 1e-6
+RAW_COUNTS = 'give the raw counts, e.g. an .h5ad\'s layers["counts"] with data.layer = "counts"'
+
+
+def _require_counts(x: torch.Tensor, split: str, who: str) -> None:
+    """Refuse anything but whole numbers >= 0 (held in a float tensor), with the fix named."""
+    require_finite(x, split)
+    low = x.min().item()
+    if low < 0:
+        raise DataError(f"the {split} data has {int((x < 0).sum())} negative values (the least {low:g}), but the {who} "
+                        f"likelihood scores counts, whole numbers >= 0: centred or scaled data is not counts; "
+                        f"{RAW_COUNTS}.")
+    fractional = torch.frac(x) != 0
+    if bool(fractional.any()):
+        raise DataError(f"the {split} data has {int(fractional.sum())} values that are not whole numbers (e.g. "
+                        f"{x[fractional][0].item():g}): it looks normalized or log-transformed, not raw counts. The "
+                        f"{who} likelihood scores counts: {RAW_COUNTS}.")
+
+
+class _CountLikelihood(Likelihood):
+    """Shared by the count likelihoods: data of whole numbers >= 0, and the library size l (a buffer:
+    the median row total of the training set, recorded by ``fit_to_data``) at which ``sample`` and
+    ``mean`` draw and picture counts (NaN, and refused by both, until it is recorded)."""
+
+    discrete = True
+    placeholder = 0.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("library_size", torch.tensor(float("nan")))
+
+    def fit_to_data(self, x: torch.Tensor) -> None:
+        """library_size = the median of the rows' totals sum_i x_i (the lower median for an even number
+        of rows: an observed total, a whole number)."""
+        self.library_size.fill_(x.reshape(x.shape[0], -1).sum(1).median())
+
+    def example(self, grey: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.poisson(COUNT_EXAMPLE_RATE * grey, generator=generator)
+
+    def check_data(self, x: torch.Tensor, split: str) -> None:
+        _require_counts(x, split, self.name)
+
+    def observable(self, x: torch.Tensor) -> bool:
+        # min >= 0 (NaN is not) and no fractional part (frac of inf is NaN, which counts as one)
+        return bool(x.amin() >= 0) and not bool(torch.frac(x).any())
+
+    def refuse_observed(self, x: torch.Tensor, where: str) -> None:
+        self.check_data(x, where)
+
+
+class _ScaledCountLikelihood(_CountLikelihood):
+    """Shared by the Poisson, NB and ZINB likelihoods: counts x_i ~ family(mu_i, ...) independent
+    given z, the rates mu from the head's first channel f(z).
+
+    With library = "observed", mu = l softmax(f(z)) + 1e-8 over all of the datapoint's features, l = sum_i x_i
+    the observed total (scVI's default: the decoder gives proportions, the observed library size scales
+    them). log p(x|z) is then log p(x | z, l = sum_i x_i): conditional on the total, normalized over x
+    for each fixed l but not a mass over x (its nats are not comparable with library = "none"'s, nor
+    with the multinomial's). A row of total 0 has mu = 0: log p = 0 exactly. With library = "none",
+    mu = softplus(f(z)) + 1e-8, the rates themselves, and log p(x|z) a true log-mass.
+    (``distributions.COUNT_RATE_FLOOR``: the 1e-8, and the error it makes.)
+
+    Options:
+        library: "observed": mu = l softmax(f(z)), l = sum_i x_i the datapoint's observed total (log p(x | z, l), conditional on the total); "none": mu = softplus(f(z)), the rates themselves (both + 1e-8).
+    """
+
+    family: ClassVar[Callable]
+
+    def __init__(self, *, library: Literal["observed", "none"] = "observed") -> None:
+        super().__init__()
+        self.library = library
+
+    def counts(self, logits: torch.Tensor, *params: torch.Tensor) -> dist.TorchDistribution:
+        """p(x|z) over the whole datapoint, rates from ``logits`` (the head's first channel)."""
+        k = len(self.event_shape)
+        if self.library == "observed":
+            return LibraryScaled(type(self).family, logits, params, self.library_size, k)
+        return type(self).family(F.softplus(logits) + COUNT_RATE_FLOOR, *params).to_event(k)
+
+
+@LIKELIHOODS.register("poisson")
+class PoissonLikelihood(_ScaledCountLikelihood):
+    """p(x|z) = prod_i Poisson(x_i; mu_i), mu = (sum_i x_i) softmax(f(z)) (library "observed", conditional on the total) or softplus(f(z)) (library "none").
+
+    With library = "observed" it is the multinomial plus a term free of z: since a Poisson vector
+    given its total n is Multinomial(n, p), log p(x | z, l = n) = log Mult(x; n, p) + log Poisson(n; n).
+    """
+
+    family = dist.Poisson
+
+    def __init__(self, *, library: Literal["observed", "none"] = "observed") -> None:
+        super().__init__(library=library)
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        (logits,) = self.split_head(head)
+        return self.counts(logits)
+
+
+class _DispersedCountLikelihood(_ScaledCountLikelihood):
+    """Shared by NB and ZINB: the inverse dispersion theta (Var[x] = mu + mu^2 / theta under the NB),
+    learned per feature, per (group, feature) or given by the decoder per datapoint and feature.
+
+    Options:
+        dispersion: "feature": theta_i = softplus(r_i) + 1e-6, one learned r per feature; "feature-label": one per (group, feature), the group of each datapoint (a label, a batch) passed by the program, likelihood(head, group=y); "datapoint-feature": theta = softplus(g(z)) + 1e-6, a channel of the decoder's head.
+        init_dispersion: theta at the start, for "feature" and "feature-label".
+        groups: the number of groups (>= 2) of dispersion = "feature-label" (a label's classes, the batches); unset otherwise.
+    """
+
+    #: the head's channels before the dispersion's: the rates (and the ZINB's zero-inflation logits)
+    channels: ClassVar[int] = 1
+
+    def __init__(self, *, library: Literal["observed", "none"] = "observed",
+                 dispersion: Literal["feature", "feature-label", "datapoint-feature"] = "feature",
+                 init_dispersion: float = 10.0, groups: int | None = None) -> None:
+        super().__init__(library=library)
+        require(init_dispersion > THETA_FLOOR, f"init_dispersion must be > {THETA_FLOOR:g}, got {init_dispersion}.")
+        if dispersion == "feature-label":
+            require(groups is not None and groups >= 2,
+                    f"dispersion = \"feature-label\" keeps one theta per (group, feature): set groups to the number of "
+                    f"groups (>= 2: a label's classes, the batches), got {groups}.")
+        else:
+            require(groups is None, f"groups ({groups}) is for dispersion = \"feature-label\"; with dispersion = "
+                                    f"\"{dispersion}\" leave it unset.")
+        self.dispersion, self.init_dispersion, self.groups = dispersion, init_dispersion, groups
+        self.params_per_pixel = self.channels + (dispersion == "datapoint-feature")
+
+    def setup(self, event_shape: tuple[int, ...]) -> "_DispersedCountLikelihood":
+        super().setup(event_shape)
+        if self.dispersion != "datapoint-feature":
+            shape = (self.groups, *event_shape) if self.dispersion == "feature-label" else tuple(event_shape)
+            self.raw_dispersion = nn.Parameter(inverse_softplus(self.init_dispersion - THETA_FLOOR).expand(shape).clone())
+        return self
+
+    def theta(self, channels: list[torch.Tensor], group: torch.Tensor | None) -> torch.Tensor:
+        """theta from the head's channels (datapoint-feature) or the learned table."""
+        if self.dispersion == "datapoint-feature":
+            return F.softplus(channels[-1]) + THETA_FLOOR
+        if self.dispersion == "feature":
+            return F.softplus(self.raw_dispersion) + THETA_FLOOR
+        if group is None:
+            raise ConfigError(f"the {self.name} likelihood with dispersion = \"feature-label\" needs each datapoint's "
+                              f"group: it needs a program passing labels, likelihood(head, group=y) with y the integer "
+                              f"group of each datapoint (the stock VAE passes none). Use dispersion = \"feature\" or "
+                              f"\"datapoint-feature\" with the stock VAE.")
+        if group.is_floating_point() or group.is_complex() or group.dtype == torch.bool:
+            raise ConfigError(f"group must be an integer tensor of each datapoint's group in 0..{self.groups - 1} "
+                              f"(one-hot labels: y.argmax(-1)), got dtype {group.dtype}.")
+        low, high = int(group.min()), int(group.max())
+        require(0 <= low and high < self.groups, f"group values must be in 0..{self.groups - 1} (groups = "
+                                                  f"{self.groups}), got values in {low}..{high}.")
+        return F.softplus(self.raw_dispersion[group]) + THETA_FLOOR
+
+    def mean(self, head: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+        return self(head, group).mean
+
+
+@LIKELIHOODS.register("negative-binomial")
+class NegativeBinomialLikelihood(_DispersedCountLikelihood):
+    """p(x|z) = prod_i NB(x_i; mu_i, theta_i), mean mu, Var = mu + mu^2 / theta; mu = (sum_i x_i) softmax(f(z)) (library "observed", conditional on the total) or softplus(f(z)) (library "none").
+
+    scVI's mean / inverse-dispersion parametrization (``distributions.NegativeBinomial``). The head's
+    channels: the rates f(z), then theta's g(z) for dispersion = "datapoint-feature".
+    """
+
+    family = NegativeBinomial
+
+    def forward(self, head: torch.Tensor, group: torch.Tensor | None = None) -> dist.TorchDistribution:
+        channels = self.split_head(head)
+        return self.counts(channels[0], self.theta(channels, group))
+
+
+@LIKELIHOODS.register("zero-inflated-negative-binomial")
+class ZeroInflatedNegativeBinomialLikelihood(_DispersedCountLikelihood):
+    """p(x_i|z) = pi_i [x_i = 0] + (1 - pi_i) NB(x_i; mu_i, theta_i), pi = sigmoid(h(z)); mu = (sum_i x_i) softmax(f(z)) (library "observed", conditional on the total) or softplus(f(z)) (library "none").
+
+    scVI's ZINB (``distributions.ZeroInflatedNegativeBinomial``). The head's channels: the rates f(z),
+    the zero-inflation logits h(z), then theta's g(z) for dispersion = "datapoint-feature".
+    """
+
+    family = ZeroInflatedNegativeBinomial
+    channels = 2
+
+    def forward(self, head: torch.Tensor, group: torch.Tensor | None = None) -> dist.TorchDistribution:
+        channels = self.split_head(head)
+        return self.counts(channels[0], self.theta(channels, group), channels[1])
+
+
+@LIKELIHOODS.register("multinomial")
+class MultinomialLikelihood(_CountLikelihood):
+    """p(x|z) = Mult(x; n = sum_i x_i, softmax(f(z))) over all of the datapoint's features: log p(x | z, n), each row's own total n.
+
+    A mass over the compositions of the row's own total (Pyro's ProdLDA tutorial gives one total to the
+    whole batch); a row of total 0 scores exactly 0. Draws and pictures use n = the library size.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+        (logits,) = self.split_head(head)
+        return MultinomialEvent(logits, self.library_size, len(self.event_shape))

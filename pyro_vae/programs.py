@@ -351,9 +351,11 @@ class _DataContract:
                 f"likelihood whose support holds it.")
 
     def fit_to_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        """Once, before training: the stock prior's ``fit_to_data`` (VampPrior), or the program's own."""
+        """Once, before training: the stock prior's and likelihood's ``fit_to_data`` (VampPrior
+        pseudo-inputs, the count likelihoods' library size), or the program's own."""
         if self.vae is not None:
             self.vae.prior.fit_to_data(x, generator)
+            self.vae.likelihood.fit_to_data(x)
         elif hasattr(self.module, "fit_to_data"):
             self.module.fit_to_data(x, generator)
 
