@@ -197,3 +197,44 @@ class BernoulliGuide(Guide):
 
     def forward(self, features: torch.Tensor) -> dist.TorchDistribution:
         return BernoulliUnits(self.logits(features))
+
+
+# ---------------------------------------------------------------------------------------------
+# Topic proportions on the simplex
+
+
+@GUIDES.register("dirichlet")
+class DirichletGuide(Guide):
+    """q(theta|x) = Dir(theta; a(x)), a = softplus(W h(x) + b) + a_min: topic proportions on the simplex, reparameterized implicitly (torch's Dirichlet.rsample).
+
+    theta = rsample() carries gradients to a by implicit reparameterization (Figurnov et al. 2018;
+    torch's Dirichlet.rsample): d theta / d a = -(dF/da) / (dF/dtheta) for the gamma CDFs F that
+    generate it, no inverse CDF needed. a_min (``min_concentration``) floors every concentration: as
+    a_k -> 0 a draw puts all but the tiniest mass on one topic and its gradients grow without bound.
+    The KL to the dirichlet prior is torch's registered closed form of two Dirichlets. The latent is
+    the simplex: the VAE pairs it with a prior over the simplex (dirichlet) only.
+
+    Options:
+        min_concentration: a_min, the floor added to every concentration (a_k > a_min).
+    """
+
+    def __init__(self, *, min_concentration: float = 1e-3) -> None:
+        super().__init__()
+        require(min_concentration > 0, f"min_concentration must be > 0, got {min_concentration}.")
+        self.min_concentration = min_concentration
+
+    def setup(self, feature_dim: int, latent_dim: int) -> "DirichletGuide":
+        require(latent_dim >= 2, f"the dirichlet guide is over K = latent_dim topic proportions and needs K >= 2, "
+                                 f"got latent_dim = {latent_dim}.")
+        self.raw_concentration = nn.Linear(feature_dim, latent_dim)
+        return self
+
+    def latent_space(self) -> str:
+        return "the simplex"
+
+    def concentration(self, features: torch.Tensor) -> torch.Tensor:
+        """a(x) = softplus(W h(x) + b) + a_min."""
+        return F.softplus(self.raw_concentration(features)) + self.min_concentration
+
+    def forward(self, features: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Dirichlet(self.concentration(features))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import NETWORKS, Component, require
+from .errors import DataError
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -138,18 +139,50 @@ class ConditionalGaussian(nn.Module):
         return self.loc(h), nn.functional.softplus(self.raw_scale(h))
 
 
-class MLPEncoder(Body):
-    """x (*batch, C, H, W) -> flatten -> [Linear -> activation] per hidden layer -> features."""
+# What an encoder reads of x (the networks' ``input`` option): see ``read_input``.
+Input = Literal["identity", "log1p", "proportions"]
 
-    def __init__(self, data_shape: tuple[int, ...], hidden: list[int], activation: str):
+
+def read_input(x: torch.Tensor, mode: str, network: str) -> torch.Tensor:
+    """What an encoder reads of a batch x (*batch, D), flattened: ``"identity"``: x itself (the same
+    tensor, no operation); ``"log1p"``: log(1 + x) (as scVI reads counts: a document or cell of
+    large counts does not swamp the first layer); ``"proportions"``: x / sum_i x_i per datapoint (a
+    row summing to 0 reads as zeros).
+
+    Both transforms are for non-negative data (counts, intensities): below 0, log1p is -inf or NaN
+    and proportions are no longer proportions, so a batch with a negative value is refused with a
+    DataError naming the fix; the check is one reduction over the batch (where a GPU holds x, one
+    synchronization per batch). ``"identity"`` checks nothing."""
+    if mode == "identity":
+        return x
+    low = x.min() if x.numel() else x.new_zeros(())
+    if bool(low < 0):
+        raise DataError(
+            f"the {network} network's input = \"{mode}\" reads "
+            f"{'log(1 + x)' if mode == 'log1p' else 'x / (its row total)'}, which needs x >= 0 (counts, "
+            f"intensities); this batch has values down to {low.item():g}. Set model.network.input = \"identity\" "
+            f"for data of any sign (or shift the data to be non-negative).")
+    if mode == "log1p":
+        return torch.log1p(x)
+    total = x.sum(-1, keepdim=True)
+    return torch.where(total > 0, x / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(x))
+
+
+class MLPEncoder(Body):
+    """x (*batch, C, H, W) -> flatten -> read (``read_input``) -> [Linear -> activation] per hidden
+    layer -> features."""
+
+    def __init__(self, data_shape: tuple[int, ...], hidden: list[int], activation: str, input: str = "identity",
+                 network: str = "mlp"):
         super().__init__()
         self.data_ndim = len(data_shape)
         sizes = [math.prod(data_shape), *hidden]
         self.body = _stack(sizes, activation, final_activation=True)
         self.out_features = sizes[-1]
+        self.input, self.network = input, network
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x.flatten(-self.data_ndim))
+        return self.body(read_input(x.flatten(-self.data_ndim), self.input, self.network))
 
 
 class MLPDecoder(Body):
@@ -172,6 +205,7 @@ class MLPNetwork(Network):
         hidden: hidden layer widths of the encoder; the decoder uses them reversed.
         activation: nonlinearity after each hidden layer; ``"gated"`` makes every hidden layer a
             gated dense layer, h = (W1 x + b1) * sigmoid(W2 x + b2) (twice the weights per layer).
+        input: what the encoder reads of x: "identity" (x itself), "log1p" (log(1 + x), as scVI reads counts) or "proportions" (x / its row total); the last two refuse data with negative values.
     """
 
     def __init__(
@@ -179,13 +213,15 @@ class MLPNetwork(Network):
         *,
         hidden: list[int] = (400,),
         activation: Activation = "softplus",
+        input: Input = "identity",
     ) -> None:
         require(all(h >= 1 for h in hidden), f"hidden widths must be >= 1, got {hidden}.")
         self.hidden = hidden
         self.activation = activation
+        self.input = input
 
     def encoder(self, data_shape: tuple[int, ...]) -> MLPEncoder:
-        return MLPEncoder(data_shape, self.hidden, self.activation)
+        return MLPEncoder(data_shape, self.hidden, self.activation, self.input)
 
     def decoder(self, latent_dim: int, head_shape: tuple[int, ...]) -> MLPDecoder:
         return MLPDecoder(latent_dim, head_shape, list(reversed(self.hidden)), self.activation)
@@ -374,3 +410,118 @@ class CausalStack(Body):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return self.convs(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Topic models: ProdLDA's product of experts (Srivastava & Sutton 2017)
+
+
+class TopicEncoder(Body):
+    """x (*batch, *data_shape) -> flatten -> read (``read_input``) -> [Linear -> softplus] per hidden
+    layer -> dropout -> features (ProdLDA's inference network, less the guide's head)."""
+
+    def __init__(self, data_shape: tuple[int, ...], hidden: list[int], dropout: float, input: str) -> None:
+        super().__init__()
+        self.data_ndim = len(data_shape)
+        sizes = [math.prod(data_shape), *hidden]
+        self.body = _stack(sizes, "softplus", final_activation=True)
+        self.drop = nn.Dropout(dropout)
+        self.out_features = sizes[-1]
+        self.input = input
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.body(read_input(x.flatten(-self.data_ndim), self.input, "topic")))
+
+
+class TopicDecoder(Body):
+    """z (*batch, K) -> theta (softmax(z), or z itself on the simplex) -> dropout -> W theta (no bias)
+    -> batch norm without affine parameters (optional) -> the likelihood's head (*batch, *head_shape).
+
+    W (head size x K) holds one column per topic: its word weights (``topic_words``). Under a
+    multinomial likelihood, which softmaxes the head over the vocabulary, p(x|theta) =
+    Mult(softmax(BN(W theta))): the product of experts, each topic's softmax(W_k) raised to the power
+    theta_k and renormalized (Srivastava & Sutton 2017, eq. 5). The batch norm normalizes each head
+    entry over the datapoints (and particles) of a training batch, and by its running averages in
+    evaluation (``eval()``) and for a batch of one row (``normalized``)."""
+
+    def __init__(self, latent_dim: int, head_shape: tuple[int, ...], latent: str, dropout: float,
+                 batch_norm: bool) -> None:
+        super().__init__()
+        self.head_shape = tuple(head_shape)
+        self.latent = latent
+        size = math.prod(head_shape)
+        self.drop = nn.Dropout(dropout)
+        self.topics = nn.Linear(latent_dim, size, bias=False)
+        self.norm = nn.BatchNorm1d(size, affine=False) if batch_norm else None
+
+    def proportions(self, z: torch.Tensor) -> torch.Tensor:
+        """theta, the topic proportions the decoder reads: softmax(z) for a real z (``latent =
+        "softmax"``), z itself on the simplex."""
+        return torch.softmax(z, -1) if self.latent == "softmax" else z
+
+    def compute(self, z: torch.Tensor) -> torch.Tensor:
+        logits = self.topics(self.drop(self.proportions(z)))
+        if self.norm is not None:
+            logits = self.normalized(logits.reshape(-1, logits.shape[-1])).reshape(logits.shape)
+        return logits.unflatten(-1, self.head_shape)
+
+    def normalized(self, rows: torch.Tensor) -> torch.Tensor:
+        """The batch norm of (rows, head size): over the rows in training, by the running averages in
+        evaluation and for a single row (a batch of one has no variance: the library's probes run one
+        placeholder datapoint; such a call leaves the running averages as they are)."""
+        if self.training and rows.shape[0] == 1:
+            norm = self.norm
+            return nn.functional.batch_norm(rows, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+        return self.norm(rows)
+
+    def topic_words(self) -> torch.Tensor:
+        """(K, V): row k is W's column k, topic k's weight on each of the V head entries (V = the
+        vocabulary for a likelihood of one parameter per word, the multinomial), detached."""
+        return self.topics.weight.detach().t()
+
+
+@NETWORKS.register("topic")
+class TopicNetwork(Network):
+    """ProdLDA's networks: an MLP encoder (softplus, dropout) and the product-of-experts decoder, logits = BN(W softmax(z)) (Srivastava & Sutton 2017).
+
+    Encoder: x read as ``input`` says, then linear layers of the ``hidden`` widths, each followed by
+    a softplus, then dropout on the features. The guide's head reads them (the recipe also batch-
+    normalizes the guide's mean and log-variance; the diagonal-gaussian guide's head is plain linear).
+    Decoder (``TopicDecoder``): theta = softmax(z) for a real z (the logistic-normal prior), or z
+    itself for a z on the simplex (the dirichlet prior and guide), dropout on theta, then W theta with
+    no bias, batch-normalized without affine parameters: the likelihood's head (a multinomial
+    likelihood softmaxes it over the vocabulary). ``vae.decoder.topic_words()`` gives W's columns,
+    each topic's word weights. The prior must be over the latent space this decoder reads
+    (``latent_space``): the VAE refuses another.
+
+    Options:
+        hidden: hidden layer widths of the encoder (ProdLDA: [100, 100]).
+        dropout: dropout probability on the encoder's features and on theta (ProdLDA: 0.2).
+        batch_norm: batch-normalize the decoder's output (without affine parameters), as the ProdLDA recipe does.
+        latent: "softmax": z is real (log topic weights) and theta = softmax(z); "simplex": z is theta, a point of the simplex (a Dirichlet latent), read as is.
+        input: what the encoder reads of x: "identity" (the counts), "log1p" (log(1 + x), as scVI does) or "proportions" (x / its row total); the last two refuse data with negative values.
+    """
+
+    def __init__(self, *, hidden: list[int] = (100, 100), dropout: float = 0.2, batch_norm: bool = True,
+                 latent: Literal["softmax", "simplex"] = "softmax", input: Input = "identity") -> None:
+        require(all(h >= 1 for h in hidden), f"hidden widths must be >= 1, got {hidden}.")
+        require(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}.")
+        self.hidden, self.dropout, self.batch_norm, self.latent, self.input = hidden, dropout, batch_norm, latent, input
+
+    def latent_space(self) -> str:
+        """What the decoder reads z as, in words (the prior checks it is its own)."""
+        return "real vectors" if self.latent == "softmax" else "the simplex"
+
+    def latent_space_fix(self, space: str) -> str:
+        """How to make the decoder read a z of ``space`` (the prior's), for the VAE's refusal."""
+        if space == "the simplex":
+            return ("set model.network.latent = \"simplex\" (the decoder reads theta as it is), or use a prior over "
+                    "real vectors (\"logistic-normal\": theta = softmax(z)).")
+        return ("set model.network.latent = \"softmax\" (the decoder reads theta = softmax(z)), or use a prior and "
+                "guide over the simplex (model.prior = \"dirichlet\", model.guide = \"dirichlet\").")
+
+    def encoder(self, data_shape: tuple[int, ...]) -> TopicEncoder:
+        return TopicEncoder(tuple(data_shape), self.hidden, self.dropout, self.input)
+
+    def decoder(self, latent_dim: int, head_shape: tuple[int, ...]) -> TopicDecoder:
+        return TopicDecoder(latent_dim, tuple(head_shape), self.latent, self.dropout, self.batch_norm)

@@ -19,7 +19,7 @@ from torch import nn
 from .config import PRIORS, Component, require
 from .distributions import (LOG_2PI, BernoulliUnits, DiagonalGaussianMixture, OneHotGroups,  # noqa: F401
                             StandardNormal, TwoLayerLatent, UniformMixture, diagonal_gaussian_parameters,
-                            inverse_softplus, leading_marginal,
+                            dirichlet_laplace_approximation, inverse_softplus, leading_marginal,
                             rsample_and_log_prob, split_latent)  # (LOG_2PI, rsample_and_log_prob: importable here as before)
 from .errors import ConfigError
 from .networks import Activation, ConditionalGaussian
@@ -49,14 +49,23 @@ class Prior(Component, nn.Module):
     def attach(self, vae) -> None:
         """Called by the VAE once its encoder, guide and decoder exist (a subclass calls this first):
         refuses a guide whose latent space is not the prior's (a Gaussian q under a categorical p(z)
-        would have no density ratio to speak of)."""
+        would have no density ratio to speak of), and a network that declares the space its decoder
+        reads (``latent_space()``, e.g. the topic network's) other than the prior's."""
         space = getattr(vae.posterior, "latent_space", None)
         if space is not None and space() != self.latent_space():
             raise ConfigError(
                 f"the prior '{self.name}' is over {self.latent_space()} and the guide '{vae.posterior.name}' over "
                 f"{space()}: q(z|x) and p(z) must share one latent space. Pair a discrete prior with its guide "
-                f"(categorical with categorical, the same classes; bernoulli with bernoulli), a continuous one with a "
-                f"continuous guide.")
+                f"(categorical with categorical, the same classes; bernoulli with bernoulli), a prior over the "
+                f"simplex with a guide over it (dirichlet with dirichlet), one over real vectors with a guide over "
+                f"real vectors (diagonal-gaussian, iaf, hierarchical).")
+        network = getattr(vae, "network", None)
+        decoded = getattr(network, "latent_space", None)
+        if decoded is not None and decoded() != self.latent_space():
+            fix = getattr(network, "latent_space_fix", lambda space: "choose a prior over what it reads.")
+            raise ConfigError(
+                f"the prior '{self.name}' is over {self.latent_space()} and the network '{network.name}' decodes z "
+                f"as {decoded()}: {fix(self.latent_space())}")
 
     def latent_space(self) -> str:
         """What z is, in words (compared with the guide's): real vectors here."""
@@ -433,3 +442,78 @@ class BernoulliPrior(Prior):
 
     def forward(self) -> dist.TorchDistribution:
         return BernoulliUnits(self.logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Topic proportions: a point of the simplex, directly or through a softmax
+
+
+@PRIORS.register("logistic-normal")
+class LogisticNormalPrior(Prior):
+    """p(z) = N(mu, diag sigma^2), the Laplace approximation (softmax basis) of a symmetric Dirichlet(alpha) over K = latent_dim topics; theta = softmax(z) (ProdLDA's prior).
+
+    z are log topic weights; a decoder that reads topic proportions takes theta = softmax(z) (the
+    topic network with latent = "softmax" does). The general formula
+    (``distributions.dirichlet_laplace_approximation``, Srivastava & Sutton 2017 eq. 3),
+
+        mu_k = log alpha_k - (1/K) sum_j log alpha_j,
+        sigma_k^2 = (1/alpha_k)(1 - 2/K) + (1/K^2) sum_j 1/alpha_j,
+
+    at alpha_k = alpha for every k is mu = 0 and sigma_k^2 = (1/alpha)(1 - 1/K): at alpha = 1 and
+    K = 50, sigma^2 = 0.98. Fixed, not trained. Its KL to a diagonal-Gaussian guide is the closed form
+    of two diagonal Normals (torch's registered KL of Independent Normals),
+    sum_k log(sigma_k / s_k) + (s_k^2 + (m_k - mu_k)^2) / (2 sigma_k^2) - 1/2, for q = N(m, diag s^2).
+
+    Options:
+        alpha: the symmetric Dirichlet's concentration (ProdLDA's authors: 1.0); smaller: sparser topic proportions.
+    """
+
+    def __init__(self, *, alpha: float = 1.0) -> None:
+        super().__init__()
+        require(alpha > 0, f"alpha (the Dirichlet's concentration) must be > 0, got {alpha}.")
+        self.alpha = alpha
+
+    def setup(self, latent_dim: int) -> "LogisticNormalPrior":
+        require(latent_dim >= 2, f"the logistic-normal prior is over K = latent_dim topics and needs K >= 2 (one "
+                                 f"topic's proportion is always 1), got latent_dim = {latent_dim}.")
+        super().setup(latent_dim)
+        loc, scale = dirichlet_laplace_approximation(torch.full((latent_dim,), float(self.alpha), dtype=torch.float64))
+        self.register_buffer("loc", loc.to(torch.get_default_dtype()))
+        self.register_buffer("scale", scale.to(torch.get_default_dtype()))
+        return self
+
+    def forward(self) -> dist.TorchDistribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+@PRIORS.register("dirichlet")
+class DirichletPrior(Prior):
+    """p(theta) = Dir(theta; alpha 1_K) on the simplex, K = latent_dim: topic proportions drawn directly (pair it with the dirichlet guide).
+
+    log p(theta) = log Gamma(K alpha) - K log Gamma(alpha) + (alpha - 1) sum_k log theta_k. Its KL
+    to the dirichlet guide's Dir(a) is torch's registered closed form,
+    log Gamma(a_0) - sum_k log Gamma(a_k) - log Gamma(K alpha) + K log Gamma(alpha)
+    + sum_k (a_k - alpha)(psi(a_k) - psi(a_0)), a_0 = sum_k a_k. A decoder reading theta takes it as
+    it is (the topic network with latent = "simplex").
+
+    Options:
+        alpha: the symmetric concentration (1: uniform over the simplex; below 1: sparse proportions).
+    """
+
+    def __init__(self, *, alpha: float = 1.0) -> None:
+        super().__init__()
+        require(alpha > 0, f"alpha (the Dirichlet's concentration) must be > 0, got {alpha}.")
+        self.alpha = alpha
+
+    def setup(self, latent_dim: int) -> "DirichletPrior":
+        require(latent_dim >= 2, f"the dirichlet prior is over K = latent_dim topic proportions and needs K >= 2, "
+                                 f"got latent_dim = {latent_dim}.")
+        super().setup(latent_dim)
+        self.register_buffer("concentration", torch.full((latent_dim,), float(self.alpha)))
+        return self
+
+    def latent_space(self) -> str:
+        return "the simplex"
+
+    def forward(self) -> dist.TorchDistribution:
+        return dist.Dirichlet(self.concentration)

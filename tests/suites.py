@@ -16,8 +16,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.config import LIKELIHOODS
+from pyro_vae.config import GUIDES, LIKELIHOODS, PRIORS
 from pyro_vae.data import DataSplits
+from pyro_vae.errors import ConfigError
 from pyro_vae.terms import DirectSource
 from pyro_vae.training import svi_step
 
@@ -28,6 +29,27 @@ def example_splits(likelihood, grey: DataSplits) -> DataSplits:
     g = torch.Generator().manual_seed(0)
     return DataSplits(f"{grey.name} for {lik.name}", lik.example(grey.train, g), grey.train_labels,
                       lik.example(grey.test, g), grey.test_labels)
+
+
+def guide_for(prior, latent_dim: int = 2) -> str:
+    """The first registered guide over the prior's latent space (``latent_space()``, compared at
+    ``latent_dim``): the diagonal Gaussian for a prior over real vectors, the dirichlet guide for one
+    over the simplex. The suites pair each prior with it (a guide of another space is refused)."""
+    space = PRIORS.build(prior).setup(latent_dim).latent_space()
+    for name in GUIDES.names():
+        guide = GUIDES.build(name)
+        if not guide.discrete_latent and guide.setup(4, latent_dim).latent_space() == space:
+            return name
+    raise LookupError(f"no registered continuous guide is over {space}, the latent space of prior {prior!r}")
+
+
+def refusal(objective, guide) -> str | None:
+    """Why ``objective`` refuses the guide family ``guide`` in a run (``check_guide``), or None."""
+    try:
+        objective.check_guide(guide if isinstance(guide, str) else guide["name"])
+    except ConfigError as e:
+        return str(e)
+    return None
 
 
 def train_steps(vae, objective, splits, steps: int = 60, lr: float = 1e-2) -> list[float]:

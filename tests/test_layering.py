@@ -21,7 +21,7 @@ LAYERS = [
                            "data.counts", "data.prepare", "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
     ("model programs", {"vae", "gmvae", "labelled", "quadrants", "terms", "labels", "programs"}),
-    ("estimators", {"objectives", "metrics", "scores"}),
+    ("estimators", {"objectives", "metrics", "scores", "topics"}),
     ("evaluation", {"exact", "evaluation"}),
     ("pictures", {"plots"}),
     ("runs and training", {"runs", "callbacks", "preflight", "training", "trained", "compare"}),
