@@ -110,6 +110,7 @@ API = [
                                        "gradient_statistics"]),
     ("Exact values", "pyro_vae.exact", ["exact_evidence", "decomposition", "grid_posterior"]),
     ("Scores with definitions", "pyro_vae.scores", ["mig", "dci", "sap", "factorvae_score", "npmi", "with_stderr"]),
+    ("Topic models", "pyro_vae.topics", ["top_words", "coherence", "perplexity", "unigram_log_probability"]),
     ("Your own program", "pyro_vae.programs", ["Program"]),
     ("Labels", "pyro_vae.labels", ["LabelPolicy", "Unlabelled", "Conditional", "SemiSupervised", "policy_of"]),
     ("The terms every bound is written over", "pyro_vae.terms", ["Terms"]),

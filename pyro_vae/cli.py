@@ -319,7 +319,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     out = _given_out(args, "table")
     run = load_run(args.run_dir, device=args.device, with_data=args.data is None, trust_code=args.trust_code)
     if args.data is not None:
-        x, labels = read_datapoints(args.data, run.program.data_shape, None, run.config.data)  # (Run scales it)
+        x, labels = read_datapoints(args.data, run.program.data_shape, None, run.config.data,  # (Run scales it)
+                                    features=(run.checkpoint.get("data") or {}).get("feature_names"))
         what = args.data
     else:
         x, labels = run.data.test, run.data.test_labels

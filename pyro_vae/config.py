@@ -454,7 +454,8 @@ DEFAULT_TIMEOUT = 300.0
 #: model programs of the library besides the stock VAE, by name (``model.program = "gmvae"``):
 #: library code, so a run folder rebuilds them without --trust-code
 LIBRARY_PROGRAMS = {"gmvae": "pyro_vae.gmvae:GaussianMixtureVAE", "cvae": "pyro_vae.labelled:ConditionalVAE",
-                    "m2": "pyro_vae.labelled:SemiSupervisedVAE", "quadrant-cvae": "pyro_vae.quadrants:QuadrantCVAE"}
+                    "m2": "pyro_vae.labelled:SemiSupervisedVAE", "quadrant-cvae": "pyro_vae.quadrants:QuadrantCVAE",
+                    "scvi": "pyro_vae.single_cell:SingleCellVAE", "scvi-batch": "pyro_vae.single_cell:BatchSingleCellVAE"}
 #: library programs that moved, by the path a run folder may have recorded: read as where they are now
 MOVED_PROGRAMS = {"pyro_vae.completion:QuadrantCVAE": "pyro_vae.quadrants:QuadrantCVAE"}
 

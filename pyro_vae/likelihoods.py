@@ -726,9 +726,16 @@ class _ScaledCountLikelihood(_CountLikelihood):
         super().__init__()
         self.library = library
 
-    def counts(self, logits: torch.Tensor, *params: torch.Tensor) -> dist.TorchDistribution:
-        """p(x|z) over the whole datapoint, rates from ``logits`` (the head's first channel)."""
+    def counts(self, logits: torch.Tensor, *params: torch.Tensor, library: torch.Tensor | None = None
+               ) -> dist.TorchDistribution:
+        """p(x|z) over the whole datapoint, rates from ``logits`` (the head's first channel). Given a
+        ``library`` l per datapoint (a program's latent library size: scVI's other option), mu = l
+        softmax(f(z)) + 1e-8, a true mass over x whatever this likelihood's own ``library`` option."""
         k = len(self.event_shape)
+        if library is not None:
+            proportions = torch.softmax(logits.flatten(-k), -1).reshape(logits.shape)
+            mu = library.reshape(*library.shape, *[1] * k) * proportions + COUNT_RATE_FLOOR
+            return type(self).family(mu, *params).to_event(k)
         if self.library == "observed":
             return LibraryScaled(type(self).family, logits, params, self.library_size, k)
         return type(self).family(F.softplus(logits) + COUNT_RATE_FLOOR, *params).to_event(k)
@@ -747,9 +754,10 @@ class PoissonLikelihood(_ScaledCountLikelihood):
     def __init__(self, *, library: Literal["observed", "none"] = "observed") -> None:
         super().__init__(library=library)
 
-    def forward(self, head: torch.Tensor) -> dist.TorchDistribution:
+    def forward(self, head: torch.Tensor, group: torch.Tensor | None = None,
+                library: torch.Tensor | None = None) -> dist.TorchDistribution:
         (logits,) = self.split_head(head)
-        return self.counts(logits)
+        return self.counts(logits, library=library)
 
 
 class _DispersedCountLikelihood(_ScaledCountLikelihood):
@@ -820,9 +828,10 @@ class NegativeBinomialLikelihood(_DispersedCountLikelihood):
 
     family = NegativeBinomial
 
-    def forward(self, head: torch.Tensor, group: torch.Tensor | None = None) -> dist.TorchDistribution:
+    def forward(self, head: torch.Tensor, group: torch.Tensor | None = None,
+                library: torch.Tensor | None = None) -> dist.TorchDistribution:
         channels = self.split_head(head)
-        return self.counts(channels[0], self.theta(channels, group))
+        return self.counts(channels[0], self.theta(channels, group), library=library)
 
 
 @LIKELIHOODS.register("zero-inflated-negative-binomial")
@@ -836,9 +845,10 @@ class ZeroInflatedNegativeBinomialLikelihood(_DispersedCountLikelihood):
     family = ZeroInflatedNegativeBinomial
     channels = 2
 
-    def forward(self, head: torch.Tensor, group: torch.Tensor | None = None) -> dist.TorchDistribution:
+    def forward(self, head: torch.Tensor, group: torch.Tensor | None = None,
+                library: torch.Tensor | None = None) -> dist.TorchDistribution:
         channels = self.split_head(head)
-        return self.counts(channels[0], self.theta(channels, group), channels[1])
+        return self.counts(channels[0], self.theta(channels, group), channels[1], library=library)
 
 
 @LIKELIHOODS.register("multinomial")

@@ -348,6 +348,8 @@ def data_record(splits: DataSplits, given: bool) -> dict[str, Any]:
               "train": len(splits.held("train")), "test": len(splits.held("test")), "fingerprint": splits.fingerprint()}
     if splits.scaling is not None:
         record["scaling"] = splits.scaling
+    if getattr(splits, "feature_names", None):  # (the columns a count run trained on: later data is taken by name)
+        record["feature_names"] = list(splits.feature_names)
     return record
 
 

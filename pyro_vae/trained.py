@@ -632,11 +632,45 @@ def finish_run(run: Run, log: Callable[[str], None] = print, samples: int | None
         result = evaluate(run.program, run.prepared.test, EvaluationSettings.of(cfg, k), dist=dist, store=store,
                           progress=progress, labels=run.program.policy.scored_labels(run.prepared.test_labels))
         if dist.main:
-            write_evaluation(run, result)
+            write_evaluation(run, result, extra=task_reports(run, result))
             plots.run_pictures(run, result, read_metrics(run.run_dir))
     return result
 
-def write_evaluation(run: Run, result: Evaluation, name: str = EVALUATION) -> Path:
+
+def task_reports(run: Run, result: Evaluation) -> dict:
+    """What a run of named features reports beyond the bounds, written into its folder: features.txt
+    (the columns it trained on, one a line: what encode --data takes by name) and, for a topic model
+    (a decoder with ``topic_words``), topics.txt (each topic's 10 top words) with, in evaluation.json,
+    the topics' coherence (NPMI of the 10 top words over the stated reference corpus: the test
+    documents' co-occurrence) and the per-word perplexity of the test documents from the
+    importance-sampled log p(x), beside the unigram model's of the training documents (the floor)."""
+    from . import topics
+
+    splits, out = run.prepared.splits, {}
+    names = getattr(splits, "feature_names", None)
+    if names:
+        write_text(run.run_dir / "features.txt", "".join(f"{n}\n" for n in names))
+    decoder = getattr(run.program.vae, "decoder", None) if run.program.vae is not None else None
+    if decoder is None or not hasattr(decoder, "topic_words") or result.log_px is None:
+        return out
+    weights = decoder.topic_words().detach().cpu()
+    vocabulary = list(names) if names else [str(i) for i in range(weights.shape[1])]
+    write_text(run.run_dir / "topics.txt", "\n".join(topics.topic_words_table(weights, vocabulary, 10)) + "\n")
+    test = splits.held("test")
+    reference = test.to_scipy() if hasattr(test, "to_scipy") else test
+    coherence = topics.coherence(weights, reference, n=10)
+    train = splits.held("train")
+    unigram = topics.unigram_log_probability(train.to_scipy() if hasattr(train, "to_scipy") else train, reference)
+    out["topics"] = {
+        "npmi": coherence["npmi"], "npmi_per_topic": coherence["per_topic"], "top_words": 10,
+        "npmi_reference_corpus": f"the {len(test)} test documents (document co-occurrence; a never co-occurring "
+                                 f"pair scores -1)",
+        "perplexity": topics.perplexity(result.log_px, reference),
+        "perplexity_from": f"importance-sampled log p(x), K = {result.samples}, multinomial coefficient removed",
+        "unigram_perplexity": topics.perplexity(unigram, reference)}
+    return out
+
+def write_evaluation(run: Run, result: Evaluation, name: str = EVALUATION, extra: dict | None = None) -> Path:
     summary = {"epoch": run.epoch, "checkpoint": run.source, "dataset": run.config.data["name"], "split": "test",
-               "model_program": run.config.model.program, **result.summary()}
+               "model_program": run.config.model.program, **result.summary(), **(extra or {})}
     return write_text(run.run_dir / name, json.dumps(summary, indent=2) + "\n")

@@ -20,7 +20,7 @@ LAYERS = [
     ("data and networks", {"data", "data.storage", "data.datasets", "data.dsprites", "data.user_files",
                            "data.counts", "data.prepare", "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
-    ("model programs", {"vae", "gmvae", "labelled", "quadrants", "terms", "labels", "programs"}),
+    ("model programs", {"vae", "gmvae", "labelled", "quadrants", "single_cell", "terms", "labels", "programs"}),
     ("estimators", {"objectives", "metrics", "scores", "topics"}),
     ("evaluation", {"exact", "evaluation"}),
     ("pictures", {"plots"}),

@@ -921,7 +921,9 @@ class CountDataset(Dataset):
                  self._said_empty(split, after_empty, selected is not None)]
         parts += [p for p in (said_labels, said_batch) if p]
         if selected is not None:
-            parts.append(f"columns: {said_columns}; kept (in the file's column order): {', '.join(names)}")
+            shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+            parts.append(f"columns: {said_columns}; kept (in the file's column order): {shown} (every name: "
+                         f"DataSplits.feature_names, and a run's features.txt)")
         return DataSplits("counts", train, train_labels, test, test_labels, "; ".join(parts),
                           covariates=covariates, covariate_names=covariate_names, feature_names=tuple(names),
                           label_names=label_names)
@@ -976,3 +978,28 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
     return f"{n} bytes"
+
+
+def read_counts_like(path: Path, table: dict, features: list[str] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every row of a count file, read as a run's ``counts`` dataset (``table``: its layer, one_based)
+    and with the run's columns ``features`` taken by name, in the run's order, where the file names its
+    columns (an .h5ad, a 10x folder; a gene or word it lacks refused, naming a few); a file without
+    names (a SciPy .npz, LIBSVM text) is taken by position and must have the run's number of columns.
+    Dense float32, and no labels: what ``encode --data`` scores with a run trained on counts."""
+    options = {k: table[k] for k in ("layer", "one_based") if k in table}
+    m = read_counts(path, "auto", **options)
+    columns = list(m.columns) if m.columns is not None else None  # (a .npz or text file names none: by position)
+    counts = m.counts
+    if features is not None:
+        if columns is None:
+            if len(features) != counts.shape[1]:
+                raise DataError(f"{path} holds {counts.shape[1]} columns without names, and the run trained on "
+                                f"{len(features)}: give a file of the run's columns (or their names).")
+        else:
+            where = {name: i for i, name in enumerate(columns)}
+            missing = [name for name in features if name not in where]
+            if missing:
+                raise DataError(f"{path} lacks {len(missing)} of the run's {len(features)} columns (e.g. "
+                                f"{', '.join(missing[:5])}): give data with the columns the run trained on.")
+            counts = counts[:, [where[name] for name in features]]
+    return SparseRows.from_scipy(counts.tocsr()).float(), None

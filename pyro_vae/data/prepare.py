@@ -11,7 +11,7 @@ import torch
 
 from ..config import DATASETS, Config
 from ..errors import ConfigError
-from .storage import DataSplits, Levels
+from .storage import DataSplits, Levels, SparseRows
 
 
 def summary(splits: DataSplits, checks: "Mapping[str, Callable[[torch.Tensor, str], None]] | None" = None) -> str:
@@ -22,6 +22,7 @@ def summary(splits: DataSplits, checks: "Mapping[str, Callable[[torch.Tensor, st
     low, high = x.min().item(), x.max().item()
     kind = ("binary" if bool(((x == 0) | (x == 1)).all()) else
             "8-bit levels" if bool(((x * 255 - (x * 255).round()).abs() <= 1e-4).all()) and low >= 0 and high <= 1
+            else "counts: whole numbers >= 0" if low >= 0 and bool((x == x.round()).all())
             else "real values")
     labels = "no labels" if splits.train_labels is None else \
         f"labels: {len(torch.unique(splits.train_labels))} classes"
@@ -113,8 +114,8 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
             labels, valid_labels = labels[keep], labels[held_out]
     held, values = held.to(device), values.to(device)
     prepared = lik.prepare_train_set(values)
-    if isinstance(held, Levels) and prepared is values:
-        train = held  # left as it is: the levels themselves
+    if isinstance(held, (Levels, SparseRows)) and prepared is values:
+        train = held  # left as it is: the levels, or the counts held sparse (densified a batch at a time)
     else:
         levels = Levels.exactly(prepared)
         train = prepared if levels is None else levels

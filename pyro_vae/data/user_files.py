@@ -173,12 +173,19 @@ class ArrayDataset(Dataset):
 
 
 def read_datapoints(path: str | Path, data_shape: tuple[int, ...] | None = None, scaling: dict | None = None,
-                    table: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    table: dict | None = None, features: list[str] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Every datapoint of a .npy, .npz or .pt file, of a folder of images (decoded to
-    ``data_shape``'s channels and size when it is an image's) or of a CSV table (read with the
+    ``data_shape``'s channels and size when it is an image's), of a CSV table (read with the
     label column, header and delimiter of the run's ``[data]`` ``table`` when it is a csv one, its
-    columns scaled as the run's were: ``scaling``), and its labels or None."""
+    columns scaled as the run's were: ``scaling``) or of a count matrix (a sparse .npz, an .h5ad,
+    a 10x folder, LIBSVM text: the run's columns ``features`` taken by name, as it trained on them),
+    and its labels or None."""
     path = Path(path).expanduser()
+    from .counts import count_format, read_counts_like
+
+    if (table or {}).get("name") == "counts" or (path.exists() and count_format(path) is not None):
+        return read_counts_like(path, table or {}, features)
     if path.suffix.lower() in (".csv", ".tsv"):
         like = {k: v for k, v in (table or {}).items() if k in ("label_column", "header", "delimiter")} \
             if (table or {}).get("name") == "csv" else {}
