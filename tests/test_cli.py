@@ -147,7 +147,7 @@ def test_an_existing_run_folder_is_refused_without_overwrite(trained, capsys):
 def test_resume_refuses_config_changes_and_a_second_config(trained, capsys):
     assert main(["train", "--resume", str(trained), "--set", "model.latent_dim=3"]) == 2
     err = capsys.readouterr().err
-    assert "--resume can only change data.path, data.test_path, train.callbacks, train.epochs, train.max_minutes" in err
+    assert "--resume can only change data.features, data.path, data.test_path, data.vocabulary, train.callbacks, train.epochs" in err
     assert "model.latent_dim" in err
     assert main(["train", "x.toml", "--resume", str(trained)]) == 2
     assert "not both" in capsys.readouterr().err

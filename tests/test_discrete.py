@@ -492,8 +492,9 @@ def test_the_neural_baseline_is_unbiased_trains_and_is_checkpointed(tmp_path):
 
 
 def test_interpolate_and_traverse_a_program_of_two_sites(tmp_path):
-    """The GMVAE's pictures: interpolation moves every site along its line; traverse sweeps the
-    named site's coordinates with the other held at the datapoint's posterior mean."""
+    """The GMVAE's pictures: interpolation is refused (its site y is discrete: the points between
+    two codes are no code) naming traverse; traverse sweeps the named site's coordinates with the
+    other held at the datapoint's posterior mean, and switches y's class."""
     from PIL import Image
 
     from pyro_vae.cli import main
@@ -502,8 +503,10 @@ def test_interpolate_and_traverse_a_program_of_two_sites(tmp_path):
     raw["model"] = {"program": "gmvae", "components": 3, "latent_dim": 2, "network": {"name": "mlp", "hidden": [16]}}
     Trainer(Config.from_dict(raw), tmp_path / "run", progress=False, log=lambda line: None).fit()
     assert main(["interpolate", str(tmp_path / "run"), "--pairs", "0:1", "--steps", "4",
-                 "--out", str(tmp_path / "i.png")]) == 0
+                 "--out", str(tmp_path / "i.png")]) == 2
+    assert not (tmp_path / "i.png").exists()
     assert main(["traverse", str(tmp_path / "run"), "--site", "z", "--steps", "5", "--out", str(tmp_path / "t.png")]) == 0
-    for name in ("i.png", "t.png"):
+    assert main(["traverse", str(tmp_path / "run"), "--site", "y", "--out", str(tmp_path / "y.png")]) == 0
+    for name in ("t.png", "y.png"):
         assert Image.open(tmp_path / name).size[0] > 100
     assert main(["traverse", str(tmp_path / "run"), "--out", str(tmp_path / "u.png")]) == 2  # which site?

@@ -240,7 +240,7 @@ def test_a_full_disk_at_checkpoint_time_keeps_the_last_good_checkpoint_and_leave
     monkeypatch.setattr(files_module.torch, "save", full)
     capsys.readouterr()
     err = refused(["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress"], capsys, status=1)
-    assert f"could not write {run / CHECKPOINT}: No space left on device. Its previous contents are intact." in err
+    assert f"could not write {run / CHECKPOINT}: No space left on device (the disk is full). Its previous contents are intact." in err
     assert (run / CHECKPOINT).read_bytes() == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(StorageError):

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import ConfigError, DataError, ProgramError, Trainer, VAE
+from pyro_vae import ConfigError, DataError, Trainer, VAE
 from pyro_vae import files as files_module
 from pyro_vae.cli import main
 from pyro_vae.data import DataSplits
-from pyro_vae.errors import CheckpointError, RunDirError, StorageError
+from pyro_vae.errors import CheckpointError, StorageError
 from pyro_vae.runs import CHECKPOINT, CONFIG, MARKER
 from pyro_vae.trained import load, load_run
 

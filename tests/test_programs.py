@@ -279,7 +279,7 @@ def test_a_program_that_breaks_the_protocol_is_refused_before_training(program, 
 @pytest.mark.parametrize("setting,fragment", [
     ("model.program=no_such_module:Program", "cannot import module 'no_such_module' (no module named 'no_such_module')"),
     ("model.program=user_programs:Nope", "module 'user_programs' ("),
-    ("model.program=user_programs", 'Give "vae" (the stock VAE, the default), "gmvae", "cvae", "m2", "quadrant-cvae", or the import path'),
+    ("model.program=user_programs", 'Give "vae" (the stock VAE, the default), "gmvae", "cvae", "m2", "quadrant-cvae", "scvi", "scvi-batch", or the import path'),
     ("model.program=math:pi", "is not an nn.Module class"),
     ("model.width=3", "unknown option 'width' for model program user_programs:TwoLatents. Its options: dim (default 2), "
                       "hidden (default 16)"),
