@@ -554,6 +554,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    import json
+
+    from .data.stream import convert
+
+    if args.chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows must be >= 1, got {args.chunk_rows}.")
+    out = convert(args.source, args.out, chunk_rows=args.chunk_rows, overwrite=args.overwrite,
+                  progress=not args.no_progress, layer=args.layer)
+    manifest = json.loads((out / "manifest.json").read_text())
+    shape, files = manifest["shape"], manifest["files"]
+    size = sum(v[0] for v in files.values())
+    print(f"wrote {out}: {manifest['kind']} {shape[0]:,} x {' x '.join(map(str, shape[1:]))}, {size / 2**20:,.2f} MiB in "
+          f"{len(files)} files, chunks of {manifest['chunk_rows']} rows; train on it with --set data.name=stream "
+          f"--set data.path={out} (or pyro-vae train --data {out})")
+    return 0
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     import shtab
 
@@ -580,7 +598,7 @@ def _overrides(p: argparse.ArgumentParser) -> None:
 def _data(p: argparse.ArgumentParser, training: bool = False) -> None:
     p.add_argument("--data", metavar="PATH", help=(
         "train on your own data: a folder of images (dataset 'image-folder'), a .npy, .npz or .pt file "
-        "(dataset 'array') or a .csv/.tsv table (dataset 'csv'); --set data.* sets its options; summarized in one "
+        "(dataset 'array'), a .csv/.tsv table (dataset 'csv'), counts (dataset 'counts') or a streaming layout (pyro-vae convert; dataset 'stream'); --set data.* sets its options; summarized in one "
         "line when training starts" if training else
         "the data the run trained on, where its config cannot rebuild it (a run trained on data from Python): "
         "a folder of images, a .npy, .npz or .pt file or a .csv/.tsv table, checked against the run's fingerprint"))
@@ -752,6 +770,22 @@ def _parser_export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def _parser_convert(sub) -> None:
+    p = _command(sub, "convert", ["pyro-vae convert cells.h5ad --out cells.stream --layer counts",
+                                  "pyro-vae convert x.npy --out x.stream --chunk-rows 8192"],
+                 help="write data into the streaming layout (plain .npy files read through memory maps: dataset "
+                      "'stream'), for data larger than you want to hold in memory; reads a .npy or .npz array, a "
+                      "SciPy sparse .npz, a 10x folder, an .h5ad file or LIBSVM text")
+    p.add_argument("source", help="the data to convert")
+    p.add_argument("--out", required=True, help="the folder to write (a new one, or an earlier layout with --overwrite)")
+    p.add_argument("--chunk-rows", type=int, default=4096, help="rows per chunk: the unit of the shuffled epoch "
+                   "order and of the held-out test split (default %(default)s)")
+    p.add_argument("--layer", help=".h5ad: convert layers/LAYER (e.g. counts) instead of X")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier streaming layout in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+
 def _parser_completion(sub) -> None:
     p = _command(sub, "completion", ['pyro-vae completion bash > ~/.local/share/bash-completion/completions/pyro-vae',
                                'pyro-vae completion zsh > ~/.zfunc/_pyro-vae   # with fpath+=(~/.zfunc) in ~/.zshrc'],
@@ -777,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
     parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_parser_train, _parser_evaluate, _parser_explain, _parser_encode, _parser_interpolate, _parser_traverse, _parser_sample, _parser_compare, _parser_list, _parser_export, _parser_completion, _parser_config):
+    for add in (_parser_train, _parser_evaluate, _parser_explain, _parser_encode, _parser_interpolate, _parser_traverse, _parser_sample, _parser_compare, _parser_list, _parser_export, _parser_convert, _parser_completion, _parser_config):
         add(sub)
     return parser
 

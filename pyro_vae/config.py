@@ -562,6 +562,16 @@ class TrainConfig:
     ``callbacks`` is a list of callbacks (``pyro_vae.callbacks``: loggers such as ``tensorboard``),
     each a name or a table with its options, called as training runs; they observe and never change
     the run.
+
+    ``order`` is the order an epoch visits the training rows in (``data/order.py``): "permutation",
+    a fresh permutation of all rows each epoch; "chunks", chunks of ``chunk_rows`` consecutive rows
+    in a seeded order, rows shuffled within a window of ``window`` chunks, what keeps reads from
+    disk sequential; "auto": "chunks" for a streaming layout (its own chunks where ``chunk_rows`` is
+    0), "permutation" otherwise. ``noise`` is where each step's random numbers come from:
+    "global", the run's random streams (data-parallel: drawn for the whole global batch, each
+    process keeping its rows); "keyed", each datapoint's noise keyed on (seed, epoch, step, its
+    index) (``numerics.keyed_noise``), so that a process draws and reads nothing but its own share;
+    "auto": "keyed" for a streaming layout, "global" otherwise.
     """
 
     objective: dict = component("objective", "elbo")
@@ -580,6 +590,10 @@ class TrainConfig:
     ema: float = 0.0
     precision: Literal["float32", "bfloat16"] = "float32"
     callbacks: list = components("callback")
+    order: Literal["auto", "permutation", "chunks"] = "auto"
+    chunk_rows: int = 0
+    window: int = 16
+    noise: Literal["auto", "global", "keyed"] = "auto"
 
     def check(self, where: str) -> None:
         require(
@@ -609,6 +623,9 @@ class TrainConfig:
             f"1: every epoch), got {self.curve_every}.",
         )
         require(self.batch_size >= 1, f"{where}.batch_size must be >= 1, got {self.batch_size}.")
+        require(self.chunk_rows >= 0, f"{where}.chunk_rows must be >= 0 (0: the layout's chunks, or 4096 rows), got "
+                                      f"{self.chunk_rows}.")
+        require(self.window >= 1, f"{where}.window must be >= 1 (chunks shuffled together), got {self.window}.")
         require(self.lr > 0 and math.isfinite(self.lr), f"{where}.lr must be a finite number > 0, got {self.lr}.")
         require(
             0.0 < self.lr_final <= 1.0,

@@ -31,6 +31,20 @@ import torch
 import torch.distributed as dist
 
 from .config import DEFAULT_TIMEOUT  # noqa: F401  (importable from here as before)
+from .errors import DistributedError
+
+
+def _collective(what: str, rank: int, world: int, run: Callable[[], object]):
+    """Run one collective; its failure (a peer process gone, a timeout) said in words, naming this rank."""
+    try:
+        return run()
+    except RuntimeError as e:  # (torch.distributed's DistBackendError, a timeout's error, are RuntimeErrors)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistributedError(
+            f"rank {rank} of {world}: the {what} across processes failed ({first}). Another process of the run "
+            f"stopped (killed, out of memory, its machine gone) or did not answer within the timeout. The last "
+            f"finished epoch's checkpoint is kept: start the same launcher again on every machine with "
+            f"`pyro-vae train --resume RUN` to go on.") from None
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,7 @@ class Distributed:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         present = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
         flat = torch.cat([g.reshape(-1) for g in grads] + [present, value.reshape(1).to(grads[0])])
-        dist.all_reduce(flat)
+        _collective("sum of the gradients", self.rank, self.world, lambda: dist.all_reduce(flat))
         offset = 0
         for p, g, used in zip(params, grads, flat[-1 - len(params) : -1].tolist()):
             n = g.numel()
@@ -102,7 +116,8 @@ class Distributed:
         if not self.active:
             return results
         gathered: list = [None] * self.world
-        dist.all_gather_object(gathered, list(zip(mine, results)))
+        _collective("gathering of results", self.rank, self.world,
+                    lambda: dist.all_gather_object(gathered, list(zip(mine, results))))
         ordered = dict(pair for part in gathered for pair in part)
         return [ordered[i] for i in range(count)]
 
@@ -112,12 +127,12 @@ class Distributed:
         if not self.active:
             return seconds
         gathered: list = [None] * self.world
-        dist.all_gather_object(gathered, seconds)
+        _collective("exchange of timings", self.rank, self.world, lambda: dist.all_gather_object(gathered, seconds))
         return tuple(max(column) for column in zip(*gathered))
 
     def barrier(self) -> None:
         if self.active:
-            dist.barrier()
+            _collective("barrier", self.rank, self.world, dist.barrier)
 
     def close(self) -> None:
         """Leave the group once every rank is done (rank 0 may still be writing pictures)."""

@@ -50,3 +50,15 @@ class StorageError(PyroVAEError):
     def __init__(self, message: str, cause: OSError | None = None) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class DataChanged(DataError):
+    """Data on disk that changed, shrank or went away under a running job (a streaming layout)."""
+
+    exit_status = 1
+
+
+class DistributedError(PyroVAEError):
+    """A collective of a data-parallel run that failed: another process stopped, or timed out."""
+
+    exit_status = 1

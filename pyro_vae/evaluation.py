@@ -34,8 +34,9 @@ from .files import save_tensors, write_text
 from .labels import LabelPolicy, Unlabelled
 from .labels import Estimates
 from .metrics import ESTIMATES, _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, evidence_terms
+from .data.storage import RowsOnDisk
 from .numerics import seeded
-from .programs import Program, checked_program
+from .programs import Program, as_program, checked_program
 
 
 def _batch_estimates() -> Estimates:
@@ -300,7 +301,8 @@ class EvaluationStore:
         the parameters, the data and every setting that changes the numbers."""
         s = settings
         return cls(folder, {
-            "model": fingerprint(program.module.state_dict().items()), "data": fingerprint([("x", x)]),
+            "model": fingerprint(program.module.state_dict().items()),
+            "data": x.digest() if isinstance(x, _OnDevice) else fingerprint([("x", x)]),
             "datapoints": x.shape[0], "samples": s.samples, "seed": s.seed, "batch_size": s.batch_size,
             "chunk_pairs": chunk_pairs, "posterior_means": s.posterior_means,
             "elbo_draws": program.policy.elbo_draws(s),
@@ -365,7 +367,7 @@ def evaluate(
     E_q[z|x, y] at each datapoint's own label.
     """
     s = dataclasses.replace(settings or EvaluationSettings(), **options)
-    program = checked_program(program, x)
+    program, x = _scored(program, x)
     policy = program.policy
     labels = policy.evaluation_labels(program, labels, x.shape[0])
     chunk_pairs = chunk_pairs_for(program, x.device, s.chunk_pairs)  # resolved once, not per batch or exact point
@@ -388,6 +390,32 @@ def evaluate(
         labels=labels.cpu() if labels is not None else None,
         predicted=cat["predicted"].long() if "predicted" in cat else None, num_classes=program.num_classes,
     )
+
+
+def _scored(program, x) -> tuple[Program, "torch.Tensor | _OnDevice"]:
+    """The program and x an evaluation scores: x checked whole, or rows on disk checked as each batch is read."""
+    if isinstance(x, RowsOnDisk):
+        program = as_program(program, tuple(x.shape[1:]))
+        return program, _OnDevice(x, program)
+    return checked_program(program, x), x
+
+
+class _OnDevice:
+    """Rows on disk as an evaluation reads them: ``x[a:b]`` reads those rows, dense on the program's
+    device, checked against what the program observes."""
+
+    def __init__(self, rows: RowsOnDisk, program: Program) -> None:
+        self.rows, self.program = rows, program
+        self.device = next(iter(program.module.parameters()), torch.zeros(0)).device
+        self.shape = rows.shape
+
+    def digest(self) -> str:
+        return self.rows.digest()
+
+    def __getitem__(self, index) -> torch.Tensor:
+        x = self.rows[index.cpu() if torch.is_tensor(index) else index].float().to(self.device)
+        self.program.check_observed(x, "the streamed rows")
+        return x
 
 
 @contextlib.contextmanager

@@ -33,11 +33,13 @@ from torch import nn
 
 from .config import LIKELIHOODS, Component, require
 from .data.checks import check_batch, require_finite
+from .data.storage import row_totals
 from .distributions import (COUNT_RATE_FLOOR, AutoregressiveBernoulliImage, BernoulliImage, CategoricalImage,
                             DiscretizedLogisticMixtureImage, LibraryScaled, MultinomialEvent, NegativeBinomial,
                             ShiftedImage, ZeroInflatedNegativeBinomial, inverse_softplus)
 from .errors import ConfigError, DataError
 from .networks import CausalStack
+from .numerics import uniform
 
 # Binarization seeds are constants, not the run's seed, so every run scores the same binary test set.
 TRAIN_BINARIZATION_SEED = 1
@@ -227,7 +229,7 @@ class _BinaryImageLikelihood(Likelihood):
         if self.binarize != "dynamic":
             return x
         # x_i = [u_i < intensity_i], u ~ U(0, 1): a Bern(intensity) draw (faster than torch.bernoulli on CPU)
-        return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).lt_(x)
+        return uniform(x.shape, x.dtype, x.device, generator).lt_(x)
 
 
 @LIKELIHOODS.register("bernoulli")
@@ -600,7 +602,7 @@ class BetaLikelihood(Likelihood):
                         f"({moved}). Do the same: vae.likelihood.prepare_batch(x, generator) or prepare_eval_set(x).")
 
     def _dequantized(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = uniform(x.shape, x.dtype, x.device, generator)
         return (255 * x + u) / 256
 
     def prepare_train_set(self, x: torch.Tensor) -> torch.Tensor:
@@ -688,7 +690,7 @@ class _CountLikelihood(Likelihood):
     def fit_to_data(self, x: torch.Tensor) -> None:
         """library_size = the median of the rows' totals sum_i x_i (the lower median for an even number
         of rows: an observed total, a whole number)."""
-        self.library_size.fill_(x.reshape(x.shape[0], -1).sum(1).median())
+        self.library_size.fill_(row_totals(x).median())  # (of rows on disk too, read a chunk at a time)
 
     def example(self, grey: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return torch.poisson(COUNT_EXAMPLE_RATE * grey, generator=generator)

@@ -44,14 +44,31 @@ CAPTION_LINE = 14  # screen pixels per caption line (Pillow's default font)
 def _caption_font():
     """The captions' font: DejaVu Sans at 11 px, which matplotlib ships (Pillow's built-in bitmap font
     drops colons and narrows spaces to nothing); Pillow's default where it cannot be read."""
+    import importlib.util
+
     from PIL import ImageFont
 
-    try:
-        from matplotlib import font_manager
-
-        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), 11)
-    except (OSError, ValueError, ImportError):
+    try:  # (found in matplotlib's data without importing matplotlib: a picture command stays quick to start)
+        spec = importlib.util.find_spec("matplotlib")
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        return ImageFont.truetype(str(folder / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"), 11)
+    except (OSError, ValueError, ImportError, AttributeError, TypeError, StopIteration):
         return ImageFont.load_default()
+
+
+def tile(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """Images (N, C, H, W) as one (3, H', W') grid, ``nrow`` a row, ``padding`` pixels of
+    ``pad_value`` between and around them (one channel shown as grey): torchvision's ``make_grid``
+    layout, without importing torchvision."""
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    n, c, h, w = images.shape
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    grid = torch.full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value, dtype=images.dtype)
+    for k in range(n):
+        top, left = (k // cols) * (h + padding) + padding, (k % cols) * (w + padding) + padding
+        grid[:, top:top + h, left:left + w] = images[k]
+    return grid
 
 
 def grid_picture(images: torch.Tensor, nrow: int, title: str):
@@ -61,9 +78,8 @@ def grid_picture(images: torch.Tensor, nrow: int, title: str):
     import textwrap
 
     from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
 
-    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    grid = tile(images.detach().float().clamp(0, 1).cpu(), nrow)
     scale = max(1, math.ceil(GRID_MIN_SIDE / images.shape[-2]))
     array = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     body = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)

@@ -162,7 +162,7 @@ def say_kl_estimator(objective, program: Program, log: Callable[[str], None]) ->
 def say_data(config: Config, splits: DataSplits, log: Callable[[str], None]) -> None:
     """The one line about the data a run of the user's own files reads: sizes, values, labels, and
     which likelihoods' data contracts the values meet."""
-    if config.data["name"] in USER_FILE_DATASETS:
+    if config.data["name"] in USER_FILE_DATASETS or config.data["name"] == "stream":
         splits.check_nonempty()
         splits.check_finite()  # (refused before a summary of NaN values could be printed)
         checks = {name: LIKELIHOODS.build(name, "model.likelihood").check_data for name in LIKELIHOODS.names()}

@@ -22,7 +22,8 @@ Optional, by duck typing: ``check_data(x, split)``, ``prepare_train_set(x)``,
 ``prepare_eval_set(x)``, ``prepare_batch(x, generator)`` and ``stochastic_batches`` (the data
 contract: refuse data the program cannot score, binarize, ...; default: the data as it is, whose
 values are still checked against the support of site "x"); ``fit_to_data(x, generator)`` (once,
-before training, with the prepared training set); ``network_bodies()`` (the modules
+before training, with the prepared training set: a float tensor, or for rows on disk, a streaming
+layout, the container itself, ``x[index]`` reading rows and ``data.row_totals(x)`` their totals); ``network_bodies()`` (the modules
 ``train.precision = "bfloat16"`` may run in bfloat16).
 
 From a config, ``[model] program = "package.module:ClassName"`` names the class (imported with the

@@ -33,6 +33,7 @@ from torch import nn
 
 from .config import LIKELIHOODS, NETWORKS, require
 from .data.checks import check_batch, require_finite
+from .data.storage import row_totals
 from .likelihoods import LikelihoodDataContract
 from .networks import ConditionalGaussian
 
@@ -81,7 +82,7 @@ class SingleCellVAE(LikelihoodDataContract, nn.Module):
         """Before training: the likelihood's library size for pictures, and the prior of log l, the mean
         and standard deviation of the training cells' log totals (cells of total 0 left out)."""
         super().fit_to_data(x, generator)
-        totals = x.reshape(x.shape[0], -1).sum(1)
+        totals = row_totals(x)  # (of rows on disk too, read a chunk at a time)
         logs = totals[totals > 0].double().log()
         if len(logs) > 1:
             self.library_loc.fill_(logs.mean().item())

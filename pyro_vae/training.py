@@ -17,13 +17,14 @@ optimizer moves (what a resume continues from).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyro
 import torch
@@ -31,13 +32,14 @@ import torch
 from . import preflight
 from .callbacks import build_callbacks
 from .config import OBJECTIVES, Config
-from .data import DATASETS, DataSplits, absolute_paths, prepare_data
+from .data.stream import DEFAULT_CHUNK_ROWS
+from .data import DATASETS, DataSplits, RowsOnDisk, absolute_paths, chunk_batches, epoch_batches, prepare_data
 from .distributed import SINGLE, Distributed
-from .errors import RunDirError, StorageError, TrainingDiverged
+from .errors import ConfigError, RunDirError, StorageError, TrainingDiverged
 from .evaluation import Evaluation, evaluate
 from .files import write_text
 from .networks import mixed_precision
-from .numerics import resolve_device, sharded_noise
+from .numerics import keyed_noise, noise_key, resolve_device, sharded_noise
 from .programs import as_program, config_with_model, program_for_run
 from .runs import (BEST, CHECKPOINT, CONFIG, METRICS, RESUMABLE_CHANGES, append_line, check_same_config,
                    check_same_data, check_same_device, checkpoint_state, discard_unstarted, eval_keys, load_checkpoint,
@@ -65,11 +67,6 @@ def learning_rate(config: Config, epoch_progress: float, elapsed_seconds: float)
 
 # ---------------------------------------------------------------------------------------------
 # training
-
-
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """One epoch of minibatch indices: a fresh permutation of range(n) from ``generator``, split."""
-    return list(torch.randperm(n, generator=generator, device=generator.device).split(batch_size))
 
 
 class ParameterAverage:
@@ -153,6 +150,115 @@ class StepContext:
         with sharded_noise(*self.shard) if self.shard is not None else nullcontext(), \
                 mixed_precision(bodies, self.compute_dtype):
             yield
+
+
+@dataclass(frozen=True)
+class Feed:
+    """How training rows reach the steps: the epoch order ("permutation" or "chunks" of
+    ``chunk_rows`` rows shuffled ``window`` chunks at a time, ``data/order.py``), and whether the
+    noise is keyed per datapoint (each process then reads, and draws noise for, only its share of
+    each global batch) or drawn from the run's streams. ``train.order``/``train.noise`` = "auto":
+    chunks and keyed noise for rows on disk (a streaming layout), a permutation and the run's
+    streams otherwise."""
+
+    order: str = "permutation"
+    chunk_rows: int = 0
+    window: int = 1
+    keyed: bool = False
+    on_disk: bool = False
+
+    @classmethod
+    def for_run(cls, config: Config, train, policy, log: Callable[[str], None]) -> "Feed":
+        """The feed of a run on ``train`` (its prepared training rows), said where it is not the default."""
+        t, on_disk = config.train, isinstance(train, RowsOnDisk)
+        order = t.order if t.order != "auto" else ("chunks" if on_disk else "permutation")
+        chunk_rows = t.chunk_rows or getattr(train, "chunk_rows", 0) or DEFAULT_CHUNK_ROWS
+        keyed = (t.noise if t.noise != "auto" else ("keyed" if on_disk else "global")) == "keyed"
+        feed = cls(order, chunk_rows, t.window, keyed, on_disk)
+        if keyed and policy.labelled_index is not None:
+            raise ConfigError("train.noise = \"keyed\" (the default for a streaming layout) draws each datapoint's noise "
+                              "by its index, and a semi-supervised run's labelled batches are drawn from the run's "
+                              "stream: set train.noise = \"global\", or train on the data in memory.")
+        if on_disk or feed != cls():
+            log(f"feed: {feed.describe()}")
+        return feed
+
+    def batches(self, policy, epoch_size: int, batch_size: int, seed: int, epoch: int,
+                generator: torch.Generator) -> list[torch.Tensor]:
+        """Epoch ``epoch``'s minibatches as training-set indices (through the label policy's pool)."""
+        if self.order == "chunks":
+            return policy.epoch_batches(list(chunk_batches(epoch_size, batch_size, self.chunk_rows, self.window, seed,
+                                                           epoch)))
+        return policy.epoch_batches(epoch_batches(epoch_size, batch_size, generator))
+
+    def read(self, train, index: torch.Tensor, dist: Distributed, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this process's datapoints of the global batch ``index``, their rows as float32 on
+        ``device``): with keyed noise only this process's share is read, else the whole batch."""
+        if self.keyed:
+            start, stop = dist.shard(len(index))
+            index = index[start:stop]
+        return index, train[index.cpu() if self.on_disk else index].float().to(device)
+
+    @staticmethod
+    def check_files(data, verify: bool = False) -> None:
+        """Rows on disk: refused where a file changed under the job (``StreamedRows.check_unchanged``),
+        or with ``verify`` where any file's SHA-256 is not its manifest's (``StreamedRows.verify``)."""
+        for rows in (data.train, data.test, data.valid):
+            if isinstance(rows, RowsOnDisk):
+                rows.verify() if verify else rows.check_unchanged()
+
+    def describe(self) -> str:
+        order = ("a fresh permutation each epoch" if self.order == "permutation" else
+                 f"chunks of {self.chunk_rows} rows in a seeded order, shuffled {self.window} chunks at a time")
+        noise = ("keyed on (seed, epoch, step, datapoint index): each process reads and draws for its own share"
+                 if self.keyed else "from the run's random streams")
+        return f"rows{' read from disk a batch ahead' if self.on_disk else ''} in {order}; noise {noise}"
+
+
+def read_ahead(batches: Iterable[torch.Tensor], read: Callable[[torch.Tensor], Any]) -> Iterator[tuple[torch.Tensor, Any]]:
+    """(index, read(index)) for each batch of ``batches``, the next batch read on a thread of its own
+    while the caller computes on this one: a read-ahead of one batch (one batch's rows held besides
+    the one being trained on)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pyro-vae-read") as pool:
+        it = iter(batches)
+        index = next(it, None)
+        pending = pool.submit(read, index) if index is not None else None
+        while pending is not None:
+            rows, current = pending.result(), index
+            index = next(it, None)
+            pending = pool.submit(read, index) if index is not None else None
+            yield current, rows
+
+
+def keyed_step(trainer: "Trainer", index: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor],
+               kl_weight: float) -> float:
+    """One step with keyed noise: this process's rows (``rows``: its datapoints of the global batch
+    ``index`` and their values), their preparation and noise keyed on their indices."""
+    t = trainer
+    mine, x = rows
+    t.step_datapoints = len(index)
+    with keyed_noise(noise_key(t.config.seed, t.epoch, t.step), mine.to(t.device)):
+        x = t.program.contract.prepare_batch(x, t.generator)
+        program, _ = t.program.policy.step(t.program, t.data, mine, t.generator)
+        with StepContext(kl_weight, None, t.compute_dtype).applied(t.bodies):
+            return svi_step(program, t.objective, t.optimizer, x, kl_weight, t.dist)
+
+
+def global_step(trainer: "Trainer", index: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor],
+                kl_weight: float) -> float:
+    """One step with the run's streams: the whole global batch prepared from the data generator,
+    then this process's shard of it (its noise drawn for the whole batch, ``StepContext.for_rank``)."""
+    t = trainer
+    x = t.program.contract.prepare_batch(rows[1], t.generator)
+    program, also = t.program.policy.step(t.program, t.data, index, t.generator)
+    t.step_datapoints = x.shape[0] if also is None else x.shape[0] + also.datapoints
+    x, context = StepContext.for_rank(x, kl_weight, t.compute_dtype, t.dist)  # this rank's shard, noise included
+    with context.applied(t.bodies):  # (steps only: scores and evaluations run in float32)
+        return svi_step(program, t.objective, t.optimizer, x, context.kl_weight, t.dist,
+                        also=None if also is None else lambda: also(context.kl_weight))
 
 
 def svi_step(
@@ -362,8 +468,10 @@ class Trainer:
         if labelled is not None:
             self.data_record["labelled"] = labelled
         preflight.check_sizes(self.config, self.program.module, self.data.train.shape[0], self.run_dir, self.log)
+        self.feed = Feed.for_run(self.config, self.data.train, self.program.policy, self.log)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        self.program.fit_to_data(self.data.train.float(), self.generator)  # e.g. VampPrior pseudo-inputs
+        # (rows on disk: the container, never read whole; e.g. a count likelihood's library size, VampPrior's inputs)
+        self.program.fit_to_data(self.data.train if self.feed.on_disk else self.data.train.float(), self.generator)
         if not self.program.direct:
             preflight.check_program(self.program, self.objective, self.data, self.device)
         self.bodies = self.program.network_bodies() or []  # what train.precision runs in bfloat16
@@ -454,6 +562,7 @@ class Trainer:
             check_same_config(state, self.config, RESUMABLE_CHANGES | eval_keys(self.config), str(self.run_dir))
             self._build()
             check_same_data(state, self.data_record, self.run_dir)
+            self.feed.check_files(self.data, verify=True)  # (rows on disk: hashed again, since they may have changed meanwhile)
             check_same_config(state, self.config, RESUMABLE_CHANGES | eval_keys(self.config), str(self.run_dir))
             self._restore(state)
             if self.dist.main:  # (only rank 0 reads, rewrites and extends the metrics)
@@ -482,9 +591,12 @@ class Trainer:
         """The datapoints an epoch runs over: the training set, or a semi-supervised run's unlabelled pool."""
         return self.program.policy.epoch_size(self.data.train.shape[0])
 
-    def _batches(self) -> list[torch.Tensor]:
-        return self.program.policy.epoch_batches(
-            epoch_batches(self.epoch_size, self.config.train.batch_size, self.generator))
+    def _batches(self, epoch: int | None = None) -> list[torch.Tensor]:  # (None: the current epoch's)
+        return self.feed.batches(self.program.policy, self.epoch_size, self.config.train.batch_size, self.config.seed,
+                                 self.epoch if epoch is None else epoch, self.generator)
+
+    def read_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.feed.read(self.data.train, index, self.dist, self.device)  # (this process's part: Feed.read)
 
     def _train_epochs(self, last_epoch: int) -> None:
         from tqdm.auto import tqdm
@@ -499,12 +611,15 @@ class Trainer:
             while self.epoch < last_epoch and not self._should_stop():
                 started = time.perf_counter()
                 total, count = 0.0, 0
-                for i, index in enumerate(self._batches()):
+                self.feed.check_files(self.data)
+                batches = read_ahead(self._batches(), self.read_batch) if self.feed.on_disk else \
+                    ((index, None) for index in self._batches())
+                for i, (index, rows) in enumerate(batches):
                     progress = self.epoch + i / steps_per_epoch  # epochs done, fractional
                     beta = kl_weight(self.config, progress)
                     # time from the epoch-level clock every rank shares, so all ranks step alike
                     lr = learning_rate(self.config, progress, self.elapsed + self.last_epoch_seconds * i / steps_per_epoch)
-                    loss = self.train_step(index, kl_weight=beta, lr=lr, epoch=progress)
+                    loss = self.train_step(index, kl_weight=beta, lr=lr, epoch=progress, rows=rows)
                     total += loss
                     count += self.step_datapoints
                     bar.update(1)
@@ -521,16 +636,14 @@ class Trainer:
             bar.close()
 
     def train_step(self, index: torch.Tensor, *, kl_weight: float = 1.0, lr: float | None = None,
-                   epoch: float | None = None) -> float:
-        """One training step on the training datapoints ``index`` (their whole global batch): the
-        batch prepared for the likelihood (e.g. binarized, from the data generator), this rank's
-        shard of it (noise included) in data-parallel training, the networks in ``train.precision``;
-        one :func:`svi_step` at KL weight ``kl_weight`` and learning rate ``lr`` (None: as it is);
-        a non-finite loss refused (``TrainingDiverged``, parameters unchanged); the parameter
-        average moved. ``epoch`` (the training progress, fractional) drives the objective's own
-        schedule (``Objective.at_epoch``: a temperature's annealing). Returns the loss summed over this
-        rank's datapoints, in nats. The trainer's epochs are these steps; ``compare`` drives the same
-        steps on its own budget."""
+                   epoch: float | None = None, rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+        """One training step on the training datapoints ``index`` (their whole global batch; ``rows``,
+        this process's part as :meth:`read_batch` gives it, where read ahead): :func:`keyed_step` or
+        :func:`global_step` (the feed's noise), one :func:`svi_step` at KL weight ``kl_weight`` and
+        learning rate ``lr`` (None: as it is), the networks in ``train.precision``; a non-finite loss
+        refused (``TrainingDiverged``, parameters unchanged); the parameter average moved. ``epoch``
+        (fractional progress) drives the objective's own schedule (``Objective.at_epoch``). Returns
+        the loss summed over the batch, in nats. ``compare`` drives the same steps on its own budget."""
         if epoch is not None:
             self.objective.at_epoch(epoch)
         if lr is not None:
@@ -538,13 +651,8 @@ class Trainer:
                 group["lr"] = lr
         if not self.program.module.training:  # (evaluation between steps restores the mode it found)
             self.program.module.train()
-        x = self.program.contract.prepare_batch(self.data.train[index].float(), self.generator)  # the whole global batch
-        program, also = self.program.policy.step(self.program, self.data, index, self.generator)
-        self.step_datapoints = x.shape[0] if also is None else x.shape[0] + also.datapoints
-        x, context = StepContext.for_rank(x, kl_weight, self.compute_dtype, self.dist)  # this rank's shard, noise included
-        with context.applied(self.bodies):  # (steps only: scores and evaluations run in float32)
-            loss = svi_step(program, self.objective, self.optimizer, x, context.kl_weight, self.dist,
-                            also=None if also is None else lambda: also(context.kl_weight))
+        rows = rows if rows is not None else self.read_batch(index)
+        loss = (keyed_step if self.feed.keyed else global_step)(self, index, rows, kl_weight)
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}. "
@@ -565,10 +673,10 @@ class Trainer:
                 getattr(callback, hook)(self, *args)
 
     def batch_stream(self) -> Iterator[torch.Tensor]:
-        """Minibatch indices without end: each epoch a fresh permutation of the training set from the
-        data generator (what the trainer's epochs draw), for a caller that counts steps, not epochs."""
-        while True:
-            yield from self._batches()
+        """Minibatch indices without end, epoch after epoch as the trainer's epochs draw them (``Feed``),
+        for a caller that counts steps, not epochs."""
+        for epoch in itertools.count(self.epoch):
+            yield from self._batches(epoch)
 
     def _should_stop(self) -> bool:
         """Early stopping on the validation ELBO, and the wall-time cap (``stop_reason``), said when it stops."""

@@ -322,3 +322,19 @@ def test_own_data_runs_the_png_folder_the_levels_and_encode(capsys, tmp_path, mo
     out = capsys.readouterr().out
     assert "| PNG folder | 120 files |" in out and "(median of 3)" in out
     assert "| training set until batching |" in out and "ratio" in out and "| encode vs evaluate | 40 images" in out
+
+
+def test_gpu_check_runs_its_checks_on_the_cpu(capsys):
+    bench = load("gpu_check")  # (on a machine with CUDA: benchmarks/gpu_check.sh; here the same code, CPU twice)
+    assert bench.main(["--device", "cpu", "--epochs", "1", "--samples", "2", "--rows", "1500"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| yes |") == 5 and "streamed count model" in out
+
+
+def test_streaming_measures_each_run_in_a_process_of_its_own(tmp_path, capsys):
+    bench = load("streaming")
+    assert bench.main(["--rows", "1500", "--columns", "50", "--steps", "3", "--warmup", "1", "--no-processes",
+                       "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert [r["run"] for r in result["rows"]] == ["stream", "read", "memory", "memory, defaults"]
+    assert all(r["peak_rss_mb"] > 0 for r in result["rows"])

@@ -18,7 +18,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "pyro_vae"
 LAYERS = [
     ("foundations", {"errors", "files", "numerics", "distributed", "config", "distributions", "data.checks"}),
     ("data and networks", {"data", "data.storage", "data.datasets", "data.dsprites", "data.user_files",
-                           "data.counts", "data.prepare", "networks"}),
+                           "data.counts", "data.stream", "data.order", "data.prepare", "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
     ("model programs", {"vae", "gmvae", "labelled", "quadrants", "single_cell", "terms", "labels", "programs"}),
     ("estimators", {"objectives", "metrics", "scores", "topics"}),

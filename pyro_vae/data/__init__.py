@@ -16,6 +16,8 @@ is held in memory and batched by indexing; there is no per-item ``Dataset.__geti
 * ``counts``: count matrices (cells x genes, documents x words) as their users keep them: a SciPy
   sparse .npz, a 10x folder, an .h5ad file, LIBSVM / NVDM text; held sparse (:class:`SparseRows`)
   until a batch is drawn.
+* ``stream``: a streaming layout on disk (``pyro-vae convert``: CSR counts or a dense array as
+  plain ``.npy`` files), read a batch at a time, memory flat in the number of rows.
 * ``synthetic``: a small set drawn from a random 2-D latent-variable model, for tests.
 
 One concern a module, lowest first:
@@ -27,6 +29,8 @@ One concern a module, lowest first:
 ``dsprites``       a dSprites-like set generated from its factors of variation (shape, scale, orientation, x, y)
 ``counts``         count matrices: the readers (.npz, 10x, .h5ad, text), column selection, ``counts``
 ``user_files``     your own files (arrays, image folders, CSV tables) and ``--data PATH``
+``stream``         the streaming layout (:class:`StreamedRows`, :func:`convert`), ``stream``
+``order``          the order an epoch visits the rows in: a permutation, or chunks shuffled in windows
 ``prepare``        a dataset prepared for a run (:func:`prepare_data`), labelled subsets, summary
 =================  ============================================================================
 
@@ -41,7 +45,7 @@ from .datasets import (  # noqa: F401
     read_cifar10_batches, read_idx, read_svhn, stratified_split)
 from .prepare import PreparedData, labelled_subset, prepare_data, probe_generator, summary, validation_split  # noqa: F401
 from .storage import (  # noqa: F401
-    FLOAT32_EXACT, DataSplits, Levels, SparseRows, as_images, as_labels, dense_limit, nbytes, seeded_split,
+    FLOAT32_EXACT, DataSplits, DenseRows, Levels, RowsOnDisk, SparseRows, as_images, row_totals, as_labels, dense_limit, nbytes, seeded_split,
     seeded_split_indices, train_and_test)
 from .user_files import (  # noqa: F401
     ARRAY_SUFFIXES, IMAGE_SUFFIXES, PATH_KEYS, USER_FILE_DATASETS, ArrayDataset, CSVDataset, GivenData, ImageFolder,
@@ -51,3 +55,6 @@ from .counts import (  # noqa: F401  (after user_files: the counts dataset is li
     log_normalized_variance, read_10x, read_counts, read_h5ad, read_names, read_sparse_npz, read_text_counts,
     seen_in_rows, top_variable_columns)
 from .dsprites import DSPRITES_FACTORS, DSPRITES_SIZES, DSprites  # noqa: F401  (registers "dsprites")
+from .stream import (  # noqa: F401  (registers "stream")
+    STREAM_VERSION, LayoutWriter, StreamDataset, StreamedRows, convert, is_stream, read_manifest, split_chunks)
+from .order import chunk_batches, epoch_batches  # noqa: F401

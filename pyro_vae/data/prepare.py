@@ -11,19 +11,25 @@ import torch
 
 from ..config import DATASETS, Config
 from ..errors import ConfigError
-from .storage import DataSplits, Levels, SparseRows
+from .storage import DataSplits, DenseRows, Levels, RowsOnDisk, SparseRows
 
 
 def summary(splits: DataSplits, checks: "Mapping[str, Callable[[torch.Tensor, str], None]] | None" = None) -> str:
     """One line: sizes, shape, value range, labels, and which of ``checks`` (by name, a function
     that refuses data it cannot take: the likelihoods' ``check_data``, passed in by the caller)
     the training values meet."""
-    x = splits.train
-    low, high = x.min().item(), x.max().item()
-    kind = ("binary" if bool(((x == 0) | (x == 1)).all()) else
-            "8-bit levels" if bool(((x * 255 - (x * 255).round()).abs() <= 1e-4).all()) and low >= 0 and high <= 1
-            else "counts: whole numbers >= 0" if low >= 0 and bool((x == x.round()).all())
-            else "real values")
+    held = splits.held("train")
+    if isinstance(held, RowsOnDisk):  # (the range recorded when the layout was written: nothing read)
+        stats = held.value_stats()
+        low, high, kind = stats["min"], stats["max"], stats["kind"]
+        checks = None  # (each likelihood's check would read every row)
+    else:
+        x = splits.train
+        low, high = x.min().item(), x.max().item()
+        kind = ("binary" if bool(((x == 0) | (x == 1)).all()) else
+                "8-bit levels" if bool(((x * 255 - (x * 255).round()).abs() <= 1e-4).all()) and low >= 0 and high <= 1
+                else "counts: whole numbers >= 0" if low >= 0 and bool((x == x.round()).all())
+                else "real values")
     labels = "no labels" if splits.train_labels is None else \
         f"labels: {len(torch.unique(splits.train_labels))} classes"
     line = f"{splits.description}; values in [{low:g}, {high:g}] ({kind}); {labels}"
@@ -99,6 +105,8 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
     what a float32 copy would give."""
     splits = splits or DATASETS.build(config.data, "data").load()
     splits.check_nonempty()
+    if isinstance(splits.held("train"), RowsOnDisk):
+        return _prepare_on_disk(config, program, device, splits)
     splits.check_finite()
     lik = program.contract
     values, test = splits.train, splits.test  # (levels decoded once each)
@@ -137,6 +145,43 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
     program.check_support(data.test, "test")
     program.check_support(lik.prepare_batch(data.train[: min(16, data.train.shape[0])].float(), probe_generator(device)),
                           "train")
+    return data
+
+
+def _prepare_on_disk(config: Config, program, device: torch.device, splits: DataSplits) -> PreparedData:
+    """Rows on disk (a streaming layout) prepared without reading them all: the splits stay on disk
+    and every batch is read as it is drawn (training, scoring, evaluation). Checked here: the first
+    rows of each split against the program's data contract (every value was checked when the layout
+    was written). The likelihood must take the rows as they are (its training and evaluation sets
+    unchanged by preparation: counts, real values, binarize = "dynamic"/"none"), since a preparation
+    of the whole set (a fixed binarization of the test set) would read it all."""
+    lik = program.contract
+    train, test = splits.held("train"), splits.held("test")
+    probe = train[: min(16, len(train))].float()
+    if lik.prepare_train_set(probe) is not probe or not torch.equal(lik.prepare_eval_set(probe), probe):
+        raise ConfigError(
+            f"the data is a streaming layout, read a batch at a time, and {program.name} prepares whole sets before "
+            f"training (e.g. a fixed binarization of the test set), which would read every row: choose a likelihood "
+            f"that scores the rows as they are (counts; real values; grey levels with continuous-bernoulli; binary "
+            f"data with bernoulli, binarize = \"none\"), or load the data into memory (the source file as data.path of "
+            f"its own dataset).")
+    program.check_data(probe, "train")
+    program.check_data(test[: min(16, len(test))].float(), "test")
+    labels, valid, valid_labels = splits.train_labels, None, None
+    if config.train.validation:  # (rows of the layout, read as each validation batch is scored)
+        keep, held_out = validation_split(len(train), config.train.validation, config.seed)
+        train, valid = train.view(keep.numpy()), DenseRows(splits.held("train").view(held_out.numpy()), device)
+        if labels is not None:
+            labels, valid_labels = labels[keep], labels[held_out]
+    n_sub = min(config.eval.train_subset, len(train))
+    data = PreparedData(splits=splits, train=train, test=DenseRows(test, device), train_eval=train[:n_sub].float().to(device),
+                        valid=valid)
+    if labels is not None:
+        on = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        data.train_labels, data.train_eval_labels = on(labels), on(labels[:n_sub])
+        data.valid_labels, data.test_labels = on(valid_labels), on(splits.test_labels)
+    program.check_support(test[: min(16, len(test))].float().to(device), "test")
+    program.check_support(lik.prepare_batch(probe.to(device), probe_generator(device)), "train")
     return data
 
 

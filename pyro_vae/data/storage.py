@@ -303,6 +303,83 @@ def _hash_sparse(h, t: SparseRows) -> None:
         h.update(sub.digest())
 
 
+class RowsOnDisk:
+    """Rows a split holds on disk, read a batch at a time (``data/stream.py``'s :class:`StreamedRows`):
+    ``rows[index]`` reads those rows (a tensor, :class:`Levels` or :class:`SparseRows`); the values
+    are never all in memory at once. What the splits ask of them besides: ``digest()``, a SHA-256 of
+    what they hold that reads nothing (the layout's own checksums); ``value_stats()``, the range and
+    kind of the values (recorded when the layout was written, where every value was checked)."""
+
+    def digest(self) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def value_stats(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def check_unchanged(self) -> None:
+        """Refuse rows changed on disk since they were opened (checked every epoch); default: none can."""
+
+    def verify(self) -> None:
+        """Refuse rows whose files are not those recorded (checked on resume); default: nothing to check."""
+
+
+class DenseRows(RowsOnDisk):
+    """Rows on disk read as dense float32 tensors on ``device``: ``rows[index]`` reads those rows
+    (what the evaluation, the pictures and ``encode`` index, a batch at a time); ``float()`` reads
+    them all (refused where too large, as :meth:`SparseRows.float`)."""
+
+    def __init__(self, rows: RowsOnDisk, device="cpu") -> None:
+        self.rows = rows.rows if isinstance(rows, DenseRows) else rows
+        self.device = torch.device(device)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.rows.shape
+
+    dtype = torch.float32
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self.rows[index.cpu() if torch.is_tensor(index) else index].float().to(self.device)
+
+    def to(self, device) -> "DenseRows":
+        return DenseRows(self.rows, device)
+
+    def float(self) -> torch.Tensor:
+        return self.rows.float().to(self.device)
+
+    def __getattr__(self, name: str):  # digest, value_stats, row_totals, view, release, check_unchanged, ...
+        if name == "rows":
+            raise AttributeError(name)
+        return getattr(self.rows, name)
+
+    def digest(self) -> str:
+        return self.rows.digest()
+
+    def value_stats(self) -> dict:
+        return self.rows.value_stats()
+
+    def check_unchanged(self) -> None:
+        self.rows.check_unchanged()
+
+    def verify(self) -> None:
+        self.rows.verify()
+
+    def __repr__(self) -> str:
+        return f"DenseRows({self.rows!r}, device={self.device})"
+
+
+def row_totals(x) -> torch.Tensor:
+    """Each row's total (the sum over its values), float32 (n,): of a tensor, :class:`Levels`,
+    :class:`SparseRows` or rows on disk (read a chunk at a time)."""
+    if isinstance(x, (SparseRows, RowsOnDisk)):
+        return x.row_totals().float()
+    x = x.float() if isinstance(x, Levels) else x
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
 def nbytes(x: "torch.Tensor | Levels | SparseRows | None") -> int:
     """Bytes of data held (a tensor's, its levels' or its sparse rows')."""
     if x is None:
@@ -321,6 +398,8 @@ class _Split:
         if splits is None:
             return self
         x = splits.held(self.split)
+        if isinstance(x, RowsOnDisk):  # (read a batch at a time as they are indexed, never all at once)
+            return DenseRows(x)
         return x.float() if isinstance(x, (Levels, SparseRows)) else x
 
     def __set__(self, splits, x: "torch.Tensor | Levels | SparseRows") -> None:
@@ -406,6 +485,9 @@ class DataSplits:
             if t is None:
                 h.update(b"none")
                 continue
+            if isinstance(t, RowsOnDisk):  # (its layout's checksums: nothing read)
+                h.update(f"rows on disk {t.digest()}".encode())
+                continue
             if isinstance(t, SparseRows):
                 _hash_sparse(h, t)
                 continue
@@ -477,8 +559,8 @@ class DataSplits:
 
     def check_finite(self) -> None:
         for split, x in self._held.items():
-            if isinstance(x, Levels):
-                continue  # 8-bit levels are finite
+            if isinstance(x, (Levels, RowsOnDisk)):
+                continue  # 8-bit levels are finite; a layout's values were checked when it was written
             bad = (~torch.isfinite(x.values if isinstance(x, SparseRows) else x)).sum().item()
             if bad:
                 raise DataError(

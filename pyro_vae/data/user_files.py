@@ -577,13 +577,17 @@ def absolute_paths(table: dict) -> dict:
 
 
 def dataset_for_path(path: str) -> dict:
-    """The ``[data]`` table of the dataset kind a path names (``--data PATH``): counts (an .h5ad
+    """The ``[data]`` table of the dataset kind a path names (``--data PATH``): a streaming layout
+    (``pyro-vae convert``), counts (an .h5ad
     file, a .mtx[.gz] file or a 10x folder holding matrix.mtx[.gz], or one level above it, .feat /
     .svm / .libsvm text, a .npz holding a SciPy sparse matrix), a folder of images, an array file or
     a CSV table."""
     from .counts import COUNT_SUFFIXES, count_format
+    from .stream import is_stream
 
     p = Path(path).expanduser()
+    if is_stream(p):  # a streaming layout (pyro-vae convert)
+        return {"name": "stream", "path": str(p)}
     if p.name.lower().endswith(COUNT_SUFFIXES) or p.suffix.lower() == ".npz" or p.is_dir():
         if count_format(p) is not None:
             return {"name": "counts", "path": str(p)}
