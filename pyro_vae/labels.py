@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -222,9 +223,11 @@ class LabelPolicy:
         terms = estimates.evidence_terms(self.given(program, labels), x, samples, chunk_pairs, False)
         return {k: terms[k] for k in ("elbo", "elbo_stderr", "log_px", "log_px_stderr")}
 
-    def classify(self, program, x, estimates: Estimates):
-        raise ProgramError(f"classify: {program.name} has no classifier q(y|x); a semi-supervised program "
-                           f"(model(x, y=None), y a latent) has one.")
+    def classify(self, program, x, estimates: Estimates, samples: int = 100, chunk_pairs: int | None = None,
+                 prior=None):
+        """(argmax_y p(y|x), p(y|x) per class (batch, C)) by the program's own account of y."""
+        raise ProgramError(f"classify: {program.name} takes no labels, so it has no classifier: a semi-supervised "
+                           f"program (model(x, y=None)) has q(y|x), a conditional one (model(x, y)) p(x|y).")
 
     def encode_batch(self, run, x: torch.Tensor, labels: torch.Tensor | None, samples: int, seed: int) -> dict:
         """One batch of ``encode``'s table: per latent site q's mean and scale, the ELBO and the
@@ -335,11 +338,33 @@ class Conditional(LabelPolicy):
     def latent_sites(self, program):
         return list(program.probing(1).latent_shapes)
 
+    def classify(self, program, x, estimates, samples=100, chunk_pairs=None, prior=None):
+        """Bayes' rule over the program's p(x|y): log p(y|x) = log p(x|y) + log p(y) - log sum_c p(x|c) p(c),
+        each log p(x|y = c) importance sampled (K = ``samples``); p(y) uniform unless ``prior`` gives it."""
+        classes = program.num_classes
+        log_prior = _log_class_prior(prior, classes).to(x.device)
+        log_px_y = torch.stack([estimates.log_evidence_diagnostics(
+            program.labelled(torch.full((len(x),), c, dtype=torch.long, device=x.device)), x, samples,
+            chunk_pairs)["log_px"] for c in range(classes)], dim=-1)
+        posterior = (log_px_y + log_prior).softmax(-1)
+        return posterior.argmax(-1), posterior
+
     def drawing_labels(self, program, classes):
         if classes is None:
             raise ConfigError(f"{program.name} is a conditional program, p(x|z, y): say which classes to draw, "
                               f"--classes all or --classes 0,3,7 (rows of --n images each).")
         return classes
+
+
+def _log_class_prior(prior, classes: int) -> torch.Tensor:
+    """log p(y) over ``classes`` classes: uniform for None, else C probabilities (non-negative, summing
+    to 1 within 1e-6), refused in words otherwise."""
+    if prior is None:
+        return torch.full((classes,), -math.log(classes))
+    p = torch.as_tensor(prior, dtype=torch.float64).flatten()
+    if p.numel() != classes or not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or abs(float(p.sum()) - 1) > 1e-6:
+        raise ConfigError(f"prior must be {classes} class probabilities (non-negative, summing to 1), got {prior!r}.")
+    return p.log().float()
 
 
 class SemiSupervised(LabelPolicy):
@@ -473,7 +498,7 @@ class SemiSupervised(LabelPolicy):
         return {"elbo": estimates.summed_elbo_terms(program, x)["elbo"],  # (one draw of z per class)
                 "log_px": evidence["log_px"], "log_px_stderr": evidence["stderr"]}
 
-    def classify(self, program, x, estimates):
+    def classify(self, program, x, estimates, samples=100, chunk_pairs=None, prior=None):
         return estimates.predictions(program, x)
 
     def encode_batch(self, run, x, labels, samples, seed):

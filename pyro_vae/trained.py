@@ -3,7 +3,7 @@
 :func:`load_run` rebuilds a run from its folder (its program, trained parameters and data, each
 checked against what the run recorded); :func:`load` is the trained model without its data, from a
 run folder or an export; :class:`Run` is that run, with the model to use (``encode``, ``decode``,
-``reconstruct``, ``sample``, ``elbo``, ``log_prob``; ``classify`` for a semi-supervised one;
+``reconstruct``, ``sample``, ``elbo``, ``log_prob``; ``classify`` for a semi-supervised or conditional one;
 :meth:`Run.encode_table`, the table ``pyro-vae encode`` writes). How a call takes labels is the
 program's label policy's (``labels.py``). :func:`export_run` writes a model to share (parameters as
 safetensors, no code, no pickle) and :func:`load_export` reads it back; :func:`finish_run` evaluates
@@ -302,9 +302,17 @@ class Run:
                                                 ESTIMATES)
 
     @torch.no_grad()
-    def classify(self, x) -> tuple[torch.Tensor, torch.Tensor]:
-        """A semi-supervised program's classifier q(y|x): (argmax_y q(y|x), q(y|x) per class (batch, C))."""
-        return self.program.policy.classify(self.program, self.inputs(x, scored=True), ESTIMATES)
+    def classify(self, x, samples: int = 100, seed: int | None = None, prior=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the predicted class, the class probabilities per datapoint (batch, C)). A semi-supervised
+        program: its classifier q(y|x) (``samples``, ``seed`` and ``prior`` unused). A conditional
+        program, p(x|y) only: Bayes' rule, p(y|x) proportional to p(x|y) p(y), log p(x|y) importance
+        sampled with K = ``samples`` draws per class and ``prior`` p(y) uniform unless given (C
+        probabilities)."""
+        samples = _count(samples, "samples")
+        x = self.inputs(x, scored=True)
+        with seeded(self.config.seed if seed is None else seed, self.device):
+            return self.program.policy.classify(self.program, x, ESTIMATES, samples=samples,
+                                                chunk_pairs=self.config.eval.chunk_pairs, prior=prior)
 
     @torch.no_grad()
     def log_prob(self, x, samples: int = 1000, seed: int | None = None, labels=None) -> dict[str, torch.Tensor]:

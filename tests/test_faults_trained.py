@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import ConfigError, DataError, Trainer, VAE
+from pyro_vae import ConfigError, DataError, ProgramError, Trainer, VAE
 from pyro_vae import files as files_module
 from pyro_vae.cli import main
 from pyro_vae.data import DataSplits
@@ -154,7 +154,8 @@ def test_an_image_folder_whose_files_changed_keeping_names_sizes_and_times_is_de
     (lambda r: r.decode(torch.full((3, 2), float("nan"))), DataError, "NaN or infinite"),
     (lambda r: r.elbo(r.data.test[:0]), DataError, "holds no datapoints"),
     (lambda r: r.elbo(torch.empty(2, 1, 6, 6, device="meta")), DataError, "meta device"),
-], ids=["sample-negative", "sample-fraction", "samples-zero", "latent-size", "nan-z", "empty", "meta"])
+    (lambda r: r.classify(r.data.test[:2]), ProgramError, "takes no labels, so it has no classifier"),
+], ids=["sample-negative", "sample-fraction", "samples-zero", "latent-size", "nan-z", "empty", "meta", "classify"])
 def test_the_api_refuses_bad_arguments_in_one_line_naming_the_fix(run, call, error, fragment):
     with pytest.raises(error, match=fragment):
         call(load_run(run))

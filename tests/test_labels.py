@@ -291,9 +291,16 @@ def test_a_loaded_m2_scores_with_y_summed_classifies_and_the_cli_encodes_and_exp
     torch.testing.assert_close(run.log_prob(x, 7, seed=3)["log_px"], by_hand)
     predicted, q_y = run.classify(x)
     assert torch.equal(predicted, label_predictions(run.program, x)[0]) and torch.allclose(q_y.sum(1), torch.ones(6))
-    with pytest.raises(ProgramError, match="has no classifier"):
-        Trainer(labelled_config("cvae", "elbo"), tmp_path / "cv", progress=False, log=lambda line: None).fit()
-        load_run(tmp_path / "cv", trust_code=False).classify(x)
+    Trainer(labelled_config("cvae", "elbo"), tmp_path / "cv", progress=False, log=lambda line: None).fit()
+    cv_run = load_run(tmp_path / "cv", trust_code=False)
+    predicted, p_y = cv_run.classify(x, samples=20, seed=4)  # a conditional program: Bayes' rule over p(x|y)
+    with seeded(4, "cpu"):  # by hand: log p(x|y = c) for c = 0..3 in turn, K = 20, p(y) uniform
+        log_px_y = torch.stack([log_evidence(cv_run.program.labelled(torch.full((6,), c)), x, 20) for c in range(4)], 1)
+    torch.testing.assert_close(p_y, log_px_y.softmax(1))
+    assert torch.equal(predicted, log_px_y.argmax(1))
+    assert torch.equal(cv_run.classify(x, samples=20, prior=[0.0, 0.0, 1.0, 0.0])[0], torch.full((6,), 2))
+    with pytest.raises(ConfigError, match="prior must be 4 class probabilities"):
+        cv_run.classify(x, prior=[0.5, 0.5])
     assert main(["encode", str(tmp_path / "m2"), "--out", str(tmp_path / "m2.npz"), "--samples", "3", "--no-progress"]) == 0
     table = np.load(tmp_path / "m2.npz")
     assert table["q_y"].shape == (len(run.data.prepared_test), 4) and table["mean"].shape == (len(run.data.prepared_test), 2)
