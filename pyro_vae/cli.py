@@ -586,7 +586,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _command(sub, name: str, examples: list[str], help: str) -> argparse.ArgumentParser:
     """A subcommand whose own --help opens with its one-line description and ends with examples."""
-    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", allow_abbrev=False,
                           epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -804,7 +804,7 @@ def _parser_config(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pyro-vae",
+        prog="pyro-vae", allow_abbrev=False,  # an option spelt short (--sample for --samples) is refused, not guessed
         description="Variational autoencoders in Pyro: declared priors, likelihoods and ELBO estimators. "
         "All numbers are nats per datapoint (summed over pixels).",
     )
