@@ -5,10 +5,14 @@ reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment and joins
 group: backend ``nccl`` with one GPU per process when CUDA is present, ``gloo`` on CPU. The
 meaning of a run does not depend on the number of processes N:
 
-* every process holds the whole (MNIST-sized) dataset and draws the same global batch indices,
-  the same dynamic binarization and the same reparameterization noise for the whole global batch
-  (so each example's noise depends on its place in the batch, not on which rank handles it), then
-  keeps its contiguous shard of the batch;
+* every process draws the same global batch indices (the epoch's order is an index, 8 bytes a
+  row) and keeps its contiguous shard of them. With ``train.noise = "keyed"`` (the default for a
+  streamed dataset, ``data.name = "stream"``) it reads only its shard's rows from disk and draws
+  each datapoint's noise (binarization, reparameterization) from a stream keyed on (seed, epoch,
+  step, datapoint index), so no process holds or generates the global batch. Otherwise (the
+  in-memory datasets' default) every process holds the dataset and draws the noise of the whole
+  global batch, keeping its shard's part. Either way each example's noise does not depend on which
+  rank handles it;
 * after the backward pass the gradients, which are sums over the shard's examples, are summed
   over ranks with one ``all_reduce`` (so they equal the single-process gradient, a sum over the
   global batch), together with the loss; every rank then takes the same optimizer step;
