@@ -1,10 +1,14 @@
-"""How long the command line takes to answer --help and a usage error, against importing torch.
+"""How long the command line takes to answer --help, a usage error and a small command (``sample
+RUN --n 16``), against importing torch, and where the small command's time goes.
 
 Each command is a fresh Python process (what a user waits for), timed wall-clock; the commands
 alternate within each round, and the table gives the median over rounds and its ratio to
 ``python -c "import torch"`` in the same round. The command line imports torch and pyro only when
 a command runs (``tests/test_cli.py`` checks --help and usage errors import neither), so its
---help should cost a fraction of the torch import.
+--help should cost a fraction of the torch import. ``sample`` runs on a run of the default model
+trained for one epoch at the start (``--run`` to give one); its time is then split by ``python -X
+importtime`` into the imports of torch, pyro and the rest, and what is left: loading the run,
+drawing, writing the PNG.
 
     python benchmarks/cli_startup.py --rounds 10
     python benchmarks/cli_startup.py --rounds 1      # smoke
@@ -15,10 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 COMMANDS = {
     'python -c "import torch"': [sys.executable, "-c", "import torch"],
@@ -28,14 +35,39 @@ COMMANDS = {
     'python -c "import pyro_vae.training" (what a command imports)': [sys.executable, "-c", "import pyro_vae.training"],
 }
 BASE = 'python -c "import torch"'
+SAMPLE = "pyro-vae sample RUN --n 16"
+
+
+def imports_of(command: list[str]) -> tuple[dict[str, float], float]:
+    """(seconds of each top-level import, by package: torch, pyro, pyro_vae, the rest; the whole
+    command's wall seconds) of one run of ``command`` under ``python -X importtime``."""
+    start = time.perf_counter()
+    err = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True).stderr
+    total = time.perf_counter() - start
+    seconds: dict[str, float] = {}
+    for line in err.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if m and len(m[2]) == 1:  # a top-level import: its cumulative time counts what it pulled in
+            package = m[3].split(".")[0]
+            key = package if package in ("torch", "pyro", "pyro_vae") else "other"
+            seconds[key] = seconds.get(key, 0.0) + int(m[1]) / 1e6
+    return seconds, total
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--run", type=Path, help="a run folder for sample (default: the default model, 1 epoch)")
     args = parser.parse_args(argv)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}")
+    scratch = tempfile.TemporaryDirectory()
+    run = args.run or Path(scratch.name) / "run"
+    if args.run is None:
+        subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--set", "train.epochs=1", "--out", str(run),
+                        "--quiet"], check=True)
+    COMMANDS[SAMPLE] = [sys.executable, "-m", "pyro_vae", "sample", str(run), "--n", "16", "--out",
+                        str(Path(scratch.name) / "s.png"), "--overwrite"]
     names = list(COMMANDS)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
@@ -49,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         ratio = statistics.median(a / b for a, b in zip(times[name], times[BASE]))
         print(f"| {name} | {statistics.median(times[name]):.3f} | {ratio:.2f}x |")
     print(f"\n{args.rounds} rounds, commands alternating; each a fresh process")
+    parts = [imports_of(COMMANDS[SAMPLE]) for _ in range(args.rounds)]
+    total = statistics.median(t for _, t in parts)
+    print(f"\n`{SAMPLE}`, where its time goes (median of {args.rounds} runs under -X importtime, {total:.3f} s "
+          f"in all):\n\n| part | seconds | share |\n| --- | --- | --- |")
+    for key in ("torch", "pyro", "pyro_vae", "other"):
+        value = statistics.median(p.get(key, 0.0) for p, _ in parts)
+        print(f"| import {key} | {value:.3f} | {value / total:.0%} |")
+    rest = statistics.median(t - sum(p.values()) for p, t in parts)
+    print(f"| the rest: interpreter start, loading the run, drawing, the PNG | {rest:.3f} | {rest / total:.0%} |")
+    scratch.cleanup()
     return 0
 
 

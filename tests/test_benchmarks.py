@@ -86,11 +86,16 @@ def test_discrete_estimators_runs(capsys, tmp_path):
     assert out.count("| straight-through-gumbel(final_temperature=0.5; anneal_epochs=1.0) | 1 | 3 |") == 2
 
 
-def test_cli_startup_runs(capsys):
+def test_cli_startup_runs(capsys, tmp_path):
+    from conftest import tiny_config
+    from pyro_vae import Trainer
+
+    Trainer(tiny_config(), tmp_path / "run", progress=False, log=lambda line: None).fit()
     bench = load("cli_startup")
-    assert bench.main(["--rounds", "1"]) == 0
+    assert bench.main(["--rounds", "1", "--run", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert out.count("x |") == len(bench.COMMANDS) and "pyro-vae --help" in out
+    assert out.count("x |") == len(bench.COMMANDS) and "pyro-vae --help" in out and "pyro-vae sample RUN --n 16" in out
+    assert "| import torch |" in out and "| the rest: interpreter start" in out
 
 
 def test_step_overhead_runs(capsys):
