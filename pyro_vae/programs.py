@@ -23,7 +23,9 @@ Optional, by duck typing: ``check_data(x, split)``, ``prepare_train_set(x)``,
 contract: refuse data the program cannot score, binarize, ...; default: the data as it is, whose
 values are still checked against the support of site "x"); ``fit_to_data(x, generator)`` (once,
 before training, with the prepared training set: a float tensor, or for rows on disk, a streaming
-layout, the container itself, ``x[index]`` reading rows and ``data.row_totals(x)`` their totals); ``network_bodies()`` (the modules
+layout, the container itself, ``x[index]`` reading rows and ``data.row_totals(x)`` their totals;
+counts held sparse in memory come as a float tensor unless the module sets ``fit_takes_rows =
+True``, then as the :class:`~pyro_vae.data.SparseRows` container); ``network_bodies()`` (the modules
 ``train.precision = "bfloat16"`` may run in bfloat16).
 
 From a config, ``[model] program = "package.module:ClassName"`` names the class (imported with the
@@ -60,6 +62,7 @@ from torch import nn
 
 from .config import CODE_KEY, Config, ModelConfig, ProgramConfig, library_program
 from .data.checks import check_batch, require_finite
+from .data.storage import SparseRows
 from .distributions import enumerable, one_hot_groups, state_count
 from .errors import ConfigError, DataError, ProgramError
 from .labels import LABEL_SITE, LabelPolicy, policy_of  # noqa: F401  (LABEL_SITE: re-exported)
@@ -357,8 +360,9 @@ class _DataContract:
         if self.vae is not None:
             self.vae.prior.fit_to_data(x, generator)
             self.vae.likelihood.fit_to_data(x)
-        elif hasattr(self.module, "fit_to_data"):
-            self.module.fit_to_data(x, generator)
+        elif hasattr(self.module, "fit_to_data"):  # (sparse rows dense unless the module takes containers)
+            takes_rows = getattr(self.module, "fit_takes_rows", False) or not isinstance(x, SparseRows)
+            self.module.fit_to_data(x if takes_rows else x.float(), generator)
 
     def _as_data(self, value: torch.Tensor) -> torch.Tensor:
         """A value of site "x" (n, *its event) in the data's shape (n, *data_shape): as it is, or

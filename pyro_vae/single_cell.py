@@ -72,6 +72,7 @@ class SingleCellVAE(LikelihoodDataContract, nn.Module):
         self.register_buffer("library_scale", torch.tensor(1.0))
 
     covariates = 0  #: the width of the one-hot covariate beside z and h (the batch program's)
+    fit_takes_rows = True  #: fit_to_data reads row totals alone: sparse rows come as they are held
 
     def spec(self) -> dict[str, Any]:
         """The options that rebuild this program (the ``[model]`` table's, beside ``program``)."""

@@ -33,7 +33,8 @@ from . import preflight
 from .callbacks import build_callbacks
 from .config import OBJECTIVES, Config
 from .data.stream import DEFAULT_CHUNK_ROWS
-from .data import DATASETS, DataSplits, RowsOnDisk, absolute_paths, chunk_batches, epoch_batches, prepare_data
+from .data import (DATASETS, DataSplits, RowsOnDisk, SparseRows, absolute_paths, chunk_batches, epoch_batches,
+                   prepare_data)
 from .distributed import SINGLE, Distributed
 from .errors import ConfigError, RunDirError, StorageError, TrainingDiverged
 from .evaluation import Evaluation, evaluate
@@ -45,6 +46,12 @@ from .runs import (BEST, CHECKPOINT, CONFIG, METRICS, RESUMABLE_CHANGES, append_
                    check_same_data, check_same_device, checkpoint_state, discard_unstarted, eval_keys, load_checkpoint,
                    load_parameters, prepare_run_dir, read_metrics, restore_random_state, run_lock, save_checkpoint,
                    snapshot_path)
+
+def fit_rows(train):
+    """What ``fit_to_data`` is given: rows on disk or held sparse as their container (read a chunk at
+    a time, never made dense whole), a float tensor otherwise (8-bit levels decoded)."""
+    return train if isinstance(train, (RowsOnDisk, SparseRows)) else train.float()
+
 
 def kl_weight(config: Config, epoch_progress: float) -> float:
     """beta at a point in training measured in epochs: start -> 1 linearly over kl_warmup_epochs."""
@@ -470,8 +477,9 @@ class Trainer:
         preflight.check_sizes(self.config, self.program.module, self.data.train.shape[0], self.run_dir, self.log)
         self.feed = Feed.for_run(self.config, self.data.train, self.program.policy, self.log)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        # (rows on disk: the container, never read whole; e.g. a count likelihood's library size, VampPrior's inputs)
-        self.program.fit_to_data(self.data.train if self.feed.on_disk else self.data.train.float(), self.generator)
+        # (rows on disk or held sparse: the container, never made dense whole; e.g. a count likelihood's library
+        # size, VampPrior's inputs)
+        self.program.fit_to_data(fit_rows(self.data.train), self.generator)
         if not self.program.direct:
             preflight.check_program(self.program, self.objective, self.data, self.device)
         self.bodies = self.program.network_bodies() or []  # what train.precision runs in bfloat16

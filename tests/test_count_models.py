@@ -54,6 +54,24 @@ def test_counts_train_from_rows_held_sparse_and_every_batch_is_the_dense_values(
     assert torch.equal(dense, rows) and dense.sum() > 0 and counts.shape[1] == dense.shape[1]
 
 
+@pytest.mark.parametrize("program", ["vae", "scvi"])
+def test_no_step_before_training_makes_the_whole_training_set_dense(program, tmp_path, monkeypatch):
+    """The summary, the data checks (a block of rows at a time), the library size and the scVI prior
+    of log l read the sparse rows as they are held: no call makes every training row dense."""
+    write_counts(tmp_path / "c.npz", rows=400)
+    made_dense = []
+    dense = SparseRows.float
+    monkeypatch.setattr(SparseRows, "float", lambda self: made_dense.append(len(self)) or dense(self))
+    monkeypatch.setattr("pyro_vae.data.prepare._check_data.__defaults__", (64,))  # blocks of 64 rows
+    trainer = Trainer(counts_config(tmp_path / "c.npz", program=program), tmp_path / "run", **QUIET).start()
+    assert made_dense and max(made_dense) < len(trainer.data.train) == 300
+    totals = torch.from_numpy(trainer.data.train.to_scipy().sum(1).A1).float()
+    if program == "vae":  # (what the rows were read for: the totals' median, the log totals' mean)
+        assert trainer.program.contract.library_size.item() == totals.median().item()
+    else:
+        assert trainer.program.module.library_loc.item() == pytest.approx(totals[totals > 0].double().log().mean().item())
+
+
 @pytest.mark.parametrize("library", ["observed", "latent"])
 def test_the_scvi_program_trains_evaluates_and_records_its_library_prior(library, tmp_path):
     write_counts(tmp_path / "c.npz")

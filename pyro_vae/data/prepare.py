@@ -24,7 +24,7 @@ def summary(splits: DataSplits, checks: "Mapping[str, Callable[[torch.Tensor, st
         low, high, kind = stats["min"], stats["max"], stats["kind"]
         checks = None  # (each likelihood's check would read every row)
     else:
-        x = splits.train
+        x = splits.train if not isinstance(held, SparseRows) else _stored_values(held)
         low, high = x.min().item(), x.max().item()
         kind = ("binary" if bool(((x == 0) | (x == 1)).all()) else
                 "8-bit levels" if bool(((x * 255 - (x * 255).round()).abs() <= 1e-4).all()) and low >= 0 and high <= 1
@@ -43,6 +43,15 @@ def summary(splits: DataSplits, checks: "Mapping[str, Callable[[torch.Tensor, st
             continue
         fits.append(name)
     return f"{line}; likelihoods that fit: {', '.join(fits) or 'none'}"
+
+
+def _stored_values(rows: SparseRows) -> torch.Tensor:
+    """The values sparse rows hold, and a 0 where any entry is implicit, as one row (1, k): what the
+    summary's range, kind and each likelihood's value check read, never the matrix made dense."""
+    values = rows.values.float().reshape(1, -1)
+    if rows.nnz < rows.shape[0] * rows.shape[1]:
+        values = torch.cat([values, values.new_zeros(1, 1)], dim=1)
+    return values
 
 
 @dataclass
@@ -109,19 +118,20 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
         return _prepare_on_disk(config, program, device, splits)
     splits.check_finite()
     lik = program.contract
-    values, test = splits.train, splits.test  # (levels decoded once each)
-    program.check_data(values, "train")
-    program.check_data(test, "test")
     held, valid = splits.held("train"), None
+    sparse = isinstance(held, SparseRows) and _takes_rows_as_they_are(lik, held)
+    values, test = (held if sparse else splits.train), splits.test  # (levels decoded once each; counts never whole)
+    _check_data(program, values, "train")
+    program.check_data(test, "test")
     labels, valid_labels = splits.train_labels, None
     if config.train.validation:
         keep, held_out = validation_split(values.shape[0], config.train.validation, config.seed)
-        valid = lik.prepare_eval_set(values[held_out].to(device))
+        valid = lik.prepare_eval_set(_dense(values[held_out]).to(device))
         held, values = held[keep], values[keep]
         if labels is not None:
             labels, valid_labels = labels[keep], labels[held_out]
     held, values = held.to(device), values.to(device)
-    prepared = lik.prepare_train_set(values)
+    prepared = values if sparse else lik.prepare_train_set(values)
     if isinstance(held, (Levels, SparseRows)) and prepared is values:
         train = held  # left as it is: the levels, or the counts held sparse (densified a batch at a time)
     else:
@@ -130,7 +140,7 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
     n_sub = min(config.eval.train_subset, train.shape[0])
     # the training subset scored each epoch: the images trained on, or (when every batch draws
     # afresh, e.g. dynamic binarization) one fixed draw of them
-    train_eval = lik.prepare_eval_set(values[:n_sub]) if lik.stochastic_batches else train[:n_sub].float()
+    train_eval = lik.prepare_eval_set(_dense(values[:n_sub])) if lik.stochastic_batches else train[:n_sub].float()
     data = PreparedData(
         splits=splits,
         train=train,
@@ -146,6 +156,26 @@ def prepare_data(config: Config, program, device: torch.device, splits: DataSpli
     program.check_support(lik.prepare_batch(data.train[: min(16, data.train.shape[0])].float(), probe_generator(device)),
                           "train")
     return data
+
+
+def _dense(x):
+    return x.float() if isinstance(x, SparseRows) else x
+
+
+def _takes_rows_as_they_are(lik, rows: SparseRows) -> bool:
+    """Whether the likelihood trains on sparse rows as they are (counts: its preparation leaves them),
+    so the training set need never be made dense; judged on the first rows."""
+    probe = rows[: min(16, len(rows))].float()
+    return lik.prepare_train_set(probe) is probe
+
+
+def _check_data(program, values, split: str, block: int = 8192) -> None:
+    """The program's data contract on ``values``; sparse rows a block of rows at a time (memory: one
+    dense block, never the whole matrix)."""
+    if not isinstance(values, SparseRows):
+        return program.check_data(values, split)
+    for start in range(0, len(values), block):
+        program.check_data(values[start : start + block].float(), split)
 
 
 def _prepare_on_disk(config: Config, program, device: torch.device, splits: DataSplits) -> PreparedData:
