@@ -477,8 +477,7 @@ class Trainer:
         preflight.check_sizes(self.config, self.program.module, self.data.train.shape[0], self.run_dir, self.log)
         self.feed = Feed.for_run(self.config, self.data.train, self.program.policy, self.log)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        # (rows on disk or held sparse: the container, never made dense whole; e.g. a count likelihood's library
-        # size, VampPrior's inputs)
+        # (rows on disk or held sparse: the container, never made dense whole: a library size, VampPrior's inputs)
         self.program.fit_to_data(fit_rows(self.data.train), self.generator)
         if not self.program.direct:
             preflight.check_program(self.program, self.objective, self.data, self.device)
