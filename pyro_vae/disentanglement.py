@@ -225,7 +225,7 @@ def _means_and_factors(run_or_means, factors, points: int, seed: int):
 
 def disentanglement_scores(run_or_means, factors=None, *, points: int = SCORE_POINTS, resamples: int = 10,
                            seed: int = 0, factor_bins: int = 20, represent: Callable | None = None,
-                           factor_sizes=None) -> dict:
+                           factor_sizes=None, factorvae_options: dict | None = None) -> dict:
     """MIG, DCI (disentanglement, completeness, informativeness), SAP and, where data can be drawn
     from given factors, the FactorVAE score, each with its bootstrap standard error.
 
@@ -236,7 +236,8 @@ def disentanglement_scores(run_or_means, factors=None, *, points: int = SCORE_PO
     ``scores.with_stderr`` over ``resamples`` bootstrap resamples (seeded). The FactorVAE score
     (``scores.factorvae_score``) needs ``represent`` (factor rows -> latents: render and encode) and
     ``factor_sizes``; for a run on the dSprites-like data both are taken from it; its standard error
-    is the binomial one of its evaluation votes, sqrt(s (1 - s) / votes).
+    is the binomial one of its evaluation votes, sqrt(s (1 - s) / votes); ``factorvae_options`` go to
+    ``scores.factorvae_score`` (e.g. fewer votes: ``{"train_votes": 80, "eval_votes": 40}``).
 
     Returns flat keys (what a table reads): ``mig``, ``dci_disentanglement``, ``dci_completeness``,
     ``dci_informativeness``, ``sap``, ``factorvae`` (None where not computed), each with
@@ -255,7 +256,7 @@ def disentanglement_scores(run_or_means, factors=None, *, points: int = SCORE_PO
     represent, factor_sizes = _factorvae_inputs(run_or_means, represent, factor_sizes)
     out["factorvae"] = out["factorvae_stderr"] = None
     if represent is not None:
-        fv = scores.factorvae_score(represent, factor_sizes, seed=seed)
+        fv = scores.factorvae_score(represent, factor_sizes, seed=seed, **(factorvae_options or {}))
         s, votes = fv["score"], int(np.sum(fv["votes_eval"]))
         out["factorvae"], out["factorvae_stderr"] = s, math.sqrt(s * (1 - s) / max(votes, 1))
     return out

@@ -212,6 +212,9 @@ def test_evaluate_disentanglement_scores_a_dsprites_run_and_refuses_data_without
     assert main(["evaluate", str(run), "--samples", "2", "--disentanglement", "--points", "60", "--resamples", "2",
                  "--no-progress"]) == 0
     assert "MIG" in capsys.readouterr().out
+    parts = json.loads((run / "evaluation.json").read_text())["kl_decomposition"]  # training's own evaluation
+    assert parts["mutual_information"] + parts["total_correlation"] + parts["dimension_wise_kl"] == pytest.approx(
+        parts["kl"], abs=1e-4)
     report = json.loads((run / "evaluation-K2-seed0.json").read_text())["disentanglement"]
     for key in ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness", "factorvae"):
         assert 0 <= report[key] <= 1 and report[key + "_stderr"] >= 0, key
