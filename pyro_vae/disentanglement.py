@@ -94,15 +94,15 @@ def log_weight_matrix(batch: int, dataset_size: int, estimator: str = "stratifie
     return w
 
 
-def decomposed_kl(q, p, z: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor, dataset_size: int,
+def decomposed_kl(q, z: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor, dataset_size: int,
                   estimator: str = "stratified") -> dict[str, torch.Tensor]:
     """The three parts of log q(z|x_i) - log p(z) per draw, each (K, B): ``mutual_information``,
     ``total_correlation``, ``dimension_wise_kl`` (module docstring), from one batch.
 
-    ``q``: q(z|x) of the batch (batch shape (B,), event (D,), independent coordinates); ``p``: p(z)
-    (any: where its coordinates are not independent the third part is E[log prod_d q(z_d) - log p(z)]);
-    ``z``: the draws (K, B, D) or (B, D); ``log_q``, ``log_p``: log q(z|x_i) and log p(z) per draw (the
-    terms' own, so that the parts sum to them exactly). Costs O(K B^2 D)."""
+    ``q``: q(z|x) of the batch (batch shape (B,), event (D,), independent coordinates); ``z``: the
+    draws (K, B, D) or (B, D); ``log_q``, ``log_p``: log q(z|x_i) and log p(z) per draw (the terms' own,
+    so that the parts sum to them exactly; p(z) any prior: where its coordinates are not independent
+    the third part is E[log prod_d q(z_d) - log p(z)]). Costs O(K B^2 D)."""
     q_d = coordinates(q, "q(z|x)")
     z3 = z if z.dim() == 3 else z.unsqueeze(0)
     batch = z3.shape[1]

@@ -770,7 +770,7 @@ class BetaTCELBO(Objective):
         if self._n < batch:
             raise ConfigError(f"objective '{self.name}': dataset_size = {self._n} is smaller than the batch ({batch}); "
                               f"set train.objective.dataset_size to the size of the set the batches come from.")
-        return decomposed_kl(site.q, site.p, site.value, terms.log_q, terms.log_prior, self._n, self.estimator)
+        return decomposed_kl(site.q, site.value, terms.log_q, terms.log_prior, self._n, self.estimator)
 
     def surrogate(self, terms, kl_weight=1.0):
         parts = self.parts(terms)

@@ -354,3 +354,4 @@ def test_disentangle_trains_scores_and_times_each_objective(tmp_path, capsys):
         parts = sum(run["decomposition_" + k] for k in ("mutual_information", "total_correlation", "dimension_wise_kl"))
         assert parts == pytest.approx(run["decomposition_kl"], abs=1e-3)
     assert result["timing"]["ratio"] > 0 and "| FactorVAE, gamma 35 |" in (tmp_path / "result.md").read_text()
+    assert (tmp_path / "price.png").stat().st_size > 0
