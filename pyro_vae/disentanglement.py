@@ -59,21 +59,21 @@ BLOCK_ROWS = 256
 
 
 def coordinates(distribution, what: str):
-    """The per-coordinate distribution of a distribution over vectors whose coordinates are
-    independent (``Independent(base, 1)``: a diagonal Gaussian q(z|x), a standard normal p(z)); refused
-    otherwise, naming the fix."""
+    """The per-coordinate Normal of a diagonal Gaussian over vectors (``Independent(Normal, 1)``: the
+    diagonal-gaussian guide's q(z|x)); refused otherwise, naming the fix."""
     import torch.distributions as td
 
     d = distribution
     while isinstance(d, td.Independent) and d.reinterpreted_batch_ndims == 1 and isinstance(
             d.base_dist, td.Independent):
         d = d.base_dist
-    if isinstance(d, td.Independent) and d.reinterpreted_batch_ndims == 1 and len(d.event_shape) == 1:
+    if isinstance(d, td.Independent) and d.reinterpreted_batch_ndims == 1 and len(d.event_shape) == 1 and \
+            isinstance(d.base_dist, td.Normal):
         return d.base_dist
     raise ConfigError(
-        f"the total-correlation decomposition needs {what} with independent coordinates over a vector latent "
-        f"(a diagonal-gaussian guide, a standard-normal or learned-gaussian prior); got {type(distribution).__name__} "
-        f"with event shape {tuple(distribution.event_shape)}. Use those components, or objective 'beta'.")
+        f"the total-correlation decomposition needs {what} to be a diagonal Gaussian over a vector latent (the "
+        f"diagonal-gaussian guide); got {type(distribution).__name__} with event shape "
+        f"{tuple(distribution.event_shape)}. Use model.guide = \"diagonal-gaussian\", or objective 'beta'.")
 
 
 def log_weight_matrix(batch: int, dataset_size: int, estimator: str = "stratified",
@@ -106,7 +106,8 @@ def decomposed_kl(q, z: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor, 
     q_d = coordinates(q, "q(z|x)")
     z3 = z if z.dim() == 3 else z.unsqueeze(0)
     batch = z3.shape[1]
-    per_pair = q_d.log_prob(z3.unsqueeze(2))  # (K, B_i, B_j, D): log q(z_id | x_j)
+    # (K, B_i, B_j, D): log q(z_id | x_j); q's parameters (B, D), or (K, B, D) from a traced particle plate
+    per_pair = torch.distributions.Normal(q_d.loc.unsqueeze(-3), q_d.scale.unsqueeze(-3)).log_prob(z3.unsqueeze(2))
     log_w = log_weight_matrix(batch, dataset_size, estimator, per_pair.dtype, per_pair.device)
     log_qz = torch.logsumexp(log_w + per_pair.sum(-1), dim=2)  # (K, B)
     log_marginals = torch.logsumexp(log_w.unsqueeze(-1) + per_pair, dim=2).sum(-1)  # (K, B): sum_d log q^(z_d)
@@ -163,6 +164,15 @@ def kl_decomposition(program, x: torch.Tensor, seed: int = 0, batch_size: int = 
     out["kl"] = (log_q - log_p).mean().item()
     out["datapoints"] = m
     return out
+
+
+def decomposition_or_reason(program, x: torch.Tensor, seed: int = 0, batch_size: int = 500) -> dict:
+    """:func:`kl_decomposition`, or ``{"not_computed": why}`` where the program has no such decomposition
+    (a guide other than a diagonal Gaussian, several latent sites): what a run reports beside its scores."""
+    try:
+        return kl_decomposition(program, x, seed=seed, batch_size=batch_size)
+    except ConfigError as e:
+        return {"not_computed": str(e)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -676,13 +676,13 @@ def decomposition_report(run: Run) -> dict:
     decomposition (index-code MI, total correlation, dimension-wise KL; ``disentanglement.kl_decomposition``)
     over the first 2,000 test datapoints' exact aggregate posterior, for evaluation.json; {} otherwise."""
     from .config import OBJECTIVES
-    from .disentanglement import SCORE_POINTS, kl_decomposition
+    from .disentanglement import SCORE_POINTS, decomposition_or_reason
 
     objective = run.config.train.objective
     if not getattr(OBJECTIVES.get(objective["name"]), "reports_decomposition", False):
         return {}
-    parts = kl_decomposition(run.program, run.prepared.test[:SCORE_POINTS], seed=run.config.seed,
-                             batch_size=run.config.eval.batch_size)
+    parts = decomposition_or_reason(run.program, run.prepared.test[:SCORE_POINTS], seed=run.config.seed,
+                                    batch_size=run.config.eval.batch_size)
     return {"kl_decomposition": {**parts, "units": "nats per datapoint", "over": "the test datapoints' own aggregate "
                                  "posterior q(z) = (1/M) sum_n q(z|x_n), one draw each"}}
 

@@ -34,7 +34,7 @@ from .callbacks import build_callbacks
 from .config import OBJECTIVES, Config
 from .data.stream import DEFAULT_CHUNK_ROWS
 from .data import DATASETS, DataSplits, RowsOnDisk, absolute_paths, chunk_batches, epoch_batches, prepare_data
-from .disentanglement import kl_decomposition
+from .disentanglement import decomposition_or_reason
 from .distributed import SINGLE, Distributed
 from .errors import ConfigError, RunDirError, StorageError, TrainingDiverged
 from .evaluation import Evaluation, evaluate
@@ -359,8 +359,8 @@ def epoch_scores(program, data, config: Config, dist: Distributed, curves: bool,
     test, train = ((score(data.test, data.test_labels), score(data.train_eval, data.train_eval_labels))
                    if curves else (None, None))
     if test is not None and getattr(objective, "reports_decomposition", False):
-        test["decomposition"] = kl_decomposition(program, data.test[:DECOMPOSITION_POINTS], seed=config.seed,
-                                                 batch_size=config.eval.batch_size)
+        test["decomposition"] = decomposition_or_reason(program, data.test[:DECOMPOSITION_POINTS], seed=config.seed,
+                                                        batch_size=config.eval.batch_size)
     valid = score(data.valid, data.valid_labels) if data.valid is not None else None
     return test, train, valid
 

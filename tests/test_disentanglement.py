@@ -224,3 +224,10 @@ def test_evaluate_disentanglement_scores_a_dsprites_run_and_refuses_data_without
                  "--set", "data.side=6", *common, "--out", str(plain)]) == 0
     assert main(["evaluate", str(plain), "--samples", "2", "--disentanglement", "--no-progress"]) != 0
     assert "no known factors of variation" in capsys.readouterr().err
+
+
+def test_beta_with_a_flow_guide_trains_and_says_why_its_kl_is_not_decomposed(tmp_path):
+    config = tiny_config(train={"epochs": 1, "objective": {"name": "beta", "beta": 2.0}},
+                         model={"guide": {"name": "iaf", "hidden": 8, "context": 4}})
+    trainer = Trainer(config, tmp_path / "run", **QUIET).fit()
+    assert "diagonal-gaussian" in trainer.history[-1]["test"]["decomposition"]["not_computed"]
