@@ -839,11 +839,16 @@ class FactorVAEObjective(Objective):
         return self._network
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        if self._network is not None:  # raw SVI: the discriminator's parameters in Pyro's store, so SVI steps them
-            import pyro
+        """As the base class's, the discriminator's parameters put in Pyro's store first (so that raw
+        ``pyro.infer.SVI`` steps them too, from the first step: D is made for the latent's size)."""
+        import pyro
 
-            pyro.module("factorvae_discriminator", self._network)
-        return super().loss_and_grads(model, guide, *args, **kwargs)
+        terms = self.terms(self._source(model, guide), *args, **kwargs)
+        z = _one_site(self, terms).value
+        pyro.module("factorvae_discriminator", self.discriminator(z.shape[-1]).to(z.device))
+        surrogate, loss = self.surrogate(terms)
+        surrogate.backward(retain_graph=self.retain_graph)
+        return loss.item()
 
     def surrogate(self, terms, kl_weight=1.0):
         site = _one_site(self, terms)

@@ -231,3 +231,20 @@ def test_beta_with_a_flow_guide_trains_and_says_why_its_kl_is_not_decomposed(tmp
                          model={"guide": {"name": "iaf", "hidden": 8, "context": 4}})
     trainer = Trainer(config, tmp_path / "run", **QUIET).fit()
     assert "diagonal-gaussian" in trainer.history[-1]["test"]["decomposition"]["not_computed"]
+
+
+def test_raw_pyro_svi_steps_the_factor_vae_discriminator_from_the_first_step():
+    import pyro
+    from pyro.infer import SVI
+    from pyro.optim import Adam
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = tiny_vae(latent_dim=3)
+    objective = OBJECTIVES.build({"name": "factor", "hidden": 8})
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-2}), objective)
+    x = torch.rand(16, 1, 6, 6).bernoulli()
+    assert math.isfinite(svi.step(x))
+    initial = OBJECTIVES.build({"name": "factor", "hidden": 8}).discriminator(3).state_dict()
+    stepped = objective.module().state_dict()
+    assert all(not torch.equal(stepped[k], initial[k]) for k in initial)
