@@ -4,7 +4,7 @@
     pyro-vae train --data my_images.npz [--set data.test_fraction=0.2]   (your own arrays)
     pyro-vae train --resume RUN_DIR [--set train.epochs=N] [--trust-code]
     pyro-vae train CONFIG --nproc N                      (data-parallel; or torchrun -m pyro_vae train ...)
-    pyro-vae evaluate RUN_DIR [--samples K] [--seed S] [--trust-code]
+    pyro-vae evaluate RUN_DIR [--samples K] [--seed S] [--disentanglement] [--trust-code]
     pyro-vae explain RUN_DIR [--index I ...] [--samples K] [--trust-code]
     pyro-vae sample RUN_DIR [--n 64] [--seed S] [--trust-code]
     pyro-vae encode RUN_DIR [--data PATH] --out latents.npz|.csv [--samples K]
@@ -202,17 +202,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(run.program, run.prepared.test, settings, store=store,  # (rerun after an interruption:
                           progress=not args.no_progress,                     # it resumes at the batches not done)
                           labels=run.program.policy.scored_labels(run.prepared.test_labels))
-        path = write_evaluation(run, result, stem + ".json")
+        extra = _disentanglement_report(run, args, seed) if args.disentanglement else {}
+        path = write_evaluation(run, result, stem + ".json", extra=extra)
         result.write_csv(run.run_dir / f"{stem}.csv")
     if args.json:  # stdout holds the JSON alone
         import json
 
-        print(json.dumps(result.summary(), indent=2))
+        print(json.dumps({**result.summary(), **extra}, indent=2))
         print(f"wrote {path} and {stem}.csv (per datapoint)", file=sys.stderr)
         return 0
     print(result.table(f"{run.run_dir} — test set of {cfg.data['name']}: {result.n} datapoints, {run.described}, seed {seed}"))
+    if extra:
+        print(_disentanglement_lines(extra["disentanglement"]))
     print(f"wrote {path} and {stem}.csv (per datapoint)")
     return 0
+
+
+def _disentanglement_report(run, args, seed: int) -> dict:
+    """``evaluate --disentanglement``: every disentanglement score of the run's test set against its
+    factors, with standard errors, and the KL's decomposition over the same datapoints."""
+    from .disentanglement import decomposition_or_reason, disentanglement_scores
+
+    if args.points < 10 or args.resamples < 2:
+        raise ConfigError(f"--points must be >= 10 and --resamples >= 2; got {args.points} and {args.resamples}.")
+    scores = disentanglement_scores(run, points=args.points, resamples=args.resamples, seed=seed)
+    scores["decomposition"] = decomposition_or_reason(run.program, run.prepared.test[:args.points], seed=seed,
+                                                      batch_size=run.config.eval.batch_size)
+    return {"disentanglement": scores}
+
+
+def _disentanglement_lines(s: dict) -> str:
+    def cell(key: str) -> str:
+        return "-" if s.get(key) is None else f"{s[key]:.3f} ± {s[key + '_stderr']:.3f}"
+
+    lines = [f"disentanglement ({s['inputs']}; ± bootstrap standard error over {s['resamples']} resamples):",
+             f"  MIG {cell('mig')}   SAP {cell('sap')}   FactorVAE score {cell('factorvae')}",
+             f"  DCI disentanglement {cell('dci_disentanglement')}   completeness {cell('dci_completeness')}   "
+             f"informativeness {cell('dci_informativeness')}"]
+    d = s.get("decomposition")
+    if isinstance(d, dict) and "kl" in d:
+        lines.append(f"  KL {d['kl']:.2f} = index-code MI {d['mutual_information']:.2f} + total correlation "
+                     f"{d['total_correlation']:.2f} + dimension-wise KL {d['dimension_wise_kl']:.2f} [nats/datapoint]")
+    return "\n".join(lines)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -651,6 +682,12 @@ def _parser_evaluate(sub) -> None:
     p.add_argument("--allow-large-k", action="store_true", help=f"allow --samples beyond {LARGE_K:,}")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout (and nothing else there)")
+    p.add_argument("--disentanglement", action="store_true", help="also MIG, DCI, SAP and the FactorVAE score "
+                   "against the data's factors (with bootstrap standard errors) and the KL's decomposition")
+    p.add_argument("--points", type=int, default=2000, help="test datapoints the disentanglement scores use "
+                   "(default 2000)")
+    p.add_argument("--resamples", type=int, default=10, help="bootstrap resamples of the scores' standard errors "
+                   "(default 10)")
     _data(p)
     _trust(p)
     p.set_defaults(func=cmd_evaluate)

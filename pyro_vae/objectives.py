@@ -37,6 +37,7 @@ import torch
 from pyro.infer import ELBO
 
 from .config import OBJECTIVES, Component, Option, require
+from .disentanglement import ESTIMATORS, decomposed_kl
 from .distributions import enumerable, enumerate_states, relaxed_sample, state_count
 from .errors import ConfigError, ProgramError
 from .terms import Terms, TraceSource, family, log_mean_exp
@@ -70,6 +71,9 @@ class Objective(Component, ELBO):
     gradient_of_value: ClassVar[bool] = True
     #: True for the estimators that take a latent site without rsample (a discrete latent).
     discrete_latents: ClassVar[bool] = False
+    #: True for the disentangling objectives: the trainer adds the KL's decomposition (index-code MI,
+    #: total correlation, dimension-wise KL; ``disentanglement.kl_decomposition``) to each epoch's test scores.
+    reports_decomposition: ClassVar[bool] = False
 
     def __init__(self, *, num_particles: int = 1) -> None:
         require(num_particles >= 1, f"num_particles must be >= 1, got {num_particles}.")
@@ -122,6 +126,11 @@ class Objective(Component, ELBO):
     def attach(self, program) -> None:
         """Called by the trainer once the program is built, before the optimizer: where an estimator
         makes parameters of its own (a neural baseline). Nothing here."""
+
+    def set_dataset_size(self, size: int) -> None:
+        """Called by the trainer before the first step with N, the number of datapoints its batches are
+        drawn from (an epoch's): what an estimator weighing a batch against the dataset reads (beta-tc's
+        log q(z)). Nothing here."""
 
     def module(self) -> "torch.nn.Module | None":
         """The estimator's own trainable parameters, which the trainer's optimizer steps with the
@@ -662,3 +671,201 @@ class StraightThroughGumbelELBO(GumbelSoftmaxELBO):
     """
 
     hard = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Disentangling objectives: the KL weighted, or decomposed and its total correlation weighted
+
+
+def _one_site(objective: Objective, terms: Terms):
+    if len(terms.latents) != 1:
+        raise ProgramError(f"objective '{objective.name}' decomposes the KL of one latent site; this program has "
+                           f"{len(terms.latents)} ({', '.join(terms.latents)}). Use objective 'beta' instead.")
+    return next(iter(terms.latents.values()))
+
+
+@OBJECTIVES.register("beta")
+class BetaELBO(Objective):
+    """beta-VAE: E_q[log p(x|z)] - beta KL(q(z|x)||p(z)), the KL term by Monte Carlo (Higgins et al. 2017).
+
+    beta = 1 is ``elbo`` (the same draws give the same loss and gradients); beta > 1 presses q(z|x)
+    toward the prior, trading reconstruction (and log p(x)) for a posterior closer to factorized.
+    The reported loss is minus this objective (not the ELBO: evaluation scores the ELBO). KL
+    warm-up multiplies beta. ``analytic`` takes the KL in closed form where one is registered
+    (``elbo-analytic-kl``'s terms) instead.
+
+    Options:
+        beta: the KL's weight (> 0); 1 is the ELBO.
+        analytic: the KL in closed form where registered, instead of its one-draw Monte-Carlo term.
+        num_particles: samples z ~ q(z|x) per datapoint.
+    """
+
+    supports_kl_weight = True
+    reports_decomposition: ClassVar[bool] = True
+
+    def __init__(self, *, beta: float = 4.0, analytic: bool = False, num_particles: int = 1) -> None:
+        require(beta > 0, f"beta must be > 0, got {beta}: beta = 0 drops the KL (an autoencoder, no bound) and a "
+                          f"negative beta rewards moving away from the prior. Use beta = 1 for the ELBO.")
+        super().__init__(num_particles=num_particles)
+        self.beta, self.analytic = beta, analytic
+
+    def surrogate(self, terms, kl_weight=1.0):
+        kl = terms.kl()[0].sum() if self.analytic else (terms.log_q - terms.log_prior).sum()
+        weight = self.beta * kl_weight
+        return _mean_over_particles(terms.total_log_likelihood() - (kl if weight == 1.0 else weight * kl),
+                                    terms.particles)
+
+
+@OBJECTIVES.register("beta-tc")
+class BetaTCELBO(Objective):
+    """beta-TC-VAE: E_q[log p(x|z)] - alpha MI - beta TC - gamma dimension-wise KL, the KL decomposed by the aggregate posterior (Chen et al. 2018).
+
+    Per draw z ~ q(z|x_i) the KL term log q(z|x_i) - log p(z) splits into index-code mutual
+    information, total correlation and dimension-wise KL (``disentanglement.py``), with log q(z)
+    and its marginals estimated from the minibatch: ``stratified`` (minibatch stratified sampling,
+    unbiased for q(z)) or ``weighted`` (minibatch weighted sampling, Chen et al.'s training
+    estimator; its log q(z) sits about log N low). alpha = beta = gamma = 1 is ``elbo`` exactly (the
+    parts telescope). Needs q(z|x) and p(z) with independent coordinates (a diagonal-gaussian guide),
+    one latent site, and N, the size of the set the batches are drawn from (the trainer sets it to the
+    training set's; with raw ``pyro.infer.SVI`` pass ``dataset_size``). A step costs O(B^2 D) more
+    than the ELBO's. KL warm-up multiplies all three weights.
+
+    Options:
+        tc_weight: beta, the total correlation's weight (> 0).
+        mi_weight: alpha, the index-code mutual information's weight (>= 0).
+        dimension_weight: gamma, the dimension-wise KL's weight (>= 0).
+        estimator: stratified or weighted (the minibatch estimate of log q(z)).
+        dataset_size: N; 0: the training set's size, set by the trainer.
+        num_particles: samples z ~ q(z|x) per datapoint.
+    """
+
+    supports_kl_weight = True
+    guide_families = ("diagonal-gaussian",)
+    reports_decomposition: ClassVar[bool] = True
+
+    def __init__(self, *, tc_weight: float = 6.0, mi_weight: float = 1.0, dimension_weight: float = 1.0,
+                 estimator: str = "stratified", dataset_size: int = 0, num_particles: int = 1) -> None:
+        require(tc_weight > 0, f"tc_weight must be > 0, got {tc_weight}: 1 is the ELBO's weight.")
+        require(mi_weight >= 0 and dimension_weight >= 0,
+                f"mi_weight and dimension_weight must be >= 0, got {mi_weight} and {dimension_weight}.")
+        require(estimator in ESTIMATORS, f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}.")
+        require(dataset_size >= 0, f"dataset_size must be >= 0 (0: the training set's), got {dataset_size}.")
+        super().__init__(num_particles=num_particles)
+        self.tc_weight, self.mi_weight, self.dimension_weight = tc_weight, mi_weight, dimension_weight
+        self.estimator, self.dataset_size = estimator, dataset_size
+        self._n = dataset_size or None
+
+    def set_dataset_size(self, size: int) -> None:
+        if not self.dataset_size:
+            self._n = size
+
+    def parts(self, terms: Terms) -> dict[str, torch.Tensor]:
+        """The KL term's three parts per draw, (K, B) each (``disentanglement.decomposed_kl``)."""
+        site = _one_site(self, terms)
+        batch = site.value.shape[-2]
+        if self._n is None:
+            raise ConfigError(f"objective '{self.name}' needs N, the size of the dataset the batches are drawn from "
+                              f"(its log q(z) weighs the batch by it): set train.objective.dataset_size (the "
+                              f"trainer sets it to the training set's).")
+        if self._n < batch:
+            raise ConfigError(f"objective '{self.name}': dataset_size = {self._n} is smaller than the batch ({batch}); "
+                              f"set train.objective.dataset_size to the size of the set the batches come from.")
+        return decomposed_kl(site.q, site.value, terms.log_q, terms.log_prior, self._n, self.estimator)
+
+    def surrogate(self, terms, kl_weight=1.0):
+        parts = self.parts(terms)
+        penalty = (self.mi_weight * parts["mutual_information"] + self.tc_weight * parts["total_correlation"]
+                   + self.dimension_weight * parts["dimension_wise_kl"]).sum()
+        return _mean_over_particles(terms.total_log_likelihood() - _kl_weighted(kl_weight, penalty), terms.particles)
+
+
+@OBJECTIVES.register("factor")
+class FactorVAEObjective(Objective):
+    """FactorVAE: ELBO - gamma TC, the total correlation estimated by a discriminator with the permutation trick (Kim & Mnih 2018).
+
+    A discriminator D(z) (an MLP giving the logit that z came from q(z) rather than from prod_d q(z_d))
+    estimates TC = KL(q(z) || prod_d q(z_d)) ~ E_q(z)[logit D(z)] (the density-ratio trick). Per step,
+    on the batch's draws z_i ~ q(z|x_i): the VAE's loss is -ELBO + gamma sum_i logit D(z_i), D's
+    parameters held fixed in it; D's loss is the cross-entropy of telling the draws (label 1) from the
+    same draws with each coordinate permuted across the batch (label 0: a draw from the batch's
+    product of marginals), on detached z so that it does not move the VAE. Both are stepped by the
+    trainer's one optimizer (D's state, parameters and Adam moments, checkpointed with the run). The
+    permutation comes from torch's random stream (a resume restores it). Kim & Mnih permute a second
+    batch and give D its own Adam (lr 1e-4, betas 0.5, 0.9); here the same batch and the run's Adam.
+    The reported loss is -ELBO + gamma TC^. Needs the stock VAE program with a latent of real vectors
+    of size >= 2 (a simplex latent's coordinates sum to 1: they always depend on each other, and a
+    permuted draw leaves the simplex).
+
+    Options:
+        gamma: the total correlation's weight (>= 0; 0 is the ELBO with a discriminator watching).
+        hidden: units in each of the discriminator's hidden layers.
+        layers: hidden layers of the discriminator (LeakyReLU 0.2 between).
+        num_particles: samples z ~ q(z|x) per datapoint.
+    """
+
+    supports_kl_weight = True
+    guide_families = ("diagonal-gaussian", "iaf", "hierarchical")
+    reports_decomposition: ClassVar[bool] = True
+
+    def __init__(self, *, gamma: float = 10.0, hidden: int = 256, layers: int = 2, num_particles: int = 1) -> None:
+        require(gamma >= 0, f"gamma must be >= 0, got {gamma}.")
+        require(hidden >= 1 and layers >= 1, f"hidden and layers must be >= 1, got {hidden} and {layers}.")
+        super().__init__(num_particles=num_particles)
+        self.gamma, self.hidden, self.layers = gamma, hidden, layers
+        self._network: torch.nn.Module | None = None
+
+    def attach(self, program) -> None:
+        vae = program if hasattr(program, "latent_dim") else getattr(program, "vae", None)  # (a Program or a VAE)
+        latent = getattr(vae, "latent_dim", None)
+        if latent is None:
+            raise ConfigError(f"objective '{self.name}' builds its discriminator for the stock VAE's latent "
+                              f"(model.latent_dim); this program is not the stock VAE. Use beta or beta-tc.")
+        self.discriminator(latent)
+
+    def discriminator(self, latent_dim: int) -> torch.nn.Module:
+        """D: latent_dim -> logit, made once (from a seed of its own: the caller's stream is not disturbed)."""
+        require(latent_dim >= 2, f"objective '{self.name}' estimates the total correlation between latent "
+                                 f"coordinates, and the latent has {latent_dim}: there is none to measure. Use "
+                                 f"model.latent_dim >= 2, or objective 'beta'.")
+        if self._network is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                sizes = [latent_dim] + [self.hidden] * self.layers
+                body = [m for a, b in zip(sizes, sizes[1:]) for m in (torch.nn.Linear(a, b), torch.nn.LeakyReLU(0.2))]
+                self._network = torch.nn.Sequential(*body, torch.nn.Linear(sizes[-1], 1))
+        return self._network
+
+    def module(self) -> torch.nn.Module | None:
+        return self._network
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """As the base class's, the discriminator's parameters put in Pyro's store first (so that raw
+        ``pyro.infer.SVI`` steps them too, from the first step: D is made for the latent's size)."""
+        import pyro
+
+        terms = self.terms(self._source(model, guide), *args, **kwargs)
+        z = _one_site(self, terms).value
+        pyro.module("factorvae_discriminator", self.discriminator(z.shape[-1]).to(z.device))
+        surrogate, loss = self.surrogate(terms)
+        surrogate.backward(retain_graph=self.retain_graph)
+        return loss.item()
+
+    def surrogate(self, terms, kl_weight=1.0):
+        site = _one_site(self, terms)
+        z = site.value.reshape(-1, site.value.shape[-1])  # (K B, D)
+        d = self.discriminator(z.shape[-1]).to(z.device)
+        frozen = {k: v.detach() for k, v in d.named_parameters()}
+        tc = torch.func.functional_call(d, frozen, (z,)).squeeze(-1)  # logit D(z): D fixed, path through z
+        shuffled = torch.gather(z.detach(), 0, torch.argsort(torch.rand(z.shape, device=z.device), dim=0))
+        logits_q, logits_perm = d(z.detach()).squeeze(-1), d(shuffled).squeeze(-1)
+        fit = (torch.nn.functional.softplus(-logits_q) + torch.nn.functional.softplus(logits_perm)).sum() / terms.particles
+        elbo = terms.total_log_likelihood() + _kl_weighted(kl_weight, (terms.log_prior - terms.log_q).sum())
+        surrogate, loss = _mean_over_particles(elbo - self.gamma * tc.sum(), terms.particles)
+        return surrogate + fit, loss
+
+    def state_dict(self) -> dict:
+        return {} if self._network is None else {"network": self._network.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "network" in state:
+            self._network.load_state_dict(state["network"])

@@ -658,6 +658,7 @@ def task_reports(run: Run, result: Evaluation) -> dict:
     names = getattr(splits, "feature_names", None)
     if names:
         write_text(run.run_dir / "features.txt", "".join(f"{n}\n" for n in names))
+    out |= decomposition_report(run)
     decoder = getattr(run.program.vae, "decoder", None) if run.program.vae is not None else None
     if decoder is None or not hasattr(decoder, "topic_words") or result.log_px is None:
         return out
@@ -677,6 +678,22 @@ def task_reports(run: Run, result: Evaluation) -> dict:
         "perplexity_from": f"importance-sampled log p(x), K = {result.samples}, multinomial coefficient removed",
         "unigram_perplexity": topics.perplexity(unigram, reference)}
     return out
+
+def decomposition_report(run: Run) -> dict:
+    """A disentangling objective's run (``reports_decomposition``: beta, beta-tc, factor): the KL's
+    decomposition (index-code MI, total correlation, dimension-wise KL; ``disentanglement.kl_decomposition``)
+    over the first 2,000 test datapoints' exact aggregate posterior, for evaluation.json; {} otherwise."""
+    from .config import OBJECTIVES
+    from .disentanglement import SCORE_POINTS, decomposition_or_reason
+
+    objective = run.config.train.objective
+    if not getattr(OBJECTIVES.get(objective["name"]), "reports_decomposition", False):
+        return {}
+    parts = decomposition_or_reason(run.program, run.prepared.test[:SCORE_POINTS], seed=run.config.seed,
+                                    batch_size=run.config.eval.batch_size)
+    return {"kl_decomposition": {**parts, "units": "nats per datapoint", "over": "the test datapoints' own aggregate "
+                                 "posterior q(z) = (1/M) sum_n q(z|x_n), one draw each"}}
+
 
 def write_evaluation(run: Run, result: Evaluation, name: str = EVALUATION, extra: dict | None = None) -> Path:
     summary = {"epoch": run.epoch, "checkpoint": run.source, "dataset": run.config.data["name"], "split": "test",

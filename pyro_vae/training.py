@@ -35,6 +35,7 @@ from .config import OBJECTIVES, Config
 from .data.stream import DEFAULT_CHUNK_ROWS
 from .data import (DATASETS, DataSplits, RowsOnDisk, SparseRows, absolute_paths, chunk_batches, epoch_batches,
                    prepare_data)
+from .disentanglement import decomposition_or_reason
 from .distributed import SINGLE, Distributed
 from .errors import ConfigError, RunDirError, StorageError, TrainingDiverged
 from .evaluation import Evaluation, evaluate
@@ -46,6 +47,10 @@ from .runs import (BEST, CHECKPOINT, CONFIG, METRICS, RESUMABLE_CHANGES, append_
                    check_same_data, check_same_device, checkpoint_state, discard_unstarted, eval_keys, load_checkpoint,
                    load_parameters, prepare_run_dir, read_metrics, restore_random_state, run_lock, save_checkpoint,
                    snapshot_path)
+
+#: test datapoints whose aggregate posterior the per-epoch KL decomposition sums over (O(M^2 D))
+DECOMPOSITION_POINTS = 2000
+
 
 def fit_rows(train):
     """What ``fit_to_data`` is given: rows on disk or held sparse as their container (read a chunk at
@@ -223,6 +228,13 @@ class Feed:
         return f"rows{' read from disk a batch ahead' if self.on_disk else ''} in {order}; noise {noise}"
 
 
+def attach_objective(objective, program, dataset_size: int) -> None:
+    """The objective told of the program (an estimator's own parameters: a neural baseline, a
+    discriminator) and of N, the datapoints an epoch draws its batches from (beta-tc's log q(z))."""
+    objective.attach(program)
+    objective.set_dataset_size(dataset_size)
+
+
 def read_ahead(batches: Iterable[torch.Tensor], read: Callable[[torch.Tensor], Any]) -> Iterator[tuple[torch.Tensor, Any]]:
     """(index, read(index)) for each batch of ``batches``, the next batch read on a thread of its own
     while the caller computes on this one: a read-ahead of one batch (one batch's rows held besides
@@ -341,16 +353,21 @@ class EpochLog:
         )
 
 
-def epoch_scores(program, data, config: Config, dist: Distributed, curves: bool) -> tuple[dict | None, ...]:
+def epoch_scores(program, data, config: Config, dist: Distributed, curves: bool,
+                 objective=None) -> tuple[dict | None, ...]:
     """(test, train, valid): the mean ELBO and its terms (and a classifier's accuracy) on the test
     set and the scored training subset (epochs that draw the curves, ``train.curve_every``) and on
-    the validation split (every epoch, where there is one); None where not scored."""
+    the validation split (every epoch, where there is one); None where not scored. A disentangling
+    objective's (``reports_decomposition``) test scores add the KL's decomposition over the test set."""
     def score(x: torch.Tensor, labels: torch.Tensor | None) -> dict:
         return _terms(evaluate(program, x, seed=config.seed, batch_size=config.eval.batch_size, dist=dist,
                                posterior_means=False, labels=program.policy.scored_labels(labels)))
 
     test, train = ((score(data.test, data.test_labels), score(data.train_eval, data.train_eval_labels))
                    if curves else (None, None))
+    if test is not None and getattr(objective, "reports_decomposition", False):
+        test["decomposition"] = decomposition_or_reason(program, data.test[:DECOMPOSITION_POINTS], seed=config.seed,
+                                                        batch_size=config.eval.batch_size)
     valid = score(data.valid, data.valid_labels) if data.valid is not None else None
     return test, train, valid
 
@@ -482,7 +499,7 @@ class Trainer:
         if not self.program.direct:
             preflight.check_program(self.program, self.objective, self.data, self.device)
         self.bodies = self.program.network_bodies() or []  # what train.precision runs in bfloat16
-        self.objective.attach(self.program)  # (an estimator's own parameters: a neural baseline)
+        attach_objective(self.objective, self.program, self.epoch_size)
         preflight.check_objective_parameters(self.objective, self.dist)
         own = self.objective.module()
         if own is not None:
@@ -697,7 +714,7 @@ class Trainer:
         started = time.perf_counter()
         curves = self.epoch == 1 or self.epoch % self.config.train.curve_every == 0
         with self.scored():
-            test, train, valid = epoch_scores(self.program, self.data, self.config, self.dist, curves)
+            test, train, valid = epoch_scores(self.program, self.data, self.config, self.dist, curves, self.objective)
         # the slowest rank's times, so that every rank takes the same time-cap decision
         train_seconds, eval_seconds = self.dist.slowest(train_seconds, time.perf_counter() - started)
         log = EpochLog(self.epoch, self.step, -mean_loss, beta, train_seconds, train, test, eval_seconds, valid,

@@ -57,7 +57,10 @@ def train_steps(vae, objective, splits, steps: int = 60, lr: float = 1e-2) -> li
     lik = vae.likelihood
     lik.check_data(splits.train, "train")
     x_all = lik.prepare_train_set(splits.train)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    objective.attach(vae)  # (as the trainer does: an estimator's own parameters, and beta-tc's N)
+    objective.set_dataset_size(x_all.shape[0])
+    own = objective.module()
+    optimizer = torch.optim.Adam(vae.parameters() if own is None else [*vae.parameters(), *own.parameters()], lr=lr)
     g = torch.Generator().manual_seed(0)
     losses = []
     for i in range(steps):

@@ -343,3 +343,20 @@ def test_streaming_measures_each_run_in_a_process_of_its_own(tmp_path, capsys):
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert [r["run"] for r in result["rows"]] == ["stream", "read", "memory", "memory, defaults"]
     assert all(r["peak_rss_mb"] > 0 for r in result["rows"])
+
+
+def test_disentangle_trains_scores_and_times_each_objective(tmp_path, capsys):
+    bench = load("disentangle")
+    assert bench.main(["--epochs", "1", "--seeds", "0", "--n-train", "64", "--n-test", "40",
+                       "--points", "40", "--evidence-points", "10", "--resamples", "2", "--samples", "2", "--hidden", "8", "--latent-dim", "3",
+                       "--factorvae-votes", "20", "10", "100", "--timing-batch", "16", "--timing-rounds", "1",
+                       "--timing-steps", "1", "--models", "beta-TC", "Factor", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert list(result["summary"]) == ["beta-TC-VAE, TC weight 6", "FactorVAE, gamma 35"]
+    for runs in result["runs"].values():
+        (run,) = runs
+        assert all(0 <= run[k] <= 1 for k in bench.SCORES) and run["log_px"] < 0
+        parts = sum(run["decomposition_" + k] for k in ("mutual_information", "total_correlation", "dimension_wise_kl"))
+        assert parts == pytest.approx(run["decomposition_kl"], abs=1e-3)
+    assert result["timing"]["ratio"] > 0 and "| FactorVAE, gamma 35 |" in (tmp_path / "result.md").read_text()
+    assert (tmp_path / "price.png").stat().st_size > 0

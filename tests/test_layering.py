@@ -21,7 +21,7 @@ LAYERS = [
                            "data.counts", "data.stream", "data.order", "data.prepare", "networks"}),
     ("components", {"priors", "guides", "likelihoods"}),
     ("model programs", {"vae", "gmvae", "labelled", "quadrants", "single_cell", "terms", "labels", "programs"}),
-    ("estimators", {"objectives", "metrics", "scores", "topics"}),
+    ("estimators", {"objectives", "metrics", "scores", "topics", "disentanglement"}),
     ("evaluation", {"exact", "evaluation"}),
     ("pictures", {"plots"}),
     ("runs and training", {"runs", "callbacks", "preflight", "training", "trained", "compare"}),

@@ -39,6 +39,10 @@ OBJECTIVE_SPECS = [
     {"name": "stl", "num_particles": 3},
     {"name": "dreg", "num_particles": 4},
     {"name": "dreg", "num_particles": 1},
+    {"name": "beta", "beta": 4.0},
+    {"name": "beta-tc", "dataset_size": 1000},
+    {"name": "beta-tc", "estimator": "weighted", "dataset_size": 1000, "num_particles": 2},
+    {"name": "factor", "gamma": 5.0, "hidden": 8},
 ]
 LIKELIHOODS = [
     {"name": "bernoulli"},
