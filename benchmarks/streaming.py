@@ -13,7 +13,10 @@ Then, each in a fresh process (so its peak resident memory is its own):
   ``counts``), with the same order and noise (so the same steps), and ``memory, defaults``: its
   default feed (a permutation, the run's streams);
 * ``read``: the layout read alone in the chunked order, batch by batch (disk read throughput; the
-  files are first dropped from the page cache where the machine lets us, else said);
+  files are first dropped from the page cache where the machine lets us, else said); at the
+  smallest size also the same batches from the matrix as an ``.h5ad`` read by h5py as a backed
+  AnnData reads rows, gzip-compressed (as many published files are) and plain: the measured reason
+  for the layout;
 * ``2 processes`` (at the smallest size): torchrun, 2 gloo processes on the same steps; its
   parameters against one process's.
 
@@ -133,10 +136,64 @@ def child_read(spec: dict) -> dict:
             "nnz_per_row": m["nnz"] / m["shape"][0]}
 
 
+def child_read_h5ad(spec: dict) -> dict:
+    """The same batches read from an .h5ad's CSR matrix with h5py, as a backed AnnData reads rows:
+    indptr in memory (8 bytes a row, as the layout's index), each row's slice of data and indices."""
+    import h5py
+
+    from pyro_vae.data import chunk_batches
+
+    path = Path(spec["path"])
+    dropped = drop_page_cache(path)
+    read_values, started, n = 0, time.perf_counter(), 0
+    with h5py.File(path, "r") as f:
+        x = f["X"]
+        indptr = x["indptr"][:]
+        data, indices = x["data"], x["indices"]
+        for index in chunk_batches(len(indptr) - 1, 128, spec["chunk_rows"], 16, seed=0, epoch=0):
+            for r in np.sort(index.numpy()):
+                start, end = indptr[r], indptr[r + 1]
+                read_values += len(data[start:end]) + 0 * len(indices[start:end])
+            n += 1
+            if n == spec["batches"]:
+                break
+    seconds = time.perf_counter() - started
+    return {"mb_per_s": read_values * 8 / seconds / 1e6, "rows_per_s": n * 128 / seconds, "cold": dropped,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "nnz_per_row": read_values / (n * 128)}
+
+
+def write_h5ad(layout: Path, path: Path, compression: str | None) -> Path:
+    """The layout's matrix as an .h5ad's X (CSR: data, indices, indptr), gzip-compressed in h5py's
+    chunks or plain, a block of rows at a time (reused where there)."""
+    import h5py
+
+    from pyro_vae.data import StreamedRows
+
+    if path.exists():
+        return path
+    rows = StreamedRows(layout)
+    nnz, (n, d) = rows.manifest["nnz"], rows.manifest["shape"]
+    with h5py.File(path.with_suffix(".tmp"), "w") as f:
+        x = f.create_group("X")
+        x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (n, d)})
+        data = x.create_dataset("data", (nnz,), "float32", compression=compression, chunks=True)
+        indices = x.create_dataset("indices", (nnz,), "int32", compression=compression, chunks=True)
+        indptr, at = np.zeros(n + 1, np.int64), 0
+        for start in range(0, n, 65536):
+            block = rows[np.arange(start, min(n, start + 65536))].to_scipy()
+            data[at : at + block.nnz], indices[at : at + block.nnz] = block.data, block.indices
+            indptr[start + 1 : start + 1 + block.shape[0]] = at + block.indptr[1:]
+            at += block.nnz
+        x.create_dataset("indptr", data=indptr)
+    path.with_suffix(".tmp").rename(path)
+    return path
+
+
 def drop_page_cache(folder: Path) -> bool:
     """Ask the kernel to forget the layout's pages (posix_fadvise DONTNEED): a cold read where it obliges."""
     try:
-        for f in folder.glob("*.npy"):
+        for f in ([folder] if folder.is_file() else folder.glob("*.npy")):
             fd = os.open(f, os.O_RDONLY)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
@@ -178,6 +235,11 @@ def measure(args) -> dict:
             rows.append({"rows": n, "run": "stream", "disk_mb": size / 1e6, **in_child("train", spec)[0]})
             rows.append({"rows": n, "run": "read", **in_child("read", {"path": str(folder), "batches": args.steps})[0]})
             if n == min(args.rows):
+                chunk = StreamedRows(folder).chunk_rows
+                for label, compression in ((".h5ad, gzip", "gzip"), (".h5ad, plain", None)):
+                    h5ad = write_h5ad(folder, work / f"rows-{n}-{compression or 'plain'}.h5ad", compression)
+                    spec_h5 = {"path": str(h5ad), "batches": args.steps, "chunk_rows": chunk}
+                    rows.append({"rows": n, "run": f"read {label} (h5py)", **in_child("read-h5ad", spec_h5)[0]})
                 npz = work / f"rows-{n}.npz"
                 if not npz.exists():
                     sp.save_npz(npz, StreamedRows(folder)[np.arange(n)].to_scipy(), compressed=False)
@@ -219,7 +281,8 @@ def table(result: dict) -> str:
              "|---:|---|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         note = (f"disk {r['disk_mb']:,.0f} MB" if "disk_mb" in r else
-                f"{'cold' if r.get('cold') else 'warm'} page cache, {r['nnz_per_row']:.0f} values/row" if r["run"] == "read"
+                f"{'cold' if r.get('cold') else 'warm'} page cache, {r['nnz_per_row']:.0f} values/row, "
+                f"{r['rows_per_s']:,.0f} rows/s" if r["run"].startswith("read")
                 else f"max |param diff| vs 1 process {r['max_param_diff_vs_1']:.1e}" if "max_param_diff_vs_1" in r else "")
         lines.append(f"| {r['rows']:,} | {r['run']} | {r.get('steps_per_s', float('nan')):.1f} | {r['peak_rss_mb']:,.0f} | "
                      f"{r.get('held_after_setup_mb', float('nan')):,.0f} | {r.get('mb_per_s', float('nan')):,.0f} | {note} |")
@@ -242,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         kind, spec = args.child
         spec = json.loads(spec)
-        out = (child_train if kind == "train" else child_read)(spec)
+        out = {"train": child_train, "read": child_read, "read-h5ad": child_read_h5ad}[kind](spec)
         (Path(spec["results"]) / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(out))
         return 0
     if not args.out:
