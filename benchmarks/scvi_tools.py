@@ -107,11 +107,14 @@ def read_split(folder: Path) -> tuple:
 # -- one side, one likelihood (run in a subprocess) ------------------------------------------------
 
 
-def library_worker(folder: Path, likelihood: str, epochs: int, samples: int, seed: int, run_dir: Path) -> dict:
-    """Train examples/configs/scvi.toml on the split; per test cell log p(x|l) (K draws) and E_q log p(x|z,l)."""
+def library_worker(folder: Path, likelihood: str, epochs: int, samples: int, seed: int, run_dir: Path,
+                   overrides: tuple[str, ...] = ()) -> dict:
+    """Train examples/configs/scvi.toml on the split (with ``overrides``, --set's KEY=VALUE); per test
+    cell log p(x|l) (K draws) and E_q log p(x|z,l)."""
     import tomllib
 
     from pyro_vae import Config, Trainer
+    from pyro_vae.config import apply_overrides
     from pyro_vae.evaluation import evaluate
     from pyro_vae.trained import load_run
 
@@ -123,7 +126,7 @@ def library_worker(folder: Path, likelihood: str, epochs: int, samples: int, see
     raw["train"].update(epochs=epochs, curve_every=max(epochs, 1))
     raw["eval"] = {"samples": samples, "exact_points": 0}
     before = current_rss_mib()
-    Trainer(Config.from_dict(raw), run_dir, progress=False, log=lambda s: None).fit()
+    Trainer(Config.from_dict(apply_overrides(raw, list(overrides))), run_dir, progress=False, log=lambda s: None).fit()
     peak = rss_mib()
     lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s.strip()]
     seconds = [line["seconds"]["train"] for line in lines if "seconds" in line]
@@ -131,7 +134,8 @@ def library_worker(folder: Path, likelihood: str, epochs: int, samples: int, see
     ev = evaluate(run.program, run.data.test, samples=samples, seed=seed, posterior_means=False)
     return {"log_px": ev.log_px.tolist(), "reconstruction": ev.reconstruction.tolist(), "epoch_seconds": seconds,
             "peak_rss_mib": peak, "rss_before_training_mib": before, "samples": samples,
-            "what": "library: examples/configs/scvi.toml, likelihood " + LIKELIHOODS[likelihood][0]}
+            "what": "library: examples/configs/scvi.toml, likelihood " + LIKELIHOODS[likelihood][0]
+            + "".join(f", {o}" for o in overrides)}
 
 
 class _EpochTimer:
@@ -192,7 +196,7 @@ def worker(args) -> int:
     folder, out = Path(args.out), Path(args.worker_out)
     if args.worker == "pyro-vae":
         result = library_worker(folder, args.likelihood, args.epochs, args.samples, args.seed,
-                                folder / f"run-{args.likelihood}")
+                                folder / f"run-{args.likelihood}", tuple(args.set))
     else:
         result = scvi_worker(folder, args.likelihood, args.epochs, args.samples, args.seed)
     result["torch"], result["threads"] = torch.__version__, torch.get_num_threads()
@@ -208,13 +212,13 @@ def run_side(args, side: str, likelihood: str) -> dict:
     if args.in_process:  # (the smoke test's: no process start; the memory is then not the side's own)
         start = time.perf_counter()
         result = library_worker(Path(args.out), likelihood, args.epochs, args.samples, args.seed,
-                                Path(args.out) / f"run-{likelihood}")
+                                Path(args.out) / f"run-{likelihood}", tuple(args.set))
         return {**result, "wall_seconds": time.perf_counter() - start}
     python = args.peer_python if side == "scvi-tools" else args.python
     result_file = Path(args.out) / f"{side}-{likelihood}.json"
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--likelihood", likelihood, "--out", args.out,
            "--worker-out", str(result_file), "--epochs", str(args.epochs), "--samples", str(args.samples),
-           "--seed", str(args.seed), "--threads", str(args.threads)]
+           "--seed", str(args.seed), "--threads", str(args.threads), *(f"--set={o}" for o in args.set)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     start = time.perf_counter()
@@ -298,6 +302,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--python", default=sys.executable, help="the library side's python")
     p.add_argument("--peer-python", default=sys.executable, help="a python with scvi-tools (the bench extra)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override of the library's config (e.g. train.validation=243), as pyro-vae train --set")
     p.add_argument("--in-process", action="store_true", help="train the library side in this process (a smoke test)")
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--likelihood", choices=sorted(LIKELIHOODS), help=argparse.SUPPRESS)
