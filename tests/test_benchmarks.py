@@ -341,7 +341,8 @@ def test_streaming_measures_each_run_in_a_process_of_its_own(tmp_path, capsys):
     assert bench.main(["--rows", "1500", "--columns", "50", "--steps", "3", "--warmup", "1", "--no-processes",
                        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert [r["run"] for r in result["rows"]] == ["stream", "read", "memory", "memory, defaults"]
+    assert [r["run"] for r in result["rows"]] == ["stream", "read", "read .h5ad, gzip (h5py)", "read .h5ad, plain (h5py)",
+                                                  "memory", "memory, defaults"]
     assert all(r["peak_rss_mb"] > 0 for r in result["rows"])
 
 
@@ -360,3 +361,68 @@ def test_disentangle_trains_scores_and_times_each_objective(tmp_path, capsys):
         assert parts == pytest.approx(run["decomposition_kl"], abs=1e-3)
     assert result["timing"]["ratio"] > 0 and "| FactorVAE, gamma 35 |" in (tmp_path / "result.md").read_text()
     assert (tmp_path / "price.png").stat().st_size > 0
+
+
+def _count_file(path, rows: int, columns: int, seed: int = 0):
+    """A small cells x genes (or documents x words) SciPy .npz and its names, one a line, beside it."""
+    import numpy as np
+    import scipy.sparse
+
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(rng.gamma(1.0, 2.0, size=columns) * rng.gamma(4.0, 0.25, size=(rows, 1))).astype(np.int32)
+    counts[:, 0] += 1  # (no empty row)
+    scipy.sparse.save_npz(path, scipy.sparse.csr_matrix(counts))
+    return counts
+
+
+def test_scvi_tools_runs_the_library_side_on_its_split_and_genes(tmp_path, capsys):
+    bench = load("scvi_tools")  # (the scvi-tools side needs the bench extra: run with --peer-python)
+    _count_file(tmp_path / "cells.npz", rows=60, columns=15)
+    assert bench.main(["--data", str(tmp_path / "cells.npz"), "--sides", "pyro-vae", "--likelihoods", "nb",
+                       "--genes", "8", "--min-cells", "2", "--epochs", "1", "--samples", "3", "--in-process",
+                       "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["split"]["train_cells"] == 54 and result["split"]["test_cells"] == 6 and result["split"]["genes"] == 8
+    assert len((tmp_path / "out" / "genes.txt").read_text().splitlines()) == 8
+    (row,) = result["rows"]
+    assert row["side"] == "pyro-vae" and row["samples"] == 3 and row["log_px"][0] < 0 and row["seconds_per_epoch"] > 0
+    assert "| NB | pyro-vae |" in capsys.readouterr().out
+
+
+def test_topics_scores_the_library_s_priors_and_lda_by_the_same_code(tmp_path, capsys):
+    import math
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    bench = load("topics")
+    _count_file(tmp_path / "train.npz", rows=60, columns=10)
+    _count_file(tmp_path / "test.npz", rows=20, columns=10, seed=1)
+    (tmp_path / "vocab.txt").write_text("".join(f"w{j}\n" for j in range(10)))
+    assert bench.main(["--data", str(tmp_path), "--sides", "pyro-vae", "--topics", "3", "--epochs", "1",
+                       "--samples", "3", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    models = [r["model"] for r in result["rows"]]
+    assert models[:3] == [f"pyro-vae ProdLDA, prior {p}" for p in bench.PRIORS] and models[3].startswith("unigram")
+    assert all(-1 <= r["npmi_test"] <= 1 and r["perplexity"] > 1 for r in result["rows"][:3])
+    assert (tmp_path / "out" / "topics-dirichlet.txt").read_text().startswith("0: w")
+    # LDA's log p(x_d | beta) by importance sampling: a one-word document's is exact, E[theta] . beta_v
+    beta = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    lda = SimpleNamespace(doc_topic_prior_=0.5, n_components=2, components_=beta * 10,
+                          transform=lambda x: np.full((x.shape[0], 2), 0.5))
+    import scipy.sparse
+
+    one_word = scipy.sparse.csr_matrix(np.array([[0, 0, 1]]))
+    log_px = bench.lda_log_px(lda, one_word, samples=20000, seed=0)
+    assert log_px.item() == pytest.approx(math.log(0.5 * 0.1 + 0.5 * 0.8), abs=0.01)
+
+
+def test_count_memory_holds_the_rows_sparse_and_draws_batches(tmp_path, capsys):
+    bench = load("count_memory")
+    assert bench.main(["--rows", "3000", "--columns", "40", "--density", "0.05", "--draws", "3",
+                       "--dense-reference", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["bytes_dense_float32"] == 3000 * 40 * 4
+    assert result["bytes_sparse"] == 3001 * 8 + result["nnz"] * (4 + 4)  # offsets, int32 columns, float32 values
+    assert abs(result["nnz"] / (3000 * 40) - 0.05) < 0.01 and result["ratio"] > 1
+    assert result["sparse_batch_seconds"] > 0 and result["dense_batch_seconds"] > 0

@@ -158,3 +158,37 @@ def test_a_topic_model_writes_its_top_words_coherence_and_perplexity(tmp_path):
     assert -1 <= topics["npmi"] <= 1 and topics["perplexity"] > 1 and topics["unigram_perplexity"] > 1
     assert "test documents" in topics["npmi_reference_corpus"]
     assert counts.sum() > 0
+
+
+def test_a_count_run_shuffles_documents_sorted_by_group_every_epoch(tmp_path, monkeypatch):
+    """20 Newsgroups' files are sorted by newsgroup: a trainer taking batches in file order would
+    show each batch one group. The run draws a fresh permutation of the rows every epoch: every
+    batch mixes the two halves of a file sorted by group, each epoch visits every row once, and
+    the two epochs' orders differ."""
+    from pyro_vae import training
+
+    rng = np.random.default_rng(0)
+    rows = np.zeros((80, 12), dtype=np.int32)  # rows 0-39 use words 0-5 only, rows 40-79 words 6-11
+    rows[:40, :6] = rng.poisson(3.0, size=(40, 6)) + 1
+    rows[40:, 6:] = rng.poisson(3.0, size=(40, 6)) + 1
+    scipy.sparse.save_npz(tmp_path / "train.npz", scipy.sparse.csr_matrix(rows))
+    scipy.sparse.save_npz(tmp_path / "test.npz", scipy.sparse.csr_matrix(rows[::8]))
+    config = Config.from_dict({
+        "data": {"name": "counts", "path": str(tmp_path / "train.npz"), "test_path": str(tmp_path / "test.npz")},
+        "model": {"latent_dim": 2, "likelihood": "multinomial", "prior": {"name": "logistic-normal"},
+                  "network": {"name": "topic", "hidden": [8], "dropout": 0.0}},
+        "train": {"epochs": 2, "batch_size": 20, "lr": 1e-2},
+        "eval": {"samples": 2, "train_subset": 8, "exact_points": 0}})
+    drawn, read = [], training.Feed.read
+
+    def spy(self, train, index, dist, device):
+        drawn.append(index.clone())
+        return read(self, train, index, dist, device)
+
+    monkeypatch.setattr(training.Feed, "read", spy)
+    Trainer(config, tmp_path / "run", **QUIET).fit()
+    assert [len(b) for b in drawn] == [20] * 8  # two epochs of four batches
+    epochs = [torch.cat(drawn[:4]), torch.cat(drawn[4:])]
+    assert all(sorted(e.tolist()) == list(range(80)) for e in epochs)  # each row once an epoch
+    assert not torch.equal(epochs[0], epochs[1]) and epochs[0].tolist() != list(range(80))
+    assert all(0 < int((b < 40).sum()) < 20 for b in drawn)  # every batch holds both groups
