@@ -46,8 +46,22 @@ def _config_from(path: str | None, overrides: list[str], data: str | None = None
 
     raw = read_toml(path) if path else {}
     if data is not None:  # --data PATH: the dataset it names, whose options --set data.* may then change
-        raw["data"] = dataset_for_path(data)
+        raw["data"] = _data_for(dataset_for_path(data), raw.get("data"))
     return Config.from_dict(apply_overrides(raw, overrides))
+
+
+#: a dataset's options that name files of its own: not carried over to the file --data gives
+_FILE_OPTIONS = ("path", "test_path", "vocabulary", "features", "format", "data_dir")
+
+
+def _data_for(given: dict, configured) -> dict:
+    """The [data] table of --data PATH: a config's own [data] of the same dataset kind keeps its other
+    options (a column selection, the test fraction, a label column) and loses those naming its files;
+    a config's [data] of another kind is replaced whole."""
+    if isinstance(configured, dict) and configured.get("name") == given["name"]:
+        kept = {k: v for k, v in configured.items() if k not in _FILE_OPTIONS}
+        return {**kept, **given}
+    return given
 
 
 def _given_data(args: argparse.Namespace):
@@ -629,8 +643,9 @@ def _overrides(p: argparse.ArgumentParser) -> None:
 def _data(p: argparse.ArgumentParser, training: bool = False) -> None:
     p.add_argument("--data", metavar="PATH", help=(
         "train on your own data: a folder of images (dataset 'image-folder'), a .npy, .npz or .pt file "
-        "(dataset 'array'), a .csv/.tsv table (dataset 'csv'), counts (dataset 'counts') or a streaming layout (pyro-vae convert; dataset 'stream'); --set data.* sets its options; summarized in one "
-        "line when training starts" if training else
+        "(dataset 'array'), a .csv/.tsv table (dataset 'csv'), counts (dataset 'counts') or a streaming layout (pyro-vae convert; dataset 'stream'); --set data.* sets its options; a config's [data] of the same "
+        "kind keeps its options but those naming files (e.g. its gene selection); summarized in one line when "
+        "training starts" if training else
         "the data the run trained on, where its config cannot rebuild it (a run trained on data from Python): "
         "a folder of images, a .npy, .npz or .pt file or a .csv/.tsv table, checked against the run's fingerprint"))
 

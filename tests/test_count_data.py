@@ -547,6 +547,26 @@ def test_data_path_names_the_counts_dataset_for_each_kind(tmp_path):
     assert dataset_for_path(str(tmp_path / "images"))["name"] == "image-folder"
 
 
+def test_data_with_a_config_of_the_same_kind_keeps_its_options_but_its_files(tmp_path):
+    """scvi.toml --data cells.h5ad: the config's gene selection and split stay, its own files go; a
+    config's [data] of another kind is replaced whole."""
+    from pyro_vae.cli import _config_from
+
+    EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
+
+    path = write_h5ad(tmp_path / "a.h5ad", counts())
+    config = _config_from(str(EXAMPLES / "scvi.toml"), [], str(path))
+    assert config.data["name"] == "counts" and config.data["path"] == str(path)
+    assert config.data["min_rows"] == 3 and config.data["top_variable"] == 2000 and config.data["test_fraction"] == 0.1
+    other = tmp_path / "c.toml"
+    other.write_text('[data]\nname = "counts"\npath = "x.npz"\nvocabulary = "v.txt"\nformat = "npz"\nmin_rows = 2\n')
+    config = _config_from(str(other), ["data.min_rows=1"], str(path))
+    assert config.data["min_rows"] == 1 and config.data.get("vocabulary") is None and config.data["format"] == "auto"
+    config = _config_from(str(EXAMPLES / "prodlda.toml"), [], str(tmp_path))  # (a folder: image-folder)
+    assert config.data == {**config.data, "name": "image-folder", "path": str(tmp_path)}
+    assert "vocabulary" not in config.data
+
+
 def test_the_counts_dataset_loads_end_to_end(tmp_path):
     m = counts(50, 9, empty=(7, 30))
     path = write_h5ad(tmp_path / "a.h5ad", m.astype(np.float32), obs={"kind": ["x", "y"] * 25})
