@@ -14,7 +14,8 @@ minibatches of ``seed`` in the same order and draws the same noise stream. It me
   than either mean's own; with several seeds, the mean and spread of that difference over seeds
   beside the within-seed paired error, and which of the two dominates;
 * along the way, at evenly spaced points, test ELBO and log p(x) (``curve_samples`` samples);
-* gradient statistics at fixed parameter snapshots (start, middle, end of training): ``grad_draws``
+* gradient statistics (in the first seed's runs) at fixed parameter snapshots (start, middle, end
+  of training): ``grad_draws``
   independent gradient estimates on one fixed minibatch, summarized separately for the encoder
   and the decoder as the variance (trace of the covariance) and the signal-to-noise ratio
   |E[g]| / std(g) (Rainforth et al. 2018); an estimator without noise (the exact sum over
@@ -193,13 +194,15 @@ class Measuring:
     final_samples: int
 
     def scaled(self, s: float, fixed: frozenset[str]) -> "Measuring":
-        """The settings with each one not in ``fixed`` scaled by ``s`` <= 1 (not below its floor)."""
+        """The settings with each one not in ``fixed`` scaled down by ``s`` <= 1, not below its floor:
+        the draws along the way (curve K, gradient draws) by s, the curve's points and the final K,
+        the headline number, by sqrt(s)."""
         if s >= 1:
             return self
         out = {}
         for name, floor in FLOORS.items():
-            value = getattr(self, name)
-            out[name] = value if name in fixed else max(min(value, floor), round(value * s))
+            value, by = getattr(self, name), (math.sqrt(s) if name in ("curve_points", "final_samples") else s)
+            out[name] = value if name in fixed else max(min(value, floor), round(value * by))
         ks = self.snr_ks
         if "snr_ks" not in fixed and len(ks) > 2:
             ks = tuple(k for i, k in enumerate(ks) if i < 2 or k <= max(ks) * s)
@@ -240,8 +243,8 @@ def estimate(costs: Costs, m: Measuring, *, keys: list[str], seeds: int, budget:
     phases = {
         "setup": len(keys) * (2 * seeds - 1) * costs.build,  # (seed s > 0: a trainer of s first, its parameters copied)
         "training": seeds * sum(per_run_train.values()),
-        "curves": seeds * len(keys) * (m.curve_points + 1) * evaluation(m.curve_samples),
-        "gradients": seeds * sum(len(SNAPSHOTS) * (m.grad_draws * costs.draw[k] + costs.exact_gradient) for k in keys),
+        "curves": seeds * (len(keys) * m.curve_points + 1) * evaluation(m.curve_samples),  # (step 0: once a seed)
+        "gradients": sum(len(SNAPSHOTS) * (m.grad_draws * costs.draw[k] + costs.exact_gradient) for k in keys),
         "final": seeds * len(keys) * (evaluation(m.final_samples) + evaluation(particles) + n_test * costs.exact_point),
         "snr": sum(m.grad_draws * (a + b * k) for a, b in costs.snr_draw.values() for k in m.snr_ks)
         + costs.exact_gradient,
@@ -389,6 +392,7 @@ class Comparison:
         self.measuring, self.scaled_note, self.estimated = self.requested, "", {}
         self.timings: dict[str, float] = {}
         self._snr_state: tuple[str, object] | None = None
+        self._starts: dict[int, dict] = {}  # seed offset -> the curve's step-0 point
 
     # -- running -------------------------------------------------------------------------------
 
@@ -505,7 +509,7 @@ class Comparison:
         with pyro.validation_enabled(cfg.train.validate):
             while True:
                 done = self.budget.fraction(result.steps, result.train_seconds)
-                if next_snapshot < len(SNAPSHOTS) and done >= next_snapshot / 2:
+                if offset == 0 and next_snapshot < len(SNAPSHOTS) and done >= next_snapshot / 2:  # (first seed)
                     with self._timed("gradients"):
                         result.gradients[SNAPSHOTS[next_snapshot]] = {
                             "step": result.steps,
@@ -514,7 +518,7 @@ class Comparison:
                     next_snapshot += 1
                 if next_curve <= m.curve_points and done >= next_curve / m.curve_points:
                     with self._timed("curves"), trainer.scored():
-                        result.curve.append(self._curve_point(program, trainer.data, result))
+                        result.curve.append(self._curve_point(program, trainer.data, result, offset))
                     next_curve += 1
                 if done >= 1.0:
                     break
@@ -553,11 +557,18 @@ class Comparison:
     def _labels(program, data):
         return program.policy.scored_labels(data.test_labels)
 
-    def _curve_point(self, program, data, result: ObjectiveResult) -> dict:
+    def _curve_point(self, program, data, result: ObjectiveResult, offset: int) -> dict:
+        """Test ELBO and log p(x) now; at step 0 the seed's first objective's (the same parameters, the
+        same seeded evaluation: computed once a seed)."""
+        if result.steps == 0 and offset in self._starts:
+            return dict(self._starts[offset])
         settings = EvaluationSettings.of(self.config, self.measuring.curve_samples, exact_points=0)
         ev = evaluate(program, data.test, settings, labels=self._labels(program, data))
-        return {"step": result.steps, "train_seconds": result.train_seconds,
-                "test_elbo": ev.elbo.mean().item(), "test_log_px": ev.log_px.mean().item()}
+        point = {"step": result.steps, "train_seconds": result.train_seconds,
+                 "test_elbo": ev.elbo.mean().item(), "test_log_px": ev.log_px.mean().item()}
+        if result.steps == 0:
+            self._starts[offset] = point
+        return point
 
     def _final(self, program, data) -> tuple[dict, dict[str, torch.Tensor]]:
         """The final scores (means and standard errors) and the per-datapoint values behind them."""
@@ -717,6 +728,7 @@ def calibrate(comparison: Comparison) -> Costs:
             trainer.train_step(next(batches), lr=cfg.train.lr, epoch=0.0)  # (the first step warms up)
             steps[key] = _seconds(lambda: [trainer.train_step(next(batches), lr=cfg.train.lr, epoch=0.0)
                                            for _ in range(3)]) / 3
+            gradient_statistics(program, trainer.objective, grad_x, 1, cfg.seed)  # (warm-up)
             draws[key] = _seconds(lambda: gradient_statistics(program, trainer.objective, grad_x, 2, cfg.seed)) / 2
             if key == c.keys[0]:
                 shared = _calibrate_measuring(c, trainer, program, grad_x)
@@ -732,7 +744,8 @@ def _calibrate_measuring(c: Comparison, trainer: Trainer, program, grad_x: torch
     labels = labels[:m] if labels is not None else None
     timed = lambda k, exact=0: _seconds(lambda: evaluate(  # noqa: E731
         program, x, EvaluationSettings.of(cfg, k, exact_points=exact), labels=labels))
-    one, many = timed(1), timed(33)
+    timed(2)  # (the first evaluation warms up: not timed)
+    one, many = timed(1), timed(65)
     enumerable = enumeration_available(program)
     exact_point = max(0.0, timed(1, 1) - one) / m if enumerable else 0.0
     exact_grad = _seconds(lambda: exact_gradient(program, grad_x, max_states=ENUMERATION_MAX_STATES)) if enumerable else 0.0
@@ -744,12 +757,13 @@ def _calibrate_measuring(c: Comparison, trainer: Trainer, program, grad_x: torch
                 objective = OBJECTIVES.build({**spec, "num_particles": k})
             except ConfigError:
                 continue
+            gradient_statistics(program, objective, grad_x, 1, cfg.seed)  # (warm-up)
             at[k] = _seconds(lambda: gradient_statistics(program, objective, grad_x, 2, cfg.seed)) / 2
         ks = sorted(at)
         if ks:
             slope = (at[ks[-1]] - at[ks[0]]) / (ks[-1] - ks[0]) if len(ks) > 1 else 0.0
             snr_draw[name] = (max(0.0, at[ks[0]] - slope * ks[0]), max(0.0, slope))
-    return {"pair": max(0.0, many - one) / (m * 32), "point": one / m, "exact_point": exact_point,
+    return {"pair": max(0.0, many - one) / (m * 64), "point": one / m, "exact_point": exact_point,
             "exact_gradient": exact_grad, "snr_draw": snr_draw, "writing": 2 * figure_seconds()}  # (the curves, and two lighter ones)
 
 
@@ -820,7 +834,8 @@ def _name(c: Comparison, key: str) -> str:
 
 
 def results_markdown(c: Comparison) -> str:
-    """The table of final scores: one row per objective (several seeds: means, ± the s.d. over seeds)."""
+    """The table of final scores: one row per objective (several seeds: means, ± the s.d. over seeds;
+    the gradient statistics of the first seed)."""
     k, big, n = c.particles, c.measuring.final_samples, c.seeds
     runs = _by_key(c)
     exact = all("exact_log_px" in r.final for r in c.results)
@@ -843,9 +858,10 @@ def results_markdown(c: Comparison) -> str:
             cells.append(pm("test_exact_log_px", "test_exact_log_px_stderr"))
         if accuracy:
             cells.append(f"{mean('test_accuracy'):.4f} ± {rows[0]['test_accuracy_stderr']:.4f}")
-        snr = lambda name: show_snr(mean(name)) if all(row[name] == math.inf for row in rows) else f"{mean(name):.3f}"  # noqa: E731
-        cells += [_units(rows[0]["active_units"], rs[0].final["latent_dim"]), f"{mean('encoder_grad_variance'):.3g}",
-                  snr("encoder_grad_snr"), f"{mean('decoder_grad_variance'):.3g}", snr("decoder_grad_snr")]
+        first = rows[0]  # (gradient statistics: measured in the first seed's runs)
+        cells += [_units(first["active_units"], rs[0].final["latent_dim"]), f"{first['encoder_grad_variance']:.3g}",
+                  show_snr(first["encoder_grad_snr"]), f"{first['decoder_grad_variance']:.3g}",
+                  show_snr(first["decoder_grad_snr"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -393,7 +393,7 @@ def comparison_figure(curves: dict):
                 (line,) = ax.plot(xs, mean, marker=".", label=label)
                 if seeds > 1:
                     ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-                half = len(xs) // 2
+                half = max(0, min(len(xs) // 2, len(xs) - 2))  # (the last half, and at least two points)
                 late += lo[half:] + hi[half:]
             if late:
                 lo, hi = min(late), max(late)
@@ -452,18 +452,24 @@ def differences_figure(paired: dict, reference: str):
 
 
 def readable_log_ticks(ax, axis: str, values: list[float]) -> None:
-    """Ticks a log axis can be read by: 1, 2, 5 times powers of ten within the data's range (at
-    least three of them, the range's own ends where it spans less), written as plain numbers."""
+    """Ticks a log axis can be read by: 1, 2, 5 times powers of ten within the data's range (1, 1.5,
+    2, 3, 5, 7 where that gives fewer than three; the range's own ends where that still does),
+    written as plain numbers."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     finite = [v for v in values if v > 0 and math.isfinite(v)]
     if not finite:
         return
     lo, hi = min(finite), max(finite)
-    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 2)
-             for m in (1, 2, 5) if lo / 1.5 <= m * 10.0 ** e <= hi * 1.5]
+    def within(mantissas):
+        return [m * 10.0 ** e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 2)
+                for m in mantissas if lo / 1.5 <= m * 10.0 ** e <= hi * 1.5]
+
+    ticks = within((1, 2, 5))
+    if len(ticks) < 3:  # (a narrow range: finer steps, then its own ends)
+        ticks = within((1, 1.5, 2, 3, 5, 7))
     if len(ticks) < 3:
-        ticks = sorted({lo, math.sqrt(lo * hi), hi, *ticks})
+        ticks = sorted({lo, hi, *ticks})
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_locator(FixedLocator(ticks))
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))

@@ -296,3 +296,22 @@ def test_the_exact_estimators_snr_is_infinite_not_nan(tmp_path):
     assert math.isfinite(sampled["encoder_grad_snr"])
     assert "exact (∞)" in comparison.markdown() and "nan" not in comparison.markdown()
     assert snr_of({"variance": 0.0, "snr": float("nan")}) == math.inf
+
+
+def test_the_budget_benchmark_reports_the_estimate_against_the_measured_time(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))  # (its `common`, as `python benchmarks/compare_budget.py` has it)
+    try:
+        spec = importlib.util.spec_from_file_location("compare_budget", folder / "compare_budget.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        assert bench.main(["--smoke", "--budget", "5steps", "--objectives", "elbo,dreg", "--out", str(tmp_path)]) == 0
+    finally:
+        sys.path.remove(str(folder))
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["measured_over_estimate"] == pytest.approx(result["measured"]["total"] / result["estimate"]["total"])
+    assert result["announced"].startswith("estimate: ") and "| training |" in (tmp_path / "result.md").read_text()
