@@ -225,12 +225,13 @@ class Costs:
 
     build: float  # setting one run up (program, data preparation, optimizer)
     step: dict[str, float]  # one training step, per objective
-    draw: dict[str, float]  # one gradient draw on the gradient batch, per objective
+    draw: dict[str, tuple[float, float]]  # (a call, one draw more) of gradient statistics, per objective
     pair: float  # one (test datapoint, importance sample) of an evaluation
     point: float  # one test datapoint's evaluation besides its samples (ELBO terms, posterior mean)
+    call: float  # one evaluation besides its datapoints (set-up, summaries)
     exact_point: float  # one test datapoint's exact log p(x) (every state summed; 0 where none)
     exact_gradient: float  # one exact gradient on the gradient batch (0 where none)
-    snr_draw: dict[str, tuple[float, float]]  # a + b K: one gradient draw at K, per SNR-against-K estimator
+    snr_draw: dict[str, tuple[float, float, float]]  # (a call, a + b K a draw at K), per SNR-against-K estimator
     writing: float  # tables, pictures, checkpoints
 
 
@@ -239,14 +240,15 @@ def estimate(costs: Costs, m: Measuring, *, keys: list[str], seeds: int, budget:
     """The seconds of each phase of a comparison (setup, training, curves, gradients, final, snr,
     writing) under the calibrated ``costs``; ``"measuring"`` curves to snr, ``"total"`` all."""
     per_run_train = {k: (budget.steps * costs.step[k] if budget.steps is not None else budget.seconds) for k in keys}
-    evaluation = lambda samples: n_test * (samples * costs.pair + costs.point)  # noqa: E731
+    evaluation = lambda samples: costs.call + n_test * (samples * costs.pair + costs.point)  # noqa: E731
     phases = {
         "setup": len(keys) * (2 * seeds - 1) * costs.build,  # (seed s > 0: a trainer of s first, its parameters copied)
         "training": seeds * sum(per_run_train.values()),
         "curves": seeds * (len(keys) * m.curve_points + 1) * evaluation(m.curve_samples),  # (step 0: once a seed)
-        "gradients": sum(len(SNAPSHOTS) * (m.grad_draws * costs.draw[k] + costs.exact_gradient) for k in keys),
+        "gradients": sum(len(SNAPSHOTS) * (costs.draw[k][0] + m.grad_draws * costs.draw[k][1] + costs.exact_gradient)
+                         for k in keys),
         "final": seeds * len(keys) * (evaluation(m.final_samples) + evaluation(particles) + n_test * costs.exact_point),
-        "snr": sum(m.grad_draws * (a + b * k) for a, b in costs.snr_draw.values() for k in m.snr_ks)
+        "snr": sum(call + m.grad_draws * (a + b * k) for call, a, b in costs.snr_draw.values() for k in m.snr_ks)
         + costs.exact_gradient,
         "writing": costs.writing,
     }
@@ -433,7 +435,7 @@ class Comparison:
 
         def fits(s: float) -> bool:
             phases = estimate(self.costs, self.requested.scaled(s, self.fixed), **shape)
-            return (phases["total"] <= self.total if self.total is not None
+            return (phases["total"] + self.timings["calibration"] <= self.total if self.total is not None
                     else phases["measuring"] <= MEASURE_SHARE * phases["training"])
 
         s, low = 1.0, 1e-3
@@ -726,10 +728,9 @@ def calibrate(comparison: Comparison) -> Costs:
         batches = trainer.batch_stream()
         with pyro.validation_enabled(cfg.train.validate):
             trainer.train_step(next(batches), lr=cfg.train.lr, epoch=0.0)  # (the first step warms up)
-            steps[key] = _seconds(lambda: [trainer.train_step(next(batches), lr=cfg.train.lr, epoch=0.0)
-                                           for _ in range(3)]) / 3
-            gradient_statistics(program, trainer.objective, grad_x, 1, cfg.seed)  # (warm-up)
-            draws[key] = _seconds(lambda: gradient_statistics(program, trainer.objective, grad_x, 2, cfg.seed)) / 2
+            steps[key] = sorted(_seconds(lambda: trainer.train_step(next(batches), lr=cfg.train.lr, epoch=0.0))
+                                for _ in range(5))[2]  # (the median of five: a shared machine's bursts left out)
+            draws[key] = draw_costs(program, trainer.objective, grad_x, cfg.seed)
             if key == c.keys[0]:
                 shared = _calibrate_measuring(c, trainer, program, grad_x)
     return Costs(build=sum(builds) / len(builds), step=steps, draw=draws, **shared)
@@ -745,7 +746,10 @@ def _calibrate_measuring(c: Comparison, trainer: Trainer, program, grad_x: torch
     timed = lambda k, exact=0: _seconds(lambda: evaluate(  # noqa: E731
         program, x, EvaluationSettings.of(cfg, k, exact_points=exact), labels=labels))
     timed(2)  # (the first evaluation warms up: not timed)
+    few = _seconds(lambda: evaluate(program, x[: m // 4], EvaluationSettings.of(cfg, 1, exact_points=0),
+                                    labels=labels[: m // 4] if labels is not None else None))
     one, many = timed(1), timed(65)
+    point = max(0.0, one - few) / (m - m // 4)
     enumerable = enumeration_available(program)
     exact_point = max(0.0, timed(1, 1) - one) / m if enumerable else 0.0
     exact_grad = _seconds(lambda: exact_gradient(program, grad_x, max_states=ENUMERATION_MAX_STATES)) if enumerable else 0.0
@@ -757,14 +761,25 @@ def _calibrate_measuring(c: Comparison, trainer: Trainer, program, grad_x: torch
                 objective = OBJECTIVES.build({**spec, "num_particles": k})
             except ConfigError:
                 continue
-            gradient_statistics(program, objective, grad_x, 1, cfg.seed)  # (warm-up)
-            at[k] = _seconds(lambda: gradient_statistics(program, objective, grad_x, 2, cfg.seed)) / 2
+            at[k] = draw_costs(program, objective, grad_x, cfg.seed)
         ks = sorted(at)
         if ks:
-            slope = (at[ks[-1]] - at[ks[0]]) / (ks[-1] - ks[0]) if len(ks) > 1 else 0.0
-            snr_draw[name] = (max(0.0, at[ks[0]] - slope * ks[0]), max(0.0, slope))
-    return {"pair": max(0.0, many - one) / (m * 64), "point": one / m, "exact_point": exact_point,
+            first, last = at[ks[0]][1], at[ks[-1]][1]
+            slope = (last - first) / (ks[-1] - ks[0]) if len(ks) > 1 else 0.0
+            snr_draw[name] = (at[ks[0]][0], max(0.0, first - slope * ks[0]), max(0.0, slope))
+    return {"pair": max(0.0, many - one) / (m * 64), "point": point, "call": max(0.0, one - m * point),
+            "exact_point": exact_point,
             "exact_gradient": exact_grad, "snr_draw": snr_draw, "writing": 2 * figure_seconds()}  # (the curves, and two lighter ones)
+
+
+def draw_costs(program, objective, x: torch.Tensor, seed: int) -> tuple[float, float]:
+    """Seconds of a call of gradient statistics besides its draws, and of one draw (from calls of
+    one and of three draws, after one that warms up)."""
+    gradient_statistics(program, objective, x, 1, seed)
+    one = _seconds(lambda: gradient_statistics(program, objective, x, 1, seed))
+    three = _seconds(lambda: gradient_statistics(program, objective, x, 3, seed))
+    draw = max(0.0, three - one) / 2
+    return max(0.0, one - draw), draw
 
 
 _FIGURE_SECONDS: list[float] = []
