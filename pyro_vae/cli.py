@@ -533,28 +533,38 @@ def _traverse_codes(args: argparse.Namespace, run, site: str, mean, held: dict, 
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import Budget, Comparison, parse_objectives, title
+    from .compare import Budget, Comparison, parse_objectives, parse_total, time_line, title
 
     config = _config_from(args.config, args.set)
     specs = parse_objectives(args.objectives, args.particles)
     budget = Budget.parse(args.budget)
+    total = parse_total(args.total) if args.total else None
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     args.run_dir_used = None
-    ks = tuple(int(k) for k in args.snr_k.split(",") if k.strip())
+    ks = tuple(int(k) for k in args.snr_k.split(",") if k.strip()) if args.snr_k else None
     comparison = Comparison(config, specs, budget, out, particles=args.particles, curve_points=args.curve_points,
                             curve_samples=args.curve_samples, grad_draws=args.grad_draws,
-                            grad_batch=args.grad_batch, snr_ks=ks, progress=not args.no_progress)
+                            grad_batch=args.grad_batch, snr_ks=ks, final_samples=args.final_samples,
+                            seeds=args.seeds, reference=args.reference, total=total, confirmed=args.yes,
+                            progress=not args.no_progress)
+    seeds = f"{args.seeds} seeds from {config.seed}" if args.seeds > 1 else f"seed {config.seed}"
     print(f"comparing {', '.join(title(s) for s in specs)} on {config.data['name']}: {budget.describe()} each, "
-          f"seed {config.seed} -> {out}")
+          f"{seeds} -> {out}")
     comparison.run(overwrite=args.overwrite)
-    print(f"\nnats per datapoint, test set of {config.data['name']}; {budget.describe()} per objective\n")
+    m = comparison.measuring
+    print(f"\nnats per datapoint, test set of {config.data['name']}; {budget.describe()} per objective"
+          + (f"; {comparison.scaled_note}" if comparison.scaled_note else "") + "\n")
     print(comparison.markdown())
-    print(f"\ngradient statistics ({args.grad_draws} draws on a fixed batch of {args.grad_batch}):\n")
+    print(f"\ndifferences from {comparison.ref} (paired: the same test datapoints):\n")
+    print(comparison.paired_markdown())
+    print(f"\ngradient statistics ({m.grad_draws} draws on a fixed batch of {m.grad_batch}):\n")
     print(comparison.gradient_markdown())
     snr = comparison.snr_vs_k["encoder_snr"]
     print("\nencoder gradient SNR against K (" + comparison.snr_vs_k["parameters"] + "): " + "; ".join(
         f"{name} " + ", ".join(f"K={k}: {v:.3f}" for k, v in by_k.items()) for name, by_k in snr.items()))
-    print(f"\nwrote {out}/results.md, results.csv, results.json, curves.png, snr_vs_k.png and one run folder per objective")
+    print(f"\n{time_line(comparison)}")
+    print(f"\nwrote {out}/results.md, results.csv, results.json, curves.png, differences.png, snr_vs_k.png and one "
+          f"run folder per objective{' and seed' if args.seeds > 1 else ''} (each with per_datapoint.csv)")
     return 0
 
 
@@ -779,8 +789,8 @@ def _parser_sample(sub) -> None:
 
 
 def _parser_compare(sub) -> None:
-    p = _command(sub, "compare", ['pyro-vae compare --objectives elbo,iwae,dreg --particles 5 --budget 2000steps', "pyro-vae compare --set model.latent_dim=16 --set model.prior=categorical --set model.guide=categorical --objectives 'enumerate,score-function(baseline=leave-one-out):4,gumbel-softmax'"], help="train one model under several objectives on equal budgets and compare them "
-                  "(the final test log p(x) takes K = eval.samples: --set eval.samples=N)")
+    p = _command(sub, "compare", ['pyro-vae compare --objectives elbo,iwae,dreg --particles 5 --budget 2000steps', 'pyro-vae compare --objectives elbo,elbo-analytic-kl,iwae,stl,dreg --particles 5 --budget 200steps --seeds 3 --total 15min', "pyro-vae compare --set model.latent_dim=16 --set model.prior=categorical --set model.guide=categorical --objectives 'enumerate,score-function(baseline=leave-one-out):4,gumbel-softmax'"], help="train one model under several objectives on equal budgets and compare them: paired "
+                  "differences from a reference, spread over seeds; the whole run's time announced before it starts")
     p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults)")
     _overrides(p)
     p.add_argument("--objectives", default="elbo,elbo-analytic-kl,iwae,stl,dreg",
@@ -790,13 +800,23 @@ def _parser_compare(sub) -> None:
     p.add_argument("--particles", "-k", type=int, default=10,
                    help="samples per datapoint for every objective without its own :K, and the K of the "
                    "test IWAE bound (default 10)")
-    p.add_argument("--budget", default="1000steps", help="per objective: steps (2000, 2000steps) or training "
-                   "time (90s, 5min); default %(default)s")
-    p.add_argument("--curve-points", type=int, default=10, help="evaluations along training (default 10)")
-    p.add_argument("--curve-samples", type=int, default=100, help="K of log p(x) along training (default 100)")
-    p.add_argument("--grad-draws", type=int, default=100, help="gradient draws per snapshot (default 100)")
-    p.add_argument("--grad-batch", type=int, default=64, help="minibatch of the gradient statistics (default 64)")
-    p.add_argument("--snr-k", default="1,4,16,64", help="K values of the SNR-against-K plot (default %(default)s)")
+    p.add_argument("--budget", default="1000steps", help="training per objective and seed: steps (2000, "
+                   "2000steps) or training time (90s, 5min); default %(default)s")
+    p.add_argument("--seeds", type=int, default=1, help="initializations per objective (seed, seed+1, ...; the "
+                   "data order and noise stay those of the config's seed); default 1")
+    p.add_argument("--reference", help="the objective the differences are taken from (default: the first)")
+    p.add_argument("--total", help="the whole run's time, training and measuring (e.g. 15min): the measuring "
+                   "not set below is scaled down to fit; a run whose estimate still exceeds it is refused "
+                   "without --yes (default: measuring scaled to at most 50%% on top of the training)")
+    p.add_argument("--yes", action="store_true", help="run even where the estimate exceeds --total")
+    p.add_argument("--curve-points", type=int, help="evaluations along training (default 10, scaled to fit)")
+    p.add_argument("--curve-samples", type=int, help="K of log p(x) along training (default 100, scaled to fit)")
+    p.add_argument("--grad-draws", type=int, help="gradient draws per snapshot (default 100, scaled to fit)")
+    p.add_argument("--grad-batch", type=int, help="minibatch of the gradient statistics (default 64)")
+    p.add_argument("--snr-k", help="K values of the SNR-against-K plot (default 1,4,16,64, the largest dropped "
+                   "to fit)")
+    p.add_argument("--final-samples", type=int, help="K of the final test log p(x) (default eval.samples, "
+                   "scaled to fit)")
     p.add_argument("--out", help="folder to create (default: runs/compare-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing comparison folder")
     p.add_argument("--no-progress", action="store_true")

@@ -334,34 +334,146 @@ def plot_confusion(confusion: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def plot_comparison_curves(curves: dict[str, list[dict]], path: Path) -> Path:
-    """Test log p(x) and ELBO against steps and against training seconds, one line per objective."""
+def plot_comparison_curves(curves: dict, path: Path) -> Path:
+    """Test log p(x) and ELBO against steps and against training seconds, one line per objective
+    (its mean over seeds, with the band of the seeds' lowest to highest)."""
     fig = comparison_figure(curves)
     _save(fig, path, dpi=100)
     _pyplot().close(fig)
     return path
 
 
-def comparison_figure(curves: dict[str, list[dict]]):
-    """The figure of :func:`plot_comparison_curves`."""
+def comparison_figure_bytes(curves: dict) -> bytes:
+    """:func:`comparison_figure` drawn into PNG bytes (what compare's calibration times)."""
+    import io
+
+    fig = comparison_figure(curves)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _seed_curves(points: list) -> list[list[dict]]:
+    """One objective's curves over seeds: a list of curves (a single curve is one seed's)."""
+    return [points] if points and isinstance(points[0], dict) else list(points)
+
+
+def _band(runs: list[list[dict]], xkey: str, key: str) -> tuple[list[float], list[float], list[float], list[float]]:
+    """x (the mean over seeds), the mean, lowest and highest value over seeds at each measured point
+    after the start (the untrained step-0 value, hundreds of nats below, is left out)."""
+    n = min(len(r) for r in runs)
+    xs, mean, lo, hi = [], [], [], []
+    for i in range(n):
+        if all(r[i]["step"] == 0 for r in runs) and n > 1:
+            continue
+        values = [r[i][key] for r in runs]
+        xs.append(sum(r[i][xkey] for r in runs) / len(runs))
+        mean.append(sum(values) / len(values))
+        lo.append(min(values))
+        hi.append(max(values))
+    return xs, mean, lo, hi
+
+
+def comparison_figure(curves: dict):
+    """The figure of :func:`plot_comparison_curves`: from the first measured point after the start;
+    the y-range set by the last half of the curves (bands included), so that curves a few nats
+    apart stay apart (earlier, lower points may leave the frame at the bottom)."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey="row")
+    seeds = max((len(_seed_curves(p)) for p in curves.values()), default=1)
     for i, (key, name) in enumerate((("test_log_px", "test log p(x) (importance sampled)"), ("test_elbo", "test ELBO"))):
         for j, (xkey, xlabel) in enumerate((("step", "training steps"), ("train_seconds", "training seconds"))):
             ax = axes[i][j]
+            late: list[float] = []
             for label, points in curves.items():
-                ax.plot([p[xkey] for p in points], [p[key] for p in points], marker=".", label=label)
-            shown = [p[key] for points in curves.values() for p in points]
-            if shown:  # every curve whole in the frame, from its first evaluated point on
-                lo, hi = min(shown), max(shown)
-                ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+                xs, mean, lo, hi = _band(_seed_curves(points), xkey, key)
+                if not xs:
+                    continue
+                (line,) = ax.plot(xs, mean, marker=".", label=label)
+                if seeds > 1:
+                    ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+                half = max(0, min(len(xs) // 2, len(xs) - 2))  # (the last half, and at least two points)
+                late += lo[half:] + hi[half:]
+            if late:
+                lo, hi = min(late), max(late)
+                pad = 0.1 * (hi - lo) + 1e-3 * max(1.0, abs(hi))
+                ax.set_ylim(lo - pad, hi + pad)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{name}, nats per datapoint")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("objectives on equal budgets: same model, initialization and minibatches")
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    band = f"; bands: lowest to highest of {seeds} seeds" if seeds > 1 else ""
+    fig.suptitle("objectives on equal budgets: same model, data order and initialization" + band +
+                 "\n(from the first measured point after the start; y-range: the last half of training)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
+
+
+def plot_differences(paired: dict, reference: str, path: Path) -> Path:
+    """Each objective's difference from the reference objective, per metric, with its paired
+    error bars (see :func:`differences_figure`)."""
+    fig = differences_figure(paired, reference)
+    _save(fig, path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def differences_figure(paired: dict, reference: str):
+    """One panel per metric (compare's ``paired_differences``): for each objective its mean
+    difference from ``reference`` (nats per datapoint) with a bar of ± 2 paired standard errors, the
+    thin bar ± 2 standard errors of the mean over seeds where there are several, and each seed's
+    difference as a dot; a dashed line at 0 (the reference)."""
+    plt = _pyplot()
+    metrics = [m for m in ("log_px", "elbo", "exact_log_px") if paired.get(m)] or list(paired)[:1]
+    names = {"log_px": "test log p(x)", "elbo": "test ELBO", "exact_log_px": "exact test log p(x)",
+             "iwae_bound": "test IWAE bound"}
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5.5 * max(1, len(metrics)), 0.6 * max(
+        (len(paired[m]) for m in metrics), default=1) + 2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        rows = paired[metric]
+        for y, (key, d) in enumerate(rows.items()):
+            seeds = d["per_seed"]
+            if len(seeds) > 1:
+                ax.errorbar(d["mean"], y, xerr=2 * d["stderr"], fmt="none", ecolor="grey", elinewidth=1, capsize=6)
+                ax.plot([s["difference"] for s in seeds], [y] * len(seeds), "o", color="grey", markersize=3)
+            ax.errorbar(d["mean"], y, xerr=2 * d["paired_stderr"], fmt="o", color="C3" if d["beyond_two_stderr"] else "C0",
+                        elinewidth=3, capsize=3)
+        ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(list(rows), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{names.get(metric, metric)} - {reference}, nats per datapoint")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_title("difference from the reference; thick bar: ± 2 paired s.e. (red: beyond it); thin: ± 2 s.e. "
+                         "over seeds; dots: each seed", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def readable_log_ticks(ax, axis: str, values: list[float]) -> None:
+    """Ticks a log axis can be read by: 1, 2, 5 times powers of ten within the data's range (1, 1.5,
+    2, 3, 5, 7 where that gives fewer than three; the range's own ends where that still does),
+    written as plain numbers."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    finite = [v for v in values if v > 0 and math.isfinite(v)]
+    if not finite:
+        return
+    lo, hi = min(finite), max(finite)
+    def within(mantissas):
+        return [m * 10.0 ** e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 2)
+                for m in mantissas if lo / 1.5 <= m * 10.0 ** e <= hi * 1.5]
+
+    ticks = within((1, 2, 5))
+    if len(ticks) < 3:  # (a narrow range: finer steps, then its own ends)
+        ticks = within((1, 1.5, 2, 3, 5, 7))
+    if len(ticks) < 3:
+        ticks = sorted({lo, hi, *ticks})
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(FixedLocator(ticks))
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    target.set_minor_formatter(NullFormatter())
 
 
 def plot_snr_vs_k(snr: dict, path: Path) -> Path:
@@ -375,7 +487,8 @@ def plot_snr_vs_k(snr: dict, path: Path) -> Path:
 
 def snr_figure(snr: dict):
     """The figure of :func:`plot_snr_vs_k`: log axes whose ticks read as plain numbers (the K measured
-    on x); with ``encoder_relative_bias`` (a discrete latent), a second panel of the bias against K."""
+    on x; 1-2-5 steps on y); an estimator without noise (SNR infinite) is drawn at the top as
+    "exact (∞)"; with ``encoder_relative_bias`` (a discrete latent), a second panel of the bias against K."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     plt = _pyplot()
@@ -383,22 +496,31 @@ def snr_figure(snr: dict):
     if snr.get("encoder_relative_bias"):
         panels.append(("encoder_relative_bias", "encoder gradient |E g - exact| / |exact|"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
     for ax, (key, ylabel) in zip(axes[0], panels):
         measured: set[int] = set()
+        shown: list[float] = []
+        exact = []
         for name, by_k in snr[key].items():
             ks = sorted(int(k) for k in by_k)
             if not ks:
                 continue
             measured |= set(ks)
-            ax.plot(ks, [by_k[k] for k in ks], marker="o", label=name)
+            values = [float(by_k[k]) for k in ks]
+            if all(v == math.inf for v in values):
+                exact.append((name, ks))
+                continue
+            shown += values
+            ax.plot(ks, values, marker="o", label=name)
+        top = max(shown, default=1.0) * 3
+        for name, ks in exact:  # (no noise: |E g| / 0)
+            ax.plot(ks, [top] * len(ks), marker="^", linestyle=":", label=f"{name}: exact (∞)")
+            shown.append(top)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(FixedLocator(sorted(measured)))
-        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        readable_log_ticks(ax, "y", shown)
         ax.set_xlabel("K (samples per datapoint)")
         ax.set_ylabel(ylabel)
         ax.legend()

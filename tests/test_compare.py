@@ -9,6 +9,7 @@ import pytest
 from pyro_vae import ConfigError
 from pyro_vae.cli import main
 from pyro_vae.compare import Budget, Comparison, parse_objectives
+from pyro_vae.config import DATASETS
 from pyro_vae.trained import load_run
 
 from conftest import tiny_config
@@ -51,7 +52,7 @@ def small_comparison(out, objectives="elbo,iwae,dreg", budget="12"):
 
 def without_timings(payload):
     if isinstance(payload, dict):
-        return {k: without_timings(v) for k, v in payload.items() if k not in ("train_seconds", "ms_per_step")}
+        return {k: without_timings(v) for k, v in payload.items() if k not in ("train_seconds", "ms_per_step", "time")}
     if isinstance(payload, list):
         return [without_timings(v) for v in payload]
     return payload
@@ -117,19 +118,28 @@ def test_compare_refuses_warmup_and_unknown_objectives(tmp_path, capsys):
     assert "Did you mean 'iwae'" in capsys.readouterr().err
 
 
-def test_compare_curves_hold_every_point_in_the_frame():
-    """The step-0 point (untrained, far below the rest) stays inside the axes, as every later one."""
+def test_compare_curves_start_after_the_start_and_keep_close_curves_apart():
+    """The step-0 point (untrained, far below the rest) is not drawn; the y-range is set by the last
+    half, so two curves one nat apart there are not squashed into one line; seeds draw a band."""
+    from matplotlib.collections import PolyCollection
+
     from pyro_vae.plots import comparison_figure
 
-    curves = {name: [{"step": s, "train_seconds": s / 10, "test_log_px": v, "test_elbo": v - 5}
-                     for s, v in zip((0, 50, 100), values)]
-              for name, values in (("elbo", (-540.0, -120.0, -110.0)), ("iwae", (-545.0, -118.0, -109.0)))}
+    def curve(values, shift=0.0):
+        return [{"step": s, "train_seconds": s / 10, "test_log_px": v + shift, "test_elbo": v + shift - 5}
+                for s, v in zip((0, 50, 100, 150, 200), values)]
+
+    curves = {"elbo": [curve((-540.0, -130.0, -118.0, -111.0, -110.0)), curve((-541.0, -131.0, -119.0, -112.0, -110.5))],
+              "iwae": [curve((-545.0, -128.0, -117.0, -110.0, -109.0)), curve((-546.0, -129.0, -117.5, -110.5, -109.2))]}
     fig = comparison_figure(curves)
     for ax in fig.axes:
         lo, hi = ax.get_ylim()
+        assert hi - lo < 10  # the last half spans about 3 nats: the frame is a few nats high
         for line in ax.get_lines():
-            ys = line.get_ydata()
-            assert lo <= min(ys) and max(ys) <= hi
+            xs, ys = line.get_xdata(), line.get_ydata()
+            assert 0 not in xs and min(ys) > -200  # no step-0 point
+            assert lo <= ys[-1] <= hi and lo <= ys[-2] <= hi  # the last half in the frame
+        assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 2  # a band per objective
 
 
 def test_compare_tells_the_semi_supervised_story_sampled_enumerated_and_with_the_classification_term(tmp_path):
@@ -158,3 +168,150 @@ def test_compare_tells_the_semi_supervised_story_sampled_enumerated_and_with_the
         _, q_y = run.classify(run.data.prepared_test)
         fits[name] = torch.log(q_y[torch.arange(len(q_y)), run.data.test_labels]).sum().item()
     assert fits["enumerate-classifier_weight-20"] > fits["enumerate"]
+
+
+# -- paired differences, seeds, the time estimate, the exact estimator's SNR ------------------------
+
+
+def stored_values(folder):
+    """A run folder's per_datapoint.csv as {column: [floats]}."""
+    import csv
+
+    with open(folder / "per_datapoint.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in rows[0] if k != "datapoint"}
+
+
+def test_paired_differences_are_those_of_the_stored_per_datapoint_values(tmp_path):
+    import math
+
+    comparison = small_comparison(tmp_path / "p", objectives="elbo,iwae", budget="6")
+    comparison.run()
+    ref, other = stored_values(tmp_path / "p" / "elbo-K3"), stored_values(tmp_path / "p" / "iwae-K3")
+    assert set(ref) == {"elbo", "iwae_bound_K3", "log_px_K20"} and len(ref["elbo"]) == 16
+    paired = json.loads((tmp_path / "p" / "results.json").read_text())["paired_differences"]
+    for metric, column in (("elbo", "elbo"), ("log_px", "log_px_K20"), ("iwae_bound", "iwae_bound_K3")):
+        d = [b - a for a, b in zip(ref[column], other[column])]
+        mean = sum(d) / len(d)
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1)) / math.sqrt(len(d))
+        got = paired[metric]["iwae (K=3)"]
+        assert got["mean"] == pytest.approx(mean, abs=1e-9) and got["paired_stderr"] == pytest.approx(se, rel=1e-9)
+        assert got["beyond_two_stderr"] == (abs(mean) > 2 * se)
+    row = comparison.paired_markdown().splitlines()[3]
+    assert row.startswith("| iwae | ") and f"{paired['log_px']['iwae (K=3)']['mean']:+.2f} ± " in row
+
+
+def test_the_same_objective_twice_differs_by_zero_with_zero_paired_error(tmp_path):
+    config = tiny_config(data={"n_train": 64, "n_test": 16}, eval={"samples": 20, "train_subset": 32})
+    spec = {"name": "elbo", "num_particles": 2}
+    comparison = Comparison(config, [spec, dict(spec)], Budget.parse("5"), tmp_path / "twice", particles=2,
+                            curve_points=1, curve_samples=4, grad_draws=3, grad_batch=8, snr_ks=(1, 2),
+                            progress=False, log=lambda s: None)
+    comparison.run()
+    assert sorted(p.name for p in (tmp_path / "twice").iterdir() if p.is_dir()) == ["elbo-K2", "elbo-K2-2"]
+    for metric, rows in comparison.paired().items():
+        (d,) = rows.values()
+        assert d["mean"] == 0.0 and d["paired_stderr"] == 0.0 and not d["beyond_two_stderr"], metric
+    assert "| elbo #2 | +0.00 ± 0.00 | no |" in comparison.paired_markdown()
+
+
+def test_seeds_change_the_initialization_and_nothing_else(tmp_path):
+    import torch
+
+    comparison = small_comparison(tmp_path / "s", objectives="elbo", budget="4")
+    comparison.splits = DATASETS.build(comparison.config.data, "data").load()
+    seen = []
+    for offset in (0, 1):
+        trainer = comparison._trainer(comparison.specs[0], offset, "elbo-K3", quiet=True)
+        stream = trainer.batch_stream()
+        seen.append({"parameters": torch.cat([p.detach().flatten() for p in trainer.program.module.parameters()]),
+                     "batches": torch.cat([next(stream) for _ in range(6)]),  # (64 datapoints, batch 32: 3 epochs)
+                     "test": trainer.data.test.clone(), "noise": torch.rand(5)})
+    first, second = seen
+    assert not torch.equal(first["parameters"], second["parameters"])
+    for key in ("batches", "test", "noise"):
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_several_seeds_report_the_spread_beside_the_paired_error(tmp_path):
+    comparison = Comparison(tiny_config(data={"n_train": 64, "n_test": 16}, eval={"samples": 10, "train_subset": 32}),
+                            parse_objectives("elbo,iwae", 2), Budget.parse("4"), tmp_path / "n", particles=2,
+                            curve_points=1, curve_samples=3, grad_draws=3, grad_batch=8, snr_ks=(1, 2), seeds=2,
+                            reference="iwae", progress=False, log=lambda s: None)
+    comparison.run()
+    assert sorted(p.name for p in (tmp_path / "n").iterdir() if p.is_dir()) == \
+        ["elbo-K2-seed0", "elbo-K2-seed1", "iwae-K2-seed0", "iwae-K2-seed1"]
+    d = comparison.paired()["log_px"]["elbo (K=2)"]
+    assert len(d["per_seed"]) == 2 and d["seed_sd"] > 0 and d["dominant"] in ("seeds", "datapoints")
+    starts = {(r.key, r.seed): r.curve[0]["test_log_px"] for r in comparison.results}
+    assert starts["elbo (K=2)", 0] == starts["iwae (K=2)", 0] != starts["elbo (K=2)", 1] == starts["iwae (K=2)", 1]
+    text = (tmp_path / "n" / "results.md").read_text()
+    assert "s.d. over seeds" in text and "dominates" in text and "(reference)" in text
+    assert (tmp_path / "n" / "differences.png").is_file()
+
+
+def test_the_announced_estimate_is_within_a_factor_of_two_of_the_whole_run(tmp_path):
+    said = []
+    comparison = small_comparison(tmp_path / "t", objectives="elbo,dreg", budget="40")
+    comparison.log = said.append
+    comparison.run()
+    estimated, took = comparison.estimated["total"], comparison.timings["total"]
+    assert any(line.startswith(f"estimate: {estimated:.0f} s in all") for line in said)
+    assert 0.5 <= took / estimated <= 2.0, (estimated, took, comparison.estimated, comparison.timings)
+
+
+def test_default_measuring_is_scaled_to_the_training_and_a_total_is_kept(tmp_path, capsys):
+    config = tiny_config(data={"n_train": 64, "n_test": 16}, eval={"samples": 200, "train_subset": 32})
+    comparison = Comparison(config, parse_objectives("elbo", 2), Budget.parse("3"), tmp_path / "d", particles=2,
+                            grad_batch=8, snr_ks=(1, 2), progress=False, log=lambda s: None)
+    comparison.splits = DATASETS.build(config.data, "data").load()
+    comparison.plan()  # three steps of training: the default measuring (K = 200, 100 draws ...) is cut to its floors
+    m = comparison.measuring
+    assert m.curve_samples < 100 and m.grad_draws < 100 and m.final_samples < 200 and m.snr_ks == (1, 2)
+    assert "measuring scaled down to fit 50% on top of the training" in comparison.scaled_note
+    out = tmp_path / "refused"
+    assert main(["compare", *TINY, "--objectives", "elbo", "--budget", "3", "--total", "0.01s", "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "exceeds --total 0.01 s" in capsys.readouterr().err and not out.exists()
+    assert main(["compare", *TINY, "--total", "30steps", "--out", str(out)]) == 2
+    assert "--total '30steps': give the whole run's time" in capsys.readouterr().err
+    assert main(["compare", *TINY, "--objectives", "elbo,iwae", "--reference", "dreg", "--out", str(out)]) == 2
+    assert "--reference 'dreg' is none of the compared objectives" in capsys.readouterr().err
+
+
+def test_the_exact_estimators_snr_is_infinite_not_nan(tmp_path):
+    import math
+
+    from pyro_vae.compare import snr_of
+
+    config = tiny_config(data={"binary": True, "n_train": 64, "n_test": 16}, eval={"samples": 5, "train_subset": 32},
+                         model={"latent_dim": 4, "prior": {"name": "categorical", "classes": 2},
+                                "guide": {"name": "categorical", "classes": 2}, "network": {"name": "mlp", "hidden": [8]}})
+    comparison = Comparison(config, parse_objectives("enumerate,score-function", 2), Budget.parse("3"), tmp_path / "x",
+                            particles=2, curve_points=1, curve_samples=3, grad_draws=3, grad_batch=8, snr_ks=(1, 2),
+                            progress=False, log=lambda s: None)
+    comparison.run()
+    exact, sampled = comparison.rows()
+    assert exact["encoder_grad_snr"] == math.inf and exact["decoder_grad_snr"] == math.inf
+    assert math.isfinite(sampled["encoder_grad_snr"])
+    assert "exact (∞)" in comparison.markdown() and "nan" not in comparison.markdown()
+    assert snr_of({"variance": 0.0, "snr": float("nan")}) == math.inf
+
+
+def test_the_budget_benchmark_reports_the_estimate_against_the_measured_time(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))  # (its `common`, as `python benchmarks/compare_budget.py` has it)
+    try:
+        spec = importlib.util.spec_from_file_location("compare_budget", folder / "compare_budget.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        assert bench.main(["--smoke", "--budget", "5steps", "--objectives", "elbo,dreg", "--out", str(tmp_path)]) == 0
+    finally:
+        sys.path.remove(str(folder))
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["measured_over_estimate"] == pytest.approx(result["measured"]["total"] / result["estimate"]["total"])
+    assert result["announced"].startswith("estimate: ") and "| training |" in (tmp_path / "result.md").read_text()
