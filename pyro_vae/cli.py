@@ -535,7 +535,7 @@ def _traverse_codes(args: argparse.Namespace, run, site: str, mean, held: dict, 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import Budget, Comparison, parse_objectives, parse_total, time_line, title
 
-    config = _config_from(args.config, args.set)
+    config = _config_from(args.config, args.set, args.data)
     specs = parse_objectives(args.objectives, args.particles)
     budget = Budget.parse(args.budget)
     total = parse_total(args.total) if args.total else None
@@ -793,6 +793,7 @@ def _parser_compare(sub) -> None:
                   "differences from a reference, spread over seeds; the whole run's time announced before it starts")
     p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults)")
     _overrides(p)
+    _data(p, training=True)
     p.add_argument("--objectives", default="elbo,elbo-analytic-kl,iwae,stl,dreg",
                    help="comma-separated objectives, each NAME, NAME:K (K samples per datapoint) or "
                    "NAME(key=value; ...):K with options, e.g. 'score-function(baseline=none):4' "

@@ -111,6 +111,22 @@ def test_compare_cli_prints_the_table(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_compare_takes_data_as_train_does(tmp_path, capsys):
+    """--data PATH: the same dataset a train --data would read, its options by --set data.*."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", (rng.random((60, 6, 6)) < 0.3).astype(np.float32))
+    argv = ["compare", "--data", str(tmp_path / "x.npy"), "--set", "model.latent_dim=2",
+            "--set", "model.network.hidden=[8]", "--set", "model.likelihood.binarize=none", "--set", "train.batch_size=20",
+            "--set", "eval.samples=4", "--set", "eval.train_subset=10", "--objectives", "elbo", "--budget", "2",
+            "--curve-points", "1", "--curve-samples", "2", "--grad-draws", "2", "--grad-batch", "4", "--snr-k", "1",
+            "--final-samples", "4", "--out", str(tmp_path / "c"), "--no-progress", "--yes"]
+    assert main(argv) == 0
+    run = load_run(tmp_path / "c" / "elbo-K10")
+    assert run.config.data["name"] == "array" and run.config.data["path"] == str(tmp_path / "x.npy")
+
+
 def test_compare_refuses_warmup_and_unknown_objectives(tmp_path, capsys):
     assert main(["compare", *TINY, "--set", "train.kl_warmup_epochs=3", "--out", str(tmp_path / "w")]) == 2
     assert "without KL warm-up" in capsys.readouterr().err
