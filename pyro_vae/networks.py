@@ -130,8 +130,8 @@ class RowBatchNorm(nn.BatchNorm1d):
     (datapoints, and particles where an objective or an evaluation vectorizes them) are flattened to
     rows and restored. In training it normalizes by the rows' mean and variance and moves the running
     averages; in evaluation (``eval()``) by the running averages. A training call on a single row
-    (a batch of one has no variance: the library's probes run one placeholder datapoint) also reads
-    the running averages and leaves them as they are. The parameters and buffers are
+    (a batch of one has no variance) also reads the running averages and leaves them as they are.
+    (The library's probes and pictures run the networks in evaluation mode: ``eval_mode``.) The parameters and buffers are
     ``nn.BatchNorm1d``'s own (the same state dict)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
