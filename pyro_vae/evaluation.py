@@ -16,7 +16,6 @@ the batches not yet done, with the same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,6 +34,7 @@ from .labels import LabelPolicy, Unlabelled
 from .labels import Estimates
 from .metrics import ESTIMATES, _elbo_terms, active_units, bits_per_dim, chunk_pairs_for, code_usage, evidence_terms
 from .data.storage import RowsOnDisk
+from .networks import eval_mode
 from .numerics import seeded
 from .programs import Program, as_program, checked_program
 
@@ -373,7 +373,7 @@ def evaluate(
     chunk_pairs = chunk_pairs_for(program, x.device, s.chunk_pairs)  # resolved once, not per batch or exact point
     kept = EvaluationStore.for_evaluation(store, program, x, labels, s, chunk_pairs) if store is not None else None
     batches = _Batches(program, x, labels, s, chunk_pairs, kept, progress and dist.main, _batch_estimates())
-    with _eval_mode(program.module):
+    with eval_mode(program.module):
         parts = dist.map_items(len(batches.starts), batches)
         exact, exact_index = _exact_part(program, x, s.exact_points, chunk_pairs, dist) \
             if s.exact_points > 0 and policy.exact_evidence else (None, None)
@@ -416,18 +416,6 @@ class _OnDevice:
         x = self.rows[index.cpu() if torch.is_tensor(index) else index].float().to(self.device)
         self.program.check_observed(x, "the streamed rows")
         return x
-
-
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
-    """The module in eval mode inside the block (batch norm's running statistics, no dropout), its
-    own mode again after it."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 @dataclass

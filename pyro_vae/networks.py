@@ -99,6 +99,21 @@ def mixed_precision(bodies: list[nn.Module], dtype: torch.dtype | None) -> Itera
         _PRECISION.reset(token)
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """The module in evaluation mode inside the block (batch norm by its running averages, which no
+    call moves; no dropout), its own mode again after it: evaluation, and every call that runs the
+    networks on placeholder or single inputs (a program's probes, decode, prior draws, posterior means).
+    Each submodule gets back its own mode (one left in evaluation on purpose, a frozen batch norm, stays so)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def _activated(make, width: int, activation: str, dim: int = -1) -> list[nn.Module]:
     """A layer of ``width`` outputs, ``make(n)`` building it with n outputs, and its activation.
     ``"gated"`` makes it a gated layer, h = (W1 x + b1) * sigmoid(W2 x + b2) (Dauphin et al. 2017;
@@ -110,13 +125,47 @@ def _activated(make, width: int, activation: str, dim: int = -1) -> list[nn.Modu
     return [make(width), ACTIVATIONS[activation]()]
 
 
-def _stack(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequential:
+class RowBatchNorm(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` over the last dimension of (*batch, features): the leading dimensions
+    (datapoints, and particles where an objective or an evaluation vectorizes them) are flattened to
+    rows and restored. In training it normalizes by the rows' mean and variance and moves the running
+    averages; in evaluation (``eval()``) by the running averages. A training call on a single row
+    (a batch of one has no variance) also reads the running averages and leaves them as they are.
+    (The library's probes and pictures run the networks in evaluation mode: ``eval_mode``.) The parameters and buffers are
+    ``nn.BatchNorm1d``'s own (the same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if self.training and rows.shape[0] == 1:
+            out = nn.functional.batch_norm(rows, self.running_mean, self.running_var, self.weight, self.bias,
+                                           training=False, eps=self.eps)
+        else:
+            out = super().forward(rows)
+        return out.reshape(x.shape)
+
+
+#: scVI's batch norm after each hidden linear layer (scvi.nn.FCLayers): momentum 0.01, eps 1e-3
+SCVI_BATCH_NORM = {"momentum": 0.01, "eps": 1e-3}
+
+
+def _stack(sizes: list[int], activation: str, final_activation: bool, batch_norm: bool = False,
+           dropout: float = 0.0) -> nn.Sequential:
     """Linear layers of the given widths, each followed by the activation (the last one only if
-    ``final_activation``); ``"gated"`` makes the activated ones gated dense layers (``_activated``)."""
+    ``final_activation``); ``"gated"`` makes the activated ones gated dense layers (``_activated``).
+    An activated layer is Linear -> [batch norm] -> activation -> [dropout], as scVI's FCLayers:
+    ``batch_norm`` adds a ``RowBatchNorm`` of the linear layer's outputs (``SCVI_BATCH_NORM``'s
+    momentum and eps), ``dropout`` > 0 an ``nn.Dropout``; off (the defaults), no module is added, so
+    the layers and their state dict keys are as they were."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         if final_activation or i < len(sizes) - 2:
-            layers += _activated(lambda n, a=a: nn.Linear(a, n), b, activation)
+            linear, *activated = _activated(lambda n, a=a: nn.Linear(a, n), b, activation)
+            layers.append(linear)
+            if batch_norm:
+                layers.append(RowBatchNorm(linear.out_features, **SCVI_BATCH_NORM))
+            layers += activated
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
         else:
             layers.append(nn.Linear(a, b))
     return nn.Sequential(*layers)
@@ -169,15 +218,15 @@ def read_input(x: torch.Tensor, mode: str, network: str) -> torch.Tensor:
 
 
 class MLPEncoder(Body):
-    """x (*batch, C, H, W) -> flatten -> read (``read_input``) -> [Linear -> activation] per hidden
-    layer -> features."""
+    """x (*batch, C, H, W) -> flatten -> read (``read_input``) -> [Linear -> (batch norm) ->
+    activation -> (dropout)] per hidden layer -> features."""
 
     def __init__(self, data_shape: tuple[int, ...], hidden: list[int], activation: str, input: str = "identity",
-                 network: str = "mlp"):
+                 network: str = "mlp", *, batch_norm: bool = False, dropout: float = 0.0):
         super().__init__()
         self.data_ndim = len(data_shape)
         sizes = [math.prod(data_shape), *hidden]
-        self.body = _stack(sizes, activation, final_activation=True)
+        self.body = _stack(sizes, activation, final_activation=True, batch_norm=batch_norm, dropout=dropout)
         self.out_features = sizes[-1]
         self.input, self.network = input, network
 
@@ -186,12 +235,14 @@ class MLPEncoder(Body):
 
 
 class MLPDecoder(Body):
-    """z (*batch, latent_dim) -> [Linear -> activation] per hidden layer -> Linear -> head."""
+    """z (*batch, latent_dim) -> [Linear -> (batch norm) -> activation] per hidden layer -> Linear -> head."""
 
-    def __init__(self, latent_dim: int, head_shape: tuple[int, ...], hidden: list[int], activation: str):
+    def __init__(self, latent_dim: int, head_shape: tuple[int, ...], hidden: list[int], activation: str, *,
+                 batch_norm: bool = False):
         super().__init__()
         self.head_shape = tuple(head_shape)
-        self.body = _stack([latent_dim, *hidden, math.prod(head_shape)], activation, final_activation=False)
+        self.body = _stack([latent_dim, *hidden, math.prod(head_shape)], activation, final_activation=False,
+                           batch_norm=batch_norm)
 
     def compute(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(z).unflatten(-1, self.head_shape)
@@ -206,6 +257,8 @@ class MLPNetwork(Network):
         activation: nonlinearity after each hidden layer; ``"gated"`` makes every hidden layer a
             gated dense layer, h = (W1 x + b1) * sigmoid(W2 x + b2) (twice the weights per layer).
         input: what the encoder reads of x: "identity" (x itself), "log1p" (log(1 + x), as scVI reads counts) or "proportions" (x / its row total); the last two refuse data with negative values.
+        dropout: dropout probability after each hidden layer of the encoder (scVI: 0.1; the decoder has none, as scVI's), in [0, 1); 0 adds no layer.
+        batch_norm: batch-normalize each hidden layer of the encoder and decoder between its linear map and its activation, as scVI does (momentum 0.01, eps 1e-3, affine); over the datapoints and particles of a training batch, by the running averages in evaluation.
     """
 
     def __init__(
@@ -214,17 +267,23 @@ class MLPNetwork(Network):
         hidden: list[int] = (400,),
         activation: Activation = "softplus",
         input: Input = "identity",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
     ) -> None:
         require(all(h >= 1 for h in hidden), f"hidden widths must be >= 1, got {hidden}.")
+        require(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}.")
         self.hidden = hidden
         self.activation = activation
         self.input = input
+        self.dropout, self.batch_norm = dropout, batch_norm
 
     def encoder(self, data_shape: tuple[int, ...]) -> MLPEncoder:
-        return MLPEncoder(data_shape, self.hidden, self.activation, self.input)
+        return MLPEncoder(data_shape, self.hidden, self.activation, self.input, batch_norm=self.batch_norm,
+                          dropout=self.dropout)
 
     def decoder(self, latent_dim: int, head_shape: tuple[int, ...]) -> MLPDecoder:
-        return MLPDecoder(latent_dim, head_shape, list(reversed(self.hidden)), self.activation)
+        return MLPDecoder(latent_dim, head_shape, list(reversed(self.hidden)), self.activation,
+                          batch_norm=self.batch_norm)
 
 
 class ConvEncoder(Body):
@@ -452,7 +511,7 @@ class TopicDecoder(Body):
         size = math.prod(head_shape)
         self.drop = nn.Dropout(dropout)
         self.topics = nn.Linear(latent_dim, size, bias=False)
-        self.norm = nn.BatchNorm1d(size, affine=False) if batch_norm else None
+        self.norm = RowBatchNorm(size, affine=False) if batch_norm else None
 
     def proportions(self, z: torch.Tensor) -> torch.Tensor:
         """theta, the topic proportions the decoder reads: softmax(z) for a real z (``latent =
@@ -462,16 +521,12 @@ class TopicDecoder(Body):
     def compute(self, z: torch.Tensor) -> torch.Tensor:
         logits = self.topics(self.drop(self.proportions(z)))
         if self.norm is not None:
-            logits = self.normalized(logits.reshape(-1, logits.shape[-1])).reshape(logits.shape)
+            logits = self.norm(logits)
         return logits.unflatten(-1, self.head_shape)
 
     def normalized(self, rows: torch.Tensor) -> torch.Tensor:
-        """The batch norm of (rows, head size): over the rows in training, by the running averages in
-        evaluation and for a single row (a batch of one has no variance: the library's probes run one
-        placeholder datapoint; such a call leaves the running averages as they are)."""
-        if self.training and rows.shape[0] == 1:
-            norm = self.norm
-            return nn.functional.batch_norm(rows, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+        """The batch norm of (rows, head size) (``RowBatchNorm``): over the rows in training, by the
+        running averages in evaluation and for a single row (such a call leaves them as they are)."""
         return self.norm(rows)
 
     def topic_words(self) -> torch.Tensor:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import importlib
 import inspect
@@ -67,6 +68,7 @@ from .distributions import enumerable, one_hot_groups, state_count
 from .errors import ConfigError, DataError, ProgramError
 from .labels import LABEL_SITE, LabelPolicy, policy_of  # noqa: F401  (LABEL_SITE: re-exported)
 from .labels import label_use  # noqa: F401  (deprecated: labels.policy_of)
+from .networks import eval_mode
 from .terms import OBSERVED, DirectSource
 from .vae import VAE
 
@@ -378,6 +380,16 @@ class _DataContract:
             f"generates as the data it observed. Observe x (or a reshape of it) at site \"{OBSERVED}\".")
 
 
+def _evaluating(method):
+    """The method run with the program's module in evaluation mode (``networks.eval_mode``): batch
+    norm by its running averages, no dropout, whatever mode the module was left in."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with eval_mode(self.module):
+            return method(self, *args, **kwargs)
+    return wrapped
+
+
 class Program(_DataContract):
     """Any model program as the trainer, evaluator, ``compare`` and the pictures use it.
 
@@ -548,7 +560,7 @@ class Program(_DataContract):
                     "decoder": [*vae.decoder.parameters(), *vae.prior.parameters(), *vae.likelihood.parameters()]}
         params = [p for p in self.module.parameters() if p.requires_grad]
         x = self._placeholder(2)
-        with torch.random.fork_rng(), poutine.block():
+        with torch.random.fork_rng(), poutine.block(), eval_mode(self.module):
             guide_trace = poutine.trace(self.probing(2)._guide_fn()).get_trace(x)
             log_q = sum(s["fn"].log_prob(s["value"]).sum() for s in _sample_sites(guide_trace))
             grads = torch.autograd.grad(log_q, params, allow_unused=True) if torch.is_tensor(log_q) and log_q.requires_grad \
@@ -581,7 +593,8 @@ class Program(_DataContract):
     def _probe(self) -> dict:
         key = "probe" if self.labels is None else "probe, y given"
         if key not in self._probes:
-            with torch.no_grad(), torch.random.fork_rng(), pyro.validation_enabled(False):
+            # in evaluation mode: two placeholder rows must not move a batch norm's running averages
+            with torch.no_grad(), torch.random.fork_rng(), pyro.validation_enabled(False), eval_mode(self.module):
                 x, probe = self._placeholder(2), self.probing(2)
                 with probe.source.given(x) as at_x:
                     terms = at_x.draw(1)
@@ -606,6 +619,7 @@ class Program(_DataContract):
         return True
 
     @torch.no_grad()
+    @_evaluating
     def decode(self, z: dict[str, torch.Tensor], pixels: str = "mean") -> torch.Tensor:
         """Images for latents z ({site: (N, *event)}): E[x|z], or a draw x ~ p(x|z) for
         ``pixels = "sample"`` or where the mean has no closed form."""
@@ -624,6 +638,7 @@ class Program(_DataContract):
         return self._as_data(fn.sample())
 
     @torch.no_grad()
+    @_evaluating
     def prior_draws(self, n: int) -> dict[str, torch.Tensor]:
         """n draws z ~ p(z), by latent site ({site: (n, *event)})."""
         if self.direct:
@@ -635,6 +650,7 @@ class Program(_DataContract):
                 if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
 
     @torch.no_grad()
+    @_evaluating
     def posterior_means(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """E_q[z|x] by latent site ({site: (batch, *event)}; from draws where q has no closed-form mean)."""
         with self.source.given(x) as at_x:

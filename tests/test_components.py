@@ -323,8 +323,9 @@ def test_network_activation_options_name_exactly_the_built_activations():
 
 
 @pytest.mark.parametrize("network", [MLPNetwork(hidden=[32, 16], activation="gated"), ConvNetwork(channels=[4, 8], hidden=16),
-                                     ConvNetwork(channels=[4, 8], hidden=16, activation="gated")],
-                         ids=["mlp", "conv", "gated-conv"])
+                                     ConvNetwork(channels=[4, 8], hidden=16, activation="gated"),
+                                     MLPNetwork(hidden=[32, 16], activation="relu", batch_norm=True)],
+                         ids=["mlp", "conv", "gated-conv", "mlp-batch-norm"])
 def test_mixed_precision_runs_the_bodies_in_bfloat16_and_returns_float32_only_inside_its_block(network):
     from pyro_vae.networks import mixed_precision
 
@@ -340,6 +341,102 @@ def test_mixed_precision_runs_the_bodies_in_bfloat16_and_returns_float32_only_in
         assert torch.allclose(a, b, rtol=0.05, atol=0.05)  # ... with float32 accumulation: close
     assert all(p.dtype == torch.float32 for p in [*encoder.parameters(), *decoder.parameters()])
     assert torch.equal(encoder(x), full[0]) and torch.equal(decoder(z), full[1])  # float32 again after it
+
+
+# ---------------------------------------------------------------------------------------------
+# the mlp network's batch norm and dropout (scVI's FCLayers)
+
+
+def test_mlp_defaults_build_the_same_layers_and_parameters_as_before():
+    """batch_norm = false and dropout = 0 add no module: the same layers, state dict keys and (from the
+    same seed) the same initial values as the plain Linear/activation stack, so old checkpoints load."""
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(16, 6), torch.nn.Softplus(), torch.nn.Linear(6, 5), torch.nn.Softplus(),
+                                torch.nn.Linear(3, 5), torch.nn.Softplus(), torch.nn.Linear(5, 6), torch.nn.Softplus(),
+                                torch.nn.Linear(6, 16))
+    for network in (MLPNetwork(hidden=[6, 5]), MLPNetwork(hidden=[6, 5], batch_norm=False, dropout=0.0)):
+        torch.manual_seed(0)
+        encoder, decoder = network.encoder((1, 4, 4)), network.decoder(3, (1, 1, 4, 4))
+        assert list(encoder.state_dict()) == ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"]
+        assert list(decoder.state_dict()) == [f"body.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+        built = [*encoder.body, *decoder.body]
+        assert [type(m) for m in built] == [type(m) for m in plain]
+        for mine, theirs in zip(built, plain):
+            for a, b in zip(mine.parameters(), theirs.parameters()):
+                assert torch.equal(a, b)
+
+
+def test_mlp_batch_norm_normalizes_the_batch_in_training_and_uses_the_running_averages_in_evaluation():
+    """Linear -> batch norm (momentum 0.01, eps 1e-3, affine) -> activation in every hidden layer of
+    the encoder and decoder (none after the decoder's output layer); any leading dimensions are rows."""
+    torch.manual_seed(0)
+    network = MLPNetwork(hidden=[8, 6], activation="relu", batch_norm=True)
+    encoder, decoder = network.encoder((5,)), network.decoder(3, (2, 5))
+    assert [type(m).__name__ for m in encoder.body] == ["Linear", "RowBatchNorm", "ReLU"] * 2
+    assert [type(m).__name__ for m in decoder.body] == ["Linear", "RowBatchNorm", "ReLU"] * 2 + ["Linear"]
+    norm = encoder.body[1]
+    assert (norm.momentum, norm.eps, norm.weight.shape) == (0.01, 1e-3, (8,))
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0), norm.bias.normal_()
+    x = torch.rand(4, 6, 5)  # (particles, datapoints, features)
+    h = encoder.body[0](x).detach().reshape(-1, 8)
+    out = norm(encoder.body[0](x)).detach()
+    expected = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + 1e-3) * norm.weight + norm.bias
+    torch.testing.assert_close(out, expected.reshape(4, 6, 8))  # over all 24 rows
+    running_mean = 0.01 * h.mean(0)
+    torch.testing.assert_close(norm.running_mean, running_mean)
+    torch.testing.assert_close(norm.running_var, 0.99 + 0.01 * h.var(0, unbiased=True))
+    encoder(torch.rand(1, 5))  # one row in training (a probe's placeholder): the running averages stay
+    torch.testing.assert_close(norm.running_mean, running_mean)
+    encoder.eval(), decoder.eval()
+    with torch.no_grad():
+        norm.running_mean.normal_(), norm.running_var.uniform_(0.5, 2.0)
+    out = norm(encoder.body[0](x)).detach()
+    expected = (h - norm.running_mean) / torch.sqrt(norm.running_var + 1e-3) * norm.weight + norm.bias
+    torch.testing.assert_close(out, expected.reshape(4, 6, 8))
+    z = torch.randn(4, 6, 3)
+    for body, inputs in ((encoder, x), (decoder, z)):  # deterministic, and each particle as if alone
+        assert torch.equal(body(inputs), body(inputs))
+        torch.testing.assert_close(body(inputs), torch.stack([body(row) for row in inputs]))
+    assert decoder(z).shape == (4, 6, 2, 5)
+
+
+def test_a_program_s_probes_and_pictures_run_the_networks_in_evaluation_mode_and_leave_the_modes_as_found():
+    """The probes (two placeholder rows), decode, prior draws and posterior means must not move batch
+    norm's running averages (nor draw dropout masks); each submodule keeps its own mode after them."""
+    from pyro_vae.programs import Program
+
+    vae = VAE(data_shape=(1, 4, 4), latent_dim=2, network={"name": "mlp", "hidden": [8], "batch_norm": True, "dropout": 0.5})
+    vae.train()
+    vae.decoder.body[1].eval()  # a batch norm frozen on purpose
+    state = {k: v.clone() for k, v in vae.state_dict().items()}
+    program = Program(vae)
+    program.code_groups, program.prior_draws(3)
+    x = torch.rand(5, 1, 4, 4)
+    means = program.posterior_means(x)["z"]
+    torch.testing.assert_close(means, program.posterior_means(x)["z"], rtol=0, atol=0)  # no dropout mask drawn
+    program.decode({"z": means})
+    for key, value in vae.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert vae.training and vae.encoder.body[1].training and not vae.decoder.body[1].training
+
+
+def test_mlp_dropout_acts_after_each_encoder_hidden_layer_in_training_only():
+    network = MLPNetwork(hidden=[16, 12], dropout=0.5)
+    encoder, decoder = network.encoder((12,)), network.decoder(3, (1, 12))
+    assert [type(m).__name__ for m in encoder.body] == ["Linear", "Softplus", "Dropout"] * 2
+    assert encoder.body[2].p == 0.5
+    assert "Dropout" not in [type(m).__name__ for m in decoder.body]  # scVI's decoder has none
+    x = torch.rand(8, 12)
+    assert not torch.equal(encoder(x), encoder(x))
+    encoder.eval()
+    assert torch.equal(encoder(x), encoder(x))
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0])
+def test_mlp_dropout_outside_zero_to_one_is_refused(dropout):
+    with pytest.raises(ConfigError, match=rf"^model.network \(network 'mlp'\): dropout must be in \[0, 1\), got {dropout}\.$"):
+        VAE(data_shape=(1, 4, 4), latent_dim=2, network={"name": "mlp", "dropout": dropout})
 
 
 def test_mixed_precision_refuses_a_body_that_cannot_honour_it():

@@ -192,3 +192,33 @@ def test_a_count_run_shuffles_documents_sorted_by_group_every_epoch(tmp_path, mo
     assert all(sorted(e.tolist()) == list(range(80)) for e in epochs)  # each row once an epoch
     assert not torch.equal(epochs[0], epochs[1]) and epochs[0].tolist() != list(range(80))
     assert all(0 < int((b < 40).sum()) < 20 for b in drawn)  # every batch holds both groups
+
+
+def test_a_count_run_with_batch_norm_and_dropout_trains_resumes_and_evaluates(tmp_path):
+    """scVI's recipe (batch norm in both networks, dropout 0.1 in the encoder): the steps run the
+    networks in training mode (the running averages move), a resumed run ends with the parameters and
+    running averages of an uninterrupted one, and evaluation runs in evaluation mode (the same numbers
+    twice), leaving the mode it found."""
+    from pyro_vae.evaluation import evaluate
+    from pyro_vae.runs import CHECKPOINT, CONFIG, load_checkpoint
+
+    write_counts(tmp_path / "c.npz")
+    network = {"name": "mlp", "hidden": [16], "input": "log1p", "activation": "relu", "batch_norm": True, "dropout": 0.1}
+    config = counts_config(tmp_path / "c.npz", network=network)
+    Trainer(config, tmp_path / "whole", **QUIET).fit()
+    Trainer(config, tmp_path / "parts", **QUIET).fit(stop_after=1)
+    Trainer(Config.load(tmp_path / "parts" / CONFIG), tmp_path / "parts", **QUIET).fit(resume=True)
+    whole, parts = (load_checkpoint(tmp_path / run / CHECKPOINT)["model"] for run in ("whole", "parts"))
+    assert list(whole) == list(parts)
+    norms = [k for k in whole if k.endswith("running_mean")]
+    assert len(norms) == 2 and all(whole[k].abs().sum() > 0 for k in norms)  # moved from their zeros in training
+    for key in whole:
+        assert torch.equal(whole[key], parts[key]), key
+    run = load_run(tmp_path / "parts")
+    torch.testing.assert_close(run.program.module.state_dict()[norms[0]], whole[norms[0]])
+    run.program.module.train()
+    first = evaluate(run.program, run.data.test, samples=4, seed=1, posterior_means=False)
+    assert run.program.module.training  # the mode it found
+    second = evaluate(run.program, run.data.test, samples=4, seed=1, posterior_means=False)
+    assert torch.equal(first.log_px, second.log_px) and torch.isfinite(first.log_px).all()
+    assert torch.equal(run.program.module.state_dict()[norms[0]], whole[norms[0]])  # evaluation moved nothing
