@@ -331,6 +331,9 @@ class ObjectiveResult:
         }
         if "accuracy" in f:
             row["test_accuracy"], row["test_accuracy_stderr"] = f["accuracy"], f["accuracy_stderr"]
+        for name in DISENTANGLEMENT:  # (data with known factors)
+            if name in f:
+                row[name], row[name + "_stderr"] = f[name], f[name + "_stderr"]
         if "exact_log_px" in f:  # (a discrete latent: every state summed)
             row["test_exact_log_px"], row["test_exact_log_px_stderr"] = f["exact_log_px"], f["exact_log_px_stderr"]
         for group in ("encoder", "decoder"):
@@ -542,6 +545,9 @@ class Comparison:
             result.final, result.values = self._final(program, trainer.data)
         with self._timed("writing"):
             save_run(self, trainer, result)
+        if trainer.data.splits.factors is not None:  # data with known factors: the disentanglement scores
+            with self._timed("final"):
+                result.final |= disentanglement_of(trainer.run_dir)
         self.log(f"   {result.steps} steps in {result.train_seconds:.1f} s; test ELBO {result.final['elbo']:.2f}, "
                  f"log p(x) {result.final['log_px']:.2f} nats per datapoint")
         if offset == 0 and (spec["name"] == "iwae" or self._snr_state is None):  # SNR against K: the IWAE run's end
@@ -656,6 +662,26 @@ def snr_against_k(c: "Comparison") -> None:
     c.snr_vs_k = {"parameters": f"end of the {where} run", "encoder_snr": table}
     if reference is not None:
         c.snr_vs_k["encoder_relative_bias"] = bias
+
+
+#: the disentanglement scores compare's table shows for data with known factors (disentanglement.py)
+DISENTANGLEMENT = {"mig": "MIG", "dci_disentanglement": "DCI dis.", "sap": "SAP", "factorvae": "FactorVAE score"}
+COMPARE_FACTORVAE_VOTES = {"train_votes": 200, "eval_votes": 100, "variance_samples": 2000}
+DISENTANGLEMENT_RESAMPLES = 5  #: bootstrap resamples behind compare's standard errors of MIG, DCI and SAP
+
+
+def disentanglement_of(run_dir: Path) -> dict:
+    """MIG, DCI's disentanglement, SAP and the FactorVAE score of a saved run (its test set's posterior
+    means against their factors), each with its standard error; the FactorVAE score from 200 training
+    and 100 evaluation votes (a quarter of ``evaluate --disentanglement``'s: its binomial standard
+    error says so) and MIG, DCI and SAP's standard errors from ``DISENTANGLEMENT_RESAMPLES`` bootstrap
+    resamples, since compare scores every objective at every seed."""
+    from .disentanglement import disentanglement_scores
+    from .trained import load_run
+
+    scores = disentanglement_scores(load_run(run_dir, trust_code=True), resamples=DISENTANGLEMENT_RESAMPLES,
+                                    factorvae_options=COMPARE_FACTORVAE_VOTES)
+    return {k: scores[k] for name in DISENTANGLEMENT for k in (name, name + "_stderr") if scores.get(k) is not None}
 
 
 def save_run(c: "Comparison", trainer: Trainer, result: ObjectiveResult) -> None:
@@ -855,12 +881,13 @@ def results_markdown(c: Comparison) -> str:
     runs = _by_key(c)
     exact = all("exact_log_px" in r.final for r in c.results)
     accuracy = all("accuracy" in r.final for r in c.results)
+    scores = [name for name in DISENTANGLEMENT if all(name in r.final for r in c.results)]
     spread = " (mean ± s.d. over seeds)" if n > 1 else ""
     lines = [f"| objective | K | steps | train s | ms/step | test ELBO{spread} | test IWAE bound (K={k}) | "
              f"test log p(x) (K={big}){spread or ' ± s.e.'} | {'exact test log p(x) | ' if exact else ''}"
-             f"{'test accuracy | ' if accuracy else ''}active units | encoder grad variance | "
-             f"encoder grad SNR | decoder grad variance | decoder grad SNR |",
-             "|" + " --- |" * (13 + exact + accuracy)]
+             f"{'test accuracy | ' if accuracy else ''}{''.join(DISENTANGLEMENT[s] + ' | ' for s in scores)}"
+             f"active units | encoder grad variance | encoder grad SNR | decoder grad variance | decoder grad SNR |",
+             "|" + " --- |" * (13 + exact + accuracy + len(scores))]
     for key, rs in runs.items():
         rows = [r.row(k, big) for r in rs]
         mean = lambda name: _mean([row[name] for row in rows])  # noqa: E731
@@ -873,6 +900,8 @@ def results_markdown(c: Comparison) -> str:
             cells.append(pm("test_exact_log_px", "test_exact_log_px_stderr"))
         if accuracy:
             cells.append(f"{mean('test_accuracy'):.4f} ± {rows[0]['test_accuracy_stderr']:.4f}")
+        cells += [(f"{mean(s):.3f} ± {_sd([row[s] for row in rows]):.3f}" if n > 1 else
+                   f"{rows[0][s]:.3f} ± {rows[0][s + '_stderr']:.3f}") for s in scores]
         first = rows[0]  # (gradient statistics: measured in the first seed's runs)
         cells += [_units(first["active_units"], rs[0].final["latent_dim"]), f"{first['encoder_grad_variance']:.3g}",
                   show_snr(first["encoder_grad_snr"]), f"{first['decoder_grad_variance']:.3g}",

@@ -127,6 +127,30 @@ def test_compare_takes_data_as_train_does(tmp_path, capsys):
     assert run.config.data["name"] == "array" and run.config.data["path"] == str(tmp_path / "x.npy")
 
 
+def test_on_data_with_known_factors_the_table_carries_the_disentanglement_scores(tmp_path, capsys, monkeypatch):
+    """beta = 1 against beta = 4 on the generated dSprites: MIG, DCI, SAP and the FactorVAE score beside
+    log p(x), the scores those of each saved run (disentanglement_scores on its folder)."""
+    from pyro_vae import compare
+    from pyro_vae.disentanglement import disentanglement_scores
+
+    monkeypatch.setattr(compare, "DISENTANGLEMENT_RESAMPLES", 2)
+    argv = ["compare", "--set", "data=dsprites", "--set", "data.n_train=64", "--set", "data.n_test=40",
+            "--set", "model.latent_dim=3", "--set", "model.network.hidden=[8]", "--set", "eval.samples=4",
+            "--set", "eval.train_subset=8", "--set", "train.batch_size=16", "--objectives", "beta(beta=1),beta(beta=4)",
+            "--particles", "1", "--budget", "2", "--curve-points", "1", "--curve-samples", "2", "--grad-draws", "2",
+            "--grad-batch", "4", "--snr-k", "1", "--final-samples", "4", "--out", str(tmp_path / "c"),
+            "--no-progress", "--yes"]
+    assert main(argv) == 0
+    table = (tmp_path / "c" / "results.md").read_text()
+    assert "| MIG | DCI dis. | SAP | FactorVAE score |" in table
+    result = json.loads((tmp_path / "c" / "results.json").read_text())
+    migs = sorted(row["mig"] for row in result["rows"])
+    folders = [p for p in (tmp_path / "c").iterdir() if p.is_dir()]
+    assert len(migs) == len(folders) == 2 and all(0 <= row["sap"] <= 1 for row in result["rows"])
+    assert migs == pytest.approx(sorted(disentanglement_scores(load_run(p), resamples=2, factorvae_options={"train_votes": 1})["mig"]
+                                        for p in folders))
+
+
 def test_compare_refuses_warmup_and_unknown_objectives(tmp_path, capsys):
     assert main(["compare", *TINY, "--set", "train.kl_warmup_epochs=3", "--out", str(tmp_path / "w")]) == 2
     assert "without KL warm-up" in capsys.readouterr().err
