@@ -39,18 +39,34 @@ SAMPLE = "pyro-vae sample RUN --n 16"
 
 
 def imports_of(command: list[str]) -> tuple[dict[str, float], float]:
-    """(seconds of each top-level import, by package: torch, pyro, pyro_vae, the rest; the whole
-    command's wall seconds) of one run of ``command`` under ``python -X importtime``."""
+    """(seconds of the imports of torch, pyro (without torch), pyro_vae (without either) and the rest;
+    the whole command's wall seconds) of one run of ``command`` under ``python -X importtime``. Each
+    package is counted by the cumulative time of its root module's import, wherever it was first
+    imported from, less the other packages imported inside it."""
     start = time.perf_counter()
     err = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True).stderr
     total = time.perf_counter() - start
-    seconds: dict[str, float] = {}
+    lines = []  # (indent, name, cumulative seconds), children before their parent
     for line in err.splitlines():
         m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
-        if m and len(m[2]) == 1:  # a top-level import: its cumulative time counts what it pulled in
-            package = m[3].split(".")[0]
-            key = package if package in ("torch", "pyro", "pyro_vae") else "other"
-            seconds[key] = seconds.get(key, 0.0) + int(m[1]) / 1e6
+        if m:
+            lines.append((len(m[2]), m[3], int(m[1]) / 1e6))
+
+    def inside(i: int) -> range:  # the lines of import i's subtree (just before it, deeper)
+        j = i
+        while j > 0 and lines[j - 1][0] > lines[i][0]:
+            j -= 1
+        return range(j, i)
+
+    roots = {name: i for i, (_, name, _) in enumerate(lines) if name in ("torch", "pyro")}
+    seconds = {}
+    for name, i in roots.items():
+        nested = sum(lines[j][2] for other, j in roots.items() if other != name and j in inside(i))
+        seconds[name] = lines[i][2] - nested
+    top = [i for i, (indent, _, _) in enumerate(lines) if indent == 1]
+    for key in ("pyro_vae", "other"):
+        mine = [i for i in top if (lines[i][1].split(".")[0] == "pyro_vae") == (key == "pyro_vae")]
+        seconds[key] = sum(lines[i][2] - sum(lines[j][2] for j in roots.values() if j in inside(i)) for i in mine)
     return seconds, total
 
 
