@@ -78,7 +78,8 @@ def test_resolved_config_fills_every_default():
     config = Config.from_dict({})
     assert config.model.prior == {"name": "standard-normal"}
     assert config.model.likelihood == {"name": "bernoulli", "binarize": "dynamic"}
-    assert config.model.network == {"name": "mlp", "hidden": [400], "activation": "softplus", "input": "identity"}
+    assert config.model.network == {"name": "mlp", "hidden": [400], "activation": "softplus", "input": "identity",
+                                    "dropout": 0.0, "batch_norm": False}
     assert config.train.objective == {"name": "elbo", "num_particles": 1}
     assert config.data == {"name": "mnist5k"}
 
@@ -129,7 +130,8 @@ def test_option_override_on_a_component_written_as_a_bare_name():
 
 def test_option_override_on_a_default_component_keeps_its_name():
     config = Config.from_dict(apply_overrides({}, ["model.network.hidden=[32, 16]"]))
-    assert config.model.network == {"name": "mlp", "hidden": [32, 16], "activation": "softplus", "input": "identity"}
+    assert config.model.network == {"name": "mlp", "hidden": [32, 16], "activation": "softplus", "input": "identity",
+                                    "dropout": 0.0, "batch_norm": False}
 
 
 def test_override_syntax_errors():

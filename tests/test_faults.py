@@ -191,7 +191,8 @@ def test_two_resumes_at_once_one_trains_and_the_other_is_refused(tmp_path):
               "--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert "resuming" in first.stdout.readline()  # it holds the lock from here
+    lines = [first.stdout.readline() for _ in range(2)]  # (the feed's line, then the resume's)
+    assert any("resuming" in line for line in lines), lines  # it holds the lock from here
     second = subprocess.run(resume, capture_output=True, text=True, timeout=120, env=env)
     rest, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
