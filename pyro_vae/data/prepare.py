@@ -187,7 +187,7 @@ def _prepare_on_disk(config: Config, program, device: torch.device, splits: Data
     of the whole set (a fixed binarization of the test set) would read it all."""
     lik = program.contract
     train, test = splits.held("train"), splits.held("test")
-    probe = train[: min(16, len(train))].float()
+    probe = train[: min(16, len(train))].float()  # (read once: checked against the contract below too)
     if lik.prepare_train_set(probe) is not probe or not torch.equal(lik.prepare_eval_set(probe), probe):
         raise ConfigError(
             f"the data is a streaming layout, read a batch at a time, and {program.name} prepares whole sets before "
