@@ -10,7 +10,12 @@ trained for one epoch at the start (``--run`` to give one); its time is then spl
 importtime`` into the imports of torch, pyro and the rest, and what is left: loading the run,
 drawing, writing the PNG.
 
+``--against TREE`` adds the same ``sample`` from an earlier checkout of the library (``git worktree
+add TREE COMMIT``; its own run, trained by it; ``PYTHONPATH=TREE``) to the rounds, and ``--cores 1``
+pins every command to one core (what a user with one core waits for).
+
     python benchmarks/cli_startup.py --rounds 10
+    python benchmarks/cli_startup.py --rounds 5 --cores 1 --against ../then   # against an earlier commit
     python benchmarks/cli_startup.py --rounds 1      # smoke
 """
 
@@ -38,13 +43,14 @@ BASE = 'python -c "import torch"'
 SAMPLE = "pyro-vae sample RUN --n 16"
 
 
-def imports_of(command: list[str]) -> tuple[dict[str, float], float]:
+def imports_of(command: list[str], pin=None) -> tuple[dict[str, float], float]:
     """(seconds of the imports of torch, pyro (without torch), pyro_vae (without either) and the rest;
     the whole command's wall seconds) of one run of ``command`` under ``python -X importtime``. Each
     package is counted by the cumulative time of its root module's import, wherever it was first
     imported from, less the other packages imported inside it."""
     start = time.perf_counter()
-    err = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True).stderr
+    err = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True,
+                         preexec_fn=pin).stderr
     total = time.perf_counter() - start
     lines = []  # (indent, name, cumulative seconds), children before their parent
     for line in err.splitlines():
@@ -74,30 +80,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--run", type=Path, help="a run folder for sample (default: the default model, 1 epoch)")
+    parser.add_argument("--against", type=Path, help="an earlier checkout of the library: its sample timed too")
+    parser.add_argument("--cores", type=int, help="pin every command to this many cores (default: all)")
     args = parser.parse_args(argv)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}")
+    pin = (lambda: os.sched_setaffinity(0, range(args.cores))) if args.cores else None
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    print(f"machine: {cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+          f"{f' (each command pinned to {args.cores})' if args.cores else ''}, python {platform.python_version()}")
     scratch = tempfile.TemporaryDirectory()
     run = args.run or Path(scratch.name) / "run"
+    train = [sys.executable, "-m", "pyro_vae", "train", "--set", "train.epochs=1", "--quiet", "--out"]
     if args.run is None:
-        subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--set", "train.epochs=1", "--out", str(run),
-                        "--quiet"], check=True)
+        subprocess.run([*train, str(run)], check=True)
     COMMANDS[SAMPLE] = [sys.executable, "-m", "pyro_vae", "sample", str(run), "--n", "16", "--out",
                         str(Path(scratch.name) / "s.png"), "--overwrite"]
+    env = {name: None for name in COMMANDS}
+    if args.against:
+        then = {**os.environ, "PYTHONPATH": str(args.against.resolve())}
+        subprocess.run([*train, str(Path(scratch.name) / "then")], check=True, env=then)
+        name = f"{SAMPLE} at {args.against.name} (the earlier checkout)"
+        COMMANDS[name] = [*COMMANDS[SAMPLE][:4], str(Path(scratch.name) / "then"), *COMMANDS[SAMPLE][5:]]
+        env[name] = then
     names = list(COMMANDS)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            subprocess.run(COMMANDS[name], capture_output=True)
+            done = subprocess.run(COMMANDS[name], capture_output=True, env=env[name], preexec_fn=pin, text=True)
             times[name].append(time.perf_counter() - start)
+            if done.returncode not in (0, 2) or (done.returncode == 2 and "usage error" not in name):
+                raise SystemExit(f"{name} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     print("\n| command | seconds (median) | ratio to importing torch |\n| --- | --- | --- |")
     for name in names:
         ratio = statistics.median(a / b for a, b in zip(times[name], times[BASE]))
         print(f"| {name} | {statistics.median(times[name]):.3f} | {ratio:.2f}x |")
     print(f"\n{args.rounds} rounds, commands alternating; each a fresh process")
-    parts = [imports_of(COMMANDS[SAMPLE]) for _ in range(args.rounds)]
+    parts = [imports_of(COMMANDS[SAMPLE], pin) for _ in range(args.rounds)]
     total = statistics.median(t for _, t in parts)
     print(f"\n`{SAMPLE}`, where its time goes (median of {args.rounds} runs under -X importtime, {total:.3f} s "
           f"in all):\n\n| part | seconds | share |\n| --- | --- | --- |")
