@@ -39,6 +39,7 @@ def test_swap_components_example(tmp_path):
 def test_compare_estimators_example(tmp_path):
     out = run_script("compare_estimators.py", "--smoke", "--out", str(tmp_path / "cmp"), cwd=tmp_path)
     assert "| dreg | 2 | 10 |" in out and "encoder gradient SNR against K" in out
+    assert "differences from elbo (K=2), paired" in out and "estimate:" in out
 
 
 def test_priors_side_by_side_example(tmp_path):
