@@ -533,10 +533,11 @@ def _traverse_codes(args: argparse.Namespace, run, site: str, mean, held: dict, 
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import Budget, Comparison, parse_objectives, parse_total, time_line, title
+    from .compare import Budget, Comparison, crossed, parse_objectives, parse_total, parse_variants, time_line, title
 
     config = _config_from(args.config, args.set, args.data)
     specs = parse_objectives(args.objectives, args.particles)
+    variants = parse_variants(args.variants, config)
     budget = Budget.parse(args.budget)
     total = parse_total(args.total) if args.total else None
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -546,9 +547,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                             curve_samples=args.curve_samples, grad_draws=args.grad_draws,
                             grad_batch=args.grad_batch, snr_ks=ks, final_samples=args.final_samples,
                             seeds=args.seeds, reference=args.reference, total=total, confirmed=args.yes,
-                            progress=not args.no_progress)
+                            variants=variants, progress=not args.no_progress)
     seeds = f"{args.seeds} seeds from {config.seed}" if args.seeds > 1 else f"seed {config.seed}"
-    print(f"comparing {', '.join(title(s) for s in specs)} on {config.data['name']}: {budget.describe()} each, "
+    print(f"comparing {', '.join(title(s) for s in crossed(specs, variants))} on {config.data['name']}: {budget.describe()} each, "
           f"{seeds} -> {out}")
     comparison.run(overwrite=args.overwrite)
     m = comparison.measuring
@@ -563,8 +564,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print("\nencoder gradient SNR against K (" + comparison.snr_vs_k["parameters"] + "): " + "; ".join(
         f"{name} " + ", ".join(f"K={k}: {v:.3f}" for k, v in by_k.items()) for name, by_k in snr.items()))
     print(f"\n{time_line(comparison)}")
-    print(f"\nwrote {out}/results.md, results.csv, results.json, curves.png, differences.png, snr_vs_k.png and one "
-          f"run folder per objective{' and seed' if args.seeds > 1 else ''} (each with per_datapoint.csv)")
+    price = (out / "price.png").exists()
+    print(f"\nwrote {out}/results.md, results.csv, results.json, curves.png, differences.png, snr_vs_k.png"
+          f"{', price.png (log p(x) against MIG)' if price else ''} and one run folder per objective"
+          f"{' and variant' if variants else ''}{' and seed' if args.seeds > 1 else ''} (each with per_datapoint.csv"
+          f"{' and traversals.png' if price else ''})")
     return 0
 
 
@@ -789,8 +793,9 @@ def _parser_sample(sub) -> None:
 
 
 def _parser_compare(sub) -> None:
-    p = _command(sub, "compare", ['pyro-vae compare --objectives elbo,iwae,dreg --particles 5 --budget 2000steps', 'pyro-vae compare --objectives elbo,elbo-analytic-kl,iwae,stl,dreg --particles 5 --budget 200steps --seeds 3 --total 15min', "pyro-vae compare --set model.latent_dim=16 --set model.prior=categorical --set model.guide=categorical --objectives 'enumerate,score-function(baseline=leave-one-out):4,gumbel-softmax'"], help="train one model under several objectives on equal budgets and compare them: paired "
-                  "differences from a reference, spread over seeds; the whole run's time announced before it starts")
+    p = _command(sub, "compare", ['pyro-vae compare --objectives elbo,iwae,dreg --particles 5 --budget 2000steps', 'pyro-vae compare --objectives elbo,elbo-analytic-kl,iwae,stl,dreg --particles 5 --budget 200steps --seeds 3 --total 15min', "pyro-vae compare --set model.latent_dim=16 --set model.prior=categorical --set model.guide=categorical --objectives 'enumerate,score-function(baseline=leave-one-out):4,gumbel-softmax'", "pyro-vae compare --objectives elbo-analytic-kl --variants 'normal: model.prior=standard-normal | vamp: model.prior=vamp | flow: model.prior=flow' --budget 500steps"], help="train one model under several objectives (and model variants) on equal budgets and compare "
+                  "them: paired differences from a reference, spread over seeds; the whole run's time announced before "
+                  "it starts")
     p.add_argument("config", nargs="?", help="a TOML config (default: built-in defaults)")
     _overrides(p)
     _data(p, training=True)
@@ -805,7 +810,11 @@ def _parser_compare(sub) -> None:
                    "2000steps) or training time (90s, 5min); default %(default)s")
     p.add_argument("--seeds", type=int, default=1, help="initializations per objective (seed, seed+1, ...; the "
                    "data order and noise stay those of the config's seed); default 1")
-    p.add_argument("--reference", help="the objective the differences are taken from (default: the first)")
+    p.add_argument("--variants", help="model variants, each objective trained under each: 'NAME: KEY=VALUE; ... | "
+                   "NAME: ...' (overrides of model.* and train.* as --set takes them), e.g. 'normal: "
+                   "model.prior=standard-normal | vamp: model.prior=vamp' (default: the config as it is)")
+    p.add_argument("--reference", help="the objective (or variant, or 'variant / objective') the differences are "
+                   "taken from (default: the first)")
     p.add_argument("--total", help="the whole run's time, training and measuring (e.g. 15min): the measuring "
                    "not set below is scaled down to fit; a run whose estimate still exceeds it is refused "
                    "without --yes (default: measuring scaled to at most 50%% on top of the training)")

@@ -23,6 +23,12 @@ minibatches of ``seed`` in the same order and draws the same noise stream. It me
 * the encoder-gradient SNR against K for IWAE and DReG, at the final parameters of the IWAE run
   of the first seed (or of the first run, if there is none).
 
+With ``variants`` (``--variants``), each objective is trained once per model variant: a named list
+of config overrides (another prior, likelihood, guide, network or learning rate), every variant on
+the same data, test datapoints and data order, so that their log p(x) differ only by the model and
+pair like the objectives'; a variant whose prepared test data differ (binarized against grey pixels)
+is refused, since its log p(x) would be of other data.
+
 Before training, a short calibration (a few steps, evaluations and gradient draws of each
 objective) gives an estimate of the whole run's time, training plus every measurement, which is
 announced. The measuring settings not given explicitly are scaled down, where needed, so that the
@@ -48,7 +54,7 @@ import pyro
 import torch
 
 from . import plots
-from .config import DATASETS, OBJECTIVES, Config, parse_value
+from .config import DATASETS, OBJECTIVES, Config, apply_overrides, parse_value
 from .errors import ConfigError, TrainingDiverged
 from .evaluation import EvaluationSettings, evaluate
 from .files import write_text
@@ -139,8 +145,76 @@ def parse_objectives(text: str, particles: int) -> list[dict]:
     return specs
 
 
+VARIED = ("model.", "train.")  # what a variant may set (data, eval and seed alike for every variant)
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` outside brackets, braces, parentheses and quotes; items stripped."""
+    items, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        else:
+            depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(char, 0)
+        if char == sep and depth == 0 and not quote:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [t for t in [*items, current.strip()] if t]
+
+
+def parse_variants(text: str | None, config: Config) -> list[dict]:
+    """``"ln: model.prior=logistic-normal | dir: model.prior=dirichlet; model.guide=dirichlet"`` -> the
+    model variants each objective is trained with: ``[{"variant": "ln", "set": [...]}, ...]``. Variants
+    are separated by ``|``; each is an optional ``NAME:`` and ``KEY=VALUE`` overrides separated by ``;``,
+    as ``--set`` takes them, applied to ``config`` in order. A variant may set ``model.*`` and
+    ``train.*`` (not ``train.objective``: that is ``--objectives``); every config is checked now.
+    No text: one variant, the config as it is (``[]``: no variants)."""
+    if not text or not text.strip():
+        return []
+    variants = []
+    for part in _split_top(text, "|"):
+        head, colon, rest = part.partition(":")
+        named = colon and "=" not in head
+        name, body = (head.strip(), rest) if named else ("", part)
+        overrides = _split_top(body, ";")
+        if not overrides:
+            raise ConfigError(f"--variants: {part!r} sets nothing; give KEY=VALUE overrides separated by ';', e.g. "
+                              f"'dirichlet: model.prior=dirichlet; model.guide=dirichlet'.")
+        for item in overrides:
+            key = item.partition("=")[0].strip()
+            if not key.startswith(VARIED) or key.startswith("train.objective"):
+                why = ("that is --objectives" if key.startswith("train.objective") else
+                       "every variant is trained and scored on the same data, evaluation and seed (--seeds varies "
+                       "the initialization)")
+                raise ConfigError(f"--variants: {item!r} sets {key!r}: a variant may set model.* and train.* only "
+                                  f"({why}).")
+        try:
+            Config.from_dict(apply_overrides(config.to_dict(), overrides))
+        except ConfigError as e:
+            raise ConfigError(f"--variants {name or part!r}: {e}") from None
+        variants.append({"variant": name or "; ".join(overrides), "set": overrides})
+    names = [v["variant"] for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--variants names a variant twice: {', '.join(names)}; give each its own NAME:.")
+    return variants
+
+
+def crossed(specs: list[dict], variants: list[dict]) -> list[dict]:
+    """Every objective under every variant (variant by variant); the objectives alone without variants."""
+    return [{**spec, "variant": v} for v in variants for spec in specs] if variants else specs
+
+
+def objective_of(spec: dict) -> dict:
+    """The objective's own table (a compared spec without its model variant)."""
+    return {k: v for k, v in spec.items() if k != "variant"}
+
+
 def _options(spec: dict) -> dict:
-    return {k: v for k, v in spec.items() if k not in ("name", "num_particles")}
+    return {k: v for k, v in spec.items() if k not in ("name", "num_particles", "variant")}
 
 
 def _units(active: int | None, dim: int | None) -> str:
@@ -148,9 +222,11 @@ def _units(active: int | None, dim: int | None) -> str:
 
 
 def title(spec: dict) -> str:
-    """An objective's name with its options, as --objectives takes it: enumerate(classifier_weight=50)."""
+    """An objective's name with its options, as --objectives takes it: enumerate(classifier_weight=50);
+    under a model variant, the variant's name first: ``dirichlet / elbo``."""
     options = "; ".join(f"{k}={v}" for k, v in _options(spec).items())
-    return f"{spec['name']}({options})" if options else spec["name"]
+    name = f"{spec['name']}({options})" if options else spec["name"]
+    return f"{spec['variant']['variant']} / {name}" if "variant" in spec else name
 
 
 def label(spec: dict) -> str:
@@ -160,7 +236,8 @@ def label(spec: dict) -> str:
 
 def folder_name(spec: dict) -> str:
     options = "".join(f"-{k}-{v}" for k, v in _options(spec).items())
-    name = re.sub(r"[^\w.-]+", "-", f"{spec['name']}{options}")
+    variant = f"{spec['variant']['variant']}-" if "variant" in spec else ""
+    name = re.sub(r"[^\w.-]+", "-", f"{variant}{spec['name']}{options}").strip("-")
     return f"{name}-K{spec['num_particles']}" if "num_particles" in spec else name
 
 
@@ -331,6 +408,9 @@ class ObjectiveResult:
         }
         if "accuracy" in f:
             row["test_accuracy"], row["test_accuracy_stderr"] = f["accuracy"], f["accuracy_stderr"]
+        for name in TOPICS:  # (a topic model)
+            if name in f:
+                row[f"test_{name}"] = f[name]
         for name in DISENTANGLEMENT:  # (data with known factors)
             if name in f:
                 row[name], row[name + "_stderr"] = f[name], f[name + "_stderr"]
@@ -355,7 +435,8 @@ class Comparison:
     (``DEFAULTS``; ``final_samples``: ``eval.samples``) and may be scaled down to fit the time;
     those given are kept as given. ``seeds``: initializations per objective; ``reference``: the
     objective the paired differences are taken from (default the first); ``total``: seconds the
-    whole run may take; ``confirmed``: run even where the estimate exceeds ``total``."""
+    whole run may take; ``confirmed``: run even where the estimate exceeds ``total``; ``variants``
+    (:func:`parse_variants`): the model variants, each objective trained under each."""
 
     config: Config
     specs: list[dict]
@@ -372,6 +453,7 @@ class Comparison:
     reference: str | None = None
     total: float | None = None
     confirmed: bool = False
+    variants: list[dict] = field(default_factory=list)
     progress: bool = True
     log: Callable[[str], None] = print
     results: list[ObjectiveResult] = field(default_factory=list)
@@ -379,15 +461,16 @@ class Comparison:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.config.train.kl_warmup_epochs > 0:
-            raise ConfigError(
-                "compare trains every objective on its own bound, without KL warm-up: set "
-                "train.kl_warmup_epochs = 0 (warm-up scales only the ELBO-type objectives, which would "
-                "not be equal terms)."
-            )
+        for v in [{"variant": "", "set": []}, *self.variants]:
+            if Config.from_dict(apply_overrides(self.config.to_dict(), v["set"])).train.kl_warmup_epochs > 0:
+                raise ConfigError(
+                    f"compare trains every objective on its own bound, without KL warm-up: set "
+                    f"train.kl_warmup_epochs = 0{' in variant ' + repr(v['variant']) if v['set'] else ''} (warm-up "
+                    f"scales only the ELBO-type objectives, which would not be equal terms).")
         if self.seeds < 1:
             raise ConfigError(f"--seeds {self.seeds}: give a whole number >= 1.")
-        self.objectives = [OBJECTIVES.build(s, "--objectives") for s in self.specs]
+        self.specs = crossed(self.specs, self.variants)
+        self.objectives = [OBJECTIVES.build(objective_of(s), "--objectives") for s in self.specs]
         self.keys, self.folders = _unique([label(s) for s in self.specs]), _unique([folder_name(s) for s in self.specs], "-")
         self.ref = _reference(self.reference, self.specs, self.keys)
         given = {"final_samples": self.final_samples, **{k: getattr(self, k) for k in DEFAULTS}}
@@ -397,7 +480,7 @@ class Comparison:
         self.measuring, self.scaled_note, self.estimated = self.requested, "", {}
         self.timings: dict[str, float] = {}
         self._snr_state: tuple[str, object] | None = None
-        self._starts: dict[int, dict] = {}  # seed offset -> the curve's step-0 point
+        self._starts: dict[tuple, dict] = {}  # (seed offset, variant) -> the curve's step-0 point
 
     # -- running -------------------------------------------------------------------------------
 
@@ -469,8 +552,8 @@ class Comparison:
         """The trainer of one objective's run, set up from ``config.seed`` (its data order and noise,
         the same for every objective and seed), with the initial parameters of seed
         ``config.seed + offset``: a trainer of that seed is set up first and its parameters copied."""
-        raw = self.config.to_dict()
-        raw["train"]["objective"] = OBJECTIVES.build(spec).spec()
+        raw = apply_overrides(self.config.to_dict(), spec["variant"]["set"]) if "variant" in spec else self.config.to_dict()
+        raw["train"]["objective"] = OBJECTIVES.build(objective_of(spec)).spec()
         run_dir = self.out / folder
         initial = None
         if offset:
@@ -508,8 +591,8 @@ class Comparison:
         self.data = trainer.data
         result = ObjectiveResult(spec, key, cfg.seed + offset)
         next_curve, next_snapshot = 0, 0
-        batches = trainer.batch_stream()
-        steps_per_epoch = math.ceil(trainer.data.train.shape[0] / cfg.train.batch_size)
+        batches, lr = trainer.batch_stream(), trainer.config.train  # (a variant may set train.*)
+        steps_per_epoch = math.ceil(trainer.data.train.shape[0] / lr.batch_size)
         bar = tqdm(total=self.budget.steps, disable=not self.progress, unit="step", leave=False, dynamic_ncols=True)
         with pyro.validation_enabled(cfg.train.validate):
             while True:
@@ -530,7 +613,7 @@ class Comparison:
                 started = time.perf_counter()  # training time: batch preparation and the SVI step
                 index = next(batches)
                 try:  # the learning-rate schedule over the budget (train.lr_final: lr * lr_final ** done)
-                    loss = trainer.train_step(index, lr=cfg.train.lr * cfg.train.lr_final ** min(1.0, done),
+                    loss = trainer.train_step(index, lr=lr.lr * lr.lr_final ** min(1.0, done),
                                               epoch=result.steps / steps_per_epoch)
                 except TrainingDiverged as e:
                     raise TrainingDiverged(f"objective {key}: {e}") from None
@@ -547,7 +630,7 @@ class Comparison:
             save_run(self, trainer, result)
         if trainer.data.splits.factors is not None:  # data with known factors: the disentanglement scores
             with self._timed("final"):
-                result.final |= disentanglement_of(trainer.run_dir)
+                result.final |= disentanglement_of(trainer.run_dir, key)
         self.log(f"   {result.steps} steps in {result.train_seconds:.1f} s; test ELBO {result.final['elbo']:.2f}, "
                  f"log p(x) {result.final['log_px']:.2f} nats per datapoint")
         if offset == 0 and (spec["name"] == "iwae" or self._snr_state is None):  # SNR against K: the IWAE run's end
@@ -568,18 +651,21 @@ class Comparison:
     def _curve_point(self, program, data, result: ObjectiveResult, offset: int) -> dict:
         """Test ELBO and log p(x) now; at step 0 the seed's first objective's (the same parameters, the
         same seeded evaluation: computed once a seed)."""
-        if result.steps == 0 and offset in self._starts:
-            return dict(self._starts[offset])
+        start = (offset, result.spec["variant"]["variant"] if "variant" in result.spec else None)
+        if result.steps == 0 and start in self._starts:
+            return dict(self._starts[start])
         settings = EvaluationSettings.of(self.config, self.measuring.curve_samples, exact_points=0)
         ev = evaluate(program, data.test, settings, labels=self._labels(program, data))
         point = {"step": result.steps, "train_seconds": result.train_seconds,
                  "test_elbo": ev.elbo.mean().item(), "test_log_px": ev.log_px.mean().item()}
         if result.steps == 0:
-            self._starts[offset] = point
+            self._starts[start] = point
         return point
 
     def _final(self, program, data) -> tuple[dict, dict[str, torch.Tensor]]:
         """The final scores (means and standard errors) and the per-datapoint values behind them."""
+        from .trained import topic_scores
+
         settings = EvaluationSettings.of(self.config, self.measuring.final_samples, exact_points=0)
         enumerable = enumeration_available(program)
         labels = self._labels(program, data)
@@ -596,6 +682,10 @@ class Comparison:
         if "classification" in s:  # a semi-supervised program's classifier
             exact |= {"accuracy": s["classification"]["accuracy"]["mean"],
                       "accuracy_stderr": s["classification"]["accuracy"]["stderr"]}
+        topic = topic_scores(program, data.splits, ev.log_px, settings.samples)
+        if topic is not None:  # a topic model: its topics' coherence, the test documents' perplexity
+            exact |= {"npmi": topic["npmi"], "perplexity": topic["perplexity"],
+                      "unigram_perplexity": topic["unigram_perplexity"]}
         return {**exact,
             "elbo": s["elbo"]["mean"],
             "elbo_stderr": s["elbo"]["stderr"],
@@ -628,6 +718,9 @@ class Comparison:
             plots.plot_comparison_curves(curves_by_objective(self.results), self.out / "curves.png")
             plots.plot_differences(self.paired(), self.ref, self.out / "differences.png")
             plots.plot_snr_vs_k(self.snr_vs_k, self.out / "snr_vs_k.png")
+            if all("mig" in r.final for r in self.results):  # (data with known factors: the price of disentangling)
+                plots.plot_price({_name(self, key): [(r.final["mig"], r.final["log_px"]) for r in rs]
+                                  for key, rs in _by_key(self).items()}, self.out / "price.png")
             self.timings["total"] = time.perf_counter() - started  # (the texts below take milliseconds)
             write_tables(self)
 
@@ -651,7 +744,7 @@ def snr_against_k(c: "Comparison") -> None:
         for name, spec in specs.items():
             for k in c.measuring.snr_ks:
                 try:
-                    objective = OBJECTIVES.build({**spec, "num_particles": k})
+                    objective = OBJECTIVES.build({**objective_of(spec), "num_particles": k})
                 except ConfigError:  # (e.g. a leave-one-out baseline at K = 1)
                     continue
                 stats = gradient_statistics(program, objective, grad_x, c.measuring.grad_draws,
@@ -664,23 +757,32 @@ def snr_against_k(c: "Comparison") -> None:
         c.snr_vs_k["encoder_relative_bias"] = bias
 
 
+#: a topic model's scores compare's table shows: NPMI of the 10 top words (test documents), per-word perplexity
+TOPICS = {"npmi": "NPMI (10 top words)", "perplexity": "test perplexity"}
 #: the disentanglement scores compare's table shows for data with known factors (disentanglement.py)
 DISENTANGLEMENT = {"mig": "MIG", "dci_disentanglement": "DCI dis.", "sap": "SAP", "factorvae": "FactorVAE score"}
 COMPARE_FACTORVAE_VOTES = {"train_votes": 200, "eval_votes": 100, "variance_samples": 2000}
 DISENTANGLEMENT_RESAMPLES = 5  #: bootstrap resamples behind compare's standard errors of MIG, DCI and SAP
 
 
-def disentanglement_of(run_dir: Path) -> dict:
+def disentanglement_of(run_dir: Path, title: str = "") -> dict:
     """MIG, DCI's disentanglement, SAP and the FactorVAE score of a saved run (its test set's posterior
     means against their factors), each with its standard error; the FactorVAE score from 200 training
     and 100 evaluation votes (a quarter of ``evaluate --disentanglement``'s: its binomial standard
     error says so) and MIG, DCI and SAP's standard errors from ``DISENTANGLEMENT_RESAMPLES`` bootstrap
-    resamples, since compare scores every objective at every seed."""
+    resamples, since compare scores every objective at every seed. Draws the run's latent traversals
+    (``traversals.png`` in its folder: the first test input, ranges from the first 256)."""
     from .disentanglement import disentanglement_scores
     from .trained import load_run
 
-    scores = disentanglement_scores(load_run(run_dir, trust_code=True), resamples=DISENTANGLEMENT_RESAMPLES,
-                                    factorvae_options=COMPARE_FACTORVAE_VOTES)
+    run = load_run(run_dir, trust_code=True)
+    scores = disentanglement_scores(run, resamples=DISENTANGLEMENT_RESAMPLES, factorvae_options=COMPARE_FACTORVAE_VOTES)
+    test = run.prepared.test
+    try:
+        plots.save_traversals(run.program, test[:1], test[:256], run_dir / "traversals.png", title or run_dir.name,
+                              seed=run.config.seed)
+    except ValueError:  # (a latent that is not one continuous vector: no traversals)
+        pass
     return {k: scores[k] for name in DISENTANGLEMENT for k in (name, name + "_stderr") if scores.get(k) is not None}
 
 
@@ -718,7 +820,7 @@ def _reference(given: str | None, specs: list[dict], keys: list[str]) -> str:
     for spec, key in zip(specs, keys):
         if given in (key, title(spec), folder_name(spec)):
             return key
-    named = [key for spec, key in zip(specs, keys) if spec["name"] == given]
+    named = [key for spec, key in zip(specs, keys) if given in (spec["name"], spec.get("variant", {}).get("variant"))]
     if len(named) == 1:
         return named[0]
     raise ConfigError(f"--reference {given!r} is none of the compared objectives; give one of: "
@@ -744,22 +846,36 @@ def calibrate(comparison: Comparison) -> Costs:
     K, and a picture: the seconds each unit of a comparison's work takes on this machine."""
     c, cfg = comparison, comparison.config
     builds, steps, draws = [], {}, {}
-    c._trainer(c.specs[0], 0, c.folders[0], quiet=True)  # (the first set-up imports and warms up: not timed)
+    first = c._trainer(c.specs[0], 0, c.folders[0], quiet=True)  # (the first set-up imports and warms up: not timed)
     for spec, key, folder in zip(c.specs, c.keys, c.folders):
         started = time.perf_counter()
         trainer = c._trainer(spec, 0, folder, quiet=True)
         builds.append(time.perf_counter() - started)
+        same_test_data(first, trainer, c.keys[0], key)
         c.measuring = c.requested  # (its grad_batch)
         program, grad_x = c.gradient_view(trainer)
         batches = trainer.batch_stream()
+        lr = trainer.config.train.lr
         with pyro.validation_enabled(cfg.train.validate):
-            trainer.train_step(next(batches), lr=cfg.train.lr, epoch=0.0)  # (the first step warms up)
-            steps[key] = sorted(_seconds(lambda: trainer.train_step(next(batches), lr=cfg.train.lr, epoch=0.0))
-                                for _ in range(5))[2]  # (the median of five: a shared machine's bursts left out)
+            trainer.train_step(next(batches), lr=lr, epoch=0.0)  # (the first step warms up)
+            # the mean of five steps in a row, batch drawing included: a sum of steps is what is estimated (their
+            # median ran 8-9% below the training's measured mean step, quiet machine, 50 and 200 steps)
+            steps[key] = _seconds(lambda: [trainer.train_step(next(batches), lr=lr, epoch=0.0) for _ in range(5)]) / 5
             draws[key] = draw_costs(program, trainer.objective, grad_x, cfg.seed)
             if key == c.keys[0]:
                 shared = _calibrate_measuring(c, trainer, program, grad_x)
     return Costs(build=sum(builds) / len(builds), step=steps, draw=draws, **shared)
+
+
+def same_test_data(first: Trainer, other: Trainer, first_key: str, key: str) -> None:
+    """Refuse a comparison whose runs would be scored on different test data (a variant whose likelihood
+    prepares the pixels otherwise: binarized against grey): their log p(x) would not be of the same x."""
+    a, b = first.data.test, other.data.test
+    if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
+        raise ConfigError(
+            f"compare: {key} is scored on other test data than {first_key} (its likelihood prepares the data "
+            f"differently, e.g. binarized against grey pixels), so their log p(x) are not of the same datapoints and "
+            f"cannot be paired; compare such models in separate comparisons, or give them data both take as it is.")
 
 
 def _calibrate_measuring(c: Comparison, trainer: Trainer, program, grad_x: torch.Tensor) -> dict:
@@ -784,7 +900,7 @@ def _calibrate_measuring(c: Comparison, trainer: Trainer, program, grad_x: torch
         at = {}
         for k in (1, 4):
             try:
-                objective = OBJECTIVES.build({**spec, "num_particles": k})
+                objective = OBJECTIVES.build({**objective_of(spec), "num_particles": k})
             except ConfigError:
                 continue
             at[k] = draw_costs(program, objective, grad_x, cfg.seed)
@@ -882,12 +998,14 @@ def results_markdown(c: Comparison) -> str:
     exact = all("exact_log_px" in r.final for r in c.results)
     accuracy = all("accuracy" in r.final for r in c.results)
     scores = [name for name in DISENTANGLEMENT if all(name in r.final for r in c.results)]
+    topic = [name for name in TOPICS if all(name in r.final for r in c.results)]
     spread = " (mean ± s.d. over seeds)" if n > 1 else ""
     lines = [f"| objective | K | steps | train s | ms/step | test ELBO{spread} | test IWAE bound (K={k}) | "
              f"test log p(x) (K={big}){spread or ' ± s.e.'} | {'exact test log p(x) | ' if exact else ''}"
              f"{'test accuracy | ' if accuracy else ''}{''.join(DISENTANGLEMENT[s] + ' | ' for s in scores)}"
+             f"{''.join(TOPICS[s] + ' | ' for s in topic)}"
              f"active units | encoder grad variance | encoder grad SNR | decoder grad variance | decoder grad SNR |",
-             "|" + " --- |" * (13 + exact + accuracy + len(scores))]
+             "|" + " --- |" * (13 + exact + accuracy + len(scores) + len(topic))]
     for key, rs in runs.items():
         rows = [r.row(k, big) for r in rs]
         mean = lambda name: _mean([row[name] for row in rows])  # noqa: E731
@@ -902,6 +1020,9 @@ def results_markdown(c: Comparison) -> str:
             cells.append(f"{mean('test_accuracy'):.4f} ± {rows[0]['test_accuracy_stderr']:.4f}")
         cells += [(f"{mean(s):.3f} ± {_sd([row[s] for row in rows]):.3f}" if n > 1 else
                    f"{rows[0][s]:.3f} ± {rows[0][s + '_stderr']:.3f}") for s in scores]
+        cells += [(f"{mean('test_' + s):.3f}" + (f" ± {_sd([row['test_' + s] for row in rows]):.3f}" if n > 1 else ""))
+                  if s == "npmi" else (f"{mean('test_' + s):.1f}" + (f" ± {_sd([row['test_' + s] for row in rows]):.1f}"
+                                                                      if n > 1 else "")) for s in topic]
         first = rows[0]  # (gradient statistics: measured in the first seed's runs)
         cells += [_units(first["active_units"], rs[0].final["latent_dim"]), f"{first['encoder_grad_variance']:.3g}",
                   show_snr(first["encoder_grad_snr"]), f"{first['decoder_grad_variance']:.3g}",

@@ -183,6 +183,67 @@ def analogies(program, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> torch
     return torch.stack([x.to(rows[0].dtype), *rows], 1).flatten(0, 1)
 
 
+TRAVERSAL_STEPS = 9  # values per latent coordinate in a traversal
+TRAVERSAL_RANGE = (0.02, 0.98)  # the quantiles of the test set's posterior means a traversal spans
+
+
+@torch.no_grad()
+def traversals(program, x: torch.Tensor, reference: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Latent traversals of one input ``x`` (1, ...): its posterior mean z, then for each coordinate d,
+    z with z_d set to ``TRAVERSAL_STEPS`` values evenly spaced between the 2% and 98% quantiles of
+    coordinate d's posterior means over ``reference`` (test inputs: the range the encoder uses, whatever
+    the prior), decoded (E[x|z], or a draw: see ``shown_pixels``). Returns (D * steps, ...) images, a
+    row per coordinate. Refused (ValueError) for a latent that is not one continuous vector."""
+    program = as_program(program, tuple(x.shape[1:]))
+    with seeded(seed, x.device):
+        means, spread = program.posterior_means(x), program.posterior_means(reference)
+        if len(means) != 1 or next(iter(means.values())).dim() != 2 or program.discrete_latents:
+            raise ValueError("traversals need one continuous latent vector z (a single site of shape (D,)).")
+        (site, z), spread = next(iter(means.items())), next(iter(spread.values()))
+        low, high = (torch.quantile(spread.double(), q, dim=0).to(z.dtype) for q in TRAVERSAL_RANGE)
+        steps = torch.linspace(0, 1, TRAVERSAL_STEPS, dtype=z.dtype, device=z.device)
+        rows = []
+        for d in range(z.shape[1]):
+            grid = z.expand(TRAVERSAL_STEPS, -1).clone()
+            grid[:, d] = low[d] + steps * (high[d] - low[d])
+            rows.append(grid)
+        return program.decode({site: torch.cat(rows)})
+
+
+def save_traversals(program, x: torch.Tensor, reference: torch.Tensor, path: Path, title: str,
+                    seed: int = 0) -> Path:
+    """:func:`traversals` of ``x`` as one picture, a row per latent coordinate (top: z_1)."""
+    images = traversals(program, x, reference, seed)
+    caption = (f"{title}: latent traversals of one test input, a row per coordinate z_1..z_{len(images) // TRAVERSAL_STEPS}"
+               f" (top to bottom), each from the 2% to the 98% quantile of its posterior means over "
+               f"{len(reference)} test inputs, the others at the input's posterior mean; {shown_pixels(program)}")
+    return save_grid(images, path, TRAVERSAL_STEPS, caption)
+
+
+def plot_price(points: dict[str, list[tuple[float, float]]], path: Path, score: str = "MIG") -> Path:
+    """The price of disentanglement: for each compared objective, each seed's (score, test log p(x)) as a
+    dot and their mean as a cross with ± 1 s.d. over seeds on both axes; up and right is better."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, (name, pairs) in enumerate(points.items()):
+        xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
+        n = len(pairs)
+        mx, my = sum(xs) / n, sum(ys) / n
+        sx = math.sqrt(sum((v - mx) ** 2 for v in xs) / (n - 1)) if n > 1 else 0.0
+        sy = math.sqrt(sum((v - my) ** 2 for v in ys) / (n - 1)) if n > 1 else 0.0
+        ax.plot(xs, ys, "o", color=f"C{i}", alpha=0.4, markersize=4)
+        ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt="x", color=f"C{i}", capsize=3, markersize=9, label=name)
+    ax.set_xlabel(f"{score} (higher: more disentangled)")
+    ax.set_ylabel("test log p(x), nats per datapoint")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"log p(x) against {score}: dots each seed, crosses the mean ± 1 s.d. over seeds", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_curves(history: list[dict], path: Path) -> Path:
     """The training objective (every epoch) and the train/test ELBO with its two terms (the epochs
     that scored them: train.curve_every)."""

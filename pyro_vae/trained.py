@@ -652,32 +652,46 @@ def task_reports(run: Run, result: Evaluation) -> dict:
     the topics' coherence (NPMI of the 10 top words over the stated reference corpus: the test
     documents' co-occurrence) and the per-word perplexity of the test documents from the
     importance-sampled log p(x), beside the unigram model's of the training documents (the floor)."""
-    from . import topics
-
     splits, out = run.prepared.splits, {}
     names = getattr(splits, "feature_names", None)
     if names:
         write_text(run.run_dir / "features.txt", "".join(f"{n}\n" for n in names))
     out |= decomposition_report(run)
-    decoder = getattr(run.program.vae, "decoder", None) if run.program.vae is not None else None
-    if decoder is None or not hasattr(decoder, "topic_words") or result.log_px is None:
-        return out
+    scores = topic_scores(run.program, splits, result.log_px, result.samples)
+    if scores is not None:
+        write_text(run.run_dir / "topics.txt", "\n".join(scores.pop("table")) + "\n")
+        out["topics"] = scores
+    return out
+
+
+def topic_scores(program, splits, log_px, samples: int) -> dict | None:
+    """A topic model's scores (a program whose decoder has ``topic_words``; None otherwise): the 10 top
+    words of each topic (``table``), their coherence (NPMI over the test documents' co-occurrence) and
+    the test documents' per-word perplexity from the importance-sampled ``log_px``, beside the unigram
+    model's of the training documents (the floor)."""
+    from . import topics
+
+    vae = getattr(program, "vae", None)
+    decoder = getattr(vae, "decoder", None)
+    if decoder is None or not hasattr(decoder, "topic_words") or log_px is None:
+        return None
+    names = getattr(splits, "feature_names", None)
     weights = decoder.topic_words().detach().cpu()
     vocabulary = list(names) if names else [str(i) for i in range(weights.shape[1])]
-    write_text(run.run_dir / "topics.txt", "\n".join(topics.topic_words_table(weights, vocabulary, 10)) + "\n")
     test = splits.held("test")
     reference = test.to_scipy() if hasattr(test, "to_scipy") else test
     coherence = topics.coherence(weights, reference, n=10)
     train = splits.held("train")
     unigram = topics.unigram_log_probability(train.to_scipy() if hasattr(train, "to_scipy") else train, reference)
-    out["topics"] = {
+    return {
+        "table": topics.topic_words_table(weights, vocabulary, 10),
         "npmi": coherence["npmi"], "npmi_per_topic": coherence["per_topic"], "top_words": 10,
         "npmi_reference_corpus": f"the {len(test)} test documents (document co-occurrence; a never co-occurring "
                                  f"pair scores -1)",
-        "perplexity": topics.perplexity(result.log_px, reference),
-        "perplexity_from": f"importance-sampled log p(x), K = {result.samples}, multinomial coefficient removed",
+        "perplexity": topics.perplexity(log_px, reference),
+        "perplexity_from": f"importance-sampled log p(x), K = {samples}, multinomial coefficient removed",
         "unigram_perplexity": topics.perplexity(unigram, reference)}
-    return out
+
 
 def decomposition_report(run: Run) -> dict:
     """A disentangling objective's run (``reports_decomposition``: beta, beta-tc, factor): the KL's

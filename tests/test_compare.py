@@ -143,6 +143,9 @@ def test_on_data_with_known_factors_the_table_carries_the_disentanglement_scores
     assert main(argv) == 0
     table = (tmp_path / "c" / "results.md").read_text()
     assert "| MIG | DCI dis. | SAP | FactorVAE score |" in table
+    assert (tmp_path / "c" / "price.png").stat().st_size > 0
+    for folder in ("beta-beta-1-K1", "beta-beta-4-K1"):
+        assert (tmp_path / "c" / folder / "traversals.png").stat().st_size > 0
     result = json.loads((tmp_path / "c" / "results.json").read_text())
     migs = sorted(row["mig"] for row in result["rows"])
     folders = [p for p in (tmp_path / "c").iterdir() if p.is_dir()]
@@ -355,3 +358,117 @@ def test_the_budget_benchmark_reports_the_estimate_against_the_measured_time(tmp
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["measured_over_estimate"] == pytest.approx(result["measured"]["total"] / result["estimate"]["total"])
     assert result["announced"].startswith("estimate: ") and "| training |" in (tmp_path / "result.md").read_text()
+
+
+# -- model variants (--variants): priors, likelihoods, networks, learning rates compared on the same data --
+
+def test_variants_parse_into_named_override_lists_and_refuse_what_a_variant_may_not_set():
+    from pyro_vae.compare import parse_variants
+
+    config = tiny_config()
+    text = 'n: model.prior=standard-normal | mix: model.prior={name = "mixture", components = 3}; train.lr=3e-3 | model.prior=vamp'
+    assert parse_variants(text, config) == [
+        {"variant": "n", "set": ["model.prior=standard-normal"]},
+        {"variant": "mix", "set": ['model.prior={name = "mixture", components = 3}', "train.lr=3e-3"]},
+        {"variant": "model.prior=vamp", "set": ["model.prior=vamp"]}]
+    assert parse_variants(None, config) == [] and parse_variants("  ", config) == []
+    for bad, message in (("a: data.side=8", "model.* and train.* only"), ("a: seed=3", "--seeds varies"),
+                         ("a: train.objective=iwae", "that is --objectives"),
+                         ("a: model.prior=gausian", "unknown prior 'gausian'"),
+                         ("a: model.prior=vamp | a: model.prior=flow", "twice"), ("a:", "sets nothing")):
+        with pytest.raises(ConfigError, match=message):
+            parse_variants(bad, config)
+
+
+def variant_comparison(out, variants, objectives="elbo", budget="6", **options):
+    from pyro_vae.compare import parse_variants
+
+    config = tiny_config(data={"n_train": 64, "n_test": 16}, eval={"samples": 20, "train_subset": 32})
+    return Comparison(config, parse_objectives(objectives, 3), Budget.parse(budget), out, particles=3,
+                      curve_points=1, curve_samples=5, grad_draws=3, grad_batch=8, snr_ks=(1, 2), progress=False,
+                      log=lambda s: None, variants=parse_variants(variants, config), **options)
+
+
+def test_each_objective_is_trained_under_each_variant_and_paired_on_the_same_test_data(tmp_path):
+    """A variant that restates the config is the same maths (difference 0, paired error 0); a variant with
+    another prior or learning rate trains that model (its run folder's config says so) and its paired
+    difference is the one of the stored per-datapoint values."""
+    comparison = variant_comparison(tmp_path / "v", "same: model.prior.name=standard-normal | n: train.lr=1e-2 | "
+                                    "mix: model.prior=mixture; model.prior.components=3 | fast: train.lr=5e-2",
+                                    objectives="elbo,iwae", reference="n / elbo")
+    comparison.run()
+    folders = sorted(p.name for p in (tmp_path / "v").iterdir() if p.is_dir())
+    assert folders == sorted(f"{v}-{o}-K3" for v in ("same", "n", "mix", "fast") for o in ("elbo", "iwae"))
+    prior = load_run(tmp_path / "v" / "mix-iwae-K3").config.model.prior
+    assert prior["name"] == "mixture" and prior["components"] == 3
+    assert load_run(tmp_path / "v" / "fast-elbo-K3").config.train.lr == 5e-2
+    assert load_run(tmp_path / "v" / "mix-iwae-K3").config.train.objective["name"] == "iwae"
+    paired = comparison.paired()["log_px"]
+    assert paired["same / elbo (K=3)"]["mean"] == 0.0 and paired["same / elbo (K=3)"]["paired_stderr"] == 0.0
+    for key in ("mix / elbo (K=3)", "fast / elbo (K=3)"):
+        assert paired[key]["mean"] != 0.0
+    ref, mix = stored_values(tmp_path / "v" / "n-elbo-K3"), stored_values(tmp_path / "v" / "mix-elbo-K3")
+    d = [b - a for a, b in zip(ref["log_px_K20"], mix["log_px_K20"])]
+    assert paired["mix / elbo (K=3)"]["mean"] == pytest.approx(sum(d) / len(d), abs=1e-9)
+    assert "| mix / iwae | 3 | 6 |" in comparison.markdown()
+    # each variant's curve starts at its own model's step 0 (not the first variant's)
+    starts = {r.key: r.curve[0]["test_log_px"] for r in comparison.results}
+    assert starts["same / elbo (K=3)"] == starts["n / elbo (K=3)"] != starts["mix / elbo (K=3)"]
+
+
+def test_a_variant_scored_on_other_test_data_is_refused_before_training(tmp_path):
+    """Continuous Bernoulli takes the grey pixels as they are; the Bernoulli default binarizes them:
+    their log p(x) would be of different datapoints, so they cannot be paired."""
+    comparison = variant_comparison(tmp_path / "g", "bin: model.likelihood=bernoulli | grey: model.likelihood=continuous-bernoulli")
+    with pytest.raises(ConfigError, match="other test data than bin / elbo"):
+        comparison.run()
+    assert not (tmp_path / "g").exists()
+
+
+def test_compare_cli_takes_variants_and_names_them_in_its_tables(tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["compare", *TINY, "--objectives", "elbo", "--variants", "a: model.prior=standard-normal | b: model.prior=vamp; "
+            "model.prior.components=4", "--reference", "b", "--particles", "2", "--budget", "4", "--curve-points", "1",
+            "--curve-samples", "4", "--grad-draws", "3", "--grad-batch", "8", "--snr-k", "1,2", "--out", str(out),
+            "--no-progress", "--yes"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "comparing a / elbo, b / elbo on synthetic" in printed and "differences from b / elbo (K=2)" in printed
+    assert "| a / elbo | +" in printed or "| a / elbo | -" in printed
+    assert main(["compare", *TINY, "--variants", "a: data.n_test=8", "--out", str(tmp_path / "x")]) == 2
+    assert "a variant may set model.* and train.* only" in capsys.readouterr().err
+
+
+def test_topic_models_compared_over_priors_carry_coherence_and_perplexity(tmp_path):
+    """The logistic-normal prior against the Gaussian-softmax one on the same documents: NPMI and the
+    per-word perplexity beside log p(x), the perplexity that of the stored per-document log p(x)."""
+    import math
+
+    from pyro_vae.compare import parse_variants
+
+    from test_count_models import counts_config, write_counts
+
+    counts = write_counts(tmp_path / "c.npz", rows=60, columns=12)
+    config = counts_config(tmp_path / "c.npz", latent_dim=3, likelihood="multinomial",
+                           prior={"name": "logistic-normal", "alpha": 1.0},
+                           network={"name": "topic", "hidden": [8], "dropout": 0.0})
+    variants = parse_variants("ln: model.prior=logistic-normal | gs: model.prior=standard-normal", config)
+    comparison = Comparison(config, parse_objectives("elbo-analytic-kl", 1), Budget.parse("4"), tmp_path / "t",
+                            particles=2, curve_points=1, curve_samples=2, grad_draws=2, grad_batch=4, snr_ks=(1,),
+                            final_samples=4, progress=False, log=lambda s: None, variants=variants)
+    comparison.run()
+    table = comparison.markdown()
+    assert "| NPMI (10 top words) | test perplexity |" in table
+    run = load_run(tmp_path / "t" / "gs-elbo-analytic-kl-K1")
+    assert run.config.model.prior == {"name": "standard-normal"}
+    test = run.prepared.splits.held("test")
+    test = test.to_scipy() if hasattr(test, "to_scipy") else test
+    log_px = stored_values(tmp_path / "t" / "gs-elbo-analytic-kl-K1")["log_px_K4"]
+    import numpy as np
+
+    totals = np.asarray(test.sum(axis=1)).ravel()
+    coefficient = sum(math.lgamma(n + 1) for n in totals) - sum(math.lgamma(v + 1) for v in np.asarray(test.todense() if hasattr(test, "todense") else test).ravel())
+    expected = math.exp(-(sum(log_px) - coefficient) / totals.sum())
+    row = next(r for r in comparison.rows() if r["objective"].startswith("gs /"))
+    assert row["test_perplexity"] == pytest.approx(expected, rel=1e-6) and -1 <= row["test_npmi"] <= 1
+    assert counts.sum() > 0

@@ -248,3 +248,35 @@ def test_raw_pyro_svi_steps_the_factor_vae_discriminator_from_the_first_step():
     initial = OBJECTIVES.build({"name": "factor", "hidden": 8}).discriminator(3).state_dict()
     stepped = objective.module().state_dict()
     assert all(not torch.equal(stepped[k], initial[k]) for k in initial)
+
+
+def test_a_traversal_changes_one_coordinate_of_the_input_s_posterior_mean_per_row():
+    """Row d, column j is the decoded posterior mean of x with z_d set to the j-th of 9 values evenly spaced
+    between the 2% and 98% quantiles of coordinate d's posterior means over the reference inputs."""
+    from pyro_vae import plots
+
+    vae = tiny_vae(latent_dim=3)
+    x = torch.rand(32, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    program = as_program(vae, tuple(x.shape[1:]))
+    images = plots.traversals(program, x[:1], x)
+    assert images.shape == (3 * plots.TRAVERSAL_STEPS, *x.shape[1:])
+    with torch.no_grad():
+        z = program.posterior_means(x[:1])["z"]
+        spread = program.posterior_means(x)["z"]
+        d, j = 1, 6
+        value = torch.quantile(spread[:, d].double(), 0.02) + j / 8 * (torch.quantile(spread[:, d].double(), 0.98)
+                                                                       - torch.quantile(spread[:, d].double(), 0.02))
+        z = z.clone()
+        z[0, d] = value.to(z.dtype)
+        expected = program.decode({"z": z})
+    assert torch.allclose(images[d * plots.TRAVERSAL_STEPS + j], expected[0], atol=1e-6)
+    assert not torch.allclose(images[0], images[plots.TRAVERSAL_STEPS - 1])  # (the first coordinate does move)
+
+
+def test_traversals_refuse_a_discrete_latent():
+    from pyro_vae import plots
+
+    vae = tiny_vae(latent_dim=4, prior={"name": "categorical", "classes": 2}, guide={"name": "categorical", "classes": 2})
+    x = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="one continuous latent vector"):
+        plots.traversals(as_program(vae, tuple(x.shape[1:])), x[:1], x)
