@@ -78,6 +78,10 @@ def markdown(r: dict) -> str:
              "| phase | estimated s | measured s |", "| --- | --- | --- |"]
     lines += [f"| {p} | {r['estimate'].get(p, float('nan')):.1f} | {r['measured'].get(p, float('nan')):.1f} |"
               for p in phases]
+    limit = r["estimate"].get("limit")
+    if limit is not None:
+        inside = "inside" if r["measured"]["total"] <= limit else "**beyond**"
+        lines.append(f"| announced upper figure (the estimate + {100 * (limit - r['estimate']['calibration']) / max(r['estimate']['total'] - r['estimate']['calibration'], 1e-9) - 100:.0f}%) | {limit:.1f} | {r['measured']['total']:.1f}: {inside} |")
     s = r["measuring_settings"]
     lines += ["",
               f"Measured / estimated, whole run: **{r['measured_over_estimate']:.2f}**. Measuring (curves, gradient "

@@ -190,6 +190,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timing-steps", type=int, default=10)
     p.add_argument("--out", type=Path, help="folder for result.json, result.md and price.png")
     p.add_argument("--picture-from", type=Path, help="only draw price.png (into --out) from an earlier result.json")
+    p.add_argument("--timing-only", action="store_true", help="only the step time of beta-tc against elbo")
     return p.parse_args(argv)
 
 
@@ -200,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     machine = describe_machine()
     print(machine)
+    if args.timing_only:
+        t = step_times(args)
+        print(f"step at batch {t['batch']} (median of {args.timing_rounds} interleaved rounds of {args.timing_steps}): "
+              f"elbo {t['ms_per_step']['elbo']:.1f} ms, beta-tc {t['ms_per_step']['beta-tc']:.1f} ms, ratio "
+              f"{t['ratio']:.2f}x")
+        return 0
     splits = DATASETS.build({"name": "dsprites", "n_train": args.n_train, "n_test": args.n_test, "seed": 0}).load()
     chosen = {k: v for k, v in objectives(args.gamma).items()
               if not args.models or any(k.startswith(m) for m in args.models)}

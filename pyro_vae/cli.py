@@ -139,11 +139,24 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"`pyro-vae train --resume {run_dir}` finishes it")
     result = finish_run(run, log=say, dist=dist, progress=not (args.no_progress or args.quiet))
     say(result.table(f"test set of {config.data['name']}: {result.n} datapoints, {run.described}"))
-    written = [name for name in ("metrics.jsonl", "checkpoint.pt", "best.pt", "evaluation.json", "samples.png",
+    topics = _evaluation_topics(run_dir)
+    if topics:
+        say(f"topics: NPMI of the {topics['top_words']} top words {topics['npmi']:.3f} (over {topics['npmi_reference_corpus']}); "
+            f"test perplexity {topics['perplexity']:.1f} per word ({topics['perplexity_from']}), the unigram floor "
+            f"{topics['unigram_perplexity']:.1f}; each topic's top words: {run_dir / 'topics.txt'}")
+    written = [name for name in ("metrics.jsonl", "checkpoint.pt", "best.pt", "evaluation.json", "topics.txt", "samples.png",
                                  "reconstructions.png", "curves.png", "latent.png", "analogies.png", "confusion.png") if (run_dir / name).is_file()]
     say(f"run folder: {run_dir}  ({', '.join(written)})")
     dist.close()
     return 0
+
+
+def _evaluation_topics(run_dir: Path) -> dict | None:
+    """A topic model's scores as its evaluation.json holds them (None for any other run)."""
+    import json
+
+    path = run_dir / "evaluation.json"
+    return json.loads(path.read_text()).get("topics") if path.is_file() else None
 
 
 def _resumed_config(args: argparse.Namespace) -> Config:

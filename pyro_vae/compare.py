@@ -242,6 +242,9 @@ def folder_name(spec: dict) -> str:
 
 
 MEASURE_SHARE = 0.5  # the default measuring adds at most this share of the training time
+#: the announced upper figure is the estimate times 1 + ESTIMATE_MARGIN: whole runs measured on this project's
+#: 2-core machines took 0.92 to 1.10 times the estimate (benchmarks/compare_budget.py, compare's 3-seed runs)
+ESTIMATE_MARGIN = 0.15
 DEFAULTS = {"curve_points": 10, "curve_samples": 100, "grad_draws": 100, "grad_batch": 64, "snr_ks": (1, 4, 16, 64)}
 FLOORS = {"curve_points": 2, "curve_samples": 10, "grad_draws": 10, "final_samples": 50}  # scaled down to no less
 KNOB_WORDS = {"curve_points": "curve points", "curve_samples": "curve K", "grad_draws": "gradient draws",
@@ -310,6 +313,9 @@ class Costs:
     exact_gradient: float  # one exact gradient on the gradient batch (0 where none)
     snr_draw: dict[str, tuple[float, float, float]]  # (a call, a + b K a draw at K), per SNR-against-K estimator
     writing: float  # tables, pictures, checkpoints
+    disentangling: float = 0.0  # a run's disentanglement scores and traversals (data with known factors; else 0)
+    # each run's evaluation cost against the first's (model variants: another likelihood or network; else 1)
+    evaluation_scale: dict[str, float] = field(default_factory=dict)
 
 
 def estimate(costs: Costs, m: Measuring, *, keys: list[str], seeds: int, budget: Budget, n_test: int,
@@ -318,13 +324,15 @@ def estimate(costs: Costs, m: Measuring, *, keys: list[str], seeds: int, budget:
     writing) under the calibrated ``costs``; ``"measuring"`` curves to snr, ``"total"`` all."""
     per_run_train = {k: (budget.steps * costs.step[k] if budget.steps is not None else budget.seconds) for k in keys}
     evaluation = lambda samples: costs.call + n_test * (samples * costs.pair + costs.point)  # noqa: E731
+    scale = sum(costs.evaluation_scale.get(k, 1.0) for k in keys)  # (the runs' evaluations, in the first's units)
     phases = {
         "setup": len(keys) * (2 * seeds - 1) * costs.build,  # (seed s > 0: a trainer of s first, its parameters copied)
         "training": seeds * sum(per_run_train.values()),
-        "curves": seeds * (len(keys) * m.curve_points + 1) * evaluation(m.curve_samples),  # (step 0: once a seed)
+        "curves": seeds * (scale * m.curve_points + 1) * evaluation(m.curve_samples),  # (step 0: once a seed)
         "gradients": sum(len(SNAPSHOTS) * (costs.draw[k][0] + m.grad_draws * costs.draw[k][1] + costs.exact_gradient)
                          for k in keys),
-        "final": seeds * len(keys) * (evaluation(m.final_samples) + evaluation(particles) + n_test * costs.exact_point),
+        "final": seeds * (scale * (evaluation(m.final_samples) + evaluation(particles) + n_test * costs.exact_point)
+                          + len(keys) * costs.disentangling),
         "snr": sum(call + m.grad_draws * (a + b * k) for call, a, b in costs.snr_draw.values() for k in m.snr_ks)
         + costs.exact_gradient,
         "writing": costs.writing,
@@ -521,8 +529,8 @@ class Comparison:
 
         def fits(s: float) -> bool:
             phases = estimate(self.costs, self.requested.scaled(s, self.fixed), **shape)
-            return (phases["total"] + self.timings["calibration"] <= self.total if self.total is not None
-                    else phases["measuring"] <= MEASURE_SHARE * phases["training"])
+            return (phases["total"] * (1 + ESTIMATE_MARGIN) + self.timings["calibration"] <= self.total
+                    if self.total is not None else phases["measuring"] <= MEASURE_SHARE * phases["training"])
 
         s, low = 1.0, 1e-3
         if not fits(1.0):
@@ -534,6 +542,8 @@ class Comparison:
         self.estimated = estimate(self.costs, self.measuring, **shape)
         self.estimated["calibration"] = self.timings["calibration"]  # (spent already: part of the whole run)
         self.estimated["total"] += self.estimated["calibration"]
+        self.estimated["limit"] = self.estimated["calibration"] + (self.estimated["total"] - self.estimated["calibration"]) \
+            * (1 + ESTIMATE_MARGIN)
         within = f"--total {self.total:g} s" if self.total is not None else \
             f"{MEASURE_SHARE:.0%} on top of the training"
         changes = self.requested.changes(self.measuring)
@@ -541,9 +551,10 @@ class Comparison:
         self.log(describe_estimate(self.estimated, self.timings["calibration"]))
         if self.scaled_note:
             self.log(self.scaled_note)
-        if self.total is not None and self.estimated["total"] > self.total and not self.confirmed:
+        if self.total is not None and self.estimated["limit"] > self.total and not self.confirmed:
             raise ConfigError(
-                f"compare: the estimate, {self.estimated['total']:.0f} s, exceeds --total {self.total:g} s even with "
+                f"compare: the estimate, {self.estimated['total']:.0f} s (up to {self.estimated['limit']:.0f} s), "
+                f"exceeds --total {self.total:g} s even with "
                 f"the measuring at its least (or as given); confirm with --yes to run it anyway, or give a smaller "
                 f"--budget, fewer --seeds or fewer --objectives.")
         return self.estimated
@@ -845,7 +856,7 @@ def calibrate(comparison: Comparison) -> Costs:
     """A few steps and gradient draws of each objective, evaluations of a few test datapoints at two
     K, and a picture: the seconds each unit of a comparison's work takes on this machine."""
     c, cfg = comparison, comparison.config
-    builds, steps, draws = [], {}, {}
+    builds, steps, draws, evaluations = [], {}, {}, {}
     first = c._trainer(c.specs[0], 0, c.folders[0], quiet=True)  # (the first set-up imports and warms up: not timed)
     for spec, key, folder in zip(c.specs, c.keys, c.folders):
         started = time.perf_counter()
@@ -864,7 +875,39 @@ def calibrate(comparison: Comparison) -> Costs:
             draws[key] = draw_costs(program, trainer.objective, grad_x, cfg.seed)
             if key == c.keys[0]:
                 shared = _calibrate_measuring(c, trainer, program, grad_x)
-    return Costs(build=sum(builds) / len(builds), step=steps, draw=draws, **shared)
+                shared["disentangling"] = _calibrate_disentangling(trainer) if trainer.data.splits.factors is not None else 0.0
+            if c.variants:  # (model variants evaluate at their own cost: a negative binomial's lgamma, not a Poisson's)
+                evaluations[key] = _evaluation_seconds(c, trainer, program)
+    scale = {k: t / evaluations[c.keys[0]] for k, t in evaluations.items()} if evaluations else {}
+    return Costs(build=sum(builds) / len(builds), step=steps, draw=draws, evaluation_scale=scale, **shared)
+
+
+def _evaluation_seconds(c: Comparison, trainer: Trainer, program) -> float:
+    """Seconds of one evaluation at K = 16 of up to 128 test datapoints (after one that warms up): what
+    sets the runs' evaluation costs against each other."""
+    data = trainer.data
+    m = min(128, data.test.shape[0])
+    labels = c._labels(program, data)
+    run = lambda: evaluate(program, data.test[:m], EvaluationSettings.of(c.config, 16, exact_points=0),  # noqa: E731
+                           labels=labels[:m] if labels is not None else None)
+    run()
+    return _seconds(run)
+
+
+def _calibrate_disentangling(trainer: Trainer) -> float:
+    """Seconds of one run's disentanglement scores and traversals (``disentanglement_of``), timed on the
+    calibration's model saved into a temporary folder: the scoring does not depend on training."""
+    import tempfile
+
+    kept = trainer.run_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer.run_dir = Path(tmp) / "run"
+        try:
+            prepare_run_dir(trainer.run_dir, overwrite=False, command="compare")
+            trainer.write_checkpoint()
+            return _seconds(lambda: disentanglement_of(trainer.run_dir))
+        finally:
+            trainer.run_dir = kept
 
 
 def same_test_data(first: Trainer, other: Trainer, first_key: str, key: str) -> None:
@@ -938,7 +981,8 @@ def figure_seconds() -> float:
 
 def describe_estimate(phases: dict[str, float], calibration: float) -> str:
     training = phases["training"] + phases["setup"]
-    return (f"estimate: {phases['total']:.0f} s in all: training {training:.0f} s, measuring "
+    return (f"estimate: {phases['total']:.0f} s in all (up to {phases['limit']:.0f} s: whole runs have taken 0.9 to 1.1 "
+            f"times the estimate): training {training:.0f} s, measuring "
             f"{phases['measuring']:.0f} s ({phases['measuring'] / max(training, 1e-9):.0%} on top of the training: "
             f"curves {phases['curves']:.0f} s, gradients {phases['gradients']:.0f} s, final scores "
             f"{phases['final']:.0f} s, SNR against K {phases['snr']:.0f} s), pictures {phases['writing']:.0f} s, "
@@ -1101,7 +1145,8 @@ def gradients_markdown(c: Comparison) -> str:
 def time_line(c: Comparison) -> str:
     t = c.timings
     measuring = sum(t.get(p, 0.0) for p in ("curves", "gradients", "final", "snr"))
-    return (f"time: estimated {c.estimated['total']:.0f} s, took {t['total']:.0f} s (training {t.get('training', 0):.0f} s, "
+    return (f"time: estimated {c.estimated['total']:.0f} s (up to {c.estimated['limit']:.0f} s), took {t['total']:.0f} s "
+            f"(training {t.get('training', 0):.0f} s, "
             f"measuring {measuring:.0f} s = {measuring / max(t.get('training', 0), 1e-9):.0%} on top of the training, "
             f"calibration {t.get('calibration', 0):.1f} s, set-up and writing {t.get('setup', 0) + t.get('writing', 0):.0f} s)")
 

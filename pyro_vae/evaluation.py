@@ -91,6 +91,7 @@ class Evaluation:
     exact_index: torch.Tensor | None = None  # ... on these datapoints
     kl_per_site: bool = False  # several latent sites, each KL in closed form given the draws before it
     code_groups: tuple[int, int] | None = None  # (M, K): the latent is M one-hot groups of K classes
+    on_simplex: bool = False  # the latent is a point of the simplex (a Dirichlet guide): no active units
     policy: LabelPolicy = dataclasses.field(default_factory=Unlabelled)  # how the program took labels (labels.py)
     labels: torch.Tensor | None = None  # the true classes (semi-supervised: for accuracy)
     predicted: torch.Tensor | None = None  # argmax_y q(y|x) (semi-supervised)
@@ -158,7 +159,7 @@ class Evaluation:
             out["classification"] = {"accuracy": stat(correct), "classes": self.num_classes,
                                      "predicted_by": "argmax_y q(y|x)", "confusion": self.confusion.tolist(),
                                      "confusion_rows": "true class", "confusion_columns": "predicted class"}
-        if self.posterior_mean is not None:
+        if self.posterior_mean is not None and not self.on_simplex:  # (proportions: Var_x > 0.01 is no test there)
             out |= {"active_units": active_units(self.posterior_mean), "latent_dim": self.posterior_mean.shape[-1]}
             if self.code_groups is not None:
                 out["code_usage"] = code_usage(self.posterior_mean, *self.code_groups)
@@ -385,6 +386,7 @@ def evaluate(
         kl_per_site=all(bool(p.get("kl_per_site", False)) for p in parts),
         num_pixels=math.prod(x.shape[1:]), discrete=program.discrete, seed=s.seed,
         code_groups=next(iter(meant.code_groups.values())) if len(meant.code_groups) == 1 else None,
+        on_simplex=bool(getattr(meant, "simplex_sites", [])),
         log_px=cat.get("log_px"), samples=s.samples, exact=exact, exact_index=exact_index, policy=policy,
         elbo_draws=policy.elbo_draws(s), elbo_stderr=cat.get("elbo_stderr"), log_px_stderr=cat.get("log_px_stderr"),
         labels=labels.cpu() if labels is not None else None,

@@ -195,7 +195,7 @@ class VampPrior(Prior):
         self.raw_inputs = nn.Parameter(torch.logit(u.clamp(0.01, 0.99)))
 
     def fit_to_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        if not torch.is_tensor(x):  # rows on disk (a streaming layout): the range and inputs of 4096 rows spread over it
+        if not torch.is_tensor(x):  # rows on disk or held sparse: the range and inputs of 4096 rows spread over them
             x = x[torch.linspace(0, len(x) - 1, min(len(x), 4096)).round().long().unique()].float()
         with torch.no_grad():
             self.low.copy_(x.min())

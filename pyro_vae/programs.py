@@ -60,6 +60,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch import nn
+from torch.distributions import constraints
 
 from .config import CODE_KEY, Config, ModelConfig, ProgramConfig, library_program
 from .data.checks import check_batch, require_finite
@@ -541,6 +542,11 @@ class Program(_DataContract):
         return [name for name in self.latent_shapes if name in self._probe()["states"] or name in self.code_groups]
 
     @property
+    def simplex_sites(self) -> list[str]:
+        """The latent sites whose q(z|x) lives on the simplex (a Dirichlet guide: topic proportions)."""
+        return self._probe()["simplex"]
+
+    @property
     def code_groups(self) -> dict[str, tuple[int, int]]:
         """(M groups, K classes) of each latent site whose q(z|x) is one-hot groups (a categorical latent)."""
         return self._probe()["groups"]
@@ -604,6 +610,7 @@ class Program(_DataContract):
                                 "groups": {n: one_hot_groups(s.q) for n, s in terms.latents.items()
                                            if one_hot_groups(s.q) is not None},
                                 "states": {n: state_count(s.q) for n, s in terms.latents.items() if enumerable(s.q)},
+                                "simplex": [n for n, s in terms.latents.items() if s.q.support is constraints.simplex],
                                 "observed": probe._observed_site(x)}
         return self._probes[key]
 

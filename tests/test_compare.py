@@ -299,8 +299,14 @@ def test_the_announced_estimate_is_within_a_factor_of_two_of_the_whole_run(tmp_p
     comparison.log = said.append
     comparison.run()
     estimated, took = comparison.estimated["total"], comparison.timings["total"]
-    assert any(line.startswith(f"estimate: {estimated:.0f} s in all") for line in said)
+    assert any(line.startswith(f"estimate: {estimated:.0f} s in all (up to {comparison.estimated['limit']:.0f} s")
+               for line in said)
     assert 0.5 <= took / estimated <= 2.0, (estimated, took, comparison.estimated, comparison.timings)
+    # the upper figure: the estimate past the calibration (spent already) with the stated margin
+    from pyro_vae.compare import ESTIMATE_MARGIN
+
+    calibration = comparison.estimated["calibration"]
+    assert comparison.estimated["limit"] == pytest.approx(calibration + (estimated - calibration) * (1 + ESTIMATE_MARGIN))
 
 
 def test_default_measuring_is_scaled_to_the_training_and_a_total_is_kept(tmp_path, capsys):
@@ -316,6 +322,11 @@ def test_default_measuring_is_scaled_to_the_training_and_a_total_is_kept(tmp_pat
     assert main(["compare", *TINY, "--objectives", "elbo", "--budget", "3", "--total", "0.01s", "--out", str(out),
                  "--no-progress"]) == 2
     assert "exceeds --total 0.01 s" in capsys.readouterr().err and not out.exists()
+    # --total bounds the announced upper figure: the measuring fits (estimate - calibration) * 1.15 + calibration
+    comparison = Comparison(config, parse_objectives("elbo", 2), Budget.parse("3"), tmp_path / "d2", particles=2,
+                            grad_batch=8, snr_ks=(1, 2), progress=False, log=lambda s: None, total=20.0)
+    comparison.splits = DATASETS.build(config.data, "data").load()
+    assert comparison.plan()["limit"] <= 20.0
     assert main(["compare", *TINY, "--total", "30steps", "--out", str(out)]) == 2
     assert "--total '30steps': give the whole run's time" in capsys.readouterr().err
     assert main(["compare", *TINY, "--objectives", "elbo,iwae", "--reference", "dreg", "--out", str(out)]) == 2
@@ -472,3 +483,22 @@ def test_topic_models_compared_over_priors_carry_coherence_and_perplexity(tmp_pa
     row = next(r for r in comparison.rows() if r["objective"].startswith("gs /"))
     assert row["test_perplexity"] == pytest.approx(expected, rel=1e-6) and -1 <= row["test_npmi"] <= 1
     assert counts.sum() > 0
+
+
+def test_the_estimate_counts_each_variant_s_evaluations_at_its_own_cost():
+    """A variant whose evaluation costs three times the first's (a negative binomial against a Poisson)
+    adds three first-run evaluations to the curves and final scores, not one."""
+    from pyro_vae.compare import Costs, Measuring, estimate
+
+    costs = Costs(build=0.0, step={"a": 0.01, "b": 0.01}, draw={"a": (0.0, 0.0), "b": (0.0, 0.0)}, pair=1e-4, point=0.0,
+                  call=0.0, exact_point=0.0, exact_gradient=0.0, snr_draw={}, writing=0.0)
+    m = Measuring(curve_points=2, curve_samples=10, grad_draws=1, grad_batch=8, snr_ks=(1,), final_samples=100)
+    shape = dict(keys=["a", "b"], seeds=2, budget=Budget(steps=10), n_test=50, particles=5)
+    alike = estimate(costs, m, **shape)
+    costs.evaluation_scale = {"a": 1.0, "b": 3.0}
+    apart = estimate(costs, m, **shape)
+    one = lambda k: 50 * k * 1e-4  # noqa: E731  (an evaluation of the first run at K = k)
+    assert alike["curves"] == pytest.approx(2 * (2 * 2 + 1) * one(10))
+    assert apart["curves"] == pytest.approx(2 * (4 * 2 + 1) * one(10))
+    assert apart["final"] == pytest.approx(2 * 4 * (one(100) + one(5))) and alike["final"] == pytest.approx(2 * 2 * (one(100) + one(5)))
+    assert apart["training"] == alike["training"] == pytest.approx(2 * 2 * 10 * 0.01)

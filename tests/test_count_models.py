@@ -222,3 +222,34 @@ def test_a_count_run_with_batch_norm_and_dropout_trains_resumes_and_evaluates(tm
     second = evaluate(run.program, run.data.test, samples=4, seed=1, posterior_means=False)
     assert torch.equal(first.log_px, second.log_px) and torch.isfinite(first.log_px).all()
     assert torch.equal(run.program.module.state_dict()[norms[0]], whole[norms[0]])  # evaluation moved nothing
+
+
+def test_train_prints_a_topic_model_s_coherence_and_perplexity(tmp_path, capsys):
+    write_counts(tmp_path / "c.npz", rows=60, columns=12)
+    argv = ["train", "--data", str(tmp_path / "c.npz"), "--set", f"data.vocabulary={tmp_path / 'c.txt'}",
+            "--set", "data.test_fraction=0.25", "--set", "model.latent_dim=3", "--set", "model.likelihood=multinomial",
+            "--set", "model.prior=logistic-normal", "--set", "model.network=topic", "--set", "model.network.hidden=[8]",
+            "--set", "train.epochs=1", "--set", "train.batch_size=15", "--set", "eval.samples=4",
+            "--set", "eval.train_subset=8", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    scores = json.loads((tmp_path / "run" / "evaluation.json").read_text())["topics"]
+    assert f"topics: NPMI of the 10 top words {scores['npmi']:.3f} (over the 15 test documents" in printed
+    assert f"test perplexity {scores['perplexity']:.1f} per word" in printed and "topics.txt" in printed
+
+
+def test_topic_proportions_on_the_simplex_have_no_active_units_count(tmp_path):
+    """Var_x E_q[z_u] > 0.01 tests a coordinate of a N(0, I)-scaled latent; proportions of 50 topics
+    vary by less than that and would all read inactive: a Dirichlet guide's evaluation leaves it out."""
+    from pyro_vae.evaluation import EvaluationSettings, evaluate
+
+    write_counts(tmp_path / "c.npz", rows=40, columns=12)
+    for prior, guide, latent, has in (("dirichlet", "dirichlet", "simplex", False),
+                                      ("logistic-normal", "diagonal-gaussian", "softmax", True)):
+        config = counts_config(tmp_path / "c.npz", latent_dim=3, likelihood="multinomial", prior=prior, guide=guide,
+                               network={"name": "topic", "hidden": [8], "dropout": 0.0, "latent": latent})
+        trainer = Trainer(config, tmp_path / f"run-{prior}", **QUIET).start()
+        assert trainer.program.simplex_sites == ([] if has else ["z"])
+        result = evaluate(trainer.program, trainer.data.test, EvaluationSettings.of(config, 2))
+        assert ("active_units" in result.summary()) == has
+        assert ("active units" in result.table()) == has

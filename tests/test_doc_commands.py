@@ -49,10 +49,26 @@ def _command(line: str) -> str | None:
         command = line.split(" -m pyro_vae ", 1)[1]
     else:
         return None
-    command = re.split(r" #|\s(?:>|>>|\||&&|;)\s", command, maxsplit=1)[0].strip()  # a comment, the shell's part
+    command = _before_shell(command)  # a comment, the shell's part (outside quotes)
     if not command or any(mark in command for mark in PLACEHOLDERS):
         return None
     return command
+
+
+def _before_shell(command: str) -> str:
+    """The command up to a comment or a shell operator (``>``, ``|``, ``&&``, ``;``) outside quotes: a
+    ``|`` inside quotes is the command's own (compare --variants 'a: ... | b: ...')."""
+    quote, i = "", 0
+    while i < len(command):
+        char = command[i]
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif re.match(r" #|\s(?:>|>>|\||&&|;)\s", command[i:]):
+            return command[:i].strip()
+        i += 1
+    return command.strip()
 
 
 def quoted_commands() -> list[tuple[str, str]]:
@@ -109,9 +125,20 @@ def test_a_quoted_command_parses_and_its_config_resolves(where, command):
     if getattr(args, "data", None):  # a user's file that is not here: its data.* options stand alone
         overrides = [o for o in overrides if not o.startswith("data.")]
     try:
-        _config_from(config, overrides)
+        resolved = _config_from(config, overrides)
+        if argv[0] == "compare":  # its objectives and model variants, as compare parses them before it starts
+            from pyro_vae.compare import parse_objectives, parse_variants
+
+            parse_objectives(args.objectives, args.particles)
+            parse_variants(args.variants, resolved)
     except ConfigError as e:
         pytest.fail(f"{where}: `pyro-vae {command}` is refused: {e}")
+
+
+def test_a_pipe_inside_quotes_is_the_command_s_own():
+    assert _command("pyro-vae compare --variants 'a: model.prior=vamp | b: model.prior=flow' | head") == \
+        "compare --variants 'a: model.prior=vamp | b: model.prior=flow'"
+    assert _command("pyro-vae list | head  # the first lines") == "list"
 
 
 def test_a_wrong_option_in_a_page_would_fail_here():
