@@ -314,8 +314,9 @@ class Costs:
     snr_draw: dict[str, tuple[float, float, float]]  # (a call, a + b K a draw at K), per SNR-against-K estimator
     writing: float  # tables, pictures, checkpoints
     disentangling: float = 0.0  # a run's disentanglement scores and traversals (data with known factors; else 0)
-    # each run's evaluation cost against the first's (model variants: another likelihood or network; else 1)
-    evaluation_scale: dict[str, float] = field(default_factory=dict)
+    # each run's evaluation costs against the first's, (per sample, per datapoint besides its samples): model
+    # variants (another likelihood or network) evaluate at their own cost; objectives alone share the first's
+    evaluation_scale: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def estimate(costs: Costs, m: Measuring, *, keys: list[str], seeds: int, budget: Budget, n_test: int,
@@ -323,16 +324,20 @@ def estimate(costs: Costs, m: Measuring, *, keys: list[str], seeds: int, budget:
     """The seconds of each phase of a comparison (setup, training, curves, gradients, final, snr,
     writing) under the calibrated ``costs``; ``"measuring"`` curves to snr, ``"total"`` all."""
     per_run_train = {k: (budget.steps * costs.step[k] if budget.steps is not None else budget.seconds) for k in keys}
-    evaluation = lambda samples: costs.call + n_test * (samples * costs.pair + costs.point)  # noqa: E731
-    scale = sum(costs.evaluation_scale.get(k, 1.0) for k in keys)  # (the runs' evaluations, in the first's units)
+
+    def evaluation(samples: int, key: str) -> float:
+        pair, point = costs.evaluation_scale.get(key, (1.0, 1.0))
+        return costs.call + n_test * (samples * costs.pair * pair + costs.point * point)
+
     phases = {
         "setup": len(keys) * (2 * seeds - 1) * costs.build,  # (seed s > 0: a trainer of s first, its parameters copied)
         "training": seeds * sum(per_run_train.values()),
-        "curves": seeds * (scale * m.curve_points + 1) * evaluation(m.curve_samples),  # (step 0: once a seed)
+        "curves": seeds * (sum(m.curve_points * evaluation(m.curve_samples, k) for k in keys)
+                           + evaluation(m.curve_samples, keys[0])),  # (step 0: once a seed)
         "gradients": sum(len(SNAPSHOTS) * (costs.draw[k][0] + m.grad_draws * costs.draw[k][1] + costs.exact_gradient)
                          for k in keys),
-        "final": seeds * (scale * (evaluation(m.final_samples) + evaluation(particles) + n_test * costs.exact_point)
-                          + len(keys) * costs.disentangling),
+        "final": seeds * sum(evaluation(m.final_samples, k) + evaluation(particles, k) + n_test * costs.exact_point
+                             + costs.disentangling for k in keys),
         "snr": sum(call + m.grad_draws * (a + b * k) for call, a, b in costs.snr_draw.values() for k in m.snr_ks)
         + costs.exact_gradient,
         "writing": costs.writing,
@@ -878,20 +883,23 @@ def calibrate(comparison: Comparison) -> Costs:
                 shared["disentangling"] = _calibrate_disentangling(trainer) if trainer.data.splits.factors is not None else 0.0
             if c.variants:  # (model variants evaluate at their own cost: a negative binomial's lgamma, not a Poisson's)
                 evaluations[key] = _evaluation_seconds(c, trainer, program)
-    scale = {k: t / evaluations[c.keys[0]] for k, t in evaluations.items()} if evaluations else {}
+    first = evaluations.get(c.keys[0])
+    scale = {k: (pair / first[0], point / first[1]) for k, (pair, point) in evaluations.items()} if first else {}
     return Costs(build=sum(builds) / len(builds), step=steps, draw=draws, evaluation_scale=scale, **shared)
 
 
-def _evaluation_seconds(c: Comparison, trainer: Trainer, program) -> float:
-    """Seconds of one evaluation at K = 16 of up to 128 test datapoints (after one that warms up): what
-    sets the runs' evaluation costs against each other."""
+def _evaluation_seconds(c: Comparison, trainer: Trainer, program) -> tuple[float, float]:
+    """(seconds per (datapoint, sample), seconds per datapoint besides its samples) of a run's evaluation,
+    from evaluations of up to 128 test datapoints at K = 1 and K = 33 (after one that warms up): what sets
+    the runs' evaluation costs against each other (a negative binomial's lgamma per sample, not a Poisson's)."""
     data = trainer.data
     m = min(128, data.test.shape[0])
     labels = c._labels(program, data)
-    run = lambda: evaluate(program, data.test[:m], EvaluationSettings.of(c.config, 16, exact_points=0),  # noqa: E731
-                           labels=labels[:m] if labels is not None else None)
-    run()
-    return _seconds(run)
+    run = lambda k: evaluate(program, data.test[:m], EvaluationSettings.of(c.config, k, exact_points=0),  # noqa: E731
+                             labels=labels[:m] if labels is not None else None)
+    run(2)
+    one, many = _seconds(lambda: run(1)), _seconds(lambda: run(33))
+    return max(many - one, 1e-9) / (32 * m), max(one, 1e-9) / m
 
 
 def _calibrate_disentangling(trainer: Trainer) -> float:

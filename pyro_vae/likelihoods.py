@@ -767,7 +767,7 @@ class _DispersedCountLikelihood(_ScaledCountLikelihood):
     learned per feature, per (group, feature) or given by the decoder per datapoint and feature.
 
     Options:
-        dispersion: "feature": theta_i = softplus(r_i) + 1e-6, one learned r per feature; "feature-label": one per (group, feature), the group of each datapoint (a label, a batch) passed by the program, likelihood(head, group=y); "datapoint-feature": theta = softplus(g(z)) + 1e-6, a channel of the decoder's head.
+        dispersion: "feature": theta_i = exp(r_i) + 1e-6, one learned log-dispersion r per feature (scVI's; an optimizer step moves theta by a factor, so it can travel from its start to the data's 0.1 or 1,000); "feature-label": one per (group, feature), the group of each datapoint (a label, a batch) passed by the program, likelihood(head, group=y); "datapoint-feature": theta = softplus(g(z)) + 1e-6, a channel of the decoder's head.
         init_dispersion: theta at the start, for "feature" and "feature-label".
         groups: the number of groups (>= 2) of dispersion = "feature-label" (a label's classes, the batches); unset otherwise.
     """
@@ -777,7 +777,7 @@ class _DispersedCountLikelihood(_ScaledCountLikelihood):
 
     def __init__(self, *, library: Literal["observed", "none"] = "observed",
                  dispersion: Literal["feature", "feature-label", "datapoint-feature"] = "feature",
-                 init_dispersion: float = 10.0, groups: int | None = None) -> None:
+                 init_dispersion: float = 1.0, groups: int | None = None) -> None:
         super().__init__(library=library)
         require(init_dispersion > THETA_FLOOR, f"init_dispersion must be > {THETA_FLOOR:g}, got {init_dispersion}.")
         if dispersion == "feature-label":
@@ -794,15 +794,25 @@ class _DispersedCountLikelihood(_ScaledCountLikelihood):
         super().setup(event_shape)
         if self.dispersion != "datapoint-feature":
             shape = (self.groups, *event_shape) if self.dispersion == "feature-label" else tuple(event_shape)
-            self.raw_dispersion = nn.Parameter(inverse_softplus(self.init_dispersion - THETA_FLOOR).expand(shape).clone())
+            start = torch.tensor(math.log(self.init_dispersion - THETA_FLOOR))
+            self.log_dispersion = nn.Parameter(start.expand(shape).clone())
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A checkpoint of before the log-dispersion (theta = softplus(raw) + 1e-6) loads with the same theta:
+        log_dispersion = log softplus(raw), exactly (a resumed run's optimizer moments for it are kept as
+        they were, the moments of the other parametrization: Adam renews them within a few hundred steps)."""
+        old = state_dict.pop(prefix + "raw_dispersion", None)
+        if old is not None and prefix + "log_dispersion" not in state_dict:
+            state_dict[prefix + "log_dispersion"] = F.softplus(old).clamp_min(torch.finfo(old.dtype).tiny).log()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def theta(self, channels: list[torch.Tensor], group: torch.Tensor | None) -> torch.Tensor:
         """theta from the head's channels (datapoint-feature) or the learned table."""
         if self.dispersion == "datapoint-feature":
             return F.softplus(channels[-1]) + THETA_FLOOR
         if self.dispersion == "feature":
-            return F.softplus(self.raw_dispersion) + THETA_FLOOR
+            return self.log_dispersion.exp() + THETA_FLOOR
         if group is None:
             raise ConfigError(f"the {self.name} likelihood with dispersion = \"feature-label\" needs each datapoint's "
                               f"group: it needs a program passing labels, likelihood(head, group=y) with y the integer "
@@ -814,7 +824,7 @@ class _DispersedCountLikelihood(_ScaledCountLikelihood):
         low, high = int(group.min()), int(group.max())
         require(0 <= low and high < self.groups, f"group values must be in 0..{self.groups - 1} (groups = "
                                                   f"{self.groups}), got values in {low}..{high}.")
-        return F.softplus(self.raw_dispersion[group]) + THETA_FLOOR
+        return self.log_dispersion[group].exp() + THETA_FLOOR
 
     def mean(self, head: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
         return self(head, group).mean

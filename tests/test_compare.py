@@ -486,8 +486,8 @@ def test_topic_models_compared_over_priors_carry_coherence_and_perplexity(tmp_pa
 
 
 def test_the_estimate_counts_each_variant_s_evaluations_at_its_own_cost():
-    """A variant whose evaluation costs three times the first's (a negative binomial against a Poisson)
-    adds three first-run evaluations to the curves and final scores, not one."""
+    """A variant whose evaluation costs three times the first's per sample and per datapoint (a negative
+    binomial against a Poisson) adds three first-run evaluations to the curves and final scores, not one."""
     from pyro_vae.compare import Costs, Measuring, estimate
 
     costs = Costs(build=0.0, step={"a": 0.01, "b": 0.01}, draw={"a": (0.0, 0.0), "b": (0.0, 0.0)}, pair=1e-4, point=0.0,
@@ -495,7 +495,7 @@ def test_the_estimate_counts_each_variant_s_evaluations_at_its_own_cost():
     m = Measuring(curve_points=2, curve_samples=10, grad_draws=1, grad_batch=8, snr_ks=(1,), final_samples=100)
     shape = dict(keys=["a", "b"], seeds=2, budget=Budget(steps=10), n_test=50, particles=5)
     alike = estimate(costs, m, **shape)
-    costs.evaluation_scale = {"a": 1.0, "b": 3.0}
+    costs.evaluation_scale = {"a": (1.0, 1.0), "b": (3.0, 3.0)}
     apart = estimate(costs, m, **shape)
     one = lambda k: 50 * k * 1e-4  # noqa: E731  (an evaluation of the first run at K = k)
     assert alike["curves"] == pytest.approx(2 * (2 * 2 + 1) * one(10))

@@ -45,10 +45,10 @@ def head_for(lik, rows: int, seed: int = 1) -> torch.Tensor:
 
 
 def set_theta(lik, theta: np.ndarray) -> None:
-    """The learned theta = softplus(r) + 1e-6 set to ``theta``: r = y + log(1 - e^-y), y = theta - 1e-6 (in float64)."""
+    """The learned theta = exp(r) + 1e-6 set to ``theta``: r = log(theta - 1e-6) (in float64)."""
     y = np.asarray(theta, dtype=np.float64) - THETA_FLOOR
     with torch.no_grad():
-        lik.raw_dispersion.copy_(torch.as_tensor(y + np.log(-np.expm1(-y))))
+        lik.log_dispersion.copy_(torch.as_tensor(np.log(y)))
 
 
 def rates(lik, logits: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -249,7 +249,7 @@ def test_a_dispersion_per_group_needs_groups_and_a_program_passing_them():
     with pytest.raises(ConfigError, match="is for dispersion"):
         LIKELIHOODS.build({"name": "zero-inflated-negative-binomial", "groups": 3})
     vae = tiny_vae(data_shape=(4,), likelihood={"name": "negative-binomial", "dispersion": "feature-label", "groups": 3})
-    assert vae.likelihood.raw_dispersion.shape == (3, 4)
+    assert vae.likelihood.log_dispersion.shape == (3, 4)
     with pytest.raises(ConfigError, match="needs a program passing labels"):
         vae.model(torch.ones(2, 4))  # the stock VAE passes no group
     head = head_for(vae.likelihood, 2).float()
@@ -262,7 +262,7 @@ def test_a_dispersion_per_group_needs_groups_and_a_program_passing_them():
 @pytest.mark.parametrize("name", ["negative-binomial", "zero-inflated-negative-binomial"])
 def test_each_datapoint_reads_its_own_groups_row_of_the_dispersion_table(name):
     lik = built({"name": name, "dispersion": "feature-label", "groups": 3, "init_dispersion": 2.0}, (5,))
-    assert torch.allclose(F.softplus(lik.raw_dispersion) + THETA_FLOOR, torch.tensor(2.0, dtype=torch.float64))
+    assert torch.allclose(lik.log_dispersion.exp() + THETA_FLOOR, torch.tensor(2.0, dtype=torch.float64))
     table = np.array([[0.5] * 5, [3.0] * 5, np.linspace(1, 50, 5)])
     set_theta(lik, table)
     x, head = counts_with_a_zero_row((5,)), head_for(lik, 4)
@@ -379,9 +379,42 @@ def test_a_tiny_vae_recovers_the_inverse_dispersion_of_simulated_nb_counts():
             svi_step(vae, elbo, optimizer, x)
     finally:
         torch.set_num_threads(threads)
-    recovered = (F.softplus(vae.likelihood.raw_dispersion).detach() + THETA_FLOOR).double()
+    recovered = (vae.likelihood.log_dispersion.detach().exp() + THETA_FLOOR).double()
     assert ((recovered / theta < 1.5) & (recovered / theta > 1 / 1.5)).all(), recovered
     mle = torch.tensor([_nb_theta_mle(x[:, j].numpy()) for j in range(8)], dtype=torch.float64)
     assert ((recovered / mle < 1.2) & (recovered / mle > 1 / 1.2)).all(), (recovered, mle)
     means = vae.likelihood.mean(vae.decoder(torch.zeros(1, 2))).squeeze(0).detach()
     assert ((means / mu - 1).abs() < 0.15).all(), means  # the means too, from the decoder at z = 0
+
+
+@pytest.mark.parametrize("name", ["negative-binomial", "zero-inflated-negative-binomial"])
+def test_a_checkpoint_of_the_softplus_dispersion_loads_with_the_same_theta(name):
+    """Runs written before the log-dispersion stored r with theta = softplus(r) + 1e-6: loading one gives
+    log_dispersion = log softplus(r), the same theta to rounding."""
+    lik = built({"name": name}, (5,))
+    raw = torch.tensor([-3.0, -0.5, 0.0, 2.0, 10.0], dtype=lik.log_dispersion.dtype)
+    head = torch.nn.Module()
+    head.likelihood = lik
+    old = {f"likelihood.{k}": v for k, v in lik.state_dict().items() if k != "log_dispersion"}
+    head.load_state_dict({**old, "likelihood.raw_dispersion": raw})
+    assert torch.allclose(lik.theta([], None), F.softplus(raw) + THETA_FLOOR, rtol=1e-12, atol=0)
+    assert "likelihood.log_dispersion" in head.state_dict() and "likelihood.raw_dispersion" not in head.state_dict()
+
+
+def test_the_log_dispersion_travels_by_factors_where_softplus_crawled():
+    """Adam moves a parameter by about lr a step whatever its gradient's size: under theta = exp(r) + 1e-6,
+    100 steps of lr 0.05 from theta 10 towards the data's theta 0.5 reach it (a factor 20: e^3 in r);
+    the softplus parametrization (linear above 1) would have moved theta by at most 100 x 0.05 = 5."""
+    torch.manual_seed(0)
+    mu, theta = torch.full((4,), 20.0), 0.5
+    x = NegativeBinomial(mu, torch.tensor(theta)).sample((2000,)).double()
+    lik = built({"name": "negative-binomial", "library": "none", "init_dispersion": 10.0}, (4,))
+    # softplus(head) = mu: the rates as given, only theta learned
+    head = torch.full((len(x), *lik.head_shape), math.log(math.expm1(20.0)), dtype=torch.float64)
+    optimizer = torch.optim.Adam(lik.parameters(), lr=0.05)
+    for _ in range(100):
+        optimizer.zero_grad()
+        (-lik(head).log_prob(x).mean()).backward()
+        optimizer.step()
+    reached = lik.theta([], None).detach()
+    assert ((reached / theta > 1 / 1.3) & (reached / theta < 1.3)).all(), reached
