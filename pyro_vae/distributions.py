@@ -802,8 +802,26 @@ def _negative_binomial_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.
     numbers of size 1.7e9 at theta = 1e8 (error ~1e2 in float32, ~1e-6 in float64). At x = 0 it is
     exactly -theta log1p(mu / theta) (every x term is 0 times something finite).
     """
-    return ((x + theta - 0.5) * torch.log1p(x / theta) - (x + theta) * torch.log1p(mu / theta)
-            + x * mu.log() - x - torch.lgamma(x + 1) + _stirling_correction(x + theta) - _stirling_correction(theta))
+    return x * mu.log() - (x + theta) * torch.log1p(mu / theta) + _counted_terms(x, theta)
+
+
+def _counted_terms(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """(x + theta - 1/2) log1p(x / theta) - x - lgamma(x + 1) + delta(x + theta) - delta(theta), the part of
+    the NB log-mass that is exactly 0 at x = 0 (each term is 0 there, delta(theta) - delta(theta)
+    included): computed only where x > 0 when most entries are zeros (97% of PBMC 3k's; the lgamma and
+    Stirling terms are most of a step's cost), over every entry otherwise."""
+    x, theta = torch.broadcast_tensors(x, theta)
+
+    def terms(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return ((x + theta - 0.5) * torch.log1p(x / theta) - x - torch.lgamma(x + 1)
+                + _stirling_correction(x + theta) - _stirling_correction(theta))
+
+    counted = x != 0
+    if 2 * int(counted.sum()) > x.numel():
+        return terms(x, theta)
+    where = counted.nonzero(as_tuple=True)
+    part = terms(x[where], theta[where])
+    return torch.zeros(x.shape, dtype=part.dtype, device=part.device).index_put(where, part)
 
 
 def _softplus(z: torch.Tensor) -> torch.Tensor:

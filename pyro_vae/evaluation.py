@@ -382,12 +382,11 @@ def evaluate(
     meant = policy.mean_view(program, labels)  # whose E_q[z] it is
     return Evaluation(
         reconstruction=cat["reconstruction"], kl=cat["kl"], elbo=cat["elbo"], posterior_mean=cat.get("posterior_mean"),
-        kl_analytic=all(bool(p["kl_analytic"]) for p in parts),
-        kl_per_site=all(bool(p.get("kl_per_site", False)) for p in parts),
+        kl_analytic=all(bool(p["kl_analytic"]) for p in parts), kl_per_site=all(bool(p.get("kl_per_site")) for p in parts),
         num_pixels=math.prod(x.shape[1:]), discrete=program.discrete, seed=s.seed,
         code_groups=next(iter(meant.code_groups.values())) if len(meant.code_groups) == 1 else None,
-        on_simplex=bool(getattr(meant, "simplex_sites", [])),
-        log_px=cat.get("log_px"), samples=s.samples, exact=exact, exact_index=exact_index, policy=policy,
+        on_simplex=bool(getattr(meant, "simplex_sites", [])), log_px=cat.get("log_px"), samples=s.samples,
+        exact=exact, exact_index=exact_index, policy=policy,
         elbo_draws=policy.elbo_draws(s), elbo_stderr=cat.get("elbo_stderr"), log_px_stderr=cat.get("log_px_stderr"),
         labels=labels.cpu() if labels is not None else None,
         predicted=cat["predicted"].long() if "predicted" in cat else None, num_classes=program.num_classes,

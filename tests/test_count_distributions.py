@@ -497,3 +497,24 @@ def test_dirichlet_rsample_gradients_agree_with_the_derivative_of_its_mean():
     exact = (torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) * alpha_0 - alpha[0]) / alpha_0**2  # (0.08, -0.02, -0.02)
     assert ((estimate - exact).abs() < 5 * standard_error).all()
     assert (standard_error < 0.05 * exact.abs()).all()  # enough draws that the check has teeth
+
+
+def test_the_nb_log_mass_over_mostly_zero_counts_computes_its_x_terms_only_where_x_is_not_zero():
+    """The part of log NB that vanishes at x = 0 is computed on the non-zero entries alone when most are
+    zeros: the same values and gradients (mu and theta) as over every entry, to float64 rounding."""
+    from pyro_vae import distributions as d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.poisson(torch.rand(64, 300, generator=g, dtype=torch.float64) * 0.1, generator=g)
+    assert (x == 0).double().mean() > 0.9
+    mu = (torch.rand(64, 300, generator=g, dtype=torch.float64) * 5 + 1e-3).requires_grad_()
+    theta = (torch.rand(300, generator=g, dtype=torch.float64) * 20 + 0.05).requires_grad_()
+    sparse = d._negative_binomial_log_prob(x, mu, theta)
+    gs = torch.autograd.grad(sparse.sum(), (mu, theta))
+    dense = (x * mu.log() - (x + theta) * torch.log1p(mu / theta) + (x + theta - 0.5) * torch.log1p(x / theta) - x
+             - torch.lgamma(x + 1) + d._stirling_correction(x + theta) - d._stirling_correction(theta))
+    gd = torch.autograd.grad(dense.sum(), (mu, theta))
+    assert torch.allclose(sparse, dense, rtol=0, atol=1e-10)
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-10) for a, b in zip(gs, gd))
+    expected = torch.tensor(stats.nbinom.logpmf(x.numpy(), theta.detach().numpy(), (theta / (theta + mu)).detach().numpy()))
+    assert torch.allclose(sparse.detach(), expected, rtol=0, atol=1e-8)
