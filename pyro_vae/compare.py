@@ -98,26 +98,13 @@ class Budget:
 _ITEM = re.compile(r"^(?P<name>[\w-]+)(?:\((?P<options>[^()]*)\))?(?::(?P<k>\d+))?$")
 
 
-def _items(text: str) -> list[str]:
-    """The comma-separated items of --objectives (commas inside parentheses kept with their item)."""
-    items, depth, current = [], 0, ""
-    for char in text:
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            items.append(current.strip())
-            current = ""
-        else:
-            current += char
-    return [t for t in [*items, current.strip()] if t]
-
-
 def parse_objectives(text: str, particles: int) -> list[dict]:
     """``"elbo,iwae,dreg:64,score-function(baseline=none; decay=0.5):4"`` -> objective tables:
     NAME, options in parentheses (``key=value`` separated by ``;``, values in TOML syntax), and
     after a colon the samples per datapoint; an objective that draws samples and names no K gets
     ``particles``."""
     specs = []
-    for item in _items(text):
+    for item in _split_top(text, ","):  # (commas inside an item's parentheses kept with it)
         match = _ITEM.match(item)
         if match is None:
             raise ConfigError(f"--objectives: {item!r} should be NAME, NAME:K or NAME(key=value; ...):K, "
@@ -881,25 +868,35 @@ def calibrate(comparison: Comparison) -> Costs:
             if key == c.keys[0]:
                 shared = _calibrate_measuring(c, trainer, program, grad_x)
                 shared["disentangling"] = _calibrate_disentangling(trainer) if trainer.data.splits.factors is not None else 0.0
-            if c.variants:  # (model variants evaluate at their own cost: a negative binomial's lgamma, not a Poisson's)
-                evaluations[key] = _evaluation_seconds(c, trainer, program)
-    first = evaluations.get(c.keys[0])
-    scale = {k: (pair / first[0], point / first[1]) for k, (pair, point) in evaluations.items()} if first else {}
+                evaluations[key] = shared.pop("evaluation")
+            elif c.variants:  # (model variants evaluate at their own cost: a negative binomial's lgamma, not a Poisson's)
+                evaluations[key] = _evaluation_seconds(*_evaluation_timer(c, trainer, program))
+    first = evaluations[c.keys[0]]
+    scale = {k: (pair / first[0], point / first[1]) for k, (pair, point) in evaluations.items()} if c.variants else {}
     return Costs(build=sum(builds) / len(builds), step=steps, draw=draws, evaluation_scale=scale, **shared)
 
 
-def _evaluation_seconds(c: Comparison, trainer: Trainer, program) -> tuple[float, float]:
-    """(seconds per (datapoint, sample), seconds per datapoint besides its samples) of a run's evaluation,
-    from evaluations of up to 128 test datapoints at K = 1 and K = 33 (after one that warms up): what sets
-    the runs' evaluation costs against each other (a negative binomial's lgamma per sample, not a Poisson's)."""
+def _evaluation_timer(c: Comparison, trainer: Trainer, program) -> tuple[Callable[..., float], int]:
+    """(``seconds(k, exact=0, rows=m)``, m): the seconds of one evaluation of the first ``rows`` of m = up to
+    128 test datapoints at K = k (``exact`` datapoints summed exactly), after one that warms up (not timed)."""
     data = trainer.data
     m = min(128, data.test.shape[0])
     labels = c._labels(program, data)
-    run = lambda k: evaluate(program, data.test[:m], EvaluationSettings.of(c.config, k, exact_points=0),  # noqa: E731
-                             labels=labels[:m] if labels is not None else None)
-    run(2)
-    one, many = _seconds(lambda: run(1)), _seconds(lambda: run(33))
-    return max(many - one, 1e-9) / (32 * m), max(one, 1e-9) / m
+
+    def seconds(k: int, exact: int = 0, rows: int = m) -> float:
+        return _seconds(lambda: evaluate(program, data.test[:rows], EvaluationSettings.of(c.config, k, exact_points=exact),
+                                         labels=labels[:rows] if labels is not None else None))
+    seconds(2)
+    return seconds, m
+
+
+def _evaluation_seconds(timed: Callable[..., float], m: int, one: float | None = None) -> tuple[float, float]:
+    """(seconds per (datapoint, sample), seconds per datapoint besides its samples) of a run's evaluation,
+    from its evaluations at K = 1 (``one``, where timed already) and K = 65: what sets the runs' evaluation
+    costs against each other (a negative binomial's lgamma per sample, not a Poisson's)."""
+    one = timed(1) if one is None else one
+    many = timed(65)
+    return max(many - one, 1e-9) / (64 * m), max(one, 1e-9) / m
 
 
 def _calibrate_disentangling(trainer: Trainer) -> float:
@@ -932,16 +929,11 @@ def same_test_data(first: Trainer, other: Trainer, first_key: str, key: str) -> 
 def _calibrate_measuring(c: Comparison, trainer: Trainer, program, grad_x: torch.Tensor) -> dict:
     """The costs every objective shares: evaluation per datapoint and per sample, exact sums, the
     SNR-against-K draws, and writing the pictures."""
-    data, cfg = trainer.data, c.config
-    m = min(128, data.test.shape[0])
-    x, labels = data.test[:m], c._labels(program, data)
-    labels = labels[:m] if labels is not None else None
-    timed = lambda k, exact=0: _seconds(lambda: evaluate(  # noqa: E731
-        program, x, EvaluationSettings.of(cfg, k, exact_points=exact), labels=labels))
-    timed(2)  # (the first evaluation warms up: not timed)
-    few = _seconds(lambda: evaluate(program, x[: m // 4], EvaluationSettings.of(cfg, 1, exact_points=0),
-                                    labels=labels[: m // 4] if labels is not None else None))
-    one, many = timed(1), timed(65)
+    cfg = c.config
+    timed, m = _evaluation_timer(c, trainer, program)
+    few = timed(1, rows=m // 4)
+    one = timed(1)
+    evaluation = _evaluation_seconds(timed, m, one)  # (this run's per-sample and per-datapoint costs, K = 1 and 65)
     point = max(0.0, one - few) / (m - m // 4)
     enumerable = enumeration_available(program)
     exact_point = max(0.0, timed(1, 1) - one) / m if enumerable else 0.0
@@ -960,7 +952,7 @@ def _calibrate_measuring(c: Comparison, trainer: Trainer, program, grad_x: torch
             first, last = at[ks[0]][1], at[ks[-1]][1]
             slope = (last - first) / (ks[-1] - ks[0]) if len(ks) > 1 else 0.0
             snr_draw[name] = (at[ks[0]][0], max(0.0, first - slope * ks[0]), max(0.0, slope))
-    return {"pair": max(0.0, many - one) / (m * 64), "point": point, "call": max(0.0, one - m * point),
+    return {"pair": evaluation[0], "point": point, "call": max(0.0, one - m * point), "evaluation": evaluation,
             "exact_point": exact_point,
             "exact_gradient": exact_grad, "snr_draw": snr_draw, "writing": 2 * figure_seconds()}  # (the curves, and two lighter ones)
 
