@@ -27,8 +27,11 @@ count file the library reads, via ``--data``):
   process that trained (ru_maxrss, read after training), and that peak less the resident memory just
   before training.
 
-Each (likelihood, side) trains in a subprocess of its own, interleaved (library NB, scvi NB,
-library ZINB, scvi ZINB), so peak memory is each one's own. The scvi-tools side runs under
+Each (seed, likelihood, side) trains in a subprocess of its own, interleaved (library NB, scvi NB,
+library ZINB, scvi ZINB, then the next seed), so peak memory is each one's own. With ``--seeds S`` each
+side trains S times (seeds ``--seed`` .. ``--seed`` + S - 1, the same seed for both sides of a pair): one
+training run's log p(x) moves by about a nat per cell from seed to seed, as much as the difference the table
+is for, so a claim of "level" or "better" needs the spread over seeds beside the spread over cells. The scvi-tools side runs under
 ``--peer-python`` (a venv with the ``bench`` extra: ``pip install -e .[bench]``); ``--sides pyro-vae``
 runs the library alone (the smoke test's setting, with ``--in-process``).
 """
@@ -196,7 +199,7 @@ def worker(args) -> int:
     folder, out = Path(args.out), Path(args.worker_out)
     if args.worker == "pyro-vae":
         result = library_worker(folder, args.likelihood, args.epochs, args.samples, args.seed,
-                                folder / f"run-{args.likelihood}", tuple(args.set))
+                                folder / f"run-{args.likelihood}-seed{args.seed}", tuple(args.set))
     else:
         result = scvi_worker(folder, args.likelihood, args.epochs, args.samples, args.seed)
     result["torch"], result["threads"] = torch.__version__, torch.get_num_threads()
@@ -207,18 +210,18 @@ def worker(args) -> int:
 # -- the driver --------------------------------------------------------------------------------------
 
 
-def run_side(args, side: str, likelihood: str) -> dict:
-    """One (side, likelihood) trained and scored in a subprocess; its JSON, with the wall seconds."""
+def run_side(args, side: str, likelihood: str, seed: int) -> dict:
+    """One (side, likelihood, seed) trained and scored in a subprocess; its JSON, with the wall seconds."""
     if args.in_process:  # (the smoke test's: no process start; the memory is then not the side's own)
         start = time.perf_counter()
-        result = library_worker(Path(args.out), likelihood, args.epochs, args.samples, args.seed,
-                                Path(args.out) / f"run-{likelihood}", tuple(args.set))
+        result = library_worker(Path(args.out), likelihood, args.epochs, args.samples, seed,
+                                Path(args.out) / f"run-{likelihood}-seed{seed}", tuple(args.set))
         return {**result, "wall_seconds": time.perf_counter() - start}
     python = args.peer_python if side == "scvi-tools" else args.python
-    result_file = Path(args.out) / f"{side}-{likelihood}.json"
+    result_file = Path(args.out) / f"{side}-{likelihood}-seed{seed}.json"
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--likelihood", likelihood, "--out", args.out,
            "--worker-out", str(result_file), "--epochs", str(args.epochs), "--samples", str(args.samples),
-           "--seed", str(args.seed), "--threads", str(args.threads), *(f"--set={o}" for o in args.set)]
+           "--seed", str(seed), "--threads", str(args.threads), *(f"--set={o}" for o in args.set)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     start = time.perf_counter()
@@ -235,52 +238,71 @@ def mean_se(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
-def summary(result: dict) -> dict:
-    epochs = result["epoch_seconds"]
-    return {"log_px": mean_se(result["log_px"]), "reconstruction": mean_se(result["reconstruction"]),
+def summary(runs: list[dict]) -> dict:
+    """One (likelihood, side) over its seeds: per cell, log p(x) averaged over the seeds (mean ± s.e. over
+    the cells), each seed's mean over the cells, the median epoch's seconds of all seeds, the largest peak."""
+    epochs = [t for r in runs for t in r["epoch_seconds"]]
+    return {"log_px": mean_se(np.mean([r["log_px"] for r in runs], axis=0)),
+            "reconstruction": mean_se(np.mean([r["reconstruction"] for r in runs], axis=0)),
+            "log_px_per_seed": [float(np.mean(r["log_px"])) for r in runs],
             "seconds_per_epoch": float(np.median(epochs)) if epochs else float("nan"),
             "seconds_per_epoch_mean": float(np.mean(epochs)) if epochs else float("nan"),
-            "peak_rss_mib": result["peak_rss_mib"],
-            "training_rss_mib": result["peak_rss_mib"] - result["rss_before_training_mib"],
-            "samples": result["samples"], "what": result["what"], "torch": result.get("torch"),
-            "wall_seconds": result.get("wall_seconds")}
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "training_rss_mib": max(r["peak_rss_mib"] - r["rss_before_training_mib"] for r in runs),
+            "samples": runs[0]["samples"], "what": runs[0]["what"], "torch": runs[0].get("torch"),
+            "wall_seconds": [r.get("wall_seconds") for r in runs]}
 
 
-def table(rows: dict, split: dict) -> list[str]:
-    lines = ["| likelihood | side | log p(x) [nats/cell] | E_q log p(x\\|z) | s/epoch (median) | peak RSS MiB "
-             "(during training) |", "| --- | --- | --- | --- | --- | --- |"]
+def table(rows: dict) -> list[str]:
+    lines = ["| likelihood | side | log p(x) [nats/cell] | each seed's | E_q log p(x\\|z) | s/epoch (median) | "
+             "peak RSS MiB (during training) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for (likelihood, side), s in rows.items():
         lp, rc = s["log_px"], s["reconstruction"]
-        lines.append(f"| {likelihood.upper()} | {side} | {lp[0]:.2f} ± {lp[1]:.2f} | {rc[0]:.2f} ± {rc[1]:.2f} | "
+        seeds = ", ".join(f"{m:.2f}" for m in s["log_px_per_seed"])
+        lines.append(f"| {likelihood.upper()} | {side} | {lp[0]:.2f} ± {lp[1]:.2f} | {seeds} | {rc[0]:.2f} ± {rc[1]:.2f} | "
                      f"{s['seconds_per_epoch']:.3f} | {s['peak_rss_mib']:.0f} (+{s['training_rss_mib']:.0f}) |")
     return lines
 
 
-def paired(results: dict, likelihood: str) -> str | None:
-    """The per-cell difference library - scvi of log p(x), mean ± its standard error (the same cells)."""
-    a, b = results.get((likelihood, "pyro-vae")), results.get((likelihood, "scvi-tools"))
-    if a is None or b is None:
-        return None
-    d = mean_se(np.asarray(a["log_px"]) - np.asarray(b["log_px"]))
-    return f"{likelihood.upper()}: pyro-vae - scvi-tools, log p(x) per cell, paired over the same cells: {d[0]:+.2f} ± {d[1]:.2f} nats"
+def paired(results: dict, likelihood: str, seeds: list[int]) -> list[str]:
+    """The per-cell difference library - scvi of log p(x) (the same cells, the same seed), mean ± its s.e.
+    over the cells, for each seed; over several seeds also the mean of the seeds' differences ± its s.e.
+    over the seeds, and the two s.e.s combined (sqrt of the sum of squares: conservative, it counts the
+    seed-by-cell noise twice)."""
+    pairs = [(results.get((likelihood, "pyro-vae", s)), results.get((likelihood, "scvi-tools", s))) for s in seeds]
+    if any(a is None or b is None for a, b in pairs):
+        return []
+    cells = np.array([np.asarray(a["log_px"]) - np.asarray(b["log_px"]) for a, b in pairs])  # (seeds, cells)
+    name = likelihood.upper()
+    lines = [f"{name} seed {s}: pyro-vae - scvi-tools, log p(x) per cell, paired over the same cells: "
+             f"{mean_se(d)[0]:+.2f} ± {mean_se(d)[1]:.2f} nats" for s, d in zip(seeds, cells)]
+    if len(seeds) > 1:
+        (over_seeds, se_seeds), (_, se_cells) = mean_se(cells.mean(axis=1)), mean_se(cells.mean(axis=0))
+        lines.append(f"{name} over {len(seeds)} seeds: pyro-vae - scvi-tools {over_seeds:+.2f} nats per cell, "
+                     f"± {se_seeds:.2f} (s.e. over the seeds), ± {se_cells:.2f} (s.e. over the cells of the seed-"
+                     f"averaged difference), ± {math.hypot(se_seeds, se_cells):.2f} (both)")
+    return lines
 
 
-def write_results(args, split: dict, results: dict, argv: list[str]) -> list[str]:
+def write_results(args, split: dict, results: dict, seeds: list[int], argv: list[str]) -> list[str]:
     from common import machine
 
-    rows = {key: summary(r) for key, r in results.items()}
-    differences = [p for p in (paired(results, lk) for lk in args.likelihoods) if p]
+    rows = {(lk, side): summary([results[(lk, side, s)] for s in seeds])
+            for lk in args.likelihoods for side in args.sides}
+    differences = [line for lk in args.likelihoods for line in paired(results, lk, seeds)]
     load = os.getloadavg()
     lines = [f"machine: {machine()}; load average at the end (1, 5, 15 min): {load[0]:.1f}, {load[1]:.1f}, "
              f"{load[2]:.1f} (other jobs share the cores)", f"command: python benchmarks/scvi_tools.py {' '.join(argv)}",
              f"data: {split['data']}: {split['train_cells']} train / {split['test_cells']} test cells x "
              f"{split['genes']} genes (split seed {split['split_seed']}); K = {args.samples} importance samples; "
-             f"{args.epochs} epochs; {args.threads} thread(s) a side", "", *table(rows, split), "", *differences]
+             f"{args.epochs} epochs; {args.threads} thread(s) a side; training seeds {', '.join(map(str, seeds))} "
+             f"(log p(x): per cell averaged over the seeds, mean ± s.e. over the cells)", "", *table(rows), "",
+             *differences]
     out = Path(args.out)
     (out / "result.md").write_text("\n".join(lines) + "\n")
     (out / "result.json").write_text(json.dumps({
         "command": ["python", "benchmarks/scvi_tools.py", *argv], "machine": machine(), "split": split,
-        "epochs": args.epochs, "samples": args.samples, "threads": args.threads,
+        "epochs": args.epochs, "samples": args.samples, "threads": args.threads, "seeds": seeds,
         "rows": [{"likelihood": lk, "side": side, **s} for (lk, side), s in rows.items()],
         "paired_differences": differences}, indent=1))
     return lines
@@ -294,7 +316,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--min-cells", type=int, default=3)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0, help="the training and evaluation seed of both sides")
+    p.add_argument("--seed", type=int, default=0, help="the (first) training and evaluation seed of both sides")
+    p.add_argument("--seeds", type=int, default=1, help="train each side this many times, seeds --seed, --seed + 1, ...")
     p.add_argument("--epochs", type=int, default=400)
     p.add_argument("--samples", type=int, default=1000, help="K importance samples per held-out cell")
     p.add_argument("--likelihoods", nargs="+", choices=sorted(LIKELIHOODS), default=["nb", "zinb"])
@@ -308,7 +331,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--likelihood", choices=sorted(LIKELIHOODS), help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,12 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
     split = prepare(Path(args.data), Path(args.out), args.genes, args.min_cells, args.test_fraction, args.split_seed)
+    seeds = [args.seed + i for i in range(args.seeds)]
     results = {}
-    for likelihood in args.likelihoods:  # interleaved: each likelihood's sides one after the other
-        for side in args.sides:
-            results[(likelihood, side)] = run_side(args, side, likelihood)
-            print(f"{likelihood} {side}: {results[(likelihood, side)]['wall_seconds']:.0f} s", flush=True)
-    print("\n".join(write_results(args, split, results, argv)))
+    for seed in seeds:  # interleaved: each likelihood's sides one after the other, then the next seed
+        for likelihood in args.likelihoods:
+            for side in args.sides:
+                result = results[(likelihood, side, seed)] = run_side(args, side, likelihood, seed)
+                print(f"seed {seed} {likelihood} {side}: {result['wall_seconds']:.0f} s", flush=True)
+    print("\n".join(write_results(args, split, results, seeds, argv)))
     return 0
 
 

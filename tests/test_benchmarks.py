@@ -389,6 +389,23 @@ def test_scvi_tools_runs_the_library_side_on_its_split_and_genes(tmp_path, capsy
     assert "| NB | pyro-vae |" in capsys.readouterr().out
 
 
+def test_scvi_tools_pairs_the_sides_seed_by_seed_and_over_the_seeds():
+    import numpy as np
+
+    bench = load("scvi_tools")
+    # two seeds, three cells: differences (1, 2, 3) at seed 0 and (3, 4, 5) at seed 1
+    results = {("nb", "pyro-vae", 0): {"log_px": [1.0, 2.0, 3.0]}, ("nb", "scvi-tools", 0): {"log_px": [0.0] * 3},
+               ("nb", "pyro-vae", 1): {"log_px": [5.0, 6.0, 7.0]}, ("nb", "scvi-tools", 1): {"log_px": [2.0] * 3}}
+    seed0, seed1, both = bench.paired(results, "nb", [0, 1])
+    assert "seed 0" in seed0 and "+2.00 ± 0.58" in seed0 and "seed 1" in seed1 and "+4.00 ± 0.58" in seed1
+    # over the seeds: mean of (2, 4) = 3, s.e. sd/sqrt(2) = 1; seed-averaged per cell (2, 3, 4): s.e. 0.58
+    assert "+3.00 nats per cell, ± 1.00 (s.e. over the seeds), ± 0.58" in both
+    assert f"± {np.hypot(1.0, 1 / np.sqrt(3)):.2f} (both)" in both
+    assert bench.paired(results, "zinb", [0, 1]) == []  # (a side missing: no line)
+    with pytest.raises(SystemExit):
+        bench.parse(["--seeds", "0"])
+
+
 def test_topics_scores_the_library_s_priors_and_lda_by_the_same_code(tmp_path, capsys):
     import math
     from types import SimpleNamespace

@@ -587,3 +587,26 @@ def test_image_grids_are_written_pixel_exact_under_a_caption(tmp_path):
         block = picture[y : y + 6 * scale, x : x + 6 * scale]
         expected = np.kron((images[k, 0] * 255).round().numpy().astype(np.uint8), np.ones((scale, scale), np.uint8))
         assert np.array_equal(block, expected), k
+
+
+@pytest.mark.parametrize("batch_size", [32, 200])  # 200 > the 128 training rows: B = 128
+def test_adam_eps_and_weight_decay_are_stated_per_datapoint(tmp_path, batch_size):
+    config = tiny_config(train={"batch_size": batch_size, "lr": 1e-2, "adam_eps": 0.05, "weight_decay": 0.1})
+    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None).start()
+    b = min(batch_size, 128)
+    assert trainer.optimizer.param_groups[0]["eps"] == pytest.approx(0.05 * b)
+    before = [p.detach().clone() for p in trainer.program.module.parameters()]
+    trainer.train_step(torch.arange(b))
+    # Adam's first step is -lr g / (|g| + eps) (bias-corrected m = g, sqrt(v) = |g|), g the gradient with its
+    # weight decay; the trainer's gradient is the batch's sum, B times the mean's, and so are its eps and decay:
+    # the step is that of the mean loss per datapoint, g = grad / B + 0.1 theta, eps 0.05
+    for start, p in zip(before, trainer.program.module.parameters()):
+        g = p.grad / b + 0.1 * start
+        torch.testing.assert_close(p.detach(), start - 1e-2 * g / (g.abs() + 0.05), atol=1e-6, rtol=1e-5)
+
+
+def test_adam_eps_and_weight_decay_refuse_what_adam_cannot_take():
+    with pytest.raises(ConfigError, match=r"adam_eps must be a finite number > 0.*scVI's 0.01"):
+        tiny_config(train={"adam_eps": 0.0})
+    with pytest.raises(ConfigError, match=r"weight_decay must be a finite number >= 0"):
+        tiny_config(train={"weight_decay": -1e-6})
