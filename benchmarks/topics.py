@@ -74,7 +74,11 @@ def scores(weights, log_px, train, test, elbo=None) -> dict:
     return result
 
 
-def prodlda_config(prior: str, folder: Path, topics: int, epochs: int, samples: int, seed: int) -> dict:
+def prodlda_config(prior: str, folder: Path, topics: int, epochs: int, samples: int, seed: int,
+                   overrides: tuple[str, ...] = ()) -> dict:
+    """examples/configs/prodlda.toml with ``prior``, on the folder's corpus, then ``overrides`` (--set's KEY=VALUE)."""
+    from pyro_vae.config import apply_overrides
+
     raw = tomllib.loads((ROOT / "examples" / "configs" / "prodlda.toml").read_text())
     raw["seed"] = seed
     raw["data"] = {"name": "counts", "path": str(folder / "train.npz"), "test_path": str(folder / "test.npz"),
@@ -84,7 +88,7 @@ def prodlda_config(prior: str, folder: Path, topics: int, epochs: int, samples: 
     raw["model"]["network"]["latent"] = latent
     raw["train"].update(epochs=epochs, curve_every=max(epochs, 1))
     raw["eval"] = {"samples": samples, "exact_points": 0, "train_subset": 1000}
-    return raw
+    return apply_overrides(raw, list(overrides))
 
 
 def run_prodlda(prior: str, args, train, test, vocabulary, out: Path) -> dict:
@@ -95,7 +99,8 @@ def run_prodlda(prior: str, args, train, test, vocabulary, out: Path) -> dict:
     from pyro_vae.trained import load_run
 
     folder, run_dir = Path(args.data), out / f"run-{prior}"
-    config = Config.from_dict(prodlda_config(prior, folder, args.topics, args.epochs, args.samples, args.seed))
+    config = Config.from_dict(prodlda_config(prior, folder, args.topics, args.epochs, args.samples, args.seed,
+                                             tuple(args.set)))
     start = time.perf_counter()
     Trainer(config, run_dir, progress=False, log=lambda s: None).fit(overwrite=True)
     seconds = time.perf_counter() - start
@@ -106,7 +111,8 @@ def run_prodlda(prior: str, args, train, test, vocabulary, out: Path) -> dict:
     weights = run.program.vae.decoder.topic_words().detach().cpu()
     result = scores(weights, ev.log_px, train, test, elbo=ev.elbo)
     (out / f"topics-{prior}.txt").write_text("\n".join(topic_words_table(weights, vocabulary, 10)) + "\n")
-    return {**result, "model": f"pyro-vae ProdLDA, prior {prior}", "train_seconds": seconds,
+    return {**result, "model": f"pyro-vae ProdLDA, prior {prior}" + "".join(f", {o}" for o in args.set),
+            "train_seconds": seconds,
             "seconds_per_epoch": float(np.median(epoch_seconds)) if epoch_seconds else float("nan"),
             "log_px_mean": float(ev.log_px.mean()), "elbo_mean": float(ev.elbo.mean())}
 
@@ -213,6 +219,8 @@ def parse(argv):
     p.add_argument("--sides", nargs="+", choices=["pyro-vae", "scikit-learn"], default=["pyro-vae", "scikit-learn"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override of the library's config (e.g. train.adam_betas=[0.99,0.999]), as pyro-vae train --set")
     return p.parse_args(argv)
 
 

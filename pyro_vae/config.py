@@ -543,14 +543,18 @@ class TrainConfig:
     (1: a constant rate). Under a time cap the schedule follows measured time, so reruns are not
     bit-identical; raising ``epochs`` or ``max_minutes`` on resume stretches it (the rate rises).
 
-    ``adam_eps`` and ``weight_decay`` are Adam's epsilon and (L2) weight decay, stated for the gradient
+    ``adam_betas`` are Adam's two decay rates, of its moving averages of the gradient and of its square
+    (torch's 0.9, 0.999; ProdLDA's authors' 0.99, 0.999, which gave worse topics here and one
+    diverged run in two: ``benchmarks/results/topics-20news-adam-betas``). ``adam_eps`` and ``weight_decay`` are
+    Adam's epsilon and (L2) weight decay, stated for the gradient
     of the loss per datapoint (nats per datapoint, as every printed number): the trainer differentiates
     the loss summed over a batch of B = ``batch_size`` datapoints (the training set's size where that is
     smaller), so Adam is given ``adam_eps * B`` and ``weight_decay * B``: the steps Adam takes on the
     batch's mean loss (the batch size does not change what they mean). The update of a parameter whose gradient per datapoint is well below
     ``adam_eps`` shrinks towards plain SGD's, lr * gradient / adam_eps, instead of Adam's lr-sized step
-    in a direction set by noise: scVI's 0.01 (with weight decay 1e-6) is a regularizer worth nats per
-    cell on PBMC 3k (``examples/configs/scvi.toml``); torch's 1e-8 is the default.
+    in a direction set by noise: scVI's 0.01 (with weight decay 1e-6) is a regularizer, worth +3.3 (NB)
+    and +7.5 (ZINB) nats per held-out cell on PBMC 3k over three seeds (``examples/configs/scvi.toml``,
+    ``benchmarks/results/scvi-tools-pbmc3k-adam-eps``); torch's 1e-8 is the default.
 
     ``ema`` (0: off) keeps an exponential moving average of the parameters with that decay per
     step (Polyak averaging; warmed up as min(ema, (1 + t) / (10 + t)) at step t). The average,
@@ -588,6 +592,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     lr_final: float = 1.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     kl_warmup_epochs: float = 0.0
@@ -643,6 +648,9 @@ class TrainConfig:
             f"{where}.lr_final must be in (0, 1] (the learning rate at the end of the budget, as a "
             f"fraction of train.lr; 1: constant), got {self.lr_final}.",
         )
+        require(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
+                f"{where}.adam_betas must be two numbers in [0, 1) (the decay rates of Adam's averages of the "
+                f"gradient and of its square; torch's [0.9, 0.999]), got {self.adam_betas}.")
         require(self.adam_eps > 0 and math.isfinite(self.adam_eps),
                 f"{where}.adam_eps must be a finite number > 0 (Adam's epsilon per datapoint; torch's 1e-8, "
                 f"scVI's 0.01), got {self.adam_eps}.")

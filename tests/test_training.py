@@ -605,7 +605,27 @@ def test_adam_eps_and_weight_decay_are_stated_per_datapoint(tmp_path, batch_size
         torch.testing.assert_close(p.detach(), start - 1e-2 * g / (g.abs() + 0.05), atol=1e-6, rtol=1e-5)
 
 
+def test_adam_betas_reach_adam_and_move_its_second_step(tmp_path):
+    config = tiny_config(train={"batch_size": 32, "lr": 1e-2, "adam_betas": [0.99, 0.5]})
+    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda s: None).start()
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.99, 0.5)
+    trainer.train_step(torch.arange(32))
+    first = [p.grad.clone() for p in trainer.program.module.parameters()]
+    before = [p.detach().clone() for p in trainer.program.module.parameters()]
+    trainer.train_step(torch.arange(32, 64))
+    # step 2: m = (1 - b1)(b1 g1 + g2) / (1 - b1^2), v = (1 - b2)(b2 g1^2 + g2^2) / (1 - b2^2) (bias-corrected)
+    for g1, start, p in zip(first, before, trainer.program.module.parameters()):
+        g2 = p.grad
+        m = 0.01 * (0.99 * g1 + g2) / (1 - 0.99**2)
+        v = 0.5 * (0.5 * g1**2 + g2**2) / (1 - 0.5**2)
+        torch.testing.assert_close(p.detach(), start - 1e-2 * m / (v.sqrt() + 1e-8 * 32), atol=1e-6, rtol=1e-4)
+
+
 def test_adam_eps_and_weight_decay_refuse_what_adam_cannot_take():
+    with pytest.raises(ConfigError, match=r"adam_betas must be two numbers in \[0, 1\)"):
+        tiny_config(train={"adam_betas": [0.9, 1.0]})
+    with pytest.raises(ConfigError, match=r"adam_betas must be two numbers"):
+        tiny_config(train={"adam_betas": [0.9]})
     with pytest.raises(ConfigError, match=r"adam_eps must be a finite number > 0.*scVI's 0.01"):
         tiny_config(train={"adam_eps": 0.0})
     with pytest.raises(ConfigError, match=r"weight_decay must be a finite number >= 0"):
