@@ -61,7 +61,7 @@ from .files import write_text
 from .exact import ENUMERATION_MAX_STATES, enumeration_available
 from .metrics import exact_gradient, gradient_statistics
 from .runs import CONFIG, _replaceable, prepare_run_dir, run_lock
-from .training import Trainer
+from .training import Trainer, check_last_step
 
 SNAPSHOTS = ("start", "middle", "end")
 
@@ -626,6 +626,7 @@ class Comparison:
                 if self.progress:
                     bar.set_postfix_str(f"{key} loss {loss / index.shape[0]:.2f} nats/datapoint", refresh=False)
         bar.close()
+        check_last_step(program.module, f"objective {key}")
         self.timings["training"] = self.timings.get("training", 0.0) + result.train_seconds
         with self._timed("final"), trainer.scored():
             result.final, result.values = self._final(program, trainer.data)

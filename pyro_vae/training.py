@@ -413,9 +413,25 @@ def last_good(run_dir: Path, epoch: int) -> str:
     return "No epoch had finished, so there is no checkpoint."
 
 
+def non_finite_parameters(module: torch.nn.Module) -> list[str]:
+    """The names of ``module``'s parameters holding a NaN or an infinity. A step whose loss is finite can
+    still have a non-finite gradient (an underflowed scale's log, say), which Adam writes into the
+    parameters; the next step's loss shows it, but after a run's last step only this check can."""
+    return [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+
+
+def check_last_step(module: torch.nn.Module, what: str) -> None:
+    """Refuse parameters that a run's last step made non-finite (``what`` names the run), whose scores
+    would be NaN: no later step's loss will show it (``non_finite_parameters``)."""
+    bad = non_finite_parameters(module)
+    if bad:
+        raise TrainingDiverged(f"{what}: parameters {', '.join(bad[:3])} stopped being finite in its last step (its "
+                               f"loss was finite, its gradient not): its scores would be NaN. Try a smaller train.lr.")
+
+
 def check_finite_parameters(module: torch.nn.Module, epoch: int, run_dir: Path) -> None:
     """Refuse parameters that stopped being finite during epoch ``epoch + 1`` (``TrainingDiverged``)."""
-    bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+    bad = non_finite_parameters(module)
     if bad:
         raise TrainingDiverged(f"parameters {', '.join(bad[:3])} stopped being finite during epoch {epoch + 1}. "
                                f"{last_good(run_dir, epoch)} Try a smaller train.lr.")

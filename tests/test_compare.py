@@ -502,3 +502,26 @@ def test_the_estimate_counts_each_variant_s_evaluations_at_its_own_cost():
     assert apart["curves"] == pytest.approx(2 * (4 * 2 + 1) * one(10))
     assert apart["final"] == pytest.approx(2 * 4 * (one(100) + one(5))) and alike["final"] == pytest.approx(2 * 2 * (one(100) + one(5)))
     assert apart["training"] == alike["training"] == pytest.approx(2 * 2 * 10 * 0.01)
+
+
+def test_parameters_made_non_finite_by_the_last_step_stop_the_comparison(tmp_path, monkeypatch):
+    """A step whose loss is finite can write a non-finite gradient into the parameters; within a run the
+    next step's loss shows it, after the budget's last step only a check of the parameters can."""
+    import torch
+
+    from pyro_vae.errors import TrainingDiverged
+    from pyro_vae.training import Trainer
+
+    step = Trainer.train_step
+
+    def last_step_breaks(self, index, **kwargs):
+        loss = step(self, index, **kwargs)
+        if self.step == 12:  # the budget's last step: its loss finite, the decoder's weights not
+            with torch.no_grad():
+                next(self.program.vae.decoder.parameters()).fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", last_step_breaks)
+    with pytest.raises(TrainingDiverged, match=r"objective elbo \(K=3\): parameters decoder\..* stopped being finite in its last step"):
+        small_comparison(tmp_path / "c", objectives="elbo").run()
+    assert not (tmp_path / "c" / "results.md").exists()  # no table of NaN scores
