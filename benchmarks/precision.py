@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import platform
 import statistics
@@ -35,7 +36,7 @@ from pyro_vae import Config
 from pyro_vae.networks import mixed_precision
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.programs import Program
-from pyro_vae.training import adam, svi_step
+from pyro_vae.training import run_optimizer, svi_step
 
 from common import seeded_model  # benchmarks/common.py
 
@@ -71,7 +72,8 @@ def measure(name: str, args) -> dict:
     cosine = torch.nn.functional.cosine_similarity(g32.double(), g16.double(), dim=0).item()
 
     models = {p: copy.deepcopy(base) for p in PRECISIONS}
-    optimizers = {p: adam(m, config.train.lr, torch.device("cpu")) for p, m in models.items()}
+    train = dataclasses.replace(config.train, batch_size=batch)  # (the trainer's Adam, for this benchmark's batch)
+    optimizers = {p: run_optimizer(m, train, batch, torch.device("cpu")) for p, m in models.items()}
     times = {p: [] for p in PRECISIONS}
     names = list(PRECISIONS)
     with pyro.validation_enabled(False):
